@@ -1,0 +1,366 @@
+"""The ``phage`` command: every role (coordinator, node, demo) and the client verbs."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import os
+import sys
+import tarfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+
+from phage import __version__
+from phage.client.render import nodes_table, state_text, tasks_table
+from phage.client.sdk import PhageClient, PhageClientError
+from phage.errors import PhageError
+
+app = typer.Typer(
+    name="phage",
+    help="Turn machines contributed by many owners into one dependable service for AI work.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+DataDirOpt = Annotated[Path, typer.Option("--data-dir", envvar="PHAGE_DATA_DIR", help="Coordinator data directory.")]
+UrlOpt = Annotated[str, typer.Option("--url", envvar="PHAGE_URL", help="Coordinator HTTP address.")]
+KeyOpt = Annotated[str | None, typer.Option("--key", envvar="PHAGE_API_KEY",
+                                            help="API key (default: the admin key in --data-dir).")]
+
+
+def _default_data_dir() -> Path:
+    return Path(os.environ.get("PHAGE_DATA_DIR", str(Path.home() / ".phage")))
+
+
+def _api_key(key: str | None) -> str:
+    if key:
+        return key
+    path = _default_data_dir() / "admin-key"
+    if path.exists():
+        return path.read_text().strip()
+    raise typer.BadParameter("no API key: pass --key or set PHAGE_API_KEY", param_hint="--key")
+
+
+def _run(coro: Any) -> Any:
+    try:
+        return asyncio.run(coro)
+    except PhageClientError as exc:
+        err_console.print(f"[bold red]error {exc.status}[/]: {exc.message}")
+        raise typer.Exit(1) from None
+    except PhageError as exc:
+        err_console.print(f"[bold red]error[/]: {exc.message}")
+        raise typer.Exit(1) from None
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+@app.command()
+def version() -> None:
+    """Print phage's version."""
+    console.print(__version__)
+
+
+@app.command()
+def coordinator(
+    data_dir: DataDirOpt = Path.home() / ".phage",
+    http: Annotated[str, typer.Option(help="HTTP listen address host:port.")] = "127.0.0.1:8080",
+    grpc: Annotated[str, typer.Option(help="gRPC (mTLS) listen address host:port.")] = "127.0.0.1:9090",
+    enroll_port: Annotated[int | None, typer.Option(help="Enrollment port (default: gRPC port + 1).")] = None,
+    advertise: Annotated[str | None, typer.Option(help="Host nodes should dial (default: the gRPC host).")] = None,
+    heartbeat: Annotated[float, typer.Option(help="Heartbeat interval in seconds.")] = 10.0,
+    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy async URL (default: SQLite).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run a coordinator: queue, placement, node protocol, HTTP API."""
+    from phage.coordinator.server import ServerInfo, run_forever
+    from phage.coordinator.settings import CoordinatorSettings
+
+    _logging(verbose)
+    hh, _, hp = http.rpartition(":")
+    gh, _, gp = grpc.rpartition(":")
+    settings = CoordinatorSettings(
+        data_dir=data_dir, http_host=hh, http_port=int(hp), grpc_host=gh, grpc_port=int(gp),
+        enroll_port=enroll_port, advertise_host=advertise, heartbeat_interval_s=heartbeat,
+        database_url=database_url,
+    )
+
+    def ready(info: ServerInfo) -> None:
+        console.print(Panel.fit(
+            f"[bold]phage coordinator[/] {__version__}\n"
+            f"HTTP API   {info.http_url}   (docs: {info.http_url}/docs)\n"
+            f"node gRPC  {info.grpc_address} (mTLS)   enrollment {info.enroll_address}\n"
+            f"data       {info.data_dir}\n"
+            f"admin key  {info.data_dir}/admin-key\n\n"
+            f"Join a node with:\n[bold cyan]{info.node_command()}[/]",
+            title="ready",
+        ))
+
+    asyncio.run(run_forever(settings, ready))
+
+
+@app.command()
+def node(
+    coordinator: Annotated[str, typer.Option(help="Coordinator gRPC address host:port.")] = "127.0.0.1:9090",
+    enroll: Annotated[str | None, typer.Option(help="Enrollment address (default: port + 1).")] = None,
+    token: Annotated[str | None, typer.Option(envvar="PHAGE_JOIN_TOKEN", help="Join token.")] = None,
+    ca_fingerprint: Annotated[str | None, typer.Option(help="Pinned CA fingerprint sha256:….")] = None,
+    key_dir: Annotated[Path, typer.Option(help="Node identity and certificate directory.")] = (
+        Path.home() / ".phage" / "node"),
+    name: Annotated[str, typer.Option(help="Display name.")] = "",
+    concurrency: Annotated[int, typer.Option(help="Tasks run at once.")] = 4,
+    sandbox: Annotated[str | None, typer.Option(help="Sandbox backend (default: strongest available).")] = None,
+    heartbeat: Annotated[float | None, typer.Option(help="Heartbeat interval override (s).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run a node: join the pool, pull work, run it sandboxed."""
+    import signal
+
+    from phage.node import NodeAgent, NodeConfig
+
+    _logging(verbose)
+    config = NodeConfig(
+        coordinator=coordinator, enroll=enroll, join_token=token, ca_fingerprint=ca_fingerprint,
+        key_dir=key_dir, name=name, max_concurrency=concurrency, sandbox=sandbox,
+        heartbeat_interval_s=heartbeat,
+    )
+
+    async def main() -> None:
+        agent = NodeAgent(config)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, agent.stop)
+        err_console.print(f"node {agent.node_id} · sandbox [bold]{agent.sandbox.name}[/] · "
+                          f"coordinator {coordinator}")
+        await agent.run()
+
+    _run(main())
+
+
+@app.command()
+def keygen(
+    key_dir: Annotated[Path, typer.Option(help="Where to keep the identity.")] = Path.home() / ".phage" / "node",
+) -> None:
+    """Make (or show) this node's Ed25519 identity and print its node id."""
+    from phage.node.connection import secure_key_dir
+    from phage.pki import NodeIdentity
+
+    secure_key_dir(key_dir)
+    identity = NodeIdentity.load_or_create(key_dir)
+    err_console.print(f"identity in {key_dir}/identity.pem")
+    console.print(identity.node_id)
+
+
+def _pack_dir(path: Path) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for item in sorted(path.rglob("*")):
+            if item.is_symlink():
+                raise typer.BadParameter(f"{item} is a symlink; workspaces may not contain links")
+            tar.add(item, arcname=item.relative_to(path).as_posix(), recursive=False)
+    return buf.getvalue()
+
+
+@app.command()
+def submit(
+    paths: Annotated[list[Path] | None, typer.Argument(help="A directory, or files, to send as the workspace.")] = None,
+    entrypoint: Annotated[str | None, typer.Option("--entrypoint", "-e", help="File to run.")] = None,
+    interpreter: Annotated[str, typer.Option(help="Program that runs the entrypoint ('' = run it).")] = "python3",
+    arg: Annotated[list[str] | None, typer.Option("--arg", help="Argument (repeatable).")] = None,
+    env: Annotated[list[str] | None, typer.Option("--env", help="NAME=VALUE (repeatable).")] = None,
+    output: Annotated[list[str] | None, typer.Option("--output", "-o", help="Output glob (repeatable).")] = None,
+    timeout: Annotated[int, typer.Option(help="Wall-clock limit in seconds.")] = 300,
+    priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
+    count: Annotated[int, typer.Option(help="Submit this many copies.")] = 1,
+    noop: Annotated[bool, typer.Option(help="Submit a no-op task (tests the queue only).")] = False,
+    wait: Annotated[bool, typer.Option(help="Wait for the task to finish.")] = False,
+    url: UrlOpt = "http://127.0.0.1:8080",
+    key: KeyOpt = None,
+) -> None:
+    """Submit a job: a workspace (directory or files) and how to run it."""
+    task: dict[str, Any]
+    archive: bytes | None = None
+    if noop:
+        task = {"kind": "noop", "priority": priority, "count": count}
+    else:
+        if not entrypoint:
+            raise typer.BadParameter("--entrypoint is required for a job", param_hint="--entrypoint")
+        envs = dict(e.split("=", 1) for e in (env or []) if "=" in e)
+        manifest = {"entrypoint": entrypoint, "interpreter": interpreter, "args": arg or [], "env": envs,
+                    "outputs": output or [], "timeout_s": timeout}
+        task = {"kind": "job", "manifest": manifest, "priority": priority, "count": count}
+        paths = paths or []
+        if len(paths) == 1 and paths[0].is_dir():
+            archive = _pack_dir(paths[0])
+        elif paths:
+            task["files"] = {p.name: p.read_text() for p in paths}
+
+    async def main() -> None:
+        async with PhageClient(url, _api_key(key)) as client:
+            if archive is not None:
+                t = await client.submit_archive(archive, task.pop("manifest"), **{k: v for k, v in task.items()
+                                                                                  if k != "kind"})
+            else:
+                t = await client.submit(task)
+            ids = [t["id"]] if "id" in t else [x["id"] for x in t["tasks"]]
+            for tid in ids:
+                console.print(tid)
+            if wait:
+                for tid in ids:
+                    while (cur := await client.get(tid))["state"] not in ("verified", "failed", "cancelled"):
+                        await asyncio.sleep(0.3)
+                    console.print(tasks_table([cur], title=tid))
+
+    _run(main())
+
+
+@app.command()
+def status(
+    task_id: Annotated[str | None, typer.Argument(help="Task id; omit for the pool summary.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    url: UrlOpt = "http://127.0.0.1:8080",
+    key: KeyOpt = None,
+) -> None:
+    """Show a task (state, attempts, result) or the pool."""
+
+    async def main() -> None:
+        async with PhageClient(url, _api_key(key)) as client:
+            if task_id is None:
+                data = await client.status()
+                console.print_json(json.dumps(data)) if as_json else console.print(Panel.fit(
+                    f"nodes online {data['nodes']['online']}/{data['nodes']['total']} · "
+                    f"slots busy {data['slots']['busy']}/{data['slots']['total']} · "
+                    f"queue {data['queue']['depth']} · tasks {data['tasks']}", title="pool"))
+                return
+            t = await client.get(task_id)
+            if as_json:
+                console.print_json(json.dumps(t))
+                return
+            console.print(tasks_table([t], title=task_id))
+            for a in t.get("attempts", []):
+                console.print(f"  attempt {a['id']} on {a['node_id'][:12]}… ", state_text(a["state"]),
+                              f" {a['error']}" if a["error"] else "")
+            result = t.get("result") or {}
+            if result.get("stdout_tail"):
+                console.print(Panel(result["stdout_tail"][-2000:], title="stdout (tail)"))
+            if result.get("stderr_tail"):
+                console.print(Panel(result["stderr_tail"][-2000:], title="stderr (tail)"))
+            for o in result.get("outputs", []):
+                console.print(f"  output {o['path']} ({o['size']} bytes) → {url}{o['url']}")
+
+    _run(main())
+
+
+@app.command()
+def tasks(
+    state: Annotated[str | None, typer.Option(help="Only this state.")] = None,
+    limit: Annotated[int, typer.Option(help="How many.")] = 20,
+    url: UrlOpt = "http://127.0.0.1:8080",
+    key: KeyOpt = None,
+) -> None:
+    """List recent tasks."""
+
+    async def main() -> None:
+        async with PhageClient(url, _api_key(key)) as client:
+            console.print(tasks_table((await client.list(state=state, limit=limit))["tasks"]))
+
+    _run(main())
+
+
+@app.command()
+def nodes(url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None) -> None:
+    """List the pool's nodes."""
+
+    async def main() -> None:
+        async with PhageClient(url, _api_key(key)) as client:
+            console.print(nodes_table(await client.nodes()))
+
+    _run(main())
+
+
+@app.command()
+def cancel(task_id: str, url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None) -> None:
+    """Cancel a task."""
+
+    async def main() -> None:
+        async with PhageClient(url, _api_key(key)) as client:
+            t = await client.cancel(task_id)
+            console.print(task_id, state_text(t["state"]))
+
+    _run(main())
+
+
+@app.command()
+def download(task_id: str, path: str, dest: Annotated[Path | None, typer.Option("-O")] = None,
+             url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None) -> None:
+    """Download one output file of a task."""
+
+    async def main() -> None:
+        async with PhageClient(url, _api_key(key)) as client:
+            data = await client.download(task_id, path)
+            target = dest or Path(Path(path).name)
+            target.write_bytes(data)
+            err_console.print(f"wrote {target} ({len(data)} bytes)")
+
+    _run(main())
+
+
+@app.command()
+def watch(url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None) -> None:
+    """Follow the live feed: every task and node state change."""
+
+    async def main() -> None:
+        async with PhageClient(url, _api_key(key)) as client:
+            async for ev in client.feed():
+                kind = ev.get("type")
+                if kind in ("task", "node"):
+                    extra = " ".join(f"{k}={v}" for k, v in ev.items() if k not in ("type", "id", "state", "ts"))
+                    console.print(f"{kind:5} {ev['id'][:24]:24} ", state_text(ev["state"]), f" {extra}")
+                else:
+                    console.print(f"[dim]{ev}[/]")
+
+    try:
+        _run(main())
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def demo(
+    nodes_count: Annotated[int, typer.Option("--nodes", help="How many nodes to start.")] = 2,
+    keep: Annotated[bool, typer.Option(help="Keep the pool running after the jobs finish.")] = False,
+    http_port: Annotated[int, typer.Option(help="HTTP port (0 = any free port).")] = 0,
+) -> None:
+    """Start a coordinator and nodes on loopback, run sample jobs, show the results."""
+    from phage.client.demo import run_demo
+
+    try:
+        code = asyncio.run(run_demo(console, nodes=nodes_count, keep=keep, http_port=http_port))
+    except KeyboardInterrupt:
+        code = 130
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Rich renderings of tasks and nodes for the terminal."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+
+STATE_STYLE = {
+    "submitted": "white", "queued": "cyan", "dispatched": "blue", "running": "yellow",
+    "verified": "bold green", "failed": "bold red", "cancelled": "magenta",
+    "online": "green", "dead": "red", "removed": "dim",
+}
+
+
+def state_text(state: str) -> Text:
+    """A coloured state word."""
+    return Text(state, style=STATE_STYLE.get(state, "white"))
+
+
+def human_bytes(n: float) -> str:
+    """1536 → '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def ago(ts: float | None) -> str:
+    """Seconds since ``ts``, briefly."""
+    if not ts:
+        return "-"
+    d = max(0.0, time.time() - ts)
+    return f"{d:.1f}s ago" if d < 120 else f"{d / 60:.0f}m ago"
+
+
+def tasks_table(tasks: list[dict[str, Any]], title: str = "tasks") -> Table:
+    """One row per task."""
+    table = Table(title=title, expand=False)
+    for col in ("id", "kind", "state", "attempts", "node", "exit", "outputs", "age"):
+        table.add_column(col)
+    for t in tasks:
+        result = t.get("result") or {}
+        attempts = t.get("attempts") or []
+        node = attempts[-1]["node_id"][:10] if attempts else ""
+        outputs = ", ".join(o["path"] for o in result.get("outputs", []))
+        table.add_row(
+            t["id"], t["kind"], state_text(t["state"]), f"{t['attempts_made']}/{t['max_attempts']}",
+            node, str(result.get("exit_code", "")), outputs[:40], ago(t.get("created_at")),
+        )
+    return table
+
+
+def nodes_table(nodes: list[dict[str, Any]]) -> Table:
+    """One row per node."""
+    table = Table(title="nodes")
+    for col in ("name", "id", "state", "sandbox", "active", "cpus", "memory", "gpus", "heartbeat"):
+        table.add_column(col)
+    for n in nodes:
+        gpus = ", ".join(g.get("model", "") for g in n.get("gpus", [])) or "-"
+        table.add_row(
+            n["name"], n["id"][:12] + "…", state_text(n["state"]), ",".join(n.get("sandboxes", [])),
+            f"{n['active_tasks']}/{n['max_concurrency']}", str(n.get("cpu_count", "")),
+            human_bytes(n.get("memory_total_bytes", 0)), gpus, ago(n.get("last_heartbeat")),
+        )
+    return table

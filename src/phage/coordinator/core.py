@@ -1,0 +1,441 @@
+"""The coordinator's use cases: submit, cancel, register, heartbeat, dispatch, results.
+
+The HTTP routes and the gRPC servicer are thin edges over this class; it owns
+the store, the blob store, the live pool, the ready queue and the event bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from phage.coordinator.feed import EventBus
+from phage.coordinator.keys import ApiKeys, Principal
+from phage.coordinator.pool import LiveNode, LivePool, OpenAttempt
+from phage.coordinator.requests import TaskRequest
+from phage.coordinator.settings import CoordinatorSettings
+from phage.coordinator.state import DataDir
+from phage.domain import (
+    Assignment,
+    Attempt,
+    Node,
+    NodeState,
+    Task,
+    TaskKind,
+    TaskResult,
+    TaskState,
+)
+from phage.domain.ids import new_id
+from phage.errors import (
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    ProtocolError,
+    Unauthenticated,
+)
+from phage.pki import CertificateAuthority, verify_signature
+from phage.pki.identity import node_id_from_public_key, register_signing_payload
+from phage.scheduler import NodeView, ReadyQueue
+from phage.store import FinishOutcome, QueuedTask, SqlStore
+from phage.store.blobs import BlobStore
+
+log = logging.getLogger("phage.coordinator")
+
+REGISTER_CLOCK_SKEW_S = 300
+MONITOR_PERIOD_S = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """An assignment plus the workspace bytes sent inline with it (if small)."""
+
+    assignment: Assignment
+    workspace: bytes | None
+    workspace_sha256: str
+    workspace_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """What Register hands back to a node."""
+
+    node_id: str
+    client_cert_pem: bytes
+    ca_cert_pem: bytes
+
+
+class Coordinator:
+    """The pool's brain: durable queue, live nodes, placement, results."""
+
+    def __init__(self, settings: CoordinatorSettings, *, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.dirs = DataDir(settings.data_dir)
+        self.store = SqlStore(settings.db_url, synchronous=settings.sqlite_synchronous)
+        self.blobs = BlobStore(self.dirs.blobs)
+        self.bus = EventBus()
+        self.pool = LivePool()
+        self.queue = ReadyQueue()
+        self.keys = ApiKeys(self.store)
+        self.ca: CertificateAuthority | None = None
+        self.join_token = ""
+        self.admin_key = ""
+        self._tasks: list[asyncio.Task[None]] = []
+        self.started_at = 0.0
+        self.counters: dict[str, int] = {"submitted": 0, "verified": 0, "failed": 0, "requeued": 0}
+        self._read_small_blob = lru_cache(maxsize=256)(self.blobs.read)
+
+    # ---- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the store, load the CA and secrets, rebuild live state, start the monitors."""
+        self.dirs.prepare()
+        self.ca = CertificateAuthority.load_or_create(self.dirs.pki)
+        self.join_token = self.settings.join_token or self.dirs.join_token()
+        await self.store.open()
+        self.admin_key = await self.keys.ensure_admin(self.dirs.admin_key_file, self.clock())
+        await self._recover()
+        self.started_at = self.clock()
+        self._tasks = [
+            asyncio.create_task(self._monitor(), name="phage-liveness"),
+            asyncio.create_task(self._flush_heartbeats(), name="phage-heartbeat-flush"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop the monitors and close the store."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(Exception):
+            await self._flush_once()
+        await self.store.close()
+
+    async def _recover(self) -> None:
+        """Rebuild memory from the store; every node gets one lease of grace to reconnect."""
+        now = self.clock()
+        self.queue.extend(await self.store.queued_tasks())
+        for node in await self.store.list_nodes():
+            if node.state is NodeState.REMOVED:
+                continue
+            self.pool.nodes[node.id] = LiveNode(node=node, last_seen=now if node.state is NodeState.ONLINE else 0.0)
+        for att in await self.store.open_attempts():
+            self.pool.add_attempt(OpenAttempt(att.id, att.task_id, att.node_id, now + self.settings.lease_s))
+        log.info("recovered %d queued tasks, %d open attempts, %d nodes",
+                 len(self.queue), len(self.pool.attempts), len(self.pool.nodes))
+
+    # ---- tasks -------------------------------------------------------------
+
+    async def submit(self, requests: Sequence[TaskRequest], principal: Principal) -> list[Task]:
+        """Store and queue tasks; nothing is written unless all of them are valid."""
+        now = self.clock()
+        made: list[Task] = []
+        for req in requests:
+            spec: dict[str, Any] = {"isolation": req.isolation}
+            if req.manifest is not None:
+                spec["manifest"] = req.manifest.to_dict()
+            if req.workspace is not None:
+                spec["workspace"] = self.blobs.put(req.workspace)
+                spec["workspace_size"] = len(req.workspace)
+            for _ in range(req.count):
+                made.append(
+                    Task(
+                        id=new_id("t"), kind=req.kind, state=TaskState.QUEUED, spec=spec,
+                        priority=req.priority, max_attempts=req.max_attempts, created_at=now,
+                        updated_at=now, owner=principal.key_id, labels=req.labels,
+                    )
+                )
+        await self.store.add_tasks(made)
+        for task in made:
+            self.queue.push(QueuedTask(task.id, task.kind.value, task.priority, task.created_at, task.spec))
+            self.bus.task(task.id, TaskState.QUEUED.value, kind=task.kind.value)
+        self.counters["submitted"] += len(made)
+        self.pool.wake_waiters(len(made))
+        return made
+
+    async def get_task(self, task_id: str) -> tuple[Task, list[Attempt]]:
+        """A task and all its attempts."""
+        task = await self.store.get_task(task_id)
+        if task is None:
+            raise NotFound(f"no task {task_id!r}", field="id")
+        return task, await self.store.attempts_for(task_id)
+
+    async def cancel(self, task_id: str) -> Task:
+        """Cancel a task, telling any node running it to stop."""
+        task, stopped = await self.store.cancel_task(task_id, self.clock())
+        self.queue.discard(task_id)
+        for att in stopped:
+            self.pool.drop_attempt(att.id)
+            live = self.pool.nodes.get(att.node_id)
+            if live is not None:
+                live.cancels.append(att.id)
+                live.wake.set()
+        self.bus.task(task_id, task.state.value)
+        return task
+
+    # ---- node enrollment and identity --------------------------------------
+
+    async def register(
+        self,
+        *,
+        join_token: str,
+        public_key: bytes,
+        csr_pem: bytes,
+        timestamp_ms: int,
+        signature: bytes,
+        info: dict[str, Any],
+    ) -> Registration:
+        """Admit a node that holds the join token and proves its identity key."""
+        assert self.ca is not None
+        if not hmac.compare_digest(join_token.encode(), self.join_token.encode()):
+            raise Unauthenticated("join token is not valid for this pool", field="join_token")
+        node_id = node_id_from_public_key(public_key)
+        if abs(self.clock() * 1000 - timestamp_ms) > REGISTER_CLOCK_SKEW_S * 1000:
+            raise InvalidInput(
+                f"registration timestamp is more than {REGISTER_CLOCK_SKEW_S}s from the coordinator's clock",
+                field="timestamp_unix_ms",
+            )
+        if not verify_signature(node_id, signature, register_signing_payload(csr_pem, timestamp_ms, join_token)):
+            raise Unauthenticated("identity signature does not verify", field="identity_signature")
+        existing = await self.store.get_node(node_id)
+        if existing is not None and existing.state is NodeState.REMOVED:
+            raise PermissionDenied(f"node {node_id} was removed from this pool", field="node_id")
+        cert_pem, serial = self.ca.sign_node_csr(csr_pem, node_id)
+        now = self.clock()
+        node = Node(
+            id=node_id,
+            name=str(info.get("name") or info.get("hostname") or node_id[:8]),
+            state=NodeState.ONLINE,
+            registered_at=existing.registered_at if existing else now,
+            last_heartbeat=now,
+            max_concurrency=max(1, min(int(info.get("max_concurrency") or 4), 1024)),
+            hardware=info,
+            sandboxes=list(info.get("sandboxes", [])),
+            loaded_model=str(info.get("loaded_model", "")),
+            version=str(info.get("phage_version", "")),
+            cert_serial=serial,
+        )
+        await self.store.upsert_node(node)
+        live = self.pool.nodes.get(node_id)
+        if live is None:
+            self.pool.nodes[node_id] = LiveNode(node=node, last_seen=now)
+        else:
+            live.node, live.last_seen = node, now
+        self.bus.node(node_id, NodeState.ONLINE.value, name=node.name, event="registered")
+        log.info("node %s (%s) registered", node.name, node_id)
+        return Registration(node_id, cert_pem, self.ca.cert_pem)
+
+    def authenticate_node(self, cert_node_id: str | None, claimed: str) -> LiveNode:
+        """The live node behind an mTLS peer, refusing one that speaks for another."""
+        if not cert_node_id:
+            raise Unauthenticated("a client certificate issued by this coordinator is required")
+        if claimed and claimed != cert_node_id:
+            raise PermissionDenied(
+                f"certificate belongs to node {cert_node_id}; it cannot act as {claimed}", field="node_id"
+            )
+        live = self.pool.nodes.get(cert_node_id)
+        if live is None or live.node.state is NodeState.REMOVED:
+            raise PermissionDenied(f"node {cert_node_id} is not a member of this pool", field="node_id")
+        return live
+
+    async def _seen(self, live: LiveNode) -> None:
+        live.last_seen = self.clock()
+        live.dirty = True
+        if live.node.state is NodeState.DEAD:
+            live.node.state = NodeState.ONLINE
+            await self.store.set_node_state(live.node.id, NodeState.ONLINE)
+            self.bus.node(live.node.id, NodeState.ONLINE.value, name=live.node.name, event="revived")
+
+    # ---- node work loop ----------------------------------------------------
+
+    async def heartbeat(
+        self, live: LiveNode, metrics: dict[str, Any], running: Sequence[str]
+    ) -> tuple[list[str], list[str]]:
+        """Record liveness, renew leases; returns (cancel, unknown) assignment ids."""
+        await self._seen(live)
+        live.metrics = metrics
+        if metrics.get("loaded_model") is not None:
+            live.node.loaded_model = str(metrics["loaded_model"])
+        lease = self.clock() + self.settings.lease_s
+        unknown: list[str] = []
+        for aid in running:
+            att = self.pool.attempts.get(aid)
+            if att is None or att.node_id != live.node.id:
+                unknown.append(aid)
+            else:
+                att.lease_expires_at = lease
+        cancels, live.cancels = live.cancels, []
+        return cancels, unknown
+
+    async def fetch(self, live: LiveNode, max_tasks: int, wait_ms: int) -> tuple[list[Dispatch], list[str]]:
+        """Long-poll: assignments for this node, or cancellations, or nothing at the deadline."""
+        await self._seen(live)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(wait_ms, self.settings.fetch_wait_ms_max) / 1000
+        node_id = live.node.id
+        while True:
+            live.wake.clear()
+            if live.cancels:
+                cancels, live.cancels = live.cancels, []
+                return [], cancels
+            limit = min(max_tasks, live.free_slots)
+            if limit > 0 and len(self.queue) and live.online:
+                view = NodeView(node_id, limit, frozenset(live.node.sandboxes))
+                picked = self.queue.take(view, limit)
+                if picked:
+                    dispatches = await asyncio.shield(self._claim(live, picked))
+                    if dispatches:
+                        return dispatches, []
+                    continue
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return [], []
+            self.pool.waiting.add(node_id)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(live.wake.wait(), remaining)
+            finally:
+                self.pool.waiting.discard(node_id)
+
+    async def _claim(self, live: LiveNode, picked: list[QueuedTask]) -> list[Dispatch]:
+        now = self.clock()
+        by_id = {t.id: t for t in picked}
+        try:
+            attempts = await self.store.claim(live.node.id, list(by_id), now, self.settings.lease_s)
+        except Exception:
+            self.queue.extend(picked)  # still queued in the store: keep them offerable
+            raise
+        out: list[Dispatch] = []
+        for att in attempts:
+            task = by_id[att.task_id]
+            self.pool.add_attempt(OpenAttempt(att.id, att.task_id, att.node_id, att.lease_expires_at))
+            out.append(self._dispatch(att, task))
+            self.bus.task(att.task_id, TaskState.DISPATCHED.value, node=live.node.id, attempt=att.id)
+        return out
+
+    def _dispatch(self, att: Attempt, task: QueuedTask) -> Dispatch:
+        digest = str(task.spec.get("workspace") or "")
+        size = int(task.spec.get("workspace_size") or 0)
+        inline = None
+        if digest and size <= self.settings.inline_workspace_bytes:
+            inline = self._read_small_blob(digest)
+        assignment = Assignment(att.id, att.task_id, TaskKind(task.kind), task.spec, att.lease_expires_at)
+        return Dispatch(assignment, inline, digest, size)
+
+    async def start_tasks(self, live: LiveNode, attempt_ids: Sequence[str]) -> list[str]:
+        """The node began these; returns any it should not run."""
+        await self._seen(live)
+        mine = [a for a in attempt_ids if (att := self.pool.attempts.get(a)) and att.node_id == live.node.id]
+        not_wanted = await self.store.mark_running(live.node.id, mine, self.clock())
+        lease = self.clock() + self.settings.lease_s
+        for aid in mine:
+            if aid not in not_wanted:
+                self.pool.attempts[aid].lease_expires_at = lease
+                self.bus.task(self.pool.attempts[aid].task_id, TaskState.RUNNING.value, node=live.node.id)
+        return [a for a in attempt_ids if a not in mine] + not_wanted
+
+    async def submit_result(self, live: LiveNode, attempt_id: str, result: TaskResult) -> FinishOutcome:
+        """Check and record a result; the task becomes verified, requeued or failed."""
+        await self._seen(live)
+        for out in result.outputs:
+            size = self.blobs.size(out.sha256)
+            if size is None:
+                raise ProtocolError(f"output {out.path!r} was not uploaded (sha256 {out.sha256})", field="outputs")
+            if size != out.size:
+                raise ProtocolError(f"output {out.path!r} is {size} bytes, not {out.size}", field="outputs")
+        outcome = await self.store.finish(live.node.id, attempt_id, result, self.clock())
+        att = self.pool.drop_attempt(attempt_id)
+        if outcome.duplicate or outcome.task_state is None:
+            return outcome
+        task_id = att.task_id if att else ""
+        if outcome.requeued and task_id:
+            task = await self.store.get_task(task_id)
+            if task is not None:
+                self.queue.push(QueuedTask(task.id, task.kind.value, task.priority, task.created_at, task.spec))
+                self.pool.wake_waiters(1)
+            self.counters["requeued"] += 1
+        elif outcome.task_state is TaskState.VERIFIED:
+            self.counters["verified"] += 1
+        elif outcome.task_state is TaskState.FAILED:
+            self.counters["failed"] += 1
+        if task_id:
+            self.bus.task(task_id, outcome.task_state.value, node=live.node.id, exit_code=result.exit_code)
+        return outcome
+
+    # ---- liveness ----------------------------------------------------------
+
+    async def _monitor(self) -> None:
+        while True:
+            await asyncio.sleep(min(MONITOR_PERIOD_S, self.settings.heartbeat_interval_s / 4))
+            try:
+                await self.check_liveness()
+            except Exception:  # keep watching even if one pass fails
+                log.exception("liveness check failed")
+
+    async def check_liveness(self) -> None:
+        """Declare silent nodes dead and requeue work whose lease lapsed."""
+        now = self.clock()
+        deadline = self.settings.lease_s
+        for live in list(self.pool.nodes.values()):
+            if live.online and now - live.last_seen > deadline:
+                live.node.state = NodeState.DEAD
+                await self.store.set_node_state(live.node.id, NodeState.DEAD)
+                self.bus.node(live.node.id, NodeState.DEAD.value, name=live.node.name)
+                log.warning("node %s missed %d heartbeats: dead", live.node.name, self.settings.missed_heartbeats)
+                await self._lose(list(live.attempts), f"node {live.node.name} stopped sending heartbeats")
+        expired = [a.id for a in self.pool.attempts.values() if a.lease_expires_at < now]
+        if expired:
+            await self._lose(expired, "assignment lease expired")
+
+    async def _lose(self, attempt_ids: list[str], reason: str) -> None:
+        if not attempt_ids:
+            return
+        outcomes = await self.store.fail_lost(attempt_ids, reason, self.clock())
+        for aid in attempt_ids:
+            self.pool.drop_attempt(aid)
+        requeued = 0
+        for out in outcomes:
+            if out.requeued:
+                task = await self.store.get_task(out.task_id)
+                if task is not None:
+                    self.queue.push(QueuedTask(task.id, task.kind.value, task.priority, task.created_at, task.spec))
+                    requeued += 1
+            self.bus.task(out.task_id, out.task_state.value, reason=reason, attempt=out.attempt_id)
+        self.counters["requeued"] += requeued
+        if requeued:
+            self.pool.wake_waiters(requeued)
+
+    async def _flush_heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self._flush_once()
+            except Exception:
+                log.exception("heartbeat flush failed")
+
+    async def _flush_once(self) -> None:
+        beats = []
+        for live in self.pool.nodes.values():
+            if live.dirty:
+                live.dirty = False
+                beats.append((live.node.id, live.last_seen, live.node.hardware, live.node.loaded_model))
+        await self.store.record_heartbeats(beats)
+
+    # ---- admin -------------------------------------------------------------
+
+    async def remove_node(self, node_id: str) -> None:
+        """Shut a node out: its certificate is refused from now on and its work requeued."""
+        await self.store.set_node_state(node_id, NodeState.REMOVED)
+        live = self.pool.nodes.pop(node_id, None)
+        if live is not None:
+            await self._lose(list(live.attempts), "node removed by an admin")
+            live.wake.set()
+        self.bus.node(node_id, NodeState.REMOVED.value)

@@ -1,0 +1,170 @@
+"""The gRPC edge: ``phage.v1.PhageCoordinator`` over the coordinator's use cases.
+
+Validates and converts, then delegates to :class:`Coordinator`; maps
+:class:`PhageError` to status codes here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from phage.coordinator.core import Coordinator
+from phage.errors import InvalidInput, PayloadTooLarge, PhageError
+from phage.protocol import convert
+from phage.protocol.v1 import phage_pb2 as pb
+from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
+from phage.store.blobs import check_digest
+
+log = logging.getLogger("phage.grpc")
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+BLOB_CHUNK = 256 * 1024
+
+
+def _peer_node_id(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    auth = context.auth_context()
+    names = auth.get("x509_common_name")
+    return names[0].decode() if names else None
+
+
+def _edge(
+    fn: Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]],
+) -> Callable[[Any, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]:
+    """Translate PhageError into a gRPC status with the error's message."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
+        try:
+            return await fn(self, request, context)
+        except PhageError as exc:
+            await context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
+            raise  # unreachable: abort raises
+
+    return wrapper
+
+
+class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
+    """Node-facing RPCs."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.c = coordinator
+
+    @_edge
+    async def Register(self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.RegisterResponse:  # noqa: N802
+        reg = await self.c.register(
+            join_token=request.join_token,
+            public_key=request.identity_public_key,
+            csr_pem=request.csr_pem,
+            timestamp_ms=request.timestamp_unix_ms,
+            signature=request.identity_signature,
+            info=convert.node_info_to_dict(request.info),
+        )
+        s = self.c.settings
+        return pb.RegisterResponse(
+            node_id=reg.node_id,
+            client_certificate_pem=reg.client_cert_pem,
+            ca_certificate_pem=reg.ca_cert_pem,
+            heartbeat_interval_s=s.heartbeat_interval_s,
+            missed_heartbeats_dead=s.missed_heartbeats,
+            status="accepted",
+        )
+
+    @_edge
+    async def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.HeartbeatResponse:  # noqa: N802
+        live = self.c.authenticate_node(_peer_node_id(context), request.node_id)
+        cancels, unknown = await self.c.heartbeat(
+            live, convert.metrics_to_dict(request.metrics), list(request.running_assignment_ids)
+        )
+        return pb.HeartbeatResponse(
+            cancel_assignment_ids=cancels,
+            unknown_assignment_ids=unknown,
+            heartbeat_interval_s=self.c.settings.heartbeat_interval_s,
+            node_state=live.node.state.value,
+        )
+
+    @_edge
+    async def FetchTask(self, request: pb.FetchTaskRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.FetchTaskResponse:  # noqa: N802
+        live = self.c.authenticate_node(_peer_node_id(context), request.node_id)
+        dispatches, cancels = await self.c.fetch(live, request.max_tasks, request.wait_ms)
+        return pb.FetchTaskResponse(
+            assignments=[convert.dispatch_to_pb(d, self.c.settings.max_output_bytes) for d in dispatches],
+            cancel_assignment_ids=cancels,
+        )
+
+    @_edge
+    async def StartTasks(self, request: pb.StartTasksRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.StartTasksResponse:  # noqa: N802
+        live = self.c.authenticate_node(_peer_node_id(context), request.node_id)
+        cancels = await self.c.start_tasks(live, list(request.assignment_ids))
+        return pb.StartTasksResponse(cancel_assignment_ids=cancels)
+
+    @_edge
+    async def SubmitResult(self, request: pb.TaskResult, context: grpc.aio.ServicerContext[Any, Any]) -> pb.ResultAck:  # noqa: N802
+        live = self.c.authenticate_node(_peer_node_id(context), request.node_id)
+        outcome = await self.c.submit_result(live, request.assignment_id, convert.result_from_pb(request))
+        return pb.ResultAck(accepted=outcome.accepted, duplicate=outcome.duplicate, message=outcome.message)
+
+    @_edge
+    async def ReportMetrics(self, request: pb.MetricsReport, context: grpc.aio.ServicerContext[Any, Any]) -> pb.MetricsAck:  # noqa: N802
+        live = self.c.authenticate_node(_peer_node_id(context), request.node_id)
+        live.metrics["samples"] = {s.name: s.value for s in request.samples}
+        return pb.MetricsAck()
+
+    async def UploadBlob(  # noqa: N802
+        self, request_iterator: AsyncIterator[pb.BlobChunk], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.BlobRef:
+        try:
+            self.c.authenticate_node(_peer_node_id(context), "")
+            limit = self.c.settings.max_output_bytes
+            writer = self.c.blobs.writer(limit)
+            expected: str | None = None
+            try:
+                first = True
+                async for chunk in request_iterator:
+                    if first:
+                        expected = check_digest(chunk.sha256) if chunk.sha256 else None
+                        if chunk.total_size > limit:
+                            raise PayloadTooLarge(f"output of {chunk.total_size} bytes exceeds the limit of {limit}",
+                                                  field="total_size")
+                        first = False
+                    writer.write(chunk.data)
+                digest = writer.commit(expected)
+            except BaseException:
+                writer.abort()
+                raise
+            return pb.BlobRef(sha256=digest, size=writer.size)
+        except PhageError as exc:
+            await context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
+            raise
+
+    async def DownloadBlob(  # noqa: N802
+        self, request: pb.BlobRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.BlobChunk]:
+        try:
+            live = self.c.authenticate_node(_peer_node_id(context), "")
+            digest = check_digest(request.sha256)
+            # a node may only read workspaces of tasks it currently holds
+            allowed = False
+            for aid in list(live.attempts):
+                att = self.c.pool.attempts.get(aid)
+                if att is not None and digest == await self._workspace_of(att.task_id):
+                    allowed = True
+                    break
+            if not allowed:
+                raise InvalidInput("that blob is not a workspace of any task this node holds", field="sha256")
+            path = self.c.blobs.path(digest)
+        except PhageError as exc:
+            await context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
+            raise
+        with path.open("rb") as fh:
+            while chunk := fh.read(BLOB_CHUNK):
+                yield pb.BlobChunk(sha256=digest, data=chunk)
+
+    async def _workspace_of(self, task_id: str) -> str:
+        task = await self.c.store.get_task(task_id)
+        return str(task.spec.get("workspace", "")) if task else ""

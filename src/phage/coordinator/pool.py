@@ -1,0 +1,89 @@
+"""What the coordinator holds in memory about live nodes and open assignments.
+
+All of it is derived from the store (rebuilt at start) plus heartbeats, so a
+restart loses nothing that matters: nodes get one lease of grace to reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from phage.domain import Node, NodeState
+
+
+@dataclass(slots=True)
+class OpenAttempt:
+    """An assignment a node holds."""
+
+    id: str
+    task_id: str
+    node_id: str
+    lease_expires_at: float
+
+
+@dataclass(slots=True)
+class LiveNode:
+    """A node's live view: its record, liveness, what it holds, what it must be told."""
+
+    node: Node
+    last_seen: float
+    attempts: set[str] = field(default_factory=set)
+    cancels: list[str] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    dirty: bool = False
+    """Heartbeat not yet flushed to the store."""
+
+    @property
+    def free_slots(self) -> int:
+        """How many more assignments the node may hold."""
+        return max(0, self.node.max_concurrency - len(self.attempts))
+
+    @property
+    def online(self) -> bool:
+        """True while the node is counted alive."""
+        return self.node.state is NodeState.ONLINE
+
+
+class LivePool:
+    """Live nodes and open attempts."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, LiveNode] = {}
+        self.attempts: dict[str, OpenAttempt] = {}
+        self.waiting: set[str] = set()
+        """Nodes with a FetchTask long-poll in progress."""
+
+    def add_attempt(self, attempt: OpenAttempt) -> None:
+        """Track a new assignment."""
+        self.attempts[attempt.id] = attempt
+        live = self.nodes.get(attempt.node_id)
+        if live is not None:
+            live.attempts.add(attempt.id)
+
+    def drop_attempt(self, attempt_id: str) -> OpenAttempt | None:
+        """Stop tracking an assignment (finished, lost, cancelled)."""
+        att = self.attempts.pop(attempt_id, None)
+        if att is not None:
+            live = self.nodes.get(att.node_id)
+            if live is not None:
+                live.attempts.discard(attempt_id)
+                live.wake.set()  # a slot opened up
+        return att
+
+    def wake_waiters(self, count: int | None = None) -> None:
+        """Wake long-polling nodes: all of them, or enough for ``count`` new tasks."""
+        if count is None or count >= len(self.waiting):
+            targets = list(self.waiting)
+        else:
+            targets = list(self.waiting)[: max(count, 1)]
+        for node_id in targets:
+            live = self.nodes.get(node_id)
+            if live is not None:
+                live.wake.set()
+
+    def online_nodes(self) -> list[LiveNode]:
+        """Nodes currently alive."""
+        return [n for n in self.nodes.values() if n.online]

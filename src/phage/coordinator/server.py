@@ -1,0 +1,139 @@
+"""Running a coordinator: the gRPC listeners (node + enrollment) and the HTTP server together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+import uvicorn
+
+from phage.coordinator.core import Coordinator
+from phage.coordinator.http import create_app
+from phage.coordinator.settings import CoordinatorSettings
+from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
+
+log = logging.getLogger("phage.coordinator")
+
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", 80 * 1024 * 1024),
+    ("grpc.max_send_message_length", 80 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.so_reuseport", 0),
+]
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """Where a running coordinator listens, and what a node needs to join."""
+
+    http_url: str
+    grpc_address: str
+    enroll_address: str
+    join_token: str
+    ca_fingerprint: str
+    admin_key: str
+    data_dir: str
+
+    def node_command(self) -> str:
+        """The paste-ready line that joins a node to this pool."""
+        return (
+            f"phage node --coordinator {self.grpc_address} --enroll {self.enroll_address} "
+            f"--token {self.join_token} --ca-fingerprint {self.ca_fingerprint}"
+        )
+
+
+class CoordinatorServer:
+    """A coordinator with its listeners; ``async with`` or start()/stop()."""
+
+    def __init__(self, settings: CoordinatorSettings) -> None:
+        self.settings = settings
+        self.coordinator = Coordinator(settings)
+        self._grpc: grpc.aio.Server | None = None
+        self._http: uvicorn.Server | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self.info: ServerInfo | None = None
+
+    async def start(self) -> ServerInfo:
+        """Start everything; returns the addresses once all listeners accept."""
+        s = self.settings
+        c = self.coordinator
+        await c.start()
+        assert c.ca is not None
+        host = s.advertise_host or s.grpc_host
+        server_cert, server_key = c.ca.issue_server_cert([host, s.grpc_host])
+        self._grpc = grpc.aio.server(options=GRPC_OPTIONS)
+        from phage.coordinator.grpc_service import PhageCoordinatorServicer
+
+        pb_grpc.add_PhageCoordinatorServicer_to_server(PhageCoordinatorServicer(c), self._grpc)
+        mtls = grpc.ssl_server_credentials(
+            [(server_key, server_cert)], root_certificates=c.ca.cert_pem, require_client_auth=True
+        )
+        # Enrollment: TLS with the CA certificate itself, no client certificate (see pki.enroll).
+        enroll = grpc.ssl_server_credentials([(c.ca.key_pem, c.ca.cert_pem)])
+        grpc_port = self._grpc.add_secure_port(f"{s.grpc_host}:{s.grpc_port}", mtls)
+        enroll_port = self._grpc.add_secure_port(f"{s.grpc_host}:{s.enrollment_port}", enroll)
+        await self._grpc.start()
+
+        config = uvicorn.Config(
+            create_app(c), host=s.http_host, port=s.http_port, log_level="warning",
+            lifespan="off", ws_ping_interval=20, timeout_graceful_shutdown=2,
+        )
+        self._http = uvicorn.Server(config)
+        self._http.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._http_task = asyncio.create_task(self._http.serve())
+        while not self._http.started:
+            if self._http_task.done():
+                await self._http_task
+                raise RuntimeError(f"HTTP server failed to start on {s.http_host}:{s.http_port}")
+            await asyncio.sleep(0.02)
+        http_port = s.http_port
+        if http_port == 0:
+            http_port = self._http.servers[0].sockets[0].getsockname()[1]
+        self.info = ServerInfo(
+            http_url=f"http://{_fmt_host(s.http_host)}:{http_port}",
+            grpc_address=f"{_fmt_host(host)}:{grpc_port}",
+            enroll_address=f"{_fmt_host(host)}:{enroll_port}",
+            join_token=c.join_token,
+            ca_fingerprint=c.ca.fingerprint,
+            admin_key=c.admin_key,
+            data_dir=str(c.dirs.root),
+        )
+        return self.info
+
+    async def stop(self) -> None:
+        """Stop accepting, then close the store."""
+        if self._http is not None:
+            self._http.should_exit = True
+        if self._grpc is not None:
+            await self._grpc.stop(grace=1.0)
+        if self._http_task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._http_task, 5)
+        await self.coordinator.stop()
+
+
+def _fmt_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+async def run_forever(settings: CoordinatorSettings, on_ready: Callable[[ServerInfo], None]) -> None:
+    """Run until SIGINT/SIGTERM."""
+    server = CoordinatorServer(settings)
+    info = await server.start()
+    on_ready(info)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()

@@ -1,0 +1,80 @@
+"""JSON shapes the HTTP API returns (the ``XPublic`` side of each domain type)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import quote
+
+from phage.coordinator.pool import LiveNode
+from phage.domain import Attempt, Task
+
+
+def task_public(task: Task, attempts: list[Attempt] | None = None) -> dict[str, Any]:
+    """A task as clients see it."""
+    out: dict[str, Any] = {
+        "id": task.id,
+        "kind": task.kind.value,
+        "state": task.state.value,
+        "priority": task.priority,
+        "created_at": task.created_at,
+        "updated_at": task.updated_at,
+        "finished_at": task.finished_at,
+        "attempts_made": task.attempts_made,
+        "max_attempts": task.max_attempts,
+        "error": task.error,
+        "labels": task.labels,
+        "isolation": task.spec.get("isolation", "any"),
+        "manifest": task.spec.get("manifest"),
+        "workspace_sha256": task.spec.get("workspace"),
+        "result": None,
+    }
+    if task.result is not None:
+        result = task.result.to_dict()
+        for o in result["outputs"]:
+            o["url"] = f"/api/tasks/{task.id}/outputs/{quote(o['path'])}"
+        out["result"] = result
+    if attempts is not None:
+        out["attempts"] = [attempt_public(a) for a in attempts]
+    return out
+
+
+def attempt_public(a: Attempt) -> dict[str, Any]:
+    """One attempt."""
+    return {
+        "id": a.id,
+        "node_id": a.node_id,
+        "state": a.state.value,
+        "dispatched_at": a.dispatched_at,
+        "started_at": a.started_at,
+        "finished_at": a.finished_at,
+        "exit_code": a.exit_code,
+        "error": a.error,
+    }
+
+
+def node_public(live: LiveNode) -> dict[str, Any]:
+    """A node with its live figures."""
+    n = live.node
+    hw = n.hardware
+    gpus = live.metrics.get("gpus") or hw.get("gpus", [])
+    return {
+        "id": n.id,
+        "name": n.name,
+        "state": n.state.value,
+        "registered_at": n.registered_at,
+        "last_heartbeat": live.last_seen or n.last_heartbeat,
+        "heartbeat_age_s": round(time.time() - (live.last_seen or n.last_heartbeat), 3),
+        "max_concurrency": n.max_concurrency,
+        "active_tasks": len(live.attempts),
+        "sandboxes": n.sandboxes,
+        "loaded_model": n.loaded_model,
+        "version": n.version,
+        "hostname": hw.get("hostname", ""),
+        "cpu_count": hw.get("cpu_count", 0),
+        "memory_total_bytes": hw.get("memory_total_bytes", 0),
+        "gpus": gpus,
+        "vram_total_bytes": sum(int(g.get("vram_total_bytes", 0)) for g in gpus),
+        "vram_used_bytes": sum(int(g.get("vram_used_bytes", 0)) for g in gpus),
+        "cpu_percent": live.metrics.get("cpu_percent"),
+    }

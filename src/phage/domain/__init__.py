@@ -1,0 +1,29 @@
+"""Domain types: tasks, attempts, nodes and their states. Plain data, no I/O."""
+
+from phage.domain.manifest import JobManifest
+from phage.domain.models import (
+    Assignment,
+    Attempt,
+    AttemptState,
+    Node,
+    NodeState,
+    OutputFile,
+    Task,
+    TaskKind,
+    TaskResult,
+    TaskState,
+)
+
+__all__ = [
+    "Assignment",
+    "Attempt",
+    "AttemptState",
+    "JobManifest",
+    "Node",
+    "NodeState",
+    "OutputFile",
+    "Task",
+    "TaskKind",
+    "TaskResult",
+    "TaskState",
+]

@@ -1,0 +1,182 @@
+"""Tasks, attempts and nodes as the coordinator reasons about them."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class TaskKind(enum.StrEnum):
+    """What a task asks a node to do."""
+
+    JOB = "job"
+    """A workspace and a manifest, run in a sandbox; outputs are collected."""
+    NOOP = "noop"
+    """Runs nothing: exercises queueing, dispatch and durability (health checks, benchmarks)."""
+
+
+class TaskState(enum.StrEnum):
+    """The life of a task: submitted → queued → dispatched → running → verified | failed | cancelled."""
+
+    SUBMITTED = "submitted"
+    QUEUED = "queued"
+    DISPATCHED = "dispatched"
+    RUNNING = "running"
+    VERIFIED = "verified"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        """True once the task can change no more."""
+        return self in TERMINAL_TASK_STATES
+
+
+TERMINAL_TASK_STATES = frozenset({TaskState.VERIFIED, TaskState.FAILED, TaskState.CANCELLED})
+ACTIVE_TASK_STATES = frozenset({TaskState.DISPATCHED, TaskState.RUNNING})
+
+
+class AttemptState(enum.StrEnum):
+    """One try of a task on one node."""
+
+    DISPATCHED = "dispatched"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    LOST = "lost"
+    """The node died or its lease lapsed before it reported."""
+    CANCELLED = "cancelled"
+
+    @property
+    def open(self) -> bool:
+        """True while the attempt still holds a lease on its node."""
+        return self in (AttemptState.DISPATCHED, AttemptState.RUNNING)
+
+
+class NodeState(enum.StrEnum):
+    """Where a node stands with the coordinator."""
+
+    ONLINE = "online"
+    DEAD = "dead"
+    """Missed its heartbeats; its running work has been requeued."""
+    REMOVED = "removed"
+    """An admin removed it; its certificate is refused."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutputFile:
+    """A file a task produced, stored content-addressed."""
+
+    path: str
+    sha256: str
+    size: int
+
+
+@dataclass(slots=True)
+class TaskResult:
+    """What a node reports when an attempt ends."""
+
+    exit_code: int
+    outputs: list[OutputFile] = field(default_factory=list)
+    stdout_tail: str = ""
+    stderr_tail: str = ""
+    error: str = ""
+    wall_time_s: float = 0.0
+
+    @property
+    def succeeded(self) -> bool:
+        """An attempt succeeds when its process exits 0 and the node saw no error."""
+        return self.exit_code == 0 and not self.error
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form for storage and the API."""
+        return {
+            "exit_code": self.exit_code,
+            "outputs": [{"path": o.path, "sha256": o.sha256, "size": o.size} for o in self.outputs],
+            "stdout_tail": self.stdout_tail,
+            "stderr_tail": self.stderr_tail,
+            "error": self.error,
+            "wall_time_s": self.wall_time_s,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskResult:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            exit_code=int(data.get("exit_code", -1)),
+            outputs=[OutputFile(o["path"], o["sha256"], int(o["size"])) for o in data.get("outputs", [])],
+            stdout_tail=str(data.get("stdout_tail", "")),
+            stderr_tail=str(data.get("stderr_tail", "")),
+            error=str(data.get("error", "")),
+            wall_time_s=float(data.get("wall_time_s", 0.0)),
+        )
+
+
+@dataclass(slots=True)
+class Task:
+    """A unit of user work and its current state."""
+
+    id: str
+    kind: TaskKind
+    state: TaskState
+    spec: dict[str, Any]
+    """Kind-specific request: for a job, ``{"manifest": {...}, "workspace": sha256 | None}``."""
+    priority: int = 0
+    max_attempts: int = 3
+    attempts_made: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    finished_at: float | None = None
+    owner: str = ""
+    result: TaskResult | None = None
+    error: str = ""
+    cancel_requested: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One try of a task on one node; every attempt is kept."""
+
+    id: str
+    """The assignment id: single-use, the key results are submitted against."""
+    task_id: str
+    node_id: str
+    state: AttemptState
+    dispatched_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    lease_expires_at: float = 0.0
+    exit_code: int | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """A task handed to a node: what the node needs to run it."""
+
+    attempt_id: str
+    task_id: str
+    kind: TaskKind
+    spec: dict[str, Any]
+    lease_expires_at: float
+
+
+@dataclass(slots=True)
+class Node:
+    """A machine that runs work for the pool."""
+
+    id: str
+    """Base64 of the node's Ed25519 public key: its identity."""
+    name: str
+    state: NodeState
+    registered_at: float
+    last_heartbeat: float
+    max_concurrency: int = 4
+    active_tasks: int = 0
+    hardware: dict[str, Any] = field(default_factory=dict)
+    sandboxes: list[str] = field(default_factory=list)
+    loaded_model: str = ""
+    version: str = ""
+    cert_serial: str = ""

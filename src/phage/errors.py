@@ -1,0 +1,98 @@
+"""The one exception tree of phage.
+
+Every error phage raises on purpose derives from :class:`PhageError`, and each
+subclass carries the HTTP status and gRPC code it maps to, so the edges (HTTP
+routes, gRPC servicer, CLI) translate without knowing every case::
+
+    PhageError
+    ├── InvalidInput            a request field is malformed or over a limit (400/413)
+    │   └── PayloadTooLarge     an upload or workspace exceeds its size limit (413)
+    ├── Unauthenticated         no or unknown credentials: API key, certificate, token (401)
+    ├── PermissionDenied        credentials are valid but may not do this (403)
+    ├── NotFound                the task, node, output or key does not exist (404)
+    ├── Conflict                the request is valid but the state forbids it (409)
+    ├── SandboxError            the node cannot isolate a task as it requires
+    ├── ProtocolError           a peer broke the node protocol (bad result, replay)
+    └── StoreError              the durable store failed or is inconsistent
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class PhageError(Exception):
+    """Root of every deliberate phage error."""
+
+    http_status: ClassVar[int] = 500
+    grpc_code: ClassVar[str] = "INTERNAL"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON body the HTTP edge returns for this error."""
+        body: dict[str, object] = {"error": type(self).__name__, "message": self.message}
+        if self.field is not None:
+            body["field"] = self.field
+        return body
+
+
+class InvalidInput(PhageError):
+    """A request field is malformed, of the wrong type or over a limit."""
+
+    http_status = 400
+    grpc_code = "INVALID_ARGUMENT"
+
+
+class PayloadTooLarge(InvalidInput):
+    """An upload, workspace or output exceeds its configured size limit."""
+
+    http_status = 413
+
+
+class Unauthenticated(PhageError):
+    """No credentials, or credentials phage does not recognise."""
+
+    http_status = 401
+    grpc_code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(PhageError):
+    """Valid credentials that may not perform this action."""
+
+    http_status = 403
+    grpc_code = "PERMISSION_DENIED"
+
+
+class NotFound(PhageError):
+    """The named task, node, output or key does not exist."""
+
+    http_status = 404
+    grpc_code = "NOT_FOUND"
+
+
+class Conflict(PhageError):
+    """The request is well formed but the current state forbids it."""
+
+    http_status = 409
+    grpc_code = "FAILED_PRECONDITION"
+
+
+class SandboxError(PhageError):
+    """A node cannot provide the isolation a task requires, or the sandbox broke."""
+
+    grpc_code = "FAILED_PRECONDITION"
+
+
+class ProtocolError(PhageError):
+    """A peer broke the node protocol: a result for a foreign or spent assignment."""
+
+    http_status = 400
+    grpc_code = "FAILED_PRECONDITION"
+
+
+class StoreError(PhageError):
+    """The durable store failed or returned something inconsistent."""

@@ -1,0 +1,349 @@
+"""The node's main loop: enroll once, then heartbeat, pull work, run it, report.
+
+The node dials out and never listens. Every RPC that fails because the
+coordinator is away is retried with backoff, and a finished result is kept
+until the coordinator acknowledges it, so a coordinator restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from phage import __version__
+from phage.domain import JobManifest, TaskResult
+from phage.errors import PhageError
+from phage.node.config import NodeConfig
+from phage.node.connection import (
+    Credentials,
+    enroll,
+    load_credentials,
+    open_channel,
+    save_credentials,
+    secure_key_dir,
+)
+from phage.node.executor import CollectedOutput, JobExecutor
+from phage.node.probe import probe_hardware, probe_metrics
+from phage.pki.identity import NodeIdentity
+from phage.protocol import convert
+from phage.protocol.v1 import phage_pb2 as pb
+from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
+from phage.sandbox import Sandbox, make_sandbox
+
+log = logging.getLogger("phage.node")
+
+UPLOAD_CHUNK = 256 * 1024
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
+             grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+@dataclass
+class Running:
+    """An assignment this node holds."""
+
+    assignment: pb.TaskAssignment
+    task: asyncio.Task[None] | None = None
+    started: float = field(default_factory=time.monotonic)
+
+
+async def _await_call(call: Any) -> pb.FetchTaskResponse:
+    response: pb.FetchTaskResponse = await call
+    return response
+
+
+class NodeAgent:
+    """One node: ``await NodeAgent(config).run()``; ``stop()`` ends it."""
+
+    def __init__(self, config: NodeConfig, *, sandbox: Sandbox | None = None) -> None:
+        self.config = config
+        self.sandbox = sandbox or make_sandbox(config.sandbox)
+        secure_key_dir(config.key_dir)
+        self.identity = NodeIdentity.load_or_create(config.key_dir)
+        self.executor = JobExecutor(self.sandbox, config.scratch_root, config.max_log_bytes)
+        self.running: dict[str, Running] = {}
+        self.completed = 0
+        self._slot_freed = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: pb_grpc.PhageCoordinatorStub | None = None
+        self.heartbeat_interval = config.heartbeat_interval_s or 10.0
+        self.registered = asyncio.Event()
+
+    @property
+    def node_id(self) -> str:
+        """This node's id (base64 Ed25519 public key)."""
+        return self.identity.node_id
+
+    def info(self) -> dict[str, Any]:
+        """What Register tells the coordinator about this node."""
+        hw = probe_hardware()
+        return {
+            **hw,
+            "name": self.config.name or hw["hostname"],
+            "sandboxes": [self.sandbox.name],
+            "engines": [],
+            "max_concurrency": self.config.max_concurrency,
+            "phage_version": __version__,
+        }
+
+    def stop(self) -> None:
+        """Ask the node to stop; running work is abandoned (the coordinator requeues it)."""
+        self._stop.set()
+
+    # ---- connection --------------------------------------------------------
+
+    async def _connect(self) -> None:
+        cfg = self.config
+        creds = load_credentials(cfg.key_dir, cfg.ca_fingerprint)
+        if creds is None:
+            creds = await self._enroll()
+        else:
+            # Re-register with the saved identity so the coordinator has fresh hardware facts;
+            # tolerate a coordinator that is down (the saved certificate still works later).
+            with contextlib.suppress(PhageError, grpc.aio.AioRpcError, OSError):
+                if cfg.join_token and cfg.ca_fingerprint:
+                    creds = await self._enroll()
+        await self._open(creds)
+
+    async def _enroll(self) -> Credentials:
+        cfg = self.config
+        if not (cfg.join_token and cfg.ca_fingerprint):
+            raise PhageError("this node has no certificate yet: give --token and --ca-fingerprint to join")
+        creds = await enroll(
+            self.identity, enroll_address=cfg.enroll_address, join_token=cfg.join_token,
+            ca_fingerprint=cfg.ca_fingerprint, info=self.info(),
+        )
+        save_credentials(cfg.key_dir, creds)
+        log.info("registered as %s", self.node_id)
+        return creds
+
+    async def _open(self, creds: Credentials) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+        self._channel = open_channel(self.config.coordinator, self.identity, creds)
+        self._stub = pb_grpc.PhageCoordinatorStub(self._channel)
+        self.registered.set()
+
+    @property
+    def stub(self) -> pb_grpc.PhageCoordinatorStub:
+        """The coordinator stub (after connect)."""
+        assert self._stub is not None
+        return self._stub
+
+    # ---- main loop ---------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until stopped."""
+        await self._connect()
+        loops = [
+            asyncio.create_task(self._heartbeat_loop(), name="phage-node-heartbeat"),
+            asyncio.create_task(self._fetch_loop(), name="phage-node-fetch"),
+        ]
+        try:
+            await self._stop.wait()
+        finally:
+            for t in loops:
+                t.cancel()
+            for r in list(self.running.values()):
+                if r.task is not None:
+                    r.task.cancel()
+            await asyncio.gather(*loops, *(r.task for r in self.running.values() if r.task), return_exceptions=True)
+            if self._channel is not None:
+                await self._channel.close()
+
+    async def _heartbeat_loop(self) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                metrics = probe_metrics()
+                metrics["active_tasks"] = len(self.running)
+                resp = await self.stub.Heartbeat(
+                    pb.HeartbeatRequest(
+                        node_id=self.node_id,
+                        metrics=convert.metrics_from_dict(metrics),
+                        running_assignment_ids=list(self.running),
+                    ),
+                    timeout=10,
+                )
+                backoff = 0.2
+                if not self.config.heartbeat_interval_s and resp.heartbeat_interval_s > 0:
+                    self.heartbeat_interval = resp.heartbeat_interval_s
+                self._cancel(list(resp.cancel_assignment_ids) + list(resp.unknown_assignment_ids))
+                await asyncio.sleep(self.heartbeat_interval)
+            except grpc.aio.AioRpcError as exc:
+                log.debug("heartbeat failed: %s", exc.code())
+                await self._handle_rpc_error(exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    async def _handle_rpc_error(self, exc: grpc.aio.AioRpcError) -> None:
+        """Re-enroll when the coordinator no longer knows our certificate."""
+        if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            log.warning("coordinator refused this node: %s", exc.details())
+            with contextlib.suppress(PhageError, grpc.aio.AioRpcError, OSError):
+                await self._open(await self._enroll())
+
+    async def _fetch_loop(self) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                resp = await self._fetch_once()
+                backoff = 0.2
+            except grpc.aio.AioRpcError as exc:
+                log.debug("fetch failed: %s %s", exc.code(), exc.details())
+                await self._handle_rpc_error(exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let the work loop die silently
+                log.exception("fetch loop error")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if resp is None:
+                continue
+            self._cancel(list(resp.cancel_assignment_ids))
+            if resp.assignments:
+                await self._begin(list(resp.assignments))
+
+    async def _fetch_once(self) -> pb.FetchTaskResponse | None:
+        """One long-poll; None when it was cut short because a local slot opened."""
+        free = self.config.max_concurrency - len(self.running)
+        self._slot_freed.clear()
+        request = pb.FetchTaskRequest(
+            node_id=self.node_id, max_tasks=max(free, 0), wait_ms=self.config.fetch_wait_ms
+        )
+        call = self.stub.FetchTask(request, timeout=self.config.fetch_wait_ms / 1000 + 10)
+        if free > 0:
+            response: pb.FetchTaskResponse = await call
+            return response
+        # Full: the poll only carries cancellations. Re-poll as soon as a slot frees.
+        fetched = asyncio.ensure_future(_await_call(call))
+        freed = asyncio.ensure_future(self._slot_freed.wait())
+        try:
+            done, _ = await asyncio.wait({fetched, freed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            freed.cancel()
+        if fetched in done:
+            return fetched.result()
+        call.cancel()
+        with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+            await fetched
+        return None
+
+    async def _begin(self, assignments: list[pb.TaskAssignment]) -> None:
+        for a in assignments:
+            self.running[a.assignment_id] = Running(a)
+        ids = [a.assignment_id for a in assignments]
+        try:
+            resp = await self._retry(lambda: self.stub.StartTasks(
+                pb.StartTasksRequest(node_id=self.node_id, assignment_ids=ids), timeout=10))
+            unwanted = set(resp.cancel_assignment_ids)
+        except grpc.aio.AioRpcError:
+            unwanted = set()
+        for a in assignments:
+            if a.assignment_id in unwanted:
+                self.running.pop(a.assignment_id, None)
+                continue
+            r = self.running[a.assignment_id]
+            r.task = asyncio.create_task(self._execute(a), name=f"phage-task-{a.assignment_id}")
+
+    def _cancel(self, assignment_ids: list[str]) -> None:
+        for aid in assignment_ids:
+            r = self.running.pop(aid, None)
+            if r is not None and r.task is not None:
+                log.info("stopping %s (cancelled)", aid)
+                r.task.cancel()
+                self.executor.cleanup(aid)
+                self._slot_freed.set()
+
+    # ---- one assignment ----------------------------------------------------
+
+    async def _execute(self, a: pb.TaskAssignment) -> None:
+        outputs: list[CollectedOutput] = []
+        try:
+            if a.kind == "noop":
+                result = TaskResult(exit_code=0)
+            elif a.kind == "job":
+                result, outputs = await self._run_job(a)
+            else:
+                result = TaskResult(exit_code=-1, error=f"this node does not know task kind {a.kind!r}")
+            for out in outputs:
+                await self._upload(out)
+            await self._report(a, result)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # report node-side failures so the task is retried elsewhere
+            log.exception("assignment %s failed on this node", a.assignment_id)
+            with contextlib.suppress(Exception):
+                await self._report(a, TaskResult(exit_code=-1, error=f"node error: {exc}"))
+        finally:
+            if a.kind != "noop":
+                self.executor.cleanup(a.assignment_id)
+            if self.running.pop(a.assignment_id, None) is not None:
+                self.completed += 1
+            self._slot_freed.set()
+
+    async def _run_job(self, a: pb.TaskAssignment) -> tuple[TaskResult, list[CollectedOutput]]:
+        manifest = JobManifest.parse(convert.manifest_from_pb(a.manifest))
+        if a.isolation not in ("any", self.sandbox.name):
+            return TaskResult(
+                exit_code=-1,
+                error=f"task requires isolation {a.isolation!r}; this node provides {self.sandbox.name!r}",
+            ), []
+        workspace: bytes | None = a.workspace or None
+        if a.workspace_sha256 and not workspace:
+            workspace = await self._download(a.workspace_sha256)
+        return await self.executor.run(a.assignment_id, manifest, workspace, a.max_output_bytes)
+
+    async def _download(self, digest: str) -> bytes:
+        chunks = []
+        async for chunk in self.stub.DownloadBlob(pb.BlobRequest(sha256=digest), timeout=600):
+            chunks.append(chunk.data)
+        return b"".join(chunks)
+
+    async def _upload(self, out: CollectedOutput) -> None:
+        async def send() -> pb.BlobRef:
+            def chunks() -> Any:
+                first = True
+                with out.local.open("rb") as fh:
+                    while True:
+                        data = fh.read(UPLOAD_CHUNK)
+                        if first:
+                            yield pb.BlobChunk(sha256=out.sha256, total_size=out.size, data=data)
+                            first = False
+                        elif data:
+                            yield pb.BlobChunk(data=data)
+                        if not data:
+                            return
+            ref: pb.BlobRef = await self.stub.UploadBlob(chunks(), timeout=600)
+            return ref
+
+        await self._retry(send)
+
+    async def _report(self, a: pb.TaskAssignment, result: TaskResult) -> None:
+        msg = convert.result_to_pb(self.node_id, a.assignment_id, a.task_id, result, self.sandbox.name)
+        ack = await self._retry(lambda: self.stub.SubmitResult(msg, timeout=30))
+        if not ack.accepted:
+            log.info("result for %s not accepted: %s", a.assignment_id, ack.message)
+
+    async def _retry(self, call: Any, attempts: int = 1_000_000) -> Any:
+        """Retry an RPC while the coordinator is unreachable; give up on a definite refusal."""
+        backoff = 0.1
+        for _ in range(attempts):
+            try:
+                return await call()
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in RETRYABLE:
+                    raise
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+        raise RuntimeError("unreachable")

@@ -1,0 +1,1 @@
+"""Generated ``phage.v1`` code; regenerate with ``python -m phage.protocol.generate``."""

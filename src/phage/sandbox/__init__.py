@@ -1,0 +1,13 @@
+"""Sandboxes: the one interface every task runs through, and its backends."""
+
+from phage.sandbox.base import Sandbox, SandboxLimits, SandboxOutcome, SandboxRequest
+from phage.sandbox.registry import available_backends, make_sandbox
+
+__all__ = [
+    "Sandbox",
+    "SandboxLimits",
+    "SandboxOutcome",
+    "SandboxRequest",
+    "available_backends",
+    "make_sandbox",
+]

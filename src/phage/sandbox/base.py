@@ -1,0 +1,67 @@
+"""The sandbox interface.
+
+A backend runs one argv in one workspace directory under limits and reports
+how it ended. Backends differ only in isolation; the node treats them alike,
+and refuses a task whose required isolation its backend cannot give.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxLimits:
+    """Bounds on one run; ``None`` leaves that bound to the backend's default."""
+
+    wall_s: float = 300.0
+    memory_bytes: int | None = 2 * 1024**3
+    cpus: float | None = None
+    pids: int | None = 256
+    log_bytes: int = 64 * 1024
+    """How much of stdout and stderr is kept (the tail); the rest is read and dropped."""
+    scratch_bytes: int | None = 1024**3
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxRequest:
+    """What to run and where."""
+
+    argv: list[str]
+    workdir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    limits: SandboxLimits = field(default_factory=SandboxLimits)
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxOutcome:
+    """How a run ended."""
+
+    exit_code: int
+    stdout_tail: str
+    stderr_tail: str
+    wall_s: float
+    timed_out: bool = False
+    killed_reason: str = ""
+
+
+class Sandbox(abc.ABC):
+    """A way to run untrusted commands."""
+
+    name: str = ""
+    """Backend name as tasks and nodes refer to it: ``none``, ``bwrap``, ``gvisor``."""
+
+    @classmethod
+    @abc.abstractmethod
+    def unavailable_reason(cls) -> str | None:
+        """None when this backend works on this machine, else why not."""
+
+    @abc.abstractmethod
+    async def run(self, request: SandboxRequest) -> SandboxOutcome:
+        """Run ``request.argv`` in ``request.workdir`` under ``request.limits``."""
+
+    def describe(self) -> dict[str, object]:
+        """The backend's configuration, for logs and (later) attestation hashes."""
+        return {"backend": self.name}

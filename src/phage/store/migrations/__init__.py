@@ -1,0 +1,1 @@
+"""Alembic migrations for the phage store; applied automatically on coordinator start."""

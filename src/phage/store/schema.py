@@ -1,0 +1,73 @@
+"""Table definitions (SQLAlchemy Core). Migrations in ``migrations/`` create exactly these."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+tasks = sa.Table(
+    "tasks",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("priority", sa.Integer, nullable=False, default=0),
+    sa.Column("spec", sa.JSON, nullable=False),
+    sa.Column("max_attempts", sa.Integer, nullable=False),
+    sa.Column("attempts_made", sa.Integer, nullable=False, default=0),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float, nullable=True),
+    sa.Column("owner", sa.String(64), nullable=False, default=""),
+    sa.Column("result", sa.JSON, nullable=True),
+    sa.Column("error", sa.Text, nullable=False, default=""),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
+    sa.Column("labels", sa.JSON, nullable=False),
+    sa.Index("ix_tasks_state_priority", "state", "priority", "created_at"),
+    sa.Index("ix_tasks_created", "created_at"),
+)
+
+attempts = sa.Table(
+    "attempts",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("task_id", sa.String(64), sa.ForeignKey("tasks.id"), nullable=False),
+    sa.Column("node_id", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("dispatched_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=True),
+    sa.Column("finished_at", sa.Float, nullable=True),
+    sa.Column("lease_expires_at", sa.Float, nullable=False),
+    sa.Column("exit_code", sa.Integer, nullable=True),
+    sa.Column("error", sa.Text, nullable=False, default=""),
+    sa.Index("ix_attempts_task", "task_id"),
+    sa.Index("ix_attempts_node_state", "node_id", "state"),
+)
+
+nodes = sa.Table(
+    "nodes",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("registered_at", sa.Float, nullable=False),
+    sa.Column("last_heartbeat", sa.Float, nullable=False),
+    sa.Column("max_concurrency", sa.Integer, nullable=False),
+    sa.Column("hardware", sa.JSON, nullable=False),
+    sa.Column("sandboxes", sa.JSON, nullable=False),
+    sa.Column("loaded_model", sa.String(255), nullable=False, default=""),
+    sa.Column("version", sa.String(64), nullable=False, default=""),
+    sa.Column("cert_serial", sa.String(64), nullable=False, default=""),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("secret_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked", sa.Boolean, nullable=False, default=False),
+)

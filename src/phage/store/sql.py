@@ -1,0 +1,492 @@
+"""The SQLAlchemy store: SQLite (WAL) by default, PostgreSQL for several coordinators.
+
+Writes go through :class:`GroupCommitWriter`; claims are compare-and-set
+updates (``WHERE state = 'queued'``) so two coordinators sharing a database
+can never hand one task out twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from phage.domain import Attempt, AttemptState, Node, NodeState, Task, TaskKind, TaskResult, TaskState
+from phage.domain.models import ACTIVE_TASK_STATES
+from phage.errors import Conflict, NotFound, PermissionDenied, ProtocolError
+from phage.store.base import ApiKeyRecord, FinishOutcome, LostOutcome, QueuedTask
+from phage.store.schema import api_keys, attempts, nodes, tasks
+from phage.store.writer import GroupCommitWriter
+
+_OPEN = (AttemptState.DISPATCHED.value, AttemptState.RUNNING.value)
+_ACTIVE = tuple(s.value for s in ACTIVE_TASK_STATES)
+_CHUNK = 400  # stay under SQLite's bound-parameter limit
+
+
+def sqlite_url(path: Path) -> str:
+    """The async URL for a SQLite file."""
+    return f"sqlite+aiosqlite:///{path}"
+
+
+def _chunks(items: Sequence[str]) -> list[Sequence[str]]:
+    return [items[i : i + _CHUNK] for i in range(0, len(items), _CHUNK)]
+
+
+def _task(row: Row[Any]) -> Task:
+    m = row._mapping
+    return Task(
+        id=m["id"],
+        kind=TaskKind(m["kind"]),
+        state=TaskState(m["state"]),
+        spec=m["spec"],
+        priority=m["priority"],
+        max_attempts=m["max_attempts"],
+        attempts_made=m["attempts_made"],
+        created_at=m["created_at"],
+        updated_at=m["updated_at"],
+        finished_at=m["finished_at"],
+        owner=m["owner"],
+        result=TaskResult.from_dict(m["result"]) if m["result"] else None,
+        error=m["error"],
+        cancel_requested=bool(m["cancel_requested"]),
+        labels=m["labels"] or {},
+    )
+
+
+def _attempt(row: Row[Any]) -> Attempt:
+    m = row._mapping
+    return Attempt(
+        id=m["id"],
+        task_id=m["task_id"],
+        node_id=m["node_id"],
+        state=AttemptState(m["state"]),
+        dispatched_at=m["dispatched_at"],
+        started_at=m["started_at"],
+        finished_at=m["finished_at"],
+        lease_expires_at=m["lease_expires_at"],
+        exit_code=m["exit_code"],
+        error=m["error"],
+    )
+
+
+def _node(row: Row[Any]) -> Node:
+    m = row._mapping
+    return Node(
+        id=m["id"],
+        name=m["name"],
+        state=NodeState(m["state"]),
+        registered_at=m["registered_at"],
+        last_heartbeat=m["last_heartbeat"],
+        max_concurrency=m["max_concurrency"],
+        hardware=m["hardware"] or {},
+        sandboxes=list(m["sandboxes"] or []),
+        loaded_model=m["loaded_model"],
+        version=m["version"],
+        cert_serial=m["cert_serial"],
+    )
+
+
+def _task_row(t: Task) -> dict[str, Any]:
+    return {
+        "id": t.id,
+        "kind": t.kind.value,
+        "state": t.state.value,
+        "priority": t.priority,
+        "spec": t.spec,
+        "max_attempts": t.max_attempts,
+        "attempts_made": t.attempts_made,
+        "created_at": t.created_at,
+        "updated_at": t.updated_at,
+        "finished_at": t.finished_at,
+        "owner": t.owner,
+        "result": t.result.to_dict() if t.result else None,
+        "error": t.error,
+        "cancel_requested": t.cancel_requested,
+        "labels": t.labels,
+    }
+
+
+class SqlStore:
+    """:class:`phage.store.base.Store` over SQLAlchemy 2 async."""
+
+    def __init__(self, url: str, *, synchronous: str = "NORMAL") -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        kwargs: dict[str, Any] = {}
+        if self.is_sqlite:
+            kwargs["connect_args"] = {"timeout": 30}
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if self.is_sqlite:
+            self._install_sqlite_pragmas(synchronous)
+        self._writer = GroupCommitWriter(self.engine)
+
+    def _install_sqlite_pragmas(self, synchronous: str) -> None:
+        # WAL lets readers proceed while the writer commits; NORMAL keeps every
+        # commit across a process crash (kill -9), trading only power-loss safety.
+        @event.listens_for(self.engine.sync_engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA synchronous={synchronous}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+    @property
+    def writer(self) -> GroupCommitWriter:
+        """The group-commit writer (exposed for metrics)."""
+        return self._writer
+
+    async def open(self) -> None:
+        """Apply migrations and start the writer."""
+        from phage.store.migrate import upgrade
+
+        async with self.engine.begin() as conn:
+            await conn.run_sync(upgrade)
+        self._writer.start()
+
+    async def close(self) -> None:
+        """Drain the writer and dispose of connections."""
+        await self._writer.stop()
+        await self.engine.dispose()
+
+    # ---- tasks -------------------------------------------------------------
+
+    async def add_tasks(self, new: Sequence[Task]) -> None:
+        """Insert tasks in one transaction."""
+        rows = [_task_row(t) for t in new]
+
+        async def op(conn: AsyncConnection) -> None:
+            await conn.execute(tasks.insert(), rows)
+
+        await self._writer.run(op)
+
+    async def get_task(self, task_id: str) -> Task | None:
+        """One task, or None."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(tasks.select().where(tasks.c.id == task_id))).first()
+        return _task(row) if row else None
+
+    async def list_tasks(
+        self,
+        *,
+        state: TaskState | None = None,
+        kind: str | None = None,
+        owner: str | None = None,
+        limit: int = 50,
+        before: float | None = None,
+    ) -> list[Task]:
+        """Newest first, filtered; page with ``before`` = the last row's created_at."""
+        q = tasks.select().order_by(tasks.c.created_at.desc(), tasks.c.id.desc()).limit(limit)
+        if state is not None:
+            q = q.where(tasks.c.state == state.value)
+        if kind is not None:
+            q = q.where(tasks.c.kind == kind)
+        if owner is not None:
+            q = q.where(tasks.c.owner == owner)
+        if before is not None:
+            q = q.where(tasks.c.created_at < before)
+        async with self.engine.connect() as conn:
+            return [_task(r) for r in await conn.execute(q)]
+
+    async def count_tasks(self) -> dict[str, int]:
+        """Tasks per state."""
+        q = sa.select(tasks.c.state, sa.func.count()).group_by(tasks.c.state)
+        async with self.engine.connect() as conn:
+            return {state: int(n) for state, n in await conn.execute(q)}
+
+    async def queued_tasks(self) -> list[QueuedTask]:
+        """Every queued task, oldest first."""
+        q = (
+            sa.select(tasks.c.id, tasks.c.kind, tasks.c.priority, tasks.c.created_at, tasks.c.spec)
+            .where(tasks.c.state == TaskState.QUEUED.value)
+            .order_by(tasks.c.created_at)
+        )
+        async with self.engine.connect() as conn:
+            return [QueuedTask(r.id, r.kind, r.priority, r.created_at, r.spec) for r in await conn.execute(q)]
+
+    async def claim(self, node_id: str, task_ids: Sequence[str], now: float, lease_s: float) -> list[Attempt]:
+        """Compare-and-set queued → dispatched, one attempt per claimed task."""
+        from phage.domain.ids import new_id
+
+        async def op(conn: AsyncConnection) -> list[Attempt]:
+            claimed: list[str] = []
+            for chunk in _chunks(task_ids):
+                res = await conn.execute(
+                    tasks.update()
+                    .where(tasks.c.id.in_(chunk), tasks.c.state == TaskState.QUEUED.value)
+                    .values(
+                        state=TaskState.DISPATCHED.value,
+                        attempts_made=tasks.c.attempts_made + 1,
+                        updated_at=now,
+                    )
+                    .returning(tasks.c.id)
+                )
+                claimed.extend(r.id for r in res)
+            made = [
+                Attempt(new_id("a"), tid, node_id, AttemptState.DISPATCHED, now, lease_expires_at=now + lease_s)
+                for tid in claimed
+            ]
+            if made:
+                await conn.execute(
+                    attempts.insert(),
+                    [
+                        {
+                            "id": a.id, "task_id": a.task_id, "node_id": node_id, "state": a.state.value,
+                            "dispatched_at": now, "started_at": None, "finished_at": None,
+                            "lease_expires_at": a.lease_expires_at, "exit_code": None, "error": "",
+                        }
+                        for a in made
+                    ],
+                )
+            return made
+
+        return await self._writer.run(op)
+
+    async def mark_running(self, node_id: str, attempt_ids: Sequence[str], now: float) -> list[str]:
+        """dispatched → running for the node's own attempts; returns the ones no longer wanted."""
+
+        async def op(conn: AsyncConnection) -> list[str]:
+            started: set[str] = set()
+            task_ids: list[str] = []
+            for chunk in _chunks(attempt_ids):
+                res = await conn.execute(
+                    attempts.update()
+                    .where(
+                        attempts.c.id.in_(chunk),
+                        attempts.c.node_id == node_id,
+                        attempts.c.state == AttemptState.DISPATCHED.value,
+                    )
+                    .values(state=AttemptState.RUNNING.value, started_at=now)
+                    .returning(attempts.c.id, attempts.c.task_id)
+                )
+                for r in res:
+                    started.add(r.id)
+                    task_ids.append(r.task_id)
+            for chunk in _chunks(task_ids):
+                await conn.execute(
+                    tasks.update()
+                    .where(tasks.c.id.in_(chunk), tasks.c.state == TaskState.DISPATCHED.value)
+                    .values(state=TaskState.RUNNING.value, updated_at=now)
+                )
+            return [a for a in attempt_ids if a not in started]
+
+        return await self._writer.run(op)
+
+    async def finish(self, node_id: str, attempt_id: str, result: TaskResult, now: float) -> FinishOutcome:
+        """Record a result; refuse foreign or unknown assignments; idempotent per assignment."""
+
+        async def op(conn: AsyncConnection) -> FinishOutcome:
+            row = (await conn.execute(attempts.select().where(attempts.c.id == attempt_id))).first()
+            if row is None:
+                raise ProtocolError(f"unknown assignment {attempt_id!r}", field="assignment_id")
+            att = _attempt(row)
+            if att.node_id != node_id:
+                raise PermissionDenied(
+                    f"assignment {attempt_id} belongs to another node", field="assignment_id"
+                )
+            if not att.state.open:
+                done = att.state in (AttemptState.SUCCEEDED, AttemptState.FAILED)
+                return FinishOutcome(
+                    accepted=done,
+                    duplicate=True,
+                    task_state=None,
+                    message="result already recorded" if done else f"assignment was {att.state.value}",
+                )
+            ok = result.succeeded
+            await conn.execute(
+                attempts.update()
+                .where(attempts.c.id == attempt_id)
+                .values(
+                    state=(AttemptState.SUCCEEDED if ok else AttemptState.FAILED).value,
+                    finished_at=now,
+                    exit_code=result.exit_code,
+                    error=result.error,
+                )
+            )
+            trow = (await conn.execute(tasks.select().where(tasks.c.id == att.task_id))).first()
+            if trow is None:  # pragma: no cover - foreign key makes this impossible
+                raise NotFound(f"task {att.task_id} vanished")
+            task = _task(trow)
+            if task.state.terminal:
+                return FinishOutcome(accepted=True, duplicate=False, task_state=task.state,
+                                     message=f"task already {task.state.value}")
+            values: dict[str, Any] = {"updated_at": now, "result": result.to_dict()}
+            requeued = False
+            if ok:
+                values |= {"state": TaskState.VERIFIED.value, "finished_at": now, "error": ""}
+            elif result.error and task.attempts_made < task.max_attempts:
+                # A node-side failure (sandbox, fetch) says nothing about the task: try elsewhere.
+                values |= {"state": TaskState.QUEUED.value, "error": result.error}
+                requeued = True
+            else:
+                reason = result.error or f"exited with code {result.exit_code}"
+                values |= {"state": TaskState.FAILED.value, "finished_at": now, "error": reason}
+            await conn.execute(tasks.update().where(tasks.c.id == task.id).values(**values))
+            return FinishOutcome(True, False, TaskState(values["state"]), requeued=requeued)
+
+        return await self._writer.run(op)
+
+    async def fail_lost(self, attempt_ids: Sequence[str], reason: str, now: float) -> list[LostOutcome]:
+        """Open attempts → lost; their tasks requeue while attempts remain, else fail."""
+
+        async def op(conn: AsyncConnection) -> list[LostOutcome]:
+            out: list[LostOutcome] = []
+            for chunk in _chunks(attempt_ids):
+                res = await conn.execute(
+                    attempts.update()
+                    .where(attempts.c.id.in_(chunk), attempts.c.state.in_(_OPEN))
+                    .values(state=AttemptState.LOST.value, finished_at=now, error=reason)
+                    .returning(attempts.c.id, attempts.c.task_id)
+                )
+                for aid, tid in [(r.id, r.task_id) for r in res]:
+                    trow = (await conn.execute(tasks.select().where(tasks.c.id == tid))).first()
+                    if trow is None:
+                        continue
+                    task = _task(trow)
+                    if task.state not in ACTIVE_TASK_STATES:
+                        continue
+                    if task.cancel_requested:
+                        state, requeue = TaskState.CANCELLED, False
+                    elif task.attempts_made < task.max_attempts:
+                        state, requeue = TaskState.QUEUED, True
+                    else:
+                        state, requeue = TaskState.FAILED, False
+                    values: dict[str, Any] = {"state": state.value, "updated_at": now}
+                    if not requeue:
+                        values["finished_at"] = now
+                        values["error"] = f"{reason} (attempt {task.attempts_made} of {task.max_attempts})"
+                    await conn.execute(tasks.update().where(tasks.c.id == tid).values(**values))
+                    out.append(LostOutcome(aid, tid, state, requeue))
+            return out
+
+        return await self._writer.run(op)
+
+    async def cancel_task(self, task_id: str, now: float) -> tuple[Task, list[Attempt]]:
+        """Cancel unless already finished; returns the open attempts to stop."""
+
+        async def op(conn: AsyncConnection) -> tuple[Task, list[Attempt]]:
+            row = (await conn.execute(tasks.select().where(tasks.c.id == task_id))).first()
+            if row is None:
+                raise NotFound(f"no task {task_id!r}", field="id")
+            task = _task(row)
+            if task.state in (TaskState.VERIFIED, TaskState.FAILED):
+                raise Conflict(f"task {task_id} already {task.state.value}; nothing to cancel")
+            if task.state is TaskState.CANCELLED:
+                return task, []
+            open_rows = await conn.execute(
+                attempts.update()
+                .where(attempts.c.task_id == task_id, attempts.c.state.in_(_OPEN))
+                .values(state=AttemptState.CANCELLED.value, finished_at=now, error="cancelled")
+                .returning(*attempts.c)
+            )
+            stopped = [_attempt(r) for r in open_rows]
+            await conn.execute(
+                tasks.update()
+                .where(tasks.c.id == task_id)
+                .values(state=TaskState.CANCELLED.value, cancel_requested=True, finished_at=now,
+                        updated_at=now, error="cancelled by request")
+            )
+            task.state, task.cancel_requested, task.finished_at = TaskState.CANCELLED, True, now
+            return task, stopped
+
+        return await self._writer.run(op)
+
+    async def attempts_for(self, task_id: str) -> list[Attempt]:
+        """A task's attempts, oldest first."""
+        q = attempts.select().where(attempts.c.task_id == task_id).order_by(attempts.c.dispatched_at)
+        async with self.engine.connect() as conn:
+            return [_attempt(r) for r in await conn.execute(q)]
+
+    async def open_attempts(self) -> list[Attempt]:
+        """Every attempt that still holds a lease."""
+        q = attempts.select().where(attempts.c.state.in_(_OPEN))
+        async with self.engine.connect() as conn:
+            return [_attempt(r) for r in await conn.execute(q)]
+
+    # ---- nodes -------------------------------------------------------------
+
+    async def upsert_node(self, node: Node) -> None:
+        """Insert or replace a node's row."""
+        row = {
+            "id": node.id, "name": node.name, "state": node.state.value,
+            "registered_at": node.registered_at, "last_heartbeat": node.last_heartbeat,
+            "max_concurrency": node.max_concurrency, "hardware": node.hardware,
+            "sandboxes": node.sandboxes, "loaded_model": node.loaded_model,
+            "version": node.version, "cert_serial": node.cert_serial,
+        }
+
+        async def op(conn: AsyncConnection) -> None:
+            res = await conn.execute(nodes.update().where(nodes.c.id == node.id).values(**row))
+            if res.rowcount == 0:
+                await conn.execute(nodes.insert().values(**row))
+
+        await self._writer.run(op)
+
+    async def get_node(self, node_id: str) -> Node | None:
+        """One node, or None."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(nodes.select().where(nodes.c.id == node_id))).first()
+        return _node(row) if row else None
+
+    async def list_nodes(self) -> list[Node]:
+        """Every node."""
+        async with self.engine.connect() as conn:
+            return [_node(r) for r in await conn.execute(nodes.select().order_by(nodes.c.registered_at))]
+
+    async def record_heartbeats(self, beats: Sequence[tuple[str, float, dict[str, Any], str]]) -> None:
+        """Many nodes' last heartbeat in one statement."""
+        if not beats:
+            return
+        rows = [{"b_id": i, "b_ts": ts, "b_hw": hw, "b_model": m} for i, ts, hw, m in beats]
+        stmt = (
+            nodes.update()
+            .where(nodes.c.id == sa.bindparam("b_id"))
+            .values(last_heartbeat=sa.bindparam("b_ts"), hardware=sa.bindparam("b_hw", type_=sa.JSON),
+                    loaded_model=sa.bindparam("b_model"))
+        )
+
+        async def op(conn: AsyncConnection) -> None:
+            await conn.execute(stmt, rows)
+
+        await self._writer.run(op)
+
+    async def set_node_state(self, node_id: str, state: NodeState) -> None:
+        """Change one node's state."""
+
+        async def op(conn: AsyncConnection) -> None:
+            res = await conn.execute(nodes.update().where(nodes.c.id == node_id).values(state=state.value))
+            if res.rowcount == 0:
+                raise NotFound(f"no node {node_id!r}", field="id")
+
+        await self._writer.run(op)
+
+    # ---- API keys ----------------------------------------------------------
+
+    async def add_api_key(self, key_id: str, secret_hash: str, name: str, role: str, now: float) -> None:
+        """Store a key's hash."""
+
+        async def op(conn: AsyncConnection) -> None:
+            await conn.execute(
+                api_keys.insert().values(id=key_id, secret_hash=secret_hash, name=name, role=role,
+                                         created_at=now, revoked=False)
+            )
+
+        await self._writer.run(op)
+
+    async def find_api_key(self, secret_hash: str) -> ApiKeyRecord | None:
+        """Look a key up by its hash."""
+        async with self.engine.connect() as conn:
+            r = (await conn.execute(api_keys.select().where(api_keys.c.secret_hash == secret_hash))).first()
+        return ApiKeyRecord(r.id, r.name, r.role, r.created_at, bool(r.revoked)) if r else None
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        """All keys."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(api_keys.select().order_by(api_keys.c.created_at))
+            return [ApiKeyRecord(r.id, r.name, r.role, r.created_at, bool(r.revoked)) for r in rows]
