@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import signal
 from collections.abc import Callable
@@ -106,6 +108,9 @@ class CoordinatorServer:
             admin_key=c.admin_key,
             data_dir=str(c.dirs.root),
         )
+        # Tools and tests find a coordinator started on port 0 through this file.
+        (c.dirs.root / "coordinator.json").write_text(json.dumps(
+            {k: v for k, v in dataclasses.asdict(self.info).items() if k != "admin_key"}, indent=1))
         return self.info
 
     async def stop(self) -> None:

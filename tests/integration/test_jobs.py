@@ -1,0 +1,71 @@
+"""Many jobs across several node processes: every one verified with the right output, all seen on the feed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import websockets
+
+from phage.testing import CoordinatorProcess, NodeProcess, wait_online, wait_tasks_final, wait_until
+from tests.integration.conftest import job
+
+
+def _collect_feed(coord: CoordinatorProcess, events: list[dict[str, Any]], stop: threading.Event,
+                  ready: threading.Event) -> None:
+    async def main() -> None:
+        url = coord.url.replace("http://", "ws://") + "/api/feed"
+        async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {coord.admin_key}"}) as ws:
+            ready.set()
+            while not stop.is_set():
+                try:
+                    events.append(json.loads(await asyncio.wait_for(ws.recv(), 0.2)))
+                except TimeoutError:
+                    continue
+
+    asyncio.run(main())
+
+
+def test_200_jobs_on_3_nodes_all_verified_with_outputs_and_feed(
+    pool: Callable[..., tuple[CoordinatorProcess, list[NodeProcess]]],
+) -> None:
+    coord, nodes = pool(nodes=3, concurrency=4)
+    wait_online(coord, 3)
+    events: list[dict[str, Any]] = []
+    stop, ready = threading.Event(), threading.Event()
+    feeder = threading.Thread(target=_collect_feed, args=(coord, events, stop, ready), daemon=True)
+    feeder.start()
+    assert ready.wait(10)
+
+    with coord.client() as c:
+        resp = c.post("/api/tasks", json={"tasks": [job(f"value-{i}") for i in range(200)]})
+        assert resp.status_code == 201, resp.text
+        ids = [t["id"] for t in resp.json()["tasks"]]
+        assert len(set(ids)) == 200
+        final = wait_tasks_final(coord, ids, timeout=240)
+        assert [t["state"] for t in final] == ["verified"] * 200
+        used_nodes = set()
+        for i, t in enumerate(final):
+            assert t["result"]["exit_code"] == 0
+            assert [o["path"] for o in t["result"]["outputs"]] == ["out/result.txt"]
+            body = c.get(f"/api/tasks/{t['id']}/outputs/out/result.txt")
+            assert body.status_code == 200
+            assert body.text == f"value-{i}"
+            assert len(t["attempts"]) == 1 and t["attempts"][0]["state"] == "succeeded"
+            used_nodes.add(t["attempts"][0]["node_id"])
+        assert len(used_nodes) == 3, "work should spread over all three nodes"
+
+    wait_until(lambda: sum(1 for e in events if e.get("type") == "task" and e["state"] == "verified") >= 200,
+               10, what="feed to show every verification")
+    stop.set()
+    feeder.join(5)
+    seen: dict[str, list[str]] = defaultdict(list)
+    for e in events:
+        if e.get("type") == "task":
+            seen[e["id"]].append(e["state"])
+    for tid in ids:
+        assert seen[tid] == ["queued", "dispatched", "running", "verified"], (tid, seen[tid])
