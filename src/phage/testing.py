@@ -30,7 +30,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(check: Callable[[], T], timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> T:
+def wait_until(
+    check: Callable[[], T], timeout: float = 30.0, interval: float = 0.05, what: str = "condition"
+) -> T:
     """Poll ``check`` until it returns something truthy; raise TimeoutError naming ``what``."""
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
@@ -42,8 +44,9 @@ def wait_until(check: Callable[[], T], timeout: float = 30.0, interval: float = 
         except Exception as exc:  # the thing polled may not be up yet
             last_exc = exc
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})"
-                                                                           if last_exc else ""))
+    raise TimeoutError(
+        f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else "")
+    )
 
 
 def _phage_argv(*args: str) -> list[str]:
@@ -84,12 +87,21 @@ class CoordinatorProcess:
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
         log = self.log_path.open("ab")
         argv = _phage_argv(
-            "coordinator", "--data-dir", str(self.data_dir),
-            "--http", f"127.0.0.1:{self.http_port}", "--grpc", f"127.0.0.1:{self.grpc_port}",
-            "--enroll-port", str(self.enroll_port), "--heartbeat", str(self.heartbeat_s),
+            "coordinator",
+            "--data-dir",
+            str(self.data_dir),
+            "--http",
+            f"127.0.0.1:{self.http_port}",
+            "--grpc",
+            f"127.0.0.1:{self.grpc_port}",
+            "--enroll-port",
+            str(self.enroll_port),
+            "--heartbeat",
+            str(self.heartbeat_s),
         )
-        self.proc = subprocess.Popen(argv, stdout=log, stderr=log, env={**os.environ, **self.env},
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv, stdout=log, stderr=log, env={**os.environ, **self.env}, start_new_session=True
+        )
         wait_until(self._healthy, timeout, what=f"coordinator on {self.url} (log: {self.log_path})")
         return self
 
@@ -111,8 +123,9 @@ class CoordinatorProcess:
 
     def client(self, key: str | None = None) -> httpx.Client:
         """A synchronous HTTP client with the admin key."""
-        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key or self.admin_key}"},
-                            timeout=30)
+        return httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {key or self.admin_key}"}, timeout=30
+        )
 
     def kill(self) -> None:
         """SIGKILL: no clean shutdown at all."""
@@ -148,10 +161,25 @@ class NodeProcess:
         self.key_dir.mkdir(parents=True, exist_ok=True)
         log = (self.key_dir.parent / f"{self.key_dir.name}.log").open("ab")
         argv = _phage_argv(
-            "node", "--coordinator", self.coordinator.grpc_address, "--enroll", self.coordinator.enroll_address,
-            "--token", info["join_token"], "--ca-fingerprint", info["ca_fingerprint"],
-            "--key-dir", str(self.key_dir), "--name", self.name, "--concurrency", str(self.concurrency),
-            "--sandbox", self.sandbox, "--heartbeat", str(self.heartbeat_s),
+            "node",
+            "--coordinator",
+            self.coordinator.grpc_address,
+            "--enroll",
+            self.coordinator.enroll_address,
+            "--token",
+            info["join_token"],
+            "--ca-fingerprint",
+            info["ca_fingerprint"],
+            "--key-dir",
+            str(self.key_dir),
+            "--name",
+            self.name,
+            "--concurrency",
+            str(self.concurrency),
+            "--sandbox",
+            self.sandbox,
+            "--heartbeat",
+            str(self.heartbeat_s),
         )
         self.proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
         return self
@@ -184,16 +212,21 @@ class NodeProcess:
 def wait_online(coordinator: CoordinatorProcess, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
     """Wait until ``count`` nodes are online; returns them."""
     with coordinator.client() as c:
+
         def online() -> list[dict[str, Any]]:
             nodes = [n for n in c.get("/api/nodes").json()["nodes"] if n["state"] == "online"]
             return nodes if len(nodes) >= count else []
+
         return wait_until(online, timeout, what=f"{count} nodes online")
 
 
-def wait_tasks_final(coordinator: CoordinatorProcess, ids: list[str], timeout: float = 120.0) -> list[dict[str, Any]]:
+def wait_tasks_final(
+    coordinator: CoordinatorProcess, ids: list[str], timeout: float = 120.0
+) -> list[dict[str, Any]]:
     """Wait until every task id is verified, failed or cancelled; returns them with attempts."""
     final = {"verified", "failed", "cancelled"}
     with coordinator.client() as c:
+
         def done() -> list[dict[str, Any]]:
             out = []
             for tid in ids:
@@ -202,4 +235,5 @@ def wait_tasks_final(coordinator: CoordinatorProcess, ids: list[str], timeout: f
                     return []
                 out.append(t)
             return out
+
         return wait_until(done, timeout, interval=0.2, what=f"{len(ids)} tasks to finish")

@@ -26,11 +26,18 @@ def coord(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoordinatorProce
     c.stop()
 
 
-async def _join(coord: CoordinatorProcess, identity: NodeIdentity | None = None) -> tuple[NodeIdentity, Credentials]:
+async def _join(
+    coord: CoordinatorProcess, identity: NodeIdentity | None = None
+) -> tuple[NodeIdentity, Credentials]:
     identity = identity or NodeIdentity.generate()
     info = coord.info
-    creds = await enroll(identity, enroll_address=coord.enroll_address, join_token=info["join_token"],
-                         ca_fingerprint=info["ca_fingerprint"], info={"name": "t", "sandboxes": ["none"]})
+    creds = await enroll(
+        identity,
+        enroll_address=coord.enroll_address,
+        join_token=info["join_token"],
+        ca_fingerprint=info["ca_fingerprint"],
+        info={"name": "t", "sandboxes": ["none"]},
+    )
     return identity, creds
 
 
@@ -39,7 +46,8 @@ async def test_join_with_right_token_then_heartbeat_over_mtls(coord: Coordinator
     assert b"BEGIN CERTIFICATE" in creds.cert_pem
     async with open_channel(coord.grpc_address, identity, creds) as ch:
         resp = await pb_grpc.PhageCoordinatorStub(ch).Heartbeat(
-            pb.HeartbeatRequest(node_id=identity.node_id), timeout=10)
+            pb.HeartbeatRequest(node_id=identity.node_id), timeout=10
+        )
     assert resp.node_state == "online"
     with coord.client() as c:
         ids = [n["id"] for n in c.get("/api/nodes").json()["nodes"]]
@@ -49,8 +57,13 @@ async def test_join_with_right_token_then_heartbeat_over_mtls(coord: Coordinator
 async def test_wrong_token_is_refused(coord: CoordinatorProcess) -> None:
     info = coord.info
     with pytest.raises(Unauthenticated, match="join token"):
-        await enroll(NodeIdentity.generate(), enroll_address=coord.enroll_address, join_token="not-the-token",
-                     ca_fingerprint=info["ca_fingerprint"], info={})
+        await enroll(
+            NodeIdentity.generate(),
+            enroll_address=coord.enroll_address,
+            join_token="not-the-token",
+            ca_fingerprint=info["ca_fingerprint"],
+            info={},
+        )
 
 
 def test_wrong_pinned_fingerprint_is_refused(coord: CoordinatorProcess) -> None:
@@ -65,10 +78,18 @@ async def test_forged_identity_signature_is_refused(coord: CoordinatorProcess) -
     ca_pem = fetch_pinned_ca(coord.enroll_address, info["ca_fingerprint"])
     csr = make_csr(identity.tls_key, identity.node_id)
     ts = int(time.time() * 1000)
-    request = pb.RegisterRequest(join_token=info["join_token"], identity_public_key=identity.public_key_raw,
-                                 csr_pem=csr, timestamp_unix_ms=ts, identity_signature=other.sign(b"whatever"))
-    async with grpc.aio.secure_channel(coord.enroll_address, grpc.ssl_channel_credentials(ca_pem),
-                                       options=[("grpc.ssl_target_name_override", "phage-ca")]) as ch:
+    request = pb.RegisterRequest(
+        join_token=info["join_token"],
+        identity_public_key=identity.public_key_raw,
+        csr_pem=csr,
+        timestamp_unix_ms=ts,
+        identity_signature=other.sign(b"whatever"),
+    )
+    async with grpc.aio.secure_channel(
+        coord.enroll_address,
+        grpc.ssl_channel_credentials(ca_pem),
+        options=[("grpc.ssl_target_name_override", "phage-ca")],
+    ) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await pb_grpc.PhageCoordinatorStub(ch).Register(request, timeout=10)
     assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
@@ -85,8 +106,11 @@ async def test_client_without_certificate_is_refused(coord: CoordinatorProcess) 
 
 async def test_node_rpcs_on_the_enrollment_port_need_a_certificate(coord: CoordinatorProcess) -> None:
     ca_pem = fetch_pinned_ca(coord.enroll_address, coord.info["ca_fingerprint"])
-    async with grpc.aio.secure_channel(coord.enroll_address, grpc.ssl_channel_credentials(ca_pem),
-                                       options=[("grpc.ssl_target_name_override", "phage-ca")]) as ch:
+    async with grpc.aio.secure_channel(
+        coord.enroll_address,
+        grpc.ssl_channel_credentials(ca_pem),
+        options=[("grpc.ssl_target_name_override", "phage-ca")],
+    ) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await pb_grpc.PhageCoordinatorStub(ch).FetchTask(pb.FetchTaskRequest(node_id="x"), timeout=5)
     assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
@@ -100,7 +124,8 @@ async def test_certificate_from_another_ca_is_refused(coord: CoordinatorProcess,
     async with open_channel(coord.grpc_address, identity, Credentials(cert_pem, real_ca)) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await pb_grpc.PhageCoordinatorStub(ch).Heartbeat(
-                pb.HeartbeatRequest(node_id=identity.node_id), timeout=5)
+                pb.HeartbeatRequest(node_id=identity.node_id), timeout=5
+            )
     assert err.value.code() is grpc.StatusCode.UNAVAILABLE
 
 
@@ -122,26 +147,37 @@ async def test_result_for_someone_elses_assignment_is_refused(coord: Coordinator
     b, creds_b = await _join(coord)
     with coord.client() as c:
         task = c.post("/api/tasks", json={"kind": "noop", "priority": 1000}).json()
-    async with open_channel(coord.grpc_address, a, creds_a) as ch_a, \
-            open_channel(coord.grpc_address, b, creds_b) as ch_b:
+    async with (
+        open_channel(coord.grpc_address, a, creds_a) as ch_a,
+        open_channel(coord.grpc_address, b, creds_b) as ch_b,
+    ):
         stub_a, stub_b = pb_grpc.PhageCoordinatorStub(ch_a), pb_grpc.PhageCoordinatorStub(ch_b)
-        got = await stub_a.FetchTask(pb.FetchTaskRequest(node_id=a.node_id, max_tasks=1, wait_ms=5000), timeout=10)
+        got = await stub_a.FetchTask(
+            pb.FetchTaskRequest(node_id=a.node_id, max_tasks=1, wait_ms=5000), timeout=10
+        )
         assert [x.task_id for x in got.assignments] == [task["id"]]
         assignment = got.assignments[0].assignment_id
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stub_b.SubmitResult(pb.TaskResult(node_id=b.node_id, assignment_id=assignment,
-                                                    task_id=task["id"], exit_code=0), timeout=5)
+            await stub_b.SubmitResult(
+                pb.TaskResult(node_id=b.node_id, assignment_id=assignment, task_id=task["id"], exit_code=0),
+                timeout=5,
+            )
         assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stub_b.SubmitResult(pb.TaskResult(node_id=b.node_id, assignment_id="a-never-issued",
-                                                    exit_code=0), timeout=5)
+            await stub_b.SubmitResult(
+                pb.TaskResult(node_id=b.node_id, assignment_id="a-never-issued", exit_code=0), timeout=5
+            )
         assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
         # the rightful node's result is still accepted, exactly once
-        ack = await stub_a.SubmitResult(pb.TaskResult(node_id=a.node_id, assignment_id=assignment,
-                                                      task_id=task["id"], exit_code=0), timeout=5)
+        ack = await stub_a.SubmitResult(
+            pb.TaskResult(node_id=a.node_id, assignment_id=assignment, task_id=task["id"], exit_code=0),
+            timeout=5,
+        )
         assert ack.accepted and not ack.duplicate
-        again = await stub_a.SubmitResult(pb.TaskResult(node_id=a.node_id, assignment_id=assignment,
-                                                        task_id=task["id"], exit_code=0), timeout=5)
+        again = await stub_a.SubmitResult(
+            pb.TaskResult(node_id=a.node_id, assignment_id=assignment, task_id=task["id"], exit_code=0),
+            timeout=5,
+        )
         assert again.duplicate
     with coord.client() as c:
         final = c.get(f"/api/tasks/{task['id']}").json()

@@ -15,7 +15,9 @@ def test_killed_node_job_is_requeued_and_finishes_elsewhere(
     wait_online(coord, 1)
     with coord.client() as c:
         task = c.post("/api/tasks", json=job("survivor", sleep=3)).json()
-        wait_until(lambda: c.get(f"/api/tasks/{task['id']}").json()["state"] == "running", 20, what="job running")
+        wait_until(
+            lambda: c.get(f"/api/tasks/{task['id']}").json()["state"] == "running", 20, what="job running"
+        )
         victim = nodes[0]
         victim_id = victim.node_id
         # a second node joins only now, so the job cannot have started there first
@@ -24,8 +26,12 @@ def test_killed_node_job_is_requeued_and_finishes_elsewhere(
         wait_online(coord, 2)
         victim.kill()
         dead = wait_until(
-            lambda: any(n["id"] == victim_id and n["state"] == "dead" for n in c.get("/api/nodes").json()["nodes"]),
-            20, what="killed node declared dead")
+            lambda: any(
+                n["id"] == victim_id and n["state"] == "dead" for n in c.get("/api/nodes").json()["nodes"]
+            ),
+            20,
+            what="killed node declared dead",
+        )
         assert dead
         (final,) = wait_tasks_final(coord, [task["id"]], timeout=60)
         assert final["state"] == "verified"
@@ -40,13 +46,16 @@ def test_killed_node_job_is_requeued_and_finishes_elsewhere(
 def test_coordinator_killed_and_restarted_loses_nothing(
     pool: Callable[..., tuple[CoordinatorProcess, list[NodeProcess]]],
 ) -> None:
-    coord, nodes = pool(nodes=2, concurrency=2, heartbeat_s=1.0)
+    coord, _nodes = pool(nodes=2, concurrency=2, heartbeat_s=1.0)
     wait_online(coord, 2)
     with coord.client() as c:
         resp = c.post("/api/tasks", json={"tasks": [job(f"r{i}", sleep=1.5) for i in range(12)]})
         ids = [t["id"] for t in resp.json()["tasks"]]
-        wait_until(lambda: sum(t["state"] == "running" for t in c.get("/api/tasks?limit=100").json()["tasks"]) >= 2,
-                   20, what="jobs running")
+        wait_until(
+            lambda: sum(t["state"] == "running" for t in c.get("/api/tasks?limit=100").json()["tasks"]) >= 2,
+            20,
+            what="jobs running",
+        )
         states = [t["state"] for t in c.get("/api/tasks?limit=100").json()["tasks"]]
         assert "queued" in states and "running" in states
     coord.kill()

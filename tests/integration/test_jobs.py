@@ -15,11 +15,14 @@ from phage.testing import CoordinatorProcess, NodeProcess, wait_online, wait_tas
 from tests.integration.conftest import job
 
 
-def _collect_feed(coord: CoordinatorProcess, events: list[dict[str, Any]], stop: threading.Event,
-                  ready: threading.Event) -> None:
+def _collect_feed(
+    coord: CoordinatorProcess, events: list[dict[str, Any]], stop: threading.Event, ready: threading.Event
+) -> None:
     async def main() -> None:
         url = coord.url.replace("http://", "ws://") + "/api/feed"
-        async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {coord.admin_key}"}) as ws:
+        async with websockets.connect(
+            url, additional_headers={"Authorization": f"Bearer {coord.admin_key}"}
+        ) as ws:
             ready.set()
             while not stop.is_set():
                 try:
@@ -33,7 +36,7 @@ def _collect_feed(coord: CoordinatorProcess, events: list[dict[str, Any]], stop:
 def test_200_jobs_on_3_nodes_all_verified_with_outputs_and_feed(
     pool: Callable[..., tuple[CoordinatorProcess, list[NodeProcess]]],
 ) -> None:
-    coord, nodes = pool(nodes=3, concurrency=4)
+    coord, _nodes = pool(nodes=3, concurrency=4)
     wait_online(coord, 3)
     events: list[dict[str, Any]] = []
     stop, ready = threading.Event(), threading.Event()
@@ -59,8 +62,11 @@ def test_200_jobs_on_3_nodes_all_verified_with_outputs_and_feed(
             used_nodes.add(t["attempts"][0]["node_id"])
         assert len(used_nodes) == 3, "work should spread over all three nodes"
 
-    wait_until(lambda: sum(1 for e in events if e.get("type") == "task" and e["state"] == "verified") >= 200,
-               10, what="feed to show every verification")
+    wait_until(
+        lambda: sum(1 for e in events if e.get("type") == "task" and e["state"] == "verified") >= 200,
+        10,
+        what="feed to show every verification",
+    )
     stop.set()
     feeder.join(5)
     seen: dict[str, list[str]] = defaultdict(list)

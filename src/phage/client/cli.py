@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -30,10 +31,14 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
-DataDirOpt = Annotated[Path, typer.Option("--data-dir", envvar="PHAGE_DATA_DIR", help="Coordinator data directory.")]
+DataDirOpt = Annotated[
+    Path, typer.Option("--data-dir", envvar="PHAGE_DATA_DIR", help="Coordinator data directory.")
+]
 UrlOpt = Annotated[str, typer.Option("--url", envvar="PHAGE_URL", help="Coordinator HTTP address.")]
-KeyOpt = Annotated[str | None, typer.Option("--key", envvar="PHAGE_API_KEY",
-                                            help="API key (default: the admin key in --data-dir).")]
+KeyOpt = Annotated[
+    str | None,
+    typer.Option("--key", envvar="PHAGE_API_KEY", help="API key (default: the admin key in --data-dir)."),
+]
 
 
 def _default_data_dir() -> Path:
@@ -80,7 +85,9 @@ def coordinator(
     http: Annotated[str, typer.Option(help="HTTP listen address host:port.")] = "127.0.0.1:8080",
     grpc: Annotated[str, typer.Option(help="gRPC (mTLS) listen address host:port.")] = "127.0.0.1:9090",
     enroll_port: Annotated[int | None, typer.Option(help="Enrollment port (default: gRPC port + 1).")] = None,
-    advertise: Annotated[str | None, typer.Option(help="Host nodes should dial (default: the gRPC host).")] = None,
+    advertise: Annotated[
+        str | None, typer.Option(help="Host nodes should dial (default: the gRPC host).")
+    ] = None,
     heartbeat: Annotated[float, typer.Option(help="Heartbeat interval in seconds.")] = 10.0,
     database_url: Annotated[str | None, typer.Option(help="SQLAlchemy async URL (default: SQLite).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
@@ -93,21 +100,29 @@ def coordinator(
     hh, _, hp = http.rpartition(":")
     gh, _, gp = grpc.rpartition(":")
     settings = CoordinatorSettings(
-        data_dir=data_dir, http_host=hh, http_port=int(hp), grpc_host=gh, grpc_port=int(gp),
-        enroll_port=enroll_port, advertise_host=advertise, heartbeat_interval_s=heartbeat,
+        data_dir=data_dir,
+        http_host=hh,
+        http_port=int(hp),
+        grpc_host=gh,
+        grpc_port=int(gp),
+        enroll_port=enroll_port,
+        advertise_host=advertise,
+        heartbeat_interval_s=heartbeat,
         database_url=database_url,
     )
 
     def ready(info: ServerInfo) -> None:
-        console.print(Panel.fit(
-            f"[bold]phage coordinator[/] {__version__}\n"
-            f"HTTP API   {info.http_url}   (docs: {info.http_url}/docs)\n"
-            f"node gRPC  {info.grpc_address} (mTLS)   enrollment {info.enroll_address}\n"
-            f"data       {info.data_dir}\n"
-            f"admin key  {info.data_dir}/admin-key\n\n"
-            f"Join a node with:\n[bold cyan]{info.node_command()}[/]",
-            title="ready",
-        ))
+        console.print(
+            Panel.fit(
+                f"[bold]phage coordinator[/] {__version__}\n"
+                f"HTTP API   {info.http_url}   (docs: {info.http_url}/docs)\n"
+                f"node gRPC  {info.grpc_address} (mTLS)   enrollment {info.enroll_address}\n"
+                f"data       {info.data_dir}\n"
+                f"admin key  {info.data_dir}/admin-key\n\n"
+                f"Join a node with:\n[bold cyan]{info.node_command()}[/]",
+                title="ready",
+            )
+        )
 
     asyncio.run(run_forever(settings, ready))
 
@@ -119,10 +134,13 @@ def node(
     token: Annotated[str | None, typer.Option(envvar="PHAGE_JOIN_TOKEN", help="Join token.")] = None,
     ca_fingerprint: Annotated[str | None, typer.Option(help="Pinned CA fingerprint sha256:….")] = None,
     key_dir: Annotated[Path, typer.Option(help="Node identity and certificate directory.")] = (
-        Path.home() / ".phage" / "node"),
+        Path.home() / ".phage" / "node"
+    ),
     name: Annotated[str, typer.Option(help="Display name.")] = "",
     concurrency: Annotated[int, typer.Option(help="Tasks run at once.")] = 4,
-    sandbox: Annotated[str | None, typer.Option(help="Sandbox backend (default: strongest available).")] = None,
+    sandbox: Annotated[
+        str | None, typer.Option(help="Sandbox backend (default: strongest available).")
+    ] = None,
     heartbeat: Annotated[float | None, typer.Option(help="Heartbeat interval override (s).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -133,8 +151,14 @@ def node(
 
     _logging(verbose)
     config = NodeConfig(
-        coordinator=coordinator, enroll=enroll, join_token=token, ca_fingerprint=ca_fingerprint,
-        key_dir=key_dir, name=name, max_concurrency=concurrency, sandbox=sandbox,
+        coordinator=coordinator,
+        enroll=enroll,
+        join_token=token,
+        ca_fingerprint=ca_fingerprint,
+        key_dir=key_dir,
+        name=name,
+        max_concurrency=concurrency,
+        sandbox=sandbox,
         heartbeat_interval_s=heartbeat,
     )
 
@@ -143,8 +167,9 @@ def node(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, agent.stop)
-        err_console.print(f"node {agent.node_id} · sandbox [bold]{agent.sandbox.name}[/] · "
-                          f"coordinator {coordinator}")
+        err_console.print(
+            f"node {agent.node_id} · sandbox [bold]{agent.sandbox.name}[/] · coordinator {coordinator}"
+        )
         await agent.run()
 
     _run(main())
@@ -152,7 +177,9 @@ def node(
 
 @app.command()
 def keygen(
-    key_dir: Annotated[Path, typer.Option(help="Where to keep the identity.")] = Path.home() / ".phage" / "node",
+    key_dir: Annotated[Path, typer.Option(help="Where to keep the identity.")] = Path.home()
+    / ".phage"
+    / "node",
 ) -> None:
     """Make (or show) this node's Ed25519 identity and print its node id."""
     from phage.node.connection import secure_key_dir
@@ -176,12 +203,18 @@ def _pack_dir(path: Path) -> bytes:
 
 @app.command()
 def submit(
-    paths: Annotated[list[Path] | None, typer.Argument(help="A directory, or files, to send as the workspace.")] = None,
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="A directory, or files, to send as the workspace.")
+    ] = None,
     entrypoint: Annotated[str | None, typer.Option("--entrypoint", "-e", help="File to run.")] = None,
-    interpreter: Annotated[str, typer.Option(help="Program that runs the entrypoint ('' = run it).")] = "python3",
+    interpreter: Annotated[
+        str, typer.Option(help="Program that runs the entrypoint ('' = run it).")
+    ] = "python3",
     arg: Annotated[list[str] | None, typer.Option("--arg", help="Argument (repeatable).")] = None,
     env: Annotated[list[str] | None, typer.Option("--env", help="NAME=VALUE (repeatable).")] = None,
-    output: Annotated[list[str] | None, typer.Option("--output", "-o", help="Output glob (repeatable).")] = None,
+    output: Annotated[
+        list[str] | None, typer.Option("--output", "-o", help="Output glob (repeatable).")
+    ] = None,
     timeout: Annotated[int, typer.Option(help="Wall-clock limit in seconds.")] = 300,
     priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
     count: Annotated[int, typer.Option(help="Submit this many copies.")] = 1,
@@ -199,8 +232,14 @@ def submit(
         if not entrypoint:
             raise typer.BadParameter("--entrypoint is required for a job", param_hint="--entrypoint")
         envs = dict(e.split("=", 1) for e in (env or []) if "=" in e)
-        manifest = {"entrypoint": entrypoint, "interpreter": interpreter, "args": arg or [], "env": envs,
-                    "outputs": output or [], "timeout_s": timeout}
+        manifest = {
+            "entrypoint": entrypoint,
+            "interpreter": interpreter,
+            "args": arg or [],
+            "env": envs,
+            "outputs": output or [],
+            "timeout_s": timeout,
+        }
         task = {"kind": "job", "manifest": manifest, "priority": priority, "count": count}
         paths = paths or []
         if len(paths) == 1 and paths[0].is_dir():
@@ -211,8 +250,9 @@ def submit(
     async def main() -> None:
         async with PhageClient(url, _api_key(key)) as client:
             if archive is not None:
-                t = await client.submit_archive(archive, task.pop("manifest"), **{k: v for k, v in task.items()
-                                                                                  if k != "kind"})
+                t = await client.submit_archive(
+                    archive, task.pop("manifest"), **{k: v for k, v in task.items() if k != "kind"}
+                )
             else:
                 t = await client.submit(task)
             ids = [t["id"]] if "id" in t else [x["id"] for x in t["tasks"]]
@@ -240,10 +280,14 @@ def status(
         async with PhageClient(url, _api_key(key)) as client:
             if task_id is None:
                 data = await client.status()
-                console.print_json(json.dumps(data)) if as_json else console.print(Panel.fit(
-                    f"nodes online {data['nodes']['online']}/{data['nodes']['total']} · "
-                    f"slots busy {data['slots']['busy']}/{data['slots']['total']} · "
-                    f"queue {data['queue']['depth']} · tasks {data['tasks']}", title="pool"))
+                console.print_json(json.dumps(data)) if as_json else console.print(
+                    Panel.fit(
+                        f"nodes online {data['nodes']['online']}/{data['nodes']['total']} · "
+                        f"slots busy {data['slots']['busy']}/{data['slots']['total']} · "
+                        f"queue {data['queue']['depth']} · tasks {data['tasks']}",
+                        title="pool",
+                    )
+                )
                 return
             t = await client.get(task_id)
             if as_json:
@@ -251,8 +295,11 @@ def status(
                 return
             console.print(tasks_table([t], title=task_id))
             for a in t.get("attempts", []):
-                console.print(f"  attempt {a['id']} on {a['node_id'][:12]}… ", state_text(a["state"]),
-                              f" {a['error']}" if a["error"] else "")
+                console.print(
+                    f"  attempt {a['id']} on {a['node_id'][:12]}… ",
+                    state_text(a["state"]),
+                    f" {a['error']}" if a["error"] else "",
+                )
             result = t.get("result") or {}
             if result.get("stdout_tail"):
                 console.print(Panel(result["stdout_tail"][-2000:], title="stdout (tail)"))
@@ -275,7 +322,7 @@ def tasks(
 
     async def main() -> None:
         async with PhageClient(url, _api_key(key)) as client:
-            console.print(tasks_table((await client.list(state=state, limit=limit))["tasks"]))
+            console.print(tasks_table((await client.list_tasks(state=state, limit=limit))["tasks"]))
 
     _run(main())
 
@@ -304,8 +351,13 @@ def cancel(task_id: str, url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = No
 
 
 @app.command()
-def download(task_id: str, path: str, dest: Annotated[Path | None, typer.Option("-O")] = None,
-             url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None) -> None:
+def download(
+    task_id: str,
+    path: str,
+    dest: Annotated[Path | None, typer.Option("-O")] = None,
+    url: UrlOpt = "http://127.0.0.1:8080",
+    key: KeyOpt = None,
+) -> None:
     """Download one output file of a task."""
 
     async def main() -> None:
@@ -327,15 +379,15 @@ def watch(url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None) -> None:
             async for ev in client.feed():
                 kind = ev.get("type")
                 if kind in ("task", "node"):
-                    extra = " ".join(f"{k}={v}" for k, v in ev.items() if k not in ("type", "id", "state", "ts"))
+                    extra = " ".join(
+                        f"{k}={v}" for k, v in ev.items() if k not in ("type", "id", "state", "ts")
+                    )
                     console.print(f"{kind:5} {ev['id'][:24]:24} ", state_text(ev["state"]), f" {extra}")
                 else:
                     console.print(f"[dim]{ev}[/]")
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         _run(main())
-    except KeyboardInterrupt:
-        pass
 
 
 @app.command()

@@ -24,7 +24,7 @@ from rich.panel import Panel
 from phage.client.render import tasks_table
 from phage.client.sdk import PhageClient
 
-PRIMES = '''
+PRIMES = """
 import json, math
 N = 2_000_000
 sieve = bytearray([1]) * (N + 1)
@@ -36,9 +36,9 @@ primes = [i for i in range(N + 1) if sieve[i]]
 open("primes.txt", "w").write("\\n".join(map(str, primes[-100:])) + "\\n")
 json.dump({"below": N, "count": len(primes), "largest": primes[-1]}, open("summary.json", "w"))
 print(f"{len(primes)} primes below {N}; largest {primes[-1]}")
-'''
+"""
 
-MANDELBROT = '''
+MANDELBROT = """
 W, H, ITER = 240, 160, 200
 rows = []
 for y in range(H):
@@ -54,16 +54,16 @@ for y in range(H):
 with open("mandelbrot.pgm", "wb") as fh:
     fh.write(f"P5 {W} {H} 255\\n".encode() + b"".join(rows))
 print(f"rendered {W}x{H} Mandelbrot set, {ITER} iterations")
-'''
+"""
 
-WORDS = '''
+WORDS = """
 import collections, json, re
 text = open("corpus.txt").read().lower()
 words = re.findall(r"[a-z']+", text)
 top = collections.Counter(words).most_common(10)
 json.dump(dict(top), open("top-words.json", "w"), indent=1)
 print(f"{len(words)} words, {len(set(words))} distinct; top: {top[0][0]!r}")
-'''
+"""
 
 CORPUS = (
     "Many small machines, each with an owner and a life of its own, can be one dependable service. "
@@ -71,29 +71,41 @@ CORPUS = (
     "Results are checked before anyone sees them, and every machine proves who it is. "
 ) * 200
 
-PI = '''
+PI = """
 import random
 random.seed(7)
 n = 1_500_000
 inside = sum(1 for _ in range(n) if random.random() ** 2 + random.random() ** 2 <= 1.0)
 open("pi.txt", "w").write(f"{4 * inside / n:.5f}\\n")
 print(f"pi ~ {4 * inside / n:.5f} from {n} samples")
-'''
+"""
 
-CHECKSUMS = '''#!/bin/sh
+CHECKSUMS = """#!/bin/sh
 set -e
 mkdir -p data
 for i in 1 2 3 4 5; do head -c 200000 /dev/zero | tr '\\0' "$i" > data/block$i; done
 sha256sum data/* > checksums.txt
 wc -l < checksums.txt
-'''
+"""
 
 
 def sample_jobs() -> list[tuple[str, dict[str, Any]]]:
     """(title, task) pairs for the demo."""
-    def job(entry: str, files: dict[str, str], outputs: list[str], interpreter: str = "python3") -> dict[str, Any]:
-        return {"kind": "job", "files": files, "manifest": {
-            "entrypoint": entry, "interpreter": interpreter, "outputs": outputs, "timeout_s": 120}}
+
+    def job(
+        entry: str, files: dict[str, str], outputs: list[str], interpreter: str = "python3"
+    ) -> dict[str, Any]:
+        return {
+            "kind": "job",
+            "files": files,
+            "manifest": {
+                "entrypoint": entry,
+                "interpreter": interpreter,
+                "outputs": outputs,
+                "timeout_s": 120,
+            },
+        }
+
     return [
         ("primes below two million", job("primes.py", {"primes.py": PRIMES}, ["primes.txt", "summary.json"])),
         ("Mandelbrot image", job("render.py", {"render.py": MANDELBROT}, ["*.pgm"])),
@@ -106,11 +118,28 @@ def sample_jobs() -> list[tuple[str, dict[str, Any]]]:
 
 async def _spawn_node(i: int, info: Any, root: Path, heartbeat: float) -> asyncio.subprocess.Process:
     argv = [
-        sys.executable, "-m", "phage.client.cli", "node",
-        "--coordinator", info.grpc_address, "--enroll", info.enroll_address,
-        "--token", info.join_token, "--ca-fingerprint", info.ca_fingerprint,
-        "--key-dir", str(root / f"node-{i}"), "--name", f"demo-node-{i}",
-        "--sandbox", "none", "--concurrency", "2", "--heartbeat", str(heartbeat),
+        sys.executable,
+        "-m",
+        "phage.client.cli",
+        "node",
+        "--coordinator",
+        info.grpc_address,
+        "--enroll",
+        info.enroll_address,
+        "--token",
+        info.join_token,
+        "--ca-fingerprint",
+        info.ca_fingerprint,
+        "--key-dir",
+        str(root / f"node-{i}"),
+        "--name",
+        f"demo-node-{i}",
+        "--sandbox",
+        "none",
+        "--concurrency",
+        "2",
+        "--heartbeat",
+        str(heartbeat),
     ]
     log = (root / f"node-{i}.log").open("wb")
     return await asyncio.create_subprocess_exec(*argv, stdout=log, stderr=log, start_new_session=True)
@@ -123,19 +152,25 @@ async def run_demo(console: Console, *, nodes: int = 2, keep: bool = False, http
 
     root = Path(tempfile.mkdtemp(prefix="phage-demo-"))
     settings = CoordinatorSettings(
-        data_dir=root / "coordinator", http_port=http_port, grpc_port=0, enroll_port=0,
+        data_dir=root / "coordinator",
+        http_port=http_port,
+        grpc_port=0,
+        enroll_port=0,
         heartbeat_interval_s=2.0,
     )
     server = CoordinatorServer(settings)
     procs: list[asyncio.subprocess.Process] = []
     try:
         info = await server.start()
-        console.print(Panel.fit(
-            f"coordinator  {info.http_url}  (API docs at /docs)\n"
-            f"node gRPC    {info.grpc_address} · mutual TLS · CA {info.ca_fingerprint[:23]}…\n"
-            f"data         {root}\n"
-            f"sandbox      none (explicit; real isolation arrives with the sandbox backends)",
-            title="phage demo"))
+        console.print(
+            Panel.fit(
+                f"coordinator  {info.http_url}  (API docs at /docs)\n"
+                f"node gRPC    {info.grpc_address} · mutual TLS · CA {info.ca_fingerprint[:23]}…\n"
+                f"data         {root}\n"
+                f"sandbox      none (explicit; real isolation arrives with the sandbox backends)",
+                title="phage demo",
+            )
+        )
         procs = [await _spawn_node(i + 1, info, root, 2.0) for i in range(nodes)]
         async with PhageClient(info.http_url, info.admin_key) as client:
             deadline = time.monotonic() + 60
@@ -157,10 +192,12 @@ async def run_demo(console: Console, *, nodes: int = 2, keep: bool = False, http
                     shown = [t for t in final if t["kind"] == "job"]
                     noops = [t for t in final if t["kind"] == "noop"]
                     done_noop = sum(t["state"] == "verified" for t in noops)
-                    live.update(Group(
-                        tasks_table(shown, title=f"jobs · {time.monotonic() - start:.1f}s"),
-                        f"no-op tasks verified: {done_noop}/{len(noops)}",
-                    ))
+                    live.update(
+                        Group(
+                            tasks_table(shown, title=f"jobs · {time.monotonic() - start:.1f}s"),
+                            f"no-op tasks verified: {done_noop}/{len(noops)}",
+                        )
+                    )
                     if all(t["state"] in ("verified", "failed", "cancelled") for t in final):
                         break
                     await asyncio.sleep(0.2)
@@ -176,8 +213,10 @@ async def run_demo(console: Console, *, nodes: int = 2, keep: bool = False, http
                     lines.append(f"  ↳ {o['path']} ({o['size']} bytes)  {info.http_url}{o['url']}")
                 console.print("\n".join(lines))
             ok = all(t["state"] == "verified" for t in final)
-            console.print(f"\n[bold {'green' if ok else 'red'}]{sum(t['state'] == 'verified' for t in final)}"
-                          f"/{len(final)} tasks verified[/] in {time.monotonic() - start:.1f}s")
+            console.print(
+                f"\n[bold {'green' if ok else 'red'}]{sum(t['state'] == 'verified' for t in final)}"
+                f"/{len(final)} tasks verified[/] in {time.monotonic() - start:.1f}s"
+            )
             if keep:
                 console.print(f"pool stays up: {info.http_url}  admin key: {info.admin_key}\nCtrl-C to stop.")
                 await asyncio.Event().wait()

@@ -9,9 +9,16 @@ from rich.table import Table
 from rich.text import Text
 
 STATE_STYLE = {
-    "submitted": "white", "queued": "cyan", "dispatched": "blue", "running": "yellow",
-    "verified": "bold green", "failed": "bold red", "cancelled": "magenta",
-    "online": "green", "dead": "red", "removed": "dim",
+    "submitted": "white",
+    "queued": "cyan",
+    "dispatched": "blue",
+    "running": "yellow",
+    "verified": "bold green",
+    "failed": "bold red",
+    "cancelled": "magenta",
+    "online": "green",
+    "dead": "red",
+    "removed": "dim",
 }
 
 
@@ -48,8 +55,14 @@ def tasks_table(tasks: list[dict[str, Any]], title: str = "tasks") -> Table:
         node = attempts[-1]["node_id"][:10] if attempts else ""
         outputs = ", ".join(o["path"] for o in result.get("outputs", []))
         table.add_row(
-            t["id"], t["kind"], state_text(t["state"]), f"{t['attempts_made']}/{t['max_attempts']}",
-            node, str(result.get("exit_code", "")), outputs[:40], ago(t.get("created_at")),
+            t["id"],
+            t["kind"],
+            state_text(t["state"]),
+            f"{t['attempts_made']}/{t['max_attempts']}",
+            node,
+            str(result.get("exit_code", "")),
+            outputs[:40],
+            ago(t.get("created_at")),
         )
     return table
 
@@ -62,8 +75,14 @@ def nodes_table(nodes: list[dict[str, Any]]) -> Table:
     for n in nodes:
         gpus = ", ".join(g.get("model", "") for g in n.get("gpus", [])) or "-"
         table.add_row(
-            n["name"], n["id"][:12] + "…", state_text(n["state"]), ",".join(n.get("sandboxes", [])),
-            f"{n['active_tasks']}/{n['max_concurrency']}", str(n.get("cpu_count", "")),
-            human_bytes(n.get("memory_total_bytes", 0)), gpus, ago(n.get("last_heartbeat")),
+            n["name"],
+            n["id"][:12] + "…",
+            state_text(n["state"]),
+            ",".join(n.get("sandboxes", [])),
+            f"{n['active_tasks']}/{n['max_concurrency']}",
+            str(n.get("cpu_count", "")),
+            human_bytes(n.get("memory_total_bytes", 0)),
+            gpus,
+            ago(n.get("last_heartbeat")),
         )
     return table

@@ -24,12 +24,20 @@ class PhageClientError(PhageError):
 class PhageClient:
     """``async with PhageClient(url, key) as c: await c.submit({...})``."""
 
-    def __init__(self, url: str, api_key: str, *, timeout: float = 30.0,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self.api_key = api_key
         self._http = httpx.AsyncClient(
-            base_url=self.url, headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout,
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=timeout,
             transport=transport,
         )
 
@@ -72,7 +80,7 @@ class PhageClient:
         """A task with attempts and result."""
         return dict(await self._json(await self._http.get(f"/api/tasks/{task_id}")))
 
-    async def list(self, **params: Any) -> dict[str, Any]:
+    async def list_tasks(self, **params: Any) -> dict[str, Any]:
         """Tasks, newest first (filters: state, kind, limit, before)."""
         clean = {k: v for k, v in params.items() if v is not None}
         return dict(await self._json(await self._http.get("/api/tasks", params=clean)))

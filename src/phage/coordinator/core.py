@@ -126,11 +126,17 @@ class Coordinator:
         for node in await self.store.list_nodes():
             if node.state is NodeState.REMOVED:
                 continue
-            self.pool.nodes[node.id] = LiveNode(node=node, last_seen=now if node.state is NodeState.ONLINE else 0.0)
+            self.pool.nodes[node.id] = LiveNode(
+                node=node, last_seen=now if node.state is NodeState.ONLINE else 0.0
+            )
         for att in await self.store.open_attempts():
             self.pool.add_attempt(OpenAttempt(att.id, att.task_id, att.node_id, now + self.settings.lease_s))
-        log.info("recovered %d queued tasks, %d open attempts, %d nodes",
-                 len(self.queue), len(self.pool.attempts), len(self.pool.nodes))
+        log.info(
+            "recovered %d queued tasks, %d open attempts, %d nodes",
+            len(self.queue),
+            len(self.pool.attempts),
+            len(self.pool.nodes),
+        )
 
     # ---- tasks -------------------------------------------------------------
 
@@ -148,9 +154,16 @@ class Coordinator:
             for _ in range(req.count):
                 made.append(
                     Task(
-                        id=new_id("t"), kind=req.kind, state=TaskState.QUEUED, spec=spec,
-                        priority=req.priority, max_attempts=req.max_attempts, created_at=now,
-                        updated_at=now, owner=principal.key_id, labels=req.labels,
+                        id=new_id("t"),
+                        kind=req.kind,
+                        state=TaskState.QUEUED,
+                        spec=spec,
+                        priority=req.priority,
+                        max_attempts=req.max_attempts,
+                        created_at=now,
+                        updated_at=now,
+                        owner=principal.key_id,
+                        labels=req.labels,
                     )
                 )
         await self.store.add_tasks(made)
@@ -203,7 +216,9 @@ class Coordinator:
                 f"registration timestamp is more than {REGISTER_CLOCK_SKEW_S}s from the coordinator's clock",
                 field="timestamp_unix_ms",
             )
-        if not verify_signature(node_id, signature, register_signing_payload(csr_pem, timestamp_ms, join_token)):
+        if not verify_signature(
+            node_id, signature, register_signing_payload(csr_pem, timestamp_ms, join_token)
+        ):
             raise Unauthenticated("identity signature does not verify", field="identity_signature")
         existing = await self.store.get_node(node_id)
         if existing is not None and existing.state is NodeState.REMOVED:
@@ -348,7 +363,9 @@ class Coordinator:
         for out in result.outputs:
             size = self.blobs.size(out.sha256)
             if size is None:
-                raise ProtocolError(f"output {out.path!r} was not uploaded (sha256 {out.sha256})", field="outputs")
+                raise ProtocolError(
+                    f"output {out.path!r} was not uploaded (sha256 {out.sha256})", field="outputs"
+                )
             if size != out.size:
                 raise ProtocolError(f"output {out.path!r} is {size} bytes, not {out.size}", field="outputs")
         outcome = await self.store.finish(live.node.id, attempt_id, result, self.clock())
@@ -359,7 +376,9 @@ class Coordinator:
         if outcome.requeued and task_id:
             task = await self.store.get_task(task_id)
             if task is not None:
-                self.queue.push(QueuedTask(task.id, task.kind.value, task.priority, task.created_at, task.spec))
+                self.queue.push(
+                    QueuedTask(task.id, task.kind.value, task.priority, task.created_at, task.spec)
+                )
                 self.pool.wake_waiters(1)
             self.counters["requeued"] += 1
         elif outcome.task_state is TaskState.VERIFIED:
@@ -389,7 +408,9 @@ class Coordinator:
                 live.node.state = NodeState.DEAD
                 await self.store.set_node_state(live.node.id, NodeState.DEAD)
                 self.bus.node(live.node.id, NodeState.DEAD.value, name=live.node.name)
-                log.warning("node %s missed %d heartbeats: dead", live.node.name, self.settings.missed_heartbeats)
+                log.warning(
+                    "node %s missed %d heartbeats: dead", live.node.name, self.settings.missed_heartbeats
+                )
                 await self._lose(list(live.attempts), f"node {live.node.name} stopped sending heartbeats")
         expired = [a.id for a in self.pool.attempts.values() if a.lease_expires_at < now]
         if expired:
@@ -406,7 +427,9 @@ class Coordinator:
             if out.requeued:
                 task = await self.store.get_task(out.task_id)
                 if task is not None:
-                    self.queue.push(QueuedTask(task.id, task.kind.value, task.priority, task.created_at, task.spec))
+                    self.queue.push(
+                        QueuedTask(task.id, task.kind.value, task.priority, task.created_at, task.spec)
+                    )
                     requeued += 1
             self.bus.task(out.task_id, out.task_state.value, reason=reason, attempt=out.attempt_id)
         self.counters["requeued"] += requeued

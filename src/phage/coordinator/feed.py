@@ -8,6 +8,7 @@ coordinator down.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,10 +27,8 @@ class Subscription:
     def offer(self, event: Event) -> None:
         """Enqueue without blocking, dropping the oldest event when full."""
         if self.queue.full():
-            try:
+            with contextlib.suppress(asyncio.QueueEmpty):
                 self.queue.get_nowait()
-            except asyncio.QueueEmpty:  # pragma: no cover - racing consumer
-                pass
             self.dropped += 1
         self.queue.put_nowait(event)
 

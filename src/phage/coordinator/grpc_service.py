@@ -28,8 +28,7 @@ BLOB_CHUNK = 256 * 1024
 
 
 def _peer_node_id(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
-    auth = context.auth_context()
-    names = auth.get("x509_common_name")
+    names = list(context.auth_context().get("x509_common_name", ()))
     return names[0].decode() if names else None
 
 
@@ -56,7 +55,9 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
         self.c = coordinator
 
     @_edge
-    async def Register(self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.RegisterResponse:  # noqa: N802
+    async def Register(
+        self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RegisterResponse:
         reg = await self.c.register(
             join_token=request.join_token,
             public_key=request.identity_public_key,
@@ -76,7 +77,9 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
         )
 
     @_edge
-    async def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.HeartbeatResponse:  # noqa: N802
+    async def Heartbeat(
+        self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.HeartbeatResponse:
         live = self.c.authenticate_node(_peer_node_id(context), request.node_id)
         cancels, unknown = await self.c.heartbeat(
             live, convert.metrics_to_dict(request.metrics), list(request.running_assignment_ids)
@@ -89,7 +92,9 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
         )
 
     @_edge
-    async def FetchTask(self, request: pb.FetchTaskRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.FetchTaskResponse:  # noqa: N802
+    async def FetchTask(
+        self, request: pb.FetchTaskRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.FetchTaskResponse:
         live = self.c.authenticate_node(_peer_node_id(context), request.node_id)
         dispatches, cancels = await self.c.fetch(live, request.max_tasks, request.wait_ms)
         return pb.FetchTaskResponse(
@@ -98,24 +103,30 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
         )
 
     @_edge
-    async def StartTasks(self, request: pb.StartTasksRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.StartTasksResponse:  # noqa: N802
+    async def StartTasks(
+        self, request: pb.StartTasksRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.StartTasksResponse:
         live = self.c.authenticate_node(_peer_node_id(context), request.node_id)
         cancels = await self.c.start_tasks(live, list(request.assignment_ids))
         return pb.StartTasksResponse(cancel_assignment_ids=cancels)
 
     @_edge
-    async def SubmitResult(self, request: pb.TaskResult, context: grpc.aio.ServicerContext[Any, Any]) -> pb.ResultAck:  # noqa: N802
+    async def SubmitResult(
+        self, request: pb.TaskResult, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ResultAck:
         live = self.c.authenticate_node(_peer_node_id(context), request.node_id)
         outcome = await self.c.submit_result(live, request.assignment_id, convert.result_from_pb(request))
         return pb.ResultAck(accepted=outcome.accepted, duplicate=outcome.duplicate, message=outcome.message)
 
     @_edge
-    async def ReportMetrics(self, request: pb.MetricsReport, context: grpc.aio.ServicerContext[Any, Any]) -> pb.MetricsAck:  # noqa: N802
+    async def ReportMetrics(
+        self, request: pb.MetricsReport, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.MetricsAck:
         live = self.c.authenticate_node(_peer_node_id(context), request.node_id)
         live.metrics["samples"] = {s.name: s.value for s in request.samples}
         return pb.MetricsAck()
 
-    async def UploadBlob(  # noqa: N802
+    async def UploadBlob(
         self, request_iterator: AsyncIterator[pb.BlobChunk], context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.BlobRef:
         try:
@@ -129,8 +140,10 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
                     if first:
                         expected = check_digest(chunk.sha256) if chunk.sha256 else None
                         if chunk.total_size > limit:
-                            raise PayloadTooLarge(f"output of {chunk.total_size} bytes exceeds the limit of {limit}",
-                                                  field="total_size")
+                            raise PayloadTooLarge(
+                                f"output of {chunk.total_size} bytes exceeds the limit of {limit}",
+                                field="total_size",
+                            )
                         first = False
                     writer.write(chunk.data)
                 digest = writer.commit(expected)
@@ -142,7 +155,7 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
             await context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
             raise
 
-    async def DownloadBlob(  # noqa: N802
+    async def DownloadBlob(
         self, request: pb.BlobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.BlobChunk]:
         try:

@@ -1,6 +1,5 @@
 """The HTTP edge: REST, the live feed over WebSocket, health. Routes validate and delegate."""
 
-
 import json
 import logging
 from typing import Annotated, Any
@@ -65,8 +64,11 @@ def create_app(coordinator: Coordinator) -> FastAPI:
         first = exc.errors()[0] if exc.errors() else {}
         field = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
         return JSONResponse(
-            {"error": "InvalidInput", "message": f"{field or 'request'}: {first.get('msg', 'invalid')}",
-             "field": field},
+            {
+                "error": "InvalidInput",
+                "message": f"{field or 'request'}: {first.get('msg', 'invalid')}",
+                "field": field,
+            },
             status_code=400,
         )
 
@@ -117,7 +119,9 @@ def create_app(coordinator: Coordinator) -> FastAPI:
                     reqs.append(_parse(item))
                 except InvalidInput as exc:
                     if len(items) > 1:
-                        raise type(exc)(f"tasks[{i}]: {exc.message}", field=f"tasks[{i}].{exc.field}") from None
+                        raise type(exc)(
+                            f"tasks[{i}]: {exc.message}", field=f"tasks[{i}].{exc.field}"
+                        ) from None
                     raise
         if sum(r.count for r in reqs) > s.max_batch_submit:
             raise InvalidInput(f"at most {s.max_batch_submit} tasks per request", field="count")
@@ -128,8 +132,11 @@ def create_app(coordinator: Coordinator) -> FastAPI:
 
     def _parse(item: Any, workspace: bytes | None = None) -> TaskRequest:
         return parse_task_request(
-            item, workspace=workspace, max_workspace_bytes=s.max_workspace_bytes,
-            default_max_attempts=s.default_max_attempts, max_count=s.max_batch_submit,
+            item,
+            workspace=workspace,
+            max_workspace_bytes=s.max_workspace_bytes,
+            default_max_attempts=s.default_max_attempts,
+            max_count=s.max_batch_submit,
         )
 
     async def _multipart(request: Request) -> TaskRequest:
@@ -137,7 +144,8 @@ def create_app(coordinator: Coordinator) -> FastAPI:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise PayloadTooLarge(
-                f"upload is {declared} bytes; the workspace limit is {s.max_workspace_bytes}", field="workspace"
+                f"upload is {declared} bytes; the workspace limit is {s.max_workspace_bytes}",
+                field="workspace",
             )
         form = await request.form(max_files=2, max_fields=8, max_part_size=s.max_request_bytes)
         try:
@@ -200,8 +208,10 @@ def create_app(coordinator: Coordinator) -> FastAPI:
         for out in outputs:
             if out.path == norm:
                 return FileResponse(
-                    c.blobs.path(out.sha256), filename=norm.rsplit("/", 1)[-1],
-                    media_type="application/octet-stream", headers={"X-Content-SHA256": out.sha256},
+                    c.blobs.path(out.sha256),
+                    filename=norm.rsplit("/", 1)[-1],
+                    media_type="application/octet-stream",
+                    headers={"X-Content-SHA256": out.sha256},
                 )
         raise NotFound(f"task {task_id} has no output {norm!r}", field="path")
 
@@ -218,8 +228,10 @@ def create_app(coordinator: Coordinator) -> FastAPI:
                 "online": len(online),
                 "dead": sum(1 for n in c.pool.nodes.values() if n.node.state.value == "dead"),
             },
-            "slots": {"total": sum(n.node.max_concurrency for n in online),
-                      "busy": sum(len(n.attempts) for n in online)},
+            "slots": {
+                "total": sum(n.node.max_concurrency for n in online),
+                "busy": sum(len(n.attempts) for n in online),
+            },
             "vram": {
                 "total_bytes": sum(node_public(n)["vram_total_bytes"] for n in online),
                 "used_bytes": sum(node_public(n)["vram_used_bytes"] for n in online),

@@ -67,7 +67,9 @@ class ApiKeys:
     async def authenticate(self, authorization: str | None) -> Principal:
         """The caller behind an ``Authorization`` header."""
         if not authorization:
-            raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>'", field="Authorization")
+            raise Unauthenticated(
+                "missing API key: send 'Authorization: Bearer <key>'", field="Authorization"
+            )
         scheme, _, secret = authorization.partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
             raise Unauthenticated("Authorization must be 'Bearer <key>'", field="Authorization")

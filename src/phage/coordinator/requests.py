@@ -62,11 +62,18 @@ def parse_task_request(
         kind = TaskKind(raw_kind)
     except ValueError:
         choices = ", ".join(k.value for k in TaskKind)
-        raise InvalidInput(f"unknown task kind {raw_kind!r}; expected one of: {choices}", field="kind") from None
+        raise InvalidInput(
+            f"unknown task kind {raw_kind!r}; expected one of: {choices}", field="kind"
+        ) from None
 
     labels = data.get("labels", {})
-    if not isinstance(labels, dict) or len(labels) > MAX_LABELS or not all(
-        isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 256 for k, v in labels.items()
+    if (
+        not isinstance(labels, dict)
+        or len(labels) > MAX_LABELS
+        or not all(
+            isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 256
+            for k, v in labels.items()
+        )
     ):
         raise InvalidInput(
             f"labels must be an object of at most {MAX_LABELS} strings (keys ≤ 64, values ≤ 256 characters)",

@@ -74,7 +74,7 @@ class CoordinatorServer:
         self._grpc = grpc.aio.server(options=GRPC_OPTIONS)
         from phage.coordinator.grpc_service import PhageCoordinatorServicer
 
-        pb_grpc.add_PhageCoordinatorServicer_to_server(PhageCoordinatorServicer(c), self._grpc)
+        pb_grpc.add_PhageCoordinatorServicer_to_server(PhageCoordinatorServicer(c), self._grpc)  # type: ignore[no-untyped-call]
         mtls = grpc.ssl_server_credentials(
             [(server_key, server_cert)], root_certificates=c.ca.cert_pem, require_client_auth=True
         )
@@ -85,11 +85,16 @@ class CoordinatorServer:
         await self._grpc.start()
 
         config = uvicorn.Config(
-            create_app(c), host=s.http_host, port=s.http_port, log_level="warning",
-            lifespan="off", ws_ping_interval=20, timeout_graceful_shutdown=2,
+            create_app(c),
+            host=s.http_host,
+            port=s.http_port,
+            log_level="warning",
+            lifespan="off",
+            ws_ping_interval=20,
+            timeout_graceful_shutdown=2,
         )
         self._http = uvicorn.Server(config)
-        self._http.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._http.install_signal_handlers = lambda: None  # type: ignore[attr-defined]
         self._http_task = asyncio.create_task(self._http.serve())
         while not self._http.started:
             if self._http_task.done():
@@ -109,8 +114,9 @@ class CoordinatorServer:
             data_dir=str(c.dirs.root),
         )
         # Tools and tests find a coordinator started on port 0 through this file.
-        (c.dirs.root / "coordinator.json").write_text(json.dumps(
-            {k: v for k, v in dataclasses.asdict(self.info).items() if k != "admin_key"}, indent=1))
+        (c.dirs.root / "coordinator.json").write_text(
+            json.dumps({k: v for k, v in dataclasses.asdict(self.info).items() if k != "admin_key"}, indent=1)
+        )
         return self.info
 
     async def stop(self) -> None:

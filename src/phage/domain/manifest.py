@@ -114,7 +114,9 @@ class JobManifest:
             raise InvalidInput(f"manifest.env allows at most {MAX_ENV} variables", field="manifest.env")
         for key, value in env.items():
             if not isinstance(key, str) or not _ENV_NAME.match(key):
-                raise InvalidInput(f"manifest.env name {key!r} is not a valid variable name", field="manifest.env")
+                raise InvalidInput(
+                    f"manifest.env name {key!r} is not a valid variable name", field="manifest.env"
+                )
             if not isinstance(value, str) or len(value) > MAX_ENV_VALUE:
                 raise InvalidInput(
                     f"manifest.env[{key}] must be a string of at most {MAX_ENV_VALUE} characters",
@@ -125,7 +127,9 @@ class JobManifest:
         if not isinstance(outputs, list):
             raise InvalidInput("manifest.outputs must be a list of glob patterns", field="manifest.outputs")
         if len(outputs) > MAX_OUTPUT_GLOBS:
-            raise InvalidInput(f"manifest.outputs allows at most {MAX_OUTPUT_GLOBS} patterns", field="manifest.outputs")
+            raise InvalidInput(
+                f"manifest.outputs allows at most {MAX_OUTPUT_GLOBS} patterns", field="manifest.outputs"
+            )
         globs = tuple(safe_relative_path(o, "manifest.outputs", allow_glob=True) for o in outputs)
 
         timeout = data.get("timeout_s", data.get("timeout", 300))

@@ -31,11 +31,13 @@ def validate_tarball(data: bytes, *, max_unpacked: int) -> list[str]:
                 if name.startswith("/"):
                     raise InvalidInput(f"workspace entry {name!r} has an absolute path", field="workspace")
                 if member.issym() or member.islnk():
-                    raise InvalidInput(f"workspace entry {name!r} is a link; links are not allowed",
-                                       field="workspace")
+                    raise InvalidInput(
+                        f"workspace entry {name!r} is a link; links are not allowed", field="workspace"
+                    )
                 if not (member.isfile() or member.isdir()):
-                    raise InvalidInput(f"workspace entry {name!r} is a device or special file",
-                                       field="workspace")
+                    raise InvalidInput(
+                        f"workspace entry {name!r} is a device or special file", field="workspace"
+                    )
                 if name in (".", "./"):
                     continue
                 try:

@@ -39,8 +39,14 @@ from phage.sandbox import Sandbox, make_sandbox
 log = logging.getLogger("phage.node")
 
 UPLOAD_CHUNK = 256 * 1024
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
-             grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.RESOURCE_EXHAUSTED}
+RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
 
 
 @dataclass
@@ -116,8 +122,11 @@ class NodeAgent:
         if not (cfg.join_token and cfg.ca_fingerprint):
             raise PhageError("this node has no certificate yet: give --token and --ca-fingerprint to join")
         creds = await enroll(
-            self.identity, enroll_address=cfg.enroll_address, join_token=cfg.join_token,
-            ca_fingerprint=cfg.ca_fingerprint, info=self.info(),
+            self.identity,
+            enroll_address=cfg.enroll_address,
+            join_token=cfg.join_token,
+            ca_fingerprint=cfg.ca_fingerprint,
+            info=self.info(),
         )
         save_credentials(cfg.key_dir, creds)
         log.info("registered as %s", self.node_id)
@@ -125,9 +134,9 @@ class NodeAgent:
 
     async def _open(self, creds: Credentials) -> None:
         if self._channel is not None:
-            await self._channel.close()
+            await self._channel.close(None)
         self._channel = open_channel(self.config.coordinator, self.identity, creds)
-        self._stub = pb_grpc.PhageCoordinatorStub(self._channel)
+        self._stub = pb_grpc.PhageCoordinatorStub(self._channel)  # type: ignore[no-untyped-call]
         self.registered.set()
 
     @property
@@ -153,9 +162,11 @@ class NodeAgent:
             for r in list(self.running.values()):
                 if r.task is not None:
                     r.task.cancel()
-            await asyncio.gather(*loops, *(r.task for r in self.running.values() if r.task), return_exceptions=True)
+            await asyncio.gather(
+                *loops, *(r.task for r in self.running.values() if r.task), return_exceptions=True
+            )
             if self._channel is not None:
-                await self._channel.close()
+                await self._channel.close(None)
 
     async def _heartbeat_loop(self) -> None:
         backoff = 0.2
@@ -244,8 +255,11 @@ class NodeAgent:
             self.running[a.assignment_id] = Running(a)
         ids = [a.assignment_id for a in assignments]
         try:
-            resp = await self._retry(lambda: self.stub.StartTasks(
-                pb.StartTasksRequest(node_id=self.node_id, assignment_ids=ids), timeout=10))
+            resp = await self._retry(
+                lambda: self.stub.StartTasks(
+                    pb.StartTasksRequest(node_id=self.node_id, assignment_ids=ids), timeout=10
+                )
+            )
             unwanted = set(resp.cancel_assignment_ids)
         except grpc.aio.AioRpcError:
             unwanted = set()
@@ -324,6 +338,7 @@ class NodeAgent:
                             yield pb.BlobChunk(data=data)
                         if not data:
                             return
+
             ref: pb.BlobRef = await self.stub.UploadBlob(chunks(), timeout=600)
             return ref
 

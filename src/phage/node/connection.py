@@ -64,7 +64,11 @@ def save_credentials(key_dir: Path, creds: Credentials) -> None:
 
 
 async def enroll(
-    identity: NodeIdentity, *, enroll_address: str, join_token: str, ca_fingerprint: str,
+    identity: NodeIdentity,
+    *,
+    enroll_address: str,
+    join_token: str,
+    ca_fingerprint: str,
     info: dict[str, object],
 ) -> Credentials:
     """Register with the coordinator: pin its CA, send the CSR, receive a certificate."""
@@ -82,7 +86,7 @@ async def enroll(
         info=convert.node_info_from_dict(info),
     )
     async with grpc.aio.secure_channel(enroll_address, creds, options=options) as channel:
-        stub = pb_grpc.PhageCoordinatorStub(channel)
+        stub = pb_grpc.PhageCoordinatorStub(channel)  # type: ignore[no-untyped-call]
         try:
             response = await stub.Register(request, timeout=30)
         except grpc.aio.AioRpcError as exc:

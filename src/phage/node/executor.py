@@ -40,7 +40,9 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def collect_outputs(workdir: Path, patterns: tuple[str, ...], max_bytes: int) -> tuple[list[CollectedOutput], str]:
+def collect_outputs(
+    workdir: Path, patterns: tuple[str, ...], max_bytes: int
+) -> tuple[list[CollectedOutput], str]:
     """Regular files matching the globs, inside the workdir; returns (outputs, problem)."""
     root = workdir.resolve()
     found: dict[str, CollectedOutput] = {}
@@ -91,7 +93,9 @@ class JobExecutor:
                 limits=SandboxLimits(wall_s=float(manifest.timeout_s), log_bytes=self.log_bytes),
             )
         )
-        outputs, problem = await asyncio.to_thread(collect_outputs, workdir, manifest.outputs, max_output_bytes)
+        outputs, problem = await asyncio.to_thread(
+            collect_outputs, workdir, manifest.outputs, max_output_bytes
+        )
         exit_code = outcome.exit_code
         stderr = outcome.stderr_tail
         if problem:

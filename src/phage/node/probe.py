@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from typing import Any
@@ -25,14 +26,16 @@ def _nvml() -> tuple[list[dict[str, Any]], str, str]:
             mem = pynvml.nvmlDeviceGetMemoryInfo(h)
             util = pynvml.nvmlDeviceGetUtilizationRates(h)
             name = pynvml.nvmlDeviceGetName(h)
-            gpus.append({
-                "index": i,
-                "model": name.decode() if isinstance(name, bytes) else str(name),
-                "vram_total_bytes": int(mem.total),
-                "vram_used_bytes": int(mem.used),
-                "utilization": util.gpu / 100.0,
-                "temperature_c": float(pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU)),
-            })
+            gpus.append(
+                {
+                    "index": i,
+                    "model": name.decode() if isinstance(name, bytes) else str(name),
+                    "vram_total_bytes": int(mem.total),
+                    "vram_used_bytes": int(mem.used),
+                    "utilization": util.gpu / 100.0,
+                    "temperature_c": float(pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU)),
+                }
+            )
         driver = pynvml.nvmlSystemGetDriverVersion()
         cuda = pynvml.nvmlSystemGetCudaDriverVersion()
         driver_s = driver.decode() if isinstance(driver, bytes) else str(driver)
@@ -40,10 +43,8 @@ def _nvml() -> tuple[list[dict[str, Any]], str, str]:
     except Exception:
         return [], "", ""
     finally:
-        try:
+        with contextlib.suppress(Exception):
             pynvml.nvmlShutdown()
-        except Exception:  # pragma: no cover
-            pass
 
 
 def probe_hardware() -> dict[str, Any]:

@@ -149,7 +149,9 @@ def result_from_pb(r: pb.TaskResult) -> TaskResult:
     )
 
 
-def result_to_pb(node_id: str, assignment_id: str, task_id: str, r: TaskResult, sandbox: str) -> pb.TaskResult:
+def result_to_pb(
+    node_id: str, assignment_id: str, task_id: str, r: TaskResult, sandbox: str
+) -> pb.TaskResult:
     """A domain result on the wire."""
     return pb.TaskResult(
         node_id=node_id,

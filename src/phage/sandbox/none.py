@@ -38,6 +38,9 @@ class NoneSandbox(Sandbox):
         if argv and argv[0].startswith("./"):
             argv[0] = str(request.workdir / argv[0][2:])
         return await run_process(
-            argv, cwd=str(request.workdir), env=env, wall_s=request.limits.wall_s,
+            argv,
+            cwd=str(request.workdir),
+            env=env,
+            wall_s=request.limits.wall_s,
             log_bytes=request.limits.log_bytes,
         )

@@ -39,7 +39,9 @@ class ReadyQueue:
         """Forget a task (cancelled, claimed elsewhere); lazily dropped from the heap."""
         self._live.pop(task_id, None)
 
-    def take(self, node: NodeView, limit: int, allow: Callable[[QueuedTask], bool] | None = None) -> list[QueuedTask]:
+    def take(
+        self, node: NodeView, limit: int, allow: Callable[[QueuedTask], bool] | None = None
+    ) -> list[QueuedTask]:
         """Remove and return up to ``limit`` tasks this node may run, best first."""
         picked: list[QueuedTask] = []
         skipped: list[tuple[tuple[int, float, str], QueuedTask]] = []

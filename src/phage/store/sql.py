@@ -229,7 +229,9 @@ class SqlStore:
                 )
                 claimed.extend(r.id for r in res)
             made = [
-                Attempt(new_id("a"), tid, node_id, AttemptState.DISPATCHED, now, lease_expires_at=now + lease_s)
+                Attempt(
+                    new_id("a"), tid, node_id, AttemptState.DISPATCHED, now, lease_expires_at=now + lease_s
+                )
                 for tid in claimed
             ]
             if made:
@@ -237,9 +239,16 @@ class SqlStore:
                     attempts.insert(),
                     [
                         {
-                            "id": a.id, "task_id": a.task_id, "node_id": node_id, "state": a.state.value,
-                            "dispatched_at": now, "started_at": None, "finished_at": None,
-                            "lease_expires_at": a.lease_expires_at, "exit_code": None, "error": "",
+                            "id": a.id,
+                            "task_id": a.task_id,
+                            "node_id": node_id,
+                            "state": a.state.value,
+                            "dispatched_at": now,
+                            "started_at": None,
+                            "finished_at": None,
+                            "lease_expires_at": a.lease_expires_at,
+                            "exit_code": None,
+                            "error": "",
                         }
                         for a in made
                     ],
@@ -314,8 +323,12 @@ class SqlStore:
                 raise NotFound(f"task {att.task_id} vanished")
             task = _task(trow)
             if task.state.terminal:
-                return FinishOutcome(accepted=True, duplicate=False, task_state=task.state,
-                                     message=f"task already {task.state.value}")
+                return FinishOutcome(
+                    accepted=True,
+                    duplicate=False,
+                    task_state=task.state,
+                    message=f"task already {task.state.value}",
+                )
             values: dict[str, Any] = {"updated_at": now, "result": result.to_dict()}
             requeued = False
             if ok:
@@ -389,8 +402,13 @@ class SqlStore:
             await conn.execute(
                 tasks.update()
                 .where(tasks.c.id == task_id)
-                .values(state=TaskState.CANCELLED.value, cancel_requested=True, finished_at=now,
-                        updated_at=now, error="cancelled by request")
+                .values(
+                    state=TaskState.CANCELLED.value,
+                    cancel_requested=True,
+                    finished_at=now,
+                    updated_at=now,
+                    error="cancelled by request",
+                )
             )
             task.state, task.cancel_requested, task.finished_at = TaskState.CANCELLED, True, now
             return task, stopped
@@ -414,11 +432,17 @@ class SqlStore:
     async def upsert_node(self, node: Node) -> None:
         """Insert or replace a node's row."""
         row = {
-            "id": node.id, "name": node.name, "state": node.state.value,
-            "registered_at": node.registered_at, "last_heartbeat": node.last_heartbeat,
-            "max_concurrency": node.max_concurrency, "hardware": node.hardware,
-            "sandboxes": node.sandboxes, "loaded_model": node.loaded_model,
-            "version": node.version, "cert_serial": node.cert_serial,
+            "id": node.id,
+            "name": node.name,
+            "state": node.state.value,
+            "registered_at": node.registered_at,
+            "last_heartbeat": node.last_heartbeat,
+            "max_concurrency": node.max_concurrency,
+            "hardware": node.hardware,
+            "sandboxes": node.sandboxes,
+            "loaded_model": node.loaded_model,
+            "version": node.version,
+            "cert_serial": node.cert_serial,
         }
 
         async def op(conn: AsyncConnection) -> None:
@@ -447,8 +471,11 @@ class SqlStore:
         stmt = (
             nodes.update()
             .where(nodes.c.id == sa.bindparam("b_id"))
-            .values(last_heartbeat=sa.bindparam("b_ts"), hardware=sa.bindparam("b_hw", type_=sa.JSON),
-                    loaded_model=sa.bindparam("b_model"))
+            .values(
+                last_heartbeat=sa.bindparam("b_ts"),
+                hardware=sa.bindparam("b_hw", type_=sa.JSON),
+                loaded_model=sa.bindparam("b_model"),
+            )
         )
 
         async def op(conn: AsyncConnection) -> None:
@@ -473,8 +500,9 @@ class SqlStore:
 
         async def op(conn: AsyncConnection) -> None:
             await conn.execute(
-                api_keys.insert().values(id=key_id, secret_hash=secret_hash, name=name, role=role,
-                                         created_at=now, revoked=False)
+                api_keys.insert().values(
+                    id=key_id, secret_hash=secret_hash, name=name, role=role, created_at=now, revoked=False
+                )
             )
 
         await self._writer.run(op)
