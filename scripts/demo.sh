@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Set up (if needed) and run `phage demo`: a coordinator and two nodes on loopback doing real work.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/phage demo "$@"

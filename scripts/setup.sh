@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Idempotent set-up on a fresh Debian machine: OS packages, a virtualenv in .venv, phage installed editable.
+# Sourced by scripts/demo.sh and scripts/test.sh; safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
+command -v bwrap >/dev/null || need_apt+=(bubblewrap)
+if [ "${PHAGE_SETUP_EXTRAS:-}" = "test" ]; then
+  command -v git >/dev/null || need_apt+=(git)
+fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "phage setup: installing OS packages: ${need_apt[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+extras="${PHAGE_SETUP_PIP_EXTRAS:-}"
+stamp=".venv/.phage-installed${extras:+-$extras}"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}"
+  touch "$stamp"
+fi
