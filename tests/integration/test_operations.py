@@ -1,0 +1,110 @@
+"""Operations on a live pool: cancelling running work, removing a node, the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from phage.testing import CoordinatorProcess, NodeProcess, wait_online, wait_tasks_final, wait_until
+from tests.integration.conftest import job
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); count it as gone
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_cancel_reaches_the_node_and_kills_the_job(
+    pool: Callable[..., tuple[CoordinatorProcess, list[NodeProcess]]], tmp_path: Path
+) -> None:
+    coord, _ = pool(nodes=1, concurrency=1)
+    wait_online(coord, 1)
+    pid_file = tmp_path / "job.pid"
+    long_job = {
+        "kind": "job",
+        "files": {"run.sh": f"echo $$ > {pid_file}\nexec sleep 60\n"},
+        "manifest": {"entrypoint": "run.sh", "interpreter": "sh", "timeout_s": 120},
+    }
+    with coord.client() as c:
+        task = c.post("/api/tasks", json=long_job).json()
+        pid = wait_until(lambda: pid_file.exists() and int(pid_file.read_text() or 0), 20, what="job started")
+        assert _alive(pid)
+        resp = c.delete(f"/api/tasks/{task['id']}")
+        assert resp.status_code == 200 and resp.json()["state"] == "cancelled"
+        wait_until(lambda: not _alive(pid), 10, what="cancelled job's process to die")
+        final = c.get(f"/api/tasks/{task['id']}").json()
+        assert final["state"] == "cancelled"
+        assert [a["state"] for a in final["attempts"]] == ["cancelled"]
+        # cancelling again is harmless; the node's slot is free again for new work
+        assert c.delete(f"/api/tasks/{task['id']}").status_code == 200
+        nxt = c.post("/api/tasks", json=job("after-cancel")).json()
+        (done,) = wait_tasks_final(coord, [nxt["id"]], timeout=30)
+        assert done["state"] == "verified"
+        assert c.delete(f"/api/tasks/{nxt['id']}").status_code == 409
+
+
+def test_removed_node_is_shut_out(pool: Callable[..., tuple[CoordinatorProcess, list[NodeProcess]]]) -> None:
+    coord, nodes = pool(nodes=1)
+    wait_online(coord, 1)
+    node_id = nodes[0].node_id
+    with coord.client() as c:
+        assert c.delete(f"/api/nodes/{node_id}").status_code == 200
+        task = c.post("/api/tasks", json=job("nobody")).json()
+        # the node keeps trying but is refused: nothing runs its work, it is not online
+        wait_until(
+            lambda: all(n["id"] != node_id for n in c.get("/api/nodes").json()["nodes"]),
+            5,
+            what="removed node gone from the list",
+        )
+        assert c.get(f"/api/tasks/{task['id']}").json()["state"] == "queued"
+
+
+def test_cli_submit_directory_status_and_download(
+    pool: Callable[..., tuple[CoordinatorProcess, list[NodeProcess]]], tmp_path: Path
+) -> None:
+    coord, _ = pool(nodes=1)
+    wait_online(coord, 1)
+    project = tmp_path / "project"
+    (project / "lib").mkdir(parents=True)
+    (project / "lib" / "words.txt").write_text("alpha beta gamma\n")
+    (project / "main.py").write_text(
+        "import pathlib\nn = len(pathlib.Path('lib/words.txt').read_text().split())\n"
+        "pathlib.Path('results').mkdir()\npathlib.Path('results/count.txt').write_text(str(n))\nprint('counted', n)\n"
+    )
+    env = {**os.environ, "PHAGE_URL": coord.url, "PHAGE_API_KEY": coord.admin_key}
+    cli = [sys.executable, "-m", "phage.client.cli"]
+    out = subprocess.run(
+        [*cli, "submit", str(project), "-e", "main.py", "-o", "results/*", "--wait"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    task_id = out.stdout.split()[0]
+    assert task_id.startswith("t-") and "verified" in out.stdout
+    status = subprocess.run([*cli, "status", task_id], env=env, capture_output=True, text=True, timeout=60)
+    assert "counted 3" in status.stdout and "results/count.txt" in status.stdout
+    dl = subprocess.run(
+        [*cli, "download", task_id, "results/count.txt", "-O", str(tmp_path / "count.txt")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert dl.returncode == 0, dl.stderr
+    assert (tmp_path / "count.txt").read_text() == "3"
+    bad = subprocess.run(
+        [*cli, "status", "t-does-not-exist"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 1 and "404" in bad.stderr
