@@ -79,7 +79,8 @@ def test_cli_submit_directory_status_and_download(
     (project / "lib" / "words.txt").write_text("alpha beta gamma\n")
     (project / "main.py").write_text(
         "import pathlib\nn = len(pathlib.Path('lib/words.txt').read_text().split())\n"
-        "pathlib.Path('results').mkdir()\npathlib.Path('results/count.txt').write_text(str(n))\nprint('counted', n)\n"
+        "pathlib.Path('results').mkdir()\n"
+        "pathlib.Path('results/count.txt').write_text(str(n))\nprint('counted', n)\n"
     )
     env = {**os.environ, "PHAGE_URL": coord.url, "PHAGE_API_KEY": coord.admin_key}
     cli = [sys.executable, "-m", "phage.client.cli"]
