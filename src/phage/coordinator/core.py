@@ -37,6 +37,7 @@ from phage.errors import (
     InvalidInput,
     NotFound,
     PermissionDenied,
+    PhageError,
     ProtocolError,
     Unauthenticated,
 )
@@ -358,36 +359,70 @@ class Coordinator:
         return [a for a in attempt_ids if a not in mine] + not_wanted
 
     async def submit_result(self, live: LiveNode, attempt_id: str, result: TaskResult) -> FinishOutcome:
-        """Check and record a result; the task becomes verified, requeued or failed."""
+        """Check and record one result; raises if it is refused."""
+        (outcome,) = await self.submit_results(live, [(attempt_id, result)])
+        if isinstance(outcome, PhageError):
+            raise outcome
+        return outcome
+
+    async def submit_results(
+        self, live: LiveNode, items: Sequence[tuple[str, TaskResult]]
+    ) -> list[FinishOutcome | PhageError]:
+        """Check and record results; each task becomes verified, requeued or failed."""
         await self._seen(live)
+        outcomes: list[FinishOutcome | PhageError | None] = []
+        valid: list[tuple[str, TaskResult]] = []
+        for attempt_id, result in items:
+            problem = self._check_outputs(result)
+            outcomes.append(problem)
+            if problem is None:
+                valid.append((attempt_id, result))
+        recorded = iter(await self.store.finish_many(live.node.id, valid, self.clock()) if valid else [])
+        final: list[FinishOutcome | PhageError] = []
+        requeue: list[str] = []
+        for (attempt_id, result), early in zip(items, outcomes, strict=True):
+            outcome = early if early is not None else next(recorded)
+            final.append(outcome)
+            if isinstance(outcome, PhageError):
+                continue
+            self.pool.drop_attempt(attempt_id)
+            if outcome.duplicate or outcome.task_state is None:
+                continue
+            if outcome.requeued:
+                requeue.append(outcome.task_id)
+            elif outcome.task_state is TaskState.VERIFIED:
+                self.counters["verified"] += 1
+            elif outcome.task_state is TaskState.FAILED:
+                self.counters["failed"] += 1
+            self.bus.task(
+                outcome.task_id, outcome.task_state.value, node=live.node.id, exit_code=result.exit_code
+            )
+        if requeue:
+            await self._requeue(requeue)
+        return final
+
+    def _check_outputs(self, result: TaskResult) -> PhageError | None:
+        """The coordinator recomputes what it can: every output must be uploaded, at its size."""
         for out in result.outputs:
             size = self.blobs.size(out.sha256)
             if size is None:
-                raise ProtocolError(
+                return ProtocolError(
                     f"output {out.path!r} was not uploaded (sha256 {out.sha256})", field="outputs"
                 )
             if size != out.size:
-                raise ProtocolError(f"output {out.path!r} is {size} bytes, not {out.size}", field="outputs")
-        outcome = await self.store.finish(live.node.id, attempt_id, result, self.clock())
-        att = self.pool.drop_attempt(attempt_id)
-        if outcome.duplicate or outcome.task_state is None:
-            return outcome
-        task_id = att.task_id if att else ""
-        if outcome.requeued and task_id:
+                return ProtocolError(f"output {out.path!r} is {size} bytes, not {out.size}", field="outputs")
+        return None
+
+    async def _requeue(self, task_ids: list[str]) -> None:
+        """Put tasks the store has moved back to ``queued`` into the ready queue."""
+        for task_id in task_ids:
             task = await self.store.get_task(task_id)
-            if task is not None:
+            if task is not None and task.state is TaskState.QUEUED:
                 self.queue.push(
                     QueuedTask(task.id, task.kind.value, task.priority, task.created_at, task.spec)
                 )
-                self.pool.wake_waiters(1)
-            self.counters["requeued"] += 1
-        elif outcome.task_state is TaskState.VERIFIED:
-            self.counters["verified"] += 1
-        elif outcome.task_state is TaskState.FAILED:
-            self.counters["failed"] += 1
-        if task_id:
-            self.bus.task(task_id, outcome.task_state.value, node=live.node.id, exit_code=result.exit_code)
-        return outcome
+        self.counters["requeued"] += len(task_ids)
+        self.pool.wake_waiters(len(task_ids))
 
     # ---- liveness ----------------------------------------------------------
 
@@ -422,19 +457,11 @@ class Coordinator:
         outcomes = await self.store.fail_lost(attempt_ids, reason, self.clock())
         for aid in attempt_ids:
             self.pool.drop_attempt(aid)
-        requeued = 0
         for out in outcomes:
-            if out.requeued:
-                task = await self.store.get_task(out.task_id)
-                if task is not None:
-                    self.queue.push(
-                        QueuedTask(task.id, task.kind.value, task.priority, task.created_at, task.spec)
-                    )
-                    requeued += 1
             self.bus.task(out.task_id, out.task_state.value, reason=reason, attempt=out.attempt_id)
-        self.counters["requeued"] += requeued
-        if requeued:
-            self.pool.wake_waiters(requeued)
+        requeue = [out.task_id for out in outcomes if out.requeued]
+        if requeue:
+            await self._requeue(requeue)
 
     async def _flush_heartbeats(self) -> None:
         while True:

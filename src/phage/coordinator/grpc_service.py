@@ -119,6 +119,31 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
         return pb.ResultAck(accepted=outcome.accepted, duplicate=outcome.duplicate, message=outcome.message)
 
     @_edge
+    async def SubmitResults(
+        self, request: pb.ResultBatch, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ResultBatchAck:
+        live = self.c.authenticate_node(_peer_node_id(context), request.node_id)
+        items = [(r.assignment_id, convert.result_from_pb(r)) for r in request.results]
+        acks = []
+        for (aid, _), outcome in zip(items, await self.c.submit_results(live, items), strict=True):
+            if isinstance(outcome, PhageError):
+                acks.append(
+                    pb.ResultAck(
+                        assignment_id=aid, accepted=False, message=outcome.message, refusal=outcome.grpc_code
+                    )
+                )
+            else:
+                acks.append(
+                    pb.ResultAck(
+                        assignment_id=aid,
+                        accepted=outcome.accepted,
+                        duplicate=outcome.duplicate,
+                        message=outcome.message,
+                    )
+                )
+        return pb.ResultBatchAck(acks=acks)
+
+    @_edge
     async def ReportMetrics(
         self, request: pb.MetricsReport, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.MetricsAck:

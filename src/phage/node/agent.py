@@ -39,6 +39,7 @@ from phage.sandbox import Sandbox, make_sandbox
 log = logging.getLogger("phage.node")
 
 UPLOAD_CHUNK = 256 * 1024
+RESULT_BATCH = 256
 RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -80,6 +81,8 @@ class NodeAgent:
         self._stub: pb_grpc.PhageCoordinatorStub | None = None
         self.heartbeat_interval = config.heartbeat_interval_s or 10.0
         self.registered = asyncio.Event()
+        self._results: list[tuple[pb.TaskResult, asyncio.Future[pb.ResultAck]]] = []
+        self._results_ready = asyncio.Event()
 
     @property
     def node_id(self) -> str:
@@ -153,6 +156,7 @@ class NodeAgent:
         loops = [
             asyncio.create_task(self._heartbeat_loop(), name="phage-node-heartbeat"),
             asyncio.create_task(self._fetch_loop(), name="phage-node-fetch"),
+            asyncio.create_task(self._result_loop(), name="phage-node-results"),
         ]
         try:
             await self._stop.wait()
@@ -345,10 +349,33 @@ class NodeAgent:
         await self._retry(send)
 
     async def _report(self, a: pb.TaskAssignment, result: TaskResult) -> None:
+        """Queue a result for the sender and wait for the coordinator's acknowledgement."""
         msg = convert.result_to_pb(self.node_id, a.assignment_id, a.task_id, result, self.sandbox.name)
-        ack = await self._retry(lambda: self.stub.SubmitResult(msg, timeout=30))
+        fut: asyncio.Future[pb.ResultAck] = asyncio.get_running_loop().create_future()
+        self._results.append((msg, fut))
+        self._results_ready.set()
+        ack = await fut
         if not ack.accepted:
             log.info("result for %s not accepted: %s", a.assignment_id, ack.message)
+
+    async def _result_loop(self) -> None:
+        """Send queued results, as many per RPC as have gathered while the last one was in flight."""
+        while True:
+            await self._results_ready.wait()
+            self._results_ready.clear()
+            while self._results:
+                batch, self._results = self._results[:RESULT_BATCH], self._results[RESULT_BATCH:]
+                request = pb.ResultBatch(node_id=self.node_id, results=[m for m, _ in batch])
+                try:
+                    resp = await self._retry(lambda r=request: self.stub.SubmitResults(r, timeout=30))
+                except grpc.aio.AioRpcError as exc:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                for (_, fut), ack in zip(batch, resp.acks, strict=True):
+                    if not fut.done():
+                        fut.set_result(ack)
 
     async def _retry(self, call: Any, attempts: int = 1_000_000) -> Any:
         """Retry an RPC while the coordinator is unreachable; give up on a definite refusal."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from phage.domain import Attempt, Node, NodeState, Task, TaskResult, TaskState
+from phage.errors import PhageError
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,7 @@ class FinishOutcome:
     task_state: TaskState | None
     message: str = ""
     requeued: bool = False
+    task_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +99,11 @@ class Store(Protocol):
 
     async def finish(self, node_id: str, attempt_id: str, result: TaskResult, now: float) -> FinishOutcome:
         """Record an attempt's result and settle its task (verified, requeued or failed)."""
+
+    async def finish_many(
+        self, node_id: str, items: Sequence[tuple[str, TaskResult]], now: float
+    ) -> list[FinishOutcome | PhageError]:
+        """Record many results in one transaction; one outcome (or refusal) per item."""
 
     async def fail_lost(self, attempt_ids: Sequence[str], reason: str, now: float) -> list[LostOutcome]:
         """Mark attempts lost and requeue their tasks while attempts remain."""

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from phage.domain import Attempt, AttemptState, Node, NodeState, Task, TaskKind, TaskResult, TaskState
 from phage.domain.models import ACTIVE_TASK_STATES
-from phage.errors import Conflict, NotFound, PermissionDenied, ProtocolError
+from phage.errors import Conflict, NotFound, PermissionDenied, PhageError, ProtocolError
 from phage.store.base import ApiKeyRecord, FinishOutcome, LostOutcome, QueuedTask
 from phage.store.schema import api_keys, attempts, nodes, tasks
 from phage.store.writer import GroupCommitWriter
@@ -26,6 +26,29 @@ from phage.store.writer import GroupCommitWriter
 _OPEN = (AttemptState.DISPATCHED.value, AttemptState.RUNNING.value)
 _ACTIVE = tuple(s.value for s in ACTIVE_TASK_STATES)
 _CHUNK = 400  # stay under SQLite's bound-parameter limit
+
+
+_FINISH_ATTEMPT = (
+    attempts.update()
+    .where(attempts.c.id == sa.bindparam("a_id"))
+    .values(
+        state=sa.bindparam("a_state"),
+        finished_at=sa.bindparam("a_finished"),
+        exit_code=sa.bindparam("a_exit"),
+        error=sa.bindparam("a_error"),
+    )
+)
+_SETTLE_TASK = (
+    tasks.update()
+    .where(tasks.c.id == sa.bindparam("t_id"))
+    .values(
+        state=sa.bindparam("t_state"),
+        result=sa.bindparam("t_result", type_=sa.JSON),
+        finished_at=sa.bindparam("t_finished"),
+        error=sa.bindparam("t_error"),
+        updated_at=sa.bindparam("t_updated"),
+    )
+)
 
 
 def sqlite_url(path: Path) -> str:
@@ -288,60 +311,94 @@ class SqlStore:
         return await self._writer.run(op)
 
     async def finish(self, node_id: str, attempt_id: str, result: TaskResult, now: float) -> FinishOutcome:
-        """Record a result; refuse foreign or unknown assignments; idempotent per assignment."""
+        """Record one result; raises for a foreign or unknown assignment."""
+        (outcome,) = await self.finish_many(node_id, [(attempt_id, result)], now)
+        if isinstance(outcome, PhageError):
+            raise outcome
+        return outcome
 
-        async def op(conn: AsyncConnection) -> FinishOutcome:
-            row = (await conn.execute(attempts.select().where(attempts.c.id == attempt_id))).first()
-            if row is None:
-                raise ProtocolError(f"unknown assignment {attempt_id!r}", field="assignment_id")
-            att = _attempt(row)
-            if att.node_id != node_id:
-                raise PermissionDenied(
-                    f"assignment {attempt_id} belongs to another node", field="assignment_id"
+    async def finish_many(
+        self, node_id: str, items: Sequence[tuple[str, TaskResult]], now: float
+    ) -> list[FinishOutcome | PhageError]:
+        """Record results and settle their tasks in one transaction, with bulk statements.
+
+        Each item gets its own outcome: an accepted/duplicate :class:`FinishOutcome`, or
+        the error that refuses it (unknown assignment, another node's assignment).
+        """
+
+        async def op(conn: AsyncConnection) -> list[FinishOutcome | PhageError]:
+            ids = [aid for aid, _ in items]
+            found: dict[str, Attempt] = {}
+            for chunk in _chunks(ids):
+                for row in await conn.execute(attempts.select().where(attempts.c.id.in_(chunk))):
+                    found[row.id] = _attempt(row)
+            out: list[FinishOutcome | PhageError] = []
+            settle: dict[str, tuple[int, TaskResult]] = {}  # task id -> (index in out, result)
+            attempt_rows: list[dict[str, Any]] = []
+            for aid, result in items:
+                att = found.get(aid)
+                if att is None:
+                    out.append(ProtocolError(f"unknown assignment {aid!r}", field="assignment_id"))
+                elif att.node_id != node_id:
+                    out.append(
+                        PermissionDenied(f"assignment {aid} belongs to another node", field="assignment_id")
+                    )
+                elif not att.state.open or att.task_id in settle:
+                    done = att.state in (AttemptState.SUCCEEDED, AttemptState.FAILED) or att.task_id in settle
+                    message = "result already recorded" if done else f"assignment was {att.state.value}"
+                    out.append(FinishOutcome(done, True, None, message, task_id=att.task_id))
+                else:
+                    ok = result.succeeded
+                    attempt_rows.append(
+                        {
+                            "a_id": aid,
+                            "a_state": (AttemptState.SUCCEEDED if ok else AttemptState.FAILED).value,
+                            "a_finished": now,
+                            "a_exit": result.exit_code,
+                            "a_error": result.error,
+                        }
+                    )
+                    settle[att.task_id] = (len(out), result)
+                    out.append(FinishOutcome(True, False, None, task_id=att.task_id))
+            if attempt_rows:
+                await conn.execute(_FINISH_ATTEMPT, attempt_rows)
+            task_rows: list[dict[str, Any]] = []
+            for chunk in _chunks(list(settle)):
+                q = sa.select(tasks.c.id, tasks.c.state, tasks.c.attempts_made, tasks.c.max_attempts).where(
+                    tasks.c.id.in_(chunk)
                 )
-            if not att.state.open:
-                done = att.state in (AttemptState.SUCCEEDED, AttemptState.FAILED)
-                return FinishOutcome(
-                    accepted=done,
-                    duplicate=True,
-                    task_state=None,
-                    message="result already recorded" if done else f"assignment was {att.state.value}",
-                )
-            ok = result.succeeded
-            await conn.execute(
-                attempts.update()
-                .where(attempts.c.id == attempt_id)
-                .values(
-                    state=(AttemptState.SUCCEEDED if ok else AttemptState.FAILED).value,
-                    finished_at=now,
-                    exit_code=result.exit_code,
-                    error=result.error,
-                )
-            )
-            trow = (await conn.execute(tasks.select().where(tasks.c.id == att.task_id))).first()
-            if trow is None:  # pragma: no cover - foreign key makes this impossible
-                raise NotFound(f"task {att.task_id} vanished")
-            task = _task(trow)
-            if task.state.terminal:
-                return FinishOutcome(
-                    accepted=True,
-                    duplicate=False,
-                    task_state=task.state,
-                    message=f"task already {task.state.value}",
-                )
-            values: dict[str, Any] = {"updated_at": now, "result": result.to_dict()}
-            requeued = False
-            if ok:
-                values |= {"state": TaskState.VERIFIED.value, "finished_at": now, "error": ""}
-            elif result.error and task.attempts_made < task.max_attempts:
-                # A node-side failure (sandbox, fetch) says nothing about the task: try elsewhere.
-                values |= {"state": TaskState.QUEUED.value, "error": result.error}
-                requeued = True
-            else:
-                reason = result.error or f"exited with code {result.exit_code}"
-                values |= {"state": TaskState.FAILED.value, "finished_at": now, "error": reason}
-            await conn.execute(tasks.update().where(tasks.c.id == task.id).values(**values))
-            return FinishOutcome(True, False, TaskState(values["state"]), requeued=requeued)
+                for row in await conn.execute(q):
+                    index, result = settle[row.id]
+                    state = TaskState(row.state)
+                    if state.terminal:
+                        out[index] = FinishOutcome(
+                            True, False, state, f"task already {state.value}", task_id=row.id
+                        )
+                        continue
+                    finished: float | None = now
+                    requeued = False
+                    if result.succeeded:
+                        new_state, error = TaskState.VERIFIED, ""
+                    elif result.error and row.attempts_made < row.max_attempts:
+                        # A node-side failure (sandbox, fetch) says nothing about the task: try elsewhere.
+                        new_state, error, finished, requeued = TaskState.QUEUED, result.error, None, True
+                    else:
+                        new_state = TaskState.FAILED
+                        error = result.error or f"exited with code {result.exit_code}"
+                    task_rows.append(
+                        {
+                            "t_id": row.id,
+                            "t_state": new_state.value,
+                            "t_result": result.to_dict(),
+                            "t_finished": finished,
+                            "t_error": error,
+                            "t_updated": now,
+                        }
+                    )
+                    out[index] = FinishOutcome(True, False, new_state, requeued=requeued, task_id=row.id)
+            if task_rows:
+                await conn.execute(_SETTLE_TASK, task_rows)
+            return out
 
         return await self._writer.run(op)
 

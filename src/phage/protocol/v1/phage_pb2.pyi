@@ -236,14 +236,32 @@ class TaskResult(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., assignment_id: _Optional[str] = ..., task_id: _Optional[str] = ..., exit_code: _Optional[int] = ..., error: _Optional[str] = ..., stdout_tail: _Optional[str] = ..., stderr_tail: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[OutputFile, _Mapping]]] = ..., wall_time_ms: _Optional[int] = ..., sandbox: _Optional[str] = ..., attestation: _Optional[bytes] = ...) -> None: ...
 
 class ResultAck(_message.Message):
-    __slots__ = ("accepted", "duplicate", "message")
+    __slots__ = ("accepted", "duplicate", "message", "assignment_id", "refusal")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REFUSAL_FIELD_NUMBER: _ClassVar[int]
     accepted: bool
     duplicate: bool
     message: str
-    def __init__(self, accepted: _Optional[bool] = ..., duplicate: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
+    assignment_id: str
+    refusal: str
+    def __init__(self, accepted: _Optional[bool] = ..., duplicate: _Optional[bool] = ..., message: _Optional[str] = ..., assignment_id: _Optional[str] = ..., refusal: _Optional[str] = ...) -> None: ...
+
+class ResultBatch(_message.Message):
+    __slots__ = ("node_id", "results")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    results: _containers.RepeatedCompositeFieldContainer[TaskResult]
+    def __init__(self, node_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ...) -> None: ...
+
+class ResultBatchAck(_message.Message):
+    __slots__ = ("acks",)
+    ACKS_FIELD_NUMBER: _ClassVar[int]
+    acks: _containers.RepeatedCompositeFieldContainer[ResultAck]
+    def __init__(self, acks: _Optional[_Iterable[_Union[ResultAck, _Mapping]]] = ...) -> None: ...
 
 class MetricsSample(_message.Message):
     __slots__ = ("name", "value", "labels")

@@ -59,6 +59,11 @@ class PhageCoordinatorStub:
                 request_serializer=phage_dot_protocol_dot_v1_dot_phage__pb2.TaskResult.SerializeToString,
                 response_deserializer=phage_dot_protocol_dot_v1_dot_phage__pb2.ResultAck.FromString,
                 _registered_method=True)
+        self.SubmitResults = channel.unary_unary(
+                '/phage.v1.PhageCoordinator/SubmitResults',
+                request_serializer=phage_dot_protocol_dot_v1_dot_phage__pb2.ResultBatch.SerializeToString,
+                response_deserializer=phage_dot_protocol_dot_v1_dot_phage__pb2.ResultBatchAck.FromString,
+                _registered_method=True)
         self.ReportMetrics = channel.unary_unary(
                 '/phage.v1.PhageCoordinator/ReportMetrics',
                 request_serializer=phage_dot_protocol_dot_v1_dot_phage__pb2.MetricsReport.SerializeToString,
@@ -114,6 +119,13 @@ class PhageCoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitResults(self, request, context):
+        """Several results at once (same rules as SubmitResult, one ack per result, in order).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReportMetrics(self, request, context):
         """Out-of-band metrics samples (engine throughput, sandbox timings).
         """
@@ -162,6 +174,11 @@ def add_PhageCoordinatorServicer_to_server(servicer, server):
                     servicer.SubmitResult,
                     request_deserializer=phage_dot_protocol_dot_v1_dot_phage__pb2.TaskResult.FromString,
                     response_serializer=phage_dot_protocol_dot_v1_dot_phage__pb2.ResultAck.SerializeToString,
+            ),
+            'SubmitResults': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitResults,
+                    request_deserializer=phage_dot_protocol_dot_v1_dot_phage__pb2.ResultBatch.FromString,
+                    response_serializer=phage_dot_protocol_dot_v1_dot_phage__pb2.ResultBatchAck.SerializeToString,
             ),
             'ReportMetrics': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportMetrics,
@@ -314,6 +331,33 @@ class PhageCoordinator:
             '/phage.v1.PhageCoordinator/SubmitResult',
             phage_dot_protocol_dot_v1_dot_phage__pb2.TaskResult.SerializeToString,
             phage_dot_protocol_dot_v1_dot_phage__pb2.ResultAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/phage.v1.PhageCoordinator/SubmitResults',
+            phage_dot_protocol_dot_v1_dot_phage__pb2.ResultBatch.SerializeToString,
+            phage_dot_protocol_dot_v1_dot_phage__pb2.ResultBatchAck.FromString,
             options,
             channel_credentials,
             insecure,
