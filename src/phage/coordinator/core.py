@@ -91,6 +91,8 @@ class Coordinator:
         self._tasks: list[asyncio.Task[None]] = []
         self.started_at = 0.0
         self.counters: dict[str, int] = {"submitted": 0, "verified": 0, "failed": 0, "requeued": 0}
+        self._renewed: set[str] = set()
+        """Attempts whose lease was renewed since the last flush to the store."""
         self._read_small_blob = lru_cache(maxsize=256)(self.blobs.read)
 
     # ---- lifecycle ---------------------------------------------------------
@@ -288,6 +290,7 @@ class Coordinator:
                 unknown.append(aid)
             else:
                 att.lease_expires_at = lease
+                self._renewed.add(aid)
         cancels, live.cancels = live.cancels, []
         return cancels, unknown
 
@@ -476,8 +479,10 @@ class Coordinator:
         for live in self.pool.nodes.values():
             if live.dirty:
                 live.dirty = False
-                beats.append((live.node.id, live.last_seen, live.node.hardware, live.node.loaded_model))
-        await self.store.record_heartbeats(beats)
+                beats.append((live.node.id, live.last_seen, live.node.loaded_model))
+        leases = [(a.id, a.lease_expires_at) for aid in self._renewed if (a := self.pool.attempts.get(aid))]
+        self._renewed.clear()
+        await self.store.record_heartbeats(beats, leases)
 
     # ---- admin -------------------------------------------------------------
 

@@ -126,8 +126,10 @@ class Store(Protocol):
     async def list_nodes(self) -> list[Node]:
         """Every node, newest registration first."""
 
-    async def record_heartbeats(self, beats: Sequence[tuple[str, float, dict[str, Any], str]]) -> None:
-        """(node id, time, hardware, loaded model) for many nodes at once."""
+    async def record_heartbeats(
+        self, beats: Sequence[tuple[str, float, str]], leases: Sequence[tuple[str, float]] = ()
+    ) -> None:
+        """(node id, time, loaded model) for many nodes, and renewed attempt leases, at once."""
 
     async def set_node_state(self, node_id: str, state: NodeState) -> None:
         """Change a node's state."""

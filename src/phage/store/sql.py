@@ -51,6 +51,18 @@ _SETTLE_TASK = (
 )
 
 
+_HEARTBEAT = (
+    nodes.update()
+    .where(nodes.c.id == sa.bindparam("b_id"))
+    .values(last_heartbeat=sa.bindparam("b_ts"), loaded_model=sa.bindparam("b_model"))
+)
+_RENEW_LEASE = (
+    attempts.update()
+    .where(attempts.c.id == sa.bindparam("l_id"), attempts.c.state.in_(_OPEN))
+    .values(lease_expires_at=sa.bindparam("l_until"))
+)
+
+
 def sqlite_url(path: Path) -> str:
     """The async URL for a SQLite file."""
     return f"sqlite+aiosqlite:///{path}"
@@ -520,23 +532,24 @@ class SqlStore:
         async with self.engine.connect() as conn:
             return [_node(r) for r in await conn.execute(nodes.select().order_by(nodes.c.registered_at))]
 
-    async def record_heartbeats(self, beats: Sequence[tuple[str, float, dict[str, Any], str]]) -> None:
-        """Many nodes' last heartbeat in one statement."""
-        if not beats:
+    async def record_heartbeats(
+        self, beats: Sequence[tuple[str, float, str]], leases: Sequence[tuple[str, float]] = ()
+    ) -> None:
+        """(node id, last heartbeat, loaded model) rows and renewed (attempt id, lease expiry) rows, in bulk.
+
+        Leases live in the store, not only in memory, so another coordinator sharing
+        the database (or this one after a restart) sees the same deadlines.
+        """
+        if not beats and not leases:
             return
-        rows = [{"b_id": i, "b_ts": ts, "b_hw": hw, "b_model": m} for i, ts, hw, m in beats]
-        stmt = (
-            nodes.update()
-            .where(nodes.c.id == sa.bindparam("b_id"))
-            .values(
-                last_heartbeat=sa.bindparam("b_ts"),
-                hardware=sa.bindparam("b_hw", type_=sa.JSON),
-                loaded_model=sa.bindparam("b_model"),
-            )
-        )
+        beat_rows = [{"b_id": i, "b_ts": ts, "b_model": m} for i, ts, m in beats]
+        lease_rows = [{"l_id": a, "l_until": until} for a, until in leases]
 
         async def op(conn: AsyncConnection) -> None:
-            await conn.execute(stmt, rows)
+            if beat_rows:
+                await conn.execute(_HEARTBEAT, beat_rows)
+            if lease_rows:
+                await conn.execute(_RENEW_LEASE, lease_rows)
 
         await self._writer.run(op)
 
