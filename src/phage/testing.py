@@ -108,7 +108,8 @@ class CoordinatorProcess:
     def _healthy(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise RuntimeError(f"coordinator exited with {self.proc.returncode}; log: {self.log_path}")
-        return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
+        ok = httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
+        return ok and (self.data_dir / "coordinator.json").exists()
 
     @property
     def info(self) -> dict[str, Any]:

@@ -9,11 +9,14 @@ from pathlib import Path
 import grpc
 import pytest
 
+from phage.domain import TaskResult
 from phage.errors import PermissionDenied, Unauthenticated
+from phage.node.attest import sign_result
 from phage.node.connection import Credentials, enroll, open_channel
 from phage.pki import CertificateAuthority, NodeIdentity
 from phage.pki.ca import make_csr
 from phage.pki.enroll import fetch_pinned_ca
+from phage.protocol.convert import result_to_pb
 from phage.protocol.v1 import phage_pb2 as pb
 from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
 from phage.testing import CoordinatorProcess
@@ -157,29 +160,34 @@ async def test_result_for_someone_elses_assignment_is_refused(coord: Coordinator
         )
         assert [x.task_id for x in got.assignments] == [task["id"]]
         assignment = got.assignments[0].assignment_id
+        # b signs properly, but the assignment is a's: refused (and b is quarantined for it)
+        forged = sign_result(b, got.assignments[0], TaskResult(exit_code=0), "none", "")
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stub_b.SubmitResult(
-                pb.TaskResult(node_id=b.node_id, assignment_id=assignment, task_id=task["id"], exit_code=0),
-                timeout=5,
-            )
+            await stub_b.SubmitResult(result_to_pb(b.node_id, assignment, task["id"], forged), timeout=5)
         assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub_b.SubmitResult(
                 pb.TaskResult(node_id=b.node_id, assignment_id="a-never-issued", exit_code=0), timeout=5
             )
         assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
-        # the rightful node's result is still accepted, exactly once
-        ack = await stub_a.SubmitResult(
-            pb.TaskResult(node_id=a.node_id, assignment_id=assignment, task_id=task["id"], exit_code=0),
-            timeout=5,
+        # the rightful node's signed result is still accepted, exactly once
+        signed = result_to_pb(
+            a.node_id,
+            assignment,
+            task["id"],
+            sign_result(a, got.assignments[0], TaskResult(exit_code=0), "none", ""),
         )
+        ack = await stub_a.SubmitResult(signed, timeout=5)
         assert ack.accepted and not ack.duplicate
-        again = await stub_a.SubmitResult(
-            pb.TaskResult(node_id=a.node_id, assignment_id=assignment, task_id=task["id"], exit_code=0),
-            timeout=5,
-        )
+        again = await stub_a.SubmitResult(signed, timeout=5)
         assert again.duplicate
     with coord.client() as c:
         final = c.get(f"/api/tasks/{task['id']}").json()
     assert final["state"] == "verified"
     assert [x["node_id"] for x in final["attempts"]] == [a.node_id]
+    with coord.client() as c:
+        nodes = {n["id"]: n for n in c.get("/api/nodes").json()["nodes"]}
+    assert (
+        nodes[b.node_id]["quarantined"] and "belongs to another node" in nodes[b.node_id]["quarantine_reason"]
+    )
+    assert not nodes[a.node_id]["quarantined"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import logging
 import time
@@ -22,6 +23,7 @@ from phage.coordinator.pool import LiveNode, LivePool, OpenAttempt
 from phage.coordinator.requests import TaskRequest
 from phage.coordinator.settings import CoordinatorSettings
 from phage.coordinator.state import DataDir
+from phage.coordinator.trust import TrustGuard
 from phage.domain import (
     Assignment,
     Attempt,
@@ -39,11 +41,14 @@ from phage.errors import (
     PermissionDenied,
     PhageError,
     ProtocolError,
+    SandboxError,
     Unauthenticated,
 )
 from phage.pki import CertificateAuthority, verify_signature
+from phage.pki.attestation import input_hash
 from phage.pki.identity import node_id_from_public_key, register_signing_payload
-from phage.scheduler import NodeView, ReadyQueue
+from phage.sandbox import Sandbox, make_sandbox
+from phage.scheduler import NodeView, ReadyQueue, eligible
 from phage.store import FinishOutcome, QueuedTask, SqlStore
 from phage.store.blobs import BlobStore
 
@@ -61,6 +66,7 @@ class Dispatch:
     workspace: bytes | None
     workspace_sha256: str
     workspace_size: int
+    input_sha256: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +76,11 @@ class Registration:
     node_id: str
     client_cert_pem: bytes
     ca_cert_pem: bytes
+
+
+def _node_models(live: LiveNode) -> list[str]:
+    """Models a node serves (today: the one its engine has loaded)."""
+    return [live.node.loaded_model] if live.node.loaded_model else []
 
 
 class Coordinator:
@@ -91,6 +102,10 @@ class Coordinator:
         self._tasks: list[asyncio.Task[None]] = []
         self.started_at = 0.0
         self.counters: dict[str, int] = {"submitted": 0, "verified": 0, "failed": 0, "requeued": 0}
+        self.trust = TrustGuard(self)
+        self.verify_sandbox: Sandbox | None = None
+        self.tried: dict[str, set[str]] = {}
+        """Best-of-N tasks: the nodes that already held an attempt (distinct-node placement)."""
         self._renewed: set[str] = set()
         """Attempts whose lease was renewed since the last flush to the store."""
         self._read_small_blob = lru_cache(maxsize=256)(self.blobs.read)
@@ -102,6 +117,10 @@ class Coordinator:
         self.dirs.prepare()
         self.ca = CertificateAuthority.load_or_create(self.dirs.pki)
         self.join_token = self.settings.join_token or self.dirs.join_token()
+        try:
+            self.verify_sandbox = make_sandbox(self.settings.verify_sandbox)
+        except SandboxError as exc:
+            log.warning("re-verification disabled: %s", exc.message)
         await self.store.open()
         self.admin_key = await self.keys.ensure_admin(self.dirs.admin_key_file, self.clock())
         await self._recover()
@@ -133,7 +152,14 @@ class Coordinator:
                 node=node, last_seen=now if node.state is NodeState.ONLINE else 0.0
             )
         for att in await self.store.open_attempts():
-            self.pool.add_attempt(OpenAttempt(att.id, att.task_id, att.node_id, now + self.settings.lease_s))
+            task = await self.store.get_task(att.task_id)
+            if task is None:
+                continue
+            self.pool.add_attempt(
+                self._open_attempt(att, task.kind.value, task.spec, now + self.settings.lease_s)
+            )
+        multi = [t.id for t in self.queue.tasks() if int(t.spec.get("replicas", 1)) > 1]
+        self.tried.update(await self.store.nodes_tried(multi))
         log.info(
             "recovered %d queued tasks, %d open attempts, %d nodes",
             len(self.queue),
@@ -149,8 +175,14 @@ class Coordinator:
         made: list[Task] = []
         for req in requests:
             spec: dict[str, Any] = {"isolation": req.isolation}
+            replicas = 1
             if req.manifest is not None:
                 spec["manifest"] = req.manifest.to_dict()
+            if req.generate is not None:
+                if not req.wait_for_model:
+                    self._require_model(req.generate.model)
+                spec["generate"] = req.generate.to_dict()
+                replicas = spec["replicas"] = req.generate.n
             if req.workspace is not None:
                 spec["workspace"] = self.blobs.put(req.workspace)
                 spec["workspace_size"] = len(req.workspace)
@@ -167,6 +199,7 @@ class Coordinator:
                         updated_at=now,
                         owner=principal.key_id,
                         labels=req.labels,
+                        replicas=replicas,
                     )
                 )
         await self.store.add_tasks(made)
@@ -176,6 +209,20 @@ class Coordinator:
         self.counters["submitted"] += len(made)
         self.pool.wake_waiters(len(made))
         return made
+
+    def served_models(self) -> set[str]:
+        """Models some registered node serves."""
+        return {m for live in self.pool.nodes.values() for m in _node_models(live)}
+
+    def _require_model(self, model: str) -> None:
+        served = self.served_models()
+        if model not in served:
+            known = ", ".join(sorted(served)) or "none"
+            raise InvalidInput(
+                f"no node in this pool serves model {model!r} (served: {known}); "
+                "set wait_for_model to queue the task until one joins",
+                field="model",
+            )
 
     async def get_task(self, task_id: str) -> tuple[Task, list[Attempt]]:
         """A task and all its attempts."""
@@ -188,6 +235,7 @@ class Coordinator:
         """Cancel a task, telling any node running it to stop."""
         task, stopped = await self.store.cancel_task(task_id, self.clock())
         self.queue.discard(task_id)
+        self.tried.pop(task_id, None)
         for att in stopped:
             self.pool.drop_attempt(att.id)
             live = self.pool.nodes.get(att.node_id)
@@ -306,9 +354,9 @@ class Coordinator:
                 cancels, live.cancels = live.cancels, []
                 return [], cancels
             limit = min(max_tasks, live.free_slots)
-            if limit > 0 and len(self.queue) and live.online:
-                view = NodeView(node_id, limit, frozenset(live.node.sandboxes))
-                picked = self.queue.take(view, limit)
+            if limit > 0 and len(self.queue) and live.online and not live.node.quarantined:
+                view = NodeView(node_id, limit, frozenset(live.node.sandboxes), frozenset(_node_models(live)))
+                picked = self.queue.take(view, limit, allow=functools.partial(self._distinct_ok, view=view))
                 if picked:
                     dispatches = await asyncio.shield(self._claim(live, picked))
                     if dispatches:
@@ -324,21 +372,63 @@ class Coordinator:
             finally:
                 self.pool.waiting.discard(node_id)
 
+    def _distinct_ok(self, task: QueuedTask, view: NodeView) -> bool:
+        """Best-of-N: one attempt per node, unless the task allows repeats and no other node can."""
+        tried = self.tried.get(task.id)
+        if not tried or view.id not in tried:
+            return True
+        gen = task.spec.get("generate") or {}
+        if gen.get("distinct", "wait") == "wait":
+            return False
+        return not any(
+            live.node.id not in tried
+            and not live.node.quarantined
+            and eligible(
+                task, NodeView(live.node.id, 1, frozenset(live.node.sandboxes), frozenset(_node_models(live)))
+            )
+            for live in self.pool.online_nodes()
+        )
+
     async def _claim(self, live: LiveNode, picked: list[QueuedTask]) -> list[Dispatch]:
         now = self.clock()
         by_id = {t.id: t for t in picked}
         try:
-            attempts = await self.store.claim(live.node.id, list(by_id), now, self.settings.lease_s)
+            claimed = await self.store.claim_replicas(live.node.id, list(by_id), now, self.settings.lease_s)
         except Exception:
             self.queue.extend(picked)  # still queued in the store: keep them offerable
             raise
         out: list[Dispatch] = []
-        for att in attempts:
+        for att, more in claimed:
             task = by_id[att.task_id]
-            self.pool.add_attempt(OpenAttempt(att.id, att.task_id, att.node_id, att.lease_expires_at))
-            out.append(self._dispatch(att, task))
+            if more:
+                self.queue.push(task)  # best-of-N: further attempts still wanted
+            if int(task.spec.get("replicas", 1)) > 1:
+                self.tried.setdefault(task.id, set()).add(live.node.id)
+            dispatch = self._dispatch(att, task)
+            self.pool.add_attempt(
+                self._open_attempt(att, task.kind, task.spec, att.lease_expires_at, dispatch.input_sha256)
+            )
+            out.append(dispatch)
             self.bus.task(att.task_id, TaskState.DISPATCHED.value, node=live.node.id, attempt=att.id)
         return out
+
+    def _open_attempt(
+        self, att: Attempt, kind: str, spec: dict[str, Any], lease: float, input_sha256: str | None = None
+    ) -> OpenAttempt:
+        if input_sha256 is None:
+            input_sha256 = self._input_sha256(att.task_id, kind, spec)
+        return OpenAttempt(att.id, att.task_id, att.node_id, lease, kind, spec, input_sha256)
+
+    @staticmethod
+    def _input_sha256(task_id: str, kind: str, spec: dict[str, Any]) -> str:
+        return input_hash(
+            task_id=task_id,
+            kind=kind,
+            manifest=spec.get("manifest"),
+            generate=spec.get("generate"),
+            workspace_sha256=str(spec.get("workspace") or ""),
+            isolation=str(spec.get("isolation", "any")),
+        )
 
     def _dispatch(self, att: Attempt, task: QueuedTask) -> Dispatch:
         digest = str(task.spec.get("workspace") or "")
@@ -347,7 +437,9 @@ class Coordinator:
         if digest and size <= self.settings.inline_workspace_bytes:
             inline = self._read_small_blob(digest)
         assignment = Assignment(att.id, att.task_id, TaskKind(task.kind), task.spec, att.lease_expires_at)
-        return Dispatch(assignment, inline, digest, size)
+        return Dispatch(
+            assignment, inline, digest, size, self._input_sha256(att.task_id, task.kind, task.spec)
+        )
 
     async def start_tasks(self, live: LiveNode, attempt_ids: Sequence[str]) -> list[str]:
         """The node began these; returns any it should not run."""
@@ -375,11 +467,29 @@ class Coordinator:
         await self._seen(live)
         outcomes: list[FinishOutcome | PhageError | None] = []
         valid: list[tuple[str, TaskResult]] = []
+        rejected: list[str] = []
         for attempt_id, result in items:
             problem = self._check_outputs(result)
+            att = self.pool.attempts.get(attempt_id)
+            if problem is None and att is not None and att.node_id == live.node.id:
+                problem = self.trust.check_attestation(live, att, result)
+                if problem is not None:
+                    await self.trust.punish(
+                        live, f"attestation refused: {problem.message}", "attestation_refusals"
+                    )
+                elif self.trust.wants_reverify(live, att, result):
+                    problem = await self.trust.reverify(att, result)
+                    if problem is not None:
+                        await self.trust.punish(live, problem.message, "failed_validation")
+                    else:
+                        await self.trust.credit(live)
+                if problem is not None:
+                    rejected.append(attempt_id)
             outcomes.append(problem)
             if problem is None:
                 valid.append((attempt_id, result))
+        if rejected:
+            await self._lose(rejected, "result refused: see the node's quarantine reason")
         recorded = iter(await self.store.finish_many(live.node.id, valid, self.clock()) if valid else [])
         final: list[FinishOutcome | PhageError] = []
         requeue: list[str] = []
@@ -387,6 +497,11 @@ class Coordinator:
             outcome = early if early is not None else next(recorded)
             final.append(outcome)
             if isinstance(outcome, PhageError):
+                if early is None and not live.node.quarantined:
+                    # reporting on an assignment that is not yours (or never existed) is a lie too
+                    await self.trust.punish(
+                        live, f"result refused: {outcome.message}", "attestation_refusals"
+                    )
                 continue
             self.pool.drop_attempt(attempt_id)
             if outcome.duplicate or outcome.task_state is None:
@@ -397,6 +512,8 @@ class Coordinator:
                 self.counters["verified"] += 1
             elif outcome.task_state is TaskState.FAILED:
                 self.counters["failed"] += 1
+            if outcome.task_state.terminal:
+                self.tried.pop(outcome.task_id, None)
             self.bus.task(
                 outcome.task_id, outcome.task_state.value, node=live.node.id, exit_code=result.exit_code
             )
@@ -485,6 +602,28 @@ class Coordinator:
         await self.store.record_heartbeats(beats, leases)
 
     # ---- admin -------------------------------------------------------------
+
+    async def quarantine(self, node_id: str, reason: str) -> None:
+        """Give a node no more work until an admin releases it; its open work goes elsewhere."""
+        await self.store.set_quarantine(node_id, True, reason)
+        live = self.pool.nodes.get(node_id)
+        if live is not None:
+            live.node.quarantined, live.node.quarantine_reason = True, reason
+            await self._lose(list(live.attempts), f"node quarantined: {reason}")
+            name = live.node.name
+        else:
+            name = node_id
+        log.warning("node %s quarantined: %s", name, reason)
+        self.bus.node(node_id, "quarantined", reason=reason)
+
+    async def release(self, node_id: str) -> None:
+        """Lift a node's quarantine (admin)."""
+        await self.store.set_quarantine(node_id, False, "")
+        live = self.pool.nodes.get(node_id)
+        if live is not None:
+            live.node.quarantined, live.node.quarantine_reason = False, ""
+            live.wake.set()
+        self.bus.node(node_id, "released")
 
     async def remove_node(self, node_id: str) -> None:
         """Shut a node out: its certificate is refused from now on and its work requeued."""

@@ -245,6 +245,26 @@ def create_app(coordinator: Coordinator) -> FastAPI:
         """Every node with its live figures."""
         return {"nodes": [node_public(n) for n in c.pool.nodes.values()]}
 
+    @app.post("/api/nodes/{node_id:path}/release", tags=["pool"])
+    async def release_node(node_id: str, who: Caller) -> dict[str, Any]:
+        """Lift a node's quarantine (admin)."""
+        who.require_admin()
+        if node_id not in c.pool.nodes:
+            raise NotFound(f"no node {node_id!r}", field="id")
+        await c.release(node_id)
+        return node_public(c.pool.nodes[node_id])
+
+    @app.post("/api/nodes/{node_id:path}/quarantine", tags=["pool"])
+    async def quarantine_node(
+        node_id: str, who: Caller, reason: str = "quarantined by an admin"
+    ) -> dict[str, Any]:
+        """Quarantine a node by hand (admin): it gets no work until released."""
+        who.require_admin()
+        if node_id not in c.pool.nodes:
+            raise NotFound(f"no node {node_id!r}", field="id")
+        await c.quarantine(node_id, reason[:500])
+        return node_public(c.pool.nodes[node_id])
+
     @app.delete("/api/nodes/{node_id:path}", tags=["pool"])
     async def remove_node(node_id: str, who: Caller) -> dict[str, Any]:
         """Remove a node (admin): its certificate is refused from now on."""

@@ -21,6 +21,10 @@ class OpenAttempt:
     task_id: str
     node_id: str
     lease_expires_at: float
+    kind: str = ""
+    spec: dict[str, Any] = field(default_factory=dict)
+    input_sha256: str = ""
+    """What the node must attest it was given."""
 
 
 @dataclass(slots=True)

@@ -10,12 +10,26 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from phage.domain import JobManifest, TaskKind
+from phage.domain.generate import GenerateSpec
 from phage.domain.workspace import tarball_from_files, validate_tarball
 from phage.errors import InvalidInput, PayloadTooLarge
 
 ISOLATION_CHOICES = ("any", "none", "bwrap", "gvisor")
 MAX_LABELS = 32
 _KNOWN = {"kind", "manifest", "files", "priority", "max_attempts", "labels", "isolation", "count"}
+_GENERATE = {
+    "prompt",
+    "model",
+    "verifier",
+    "n",
+    "max_tokens",
+    "temperature",
+    "output_path",
+    "extract",
+    "distinct",
+    "timeout_s",
+    "wait_for_model",
+}
 
 
 @dataclass(slots=True)
@@ -24,6 +38,8 @@ class TaskRequest:
 
     kind: TaskKind
     manifest: JobManifest | None = None
+    generate: GenerateSpec | None = None
+    wait_for_model: bool = False
     workspace: bytes | None = None
     priority: int = 0
     max_attempts: int = 3
@@ -52,7 +68,8 @@ def parse_task_request(
     """Validate one task request; ``workspace`` is an uploaded archive, if any."""
     if not isinstance(data, dict):
         raise InvalidInput("a task must be a JSON object", field="task")
-    unknown = sorted(set(data) - _KNOWN)
+    allowed = _KNOWN | _GENERATE if data.get("kind") == "generate" else _KNOWN
+    unknown = sorted(set(data) - allowed)
     if unknown:
         raise InvalidInput(f"unknown fields: {', '.join(unknown)}", field=unknown[0])
     raw_kind = data.get("kind", "job")
@@ -96,9 +113,20 @@ def parse_task_request(
             raise InvalidInput("a noop task takes no manifest, files or workspace", field="kind")
         return req
 
-    if "manifest" not in data:
-        raise InvalidInput("manifest is required for a job", field="manifest")
-    req.manifest = JobManifest.parse(data["manifest"])
+    if kind is TaskKind.GENERATE:
+        if "manifest" in data:
+            raise InvalidInput(
+                "a generate task takes no manifest (it has prompt, model, verifier)", field="manifest"
+            )
+        req.generate = GenerateSpec.parse(data)
+        wait = data.get("wait_for_model", False)
+        if not isinstance(wait, bool):
+            raise InvalidInput("wait_for_model must be true or false", field="wait_for_model")
+        req.wait_for_model = wait
+    else:
+        if "manifest" not in data:
+            raise InvalidInput("manifest is required for a job", field="manifest")
+        req.manifest = JobManifest.parse(data["manifest"])
     files = data.get("files")
     if files is not None and workspace is not None:
         raise InvalidInput("give either inline files or a workspace archive, not both", field="files")

@@ -46,6 +46,10 @@ class CoordinatorSettings(BaseSettings):
     fetch_wait_ms_max: int = 30_000
     max_batch_submit: int = 10_000
     sqlite_synchronous: str = "NORMAL"
+    reverify_sample: float = Field(default=0.05, ge=0.0, le=1.0)
+    """Fraction of trusted nodes' claimed passes the coordinator re-verifies (untrusted: all)."""
+    verify_sandbox: str | None = None
+    """Sandbox backend for re-verification; default: the strongest that works here."""
     join_token: str | None = None
     """Fixed join token; default: generated once and kept in ``data_dir/join-token``."""
 

@@ -27,6 +27,8 @@ def task_public(task: Task, attempts: list[Attempt] | None = None) -> dict[str, 
         "isolation": task.spec.get("isolation", "any"),
         "manifest": task.spec.get("manifest"),
         "workspace_sha256": task.spec.get("workspace"),
+        "generate": task.spec.get("generate"),
+        "replicas": task.replicas,
         "result": None,
     }
     if task.result is not None:
@@ -40,7 +42,8 @@ def task_public(task: Task, attempts: list[Attempt] | None = None) -> dict[str, 
 
 
 def attempt_public(a: Attempt) -> dict[str, Any]:
-    """One attempt."""
+    """One attempt, with what its node reported."""
+    r = a.result
     return {
         "id": a.id,
         "node_id": a.node_id,
@@ -50,6 +53,11 @@ def attempt_public(a: Attempt) -> dict[str, Any]:
         "finished_at": a.finished_at,
         "exit_code": a.exit_code,
         "error": a.error,
+        "passed": r.passed if r else None,
+        "completion_tokens": r.completion_tokens if r else None,
+        "output_text": r.output_text if r else None,
+        "verifier_log": (r.stdout_tail + r.stderr_tail)[-2000:] if r else None,
+        "attested": bool(r.attestation) if r else None,
     }
 
 
@@ -77,4 +85,9 @@ def node_public(live: LiveNode) -> dict[str, Any]:
         "vram_total_bytes": sum(int(g.get("vram_total_bytes", 0)) for g in gpus),
         "vram_used_bytes": sum(int(g.get("vram_used_bytes", 0)) for g in gpus),
         "cpu_percent": live.metrics.get("cpu_percent"),
+        "engines": hw.get("engines", []),
+        "trusted": n.trusted,
+        "quarantined": n.quarantined,
+        "quarantine_reason": n.quarantine_reason,
+        "reputation": n.reputation,
     }

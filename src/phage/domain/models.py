@@ -14,6 +14,8 @@ class TaskKind(enum.StrEnum):
     """A workspace and a manifest, run in a sandbox; outputs are collected."""
     NOOP = "noop"
     """Runs nothing: exercises queueing, dispatch and durability (health checks, benchmarks)."""
+    GENERATE = "generate"
+    """A prompt for a model; the output is checked by a verifier in a sandbox; best-of-N."""
 
 
 class TaskState(enum.StrEnum):
@@ -83,11 +85,29 @@ class TaskResult:
     stderr_tail: str = ""
     error: str = ""
     wall_time_s: float = 0.0
+    passed: bool | None = None
+    """Generate tasks: did the verifier pass (exit 0)? None for other kinds."""
+    output_text: str = ""
+    """Generate tasks: what was written to the workspace (the candidate)."""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    engine: str = ""
+    model: str = ""
+    sandbox: str = ""
+    sandbox_sha256: str = ""
+    input_sha256: str = ""
+    output_sha256: str = ""
+    attestation: str = ""
+    """Hex of the node's Ed25519 signature over the attestation record (pki.attestation)."""
+    attempt_id: str = ""
+    """On a task's result: the attempt it was taken from."""
 
     @property
     def succeeded(self) -> bool:
-        """An attempt succeeds when its process exits 0 and the node saw no error."""
-        return self.exit_code == 0 and not self.error
+        """Passed (generate) or exited 0 (job), with no node-side error."""
+        if self.error:
+            return False
+        return self.passed if self.passed is not None else self.exit_code == 0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready form for storage and the API."""
@@ -98,6 +118,18 @@ class TaskResult:
             "stderr_tail": self.stderr_tail,
             "error": self.error,
             "wall_time_s": self.wall_time_s,
+            "passed": self.passed,
+            "output_text": self.output_text,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "engine": self.engine,
+            "model": self.model,
+            "sandbox": self.sandbox,
+            "sandbox_sha256": self.sandbox_sha256,
+            "input_sha256": self.input_sha256,
+            "output_sha256": self.output_sha256,
+            "attestation": self.attestation,
+            "attempt_id": self.attempt_id,
         }
 
     @classmethod
@@ -110,6 +142,18 @@ class TaskResult:
             stderr_tail=str(data.get("stderr_tail", "")),
             error=str(data.get("error", "")),
             wall_time_s=float(data.get("wall_time_s", 0.0)),
+            passed=data.get("passed"),
+            output_text=str(data.get("output_text", "")),
+            prompt_tokens=int(data.get("prompt_tokens", 0)),
+            completion_tokens=int(data.get("completion_tokens", 0)),
+            engine=str(data.get("engine", "")),
+            model=str(data.get("model", "")),
+            sandbox=str(data.get("sandbox", "")),
+            sandbox_sha256=str(data.get("sandbox_sha256", "")),
+            input_sha256=str(data.get("input_sha256", "")),
+            output_sha256=str(data.get("output_sha256", "")),
+            attestation=str(data.get("attestation", "")),
+            attempt_id=str(data.get("attempt_id", "")),
         )
 
 
@@ -133,6 +177,10 @@ class Task:
     error: str = ""
     cancel_requested: bool = False
     labels: dict[str, str] = field(default_factory=dict)
+    replicas: int = 1
+    """Attempts that must complete: N for best-of-N."""
+    open_attempts: int = 0
+    completed_attempts: int = 0
 
 
 @dataclass(slots=True)
@@ -150,6 +198,7 @@ class Attempt:
     lease_expires_at: float = 0.0
     exit_code: int | None = None
     error: str = ""
+    result: TaskResult | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,3 +229,8 @@ class Node:
     loaded_model: str = ""
     version: str = ""
     cert_serial: str = ""
+    trusted: bool = True
+    quarantined: bool = False
+    quarantine_reason: str = ""
+    reputation: dict[str, int] = field(default_factory=dict)
+    """Counters: validated, failed_validation, attestation_refusals."""

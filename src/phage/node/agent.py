@@ -19,6 +19,7 @@ import grpc
 from phage import __version__
 from phage.domain import JobManifest, TaskResult
 from phage.errors import PhageError
+from phage.node.attest import sign_result
 from phage.node.config import NodeConfig
 from phage.node.connection import (
     Credentials,
@@ -28,8 +29,10 @@ from phage.node.connection import (
     save_credentials,
     secure_key_dir,
 )
+from phage.node.engines import Engine, make_engine
 from phage.node.executor import CollectedOutput, JobExecutor
 from phage.node.probe import probe_hardware, probe_metrics
+from phage.pki.attestation import sandbox_hash
 from phage.pki.identity import NodeIdentity
 from phage.protocol import convert
 from phage.protocol.v1 import phage_pb2 as pb
@@ -67,9 +70,15 @@ async def _await_call(call: Any) -> pb.FetchTaskResponse:
 class NodeAgent:
     """One node: ``await NodeAgent(config).run()``; ``stop()`` ends it."""
 
-    def __init__(self, config: NodeConfig, *, sandbox: Sandbox | None = None) -> None:
+    def __init__(
+        self, config: NodeConfig, *, sandbox: Sandbox | None = None, engine: Engine | None = None
+    ) -> None:
         self.config = config
         self.sandbox = sandbox or make_sandbox(config.sandbox)
+        self.sandbox_sha256 = sandbox_hash(self.sandbox.describe())
+        self.engine = engine
+        if self.engine is None and config.engine:
+            self.engine = make_engine(config.engine, config.model or "", model_name=config.model_name)
         secure_key_dir(config.key_dir)
         self.identity = NodeIdentity.load_or_create(config.key_dir)
         self.executor = JobExecutor(self.sandbox, config.scratch_root, config.max_log_bytes)
@@ -96,7 +105,8 @@ class NodeAgent:
             **hw,
             "name": self.config.name or hw["hostname"],
             "sandboxes": [self.sandbox.name],
-            "engines": [],
+            "engines": [self.engine.name] if self.engine else [],
+            "loaded_model": self.engine.model if self.engine else "",
             "max_concurrency": self.config.max_concurrency,
             "phage_version": __version__,
         }
@@ -152,6 +162,8 @@ class NodeAgent:
 
     async def run(self) -> None:
         """Run until stopped."""
+        if self.engine is not None:
+            await self.engine.start()
         await self._connect()
         loops = [
             asyncio.create_task(self._heartbeat_loop(), name="phage-node-heartbeat"),
@@ -292,6 +304,8 @@ class NodeAgent:
                 result = TaskResult(exit_code=0)
             elif a.kind == "job":
                 result, outputs = await self._run_job(a)
+            elif a.kind == "generate":
+                result, outputs = await self._run_generate(a)
             else:
                 result = TaskResult(exit_code=-1, error=f"this node does not know task kind {a.kind!r}")
             for out in outputs:
@@ -322,6 +336,21 @@ class NodeAgent:
             workspace = await self._download(a.workspace_sha256)
         return await self.executor.run(a.assignment_id, manifest, workspace, a.max_output_bytes)
 
+    async def _run_generate(self, a: pb.TaskAssignment) -> tuple[TaskResult, list[CollectedOutput]]:
+        if self.engine is None:
+            return TaskResult(exit_code=-1, error="this node runs no inference engine"), []
+        gen = convert.generate_from_pb(a.generate)
+        if gen["model"] != self.engine.model:
+            return TaskResult(
+                exit_code=-1, error=f"this node serves {self.engine.model!r}, not {gen['model']!r}"
+            ), []
+        workspace: bytes | None = a.workspace or None
+        if a.workspace_sha256 and not workspace:
+            workspace = await self._download(a.workspace_sha256)
+        return await self.executor.run_generate(
+            a.assignment_id, gen, workspace, self.engine, a.max_output_bytes
+        )
+
     async def _download(self, digest: str) -> bytes:
         chunks = []
         async for chunk in self.stub.DownloadBlob(pb.BlobRequest(sha256=digest), timeout=600):
@@ -350,13 +379,17 @@ class NodeAgent:
 
     async def _report(self, a: pb.TaskAssignment, result: TaskResult) -> None:
         """Queue a result for the sender and wait for the coordinator's acknowledgement."""
-        msg = convert.result_to_pb(self.node_id, a.assignment_id, a.task_id, result, self.sandbox.name)
+        msg = convert.result_to_pb(self.node_id, a.assignment_id, a.task_id, self.attest(a, result))
         fut: asyncio.Future[pb.ResultAck] = asyncio.get_running_loop().create_future()
         self._results.append((msg, fut))
         self._results_ready.set()
         ack = await fut
         if not ack.accepted:
             log.info("result for %s not accepted: %s", a.assignment_id, ack.message)
+
+    def attest(self, a: pb.TaskAssignment, result: TaskResult) -> TaskResult:
+        """Hash and sign the result with this node's identity key."""
+        return sign_result(self.identity, a, result, self.sandbox.name, self.sandbox_sha256)
 
     async def _result_loop(self) -> None:
         """Send queued results, as many per RPC as have gathered while the last one was in flight."""

@@ -27,6 +27,12 @@ class NodeConfig:
     """Backend name, or None for the strongest that works."""
     heartbeat_interval_s: float | None = None
     """Override the interval the coordinator asks for (tests)."""
+    engine: str | None = None
+    """Inference engine kind (``transformers``); None: this node runs jobs only."""
+    model: str | None = None
+    """Model path or id for the engine."""
+    model_name: str | None = None
+    """Name tasks use for the model (default: from the model directory)."""
     fetch_wait_ms: int = 20_000
     max_log_bytes: int = 64 * 1024
 

@@ -10,9 +10,12 @@ import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from phage.domain import JobManifest, OutputFile, TaskResult
+from phage.domain.generate import extract_output
 from phage.domain.manifest import safe_relative_path
+from phage.node.engines import Engine, GenerationRequest
 from phage.sandbox import Sandbox, SandboxLimits, SandboxRequest
 
 
@@ -110,6 +113,61 @@ class JobExecutor:
         )
         return result, outputs
 
+    async def run_generate(
+        self,
+        assignment_id: str,
+        gen: dict[str, Any],
+        workspace: bytes | None,
+        engine: Engine,
+        max_output_bytes: int,
+    ) -> tuple[TaskResult, list[CollectedOutput]]:
+        """Generate with the engine, write the output into the workspace, run the verifier sandboxed."""
+        started = time.monotonic()
+        workdir = self.workdir(assignment_id)
+        shutil.rmtree(workdir, ignore_errors=True)
+        workdir.mkdir(parents=True)
+        if workspace:
+            await asyncio.to_thread(unpack_workspace, workspace, workdir)
+        generation = await engine.generate(
+            GenerationRequest(
+                prompt=gen["prompt"], max_tokens=int(gen["max_tokens"]), temperature=float(gen["temperature"])
+            )
+        )
+        text = extract_output(generation.text, gen["extract"])
+        data = text.encode()
+        if len(data) > max_output_bytes:
+            return TaskResult(
+                exit_code=-1, error=f"output is {len(data)} bytes; the limit is {max_output_bytes}"
+            ), []
+        target = workdir / gen["output_path"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        keep = self.scratch_root / f"{assignment_id}.output"
+        keep.write_bytes(data)  # the verifier may change the file; upload what the model wrote
+        outcome = await self.sandbox.run(
+            SandboxRequest(
+                argv=["/bin/sh", "-c", gen["verifier"]],
+                workdir=workdir,
+                limits=SandboxLimits(wall_s=float(gen["timeout_s"]), log_bytes=self.log_bytes),
+            )
+        )
+        output = CollectedOutput(gen["output_path"], keep, hashlib.sha256(data).hexdigest(), len(data))
+        result = TaskResult(
+            exit_code=outcome.exit_code,
+            outputs=[OutputFile(output.path, output.sha256, output.size)],
+            stdout_tail=outcome.stdout_tail,
+            stderr_tail=outcome.stderr_tail,
+            wall_time_s=time.monotonic() - started,
+            passed=outcome.exit_code == 0,
+            output_text=text,
+            prompt_tokens=generation.prompt_tokens,
+            completion_tokens=generation.completion_tokens,
+            engine=engine.name,
+            model=engine.model,
+        )
+        return result, [output]
+
     def cleanup(self, assignment_id: str) -> None:
         """Remove an assignment's scratch directory."""
         shutil.rmtree(self.workdir(assignment_id), ignore_errors=True)
+        (self.scratch_root / f"{assignment_id}.output").unlink(missing_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from phage.domain import OutputFile, TaskResult
+from phage.pki.attestation import input_hash
 from phage.protocol.v1 import phage_pb2 as pb
 
 if TYPE_CHECKING:
@@ -117,23 +118,73 @@ def manifest_from_pb(m: pb.JobManifest) -> dict[str, Any]:
     }
 
 
+def generate_to_pb(g: dict[str, Any]) -> pb.GenerateSpec:
+    """A stored generate spec on the wire."""
+    return pb.GenerateSpec(
+        prompt=g["prompt"],
+        model=g["model"],
+        verifier=g["verifier"],
+        max_tokens=int(g["max_tokens"]),
+        temperature=float(g["temperature"]),
+        output_path=g["output_path"],
+        extract=g["extract"],
+        timeout_s=int(g["timeout_s"]),
+    )
+
+
+def generate_from_pb(g: pb.GenerateSpec) -> dict[str, Any]:
+    """A wire generate spec as a dict."""
+    return {
+        "prompt": g.prompt,
+        "model": g.model,
+        "verifier": g.verifier,
+        "max_tokens": g.max_tokens,
+        "temperature": round(g.temperature, 4),
+        "output_path": g.output_path,
+        "extract": g.extract,
+        "timeout_s": g.timeout_s,
+    }
+
+
+def assignment_input_sha256(msg: pb.TaskAssignment) -> str:
+    """The input hash a node computes from the assignment it received (see pki.attestation)."""
+    return input_hash(
+        task_id=msg.task_id,
+        kind=msg.kind,
+        manifest=manifest_from_pb(msg.manifest) if msg.HasField("manifest") else None,
+        generate=generate_from_pb(msg.generate) if msg.HasField("generate") else None,
+        workspace_sha256=msg.workspace_sha256,
+        isolation=msg.isolation,
+    )
+
+
 def dispatch_to_pb(d: Dispatch, max_output_bytes: int) -> pb.TaskAssignment:
-    """An assignment on the wire."""
+    """An assignment on the wire (its input hash is in ``d.input_sha256``)."""
+    a = d.assignment
+    msg = _assignment_body(d)
+    msg.assignment_id = a.attempt_id
+    msg.lease_expires_unix_ms = int(a.lease_expires_at * 1000)
+    msg.max_output_bytes = max_output_bytes
+    msg.input_sha256 = d.input_sha256
+    if d.workspace is not None:
+        msg.workspace = d.workspace
+    return msg
+
+
+def _assignment_body(d: Dispatch) -> pb.TaskAssignment:
+    """The parts of an assignment that describe the task (what the input hash covers)."""
     a = d.assignment
     msg = pb.TaskAssignment(
-        assignment_id=a.attempt_id,
         task_id=a.task_id,
         kind=a.kind.value,
         workspace_sha256=d.workspace_sha256,
         workspace_size=d.workspace_size,
-        lease_expires_unix_ms=int(a.lease_expires_at * 1000),
-        max_output_bytes=max_output_bytes,
         isolation=str(a.spec.get("isolation", "any")),
     )
     if "manifest" in a.spec:
         msg.manifest.CopyFrom(manifest_to_pb(a.spec["manifest"]))
-    if d.workspace is not None:
-        msg.workspace = d.workspace
+    if "generate" in a.spec:
+        msg.generate.CopyFrom(generate_to_pb(a.spec["generate"]))
     return msg
 
 
@@ -146,12 +197,21 @@ def result_from_pb(r: pb.TaskResult) -> TaskResult:
         stderr_tail=r.stderr_tail[-8192:],
         error=r.error[:2000],
         wall_time_s=r.wall_time_ms / 1000,
+        passed=r.passed if r.has_verdict else None,
+        output_text=r.output_text,
+        prompt_tokens=r.prompt_tokens,
+        completion_tokens=r.completion_tokens,
+        engine=r.engine,
+        model=r.model,
+        sandbox=r.sandbox,
+        sandbox_sha256=r.sandbox_sha256,
+        input_sha256=r.input_sha256,
+        output_sha256=r.output_sha256,
+        attestation=r.attestation.hex(),
     )
 
 
-def result_to_pb(
-    node_id: str, assignment_id: str, task_id: str, r: TaskResult, sandbox: str
-) -> pb.TaskResult:
+def result_to_pb(node_id: str, assignment_id: str, task_id: str, r: TaskResult) -> pb.TaskResult:
     """A domain result on the wire."""
     return pb.TaskResult(
         node_id=node_id,
@@ -163,5 +223,16 @@ def result_to_pb(
         stderr_tail=r.stderr_tail,
         outputs=[pb.OutputFile(path=o.path, sha256=o.sha256, size=o.size) for o in r.outputs],
         wall_time_ms=int(r.wall_time_s * 1000),
-        sandbox=sandbox,
+        sandbox=r.sandbox,
+        has_verdict=r.passed is not None,
+        passed=bool(r.passed),
+        output_text=r.output_text,
+        prompt_tokens=r.prompt_tokens,
+        completion_tokens=r.completion_tokens,
+        engine=r.engine,
+        model=r.model,
+        sandbox_sha256=r.sandbox_sha256,
+        input_sha256=r.input_sha256,
+        output_sha256=r.output_sha256,
+        attestation=bytes.fromhex(r.attestation),
     )

@@ -19,6 +19,8 @@ class NodeView:
     id: str
     free_slots: int
     sandboxes: frozenset[str] = field(default_factory=frozenset)
+    models: frozenset[str] = field(default_factory=frozenset)
+    """Models the node's engine serves."""
 
 
 def order_key(task: QueuedTask) -> tuple[int, float, str]:
@@ -37,6 +39,10 @@ def eligible(task: QueuedTask, node: NodeView) -> bool:
     need = required_isolation(task)
     if task.kind == "noop":
         return True
+    if task.kind == "generate":
+        model = (task.spec.get("generate") or {}).get("model")
+        if model not in node.models:
+            return False
     if need == "any":
         return bool(node.sandboxes)
     return need in node.sandboxes

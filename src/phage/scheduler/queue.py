@@ -58,6 +58,10 @@ class ReadyQueue:
             heapq.heappush(self._heap, item)
         return picked
 
+    def tasks(self) -> list[QueuedTask]:
+        """Every task now in the queue."""
+        return list(self._live.values())
+
     def depth_by_kind(self) -> dict[str, int]:
         """Queued tasks per kind."""
         out: dict[str, int] = {}

@@ -24,6 +24,9 @@ tasks = sa.Table(
     sa.Column("error", sa.Text, nullable=False, default=""),
     sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
     sa.Column("labels", sa.JSON, nullable=False),
+    sa.Column("replicas", sa.Integer, nullable=False, server_default=sa.text("1")),
+    sa.Column("open_attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("completed_attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
     sa.Index("ix_tasks_state_priority", "state", "priority", "created_at"),
     sa.Index("ix_tasks_created", "created_at"),
 )
@@ -41,6 +44,7 @@ attempts = sa.Table(
     sa.Column("lease_expires_at", sa.Float, nullable=False),
     sa.Column("exit_code", sa.Integer, nullable=True),
     sa.Column("error", sa.Text, nullable=False, default=""),
+    sa.Column("result", sa.JSON, nullable=True),
     sa.Index("ix_attempts_task", "task_id"),
     sa.Index("ix_attempts_node_state", "node_id", "state"),
 )
@@ -59,6 +63,10 @@ nodes = sa.Table(
     sa.Column("loaded_model", sa.String(255), nullable=False, default=""),
     sa.Column("version", sa.String(64), nullable=False, default=""),
     sa.Column("cert_serial", sa.String(64), nullable=False, default=""),
+    sa.Column("trusted", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("quarantined", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("quarantine_reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("reputation", sa.JSON, nullable=False, server_default="{}"),
 )
 
 api_keys = sa.Table(

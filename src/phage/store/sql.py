@@ -8,6 +8,7 @@ can never hand one task out twice.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +18,19 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from phage.domain import Attempt, AttemptState, Node, NodeState, Task, TaskKind, TaskResult, TaskState
-from phage.domain.models import ACTIVE_TASK_STATES
+from phage.domain.ids import new_id
+from phage.domain.settle import Candidate, Counters, choose, next_step
 from phage.errors import Conflict, NotFound, PermissionDenied, PhageError, ProtocolError
 from phage.store.base import ApiKeyRecord, FinishOutcome, LostOutcome, QueuedTask
 from phage.store.schema import api_keys, attempts, nodes, tasks
 from phage.store.writer import GroupCommitWriter
 
 _OPEN = (AttemptState.DISPATCHED.value, AttemptState.RUNNING.value)
-_ACTIVE = tuple(s.value for s in ACTIVE_TASK_STATES)
 _CHUNK = 400  # stay under SQLite's bound-parameter limit
 
 
+_LIVE = (TaskState.QUEUED.value, TaskState.DISPATCHED.value, TaskState.RUNNING.value)
+_WAITING = (TaskState.QUEUED.value, TaskState.DISPATCHED.value)
 _FINISH_ATTEMPT = (
     attempts.update()
     .where(attempts.c.id == sa.bindparam("a_id"))
@@ -36,19 +39,35 @@ _FINISH_ATTEMPT = (
         finished_at=sa.bindparam("a_finished"),
         exit_code=sa.bindparam("a_exit"),
         error=sa.bindparam("a_error"),
+        result=sa.bindparam("a_result", type_=sa.JSON),
     )
 )
-_SETTLE_TASK = (
+_ADVANCE_TASK = (
     tasks.update()
     .where(tasks.c.id == sa.bindparam("t_id"))
     .values(
         state=sa.bindparam("t_state"),
+        open_attempts=sa.bindparam("t_open"),
+        completed_attempts=sa.bindparam("t_done"),
         result=sa.bindparam("t_result", type_=sa.JSON),
         finished_at=sa.bindparam("t_finished"),
         error=sa.bindparam("t_error"),
         updated_at=sa.bindparam("t_updated"),
     )
 )
+
+
+@dataclass(frozen=True, slots=True)
+class _Event:
+    """An attempt that ended, to be accounted against its task."""
+
+    index: int
+    task_id: str
+    attempt_id: str
+    completed: bool
+    """It yielded a verdict (as opposed to a node failure or loss)."""
+    reason: str = ""
+    result: TaskResult | None = None
 
 
 _HEARTBEAT = (
@@ -90,6 +109,9 @@ def _task(row: Row[Any]) -> Task:
         error=m["error"],
         cancel_requested=bool(m["cancel_requested"]),
         labels=m["labels"] or {},
+        replicas=m["replicas"],
+        open_attempts=m["open_attempts"],
+        completed_attempts=m["completed_attempts"],
     )
 
 
@@ -106,6 +128,7 @@ def _attempt(row: Row[Any]) -> Attempt:
         lease_expires_at=m["lease_expires_at"],
         exit_code=m["exit_code"],
         error=m["error"],
+        result=TaskResult.from_dict(m["result"]) if m["result"] else None,
     )
 
 
@@ -123,6 +146,10 @@ def _node(row: Row[Any]) -> Node:
         loaded_model=m["loaded_model"],
         version=m["version"],
         cert_serial=m["cert_serial"],
+        trusted=bool(m["trusted"]),
+        quarantined=bool(m["quarantined"]),
+        quarantine_reason=m["quarantine_reason"],
+        reputation=dict(m["reputation"] or {}),
     )
 
 
@@ -143,6 +170,9 @@ def _task_row(t: Task) -> dict[str, Any]:
         "error": t.error,
         "cancel_requested": t.cancel_requested,
         "labels": t.labels,
+        "replicas": t.replicas,
+        "open_attempts": t.open_attempts,
+        "completed_attempts": t.completed_attempts,
     }
 
 
@@ -236,38 +266,86 @@ class SqlStore:
             return {state: int(n) for state, n in await conn.execute(q)}
 
     async def queued_tasks(self) -> list[QueuedTask]:
-        """Every queued task, oldest first."""
+        """Every task that wants another attempt (queued, or best-of-N short of its N), oldest first."""
         q = (
             sa.select(tasks.c.id, tasks.c.kind, tasks.c.priority, tasks.c.created_at, tasks.c.spec)
-            .where(tasks.c.state == TaskState.QUEUED.value)
+            .where(
+                tasks.c.state.in_(_LIVE),
+                tasks.c.open_attempts + tasks.c.completed_attempts < tasks.c.replicas,
+                tasks.c.attempts_made < tasks.c.max_attempts * tasks.c.replicas,
+            )
             .order_by(tasks.c.created_at)
         )
         async with self.engine.connect() as conn:
             return [QueuedTask(r.id, r.kind, r.priority, r.created_at, r.spec) for r in await conn.execute(q)]
 
-    async def claim(self, node_id: str, task_ids: Sequence[str], now: float, lease_s: float) -> list[Attempt]:
-        """Compare-and-set queued → dispatched, one attempt per claimed task."""
-        from phage.domain.ids import new_id
+    async def nodes_tried(self, task_ids: Sequence[str]) -> dict[str, set[str]]:
+        """For each task, the nodes that have held an attempt of it (distinct-node placement)."""
+        out: dict[str, set[str]] = {}
+        async with self.engine.connect() as conn:
+            for chunk in _chunks(task_ids):
+                q = sa.select(attempts.c.task_id, attempts.c.node_id).where(attempts.c.task_id.in_(chunk))
+                for r in await conn.execute(q):
+                    out.setdefault(r.task_id, set()).add(r.node_id)
+        return out
 
-        async def op(conn: AsyncConnection) -> list[Attempt]:
-            claimed: list[str] = []
+    async def claim(self, node_id: str, task_ids: Sequence[str], now: float, lease_s: float) -> list[Attempt]:
+        """Compare-and-set: one new attempt per task that still wants one."""
+        return [a for a, _ in await self.claim_replicas(node_id, task_ids, now, lease_s)]
+
+    async def claim_replicas(
+        self, node_id: str, task_ids: Sequence[str], now: float, lease_s: float
+    ) -> list[tuple[Attempt, bool]]:
+        """Like :meth:`claim`; each attempt comes with whether its task wants still more attempts."""
+
+        async def op(conn: AsyncConnection) -> list[tuple[Attempt, bool]]:
+            claimed: list[tuple[str, bool]] = []
             for chunk in _chunks(task_ids):
                 res = await conn.execute(
                     tasks.update()
-                    .where(tasks.c.id.in_(chunk), tasks.c.state == TaskState.QUEUED.value)
+                    .where(
+                        tasks.c.id.in_(chunk),
+                        tasks.c.state.in_(_LIVE),
+                        tasks.c.open_attempts + tasks.c.completed_attempts < tasks.c.replicas,
+                        tasks.c.attempts_made < tasks.c.max_attempts * tasks.c.replicas,
+                    )
                     .values(
-                        state=TaskState.DISPATCHED.value,
+                        state=sa.case(
+                            (tasks.c.state == TaskState.QUEUED.value, TaskState.DISPATCHED.value),
+                            else_=tasks.c.state,
+                        ),
+                        open_attempts=tasks.c.open_attempts + 1,
                         attempts_made=tasks.c.attempts_made + 1,
                         updated_at=now,
                     )
-                    .returning(tasks.c.id)
+                    .returning(
+                        tasks.c.id,
+                        tasks.c.open_attempts,
+                        tasks.c.completed_attempts,
+                        tasks.c.replicas,
+                        tasks.c.attempts_made,
+                        tasks.c.max_attempts,
+                    )
                 )
-                claimed.extend(r.id for r in res)
+                for r in res:
+                    more = (
+                        r.open_attempts + r.completed_attempts < r.replicas
+                        and r.attempts_made < r.max_attempts * r.replicas
+                    )
+                    claimed.append((r.id, more))
             made = [
-                Attempt(
-                    new_id("a"), tid, node_id, AttemptState.DISPATCHED, now, lease_expires_at=now + lease_s
+                (
+                    Attempt(
+                        new_id("a"),
+                        tid,
+                        node_id,
+                        AttemptState.DISPATCHED,
+                        now,
+                        lease_expires_at=now + lease_s,
+                    ),
+                    more,
                 )
-                for tid in claimed
+                for tid, more in claimed
             ]
             if made:
                 await conn.execute(
@@ -284,8 +362,9 @@ class SqlStore:
                             "lease_expires_at": a.lease_expires_at,
                             "exit_code": None,
                             "error": "",
+                            "result": None,
                         }
-                        for a in made
+                        for a, _ in made
                     ],
                 )
             return made
@@ -315,7 +394,7 @@ class SqlStore:
             for chunk in _chunks(task_ids):
                 await conn.execute(
                     tasks.update()
-                    .where(tasks.c.id.in_(chunk), tasks.c.state == TaskState.DISPATCHED.value)
+                    .where(tasks.c.id.in_(chunk), tasks.c.state.in_(_WAITING))
                     .values(state=TaskState.RUNNING.value, updated_at=now)
                 )
             return [a for a in attempt_ids if a not in started]
@@ -345,8 +424,9 @@ class SqlStore:
                 for row in await conn.execute(attempts.select().where(attempts.c.id.in_(chunk))):
                     found[row.id] = _attempt(row)
             out: list[FinishOutcome | PhageError] = []
-            settle: dict[str, tuple[int, TaskResult]] = {}  # task id -> (index in out, result)
+            events: list[_Event] = []
             attempt_rows: list[dict[str, Any]] = []
+            seen: set[str] = set()
             for aid, result in items:
                 att = found.get(aid)
                 if att is None:
@@ -355,12 +435,14 @@ class SqlStore:
                     out.append(
                         PermissionDenied(f"assignment {aid} belongs to another node", field="assignment_id")
                     )
-                elif not att.state.open or att.task_id in settle:
-                    done = att.state in (AttemptState.SUCCEEDED, AttemptState.FAILED) or att.task_id in settle
+                elif not att.state.open or aid in seen:
+                    done = att.state in (AttemptState.SUCCEEDED, AttemptState.FAILED) or aid in seen
                     message = "result already recorded" if done else f"assignment was {att.state.value}"
                     out.append(FinishOutcome(done, True, None, message, task_id=att.task_id))
                 else:
+                    seen.add(aid)
                     ok = result.succeeded
+                    stored = {**result.to_dict(), "attempt_id": aid}
                     attempt_rows.append(
                         {
                             "a_id": aid,
@@ -368,57 +450,35 @@ class SqlStore:
                             "a_finished": now,
                             "a_exit": result.exit_code,
                             "a_error": result.error,
+                            "a_result": stored,
                         }
                     )
-                    settle[att.task_id] = (len(out), result)
+                    events.append(
+                        _Event(
+                            len(out),
+                            att.task_id,
+                            aid,
+                            completed=not result.error,
+                            reason=result.error,
+                            result=result,
+                        )
+                    )
                     out.append(FinishOutcome(True, False, None, task_id=att.task_id))
             if attempt_rows:
                 await conn.execute(_FINISH_ATTEMPT, attempt_rows)
-            task_rows: list[dict[str, Any]] = []
-            for chunk in _chunks(list(settle)):
-                q = sa.select(tasks.c.id, tasks.c.state, tasks.c.attempts_made, tasks.c.max_attempts).where(
-                    tasks.c.id.in_(chunk)
+            for ev, (state, requeued, message) in await self._advance(conn, events, now):
+                out[ev.index] = FinishOutcome(
+                    True, False, state, message, requeued=requeued, task_id=ev.task_id
                 )
-                for row in await conn.execute(q):
-                    index, result = settle[row.id]
-                    state = TaskState(row.state)
-                    if state.terminal:
-                        out[index] = FinishOutcome(
-                            True, False, state, f"task already {state.value}", task_id=row.id
-                        )
-                        continue
-                    finished: float | None = now
-                    requeued = False
-                    if result.succeeded:
-                        new_state, error = TaskState.VERIFIED, ""
-                    elif result.error and row.attempts_made < row.max_attempts:
-                        # A node-side failure (sandbox, fetch) says nothing about the task: try elsewhere.
-                        new_state, error, finished, requeued = TaskState.QUEUED, result.error, None, True
-                    else:
-                        new_state = TaskState.FAILED
-                        error = result.error or f"exited with code {result.exit_code}"
-                    task_rows.append(
-                        {
-                            "t_id": row.id,
-                            "t_state": new_state.value,
-                            "t_result": result.to_dict(),
-                            "t_finished": finished,
-                            "t_error": error,
-                            "t_updated": now,
-                        }
-                    )
-                    out[index] = FinishOutcome(True, False, new_state, requeued=requeued, task_id=row.id)
-            if task_rows:
-                await conn.execute(_SETTLE_TASK, task_rows)
             return out
 
         return await self._writer.run(op)
 
     async def fail_lost(self, attempt_ids: Sequence[str], reason: str, now: float) -> list[LostOutcome]:
-        """Open attempts → lost; their tasks requeue while attempts remain, else fail."""
+        """Open attempts → lost; their tasks are offered again while the attempt budget lasts."""
 
         async def op(conn: AsyncConnection) -> list[LostOutcome]:
-            out: list[LostOutcome] = []
+            events: list[_Event] = []
             for chunk in _chunks(attempt_ids):
                 res = await conn.execute(
                     attempts.update()
@@ -426,28 +486,116 @@ class SqlStore:
                     .values(state=AttemptState.LOST.value, finished_at=now, error=reason)
                     .returning(attempts.c.id, attempts.c.task_id)
                 )
-                for aid, tid in [(r.id, r.task_id) for r in res]:
-                    trow = (await conn.execute(tasks.select().where(tasks.c.id == tid))).first()
-                    if trow is None:
-                        continue
-                    task = _task(trow)
-                    if task.state not in ACTIVE_TASK_STATES:
-                        continue
-                    if task.cancel_requested:
-                        state, requeue = TaskState.CANCELLED, False
-                    elif task.attempts_made < task.max_attempts:
-                        state, requeue = TaskState.QUEUED, True
-                    else:
-                        state, requeue = TaskState.FAILED, False
-                    values: dict[str, Any] = {"state": state.value, "updated_at": now}
-                    if not requeue:
-                        values["finished_at"] = now
-                        values["error"] = f"{reason} (attempt {task.attempts_made} of {task.max_attempts})"
-                    await conn.execute(tasks.update().where(tasks.c.id == tid).values(**values))
-                    out.append(LostOutcome(aid, tid, state, requeue))
-            return out
+                events.extend(
+                    _Event(len(events), r.task_id, r.id, completed=False, reason=reason) for r in res
+                )
+            return [
+                LostOutcome(ev.attempt_id, ev.task_id, state, requeued)
+                for ev, (state, requeued, _) in await self._advance(conn, events, now)
+            ]
 
         return await self._writer.run(op)
+
+    async def _advance(
+        self, conn: AsyncConnection, events: list[_Event], now: float
+    ) -> list[tuple[_Event, tuple[TaskState, bool, str]]]:
+        """Account ended attempts against their tasks and move each task on (see domain.settle)."""
+        if not events:
+            return []
+        by_task: dict[str, list[_Event]] = {}
+        for ev in events:
+            by_task.setdefault(ev.task_id, []).append(ev)
+        rows: dict[str, Any] = {}
+        for chunk in _chunks(list(by_task)):
+            q = sa.select(
+                tasks.c.id,
+                tasks.c.state,
+                tasks.c.open_attempts,
+                tasks.c.completed_attempts,
+                tasks.c.replicas,
+                tasks.c.attempts_made,
+                tasks.c.max_attempts,
+                tasks.c.cancel_requested,
+            ).where(tasks.c.id.in_(chunk))
+            if not self.is_sqlite:
+                q = q.with_for_update()
+            for r in await conn.execute(q):
+                rows[r.id] = r
+        updates: list[dict[str, Any]] = []
+        decided: dict[str, tuple[TaskState, bool, str]] = {}
+        for task_id, evs in by_task.items():
+            row = rows.get(task_id)
+            if row is None:
+                continue
+            state = TaskState(row.state)
+            open_n = max(0, row.open_attempts - len(evs))
+            done_n = row.completed_attempts + sum(1 for e in evs if e.completed)
+            values: dict[str, Any] = {
+                "t_id": task_id,
+                "t_open": open_n,
+                "t_done": done_n,
+                "t_state": state.value,
+                "t_result": None,
+                "t_finished": None,
+                "t_error": "",
+                "t_updated": now,
+            }
+            if state.terminal:
+                decided[task_id] = (state, False, f"task already {state.value}")
+                values["t_state"] = state.value
+                updates.append(values)
+                continue
+            counters = Counters(open_n, done_n, row.replicas, row.attempts_made, row.max_attempts)
+            step = next_step(counters, completed_now=all(e.completed for e in evs), reason=evs[-1].reason)
+            new_state = state
+            if row.cancel_requested:
+                new_state = TaskState.CANCELLED
+            elif step.settle:
+                candidates = await self._candidates(conn, task_id, evs, row.replicas, now)
+                best, why = choose(candidates)
+                if best is not None:
+                    new_state = TaskState.VERIFIED
+                    values["t_result"] = {**best.result.to_dict(), "attempt_id": best.attempt_id}
+                else:
+                    new_state = TaskState.FAILED
+                    values["t_error"] = why
+                    if len(candidates) == 1:
+                        only = candidates[0]
+                        values["t_result"] = {**only.result.to_dict(), "attempt_id": only.attempt_id}
+            elif step.fail_reason:
+                new_state, values["t_error"] = TaskState.FAILED, step.fail_reason
+            elif step.waiting_state is not None:
+                new_state = step.waiting_state
+            if step.requeue and not new_state.terminal:
+                values["t_error"] = evs[-1].reason
+            if new_state.terminal:
+                values["t_finished"] = now
+            values["t_state"] = new_state.value
+            updates.append(values)
+            decided[task_id] = (new_state, step.requeue and not new_state.terminal, "")
+        if updates:
+            await conn.execute(_ADVANCE_TASK, updates)
+        return [(ev, decided[ev.task_id]) for ev in events if ev.task_id in decided]
+
+    async def _candidates(
+        self, conn: AsyncConnection, task_id: str, evs: list[_Event], replicas: int, now: float
+    ) -> list[Candidate]:
+        """The completed attempts of a task (from this batch alone when it wants just one)."""
+        if replicas == 1:
+            return [
+                Candidate(e.attempt_id, now, e.result) for e in evs if e.completed and e.result is not None
+            ]
+        q = attempts.select().where(
+            attempts.c.task_id == task_id,
+            attempts.c.state.in_((AttemptState.SUCCEEDED.value, AttemptState.FAILED.value)),
+            attempts.c.error == "",
+        )
+        out = []
+        for row in await conn.execute(q):
+            att = _attempt(row)
+            if att.result is not None:
+                out.append(Candidate(att.id, att.finished_at or now, att.result))
+        return out
 
     async def cancel_task(self, task_id: str, now: float) -> tuple[Task, list[Attempt]]:
         """Cancel unless already finished; returns the open attempts to stop."""
@@ -562,6 +710,34 @@ class SqlStore:
                 raise NotFound(f"no node {node_id!r}", field="id")
 
         await self._writer.run(op)
+
+    async def set_quarantine(self, node_id: str, quarantined: bool, reason: str) -> None:
+        """Quarantine a node (it gets no work) or release it."""
+
+        async def op(conn: AsyncConnection) -> None:
+            res = await conn.execute(
+                nodes.update()
+                .where(nodes.c.id == node_id)
+                .values(quarantined=quarantined, quarantine_reason=reason)
+            )
+            if res.rowcount == 0:
+                raise NotFound(f"no node {node_id!r}", field="id")
+
+        await self._writer.run(op)
+
+    async def bump_reputation(self, node_id: str, counter: str, by: int = 1) -> dict[str, int]:
+        """Add to one of a node's reputation counters; returns them all."""
+
+        async def op(conn: AsyncConnection) -> dict[str, int]:
+            row = (await conn.execute(sa.select(nodes.c.reputation).where(nodes.c.id == node_id))).first()
+            if row is None:
+                raise NotFound(f"no node {node_id!r}", field="id")
+            rep = dict(row.reputation or {})
+            rep[counter] = int(rep.get(counter, 0)) + by
+            await conn.execute(nodes.update().where(nodes.c.id == node_id).values(reputation=rep))
+            return rep
+
+        return await self._writer.run(op)
 
     # ---- API keys ----------------------------------------------------------
 

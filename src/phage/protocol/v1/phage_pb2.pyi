@@ -154,7 +154,7 @@ class JobManifest(_message.Message):
     def __init__(self, entrypoint: _Optional[str] = ..., interpreter: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., outputs: _Optional[_Iterable[str]] = ..., timeout_s: _Optional[int] = ...) -> None: ...
 
 class TaskAssignment(_message.Message):
-    __slots__ = ("assignment_id", "task_id", "kind", "manifest", "workspace", "workspace_sha256", "workspace_size", "lease_expires_unix_ms", "max_output_bytes", "isolation")
+    __slots__ = ("assignment_id", "task_id", "kind", "manifest", "workspace", "workspace_sha256", "workspace_size", "lease_expires_unix_ms", "max_output_bytes", "isolation", "generate", "input_sha256")
     ASSIGNMENT_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +165,8 @@ class TaskAssignment(_message.Message):
     LEASE_EXPIRES_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_OUTPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
     ISOLATION_FIELD_NUMBER: _ClassVar[int]
+    GENERATE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SHA256_FIELD_NUMBER: _ClassVar[int]
     assignment_id: str
     task_id: str
     kind: str
@@ -175,7 +177,29 @@ class TaskAssignment(_message.Message):
     lease_expires_unix_ms: int
     max_output_bytes: int
     isolation: str
-    def __init__(self, assignment_id: _Optional[str] = ..., task_id: _Optional[str] = ..., kind: _Optional[str] = ..., manifest: _Optional[_Union[JobManifest, _Mapping]] = ..., workspace: _Optional[bytes] = ..., workspace_sha256: _Optional[str] = ..., workspace_size: _Optional[int] = ..., lease_expires_unix_ms: _Optional[int] = ..., max_output_bytes: _Optional[int] = ..., isolation: _Optional[str] = ...) -> None: ...
+    generate: GenerateSpec
+    input_sha256: str
+    def __init__(self, assignment_id: _Optional[str] = ..., task_id: _Optional[str] = ..., kind: _Optional[str] = ..., manifest: _Optional[_Union[JobManifest, _Mapping]] = ..., workspace: _Optional[bytes] = ..., workspace_sha256: _Optional[str] = ..., workspace_size: _Optional[int] = ..., lease_expires_unix_ms: _Optional[int] = ..., max_output_bytes: _Optional[int] = ..., isolation: _Optional[str] = ..., generate: _Optional[_Union[GenerateSpec, _Mapping]] = ..., input_sha256: _Optional[str] = ...) -> None: ...
+
+class GenerateSpec(_message.Message):
+    __slots__ = ("prompt", "model", "verifier", "max_tokens", "temperature", "output_path", "extract", "timeout_s")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERIFIER_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_PATH_FIELD_NUMBER: _ClassVar[int]
+    EXTRACT_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    prompt: str
+    model: str
+    verifier: str
+    max_tokens: int
+    temperature: float
+    output_path: str
+    extract: str
+    timeout_s: int
+    def __init__(self, prompt: _Optional[str] = ..., model: _Optional[str] = ..., verifier: _Optional[str] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., output_path: _Optional[str] = ..., extract: _Optional[str] = ..., timeout_s: _Optional[int] = ...) -> None: ...
 
 class FetchTaskResponse(_message.Message):
     __slots__ = ("assignments", "cancel_assignment_ids")
@@ -210,7 +234,7 @@ class OutputFile(_message.Message):
     def __init__(self, path: _Optional[str] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
 
 class TaskResult(_message.Message):
-    __slots__ = ("node_id", "assignment_id", "task_id", "exit_code", "error", "stdout_tail", "stderr_tail", "outputs", "wall_time_ms", "sandbox", "attestation")
+    __slots__ = ("node_id", "assignment_id", "task_id", "exit_code", "error", "stdout_tail", "stderr_tail", "outputs", "wall_time_ms", "sandbox", "attestation", "has_verdict", "passed", "output_text", "prompt_tokens", "completion_tokens", "engine", "model", "sandbox_sha256", "input_sha256", "output_sha256")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENT_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
@@ -222,6 +246,16 @@ class TaskResult(_message.Message):
     WALL_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     SANDBOX_FIELD_NUMBER: _ClassVar[int]
     ATTESTATION_FIELD_NUMBER: _ClassVar[int]
+    HAS_VERDICT_FIELD_NUMBER: _ClassVar[int]
+    PASSED_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TEXT_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SANDBOX_SHA256_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_SHA256_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     assignment_id: str
     task_id: str
@@ -233,7 +267,17 @@ class TaskResult(_message.Message):
     wall_time_ms: int
     sandbox: str
     attestation: bytes
-    def __init__(self, node_id: _Optional[str] = ..., assignment_id: _Optional[str] = ..., task_id: _Optional[str] = ..., exit_code: _Optional[int] = ..., error: _Optional[str] = ..., stdout_tail: _Optional[str] = ..., stderr_tail: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[OutputFile, _Mapping]]] = ..., wall_time_ms: _Optional[int] = ..., sandbox: _Optional[str] = ..., attestation: _Optional[bytes] = ...) -> None: ...
+    has_verdict: bool
+    passed: bool
+    output_text: str
+    prompt_tokens: int
+    completion_tokens: int
+    engine: str
+    model: str
+    sandbox_sha256: str
+    input_sha256: str
+    output_sha256: str
+    def __init__(self, node_id: _Optional[str] = ..., assignment_id: _Optional[str] = ..., task_id: _Optional[str] = ..., exit_code: _Optional[int] = ..., error: _Optional[str] = ..., stdout_tail: _Optional[str] = ..., stderr_tail: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[OutputFile, _Mapping]]] = ..., wall_time_ms: _Optional[int] = ..., sandbox: _Optional[str] = ..., attestation: _Optional[bytes] = ..., has_verdict: _Optional[bool] = ..., passed: _Optional[bool] = ..., output_text: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., engine: _Optional[str] = ..., model: _Optional[str] = ..., sandbox_sha256: _Optional[str] = ..., input_sha256: _Optional[str] = ..., output_sha256: _Optional[str] = ...) -> None: ...
 
 class ResultAck(_message.Message):
     __slots__ = ("accepted", "duplicate", "message", "assignment_id", "refusal")

@@ -1,0 +1,113 @@
+"""Checking what nodes claim: attestations, re-verification, reputation and quarantine.
+
+Every result must carry the node's signed attestation; the coordinator rebuilds
+the record from its own knowledge (the assignment it issued, the input it sent,
+the outputs it received), so a node that alters an output after signing, signs
+with another key, replays an old attestation, or reports on an assignment it
+was never given is refused — and quarantined. A generate result that claims a
+pass is re-verified in the coordinator's sandbox when the node is not trusted,
+and for a configurable sample of trusted nodes.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import TYPE_CHECKING
+
+from phage.coordinator.pool import LiveNode, OpenAttempt
+from phage.coordinator.verify import reverify
+from phage.domain import TaskResult
+from phage.errors import PermissionDenied, PhageError
+from phage.pki.attestation import AttestationRecord, output_hash, verify_attestation
+
+if TYPE_CHECKING:
+    from phage.coordinator.core import Coordinator
+
+log = logging.getLogger("phage.trust")
+
+
+def attestation_record(att: OpenAttempt, result: TaskResult) -> AttestationRecord:
+    """The record the node must have signed, rebuilt from what the coordinator knows."""
+    return AttestationRecord(
+        assignment_id=att.id,
+        task_id=att.task_id,
+        sandbox_sha256=result.sandbox_sha256,
+        input_sha256=att.input_sha256,
+        output_sha256=output_hash([(o.path, o.sha256) for o in result.outputs], result.output_text),
+        engine=result.engine,
+        model=result.model,
+        exit_code=result.exit_code,
+        passed=result.passed,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+    )
+
+
+class TrustGuard:
+    """Vets each result before the store records it."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.c = coordinator
+        self.rng = random.Random()
+
+    def check_attestation(self, live: LiveNode, att: OpenAttempt, result: TaskResult) -> PhageError | None:
+        """Refuse a result whose attestation does not match what the coordinator knows."""
+        expected = attestation_record(att, result)
+        if result.input_sha256 != expected.input_sha256:
+            return PermissionDenied(
+                f"attestation input hash {result.input_sha256[:12]!r} does not match the assignment's "
+                f"{expected.input_sha256[:12]!r}",
+                field="attestation",
+            )
+        if result.output_sha256 != expected.output_sha256:
+            return PermissionDenied(
+                "attestation output hash does not match the reported outputs", field="attestation"
+            )
+        try:
+            signature = bytes.fromhex(result.attestation)
+        except ValueError:
+            signature = b""
+        if not verify_attestation(live.node.id, expected, signature):
+            return PermissionDenied(
+                "attestation signature does not verify with this node's key", field="attestation"
+            )
+        return None
+
+    def wants_reverify(self, live: LiveNode, att: OpenAttempt, result: TaskResult) -> bool:
+        """Re-run the verifier for untrusted nodes, and a sample of trusted ones."""
+        if att.kind != "generate" or result.passed is not True or result.error:
+            return False
+        if not live.node.trusted:
+            return True
+        return self.rng.random() < self.c.settings.reverify_sample
+
+    async def reverify(self, att: OpenAttempt, result: TaskResult) -> PhageError | None:
+        """The coordinator's own verifier run; a failed claimed pass is a lie."""
+        sandbox = self.c.verify_sandbox
+        if sandbox is None:
+            return PermissionDenied(
+                "this coordinator cannot re-verify (no sandbox) and the node is not trusted"
+            )
+        digest = str(att.spec.get("workspace") or "")
+        workspace = self.c.blobs.read(digest) if digest else None
+        verdict = await reverify(
+            sandbox, self.c.dirs.root / "verify", workspace, att.spec["generate"], result.output_text
+        )
+        if not verdict.passed:
+            return PermissionDenied(
+                f"claimed pass failed re-verification (verifier exit code {verdict.exit_code})",
+                field="passed",
+            )
+        return None
+
+    async def punish(self, live: LiveNode, reason: str, counter: str) -> None:
+        """Record a refusal against the node and quarantine it."""
+        await self.c.store.bump_reputation(live.node.id, counter)
+        live.node.reputation[counter] = live.node.reputation.get(counter, 0) + 1
+        await self.c.quarantine(live.node.id, reason)
+
+    async def credit(self, live: LiveNode) -> None:
+        """A result passed validation."""
+        rep = await self.c.store.bump_reputation(live.node.id, "validated")
+        live.node.reputation = rep

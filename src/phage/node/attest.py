@@ -1,0 +1,34 @@
+"""Signing a result: the node's half of the attestation (see pki.attestation)."""
+
+from __future__ import annotations
+
+from phage.domain import TaskResult
+from phage.pki.attestation import AttestationRecord, output_hash
+from phage.pki.identity import NodeIdentity
+from phage.protocol import convert
+from phage.protocol.v1 import phage_pb2 as pb
+
+
+def sign_result(
+    identity: NodeIdentity, a: pb.TaskAssignment, result: TaskResult, sandbox: str, sandbox_sha256: str
+) -> TaskResult:
+    """Fill in the hashes of ``result`` and sign its attestation record; returns the same result."""
+    result.sandbox = sandbox
+    result.sandbox_sha256 = sandbox_sha256
+    result.input_sha256 = convert.assignment_input_sha256(a)
+    result.output_sha256 = output_hash([(o.path, o.sha256) for o in result.outputs], result.output_text)
+    record = AttestationRecord(
+        assignment_id=a.assignment_id,
+        task_id=a.task_id,
+        sandbox_sha256=result.sandbox_sha256,
+        input_sha256=result.input_sha256,
+        output_sha256=result.output_sha256,
+        engine=result.engine,
+        model=result.model,
+        exit_code=result.exit_code,
+        passed=result.passed,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+    )
+    result.attestation = identity.sign(record.payload()).hex()
+    return result
