@@ -154,6 +154,8 @@ class NodeProcess:
     concurrency: int = 4
     sandbox: str = "none"
     heartbeat_s: float = 0.5
+    engine: str | None = None
+    model: str | None = None
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> NodeProcess:
@@ -182,6 +184,8 @@ class NodeProcess:
             "--heartbeat",
             str(self.heartbeat_s),
         )
+        if self.engine:
+            argv += ["--engine", self.engine, "--model", str(self.model)]
         self.proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
         return self
 

@@ -16,7 +16,12 @@ def pool(tmp_path: Path) -> Iterator[Callable[..., tuple[CoordinatorProcess, lis
     started: list[CoordinatorProcess | NodeProcess] = []
 
     def make(
-        nodes: int = 2, concurrency: int = 4, heartbeat_s: float = 0.5, env: dict[str, str] | None = None
+        nodes: int = 2,
+        concurrency: int = 4,
+        heartbeat_s: float = 0.5,
+        env: dict[str, str] | None = None,
+        engine: str | None = None,
+        model: str | None = None,
     ) -> tuple[CoordinatorProcess, list[NodeProcess]]:
         coord = CoordinatorProcess(tmp_path / "coordinator", heartbeat_s=heartbeat_s, env=env or {}).start()
         started.append(coord)
@@ -28,6 +33,8 @@ def pool(tmp_path: Path) -> Iterator[Callable[..., tuple[CoordinatorProcess, lis
                 name=f"node-{i}",
                 concurrency=concurrency,
                 heartbeat_s=heartbeat_s,
+                engine=engine,
+                model=model,
             ).start()
             started.append(node)
             made.append(node)
@@ -36,6 +43,14 @@ def pool(tmp_path: Path) -> Iterator[Callable[..., tuple[CoordinatorProcess, lis
     yield make
     for proc in reversed(started):
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama-architecture model with random weights, made locally (no download)."""
+    from phage.node.engines.tinymodel import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
 def job(value: str, sleep: float = 0.0, **extra: object) -> dict[str, object]:

@@ -141,6 +141,9 @@ def node(
     sandbox: Annotated[
         str | None, typer.Option(help="Sandbox backend (default: strongest available).")
     ] = None,
+    engine: Annotated[str | None, typer.Option(help="Inference engine: transformers.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model path or id for the engine.")] = None,
+    model_name: Annotated[str | None, typer.Option(help="Name tasks use for the model.")] = None,
     heartbeat: Annotated[float | None, typer.Option(help="Heartbeat interval override (s).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -160,6 +163,9 @@ def node(
         max_concurrency=concurrency,
         sandbox=sandbox,
         heartbeat_interval_s=heartbeat,
+        engine=engine,
+        model=model,
+        model_name=model_name,
     )
 
     async def main() -> None:

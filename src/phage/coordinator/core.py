@@ -289,6 +289,9 @@ class Coordinator:
             version=str(info.get("phage_version", "")),
             cert_serial=serial,
         )
+        if existing is not None:  # re-registering keeps what the pool learned about this node
+            node.trusted, node.reputation = existing.trusted, existing.reputation
+            node.quarantined, node.quarantine_reason = existing.quarantined, existing.quarantine_reason
         await self.store.upsert_node(node)
         live = self.pool.nodes.get(node_id)
         if live is None:

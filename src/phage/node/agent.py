@@ -190,6 +190,7 @@ class NodeAgent:
             try:
                 metrics = probe_metrics()
                 metrics["active_tasks"] = len(self.running)
+                metrics["loaded_model"] = self.engine.model if self.engine else ""
                 resp = await self.stub.Heartbeat(
                     pb.HeartbeatRequest(
                         node_id=self.node_id,

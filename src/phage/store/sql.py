@@ -625,6 +625,7 @@ class SqlStore:
                     finished_at=now,
                     updated_at=now,
                     error="cancelled by request",
+                    open_attempts=0,
                 )
             )
             task.state, task.cancel_requested, task.finished_at = TaskState.CANCELLED, True, now
@@ -660,6 +661,10 @@ class SqlStore:
             "loaded_model": node.loaded_model,
             "version": node.version,
             "cert_serial": node.cert_serial,
+            "trusted": node.trusted,
+            "quarantined": node.quarantined,
+            "quarantine_reason": node.quarantine_reason,
+            "reputation": node.reputation,
         }
 
         async def op(conn: AsyncConnection) -> None:

@@ -1,0 +1,73 @@
+"""Generate tasks end to end: a real tiny model on node processes, verifiers, best-of-N."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from phage.testing import CoordinatorProcess, NodeProcess, wait_online, wait_tasks_final
+
+Pool = Callable[..., tuple[CoordinatorProcess, list[NodeProcess]]]
+
+
+def _generate(**extra: object) -> dict[str, object]:
+    return {
+        "kind": "generate",
+        "prompt": "def add(a, b):",
+        "model": "tiny-llama",
+        "verifier": "test -s output.txt && test -f spec.txt",
+        "files": {"spec.txt": "the output must not be empty\n"},
+        "max_tokens": 24,
+        "temperature": 1.0,
+        **extra,
+    }
+
+
+def test_best_of_n_keeps_the_passing_attempt_with_fewest_tokens(pool: Pool, tiny_model: Path) -> None:
+    coord, nodes = pool(nodes=3, concurrency=1, engine="transformers", model=str(tiny_model))
+    wait_online(coord, 3, timeout=90)
+    with coord.client() as c:
+        resp = c.post("/api/tasks", json=_generate(n=3))
+        assert resp.status_code == 201, resp.text
+        (task,) = wait_tasks_final(coord, [resp.json()["id"]], timeout=120)
+        assert task["state"] == "verified", task
+        attempts = task["attempts"]
+        assert len(attempts) == 3
+        assert len({a["node_id"] for a in attempts}) == 3, "best-of-3 goes to three distinct nodes"
+        assert all(a["state"] == "succeeded" and a["passed"] and a["attested"] for a in attempts)
+        best = min(attempts, key=lambda a: (a["completion_tokens"], a["finished_at"]))
+        result = task["result"]
+        assert result["attempt_id"] == best["id"]
+        assert result["completion_tokens"] == best["completion_tokens"]
+        assert (
+            result["passed"] is True
+            and result["engine"] == "transformers"
+            and result["model"] == "tiny-llama"
+        )
+        # the output is downloadable and is what the model wrote
+        body = c.get(f"/api/tasks/{task['id']}/outputs/output.txt")
+        assert body.status_code == 200 and body.text == result["output_text"]
+
+
+def test_generate_fails_with_reasons_when_no_attempt_passes(pool: Pool, tiny_model: Path) -> None:
+    coord, _ = pool(nodes=2, concurrency=1, engine="transformers", model=str(tiny_model))
+    wait_online(coord, 2, timeout=90)
+    with coord.client() as c:
+        resp = c.post("/api/tasks", json=_generate(n=2, verifier="echo checking; exit 3"))
+        (task,) = wait_tasks_final(coord, [resp.json()["id"]], timeout=120)
+        assert task["state"] == "failed"
+        assert "no attempt passed" in task["error"] and "exit code 3" in task["error"]
+        assert [a["passed"] for a in task["attempts"]] == [False, False]
+        assert all("checking" in a["verifier_log"] for a in task["attempts"])
+
+
+def test_unknown_model_is_refused_at_submit_unless_asked_to_wait(pool: Pool, tiny_model: Path) -> None:
+    coord, _ = pool(nodes=1, engine="transformers", model=str(tiny_model))
+    wait_online(coord, 1, timeout=90)
+    with coord.client() as c:
+        resp = c.post("/api/tasks", json=_generate(model="no-such-model"))
+        assert resp.status_code == 400
+        assert resp.json()["field"] == "model" and "tiny-llama" in resp.json()["message"]
+        waiting = c.post("/api/tasks", json=_generate(model="no-such-model", wait_for_model=True))
+        assert waiting.status_code == 201
+        assert c.get(f"/api/tasks/{waiting.json()['id']}").json()["state"] == "queued"
