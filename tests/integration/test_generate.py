@@ -24,7 +24,7 @@ def _generate(**extra: object) -> dict[str, object]:
 
 
 def test_best_of_n_keeps_the_passing_attempt_with_fewest_tokens(pool: Pool, tiny_model: Path) -> None:
-    coord, nodes = pool(nodes=3, concurrency=1, engine="transformers", model=str(tiny_model))
+    coord, _nodes = pool(nodes=3, concurrency=1, engine="transformers", model=str(tiny_model))
     wait_online(coord, 3, timeout=90)
     with coord.client() as c:
         resp = c.post("/api/tasks", json=_generate(n=3))
