@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
+
 from phage.testing import CoordinatorProcess, NodeProcess, wait_online, wait_tasks_final, wait_until
 from tests.integration.conftest import job
 
 
 def test_killed_node_job_is_requeued_and_finishes_elsewhere(
-    pool: Callable[..., tuple[CoordinatorProcess, list[NodeProcess]]],
+    pool: Callable[..., tuple[CoordinatorProcess, list[NodeProcess]]], request: pytest.FixtureRequest
 ) -> None:
     coord, nodes = pool(nodes=1, concurrency=1)
     wait_online(coord, 1)
@@ -22,7 +24,7 @@ def test_killed_node_job_is_requeued_and_finishes_elsewhere(
         victim_id = victim.node_id
         # a second node joins only now, so the job cannot have started there first
         rescuer = NodeProcess(coord, victim.key_dir.parent / "rescuer", name="rescuer", concurrency=1).start()
-        nodes.append(rescuer)
+        request.addfinalizer(rescuer.stop)
         wait_online(coord, 2)
         victim.kill()
         dead = wait_until(
