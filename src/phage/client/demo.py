@@ -116,72 +116,134 @@ def sample_jobs() -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
-async def _spawn_node(i: int, info: Any, root: Path, heartbeat: float) -> asyncio.subprocess.Process:
+GENERATE_VERIFIER = "test -s output.txt && test $(wc -c < output.txt) -le 60"
+
+
+def generate_task() -> dict[str, Any]:
+    """A best-of-N generate task for the demo's tiny model."""
+    return {
+        "kind": "generate",
+        "prompt": "def add(a, b):",
+        "model": "tiny-llama",
+        "verifier": GENERATE_VERIFIER,
+        "n": 2,
+        "distinct": "prefer",
+        "max_tokens": 40,
+        "temperature": 1.0,
+        "max_attempts": 2,
+    }
+
+
+def pick_sandbox() -> tuple[str, str]:
+    """(backend, note): the strongest real sandbox here, or ``none`` with the reason."""
+    from phage.errors import SandboxError
+    from phage.sandbox import make_sandbox
+
+    try:
+        backend = make_sandbox(None).name
+        return backend, f"{backend} (no network, read-only root, scratch-only writes, limits)"
+    except SandboxError as exc:
+        return "none", f"none: UNISOLATED, because {exc.message}"
+
+
+def make_model(root: Path) -> Path | None:
+    """The tiny local model for the generate task, or None when transformers is not installed."""
+    try:
+        from phage.node.engines.tinymodel import make_tiny_model
+
+        return make_tiny_model(root / "tiny-llama")
+    except ImportError:
+        return None
+
+
+async def _spawn_node(
+    i: int, info: Any, root: Path, heartbeat: float, sandbox: str, model: Path | None
+) -> asyncio.subprocess.Process:
     argv = [
-        sys.executable,
-        "-m",
-        "phage.client.cli",
-        "node",
-        "--coordinator",
-        info.grpc_address,
-        "--enroll",
-        info.enroll_address,
-        "--token",
-        info.join_token,
-        "--ca-fingerprint",
-        info.ca_fingerprint,
-        "--key-dir",
-        str(root / f"node-{i}"),
-        "--name",
-        f"demo-node-{i}",
-        "--sandbox",
-        "none",
-        "--concurrency",
-        "2",
-        "--heartbeat",
-        str(heartbeat),
-    ]
+        sys.executable, "-m", "phage.client.cli", "node",
+        "--coordinator", info.grpc_address, "--enroll", info.enroll_address,
+        "--token", info.join_token, "--ca-fingerprint", info.ca_fingerprint,
+        "--key-dir", str(root / f"node-{i}"), "--name", f"demo-node-{i}",
+        "--sandbox", sandbox, "--concurrency", "2", "--heartbeat", str(heartbeat),
+    ]  # fmt: skip
+    if model is not None:
+        argv += ["--engine", "transformers", "--model", str(model)]
     log = (root / f"node-{i}.log").open("wb")
     return await asyncio.create_subprocess_exec(*argv, stdout=log, stderr=log, start_new_session=True)
 
 
+def _describe(t: dict[str, Any], title: str, base_url: str) -> str:
+    result = t.get("result") or {}
+    lines = [f"[bold]{title}[/] · {t['state']}"]
+    if t["kind"] == "generate":
+        for a in t.get("attempts", []):
+            mark = "★ kept" if a["id"] == result.get("attempt_id") else ""
+            verdict = "pass" if a.get("passed") else "fail"
+            lines.append(
+                f"  attempt on {a['node_id'][:10]}…  {a.get('completion_tokens')} tokens  {verdict}  {mark}"
+            )
+        if result:
+            lines.append(f"  output: {result.get('output_text', '')!r}")
+    else:
+        lines[0] += f" · exit {result.get('exit_code')}"
+        if result.get("stdout_tail"):
+            lines.append("  " + result["stdout_tail"].strip()[-300:])
+    for o in result.get("outputs", []):
+        lines.append(f"  ↳ {o['path']} ({o['size']} bytes)  {base_url}{o['url']}")
+    return "\n".join(lines)
+
+
 async def run_demo(console: Console, *, nodes: int = 2, keep: bool = False, http_port: int = 0) -> int:
-    """Run the demo; returns a process exit code (0 when every job verified)."""
+    """Run the demo; returns a process exit code (0 when every task verified)."""
     from phage.coordinator.server import CoordinatorServer
     from phage.coordinator.settings import CoordinatorSettings
 
     root = Path(tempfile.mkdtemp(prefix="phage-demo-"))
+    sandbox, sandbox_note = pick_sandbox()
     settings = CoordinatorSettings(
         data_dir=root / "coordinator",
         http_port=http_port,
         grpc_port=0,
         enroll_port=0,
         heartbeat_interval_s=2.0,
+        verify_sandbox=sandbox,
     )
     server = CoordinatorServer(settings)
     procs: list[asyncio.subprocess.Process] = []
     try:
         info = await server.start()
+        with console.status("making a tiny local model for the generate task…"):
+            model = await asyncio.to_thread(make_model, root)
         console.print(
             Panel.fit(
                 f"coordinator  {info.http_url}  (API docs at /docs)\n"
                 f"node gRPC    {info.grpc_address} · mutual TLS · CA {info.ca_fingerprint[:23]}…\n"
                 f"data         {root}\n"
-                f"sandbox      none (explicit; real isolation arrives with the sandbox backends)",
+                f"sandbox      {sandbox_note}\n"
+                f"engine       "
+                + (
+                    "transformers, tiny-llama (random weights, made locally)"
+                    if model
+                    else "none (install phage[transformers] for the generate task)"
+                ),
                 title="phage demo",
             )
         )
-        procs = [await _spawn_node(i + 1, info, root, 2.0) for i in range(nodes)]
+        procs = [await _spawn_node(i + 1, info, root, 2.0, sandbox, model) for i in range(nodes)]
         async with PhageClient(info.http_url, info.admin_key) as client:
-            deadline = time.monotonic() + 60
-            while len([n for n in await client.nodes() if n["state"] == "online"]) < nodes:
-                if time.monotonic() > deadline:
-                    console.print("[red]nodes did not join; see their logs in[/]", root)
-                    return 1
-                await asyncio.sleep(0.1)
+            with console.status(f"waiting for {nodes} nodes to join…"):
+                deadline = time.monotonic() + 90
+                while len([n for n in await client.nodes() if n["state"] == "online"]) < nodes:
+                    if time.monotonic() > deadline:
+                        console.print("[red]nodes did not join; see their logs in[/]", root)
+                        return 1
+                    await asyncio.sleep(0.1)
             console.print(f"[green]{nodes} nodes joined over mTLS[/]")
+            work = sample_jobs()
+            if model is not None:
+                work.append(("best-of-2 generate (tiny model, verifier: ≤ 60 bytes)", generate_task()))
             ids: list[tuple[str, str]] = []
-            for title, task in sample_jobs():
+            for title, task in work:
                 made = await client.submit_many([task])
                 ids.extend((title, t["id"]) for t in made)
             start = time.monotonic()
@@ -189,34 +251,33 @@ async def run_demo(console: Console, *, nodes: int = 2, keep: bool = False, http
             with Live(console=console, refresh_per_second=8) as live:
                 while True:
                     final = [await client.get(tid) for _, tid in ids]
-                    shown = [t for t in final if t["kind"] == "job"]
+                    shown = [t for t in final if t["kind"] != "noop"]
                     noops = [t for t in final if t["kind"] == "noop"]
                     done_noop = sum(t["state"] == "verified" for t in noops)
                     live.update(
                         Group(
-                            tasks_table(shown, title=f"jobs · {time.monotonic() - start:.1f}s"),
+                            tasks_table(shown, title=f"tasks · {time.monotonic() - start:.1f}s"),
                             f"no-op tasks verified: {done_noop}/{len(noops)}",
                         )
                     )
                     if all(t["state"] in ("verified", "failed", "cancelled") for t in final):
                         break
                     await asyncio.sleep(0.2)
-            titles = dict((tid, title) for title, tid in ids)
+            titles = {tid: title for title, tid in ids}
             for t in final:
-                if t["kind"] != "job":
-                    continue
-                result = t.get("result") or {}
-                lines = [f"[bold]{titles[t['id']]}[/] · {t['state']} · exit {result.get('exit_code')}"]
-                if result.get("stdout_tail"):
-                    lines.append(result["stdout_tail"].strip()[-300:])
-                for o in result.get("outputs", []):
-                    lines.append(f"  ↳ {o['path']} ({o['size']} bytes)  {info.http_url}{o['url']}")
-                console.print("\n".join(lines))
-            ok = all(t["state"] == "verified" for t in final)
+                if t["kind"] != "noop":
+                    console.print(_describe(t, titles[t["id"]], info.http_url))
+            ok = all(t["state"] == "verified" for t in final if t["kind"] != "generate")
+            verified = sum(t["state"] == "verified" for t in final)
             console.print(
-                f"\n[bold {'green' if ok else 'red'}]{sum(t['state'] == 'verified' for t in final)}"
-                f"/{len(final)} tasks verified[/] in {time.monotonic() - start:.1f}s"
+                f"\n[bold {'green' if ok else 'red'}]{verified}/{len(final)} tasks verified[/] "
+                f"in {time.monotonic() - start:.1f}s"
             )
+            if any(t["kind"] == "generate" and t["state"] != "verified" for t in final):
+                console.print(
+                    "[yellow]the tiny model writes random text: this time no attempt passed its "
+                    "verifier, which phage reports as a failed task with every attempt kept[/]"
+                )
             if keep:
                 console.print(f"pool stays up: {info.http_url}  admin key: {info.admin_key}\nCtrl-C to stop.")
                 await asyncio.Event().wait()
