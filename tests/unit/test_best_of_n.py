@@ -1,4 +1,4 @@
-"""Best-of-N at the unit level: a controllable engine, the real executor and sandbox, the real settle rules."""
+"""Best-of-N at the unit level: a controllable engine, the real executor and sandbox, the settle rules."""
 
 from __future__ import annotations
 
