@@ -8,78 +8,33 @@ can never hand one task out twice.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from phage.domain import Attempt, AttemptState, Node, NodeState, Task, TaskKind, TaskResult, TaskState
+from phage.domain import Attempt, AttemptState, Task, TaskResult, TaskState
 from phage.domain.ids import new_id
 from phage.domain.settle import Candidate, Counters, choose, next_step
 from phage.errors import Conflict, NotFound, PermissionDenied, PhageError, ProtocolError
-from phage.store.base import ApiKeyRecord, FinishOutcome, LostOutcome, QueuedTask
-from phage.store.schema import api_keys, attempts, nodes, tasks
+from phage.store.base import FinishOutcome, LostOutcome, QueuedTask
+from phage.store.rows import (
+    ADVANCE_TASK,
+    FINISH_ATTEMPT,
+    LIVE,
+    OPEN,
+    WAITING,
+    Event,
+    attempt_from_row,
+    chunks,
+    task_from_row,
+    task_to_row,
+)
+from phage.store.schema import attempts, tasks
+from phage.store.sql_nodes import NodeRecords
 from phage.store.writer import GroupCommitWriter
-
-_OPEN = (AttemptState.DISPATCHED.value, AttemptState.RUNNING.value)
-_CHUNK = 400  # stay under SQLite's bound-parameter limit
-
-
-_LIVE = (TaskState.QUEUED.value, TaskState.DISPATCHED.value, TaskState.RUNNING.value)
-_WAITING = (TaskState.QUEUED.value, TaskState.DISPATCHED.value)
-_FINISH_ATTEMPT = (
-    attempts.update()
-    .where(attempts.c.id == sa.bindparam("a_id"))
-    .values(
-        state=sa.bindparam("a_state"),
-        finished_at=sa.bindparam("a_finished"),
-        exit_code=sa.bindparam("a_exit"),
-        error=sa.bindparam("a_error"),
-        result=sa.bindparam("a_result", type_=sa.JSON),
-    )
-)
-_ADVANCE_TASK = (
-    tasks.update()
-    .where(tasks.c.id == sa.bindparam("t_id"))
-    .values(
-        state=sa.bindparam("t_state"),
-        open_attempts=sa.bindparam("t_open"),
-        completed_attempts=sa.bindparam("t_done"),
-        result=sa.bindparam("t_result", type_=sa.JSON),
-        finished_at=sa.bindparam("t_finished"),
-        error=sa.bindparam("t_error"),
-        updated_at=sa.bindparam("t_updated"),
-    )
-)
-
-
-@dataclass(frozen=True, slots=True)
-class _Event:
-    """An attempt that ended, to be accounted against its task."""
-
-    index: int
-    task_id: str
-    attempt_id: str
-    completed: bool
-    """It yielded a verdict (as opposed to a node failure or loss)."""
-    reason: str = ""
-    result: TaskResult | None = None
-
-
-_HEARTBEAT = (
-    nodes.update()
-    .where(nodes.c.id == sa.bindparam("b_id"))
-    .values(last_heartbeat=sa.bindparam("b_ts"), loaded_model=sa.bindparam("b_model"))
-)
-_RENEW_LEASE = (
-    attempts.update()
-    .where(attempts.c.id == sa.bindparam("l_id"), attempts.c.state.in_(_OPEN))
-    .values(lease_expires_at=sa.bindparam("l_until"))
-)
 
 
 def sqlite_url(path: Path) -> str:
@@ -87,96 +42,7 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite+aiosqlite:///{path}"
 
 
-def _chunks(items: Sequence[str]) -> list[Sequence[str]]:
-    return [items[i : i + _CHUNK] for i in range(0, len(items), _CHUNK)]
-
-
-def _task(row: Row[Any]) -> Task:
-    m = row._mapping
-    return Task(
-        id=m["id"],
-        kind=TaskKind(m["kind"]),
-        state=TaskState(m["state"]),
-        spec=m["spec"],
-        priority=m["priority"],
-        max_attempts=m["max_attempts"],
-        attempts_made=m["attempts_made"],
-        created_at=m["created_at"],
-        updated_at=m["updated_at"],
-        finished_at=m["finished_at"],
-        owner=m["owner"],
-        result=TaskResult.from_dict(m["result"]) if m["result"] else None,
-        error=m["error"],
-        cancel_requested=bool(m["cancel_requested"]),
-        labels=m["labels"] or {},
-        replicas=m["replicas"],
-        open_attempts=m["open_attempts"],
-        completed_attempts=m["completed_attempts"],
-    )
-
-
-def _attempt(row: Row[Any]) -> Attempt:
-    m = row._mapping
-    return Attempt(
-        id=m["id"],
-        task_id=m["task_id"],
-        node_id=m["node_id"],
-        state=AttemptState(m["state"]),
-        dispatched_at=m["dispatched_at"],
-        started_at=m["started_at"],
-        finished_at=m["finished_at"],
-        lease_expires_at=m["lease_expires_at"],
-        exit_code=m["exit_code"],
-        error=m["error"],
-        result=TaskResult.from_dict(m["result"]) if m["result"] else None,
-    )
-
-
-def _node(row: Row[Any]) -> Node:
-    m = row._mapping
-    return Node(
-        id=m["id"],
-        name=m["name"],
-        state=NodeState(m["state"]),
-        registered_at=m["registered_at"],
-        last_heartbeat=m["last_heartbeat"],
-        max_concurrency=m["max_concurrency"],
-        hardware=m["hardware"] or {},
-        sandboxes=list(m["sandboxes"] or []),
-        loaded_model=m["loaded_model"],
-        version=m["version"],
-        cert_serial=m["cert_serial"],
-        trusted=bool(m["trusted"]),
-        quarantined=bool(m["quarantined"]),
-        quarantine_reason=m["quarantine_reason"],
-        reputation=dict(m["reputation"] or {}),
-    )
-
-
-def _task_row(t: Task) -> dict[str, Any]:
-    return {
-        "id": t.id,
-        "kind": t.kind.value,
-        "state": t.state.value,
-        "priority": t.priority,
-        "spec": t.spec,
-        "max_attempts": t.max_attempts,
-        "attempts_made": t.attempts_made,
-        "created_at": t.created_at,
-        "updated_at": t.updated_at,
-        "finished_at": t.finished_at,
-        "owner": t.owner,
-        "result": t.result.to_dict() if t.result else None,
-        "error": t.error,
-        "cancel_requested": t.cancel_requested,
-        "labels": t.labels,
-        "replicas": t.replicas,
-        "open_attempts": t.open_attempts,
-        "completed_attempts": t.completed_attempts,
-    }
-
-
-class SqlStore:
+class SqlStore(NodeRecords):
     """:class:`phage.store.base.Store` over SQLAlchemy 2 async."""
 
     def __init__(self, url: str, *, synchronous: str = "NORMAL") -> None:
@@ -224,7 +90,7 @@ class SqlStore:
 
     async def add_tasks(self, new: Sequence[Task]) -> None:
         """Insert tasks in one transaction."""
-        rows = [_task_row(t) for t in new]
+        rows = [task_to_row(t) for t in new]
 
         async def op(conn: AsyncConnection) -> None:
             await conn.execute(tasks.insert(), rows)
@@ -235,7 +101,7 @@ class SqlStore:
         """One task, or None."""
         async with self.engine.connect() as conn:
             row = (await conn.execute(tasks.select().where(tasks.c.id == task_id))).first()
-        return _task(row) if row else None
+        return task_from_row(row) if row else None
 
     async def list_tasks(
         self,
@@ -257,7 +123,7 @@ class SqlStore:
         if before is not None:
             q = q.where(tasks.c.created_at < before)
         async with self.engine.connect() as conn:
-            return [_task(r) for r in await conn.execute(q)]
+            return [task_from_row(r) for r in await conn.execute(q)]
 
     async def count_tasks(self) -> dict[str, int]:
         """Tasks per state."""
@@ -270,7 +136,7 @@ class SqlStore:
         q = (
             sa.select(tasks.c.id, tasks.c.kind, tasks.c.priority, tasks.c.created_at, tasks.c.spec)
             .where(
-                tasks.c.state.in_(_LIVE),
+                tasks.c.state.in_(LIVE),
                 tasks.c.open_attempts + tasks.c.completed_attempts < tasks.c.replicas,
                 tasks.c.attempts_made < tasks.c.max_attempts * tasks.c.replicas,
             )
@@ -283,7 +149,7 @@ class SqlStore:
         """For each task, the nodes that have held an attempt of it (distinct-node placement)."""
         out: dict[str, set[str]] = {}
         async with self.engine.connect() as conn:
-            for chunk in _chunks(task_ids):
+            for chunk in chunks(task_ids):
                 q = sa.select(attempts.c.task_id, attempts.c.node_id).where(attempts.c.task_id.in_(chunk))
                 for r in await conn.execute(q):
                     out.setdefault(r.task_id, set()).add(r.node_id)
@@ -300,12 +166,12 @@ class SqlStore:
 
         async def op(conn: AsyncConnection) -> list[tuple[Attempt, bool]]:
             claimed: list[tuple[str, bool]] = []
-            for chunk in _chunks(task_ids):
+            for chunk in chunks(task_ids):
                 res = await conn.execute(
                     tasks.update()
                     .where(
                         tasks.c.id.in_(chunk),
-                        tasks.c.state.in_(_LIVE),
+                        tasks.c.state.in_(LIVE),
                         tasks.c.open_attempts + tasks.c.completed_attempts < tasks.c.replicas,
                         tasks.c.attempts_made < tasks.c.max_attempts * tasks.c.replicas,
                     )
@@ -377,7 +243,7 @@ class SqlStore:
         async def op(conn: AsyncConnection) -> list[str]:
             started: set[str] = set()
             task_ids: list[str] = []
-            for chunk in _chunks(attempt_ids):
+            for chunk in chunks(attempt_ids):
                 res = await conn.execute(
                     attempts.update()
                     .where(
@@ -391,10 +257,10 @@ class SqlStore:
                 for r in res:
                     started.add(r.id)
                     task_ids.append(r.task_id)
-            for chunk in _chunks(task_ids):
+            for chunk in chunks(task_ids):
                 await conn.execute(
                     tasks.update()
-                    .where(tasks.c.id.in_(chunk), tasks.c.state.in_(_WAITING))
+                    .where(tasks.c.id.in_(chunk), tasks.c.state.in_(WAITING))
                     .values(state=TaskState.RUNNING.value, updated_at=now)
                 )
             return [a for a in attempt_ids if a not in started]
@@ -420,11 +286,11 @@ class SqlStore:
         async def op(conn: AsyncConnection) -> list[FinishOutcome | PhageError]:
             ids = [aid for aid, _ in items]
             found: dict[str, Attempt] = {}
-            for chunk in _chunks(ids):
+            for chunk in chunks(ids):
                 for row in await conn.execute(attempts.select().where(attempts.c.id.in_(chunk))):
-                    found[row.id] = _attempt(row)
+                    found[row.id] = attempt_from_row(row)
             out: list[FinishOutcome | PhageError] = []
-            events: list[_Event] = []
+            events: list[Event] = []
             attempt_rows: list[dict[str, Any]] = []
             seen: set[str] = set()
             for aid, result in items:
@@ -454,7 +320,7 @@ class SqlStore:
                         }
                     )
                     events.append(
-                        _Event(
+                        Event(
                             len(out),
                             att.task_id,
                             aid,
@@ -465,7 +331,7 @@ class SqlStore:
                     )
                     out.append(FinishOutcome(True, False, None, task_id=att.task_id))
             if attempt_rows:
-                await conn.execute(_FINISH_ATTEMPT, attempt_rows)
+                await conn.execute(FINISH_ATTEMPT, attempt_rows)
             for ev, (state, requeued, message) in await self._advance(conn, events, now):
                 out[ev.index] = FinishOutcome(
                     True, False, state, message, requeued=requeued, task_id=ev.task_id
@@ -478,16 +344,16 @@ class SqlStore:
         """Open attempts → lost; their tasks are offered again while the attempt budget lasts."""
 
         async def op(conn: AsyncConnection) -> list[LostOutcome]:
-            events: list[_Event] = []
-            for chunk in _chunks(attempt_ids):
+            events: list[Event] = []
+            for chunk in chunks(attempt_ids):
                 res = await conn.execute(
                     attempts.update()
-                    .where(attempts.c.id.in_(chunk), attempts.c.state.in_(_OPEN))
+                    .where(attempts.c.id.in_(chunk), attempts.c.state.in_(OPEN))
                     .values(state=AttemptState.LOST.value, finished_at=now, error=reason)
                     .returning(attempts.c.id, attempts.c.task_id)
                 )
                 events.extend(
-                    _Event(len(events), r.task_id, r.id, completed=False, reason=reason) for r in res
+                    Event(len(events), r.task_id, r.id, completed=False, reason=reason) for r in res
                 )
             return [
                 LostOutcome(ev.attempt_id, ev.task_id, state, requeued)
@@ -497,16 +363,16 @@ class SqlStore:
         return await self._writer.run(op)
 
     async def _advance(
-        self, conn: AsyncConnection, events: list[_Event], now: float
-    ) -> list[tuple[_Event, tuple[TaskState, bool, str]]]:
+        self, conn: AsyncConnection, events: list[Event], now: float
+    ) -> list[tuple[Event, tuple[TaskState, bool, str]]]:
         """Account ended attempts against their tasks and move each task on (see domain.settle)."""
         if not events:
             return []
-        by_task: dict[str, list[_Event]] = {}
+        by_task: dict[str, list[Event]] = {}
         for ev in events:
             by_task.setdefault(ev.task_id, []).append(ev)
         rows: dict[str, Any] = {}
-        for chunk in _chunks(list(by_task)):
+        for chunk in chunks(list(by_task)):
             q = sa.select(
                 tasks.c.id,
                 tasks.c.state,
@@ -574,11 +440,11 @@ class SqlStore:
             updates.append(values)
             decided[task_id] = (new_state, step.requeue and not new_state.terminal, "")
         if updates:
-            await conn.execute(_ADVANCE_TASK, updates)
+            await conn.execute(ADVANCE_TASK, updates)
         return [(ev, decided[ev.task_id]) for ev in events if ev.task_id in decided]
 
     async def _candidates(
-        self, conn: AsyncConnection, task_id: str, evs: list[_Event], replicas: int, now: float
+        self, conn: AsyncConnection, task_id: str, evs: list[Event], replicas: int, now: float
     ) -> list[Candidate]:
         """The completed attempts of a task (from this batch alone when it wants just one)."""
         if replicas == 1:
@@ -592,7 +458,7 @@ class SqlStore:
         )
         out = []
         for row in await conn.execute(q):
-            att = _attempt(row)
+            att = attempt_from_row(row)
             if att.result is not None:
                 out.append(Candidate(att.id, att.finished_at or now, att.result))
         return out
@@ -604,18 +470,18 @@ class SqlStore:
             row = (await conn.execute(tasks.select().where(tasks.c.id == task_id))).first()
             if row is None:
                 raise NotFound(f"no task {task_id!r}", field="id")
-            task = _task(row)
+            task = task_from_row(row)
             if task.state in (TaskState.VERIFIED, TaskState.FAILED):
                 raise Conflict(f"task {task_id} already {task.state.value}; nothing to cancel")
             if task.state is TaskState.CANCELLED:
                 return task, []
             open_rows = await conn.execute(
                 attempts.update()
-                .where(attempts.c.task_id == task_id, attempts.c.state.in_(_OPEN))
+                .where(attempts.c.task_id == task_id, attempts.c.state.in_(OPEN))
                 .values(state=AttemptState.CANCELLED.value, finished_at=now, error="cancelled")
                 .returning(*attempts.c)
             )
-            stopped = [_attempt(r) for r in open_rows]
+            stopped = [attempt_from_row(r) for r in open_rows]
             await conn.execute(
                 tasks.update()
                 .where(tasks.c.id == task_id)
@@ -637,135 +503,10 @@ class SqlStore:
         """A task's attempts, oldest first."""
         q = attempts.select().where(attempts.c.task_id == task_id).order_by(attempts.c.dispatched_at)
         async with self.engine.connect() as conn:
-            return [_attempt(r) for r in await conn.execute(q)]
+            return [attempt_from_row(r) for r in await conn.execute(q)]
 
     async def open_attempts(self) -> list[Attempt]:
         """Every attempt that still holds a lease."""
-        q = attempts.select().where(attempts.c.state.in_(_OPEN))
+        q = attempts.select().where(attempts.c.state.in_(OPEN))
         async with self.engine.connect() as conn:
-            return [_attempt(r) for r in await conn.execute(q)]
-
-    # ---- nodes -------------------------------------------------------------
-
-    async def upsert_node(self, node: Node) -> None:
-        """Insert or replace a node's row."""
-        row = {
-            "id": node.id,
-            "name": node.name,
-            "state": node.state.value,
-            "registered_at": node.registered_at,
-            "last_heartbeat": node.last_heartbeat,
-            "max_concurrency": node.max_concurrency,
-            "hardware": node.hardware,
-            "sandboxes": node.sandboxes,
-            "loaded_model": node.loaded_model,
-            "version": node.version,
-            "cert_serial": node.cert_serial,
-            "trusted": node.trusted,
-            "quarantined": node.quarantined,
-            "quarantine_reason": node.quarantine_reason,
-            "reputation": node.reputation,
-        }
-
-        async def op(conn: AsyncConnection) -> None:
-            res = await conn.execute(nodes.update().where(nodes.c.id == node.id).values(**row))
-            if res.rowcount == 0:
-                await conn.execute(nodes.insert().values(**row))
-
-        await self._writer.run(op)
-
-    async def get_node(self, node_id: str) -> Node | None:
-        """One node, or None."""
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(nodes.select().where(nodes.c.id == node_id))).first()
-        return _node(row) if row else None
-
-    async def list_nodes(self) -> list[Node]:
-        """Every node."""
-        async with self.engine.connect() as conn:
-            return [_node(r) for r in await conn.execute(nodes.select().order_by(nodes.c.registered_at))]
-
-    async def record_heartbeats(
-        self, beats: Sequence[tuple[str, float, str]], leases: Sequence[tuple[str, float]] = ()
-    ) -> None:
-        """(node id, last heartbeat, loaded model) rows and renewed (attempt id, lease expiry) rows, in bulk.
-
-        Leases live in the store, not only in memory, so another coordinator sharing
-        the database (or this one after a restart) sees the same deadlines.
-        """
-        if not beats and not leases:
-            return
-        beat_rows = [{"b_id": i, "b_ts": ts, "b_model": m} for i, ts, m in beats]
-        lease_rows = [{"l_id": a, "l_until": until} for a, until in leases]
-
-        async def op(conn: AsyncConnection) -> None:
-            if beat_rows:
-                await conn.execute(_HEARTBEAT, beat_rows)
-            if lease_rows:
-                await conn.execute(_RENEW_LEASE, lease_rows)
-
-        await self._writer.run(op)
-
-    async def set_node_state(self, node_id: str, state: NodeState) -> None:
-        """Change one node's state."""
-
-        async def op(conn: AsyncConnection) -> None:
-            res = await conn.execute(nodes.update().where(nodes.c.id == node_id).values(state=state.value))
-            if res.rowcount == 0:
-                raise NotFound(f"no node {node_id!r}", field="id")
-
-        await self._writer.run(op)
-
-    async def set_quarantine(self, node_id: str, quarantined: bool, reason: str) -> None:
-        """Quarantine a node (it gets no work) or release it."""
-
-        async def op(conn: AsyncConnection) -> None:
-            res = await conn.execute(
-                nodes.update()
-                .where(nodes.c.id == node_id)
-                .values(quarantined=quarantined, quarantine_reason=reason)
-            )
-            if res.rowcount == 0:
-                raise NotFound(f"no node {node_id!r}", field="id")
-
-        await self._writer.run(op)
-
-    async def bump_reputation(self, node_id: str, counter: str, by: int = 1) -> dict[str, int]:
-        """Add to one of a node's reputation counters; returns them all."""
-
-        async def op(conn: AsyncConnection) -> dict[str, int]:
-            row = (await conn.execute(sa.select(nodes.c.reputation).where(nodes.c.id == node_id))).first()
-            if row is None:
-                raise NotFound(f"no node {node_id!r}", field="id")
-            rep = dict(row.reputation or {})
-            rep[counter] = int(rep.get(counter, 0)) + by
-            await conn.execute(nodes.update().where(nodes.c.id == node_id).values(reputation=rep))
-            return rep
-
-        return await self._writer.run(op)
-
-    # ---- API keys ----------------------------------------------------------
-
-    async def add_api_key(self, key_id: str, secret_hash: str, name: str, role: str, now: float) -> None:
-        """Store a key's hash."""
-
-        async def op(conn: AsyncConnection) -> None:
-            await conn.execute(
-                api_keys.insert().values(
-                    id=key_id, secret_hash=secret_hash, name=name, role=role, created_at=now, revoked=False
-                )
-            )
-
-        await self._writer.run(op)
-
-    async def find_api_key(self, secret_hash: str) -> ApiKeyRecord | None:
-        """Look a key up by its hash."""
-        async with self.engine.connect() as conn:
-            r = (await conn.execute(api_keys.select().where(api_keys.c.secret_hash == secret_hash))).first()
-        return ApiKeyRecord(r.id, r.name, r.role, r.created_at, bool(r.revoked)) if r else None
-
-    async def list_api_keys(self) -> list[ApiKeyRecord]:
-        """All keys."""
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(api_keys.select().order_by(api_keys.c.created_at))
-            return [ApiKeyRecord(r.id, r.name, r.role, r.created_at, bool(r.revoked)) for r in rows]
+            return [attempt_from_row(r) for r in await conn.execute(q)]

@@ -1,0 +1,158 @@
+"""The node and API-key half of the SQL store (a mixin of :class:`phage.store.sql.SqlStore`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from phage.domain import Node, NodeState
+from phage.errors import NotFound
+from phage.store.base import ApiKeyRecord
+from phage.store.rows import OPEN, node_from_row
+from phage.store.schema import api_keys, attempts, nodes
+from phage.store.writer import GroupCommitWriter
+
+_HEARTBEAT = (
+    nodes.update()
+    .where(nodes.c.id == sa.bindparam("b_id"))
+    .values(last_heartbeat=sa.bindparam("b_ts"), loaded_model=sa.bindparam("b_model"))
+)
+_RENEW_LEASE = (
+    attempts.update()
+    .where(attempts.c.id == sa.bindparam("l_id"), attempts.c.state.in_(OPEN))
+    .values(lease_expires_at=sa.bindparam("l_until"))
+)
+
+
+class NodeRecords:
+    """Nodes, heartbeats, quarantine, reputation and API keys."""
+
+    engine: AsyncEngine
+    _writer: GroupCommitWriter
+
+    async def upsert_node(self, node: Node) -> None:
+        """Insert or replace a node's row."""
+        row = {
+            "id": node.id,
+            "name": node.name,
+            "state": node.state.value,
+            "registered_at": node.registered_at,
+            "last_heartbeat": node.last_heartbeat,
+            "max_concurrency": node.max_concurrency,
+            "hardware": node.hardware,
+            "sandboxes": node.sandboxes,
+            "loaded_model": node.loaded_model,
+            "version": node.version,
+            "cert_serial": node.cert_serial,
+            "trusted": node.trusted,
+            "quarantined": node.quarantined,
+            "quarantine_reason": node.quarantine_reason,
+            "reputation": node.reputation,
+        }
+
+        async def op(conn: AsyncConnection) -> None:
+            res = await conn.execute(nodes.update().where(nodes.c.id == node.id).values(**row))
+            if res.rowcount == 0:
+                await conn.execute(nodes.insert().values(**row))
+
+        await self._writer.run(op)
+
+    async def get_node(self, node_id: str) -> Node | None:
+        """One node, or None."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(nodes.select().where(nodes.c.id == node_id))).first()
+        return node_from_row(row) if row else None
+
+    async def list_nodes(self) -> list[Node]:
+        """Every node."""
+        async with self.engine.connect() as conn:
+            return [
+                node_from_row(r) for r in await conn.execute(nodes.select().order_by(nodes.c.registered_at))
+            ]
+
+    async def record_heartbeats(
+        self, beats: Sequence[tuple[str, float, str]], leases: Sequence[tuple[str, float]] = ()
+    ) -> None:
+        """(node id, last heartbeat, loaded model) rows and renewed (attempt id, lease expiry) rows, in bulk.
+
+        Leases live in the store, not only in memory, so another coordinator sharing
+        the database (or this one after a restart) sees the same deadlines.
+        """
+        if not beats and not leases:
+            return
+        beat_rows = [{"b_id": i, "b_ts": ts, "b_model": m} for i, ts, m in beats]
+        lease_rows = [{"l_id": a, "l_until": until} for a, until in leases]
+
+        async def op(conn: AsyncConnection) -> None:
+            if beat_rows:
+                await conn.execute(_HEARTBEAT, beat_rows)
+            if lease_rows:
+                await conn.execute(_RENEW_LEASE, lease_rows)
+
+        await self._writer.run(op)
+
+    async def set_node_state(self, node_id: str, state: NodeState) -> None:
+        """Change one node's state."""
+
+        async def op(conn: AsyncConnection) -> None:
+            res = await conn.execute(nodes.update().where(nodes.c.id == node_id).values(state=state.value))
+            if res.rowcount == 0:
+                raise NotFound(f"no node {node_id!r}", field="id")
+
+        await self._writer.run(op)
+
+    async def set_quarantine(self, node_id: str, quarantined: bool, reason: str) -> None:
+        """Quarantine a node (it gets no work) or release it."""
+
+        async def op(conn: AsyncConnection) -> None:
+            res = await conn.execute(
+                nodes.update()
+                .where(nodes.c.id == node_id)
+                .values(quarantined=quarantined, quarantine_reason=reason)
+            )
+            if res.rowcount == 0:
+                raise NotFound(f"no node {node_id!r}", field="id")
+
+        await self._writer.run(op)
+
+    async def bump_reputation(self, node_id: str, counter: str, by: int = 1) -> dict[str, int]:
+        """Add to one of a node's reputation counters; returns them all."""
+
+        async def op(conn: AsyncConnection) -> dict[str, int]:
+            row = (await conn.execute(sa.select(nodes.c.reputation).where(nodes.c.id == node_id))).first()
+            if row is None:
+                raise NotFound(f"no node {node_id!r}", field="id")
+            rep = dict(row.reputation or {})
+            rep[counter] = int(rep.get(counter, 0)) + by
+            await conn.execute(nodes.update().where(nodes.c.id == node_id).values(reputation=rep))
+            return rep
+
+        return await self._writer.run(op)
+
+    # ---- API keys ----------------------------------------------------------
+
+    async def add_api_key(self, key_id: str, secret_hash: str, name: str, role: str, now: float) -> None:
+        """Store a key's hash."""
+
+        async def op(conn: AsyncConnection) -> None:
+            await conn.execute(
+                api_keys.insert().values(
+                    id=key_id, secret_hash=secret_hash, name=name, role=role, created_at=now, revoked=False
+                )
+            )
+
+        await self._writer.run(op)
+
+    async def find_api_key(self, secret_hash: str) -> ApiKeyRecord | None:
+        """Look a key up by its hash."""
+        async with self.engine.connect() as conn:
+            r = (await conn.execute(api_keys.select().where(api_keys.c.secret_hash == secret_hash))).first()
+        return ApiKeyRecord(r.id, r.name, r.role, r.created_at, bool(r.revoked)) if r else None
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        """All keys."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(api_keys.select().order_by(api_keys.c.created_at))
+            return [ApiKeyRecord(r.id, r.name, r.role, r.created_at, bool(r.revoked)) for r in rows]
