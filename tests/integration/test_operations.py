@@ -109,3 +109,19 @@ def test_cli_submit_directory_status_and_download(
         [*cli, "status", "t-does-not-exist"], env=env, capture_output=True, text=True, timeout=60
     )
     assert bad.returncode == 1 and "404" in bad.stderr
+    wide = {**env, "COLUMNS": "220"}
+    listing = subprocess.run([*cli, "nodes"], env=wide, capture_output=True, text=True, timeout=60)
+    assert "node-0" in listing.stdout and "online" in listing.stdout
+    node_id = wait_online(coord, 1)[0]["id"]
+    q = subprocess.run(
+        [*cli, "nodes", "quarantine", node_id, "--reason", "checking disks"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert q.returncode == 0 and "checking disks" in q.stdout
+    r = subprocess.run(
+        [*cli, "nodes", "release", node_id], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0 and "quarantined" not in r.stdout

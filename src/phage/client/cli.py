@@ -333,15 +333,57 @@ def tasks(
     _run(main())
 
 
-@app.command()
-def nodes(url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None) -> None:
-    """List the pool's nodes."""
+nodes_app = typer.Typer(help="List the pool's nodes, or act on one (admin).", no_args_is_help=False)
+app.add_typer(nodes_app, name="nodes")
+
+
+@nodes_app.callback(invoke_without_command=True)
+def nodes(ctx: typer.Context, url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None) -> None:
+    """List the pool's nodes (state, trust, quarantine, load)."""
+    if ctx.invoked_subcommand is not None:
+        return
 
     async def main() -> None:
         async with PhageClient(url, _api_key(key)) as client:
             console.print(nodes_table(await client.nodes()))
 
     _run(main())
+
+
+def _node_action(node_id: str, url: str, key: str | None, action: str, **params: str) -> None:
+    async def main() -> None:
+        async with PhageClient(url, _api_key(key)) as client:
+            node = await client.node_action(node_id, action, **params)
+            console.print(
+                node.get("name", node_id),
+                state_text(node.get("state", "")),
+                "quarantined: " + node["quarantine_reason"] if node.get("quarantined") else "",
+            )
+
+    _run(main())
+
+
+@nodes_app.command("remove")
+def nodes_remove(node_id: str, url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None) -> None:
+    """Remove a node: its certificate is refused from now on and its work goes elsewhere."""
+    _node_action(node_id, url, key, "remove")
+
+
+@nodes_app.command("quarantine")
+def nodes_quarantine(
+    node_id: str,
+    reason: Annotated[str, typer.Option(help="Shown in the API and dashboard.")] = "quarantined by an admin",
+    url: UrlOpt = "http://127.0.0.1:8080",
+    key: KeyOpt = None,
+) -> None:
+    """Quarantine a node: it gets no work until released."""
+    _node_action(node_id, url, key, "quarantine", reason=reason)
+
+
+@nodes_app.command("release")
+def nodes_release(node_id: str, url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None) -> None:
+    """Release a node from quarantine."""
+    _node_action(node_id, url, key, "release")
 
 
 @app.command()

@@ -70,15 +70,34 @@ def tasks_table(tasks: list[dict[str, Any]], title: str = "tasks") -> Table:
 def nodes_table(nodes: list[dict[str, Any]]) -> Table:
     """One row per node."""
     table = Table(title="nodes")
-    for col in ("name", "id", "state", "sandbox", "active", "cpus", "memory", "gpus", "heartbeat"):
+    for col in (
+        "name",
+        "id",
+        "state",
+        "trust",
+        "sandbox",
+        "model",
+        "active",
+        "cpus",
+        "memory",
+        "gpus",
+        "heartbeat",
+    ):
         table.add_column(col)
     for n in nodes:
         gpus = ", ".join(g.get("model", "") for g in n.get("gpus", [])) or "-"
+        trust = (
+            Text("quarantined: " + n.get("quarantine_reason", ""), style="bold red")
+            if n.get("quarantined")
+            else Text("trusted" if n.get("trusted", True) else "untrusted")
+        )
         table.add_row(
             n["name"],
             n["id"][:12] + "…",
             state_text(n["state"]),
+            trust,
             ",".join(n.get("sandboxes", [])),
+            n.get("loaded_model") or "-",
             f"{n['active_tasks']}/{n['max_concurrency']}",
             str(n.get("cpu_count", "")),
             human_bytes(n.get("memory_total_bytes", 0)),

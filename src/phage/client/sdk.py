@@ -111,6 +111,13 @@ class PhageClient:
         """Remove a node (admin)."""
         return dict(await self._json(await self._http.delete(f"/api/nodes/{node_id}")))
 
+    async def node_action(self, node_id: str, action: str, **params: str) -> dict[str, Any]:
+        """An admin action on a node: ``remove``, ``quarantine`` (reason=…), ``release``."""
+        if action == "remove":
+            return await self.remove_node(node_id)
+        resp = await self._http.post(f"/api/nodes/{node_id}/{action}", params=params)
+        return dict(await self._json(resp))
+
     async def feed(self) -> AsyncIterator[dict[str, Any]]:
         """Live events from ``WS /api/feed``."""
         import websockets
