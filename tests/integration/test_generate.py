@@ -35,7 +35,7 @@ def test_best_of_n_keeps_the_passing_attempt_with_fewest_tokens(pool: Pool, tiny
         assert len(attempts) == 3
         assert len({a["node_id"] for a in attempts}) == 3, "best-of-3 goes to three distinct nodes"
         assert all(a["state"] == "succeeded" and a["passed"] and a["attested"] for a in attempts)
-        best = min(attempts, key=lambda a: (a["completion_tokens"], a["finished_at"]))
+        best = min(attempts, key=lambda a: (a["completion_tokens"], a["finished_at"], a["id"]))
         result = task["result"]
         assert result["attempt_id"] == best["id"]
         assert result["completion_tokens"] == best["completion_tokens"]

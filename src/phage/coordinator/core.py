@@ -207,8 +207,29 @@ class Coordinator:
             self.queue.push(QueuedTask(task.id, task.kind.value, task.priority, task.created_at, task.spec))
             self.bus.task(task.id, TaskState.QUEUED.value, kind=task.kind.value)
         self.counters["submitted"] += len(made)
-        self.pool.wake_waiters(len(made))
+        self._wake_for([QueuedTask(t.id, t.kind.value, t.priority, t.created_at, t.spec) for t in made])
         return made
+
+    def _wake_for(self, tasks: list[QueuedTask]) -> None:
+        """Wake long-polling nodes that can take these tasks: enough for all of them, and no more.
+
+        Waking only eligible nodes matters once nodes differ (models, sandboxes): a node
+        woken for work it cannot take would leave that work waiting for the next poll.
+        """
+        wanted = len(tasks)
+        if not wanted:
+            return
+        sample = tasks[:64]  # eligibility rarely differs inside one batch; bound the work per wake
+        for node_id in list(self.pool.waiting):
+            live = self.pool.nodes.get(node_id)
+            if live is None or live.node.quarantined:
+                continue
+            view = NodeView(node_id, 1, frozenset(live.node.sandboxes), frozenset(_node_models(live)))
+            if any(eligible(t, view) for t in sample):
+                live.wake.set()
+                wanted -= live.free_slots
+                if wanted <= 0:
+                    return
 
     def served_models(self) -> set[str]:
         """Models some registered node serves."""
@@ -537,15 +558,16 @@ class Coordinator:
         return None
 
     async def _requeue(self, task_ids: list[str]) -> None:
-        """Put tasks the store has moved back to ``queued`` into the ready queue."""
+        """Offer tasks again that the store says want another attempt."""
+        pushed = []
         for task_id in task_ids:
             task = await self.store.get_task(task_id)
-            if task is not None and task.state is TaskState.QUEUED:
-                self.queue.push(
-                    QueuedTask(task.id, task.kind.value, task.priority, task.created_at, task.spec)
-                )
-        self.counters["requeued"] += len(task_ids)
-        self.pool.wake_waiters(len(task_ids))
+            if task is not None and not task.state.terminal:
+                queued = QueuedTask(task.id, task.kind.value, task.priority, task.created_at, task.spec)
+                self.queue.push(queued)
+                pushed.append(queued)
+        self.counters["requeued"] += len(pushed)
+        self._wake_for(pushed)
 
     # ---- liveness ----------------------------------------------------------
 

@@ -77,17 +77,6 @@ class LivePool:
                 live.wake.set()  # a slot opened up
         return att
 
-    def wake_waiters(self, count: int | None = None) -> None:
-        """Wake long-polling nodes: all of them, or enough for ``count`` new tasks."""
-        if count is None or count >= len(self.waiting):
-            targets = list(self.waiting)
-        else:
-            targets = list(self.waiting)[: max(count, 1)]
-        for node_id in targets:
-            live = self.nodes.get(node_id)
-            if live is not None:
-                live.wake.set()
-
     def online_nodes(self) -> list[LiveNode]:
         """Nodes currently alive."""
         return [n for n in self.nodes.values() if n.online]
