@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from phage.domain import TaskResult
-from phage.node.attest import sign_result
+from phage.node.attest import attest_result, sign_batch, sign_result
 from phage.node.connection import enroll, open_channel
 from phage.pki import NodeIdentity
 from phage.protocol.convert import result_to_pb
@@ -227,3 +227,52 @@ async def test_quarantined_node_gets_no_work_until_released(coord: CoordinatorPr
     a = await liar.fetch()
     assert a.task_id == task_id
     wait_until(lambda: not _node(coord, liar.id)["quarantined"], 5, what="release visible")
+
+
+async def test_result_altered_inside_a_signed_batch_is_refused(coord: CoordinatorProcess, liar: Liar) -> None:
+    ids = [_submit(coord, {"kind": "noop"}) for _ in range(2)]
+    got = await liar.stub.FetchTask(
+        pb.FetchTaskRequest(node_id=liar.id, max_tasks=2, wait_ms=5000), timeout=10
+    )
+    assert sorted(a.task_id for a in got.assignments) == sorted(ids)
+    results = [TaskResult(exit_code=0) for _ in got.assignments]
+    records = [attest_result(a, r, "none", "") for a, r in zip(got.assignments, results, strict=True)]
+    signature = sign_batch(liar.identity, records)
+    results[1].exit_code = 1  # changed after the batch was signed
+    batch = pb.ResultBatch(
+        node_id=liar.id,
+        results=[
+            result_to_pb(liar.id, a.assignment_id, a.task_id, r)
+            for a, r in zip(got.assignments, results, strict=True)
+        ],
+        batch_signature=signature,
+    )
+    resp = await liar.stub.SubmitResults(batch, timeout=10)
+    assert [ack.accepted for ack in resp.acks] == [False, False]
+    assert all(ack.refusal == "PERMISSION_DENIED" for ack in resp.acks)
+    node = _node(coord, liar.id)
+    assert node["quarantined"] and "batch attestation" in node["quarantine_reason"]
+    with coord.client() as c:
+        assert [c.get(f"/api/tasks/{t}").json()["state"] for t in ids] == ["queued", "queued"]
+
+
+async def test_honest_signed_batch_is_accepted(coord: CoordinatorProcess, liar: Liar) -> None:
+    ids = [_submit(coord, {"kind": "noop"}) for _ in range(3)]
+    got = await liar.stub.FetchTask(
+        pb.FetchTaskRequest(node_id=liar.id, max_tasks=3, wait_ms=5000), timeout=10
+    )
+    results = [TaskResult(exit_code=0) for _ in got.assignments]
+    records = [attest_result(a, r, "none", "") for a, r in zip(got.assignments, results, strict=True)]
+    batch = pb.ResultBatch(
+        node_id=liar.id,
+        results=[
+            result_to_pb(liar.id, a.assignment_id, a.task_id, r)
+            for a, r in zip(got.assignments, results, strict=True)
+        ],
+        batch_signature=sign_batch(liar.identity, records),
+    )
+    resp = await liar.stub.SubmitResults(batch, timeout=10)
+    assert all(ack.accepted for ack in resp.acks)
+    with coord.client() as c:
+        tasks = [c.get(f"/api/tasks/{t}").json() for t in ids]
+    assert all(t["state"] == "verified" and t["attempts"][0]["attested"] for t in tasks)

@@ -485,10 +485,25 @@ class Coordinator:
         return outcome
 
     async def submit_results(
-        self, live: LiveNode, items: Sequence[tuple[str, TaskResult]]
+        self, live: LiveNode, items: Sequence[tuple[str, TaskResult]], batch_signature: bytes | None = None
     ) -> list[FinishOutcome | PhageError]:
-        """Check and record results; each task becomes verified, requeued or failed."""
+        """Check and record results; each task becomes verified, requeued or failed.
+
+        ``batch_signature``: one attestation signature over all of ``items`` (pki.attestation.batch_payload).
+        """
         await self._seen(live)
+        if batch_signature is not None:
+            if not self.trust.check_batch(live, list(items), batch_signature):
+                refusal = PermissionDenied(
+                    "batch attestation signature does not verify with this node's key",
+                    field="batch_signature",
+                )
+                await self.trust.punish(
+                    live, f"attestation refused: {refusal.message}", "attestation_refusals"
+                )
+                return [refusal for _ in items]
+            for _, result in items:
+                result.attestation = "batch:" + batch_signature.hex()
         outcomes: list[FinishOutcome | PhageError | None] = []
         valid: list[tuple[str, TaskResult]] = []
         rejected: list[str] = []
@@ -496,7 +511,7 @@ class Coordinator:
             problem = self._check_outputs(result)
             att = self.pool.attempts.get(attempt_id)
             if problem is None and att is not None and att.node_id == live.node.id:
-                problem = self.trust.check_attestation(live, att, result)
+                problem = self.trust.check_attestation(live, att, result, signed=batch_signature is not None)
                 if problem is not None:
                     await self.trust.punish(
                         live, f"attestation refused: {problem.message}", "attestation_refusals"

@@ -125,7 +125,9 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
         live = self.c.authenticate_node(_peer_node_id(context), request.node_id)
         items = [(r.assignment_id, convert.result_from_pb(r)) for r in request.results]
         acks = []
-        for (aid, _), outcome in zip(items, await self.c.submit_results(live, items), strict=True):
+        signature = request.batch_signature or None
+        outcomes = await self.c.submit_results(live, items, signature)
+        for (aid, _), outcome in zip(items, outcomes, strict=True):
             if isinstance(outcome, PhageError):
                 acks.append(
                     pb.ResultAck(

@@ -19,7 +19,7 @@ from phage.coordinator.pool import LiveNode, OpenAttempt
 from phage.coordinator.verify import reverify
 from phage.domain import TaskResult
 from phage.errors import PermissionDenied, PhageError
-from phage.pki.attestation import AttestationRecord, output_hash, verify_attestation
+from phage.pki.attestation import AttestationRecord, output_hash, verify_attestation, verify_batch
 
 if TYPE_CHECKING:
     from phage.coordinator.core import Coordinator
@@ -27,14 +27,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("phage.trust")
 
 
-def attestation_record(att: OpenAttempt, result: TaskResult) -> AttestationRecord:
-    """The record the node must have signed, rebuilt from what the coordinator knows."""
+def claimed_record(assignment_id: str, result: TaskResult) -> AttestationRecord:
+    """The record as the node claims it: what its signature must cover."""
     return AttestationRecord(
-        assignment_id=att.id,
-        task_id=att.task_id,
+        assignment_id=assignment_id,
+        task_id=result.task_id,
         sandbox_sha256=result.sandbox_sha256,
-        input_sha256=att.input_sha256,
-        output_sha256=output_hash([(o.path, o.sha256) for o in result.outputs], result.output_text),
+        input_sha256=result.input_sha256,
+        output_sha256=result.output_sha256,
         engine=result.engine,
         model=result.model,
         exit_code=result.exit_code,
@@ -51,28 +51,45 @@ class TrustGuard:
         self.c = coordinator
         self.rng = random.Random()
 
-    def check_attestation(self, live: LiveNode, att: OpenAttempt, result: TaskResult) -> PhageError | None:
-        """Refuse a result whose attestation does not match what the coordinator knows."""
-        expected = attestation_record(att, result)
-        if result.input_sha256 != expected.input_sha256:
+    def check_attestation(
+        self, live: LiveNode, att: OpenAttempt, result: TaskResult, *, signed: bool = False
+    ) -> PhageError | None:
+        """Refuse a result whose attestation does not match what the coordinator knows.
+
+        The signature authenticates the node's claims (``signed``: already checked for a
+        whole batch); the claims must then equal what the coordinator computes itself.
+        """
+        claimed = claimed_record(att.id, result)
+        if not signed:
+            try:
+                signature = bytes.fromhex(result.attestation)
+            except ValueError:
+                signature = b""
+            if not verify_attestation(live.node.id, claimed, signature):
+                return PermissionDenied(
+                    "attestation signature does not verify with this node's key", field="attestation"
+                )
+        if claimed.task_id != att.task_id:
             return PermissionDenied(
-                f"attestation input hash {result.input_sha256[:12]!r} does not match the assignment's "
-                f"{expected.input_sha256[:12]!r}",
+                f"attestation names task {claimed.task_id!r}, not {att.task_id!r}", field="attestation"
+            )
+        if claimed.input_sha256 != att.input_sha256:
+            return PermissionDenied(
+                f"attestation input hash {claimed.input_sha256[:12]!r} does not match the assignment's "
+                f"{att.input_sha256[:12]!r}",
                 field="attestation",
             )
-        if result.output_sha256 != expected.output_sha256:
+        actual = output_hash([(o.path, o.sha256) for o in result.outputs], result.output_text)
+        if claimed.output_sha256 != actual:
             return PermissionDenied(
                 "attestation output hash does not match the reported outputs", field="attestation"
             )
-        try:
-            signature = bytes.fromhex(result.attestation)
-        except ValueError:
-            signature = b""
-        if not verify_attestation(live.node.id, expected, signature):
-            return PermissionDenied(
-                "attestation signature does not verify with this node's key", field="attestation"
-            )
         return None
+
+    def check_batch(self, live: LiveNode, items: list[tuple[str, TaskResult]], signature: bytes) -> bool:
+        """Does one signature cover every result of a batch, as claimed?"""
+        records = [claimed_record(aid, result) for aid, result in items]
+        return verify_batch(live.node.id, records, signature)
 
     def wants_reverify(self, live: LiveNode, att: OpenAttempt, result: TaskResult) -> bool:
         """Re-run the verifier for untrusted nodes, and a sample of trusted ones."""

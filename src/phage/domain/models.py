@@ -101,6 +101,8 @@ class TaskResult:
     """Hex of the node's Ed25519 signature over the attestation record (pki.attestation)."""
     attempt_id: str = ""
     """On a task's result: the attempt it was taken from."""
+    task_id: str = ""
+    """As the node reported it (part of what it attests)."""
 
     @property
     def succeeded(self) -> bool:
@@ -130,6 +132,7 @@ class TaskResult:
             "output_sha256": self.output_sha256,
             "attestation": self.attestation,
             "attempt_id": self.attempt_id,
+            "task_id": self.task_id,
         }
 
     @classmethod
@@ -154,6 +157,7 @@ class TaskResult:
             output_sha256=str(data.get("output_sha256", "")),
             attestation=str(data.get("attestation", "")),
             attempt_id=str(data.get("attempt_id", "")),
+            task_id=str(data.get("task_id", "")),
         )
 
 

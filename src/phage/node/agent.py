@@ -19,7 +19,7 @@ import grpc
 from phage import __version__
 from phage.domain import JobManifest, TaskResult
 from phage.errors import PhageError
-from phage.node.attest import sign_result
+from phage.node.attest import attest_result, sign_batch
 from phage.node.config import NodeConfig
 from phage.node.connection import (
     Credentials,
@@ -32,7 +32,7 @@ from phage.node.connection import (
 from phage.node.engines import Engine, make_engine
 from phage.node.executor import CollectedOutput, JobExecutor
 from phage.node.probe import probe_hardware, probe_metrics
-from phage.pki.attestation import sandbox_hash
+from phage.pki.attestation import AttestationRecord, sandbox_hash
 from phage.pki.identity import NodeIdentity
 from phage.protocol import convert
 from phage.protocol.v1 import phage_pb2 as pb
@@ -90,7 +90,7 @@ class NodeAgent:
         self._stub: pb_grpc.PhageCoordinatorStub | None = None
         self.heartbeat_interval = config.heartbeat_interval_s or 10.0
         self.registered = asyncio.Event()
-        self._results: list[tuple[pb.TaskResult, asyncio.Future[pb.ResultAck]]] = []
+        self._results: list[tuple[pb.TaskResult, AttestationRecord, asyncio.Future[pb.ResultAck]]] = []
         self._results_ready = asyncio.Event()
 
     @property
@@ -380,34 +380,36 @@ class NodeAgent:
 
     async def _report(self, a: pb.TaskAssignment, result: TaskResult) -> None:
         """Queue a result for the sender and wait for the coordinator's acknowledgement."""
-        msg = convert.result_to_pb(self.node_id, a.assignment_id, a.task_id, self.attest(a, result))
+        record = attest_result(a, result, self.sandbox.name, self.sandbox_sha256)
+        msg = convert.result_to_pb(self.node_id, a.assignment_id, a.task_id, result)
         fut: asyncio.Future[pb.ResultAck] = asyncio.get_running_loop().create_future()
-        self._results.append((msg, fut))
+        self._results.append((msg, record, fut))
         self._results_ready.set()
         ack = await fut
         if not ack.accepted:
             log.info("result for %s not accepted: %s", a.assignment_id, ack.message)
 
-    def attest(self, a: pb.TaskAssignment, result: TaskResult) -> TaskResult:
-        """Hash and sign the result with this node's identity key."""
-        return sign_result(self.identity, a, result, self.sandbox.name, self.sandbox_sha256)
-
     async def _result_loop(self) -> None:
-        """Send queued results, as many per RPC as have gathered while the last one was in flight."""
+        """Send queued results — as many per RPC as gathered while the last was in flight — under one
+        attestation signature per batch."""
         while True:
             await self._results_ready.wait()
             self._results_ready.clear()
             while self._results:
                 batch, self._results = self._results[:RESULT_BATCH], self._results[RESULT_BATCH:]
-                request = pb.ResultBatch(node_id=self.node_id, results=[m for m, _ in batch])
+                request = pb.ResultBatch(
+                    node_id=self.node_id,
+                    results=[m for m, _, _ in batch],
+                    batch_signature=sign_batch(self.identity, [r for _, r, _ in batch]),
+                )
                 try:
                     resp = await self._retry(lambda r=request: self.stub.SubmitResults(r, timeout=30))
                 except grpc.aio.AioRpcError as exc:
-                    for _, fut in batch:
+                    for _, _, fut in batch:
                         if not fut.done():
                             fut.set_exception(exc)
                     continue
-                for (_, fut), ack in zip(batch, resp.acks, strict=True):
+                for (_, _, fut), ack in zip(batch, resp.acks, strict=True):
                     if not fut.done():
                         fut.set_result(ack)
 

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 from phage.domain import TaskResult
-from phage.pki.attestation import AttestationRecord, output_hash
+from phage.pki.attestation import AttestationRecord, batch_payload, output_hash
 from phage.pki.identity import NodeIdentity
 from phage.protocol import convert
 from phage.protocol.v1 import phage_pb2 as pb
 
 
-def sign_result(
-    identity: NodeIdentity, a: pb.TaskAssignment, result: TaskResult, sandbox: str, sandbox_sha256: str
-) -> TaskResult:
-    """Fill in the hashes of ``result`` and sign its attestation record; returns the same result."""
+def attest_result(
+    a: pb.TaskAssignment, result: TaskResult, sandbox: str, sandbox_sha256: str
+) -> AttestationRecord:
+    """Fill in the hashes of ``result`` and return the record the node will sign."""
+    result.task_id = a.task_id
     result.sandbox = sandbox
     result.sandbox_sha256 = sandbox_sha256
     result.input_sha256 = convert.assignment_input_sha256(a)
     result.output_sha256 = output_hash([(o.path, o.sha256) for o in result.outputs], result.output_text)
-    record = AttestationRecord(
+    return AttestationRecord(
         assignment_id=a.assignment_id,
         task_id=a.task_id,
         sandbox_sha256=result.sandbox_sha256,
@@ -30,5 +31,17 @@ def sign_result(
         prompt_tokens=result.prompt_tokens,
         completion_tokens=result.completion_tokens,
     )
+
+
+def sign_result(
+    identity: NodeIdentity, a: pb.TaskAssignment, result: TaskResult, sandbox: str, sandbox_sha256: str
+) -> TaskResult:
+    """Fill in the hashes of ``result`` and sign its own attestation; returns the same result."""
+    record = attest_result(a, result, sandbox, sandbox_sha256)
     result.attestation = identity.sign(record.payload()).hex()
     return result
+
+
+def sign_batch(identity: NodeIdentity, records: list[AttestationRecord]) -> bytes:
+    """One signature over a batch of attestation records (pki.attestation.batch_payload)."""
+    return identity.sign(batch_payload(records))

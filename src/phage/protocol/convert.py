@@ -208,6 +208,7 @@ def result_from_pb(r: pb.TaskResult) -> TaskResult:
         input_sha256=r.input_sha256,
         output_sha256=r.output_sha256,
         attestation=r.attestation.hex(),
+        task_id=r.task_id,
     )
 
 

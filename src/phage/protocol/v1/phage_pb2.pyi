@@ -294,12 +294,14 @@ class ResultAck(_message.Message):
     def __init__(self, accepted: _Optional[bool] = ..., duplicate: _Optional[bool] = ..., message: _Optional[str] = ..., assignment_id: _Optional[str] = ..., refusal: _Optional[str] = ...) -> None: ...
 
 class ResultBatch(_message.Message):
-    __slots__ = ("node_id", "results")
+    __slots__ = ("node_id", "results", "batch_signature")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     results: _containers.RepeatedCompositeFieldContainer[TaskResult]
-    def __init__(self, node_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ...) -> None: ...
+    batch_signature: bytes
+    def __init__(self, node_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., batch_signature: _Optional[bytes] = ...) -> None: ...
 
 class ResultBatchAck(_message.Message):
     __slots__ = ("acks",)
