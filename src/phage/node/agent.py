@@ -60,6 +60,9 @@ class Running:
     assignment: pb.TaskAssignment
     task: asyncio.Task[None] | None = None
     started: float = field(default_factory=time.monotonic)
+    reporting: bool = False
+    """Finished executing; its result is on the way. It no longer holds a slot, but is still
+    listed in heartbeats so its lease lives until the coordinator has the result."""
 
 
 async def _await_call(call: Any) -> pb.FetchTaskResponse:
@@ -92,6 +95,17 @@ class NodeAgent:
         self.registered = asyncio.Event()
         self._results: list[tuple[pb.TaskResult, AttestationRecord, asyncio.Future[pb.ResultAck]]] = []
         self._results_ready = asyncio.Event()
+
+    @property
+    def executing(self) -> int:
+        """Assignments holding a slot (running, not yet reporting)."""
+        return sum(1 for r in self.running.values() if not r.reporting)
+
+    def _done_executing(self, assignment_id: str) -> None:
+        r = self.running.get(assignment_id)
+        if r is not None and not r.reporting:
+            r.reporting = True
+            self._slot_freed.set()
 
     @property
     def node_id(self) -> str:
@@ -244,7 +258,7 @@ class NodeAgent:
 
     async def _fetch_once(self) -> pb.FetchTaskResponse | None:
         """One long-poll; None when it was cut short because a local slot opened."""
-        free = self.config.max_concurrency - len(self.running)
+        free = self.config.max_concurrency - self.executing
         self._slot_freed.clear()
         request = pb.FetchTaskRequest(
             node_id=self.node_id, max_tasks=max(free, 0), wait_ms=self.config.fetch_wait_ms
@@ -309,6 +323,7 @@ class NodeAgent:
                 result, outputs = await self._run_generate(a)
             else:
                 result = TaskResult(exit_code=-1, error=f"this node does not know task kind {a.kind!r}")
+            self._done_executing(a.assignment_id)
             for out in outputs:
                 await self._upload(out)
             await self._report(a, result)

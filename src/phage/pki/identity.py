@@ -9,6 +9,7 @@ identity) and, later, result attestations.
 from __future__ import annotations
 
 import base64
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,14 +69,14 @@ class NodeIdentity:
     signing_key: ed25519.Ed25519PrivateKey
     tls_key: ec.EllipticCurvePrivateKey
 
-    @property
+    @functools.cached_property
     def public_key_raw(self) -> bytes:
         """Raw 32-byte Ed25519 public key."""
         return self.signing_key.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
 
-    @property
+    @functools.cached_property
     def node_id(self) -> str:
         """The base64 public key that names this node everywhere."""
         return node_id_from_public_key(self.public_key_raw)
