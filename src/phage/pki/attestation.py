@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from phage.pki.identity import verify_signature
@@ -104,7 +104,12 @@ class AttestationRecord:
 
     def payload(self) -> bytes:
         """The exact bytes signed."""
-        return b"phage-attestation-v1\n" + canonical({"v": VERSION, **asdict(self)})
+        # Built by hand rather than with dataclasses.asdict, which deep-copies: this runs per result.
+        values = {name: getattr(self, name) for name in _RECORD_FIELDS}
+        return b"phage-attestation-v1\n" + canonical({"v": VERSION, **values})
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(AttestationRecord))
 
 
 def verify_attestation(node_id: str, record: AttestationRecord, signature: bytes) -> bool:
