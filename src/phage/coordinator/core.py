@@ -377,7 +377,9 @@ class Coordinator:
             if live.cancels:
                 cancels, live.cancels = live.cancels, []
                 return [], cancels
-            limit = min(max_tasks, live.free_slots)
+            # The node counts its own free slots; results it is still reporting hold no slot there,
+            # so allow that much pipelining, bounded at twice its concurrency.
+            limit = min(max_tasks, max(0, 2 * live.node.max_concurrency - len(live.attempts)))
             if limit > 0 and len(self.queue) and live.online and not live.node.quarantined:
                 view = NodeView(node_id, limit, frozenset(live.node.sandboxes), frozenset(_node_models(live)))
                 picked = self.queue.take(view, limit, allow=functools.partial(self._distinct_ok, view=view))

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from phage.domain import Attempt, AttemptState, Task, TaskResult, TaskState
 from phage.domain.ids import new_id
@@ -37,6 +38,17 @@ from phage.store.sql_nodes import NodeRecords
 from phage.store.writer import GroupCommitWriter
 
 
+def sync_url(url: str) -> str:
+    """The synchronous driver's URL for an async one (the writer thread uses it)."""
+    for async_driver, sync_driver in (
+        ("sqlite+aiosqlite", "sqlite"),
+        ("postgresql+asyncpg", "postgresql+psycopg"),
+    ):
+        if url.startswith(async_driver + ":"):
+            return sync_driver + url[len(async_driver) :]
+    return url
+
+
 def sqlite_url(path: Path) -> str:
     """The async URL for a SQLite file."""
     return f"sqlite+aiosqlite:///{path}"
@@ -52,14 +64,19 @@ class SqlStore(NodeRecords):
         if self.is_sqlite:
             kwargs["connect_args"] = {"timeout": 30}
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        """Reads: async, so they never block the event loop."""
+        self.sync_engine: Engine = create_engine(sync_url(url), **kwargs)
+        """Writes: run by the group-commit writer's own thread."""
         if self.is_sqlite:
-            self._install_sqlite_pragmas(synchronous)
-        self._writer = GroupCommitWriter(self.engine)
+            self._install_sqlite_pragmas(self.engine.sync_engine, synchronous)
+            self._install_sqlite_pragmas(self.sync_engine, synchronous)
+        self._writer = GroupCommitWriter(self.sync_engine)
 
-    def _install_sqlite_pragmas(self, synchronous: str) -> None:
+    @staticmethod
+    def _install_sqlite_pragmas(engine: Engine, synchronous: str) -> None:
         # WAL lets readers proceed while the writer commits; NORMAL keeps every
         # commit across a process crash (kill -9), trading only power-loss safety.
-        @event.listens_for(self.engine.sync_engine, "connect")
+        @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
@@ -92,8 +109,8 @@ class SqlStore(NodeRecords):
         """Insert tasks in one transaction."""
         rows = [task_to_row(t) for t in new]
 
-        async def op(conn: AsyncConnection) -> None:
-            await conn.execute(tasks.insert(), rows)
+        def op(conn: Connection) -> None:
+            conn.execute(tasks.insert(), rows)
 
         await self._writer.run(op)
 
@@ -164,10 +181,10 @@ class SqlStore(NodeRecords):
     ) -> list[tuple[Attempt, bool]]:
         """Like :meth:`claim`; each attempt comes with whether its task wants still more attempts."""
 
-        async def op(conn: AsyncConnection) -> list[tuple[Attempt, bool]]:
+        def op(conn: Connection) -> list[tuple[Attempt, bool]]:
             claimed: list[tuple[str, bool]] = []
             for chunk in chunks(task_ids):
-                res = await conn.execute(
+                res = conn.execute(
                     tasks.update()
                     .where(
                         tasks.c.id.in_(chunk),
@@ -214,7 +231,7 @@ class SqlStore(NodeRecords):
                 for tid, more in claimed
             ]
             if made:
-                await conn.execute(
+                conn.execute(
                     attempts.insert(),
                     [
                         {
@@ -240,11 +257,11 @@ class SqlStore(NodeRecords):
     async def mark_running(self, node_id: str, attempt_ids: Sequence[str], now: float) -> list[str]:
         """dispatched → running for the node's own attempts; returns the ones no longer wanted."""
 
-        async def op(conn: AsyncConnection) -> list[str]:
+        def op(conn: Connection) -> list[str]:
             started: set[str] = set()
             task_ids: list[str] = []
             for chunk in chunks(attempt_ids):
-                res = await conn.execute(
+                res = conn.execute(
                     attempts.update()
                     .where(
                         attempts.c.id.in_(chunk),
@@ -258,7 +275,7 @@ class SqlStore(NodeRecords):
                     started.add(r.id)
                     task_ids.append(r.task_id)
             for chunk in chunks(task_ids):
-                await conn.execute(
+                conn.execute(
                     tasks.update()
                     .where(tasks.c.id.in_(chunk), tasks.c.state.in_(WAITING))
                     .values(state=TaskState.RUNNING.value, updated_at=now)
@@ -283,11 +300,11 @@ class SqlStore(NodeRecords):
         the error that refuses it (unknown assignment, another node's assignment).
         """
 
-        async def op(conn: AsyncConnection) -> list[FinishOutcome | PhageError]:
+        def op(conn: Connection) -> list[FinishOutcome | PhageError]:
             ids = [aid for aid, _ in items]
             found: dict[str, Attempt] = {}
             for chunk in chunks(ids):
-                for row in await conn.execute(attempts.select().where(attempts.c.id.in_(chunk))):
+                for row in conn.execute(attempts.select().where(attempts.c.id.in_(chunk))):
                     found[row.id] = attempt_from_row(row)
             out: list[FinishOutcome | PhageError] = []
             events: list[Event] = []
@@ -331,8 +348,8 @@ class SqlStore(NodeRecords):
                     )
                     out.append(FinishOutcome(True, False, None, task_id=att.task_id))
             if attempt_rows:
-                await conn.execute(FINISH_ATTEMPT, attempt_rows)
-            for ev, (state, requeued, message) in await self._advance(conn, events, now):
+                conn.execute(FINISH_ATTEMPT, attempt_rows)
+            for ev, (state, requeued, message) in self._advance(conn, events, now):
                 out[ev.index] = FinishOutcome(
                     True, False, state, message, requeued=requeued, task_id=ev.task_id
                 )
@@ -343,10 +360,10 @@ class SqlStore(NodeRecords):
     async def fail_lost(self, attempt_ids: Sequence[str], reason: str, now: float) -> list[LostOutcome]:
         """Open attempts → lost; their tasks are offered again while the attempt budget lasts."""
 
-        async def op(conn: AsyncConnection) -> list[LostOutcome]:
+        def op(conn: Connection) -> list[LostOutcome]:
             events: list[Event] = []
             for chunk in chunks(attempt_ids):
-                res = await conn.execute(
+                res = conn.execute(
                     attempts.update()
                     .where(attempts.c.id.in_(chunk), attempts.c.state.in_(OPEN))
                     .values(state=AttemptState.LOST.value, finished_at=now, error=reason)
@@ -357,13 +374,13 @@ class SqlStore(NodeRecords):
                 )
             return [
                 LostOutcome(ev.attempt_id, ev.task_id, state, requeued)
-                for ev, (state, requeued, _) in await self._advance(conn, events, now)
+                for ev, (state, requeued, _) in self._advance(conn, events, now)
             ]
 
         return await self._writer.run(op)
 
-    async def _advance(
-        self, conn: AsyncConnection, events: list[Event], now: float
+    def _advance(
+        self, conn: Connection, events: list[Event], now: float
     ) -> list[tuple[Event, tuple[TaskState, bool, str]]]:
         """Account ended attempts against their tasks and move each task on (see domain.settle)."""
         if not events:
@@ -385,7 +402,7 @@ class SqlStore(NodeRecords):
             ).where(tasks.c.id.in_(chunk))
             if not self.is_sqlite:
                 q = q.with_for_update()
-            for r in await conn.execute(q):
+            for r in conn.execute(q):
                 rows[r.id] = r
         updates: list[dict[str, Any]] = []
         decided: dict[str, tuple[TaskState, bool, str]] = {}
@@ -417,7 +434,7 @@ class SqlStore(NodeRecords):
             if row.cancel_requested:
                 new_state = TaskState.CANCELLED
             elif step.settle:
-                candidates = await self._candidates(conn, task_id, evs, row.replicas, now)
+                candidates = self._candidates(conn, task_id, evs, row.replicas, now)
                 best, why = choose(candidates)
                 if best is not None:
                     new_state = TaskState.VERIFIED
@@ -440,11 +457,11 @@ class SqlStore(NodeRecords):
             updates.append(values)
             decided[task_id] = (new_state, step.requeue and not new_state.terminal, "")
         if updates:
-            await conn.execute(ADVANCE_TASK, updates)
+            conn.execute(ADVANCE_TASK, updates)
         return [(ev, decided[ev.task_id]) for ev in events if ev.task_id in decided]
 
-    async def _candidates(
-        self, conn: AsyncConnection, task_id: str, evs: list[Event], replicas: int, now: float
+    def _candidates(
+        self, conn: Connection, task_id: str, evs: list[Event], replicas: int, now: float
     ) -> list[Candidate]:
         """The completed attempts of a task (from this batch alone when it wants just one)."""
         if replicas == 1:
@@ -457,7 +474,7 @@ class SqlStore(NodeRecords):
             attempts.c.error == "",
         )
         out = []
-        for row in await conn.execute(q):
+        for row in conn.execute(q):
             att = attempt_from_row(row)
             if att.result is not None:
                 out.append(Candidate(att.id, att.finished_at or now, att.result))
@@ -466,8 +483,8 @@ class SqlStore(NodeRecords):
     async def cancel_task(self, task_id: str, now: float) -> tuple[Task, list[Attempt]]:
         """Cancel unless already finished; returns the open attempts to stop."""
 
-        async def op(conn: AsyncConnection) -> tuple[Task, list[Attempt]]:
-            row = (await conn.execute(tasks.select().where(tasks.c.id == task_id))).first()
+        def op(conn: Connection) -> tuple[Task, list[Attempt]]:
+            row = (conn.execute(tasks.select().where(tasks.c.id == task_id))).first()
             if row is None:
                 raise NotFound(f"no task {task_id!r}", field="id")
             task = task_from_row(row)
@@ -475,14 +492,14 @@ class SqlStore(NodeRecords):
                 raise Conflict(f"task {task_id} already {task.state.value}; nothing to cancel")
             if task.state is TaskState.CANCELLED:
                 return task, []
-            open_rows = await conn.execute(
+            open_rows = conn.execute(
                 attempts.update()
                 .where(attempts.c.task_id == task_id, attempts.c.state.in_(OPEN))
                 .values(state=AttemptState.CANCELLED.value, finished_at=now, error="cancelled")
                 .returning(*attempts.c)
             )
             stopped = [attempt_from_row(r) for r in open_rows]
-            await conn.execute(
+            conn.execute(
                 tasks.update()
                 .where(tasks.c.id == task_id)
                 .values(

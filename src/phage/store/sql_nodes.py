@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from phage.domain import Node, NodeState
 from phage.errors import NotFound
@@ -52,10 +53,10 @@ class NodeRecords:
             "reputation": node.reputation,
         }
 
-        async def op(conn: AsyncConnection) -> None:
-            res = await conn.execute(nodes.update().where(nodes.c.id == node.id).values(**row))
+        def op(conn: Connection) -> None:
+            res = conn.execute(nodes.update().where(nodes.c.id == node.id).values(**row))
             if res.rowcount == 0:
-                await conn.execute(nodes.insert().values(**row))
+                conn.execute(nodes.insert().values(**row))
 
         await self._writer.run(op)
 
@@ -85,19 +86,19 @@ class NodeRecords:
         beat_rows = [{"b_id": i, "b_ts": ts, "b_model": m} for i, ts, m in beats]
         lease_rows = [{"l_id": a, "l_until": until} for a, until in leases]
 
-        async def op(conn: AsyncConnection) -> None:
+        def op(conn: Connection) -> None:
             if beat_rows:
-                await conn.execute(_HEARTBEAT, beat_rows)
+                conn.execute(_HEARTBEAT, beat_rows)
             if lease_rows:
-                await conn.execute(_RENEW_LEASE, lease_rows)
+                conn.execute(_RENEW_LEASE, lease_rows)
 
         await self._writer.run(op)
 
     async def set_node_state(self, node_id: str, state: NodeState) -> None:
         """Change one node's state."""
 
-        async def op(conn: AsyncConnection) -> None:
-            res = await conn.execute(nodes.update().where(nodes.c.id == node_id).values(state=state.value))
+        def op(conn: Connection) -> None:
+            res = conn.execute(nodes.update().where(nodes.c.id == node_id).values(state=state.value))
             if res.rowcount == 0:
                 raise NotFound(f"no node {node_id!r}", field="id")
 
@@ -106,8 +107,8 @@ class NodeRecords:
     async def set_quarantine(self, node_id: str, quarantined: bool, reason: str) -> None:
         """Quarantine a node (it gets no work) or release it."""
 
-        async def op(conn: AsyncConnection) -> None:
-            res = await conn.execute(
+        def op(conn: Connection) -> None:
+            res = conn.execute(
                 nodes.update()
                 .where(nodes.c.id == node_id)
                 .values(quarantined=quarantined, quarantine_reason=reason)
@@ -120,13 +121,13 @@ class NodeRecords:
     async def bump_reputation(self, node_id: str, counter: str, by: int = 1) -> dict[str, int]:
         """Add to one of a node's reputation counters; returns them all."""
 
-        async def op(conn: AsyncConnection) -> dict[str, int]:
-            row = (await conn.execute(sa.select(nodes.c.reputation).where(nodes.c.id == node_id))).first()
+        def op(conn: Connection) -> dict[str, int]:
+            row = (conn.execute(sa.select(nodes.c.reputation).where(nodes.c.id == node_id))).first()
             if row is None:
                 raise NotFound(f"no node {node_id!r}", field="id")
             rep = dict(row.reputation or {})
             rep[counter] = int(rep.get(counter, 0)) + by
-            await conn.execute(nodes.update().where(nodes.c.id == node_id).values(reputation=rep))
+            conn.execute(nodes.update().where(nodes.c.id == node_id).values(reputation=rep))
             return rep
 
         return await self._writer.run(op)
@@ -136,8 +137,8 @@ class NodeRecords:
     async def add_api_key(self, key_id: str, secret_hash: str, name: str, role: str, now: float) -> None:
         """Store a key's hash."""
 
-        async def op(conn: AsyncConnection) -> None:
-            await conn.execute(
+        def op(conn: Connection) -> None:
+            conn.execute(
                 api_keys.insert().values(
                     id=key_id, secret_hash=secret_hash, name=name, role=role, created_at=now, revoked=False
                 )
