@@ -1,8 +1,8 @@
 """The SQLAlchemy store: SQLite (WAL) by default, PostgreSQL for several coordinators.
 
-Writes go through :class:`GroupCommitWriter`; claims are compare-and-set
-updates (``WHERE state = 'queued'``) so two coordinators sharing a database
-can never hand one task out twice.
+Writes go through :class:`GroupCommitWriter` (its own thread, the sync driver);
+reads use the async driver. Claims are compare-and-set updates (``WHERE state =
+'queued'``) so two coordinators sharing a database can never hand one task out twice.
 """
 
 from __future__ import annotations
