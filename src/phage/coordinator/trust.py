@@ -96,8 +96,11 @@ class TrustGuard:
         if att.kind != "generate" or result.passed is not True or result.error:
             return False
         if not live.node.trusted:
-            return True
-        return self.rng.random() < self.c.settings.reverify_sample
+            return (
+                True  # and without a sandbox, reverify() refuses: untrusted passes are never taken on faith
+            )
+        # Sampling trusted nodes needs a sandbox to check in; without one the sample is skipped.
+        return self.c.verify_sandbox is not None and self.rng.random() < self.c.settings.reverify_sample
 
     async def reverify(self, att: OpenAttempt, result: TaskResult) -> PhageError | None:
         """The coordinator's own verifier run; a failed claimed pass is a lie."""

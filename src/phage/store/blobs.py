@@ -10,12 +10,12 @@ from pathlib import Path
 
 from phage.errors import InvalidInput, PayloadTooLarge
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def check_digest(digest: str) -> str:
     """Return ``digest`` if it is a lowercase hex sha256, else raise."""
-    if not _SHA256.match(digest):
+    if not _SHA256.fullmatch(digest):
         raise InvalidInput("sha256 must be 64 lowercase hex characters", field="sha256")
     return digest
 
