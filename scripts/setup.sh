@@ -9,6 +9,8 @@ python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 command -v bwrap >/dev/null || need_apt+=(bubblewrap)
 if [ "${PHAGE_SETUP_EXTRAS:-}" = "test" ]; then
   command -v git >/dev/null || need_apt+=(git)
+  command -v chromium >/dev/null || need_apt+=(chromium)      # the dashboard's browser tests (Playwright)
+  command -v promtool >/dev/null || need_apt+=(prometheus)    # promtool checks the /metrics output
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

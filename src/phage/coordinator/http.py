@@ -1,5 +1,7 @@
 """The HTTP edge: REST, the live feed over WebSocket, health. Routes validate and delegate."""
 
+import asyncio
+import contextlib
 import json
 import logging
 from typing import Annotated, Any
@@ -8,10 +10,13 @@ from fastapi import Depends, FastAPI, Query, Request, WebSocket, WebSocketDiscon
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from phage import __version__
 from phage.coordinator.core import Coordinator
+from phage.coordinator.dashboard import install_dashboard
 from phage.coordinator.keys import Principal
+from phage.coordinator.metrics import install_metrics
 from phage.coordinator.requests import TaskRequest, parse_task_request
 from phage.coordinator.views import node_public, task_public
 from phage.domain import TaskState
@@ -42,6 +47,15 @@ def parse_json(raw: bytes, what: str = "body") -> Any:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"{what} is not valid JSON: {exc}", field=what) from None
+    except RecursionError:
+        raise InvalidInput(f"{what} is nested too deeply", field=what) from None
+
+
+async def _until_closed(ws: WebSocket) -> None:
+    """Return once the client disconnects; messages it sends are ignored."""
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        while (await ws.receive())["type"] != "websocket.disconnect":
+            pass
 
 
 def create_app(coordinator: Coordinator) -> FastAPI:
@@ -147,7 +161,14 @@ def create_app(coordinator: Coordinator) -> FastAPI:
                 f"upload is {declared} bytes; the workspace limit is {s.max_workspace_bytes}",
                 field="workspace",
             )
-        form = await request.form(max_files=2, max_fields=8, max_part_size=s.max_request_bytes)
+        try:
+            form = await request.form(max_files=2, max_fields=8, max_part_size=s.max_request_bytes)
+        except StarletteHTTPException as exc:  # Starlette's own multipart refusals, in our words
+            if "maximum size" in str(exc.detail):
+                raise PayloadTooLarge(
+                    f"a multipart field exceeds the limit of {s.max_request_bytes} bytes", field="task"
+                ) from None
+            raise InvalidInput(f"malformed multipart body: {exc.detail}", field="body") from None
         try:
             spec: Any
             if "task" in form:
@@ -285,10 +306,21 @@ def create_app(coordinator: Coordinator) -> FastAPI:
         await ws.accept()
         async with c.bus.subscribe() as sub:
             await ws.send_json({"type": "hello", "version": __version__})
+            # Watch for the client going away (or the server stopping) even while no events come.
+            gone = asyncio.ensure_future(_until_closed(ws))
             try:
                 while True:
-                    await ws.send_json(await sub.next())
+                    nxt = asyncio.ensure_future(sub.next())
+                    done, _ = await asyncio.wait({nxt, gone}, return_when=asyncio.FIRST_COMPLETED)
+                    if gone in done:
+                        nxt.cancel()
+                        return
+                    await ws.send_json(nxt.result())
             except (WebSocketDisconnect, RuntimeError):
                 return
+            finally:
+                gone.cancel()
 
+    install_metrics(app, c)
+    install_dashboard(app, c)
     return app
