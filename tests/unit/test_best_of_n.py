@@ -51,10 +51,10 @@ SPEC = {
 
 async def _attempts(tmp_path: Path, outputs: list[tuple[str, int]]) -> list[Candidate]:
     engine = ScriptedEngine(outputs)
-    executor = JobExecutor(NoneSandbox(), tmp_path / "scratch", 4096)
+    executor = JobExecutor(tmp_path / "scratch", 4096)
     out = []
     for i in range(len(outputs)):
-        result, files = await executor.run_generate(f"a{i}", SPEC, None, engine, 1 << 20)
+        result, files = await executor.run_generate(NoneSandbox(), f"a{i}", SPEC, None, engine, 1 << 20)
         assert files[0].path == "solution.py"
         out.append(Candidate(f"a{i}", float(i), result))
         executor.cleanup(f"a{i}")

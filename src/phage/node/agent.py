@@ -37,7 +37,8 @@ from phage.pki.identity import NodeIdentity
 from phage.protocol import convert
 from phage.protocol.v1 import phage_pb2 as pb
 from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
-from phage.sandbox import Sandbox, make_sandbox
+from phage.sandbox import Sandbox, available_backends, make_sandbox
+from phage.sandbox.registry import STRONGEST_FIRST
 
 log = logging.getLogger("phage.node")
 
@@ -70,6 +71,22 @@ async def _await_call(call: Any) -> pb.FetchTaskResponse:
     return response
 
 
+def _pick_sandboxes(given: Sandbox | None, name: str | None) -> dict[str, Sandbox]:
+    """The backend the operator named (or was handed), else every isolating one that works here."""
+    if given is not None:
+        return {given.name: given}
+    if name is not None:
+        chosen = make_sandbox(name)
+        return {chosen.name: chosen}
+    found: dict[str, Sandbox] = {}
+    for backend, reason in available_backends().items():
+        if backend in STRONGEST_FIRST and reason is None:
+            found[backend] = make_sandbox(backend)
+    if not found:
+        make_sandbox(None)  # raises, saying why and what to do
+    return dict(sorted(found.items(), key=lambda kv: STRONGEST_FIRST.index(kv[0])))
+
+
 class NodeAgent:
     """One node: ``await NodeAgent(config).run()``; ``stop()`` ends it."""
 
@@ -77,14 +94,16 @@ class NodeAgent:
         self, config: NodeConfig, *, sandbox: Sandbox | None = None, engine: Engine | None = None
     ) -> None:
         self.config = config
-        self.sandbox = sandbox or make_sandbox(config.sandbox)
-        self.sandbox_sha256 = sandbox_hash(self.sandbox.describe())
+        self.sandboxes = _pick_sandboxes(sandbox, config.sandbox)
+        """Every backend this node offers, strongest first; the first runs tasks that ask for ``any``."""
+        self.sandbox = next(iter(self.sandboxes.values()))
+        self._sandbox_sha256 = {name: sandbox_hash(sb.describe()) for name, sb in self.sandboxes.items()}
         self.engine = engine
         if self.engine is None and config.engine:
             self.engine = make_engine(config.engine, config.model or "", model_name=config.model_name)
         secure_key_dir(config.key_dir)
         self.identity = NodeIdentity.load_or_create(config.key_dir)
-        self.executor = JobExecutor(self.sandbox, config.scratch_root, config.max_log_bytes)
+        self.executor = JobExecutor(config.scratch_root, config.max_log_bytes)
         self.running: dict[str, Running] = {}
         self.completed = 0
         self._slot_freed = asyncio.Event()
@@ -95,6 +114,12 @@ class NodeAgent:
         self.registered = asyncio.Event()
         self._results: list[tuple[pb.TaskResult, AttestationRecord, asyncio.Future[pb.ResultAck]]] = []
         self._results_ready = asyncio.Event()
+
+    def _sandbox_for(self, isolation: str) -> Sandbox | None:
+        """The backend for a task's required isolation; None when this node cannot give it."""
+        if isolation in ("", "any"):
+            return self.sandbox
+        return self.sandboxes.get(isolation)
 
     @property
     def executing(self) -> int:
@@ -118,7 +143,7 @@ class NodeAgent:
         return {
             **hw,
             "name": self.config.name or hw["hostname"],
-            "sandboxes": [self.sandbox.name],
+            "sandboxes": list(self.sandboxes),
             "engines": [self.engine.name] if self.engine else [],
             "loaded_model": self.engine.model if self.engine else "",
             "max_concurrency": self.config.max_concurrency,
@@ -342,20 +367,25 @@ class NodeAgent:
 
     async def _run_job(self, a: pb.TaskAssignment) -> tuple[TaskResult, list[CollectedOutput]]:
         manifest = JobManifest.parse(convert.manifest_from_pb(a.manifest))
-        if a.isolation not in ("any", self.sandbox.name):
+        sandbox = self._sandbox_for(a.isolation)
+        if sandbox is None:
             return TaskResult(
                 exit_code=-1,
-                error=f"task requires isolation {a.isolation!r}; this node provides {self.sandbox.name!r}",
+                error=f"task requires isolation {a.isolation!r}; "
+                f"this node provides {', '.join(self.sandboxes)}",
             ), []
         workspace: bytes | None = a.workspace or None
         if a.workspace_sha256 and not workspace:
             workspace = await self._download(a.workspace_sha256)
-        return await self.executor.run(a.assignment_id, manifest, workspace, a.max_output_bytes)
+        return await self.executor.run(sandbox, a.assignment_id, manifest, workspace, a.max_output_bytes)
 
     async def _run_generate(self, a: pb.TaskAssignment) -> tuple[TaskResult, list[CollectedOutput]]:
         if self.engine is None:
             return TaskResult(exit_code=-1, error="this node runs no inference engine"), []
         gen = convert.generate_from_pb(a.generate)
+        sandbox = self._sandbox_for(a.isolation)
+        if sandbox is None:
+            return TaskResult(exit_code=-1, error=f"task requires isolation {a.isolation!r}"), []
         if gen["model"] != self.engine.model:
             return TaskResult(
                 exit_code=-1, error=f"this node serves {self.engine.model!r}, not {gen['model']!r}"
@@ -364,7 +394,7 @@ class NodeAgent:
         if a.workspace_sha256 and not workspace:
             workspace = await self._download(a.workspace_sha256)
         return await self.executor.run_generate(
-            a.assignment_id, gen, workspace, self.engine, a.max_output_bytes
+            sandbox, a.assignment_id, gen, workspace, self.engine, a.max_output_bytes
         )
 
     async def _download(self, digest: str) -> bytes:
@@ -395,7 +425,8 @@ class NodeAgent:
 
     async def _report(self, a: pb.TaskAssignment, result: TaskResult) -> None:
         """Queue a result for the sender and wait for the coordinator's acknowledgement."""
-        record = attest_result(a, result, self.sandbox.name, self.sandbox_sha256)
+        sandbox = self._sandbox_for(a.isolation) or self.sandbox
+        record = attest_result(a, result, sandbox.name, self._sandbox_sha256[sandbox.name])
         msg = convert.result_to_pb(self.node_id, a.assignment_id, a.task_id, result)
         fut: asyncio.Future[pb.ResultAck] = asyncio.get_running_loop().create_future()
         self._results.append((msg, record, fut))

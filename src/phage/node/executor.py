@@ -68,8 +68,7 @@ def collect_outputs(
 class JobExecutor:
     """Runs job assignments in per-assignment scratch directories."""
 
-    def __init__(self, sandbox: Sandbox, scratch_root: Path, log_bytes: int) -> None:
-        self.sandbox = sandbox
+    def __init__(self, scratch_root: Path, log_bytes: int) -> None:
         self.scratch_root = scratch_root
         self.log_bytes = log_bytes
         scratch_root.mkdir(parents=True, exist_ok=True)
@@ -79,7 +78,12 @@ class JobExecutor:
         return self.scratch_root / assignment_id
 
     async def run(
-        self, assignment_id: str, manifest: JobManifest, workspace: bytes | None, max_output_bytes: int
+        self,
+        sandbox: Sandbox,
+        assignment_id: str,
+        manifest: JobManifest,
+        workspace: bytes | None,
+        max_output_bytes: int,
     ) -> tuple[TaskResult, list[CollectedOutput]]:
         """Run the job; returns its result and the output files to upload."""
         started = time.monotonic()
@@ -88,7 +92,7 @@ class JobExecutor:
         workdir.mkdir(parents=True)
         if workspace:
             await asyncio.to_thread(unpack_workspace, workspace, workdir)
-        outcome = await self.sandbox.run(
+        outcome = await sandbox.run(
             SandboxRequest(
                 argv=manifest.command(),
                 workdir=workdir,
@@ -115,6 +119,7 @@ class JobExecutor:
 
     async def run_generate(
         self,
+        sandbox: Sandbox,
         assignment_id: str,
         gen: dict[str, Any],
         workspace: bytes | None,
@@ -144,7 +149,7 @@ class JobExecutor:
         target.write_bytes(data)
         keep = self.scratch_root / f"{assignment_id}.output"
         keep.write_bytes(data)  # the verifier may change the file; upload what the model wrote
-        outcome = await self.sandbox.run(
+        outcome = await sandbox.run(
             SandboxRequest(
                 argv=["/bin/sh", "-c", gen["verifier"]],
                 workdir=workdir,
