@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 command -v bwrap >/dev/null || need_apt+=(bubblewrap)
+command -v runsc >/dev/null || need_apt+=(runsc)
 if [ "${PHAGE_SETUP_EXTRAS:-}" = "test" ]; then
   command -v git >/dev/null || need_apt+=(git)
   command -v chromium >/dev/null || need_apt+=(chromium)      # the dashboard's browser tests (Playwright)

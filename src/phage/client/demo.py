@@ -116,7 +116,7 @@ def sample_jobs() -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
-GENERATE_VERIFIER = "test -s output.txt && test $(wc -c < output.txt) -le 60"
+GENERATE_VERIFIER = "test -s output.txt && test $(wc -c < output.txt) -le 80"
 
 
 def generate_task() -> dict[str, Any]:
@@ -128,7 +128,7 @@ def generate_task() -> dict[str, Any]:
         "verifier": GENERATE_VERIFIER,
         "n": 2,
         "distinct": "prefer",
-        "max_tokens": 40,
+        "max_tokens": 32,
         "temperature": 1.0,
         "max_attempts": 2,
     }
@@ -241,7 +241,7 @@ async def run_demo(console: Console, *, nodes: int = 2, keep: bool = False, http
             console.print(f"[green]{nodes} nodes joined over mTLS[/]")
             work = sample_jobs()
             if model is not None:
-                work.append(("best-of-2 generate (tiny model, verifier: ≤ 60 bytes)", generate_task()))
+                work.append(("best-of-2 generate (tiny model, verifier: ≤ 80 bytes)", generate_task()))
             ids: list[tuple[str, str]] = []
             for title, task in work:
                 made = await client.submit_many([task])

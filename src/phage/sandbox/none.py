@@ -43,4 +43,5 @@ class NoneSandbox(Sandbox):
             env=env,
             wall_s=request.limits.wall_s,
             log_bytes=request.limits.log_bytes,
+            output_bytes=request.limits.output_bytes,
         )

@@ -1,20 +1,52 @@
-"""Running a child process with a wall-clock limit and bounded log capture.
+"""Running a child process with a wall-clock limit, an output cap and bounded log capture.
 
 Shared by every backend: each builds its own argv (``bwrap …``, ``runsc …``,
-or the bare command) and hands it here.
+or the bare command) and hands it here, with a :class:`Guard` when it can
+watch more limits from the host (cgroup events, scratch usage) and kill the
+whole run rather than one process group.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import os
 import signal
 import time
+from dataclasses import dataclass
 
-from phage.sandbox.base import SandboxOutcome
+from phage.sandbox.base import KillReason, SandboxOutcome
 
 TIMEOUT_EXIT = 124
+"""Exit code reported for a run stopped at its wall-clock limit (as coreutils ``timeout``)."""
+KILLED_EXIT = 137
+"""Exit code reported for a run killed at any other limit (128 + SIGKILL)."""
+_READ = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class Breach:
+    """A limit a run crossed: the reason the outcome reports and a line for its stderr."""
+
+    reason: KillReason
+    message: str
+
+
+class Guard(abc.ABC):
+    """Watches one run's limits from the host and kills all of its processes."""
+
+    @abc.abstractmethod
+    async def breach(self) -> Breach:
+        """Return once a limit is crossed (never, if none is); cancelled when the run ends."""
+
+    @abc.abstractmethod
+    def kill(self) -> None:
+        """SIGKILL every process of the run, wherever it is in its process tree."""
+
+    @abc.abstractmethod
+    async def verdict(self, returncode: int) -> Breach | None:
+        """After the run ended by itself: the limit that ended it, if one did."""
 
 
 class TailBuffer:
@@ -40,10 +72,25 @@ class TailBuffer:
         return body
 
 
-async def _drain(stream: asyncio.StreamReader | None, buf: TailBuffer) -> None:
+class _OutputCap:
+    """Counts stdout and stderr together and trips once past the cap."""
+
+    def __init__(self, cap: int | None) -> None:
+        self.cap = cap
+        self.total = 0
+        self.tripped = asyncio.Event()
+
+    def count(self, n: int) -> None:
+        self.total += n
+        if self.cap is not None and self.total > self.cap:
+            self.tripped.set()
+
+
+async def _drain(stream: asyncio.StreamReader | None, buf: TailBuffer, cap: _OutputCap) -> None:
     if stream is None:
         return
-    while chunk := await stream.read(65536):
+    while chunk := await stream.read(_READ):
+        cap.count(len(chunk))
         buf.feed(chunk)
 
 
@@ -53,9 +100,21 @@ def _kill_group(pid: int) -> None:
 
 
 async def run_process(
-    argv: list[str], *, cwd: str, env: dict[str, str], wall_s: float, log_bytes: int
+    argv: list[str],
+    *,
+    cwd: str,
+    env: dict[str, str],
+    wall_s: float,
+    log_bytes: int,
+    output_bytes: int | None = None,
+    guard: Guard | None = None,
+    pass_fds: tuple[int, ...] = (),
 ) -> SandboxOutcome:
-    """Run ``argv`` in its own process group; kill the whole group at the wall-clock limit."""
+    """Run ``argv`` in its own process group; kill it all at the first limit it crosses.
+
+    Limits: the wall clock, ``output_bytes`` of stdout and stderr together, and
+    whatever ``guard`` watches. The outcome says which one ended the run.
+    """
     start = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
         *argv,
@@ -65,38 +124,63 @@ async def run_process(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
+        pass_fds=pass_fds,
     )
+
+    def kill() -> None:
+        _kill_group(proc.pid)
+        if guard is not None:
+            guard.kill()
+
     out, err = TailBuffer(log_bytes), TailBuffer(log_bytes)
-    readers = asyncio.gather(_drain(proc.stdout, out), _drain(proc.stderr, err))
-    timed_out = False
+    cap = _OutputCap(output_bytes)
+    readers = asyncio.gather(_drain(proc.stdout, out, cap), _drain(proc.stderr, err, cap))
+    exited = asyncio.ensure_future(proc.wait())
+    tripped = asyncio.ensure_future(cap.tripped.wait())
+    watch = asyncio.ensure_future(guard.breach()) if guard is not None else None
+    waiters = {exited, tripped} | ({watch} if watch is not None else set())
+    breach: Breach | None = None
     try:
-        await asyncio.wait_for(proc.wait(), wall_s)
-    except TimeoutError:
-        timed_out = True
-        _kill_group(proc.pid)
-        await proc.wait()
-    except asyncio.CancelledError:
-        _kill_group(proc.pid)
+        done, _ = await asyncio.wait(waiters, timeout=wall_s, return_when=asyncio.FIRST_COMPLETED)
+        if exited not in done:
+            if watch is not None and watch in done:
+                breach = watch.result()
+            elif tripped in done:
+                breach = Breach(KillReason.OUTPUT, f"output passed its cap of {output_bytes} bytes")
+            else:
+                breach = Breach(KillReason.TIMEOUT, f"wall-clock limit of {wall_s:g}s reached")
+            kill()
+            await exited
+    except BaseException:  # cancelled (the task was withdrawn), or a broken guard: leave nothing running
+        kill()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(proc.wait(), 5)
+            await asyncio.wait_for(exited, 5)
         readers.cancel()
         raise
-    # the leader is gone; stragglers in its group still hold the pipes
-    _kill_group(proc.pid)
+    finally:
+        for waiter in (tripped, watch):
+            if waiter is not None:
+                waiter.cancel()
+    # the leader is gone; stragglers (in its group, or anywhere in the run) still hold the pipes
+    kill()
     try:
         await asyncio.wait_for(readers, 5)
     except TimeoutError:
         readers.cancel()
     code = proc.returncode if proc.returncode is not None else -1
+    if breach is None and guard is not None:
+        breach = await guard.verdict(code)
+    if breach is None and cap.tripped.is_set():
+        breach = Breach(KillReason.OUTPUT, f"output passed its cap of {output_bytes} bytes")
     stderr = err.text()
-    if timed_out:
-        code = TIMEOUT_EXIT
-        stderr += f"\n[phage] killed: wall-clock limit of {wall_s:g}s reached\n"
+    if breach is not None:
+        code = TIMEOUT_EXIT if breach.reason is KillReason.TIMEOUT else KILLED_EXIT
+        stderr += f"\n[phage] killed: {breach.message}\n"
     return SandboxOutcome(
         exit_code=code,
         stdout_tail=out.text(),
         stderr_tail=stderr,
         wall_s=time.monotonic() - start,
-        timed_out=timed_out,
-        killed_reason="timeout" if timed_out else "",
+        timed_out=breach is not None and breach.reason is KillReason.TIMEOUT,
+        killed_reason=breach.reason.value if breach is not None else "",
     )
