@@ -125,3 +125,54 @@ def test_cli_submit_directory_status_and_download(
         [*cli, "nodes", "release", node_id], env=env, capture_output=True, text=True, timeout=60
     )
     assert r.returncode == 0 and "quarantined" not in r.stdout
+
+
+def test_node_picks_real_sandboxes_and_honours_required_isolation(tmp_path: Path) -> None:
+    """A node started without --sandbox offers every isolating backend; tasks run where they ask to."""
+    import subprocess as sp
+
+    coord = CoordinatorProcess(tmp_path / "coordinator", heartbeat_s=0.5).start()
+    info = coord.info
+    proc = sp.Popen(
+        [
+            sys.executable,
+            "-m",
+            "phage.client.cli",
+            "node",
+            "--coordinator",
+            coord.grpc_address,
+            "--enroll",
+            coord.enroll_address,
+            "--token",
+            info["join_token"],
+            "--ca-fingerprint",
+            info["ca_fingerprint"],
+            "--key-dir",
+            str(tmp_path / "node"),
+            "--heartbeat",
+            "0.5",
+        ],
+        stdout=sp.DEVNULL,
+        stderr=sp.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        (node,) = wait_online(coord, 1)
+        assert "none" not in node["sandboxes"] and node["sandboxes"], node["sandboxes"]
+        with coord.client() as c:
+            ids = []
+            for isolation in ["any", *node["sandboxes"]]:
+                task = job(f"in-{isolation}")
+                task["isolation"] = isolation
+                task["manifest"]["args"] = [f"in-{isolation}"]  # type: ignore[index]
+                ids.append(c.post("/api/tasks", json=task).json()["id"])
+            unisolated = c.post("/api/tasks", json={**job("x"), "isolation": "none"}).json()["id"]
+            final = wait_tasks_final(coord, ids, timeout=60)
+            assert [t["state"] for t in final] == ["verified"] * len(ids)
+            assert [t["result"]["sandbox"] for t in final[1:]] == node["sandboxes"]
+            assert final[0]["result"]["sandbox"] == node["sandboxes"][0], "any = the strongest"
+            assert c.get(f"/api/tasks/{unisolated}").json()["state"] == "queued", "never run unisolated"
+    finally:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+        coord.stop()
