@@ -118,7 +118,8 @@ class Coordinator:
         self.ca = CertificateAuthority.load_or_create(self.dirs.pki)
         self.join_token = self.settings.join_token or self.dirs.join_token()
         try:
-            self.verify_sandbox = make_sandbox(self.settings.verify_sandbox)
+            # probing a backend runs it once (gVisor: about a second): keep the loop free meanwhile
+            self.verify_sandbox = await asyncio.to_thread(make_sandbox, self.settings.verify_sandbox)
         except SandboxError as exc:
             log.warning("re-verification disabled: %s", exc.message)
         await self.store.open()

@@ -101,6 +101,8 @@ class JobManifest:
         args = data.get("args", [])
         if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
             raise InvalidInput("manifest.args must be a list of strings", field="manifest.args")
+        if any("\x00" in a for a in args):
+            raise InvalidInput("manifest.args may not contain NUL characters", field="manifest.args")
         if len(args) > MAX_ARGS or any(len(a) > MAX_ARG_LEN for a in args):
             raise InvalidInput(
                 f"manifest.args allows at most {MAX_ARGS} arguments of {MAX_ARG_LEN} characters",
@@ -117,9 +119,9 @@ class JobManifest:
                 raise InvalidInput(
                     f"manifest.env name {key!r} is not a valid variable name", field="manifest.env"
                 )
-            if not isinstance(value, str) or len(value) > MAX_ENV_VALUE:
+            if not isinstance(value, str) or len(value) > MAX_ENV_VALUE or "\x00" in value:
                 raise InvalidInput(
-                    f"manifest.env[{key}] must be a string of at most {MAX_ENV_VALUE} characters",
+                    f"manifest.env[{key}] must be a string of at most {MAX_ENV_VALUE} characters, no NUL",
                     field="manifest.env",
                 )
 

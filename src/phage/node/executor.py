@@ -105,6 +105,8 @@ class JobExecutor:
         )
         exit_code = outcome.exit_code
         stderr = outcome.stderr_tail
+        if outcome.killed_reason and f"killed: {outcome.killed_reason}" not in stderr:
+            stderr += f"\n[phage] killed by the sandbox: {outcome.killed_reason} limit\n"
         if problem:
             exit_code = exit_code or 1
             stderr += f"\n[phage] {problem}\n"
