@@ -3,6 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PHAGE_SETUP_EXTRAS=test PHAGE_SETUP_PIP_EXTRAS=dev,transformers bash scripts/setup.sh
-echo "== ruff"; .venv/bin/ruff check src tests bench
+echo "== ruff"; .venv/bin/ruff check src tests $([ -d bench ] && echo bench)
 echo "== mypy (strict)"; .venv/bin/mypy
 echo "== pytest"; exec .venv/bin/pytest -q "$@"
