@@ -435,6 +435,7 @@ def measure_step(
     client_cpu0 = _cpu_seconds(pool.pids())
     psutil.cpu_percent(None)
     busy0 = busy_cpu_seconds()
+    kernel0 = psutil.cpu_times()
     w0 = time.perf_counter()
     pool.start()
     time.sleep(args.window)
@@ -443,6 +444,9 @@ def measure_step(
     machine_busy = psutil.cpu_percent(None)
     coord_cpu = _cpu_seconds([coord.proc.pid]) - coord_cpu0
     client_cpu = _cpu_seconds(pool.pids()) - client_cpu0
+    kernel1 = psutil.cpu_times()
+    softirq_s = getattr(kernel1, "softirq", 0.0) - getattr(kernel0, "softirq", 0.0)
+    steal_s = getattr(kernel1, "steal", 0.0) - getattr(kernel0, "steal", 0.0)
     others = busy_cpu_seconds() - busy0 - coord_cpu - client_cpu - _cpu_seconds([os.getpid()]) + bench_cpu0
 
     latencies: list[float] = []
@@ -488,6 +492,8 @@ def measure_step(
             "coordinator_rss_mib": round(coord_proc.memory_info().rss / 2**20, 1),
             "clients_cpu_pct": round(100 * client_cpu / window, 1),
             "machine_busy_pct": machine_busy,
+            "softirq_pct": round(100 * softirq_s / (window * (os.cpu_count() or 1)), 1),
+            "steal_pct": round(100 * steal_s / (window * (os.cpu_count() or 1)), 1),
             "other_load_pct": round(max(0.0, 100 * others / (window * (os.cpu_count() or 1))), 1),
             "status_ms": round(status_ms, 1),
             "nodes_list_ms": round(nodes_ms, 1),
