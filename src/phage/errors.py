@@ -11,6 +11,9 @@ routes, gRPC servicer, CLI) translate without knowing every case::
     ├── PermissionDenied        credentials are valid but may not do this (403)
     ├── NotFound                the task, node, output or key does not exist (404)
     ├── Conflict                the request is valid but the state forbids it (409)
+    ├── PaymentRequired         the API key's credit limit is spent (402)
+    ├── Unavailable             nothing can serve this now: no node has the model, a node died (503)
+    ├── EngineError             an inference engine failed to start, load a model or generate
     ├── SandboxError            the node cannot isolate a task as it requires
     ├── ProtocolError           a peer broke the node protocol (bad result, replay)
     └── StoreError              the durable store failed or is inconsistent
@@ -79,6 +82,27 @@ class Conflict(PhageError):
 
     http_status = 409
     grpc_code = "FAILED_PRECONDITION"
+
+
+class PaymentRequired(PhageError):
+    """The caller's API key has used up its credit limit."""
+
+    http_status = 402
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(PhageError):
+    """Nothing can serve the request now (no live node has the model, the node serving it died)."""
+
+    http_status = 503
+    grpc_code = "UNAVAILABLE"
+
+
+class EngineError(PhageError):
+    """An inference engine could not start, load a model, or generate."""
+
+    http_status = 502
+    grpc_code = "UNAVAILABLE"
 
 
 class SandboxError(PhageError):

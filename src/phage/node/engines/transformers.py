@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from phage.errors import InvalidInput
-from phage.node.engines.base import Engine, Generation, GenerationRequest
+from phage.errors import EngineError, InvalidInput
+from phage.node.engines.base import Delta, Engine, GenerationRequest
 
 
 class TransformersEngine(Engine):
@@ -58,37 +60,131 @@ class TransformersEngine(Engine):
         self._model = AutoModelForCausalLM.from_pretrained(self.model_path).to(self._device)  # type: ignore[arg-type]
         self._model.eval()
 
-    async def generate(self, request: GenerationRequest) -> Generation:
-        """Sample a completion (greedy at temperature 0)."""
+    def memory_bytes(self) -> int | None:
+        """Bytes the weights take (parameters × element size), once loaded."""
+        if self._model is None:
+            return None
+        return int(sum(p.numel() * p.element_size() for p in self._model.parameters()))
+
+    def _prompt_text(self, request: GenerationRequest) -> str:
+        if not request.is_chat:
+            return request.prompt
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        if getattr(self._tokenizer, "chat_template", None):
+            return str(
+                self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            )
+        # No template (tiny local models): a plain transcript the model continues.
+        return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
+        """Yield decoded text as tokens come; leaving early stops the worker thread at the next token."""
         if self._model is None:
             await self.start()
         async with self._lock:
-            return await asyncio.to_thread(self._generate, request)
+            loop = asyncio.get_running_loop()
+            queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+            stop_flag = threading.Event()
 
-    def _generate(self, request: GenerationRequest) -> Generation:
+            def emit(kind: str, value: Any) -> None:
+                loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+
+            worker = loop.run_in_executor(None, self._run, request, stop_flag, emit)
+            text, sent = "", 0
+            prompt_tokens = completion_tokens = 0
+            finish = "length"
+            try:
+                while True:
+                    kind, value = await queue.get()
+                    if kind == "prompt":
+                        prompt_tokens = int(value)
+                    elif kind == "text":
+                        completion_tokens += 1
+                        text = str(value)
+                        cut, hit = _apply_stops(text, request.stop)
+                        safe = _safe_prefix(cut, request.stop) if not hit else cut
+                        if len(safe) > sent:
+                            yield Delta(safe[sent:])
+                            sent = len(safe)
+                        if hit:
+                            finish = "stop"
+                            stop_flag.set()
+                            text = cut
+                            break
+                    elif kind == "error":
+                        raise EngineError(f"generation failed: {value}")
+                    else:  # done
+                        finish = "length" if completion_tokens >= request.max_tokens else "stop"
+                        break
+                if finish != "stop" or len(text) > sent:
+                    tail = _apply_stops(text, request.stop)[0]
+                    if len(tail) > sent:
+                        yield Delta(tail[sent:])
+                yield Delta("", finish, prompt_tokens, completion_tokens)
+            finally:
+                stop_flag.set()
+                await asyncio.shield(worker)
+
+    def _run(self, request: GenerationRequest, stop_flag: threading.Event, emit: Any) -> None:
         import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
 
         tok, model = self._tokenizer, self._model
-        inputs = tok(request.prompt, return_tensors="pt").to(self._device)
-        prompt_len = int(inputs["input_ids"].shape[1])
-        kwargs: dict[str, Any] = {"max_new_tokens": request.max_tokens, "pad_token_id": tok.pad_token_id}
-        if request.temperature > 0:
-            kwargs |= {"do_sample": True, "temperature": request.temperature}
-        else:
-            kwargs["do_sample"] = False
-        if request.seed is not None:
-            torch.manual_seed(request.seed)
-        with torch.no_grad():
-            out = model.generate(**inputs, **kwargs)
-        new = out[0][prompt_len:]
-        text = tok.decode(new, skip_special_tokens=True)
-        finish = "length" if len(new) >= request.max_tokens else "stop"
-        for stop in request.stop:
-            if stop and stop in text:
-                text, finish = text[: text.index(stop)], "stop"
-        return Generation(text, prompt_len, len(new), finish)
+        try:
+            inputs = tok(self._prompt_text(request), return_tensors="pt").to(self._device)
+            prompt_len = int(inputs["input_ids"].shape[1])
+            emit("prompt", prompt_len)
+            generated: list[int] = []
+
+            class _Cut(StoppingCriteria):
+                """Stops generate() when the consumer left or a stop string appeared."""
+
+                def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
+                    ids = input_ids[0][prompt_len:].tolist()
+                    if len(ids) > len(generated):
+                        generated[:] = ids
+                        emit("text", tok.decode(ids, skip_special_tokens=True))
+                    return stop_flag.is_set()
+
+            kwargs: dict[str, Any] = {
+                "max_new_tokens": request.max_tokens,
+                "pad_token_id": tok.pad_token_id,
+                "stopping_criteria": StoppingCriteriaList([_Cut()]),
+            }
+            if request.temperature > 0:
+                kwargs |= {"do_sample": True, "temperature": request.temperature}
+                if request.top_p is not None:
+                    kwargs["top_p"] = request.top_p
+            else:
+                kwargs["do_sample"] = False
+            if request.seed is not None:
+                torch.manual_seed(request.seed)
+            with torch.no_grad():
+                model.generate(**inputs, **kwargs)
+            emit("done", None)
+        except Exception as exc:  # reported to the consumer, not lost in the thread
+            emit("error", repr(exc))
 
     async def close(self) -> None:
         """Drop the model."""
         self._model = None
         self._tokenizer = None
+
+
+def _apply_stops(text: str, stops: list[str]) -> tuple[str, bool]:
+    """``text`` cut at the first stop string, and whether one was found."""
+    hits = [text.index(s) for s in stops if s and s in text]
+    return (text[: min(hits)], True) if hits else (text, False)
+
+
+def _safe_prefix(text: str, stops: list[str]) -> str:
+    """The part of ``text`` that cannot turn out to be the start of a stop string (or a torn character)."""
+    keep = len(text)
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                keep = min(keep, len(text) - k)
+                break
+    while keep > 0 and text[keep - 1] == "\ufffd":
+        keep -= 1
+    return text[:keep]
