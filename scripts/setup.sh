@@ -10,6 +10,7 @@ command -v bwrap >/dev/null || need_apt+=(bubblewrap)
 command -v runsc >/dev/null || need_apt+=(runsc)
 if [ "${PHAGE_SETUP_EXTRAS:-}" = "test" ]; then
   command -v git >/dev/null || need_apt+=(git)
+  command -v curl >/dev/null || need_apt+=(curl)            # seed 002's curl flows and curl -N chat tests
   command -v chromium >/dev/null || need_apt+=(chromium)      # the dashboard's browser tests (Playwright)
   command -v promtool >/dev/null || need_apt+=(prometheus)    # promtool checks the /metrics output
 fi

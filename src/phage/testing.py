@@ -156,6 +156,10 @@ class NodeProcess:
     heartbeat_s: float = 0.5
     engine: str | None = None
     model: str | None = None
+    args: tuple[str, ...] = ()
+    """Further ``phage node`` options (engine settings, model memory)."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment (e.g. the fault-injection hook ``PHAGE_TEST_CORRUPT_OUTPUTS``, node/faults.py)."""
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> NodeProcess:
@@ -186,7 +190,10 @@ class NodeProcess:
         )
         if self.engine:
             argv += ["--engine", self.engine, "--model", str(self.model)]
-        self.proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
+        argv += list(self.args)
+        self.proc = subprocess.Popen(
+            argv, stdout=log, stderr=log, env={**os.environ, **self.env}, start_new_session=True
+        )
         return self
 
     @property

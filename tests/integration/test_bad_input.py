@@ -237,6 +237,22 @@ BAD_SUBMISSIONS = [
     Bad("priority-too-high", post_json(job(priority=10**6)), 400, "priority", ("-1000", "1000")),
     Bad("max-attempts-zero", post_json(job(max_attempts=0)), 400, "max_attempts", ("between 1 and 100",)),
     Bad("count-zero", post_json(job(count=0)), 400, "count", ("between 1",)),
+    Bad("min-quorum-zero", post_json(job(min_quorum=0)), 400, "min_quorum", ("between 1 and 16",)),
+    Bad(
+        "min-quorum-over-attempts",
+        post_json(job(min_quorum=4, max_attempts=3)),
+        400,
+        "min_quorum",
+        ("min_quorum (4)", "max_attempts (3)"),
+    ),
+    Bad(
+        "target-results-over-attempts",
+        post_json(job(target_results=5, max_attempts=3)),
+        400,
+        "target_results",
+        ("target_results (5)", "max_attempts (3)"),
+    ),
+    Bad("quorum-on-noop", post_json({"kind": "noop", "min_quorum": 2}), 400, "min_quorum", ("jobs only",)),
     Bad(
         "args-not-list",
         post_json({"manifest": manifest(args="--fast --loud")}),

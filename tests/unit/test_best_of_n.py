@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ from phage.domain import TaskResult, TaskState
 from phage.domain.generate import GenerateSpec, extract_output
 from phage.domain.settle import Candidate, Counters, choose, next_step
 from phage.errors import InvalidInput
-from phage.node.engines import Engine, Generation, GenerationRequest
+from phage.node.engines import Engine, GenerationRequest
+from phage.node.engines.base import Delta
 from phage.node.executor import JobExecutor
 from phage.sandbox.none import NoneSandbox
 
@@ -31,10 +33,11 @@ class ScriptedEngine(Engine):
     async def start(self) -> None:
         return None
 
-    async def generate(self, request: GenerationRequest) -> Generation:
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         self.requests.append(request)
         text, tokens = self.outputs.pop(0)
-        return Generation(text, prompt_tokens=3, completion_tokens=tokens)
+        yield Delta(text)
+        yield Delta("", "stop", prompt_tokens=3, completion_tokens=tokens)
 
 
 SPEC = {

@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+import re
 import sys
 import tarfile
 from pathlib import Path
@@ -18,6 +19,7 @@ from rich.console import Console
 from rich.panel import Panel
 
 from phage import __version__
+from phage.client.cli_ai import register as register_ai_verbs
 from phage.client.render import nodes_table, state_text, tasks_table
 from phage.client.sdk import PhageClient, PhageClientError
 from phage.errors import PhageError
@@ -65,6 +67,25 @@ def _run(coro: Any) -> Any:
         raise typer.Exit(1) from None
 
 
+def parse_size(text: str, option: str) -> int:
+    """``24GiB``, ``16GB``, ``512M`` or a byte count, as bytes."""
+    units = {
+        "": 1,
+        "k": 10**3,
+        "m": 10**6,
+        "g": 10**9,
+        "t": 10**12,
+        "ki": 2**10,
+        "mi": 2**20,
+        "gi": 2**30,
+        "ti": 2**40,
+    }
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*", text, re.IGNORECASE)
+    if m is None:
+        raise typer.BadParameter(f"{text!r} is not a size like 24GiB or 16GB", param_hint=option)
+    return int(float(m.group(1)) * units[(m.group(2) or "").lower()])
+
+
 def _logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -90,6 +111,29 @@ def coordinator(
     ] = None,
     heartbeat: Annotated[float, typer.Option(help="Heartbeat interval in seconds.")] = 10.0,
     database_url: Annotated[str | None, typer.Option(help="SQLAlchemy async URL (default: SQLite).")] = None,
+    admission: Annotated[
+        str,
+        typer.Option(
+            envvar="PHAGE_ADMISSION",
+            help="Who may join: token (join token, trusted), allowlist (keys in the workers file), "
+            "approval (join token, then an admin approves), open (anyone, untrusted).",
+        ),
+    ] = "token",
+    workers_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="PHAGE_WORKERS_FILE",
+            help="Allowlist mode: seed 002's workers.json, re-read on change "
+            "(default: DATA_DIR/workers.json).",
+        ),
+    ] = None,
+    pool_api_open: Annotated[
+        bool,
+        typer.Option(
+            envvar="PHAGE_POOL_API_OPEN",
+            help="Serve seed 002's pool API (/submit, /status, /outputs, /pool) without an API key.",
+        ),
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a coordinator: queue, placement, node protocol, HTTP API."""
@@ -109,6 +153,9 @@ def coordinator(
         advertise_host=advertise,
         heartbeat_interval_s=heartbeat,
         database_url=database_url,
+        admission=admission,  # type: ignore[arg-type]  # pydantic checks the choice
+        workers_file=workers_file,
+        pool_api_open=pool_api_open,
     )
 
     def ready(info: ServerInfo) -> None:
@@ -141,9 +188,28 @@ def node(
     sandbox: Annotated[
         str | None, typer.Option(help="Sandbox backend (default: strongest available).")
     ] = None,
-    engine: Annotated[str | None, typer.Option(help="Inference engine: transformers.")] = None,
+    engine: Annotated[
+        str | None, typer.Option(help="Inference engine: transformers|vllm|llamacpp|openai|auto.")
+    ] = None,
     model: Annotated[str | None, typer.Option(help="Model path or id for the engine.")] = None,
     model_name: Annotated[str | None, typer.Option(help="Name tasks use for the model.")] = None,
+    engine_url: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible server URL (--engine openai).")
+    ] = None,
+    engine_port: Annotated[
+        int | None, typer.Option(help="Port for the vllm/llamacpp server (default: free).")
+    ] = None,
+    gpu_memory_utilization: Annotated[
+        float | None, typer.Option(help="Share of GPU memory vLLM may take.")
+    ] = None,
+    max_model_len: Annotated[int | None, typer.Option(help="Context length (vllm, llamacpp).")] = None,
+    engine_command: Annotated[
+        str | None, typer.Option(help="Command replacing `vllm` / `llama-server`.")
+    ] = None,
+    model_memory: Annotated[
+        str | None,
+        typer.Option(help="Memory a model may use here, e.g. 24GiB (default: free VRAM, or RAM)."),
+    ] = None,
     heartbeat: Annotated[float | None, typer.Option(help="Heartbeat interval override (s).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -166,6 +232,12 @@ def node(
         engine=engine,
         model=model,
         model_name=model_name,
+        engine_url=engine_url,
+        engine_port=engine_port,
+        gpu_memory_utilization=gpu_memory_utilization,
+        max_model_len=max_model_len,
+        engine_command=engine_command,
+        model_memory_bytes=parse_size(model_memory, "--model-memory") if model_memory else None,
     )
 
     async def main() -> None:
@@ -358,6 +430,8 @@ def _node_action(node_id: str, url: str, key: str | None, action: str, **params:
                 node.get("name", node_id),
                 state_text(node.get("state", "")),
                 "quarantined: " + node["quarantine_reason"] if node.get("quarantined") else "",
+                "draining" if node.get("draining") else "",
+                "" if node.get("trusted", True) else "untrusted",
             )
 
     _run(main())
@@ -384,6 +458,38 @@ def nodes_quarantine(
 def nodes_release(node_id: str, url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None) -> None:
     """Release a node from quarantine."""
     _node_action(node_id, url, key, "release")
+
+
+@nodes_app.command("approve")
+def nodes_approve(
+    node_id: str,
+    untrusted: Annotated[bool, typer.Option(help="Admit it untrusted: its results are re-verified.")] = False,
+    max_jobs: Annotated[int | None, typer.Option(help="Cap on its concurrent jobs.")] = None,
+    url: UrlOpt = "http://127.0.0.1:8080",
+    key: KeyOpt = None,
+) -> None:
+    """Approve a pending node (approval mode): it starts taking work."""
+    params = {"trusted": "false" if untrusted else "true"}
+    if max_jobs is not None:
+        params["max_concurrent_jobs"] = str(max_jobs)
+    _node_action(node_id, url, key, "approve", **params)
+
+
+@nodes_app.command("reject")
+def nodes_reject(node_id: str, url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None) -> None:
+    """Reject a node for good: it can never rejoin with this identity."""
+    _node_action(node_id, url, key, "reject")
+
+
+@nodes_app.command("drain")
+def nodes_drain(
+    node_id: str,
+    undo: Annotated[bool, typer.Option("--undo", help="Take work again (undrain).")] = False,
+    url: UrlOpt = "http://127.0.0.1:8080",
+    key: KeyOpt = None,
+) -> None:
+    """Drain a node: it finishes what it holds and takes no more work."""
+    _node_action(node_id, url, key, "undrain" if undo else "drain")
 
 
 @app.command()
@@ -452,6 +558,9 @@ def demo(
     except KeyboardInterrupt:
         code = 130
     raise typer.Exit(code)
+
+
+register_ai_verbs(app)
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from rich.panel import Panel
 
 from phage.client.render import tasks_table
 from phage.client.sdk import PhageClient
+from phage.errors import PhageError
 
 PRIMES = """
 import json, math
@@ -193,6 +194,41 @@ def _describe(t: dict[str, Any], title: str, base_url: str) -> str:
     return "\n".join(lines)
 
 
+async def _demo_chat(console: Console, client: PhageClient, url: str) -> bool:
+    """Stream one chat completion through the coordinator, as any OpenAI client would."""
+    console.print(
+        f"\n[bold]streamed chat[/] · POST {url}/v1/chat/completions (OpenAI-compatible, SSE) · "
+        "the tiny model's words are random"
+    )
+    started = time.monotonic()
+    first: float | None = None
+    usage: dict[str, Any] = {}
+    pieces = 0
+    try:
+        console.print("[dim]assistant:[/] ", end="")
+        async for chunk in client.chat_stream(
+            "tiny-llama", [{"role": "user", "content": "Say hello to the pool."}], max_tokens=32
+        ):
+            for choice in chunk.get("choices", []):
+                text = choice.get("delta", {}).get("content")
+                if text:
+                    first = first or time.monotonic()
+                    pieces += 1
+                    console.print(text, end="", markup=False, highlight=False, soft_wrap=True)
+            usage = chunk.get("usage") or usage
+    except PhageError as exc:
+        console.print(f"\n[red]chat failed: {exc.message}[/]")
+        return False
+    console.print()
+    ttft = f"{(first - started) * 1000:.0f} ms" if first else "—"
+    console.print(
+        f"[green]chat streamed[/] {pieces} pieces · first token after {ttft} · "
+        f"{usage.get('prompt_tokens', 0)} prompt + {usage.get('completion_tokens', 0)} completion tokens "
+        "metered to the admin key (see [bold]phage usage[/])"
+    )
+    return bool(usage)
+
+
 async def run_demo(console: Console, *, nodes: int = 2, keep: bool = False, http_port: int = 0) -> int:
     """Run the demo; returns a process exit code (0 when every task verified)."""
     from phage.coordinator.server import CoordinatorServer
@@ -278,6 +314,8 @@ async def run_demo(console: Console, *, nodes: int = 2, keep: bool = False, http
                     "[yellow]the tiny model writes random text: this time no attempt passed its "
                     "verifier, which phage reports as a failed task with every attempt kept[/]"
                 )
+            if model is not None:
+                ok = await _demo_chat(console, client, info.http_url) and ok
             if keep:
                 console.print(f"pool stays up: {info.http_url}  admin key: {info.admin_key}\nCtrl-C to stop.")
                 await asyncio.Event().wait()

@@ -19,6 +19,10 @@ STATE_STYLE = {
     "online": "green",
     "dead": "red",
     "removed": "dim",
+    "pending": "bold yellow",
+    "rejected": "bold red",
+    "refused": "red",
+    "draining": "yellow",
 }
 
 
@@ -67,6 +71,25 @@ def tasks_table(tasks: list[dict[str, Any]], title: str = "tasks") -> Table:
     return table
 
 
+_RECORD = (
+    ("validated", "validated", ""),
+    ("failed_validation", "failed", "red"),
+    ("disagreements", "disagreed", "red"),
+    ("attestation_refusals", "refused", "red"),
+)
+
+
+def record_text(reputation: dict[str, Any]) -> Text:
+    """A node's reputation in a cell: validated results always, the counts against it when any, and
+    its clean run (consecutive validated results; a long one earns single execution)."""
+    out = Text()
+    for key, label, style in _RECORD:
+        value = int(reputation.get(key, 0) or 0)
+        if value or key == "validated":
+            out.append(("" if not out else " · ") + f"{label} {value}", style=style if value else "")
+    return out + Text(f" · run {int(reputation.get('streak', 0) or 0)}", style="dim")
+
+
 def nodes_table(nodes: list[dict[str, Any]]) -> Table:
     """One row per node."""
     table = Table(title="nodes")
@@ -75,6 +98,7 @@ def nodes_table(nodes: list[dict[str, Any]]) -> Table:
         "id",
         "state",
         "trust",
+        "record",
         "sandbox",
         "model",
         "active",
@@ -94,11 +118,12 @@ def nodes_table(nodes: list[dict[str, Any]]) -> Table:
         table.add_row(
             n["name"],
             n["id"][:12] + "…",
-            state_text(n["state"]),
+            state_text(n["state"]) + (Text(" draining", style="yellow") if n.get("draining") else ""),
             trust,
+            record_text(n.get("reputation") or {}),
             ",".join(n.get("sandboxes", [])),
             n.get("loaded_model") or "-",
-            f"{n['active_tasks']}/{n['max_concurrency']}",
+            f"{n['active_tasks']}/{n.get('max_concurrent_jobs', n['max_concurrency'])}",
             str(n.get("cpu_count", "")),
             human_bytes(n.get("memory_total_bytes", 0)),
             gpus,

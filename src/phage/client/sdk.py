@@ -29,7 +29,7 @@ class PhageClient:
         url: str,
         api_key: str,
         *,
-        timeout: float = 30.0,
+        timeout: float | None = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.url = url.rstrip("/")
@@ -57,6 +57,8 @@ class PhageClient:
                 body = response.json()
             except ValueError:
                 body = {"message": response.text}
+            if isinstance(body.get("error"), dict):  # OpenAI's error shape, from /v1
+                body = {"message": body["error"].get("message", ""), "field": body["error"].get("param")}
             raise PhageClientError(response.status_code, body)
         return response.json()
 
@@ -112,7 +114,8 @@ class PhageClient:
         return dict(await self._json(await self._http.delete(f"/api/nodes/{node_id}")))
 
     async def node_action(self, node_id: str, action: str, **params: str) -> dict[str, Any]:
-        """An admin action on a node: ``remove``, ``quarantine`` (reason=…), ``release``."""
+        """An admin action on a node: ``remove``, ``quarantine`` (reason=…), ``release``,
+        ``approve`` (trusted=…, max_concurrent_jobs=…), ``reject``, ``drain``, ``undrain``."""
         if action == "remove":
             return await self.remove_node(node_id)
         resp = await self._http.post(f"/api/nodes/{node_id}/{action}", params=params)
@@ -128,3 +131,56 @@ class PhageClient:
         ) as ws:
             async for message in ws:
                 yield json.loads(message)
+
+    # ---- keys and usage ----------------------------------------------------
+
+    async def create_key(
+        self, name: str, role: str = "user", credit_limit_tokens: int | None = None
+    ) -> dict[str, Any]:
+        """A new API key (admin); the answer holds its secret, shown once."""
+        body: dict[str, Any] = {"name": name, "role": role, "credit_limit_tokens": credit_limit_tokens}
+        return dict(await self._json(await self._http.post("/api/keys", json=body)))
+
+    async def list_keys(self) -> list[dict[str, Any]]:
+        """Every key (admin), without secrets."""
+        return list((await self._json(await self._http.get("/api/keys")))["keys"])
+
+    async def revoke_key(self, key_id: str) -> dict[str, Any]:
+        """Revoke a key (admin)."""
+        return dict(await self._json(await self._http.delete(f"/api/keys/{key_id}")))
+
+    async def set_key_limit(self, key_id: str, credit_limit_tokens: int | None) -> dict[str, Any]:
+        """Set (or lift, with None) a key's credit limit in tokens (admin)."""
+        body = {"credit_limit_tokens": credit_limit_tokens}
+        return dict(await self._json(await self._http.post(f"/api/keys/{key_id}", json=body)))
+
+    async def usage(self, key_id: str | None = None) -> list[dict[str, Any]]:
+        """Token usage per key, by model and by node."""
+        params = {"key_id": key_id} if key_id else {}
+        return list((await self._json(await self._http.get("/api/usage", params=params)))["keys"])
+
+    # ---- chat --------------------------------------------------------------
+
+    async def models(self) -> list[str]:
+        """Models live nodes serve."""
+        return [m["id"] for m in (await self._json(await self._http.get("/v1/models")))["data"]]
+
+    async def chat_stream(
+        self, model: str, messages: list[dict[str, str]], **params: Any
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Stream a chat completion: yields OpenAI chunk dicts (the last carries ``usage``)."""
+        body = {"model": model, "messages": messages, "stream": True, **params}
+        async with self._http.stream("POST", "/v1/chat/completions", json=body, timeout=None) as resp:
+            if resp.status_code >= 400:
+                await resp.aread()
+                await self._json(resp)
+            async for line in resp.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                data = line[len("data: ") :]
+                if data == "[DONE]":
+                    return
+                chunk = json.loads(data)
+                if isinstance(chunk.get("error"), dict):
+                    raise PhageClientError(503, {"message": chunk["error"].get("message", "chat failed")})
+                yield chunk

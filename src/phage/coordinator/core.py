@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hmac
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -17,9 +16,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from phage.coordinator.admission import Admission
+from phage.coordinator.chat import ChatRouter
 from phage.coordinator.feed import EventBus
 from phage.coordinator.keys import ApiKeys, Principal
+from phage.coordinator.placement import ModelPlacement
 from phage.coordinator.pool import LiveNode, LivePool, OpenAttempt
+from phage.coordinator.replication import Replication
 from phage.coordinator.requests import TaskRequest
 from phage.coordinator.settings import CoordinatorSettings
 from phage.coordinator.state import DataDir
@@ -35,6 +38,7 @@ from phage.domain import (
     TaskState,
 )
 from phage.domain.ids import new_id
+from phage.domain.quorum import Standing
 from phage.errors import (
     InvalidInput,
     NotFound,
@@ -76,11 +80,16 @@ class Registration:
     node_id: str
     client_cert_pem: bytes
     ca_cert_pem: bytes
+    status: str = "accepted"
+    """``pending`` while the node waits for an admin's approval."""
 
 
 def _node_models(live: LiveNode) -> list[str]:
-    """Models a node serves (today: the one its engine has loaded)."""
-    return [live.node.loaded_model] if live.node.loaded_model else []
+    """Models a node serves now: what its engine reports (at least the loaded one)."""
+    models = live.metrics.get("models") or live.node.hardware.get("models") or []
+    if live.node.loaded_model and live.node.loaded_model not in models:
+        return [live.node.loaded_model, *models]
+    return list(models)
 
 
 class Coordinator:
@@ -103,6 +112,10 @@ class Coordinator:
         self.started_at = 0.0
         self.counters: dict[str, int] = {"submitted": 0, "verified": 0, "failed": 0, "requeued": 0}
         self.trust = TrustGuard(self)
+        self.replication = Replication(self)
+        self.admission = Admission(self)
+        self.chat = ChatRouter()
+        self.placement = ModelPlacement(self)
         self.verify_sandbox: Sandbox | None = None
         self.tried: dict[str, set[str]] = {}
         """Best-of-N tasks: the nodes that already held an attempt (distinct-node placement)."""
@@ -125,10 +138,12 @@ class Coordinator:
         await self.store.open()
         self.admin_key = await self.keys.ensure_admin(self.dirs.admin_key_file, self.clock())
         await self._recover()
+        await self.admission.start()
         self.started_at = self.clock()
         self._tasks = [
             asyncio.create_task(self._monitor(), name="phage-liveness"),
             asyncio.create_task(self._flush_heartbeats(), name="phage-heartbeat-flush"),
+            asyncio.create_task(self.admission.watch(), name="phage-admission"),
         ]
 
     async def stop(self) -> None:
@@ -161,6 +176,8 @@ class Coordinator:
             )
         multi = [t.id for t in self.queue.tasks() if int(t.spec.get("replicas", 1)) > 1]
         self.tried.update(await self.store.nodes_tried(multi))
+        quorum_jobs = [t.id for t in self.queue.tasks() if t.spec.get("quorum")]
+        self.tried.update(await self.store.quorum_voters(quorum_jobs))
         log.info(
             "recovered %d queued tasks, %d open attempts, %d nodes",
             len(self.queue),
@@ -181,9 +198,12 @@ class Coordinator:
                 spec["manifest"] = req.manifest.to_dict()
             if req.generate is not None:
                 if not req.wait_for_model:
-                    self._require_model(req.generate.model)
+                    self.placement.check_submit(req.generate.model)
                 spec["generate"] = req.generate.to_dict()
                 replicas = spec["replicas"] = req.generate.n
+            copies, min_quorum, quorum = self.replication.plan(req)
+            if quorum is not None:
+                replicas, spec["quorum"] = copies, quorum
             if req.workspace is not None:
                 spec["workspace"] = self.blobs.put(req.workspace)
                 spec["workspace_size"] = len(req.workspace)
@@ -201,6 +221,7 @@ class Coordinator:
                         owner=principal.key_id,
                         labels=req.labels,
                         replicas=replicas,
+                        min_quorum=min_quorum,
                     )
                 )
         await self.store.add_tasks(made)
@@ -223,7 +244,7 @@ class Coordinator:
         sample = tasks[:64]  # eligibility rarely differs inside one batch; bound the work per wake
         for node_id in list(self.pool.waiting):
             live = self.pool.nodes.get(node_id)
-            if live is None or live.node.quarantined:
+            if live is None or not self.admission.accepts_work(live):
                 continue
             view = NodeView(node_id, 1, frozenset(live.node.sandboxes), frozenset(_node_models(live)))
             if any(eligible(t, view) for t in sample):
@@ -232,19 +253,22 @@ class Coordinator:
                 if wanted <= 0:
                     return
 
+    def models_of(self, live: LiveNode) -> list[str]:
+        """Models a node serves now."""
+        return _node_models(live)
+
+    def chat_nodes(self) -> list[LiveNode]:
+        """Nodes that may take chat now: online, not quarantined, holding a chat order stream."""
+        subscribed = self.chat.subscribed()
+        return [
+            live
+            for live in self.pool.nodes.values()
+            if live.online and not live.node.quarantined and live.node.id in subscribed
+        ]
+
     def served_models(self) -> set[str]:
         """Models some registered node serves."""
         return {m for live in self.pool.nodes.values() for m in _node_models(live)}
-
-    def _require_model(self, model: str) -> None:
-        served = self.served_models()
-        if model not in served:
-            known = ", ".join(sorted(served)) or "none"
-            raise InvalidInput(
-                f"no node in this pool serves model {model!r} (served: {known}); "
-                "set wait_for_model to queue the task until one joins",
-                field="model",
-            )
 
     async def get_task(self, task_id: str) -> tuple[Task, list[Attempt]]:
         """A task and all its attempts."""
@@ -281,8 +305,7 @@ class Coordinator:
     ) -> Registration:
         """Admit a node that holds the join token and proves its identity key."""
         assert self.ca is not None
-        if not hmac.compare_digest(join_token.encode(), self.join_token.encode()):
-            raise Unauthenticated("join token is not valid for this pool", field="join_token")
+        self.admission.check_token(join_token)
         node_id = node_id_from_public_key(public_key)
         if abs(self.clock() * 1000 - timestamp_ms) > REGISTER_CLOCK_SKEW_S * 1000:
             raise InvalidInput(
@@ -294,8 +317,7 @@ class Coordinator:
         ):
             raise Unauthenticated("identity signature does not verify", field="identity_signature")
         existing = await self.store.get_node(node_id)
-        if existing is not None and existing.state is NodeState.REMOVED:
-            raise PermissionDenied(f"node {node_id} was removed from this pool", field="node_id")
+        admitted = await self.admission.admit(node_id, existing)
         cert_pem, serial = self.ca.sign_node_csr(csr_pem, node_id)
         now = self.clock()
         node = Node(
@@ -314,15 +336,17 @@ class Coordinator:
         if existing is not None:  # re-registering keeps what the pool learned about this node
             node.trusted, node.reputation = existing.trusted, existing.reputation
             node.quarantined, node.quarantine_reason = existing.quarantined, existing.quarantine_reason
+        admitted.apply(node)
         await self.store.upsert_node(node)
         live = self.pool.nodes.get(node_id)
         if live is None:
             self.pool.nodes[node_id] = LiveNode(node=node, last_seen=now)
         else:
             live.node, live.last_seen = node, now
-        self.bus.node(node_id, NodeState.ONLINE.value, name=node.name, event="registered")
+        self.bus.node(node_id, node.state.value, name=node.name, event="registered")
         log.info("node %s (%s) registered", node.name, node_id)
-        return Registration(node_id, cert_pem, self.ca.cert_pem)
+        status = "pending" if node.state is NodeState.PENDING else "accepted"
+        return Registration(node_id, cert_pem, self.ca.cert_pem, status)
 
     def authenticate_node(self, cert_node_id: str | None, claimed: str) -> LiveNode:
         """The live node behind an mTLS peer, refusing one that speaks for another."""
@@ -333,8 +357,9 @@ class Coordinator:
                 f"certificate belongs to node {cert_node_id}; it cannot act as {claimed}", field="node_id"
             )
         live = self.pool.nodes.get(cert_node_id)
-        if live is None or live.node.state is NodeState.REMOVED:
-            raise PermissionDenied(f"node {cert_node_id} is not a member of this pool", field="node_id")
+        if live is None or live.node.state.shut_out:
+            why = f" ({live.node.state.value})" if live is not None else ""
+            raise PermissionDenied(f"node {cert_node_id} is not a member of this pool{why}", field="node_id")
         return live
 
     async def _seen(self, live: LiveNode) -> None:
@@ -352,9 +377,13 @@ class Coordinator:
     ) -> tuple[list[str], list[str]]:
         """Record liveness, renew leases; returns (cancel, unknown) assignment ids."""
         await self._seen(live)
+        before = _node_models(live)
         live.metrics = metrics
         if metrics.get("loaded_model") is not None:
             live.node.loaded_model = str(metrics["loaded_model"])
+        self.placement.observe(live)
+        if _node_models(live) != before:
+            live.wake.set()  # a model arrived: queued work for it may fit now
         lease = self.clock() + self.settings.lease_s
         unknown: list[str] = []
         for aid in running:
@@ -380,7 +409,7 @@ class Coordinator:
                 return [], cancels
             # The node counts its own free slots; results it is still reporting hold no slot there,
             # so allow that much pipelining, bounded at twice its concurrency.
-            limit = min(max_tasks, max(0, 2 * live.node.max_concurrency - len(live.attempts)))
+            limit = self.admission.dispatch_limit(live, max_tasks)
             if limit > 0 and len(self.queue) and live.online and not live.node.quarantined:
                 view = NodeView(node_id, limit, frozenset(live.node.sandboxes), frozenset(_node_models(live)))
                 picked = self.queue.take(view, limit, allow=functools.partial(self._distinct_ok, view=view))
@@ -429,7 +458,7 @@ class Coordinator:
             task = by_id[att.task_id]
             if more:
                 self.queue.push(task)  # best-of-N: further attempts still wanted
-            if int(task.spec.get("replicas", 1)) > 1:
+            if int(task.spec.get("replicas", 1)) > 1 or self.replication.needs_distinct(task):
                 self.tried.setdefault(task.id, set()).add(live.node.id)
             dispatch = self._dispatch(att, task)
             self.pool.add_attempt(
@@ -509,6 +538,8 @@ class Coordinator:
                 result.attestation = "batch:" + batch_signature.hex()
         outcomes: list[FinishOutcome | PhageError | None] = []
         valid: list[tuple[str, TaskResult]] = []
+        standings: dict[str, Standing] = {}
+        """Quorum jobs: how far each result is believed alone (coordinator/replication.py)."""
         rejected: list[str] = []
         for attempt_id, result in items:
             problem = self._check_outputs(result)
@@ -530,9 +561,12 @@ class Coordinator:
             outcomes.append(problem)
             if problem is None:
                 valid.append((attempt_id, result))
+                if att is not None and (standing := self.replication.standing(live, att)) is not None:
+                    standings[attempt_id] = standing
         if rejected:
             await self._lose(rejected, "result refused: see the node's quarantine reason")
-        recorded = iter(await self.store.finish_many(live.node.id, valid, self.clock()) if valid else [])
+        finish = self.store.finish_many
+        recorded = iter(await finish(live.node.id, valid, self.clock(), standing=standings) if valid else [])
         final: list[FinishOutcome | PhageError] = []
         requeue: list[str] = []
         for (attempt_id, result), early in zip(items, outcomes, strict=True):
@@ -548,6 +582,8 @@ class Coordinator:
             self.pool.drop_attempt(attempt_id)
             if outcome.duplicate or outcome.task_state is None:
                 continue
+            if attempt_id in standings and not result.error and not outcome.task_state.terminal:
+                self.replication.voted(outcome.task_id, live.node.id)
             if outcome.requeued:
                 requeue.append(outcome.task_id)
             elif outcome.task_state is TaskState.VERIFIED:
@@ -559,6 +595,8 @@ class Coordinator:
             self.bus.task(
                 outcome.task_id, outcome.task_state.value, node=live.node.id, exit_code=result.exit_code
             )
+            if outcome.quorum is not None:
+                await self.replication.settled(outcome.quorum)
         if requeue:
             await self._requeue(requeue)
         return final
@@ -610,6 +648,7 @@ class Coordinator:
                     "node %s missed %d heartbeats: dead", live.node.name, self.settings.missed_heartbeats
                 )
                 await self._lose(list(live.attempts), f"node {live.node.name} stopped sending heartbeats")
+                self.chat.node_lost(live.node.id, "stopped sending heartbeats")
         expired = [a.id for a in self.pool.attempts.values() if a.lease_expires_at < now]
         if expired:
             await self._lose(expired, "assignment lease expired")

@@ -73,7 +73,7 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
             ca_certificate_pem=reg.ca_cert_pem,
             heartbeat_interval_s=s.heartbeat_interval_s,
             missed_heartbeats_dead=s.missed_heartbeats,
-            status="accepted",
+            status=reg.status,
         )
 
     @_edge
@@ -85,6 +85,7 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
             live, convert.metrics_to_dict(request.metrics), list(request.running_assignment_ids)
         )
         return pb.HeartbeatResponse(
+            load_model=self.c.placement.load_hint(live),
             cancel_assignment_ids=cancels,
             unknown_assignment_ids=unknown,
             heartbeat_interval_s=self.c.settings.heartbeat_interval_s,
@@ -204,6 +205,30 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
         with path.open("rb") as fh:
             while chunk := fh.read(BLOB_CHUNK):
                 yield pb.BlobChunk(sha256=digest, data=chunk)
+
+    async def ChatOrders(
+        self, request: pb.ChatSubscribe, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.ChatOrder]:
+        try:
+            live = self.c.authenticate_node(_peer_node_id(context), request.node_id)
+        except PhageError as exc:
+            await context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
+            raise
+        async for order in self.c.chat.orders(live.node.id):
+            yield order
+
+    async def ChatStream(
+        self, request_iterator: AsyncIterator[pb.ChatChunk], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ChatStreamAck:
+        try:
+            live = self.c.authenticate_node(_peer_node_id(context), "")
+            stopped = await self.c.chat.receive(live.node.id, request_iterator)
+        except PhageError as exc:
+            await context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
+            raise
+        if stopped:  # the client left before the node began: end the call so the node stops
+            await context.abort(grpc.StatusCode.CANCELLED, "the chat's client went away")
+        return pb.ChatStreamAck(cancelled=stopped)
 
     async def _workspace_of(self, task_id: str) -> str:
         task = await self.c.store.get_task(task_id)

@@ -13,10 +13,14 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from phage import __version__
+from phage.coordinator.admission_api import install_admission_api
 from phage.coordinator.core import Coordinator
 from phage.coordinator.dashboard import install_dashboard
 from phage.coordinator.keys import Principal
+from phage.coordinator.keys_api import install_keys
 from phage.coordinator.metrics import install_metrics
+from phage.coordinator.openai_api import install_openai
+from phage.coordinator.pool_api import install_pool_api
 from phage.coordinator.requests import TaskRequest, parse_task_request
 from phage.coordinator.views import node_public, task_public
 from phage.domain import TaskState
@@ -321,6 +325,13 @@ def create_app(coordinator: Coordinator) -> FastAPI:
             finally:
                 gone.cancel()
 
+    async def read_json(request: Request) -> Any:
+        return parse_json(await read_body(request, s.max_request_bytes))
+
+    install_openai(app, c, read_json)
+    install_keys(app, c, principal)
+    install_admission_api(app, c)
+    install_pool_api(app, c)
     install_metrics(app, c)
     install_dashboard(app, c)
     return app

@@ -22,6 +22,7 @@ class Principal:
     key_id: str
     name: str
     role: str
+    credit_limit_tokens: int | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -64,6 +65,10 @@ class ApiKeys:
         path.write_text(secret + "\n")
         return secret
 
+    def forget(self) -> None:
+        """Drop cached lookups (after a key was revoked or changed)."""
+        self._cache.clear()
+
     async def authenticate(self, authorization: str | None) -> Principal:
         """The caller behind an ``Authorization`` header."""
         if not authorization:
@@ -81,4 +86,4 @@ class ApiKeys:
                 self._cache[digest] = record
         if record is None or record.revoked:
             raise Unauthenticated("API key is not valid", field="Authorization")
-        return Principal(record.id, record.name, record.role)
+        return Principal(record.id, record.name, record.role, record.credit_limit_tokens)

@@ -17,6 +17,8 @@ from phage.errors import InvalidInput, PayloadTooLarge
 ISOLATION_CHOICES = ("any", "none", "bwrap", "gvisor")
 MAX_LABELS = 32
 _KNOWN = {"kind", "manifest", "files", "priority", "max_attempts", "labels", "isolation", "count"}
+_QUORUM = {"min_quorum", "target_results"}
+MAX_QUORUM = 16
 _GENERATE = {
     "prompt",
     "model",
@@ -46,6 +48,10 @@ class TaskRequest:
     labels: dict[str, str] = field(default_factory=dict)
     isolation: str = "any"
     count: int = 1
+    min_quorum: int | None = None
+    """Jobs: agreeing results that validate an untrusted result; None: the coordinator's default."""
+    target_results: int | None = None
+    """Jobs: copies dispatched at once when first queued; None: the coordinator's default."""
 
 
 def _int_field(data: dict[str, Any], name: str, default: int, lo: int, hi: int) -> int:
@@ -68,7 +74,7 @@ def parse_task_request(
     """Validate one task request; ``workspace`` is an uploaded archive, if any."""
     if not isinstance(data, dict):
         raise InvalidInput("a task must be a JSON object", field="task")
-    allowed = _KNOWN | _GENERATE if data.get("kind") == "generate" else _KNOWN
+    allowed = (_KNOWN | _GENERATE if data.get("kind") == "generate" else _KNOWN) | _QUORUM
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise InvalidInput(f"unknown fields: {', '.join(unknown)}", field=unknown[0])
@@ -108,6 +114,12 @@ def parse_task_request(
         isolation=isolation,
         count=_int_field(data, "count", 1, 1, max_count),
     )
+    for name in sorted(_QUORUM & set(data)):
+        if kind is not TaskKind.JOB:
+            raise InvalidInput(
+                f"{name} applies to jobs only (a generate result is re-verified, not replicated)", field=name
+            )
+        setattr(req, name, _int_field(data, name, 1, 1, MAX_QUORUM))
     if kind is TaskKind.NOOP:
         if "manifest" in data or "files" in data or workspace is not None:
             raise InvalidInput("a noop task takes no manifest, files or workspace", field="kind")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,8 +51,31 @@ class CoordinatorSettings(BaseSettings):
     """Fraction of trusted nodes' claimed passes the coordinator re-verifies (untrusted: all)."""
     verify_sandbox: str | None = None
     """Sandbox backend for re-verification; default: the strongest that works here."""
+    min_quorum: int = Field(default=2, ge=1, le=16)
+    """Jobs: agreeing results from distinct nodes that validate an untrusted node's result (a job's
+    ``min_quorum`` overrides it); 1 accepts untrusted results alone. See ``domain/quorum.py``."""
+    target_results: int = Field(default=1, ge=1, le=16)
+    """Jobs: copies dispatched at once when a job is first queued (a job's ``target_results`` overrides
+    it); 1 lets adaptive replication ask for second opinions only where a result needs one."""
+    reliable_after: int = Field(default=10, ge=0)
+    """Consecutive validated results after which an untrusted node's job results are accepted alone
+    (doubled per disagreement it was caught in); 0: always replicate untrusted results."""
+    spot_check: float = Field(default=0.1, ge=0.0, le=1.0)
+    """Probability that a reliable untrusted node's result still gets a second opinion."""
+    chat_max_tokens: int = 32_768
+    """Largest ``max_tokens`` a chat request may ask for."""
+    chat_default_max_tokens: int = 1024
+    """``max_tokens`` when a chat request does not say."""
     join_token: str | None = None
     """Fixed join token; default: generated once and kept in ``data_dir/join-token``."""
+    admission: Literal["token", "allowlist", "approval", "open"] = "token"
+    """Who may join (``coordinator/admission.py``): token holders (trusted), the keys in the workers
+    file (trusted, no token needed), token holders once an admin approves them, or anyone (untrusted)."""
+    workers_file: Path | None = None
+    """Allowlist mode: seed 002's ``workers.json``, re-read when it changes (default in ``data_dir``)."""
+    pool_api_open: bool = False
+    """Serve seed 002's pool API (``/submit``, ``/status``, ``/outputs``, ``/pool``) to callers without an
+    API key, as seed 002's clients send none. Off by default: anyone reaching the HTTP port could submit."""
 
     @property
     def lease_s(self) -> float:
@@ -62,6 +86,11 @@ class CoordinatorSettings(BaseSettings):
     def enrollment_port(self) -> int:
         """The port Register is served on."""
         return self.enroll_port if self.enroll_port is not None else self.grpc_port + 1
+
+    @property
+    def workers_path(self) -> Path:
+        """The allowlist file in force."""
+        return self.workers_file or self.data_dir / "workers.json"
 
     @property
     def db_url(self) -> str:

@@ -123,11 +123,10 @@ class TrustGuard:
 
     async def punish(self, live: LiveNode, reason: str, counter: str) -> None:
         """Record a refusal against the node and quarantine it."""
-        await self.c.store.bump_reputation(live.node.id, counter)
-        live.node.reputation[counter] = live.node.reputation.get(counter, 0) + 1
+        # its clean run starts over too: a released node earns single execution again (domain/quorum.py)
+        live.node.reputation = await self.c.store.penalise_node(live.node.id, counter)
         await self.c.quarantine(live.node.id, reason)
 
     async def credit(self, live: LiveNode) -> None:
         """A result passed validation."""
-        rep = await self.c.store.bump_reputation(live.node.id, "validated")
-        live.node.reputation = rep
+        live.node.reputation = await self.c.store.credit_node(live.node.id)

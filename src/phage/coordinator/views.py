@@ -6,8 +6,10 @@ import time
 from typing import Any
 from urllib.parse import quote
 
+from phage.coordinator.admission import admission_state
 from phage.coordinator.pool import LiveNode
 from phage.domain import Attempt, Task
+from phage.domain.quorum import reputation_view
 
 
 def task_public(task: Task, attempts: list[Attempt] | None = None) -> dict[str, Any]:
@@ -29,6 +31,7 @@ def task_public(task: Task, attempts: list[Attempt] | None = None) -> dict[str, 
         "workspace_sha256": task.spec.get("workspace"),
         "generate": task.spec.get("generate"),
         "replicas": task.replicas,
+        "quorum": task.spec.get("quorum"),
         "result": None,
     }
     if task.result is not None:
@@ -58,6 +61,7 @@ def attempt_public(a: Attempt) -> dict[str, Any]:
         "output_text": r.output_text if r else None,
         "verifier_log": (r.stdout_tail + r.stderr_tail)[-2000:] if r else None,
         "attested": bool(r.attestation) if r else None,
+        "output_sha256": r.output_sha256 if r else None,
     }
 
 
@@ -86,8 +90,17 @@ def node_public(live: LiveNode) -> dict[str, Any]:
         "vram_used_bytes": sum(int(g.get("vram_used_bytes", 0)) for g in gpus),
         "cpu_percent": live.metrics.get("cpu_percent"),
         "engines": hw.get("engines", []),
+        "models": live.metrics.get("models") or hw.get("models", []),
+        "model_memory_bytes": live.metrics.get("model_memory_bytes") or hw.get("model_memory_bytes", 0),
+        "loaded_model_bytes": live.metrics.get("loaded_model_bytes", 0),
+        "driver_version": hw.get("driver_version", ""),
+        "cuda_version": hw.get("cuda_version", ""),
         "trusted": n.trusted,
         "quarantined": n.quarantined,
         "quarantine_reason": n.quarantine_reason,
-        "reputation": n.reputation,
+        "reputation": reputation_view(n.reputation),
+        "admission": admission_state(n),
+        "draining": n.draining,
+        "max_concurrent_jobs": min(n.max_concurrency, n.max_jobs or n.max_concurrency),
+        "concurrency_cap": n.max_jobs,
     }

@@ -64,6 +64,17 @@ class NodeState(enum.StrEnum):
     """Missed its heartbeats; its running work has been requeued."""
     REMOVED = "removed"
     """An admin removed it; its certificate is refused."""
+    PENDING = "pending"
+    """Registered in approval mode: it holds a certificate and heartbeats, but gets no work until approved."""
+    REJECTED = "rejected"
+    """An admin rejected it: refused now and whenever it tries to rejoin with this identity."""
+    REFUSED = "refused"
+    """The admission policy no longer admits it (its key left the workers file); refused until it does."""
+
+    @property
+    def shut_out(self) -> bool:
+        """True when the node's RPCs are refused (its certificate no longer counts)."""
+        return self in (NodeState.REMOVED, NodeState.REJECTED, NodeState.REFUSED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +196,9 @@ class Task:
     """Attempts that must complete: N for best-of-N."""
     open_attempts: int = 0
     completed_attempts: int = 0
+    min_quorum: int = 0
+    """Jobs: agreeing results from distinct nodes that validate an untrusted node's result
+    (``domain/quorum.py``); ``max_attempts`` then caps the executions in all. 0: no quorum."""
 
 
 @dataclass(slots=True)
@@ -238,3 +252,7 @@ class Node:
     quarantine_reason: str = ""
     reputation: dict[str, int] = field(default_factory=dict)
     """Counters: validated, failed_validation, attestation_refusals."""
+    draining: bool = False
+    """Finishes the work it holds and takes no more (an admin's drain)."""
+    max_jobs: int | None = None
+    """Cap on its concurrent assignments from the workers file or an admin; None: its own concurrency."""

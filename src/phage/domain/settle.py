@@ -25,11 +25,14 @@ class Counters:
     replicas: int
     attempts_made: int
     max_attempts: int
+    budget: int | None = None
+    """Executions allowed in all; default ``max_attempts × replicas`` (quorum jobs: ``max_attempts``)."""
 
     @property
     def budget_left(self) -> bool:
         """May another attempt be dispatched?"""
-        return self.attempts_made < self.max_attempts * self.replicas
+        cap = self.max_attempts * self.replicas if self.budget is None else self.budget
+        return self.attempts_made < cap
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +61,8 @@ def next_step(c: Counters, *, completed_now: bool, reason: str = "") -> Next:
     if needs_replacement:
         if c.completed_attempts > 0:
             return Next(settle=True)
-        return Next(fail_reason=f"{reason} (attempt {c.attempts_made} of {c.max_attempts * c.replicas})")
+        cap = c.max_attempts * c.replicas if c.budget is None else c.budget
+        return Next(fail_reason=f"{reason} (attempt {c.attempts_made} of {cap})")
     if c.budget_left:
         # completed, more replicas wanted, none open: the task waits in the queue for them
         return Next(waiting_state=TaskState.QUEUED)

@@ -15,11 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import psutil
 
 from phage import __version__
 from phage.domain import JobManifest, TaskResult
 from phage.errors import PhageError
+from phage.node import faults
 from phage.node.attest import attest_result, sign_batch
+from phage.node.chat import ChatServer
 from phage.node.config import NodeConfig
 from phage.node.connection import (
     Credentials,
@@ -99,11 +102,17 @@ class NodeAgent:
         self.sandbox = next(iter(self.sandboxes.values()))
         self._sandbox_sha256 = {name: sandbox_hash(sb.describe()) for name, sb in self.sandboxes.items()}
         self.engine = engine
+        self.chat: ChatServer | None = None
+        self._loading: asyncio.Task[None] | None = None
         if self.engine is None and config.engine:
-            self.engine = make_engine(config.engine, config.model or "", model_name=config.model_name)
+            self.engine = make_engine(
+                config.engine, config.model or "", model_name=config.model_name, **config.engine_options()
+            )
         secure_key_dir(config.key_dir)
         self.identity = NodeIdentity.load_or_create(config.key_dir)
         self.executor = JobExecutor(config.scratch_root, config.max_log_bytes)
+        self._corrupt_outputs = faults.corrupt_outputs_enabled()
+        """Fault injection for tests and benchmarks (node/faults.py): report wrong job outputs."""
         self.running: dict[str, Running] = {}
         self.completed = 0
         self._slot_freed = asyncio.Event()
@@ -145,9 +154,30 @@ class NodeAgent:
             "name": self.config.name or hw["hostname"],
             "sandboxes": list(self.sandboxes),
             "engines": [self.engine.name] if self.engine else [],
-            "loaded_model": self.engine.model if self.engine else "",
+            **self._engine_facts(hw),
             "max_concurrency": self.config.max_concurrency,
             "phage_version": __version__,
+        }
+
+    def _engine_facts(self, hw: dict[str, Any]) -> dict[str, Any]:
+        """What placement needs: the models served, memory a model may use, the loaded model's size."""
+        if self.engine is None:
+            return {"loaded_model": "", "models": [], "model_memory_bytes": 0, "loaded_model_bytes": 0}
+        loaded = self.engine.memory_bytes() or 0
+        cap = self.config.model_memory_bytes
+        if cap is None:
+            gpus = hw.get("gpus") or []
+            if gpus:  # free VRAM, counting what the loaded model would give back on a switch
+                free = sum(int(g["vram_total_bytes"]) - int(g["vram_used_bytes"]) for g in gpus)
+                cap = free + loaded
+            else:
+                cap = int(psutil.virtual_memory().available) + loaded
+        return {
+            "loaded_model": self.engine.model,
+            "models": self.engine.models(),
+            "model_memory_bytes": cap,
+            "loaded_model_bytes": loaded,
+            "can_load_models": self.engine.can_load,
         }
 
     def stop(self) -> None:
@@ -165,18 +195,21 @@ class NodeAgent:
             # Re-register with the saved identity so the coordinator has fresh hardware facts;
             # tolerate a coordinator that is down (the saved certificate still works later).
             with contextlib.suppress(PhageError, grpc.aio.AioRpcError, OSError):
-                if cfg.join_token and cfg.ca_fingerprint:
+                if cfg.ca_fingerprint:
                     creds = await self._enroll()
         await self._open(creds)
 
     async def _enroll(self) -> Credentials:
         cfg = self.config
-        if not (cfg.join_token and cfg.ca_fingerprint):
-            raise PhageError("this node has no certificate yet: give --token and --ca-fingerprint to join")
+        if not cfg.ca_fingerprint:
+            # the token may be left out: open and allowlist pools admit without one
+            raise PhageError(
+                "this node has no certificate yet: give --ca-fingerprint (and --token, which most pools need)"
+            )
         creds = await enroll(
             self.identity,
             enroll_address=cfg.enroll_address,
-            join_token=cfg.join_token,
+            join_token=cfg.join_token or "",
             ca_fingerprint=cfg.ca_fingerprint,
             info=self.info(),
         )
@@ -209,6 +242,9 @@ class NodeAgent:
             asyncio.create_task(self._fetch_loop(), name="phage-node-fetch"),
             asyncio.create_task(self._result_loop(), name="phage-node-results"),
         ]
+        if self.engine is not None:
+            self.chat = ChatServer(self.node_id, lambda: self.stub, self.engine)
+            loops.append(asyncio.create_task(self.chat.run(), name="phage-node-chat"))
         try:
             await self._stop.wait()
         finally:
@@ -222,14 +258,18 @@ class NodeAgent:
             )
             if self._channel is not None:
                 await self._channel.close(None)
+            if self.engine is not None:  # stop a managed vLLM / llama.cpp server with the node
+                with contextlib.suppress(Exception):
+                    await self.engine.close()
 
     async def _heartbeat_loop(self) -> None:
         backoff = 0.2
         while True:
             try:
                 metrics = probe_metrics()
-                metrics["active_tasks"] = len(self.running)
-                metrics["loaded_model"] = self.engine.model if self.engine else ""
+                metrics["active_tasks"] = len(self.running) + len(self.chat.active if self.chat else ())
+                metrics.update(self._engine_facts(metrics))
+                metrics.pop("can_load_models", None)
                 resp = await self.stub.Heartbeat(
                     pb.HeartbeatRequest(
                         node_id=self.node_id,
@@ -242,12 +282,31 @@ class NodeAgent:
                 if not self.config.heartbeat_interval_s and resp.heartbeat_interval_s > 0:
                     self.heartbeat_interval = resp.heartbeat_interval_s
                 self._cancel(list(resp.cancel_assignment_ids) + list(resp.unknown_assignment_ids))
+                if resp.load_model:
+                    self._load_model(resp.load_model)
                 await asyncio.sleep(self.heartbeat_interval)
             except grpc.aio.AioRpcError as exc:
                 log.debug("heartbeat failed: %s", exc.code())
                 await self._handle_rpc_error(exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+
+    def _load_model(self, model: str) -> None:
+        """Switch the engine to ``model`` in the background (the coordinator asked: queued work needs it)."""
+        engine = self.engine
+        if engine is None or not engine.can_load or model == engine.model:
+            return
+        if self._loading is not None and not self._loading.done():
+            return
+
+        async def load() -> None:
+            log.info("loading model %s (asked by the coordinator)", model)
+            try:
+                await engine.load(model)
+            except PhageError as exc:
+                log.warning("could not load %s: %s", model, exc.message)
+
+        self._loading = asyncio.create_task(load(), name="phage-node-load-model")
 
     async def _handle_rpc_error(self, exc: grpc.aio.AioRpcError) -> None:
         """Re-enroll when the coordinator no longer knows our certificate."""
@@ -377,7 +436,12 @@ class NodeAgent:
         workspace: bytes | None = a.workspace or None
         if a.workspace_sha256 and not workspace:
             workspace = await self._download(a.workspace_sha256)
-        return await self.executor.run(sandbox, a.assignment_id, manifest, workspace, a.max_output_bytes)
+        result, outputs = await self.executor.run(
+            sandbox, a.assignment_id, manifest, workspace, a.max_output_bytes
+        )
+        if self._corrupt_outputs and not result.error:
+            outputs = await asyncio.to_thread(faults.corrupt, result, outputs)
+        return result, outputs
 
     async def _run_generate(self, a: pb.TaskAssignment) -> tuple[TaskResult, list[CollectedOutput]]:
         if self.engine is None:
@@ -386,7 +450,7 @@ class NodeAgent:
         sandbox = self._sandbox_for(a.isolation)
         if sandbox is None:
             return TaskResult(exit_code=-1, error=f"task requires isolation {a.isolation!r}"), []
-        if gen["model"] != self.engine.model:
+        if gen["model"] not in self.engine.models():
             return TaskResult(
                 exit_code=-1, error=f"this node serves {self.engine.model!r}, not {gen['model']!r}"
             ), []

@@ -28,11 +28,23 @@ class NodeConfig:
     heartbeat_interval_s: float | None = None
     """Override the interval the coordinator asks for (tests)."""
     engine: str | None = None
-    """Inference engine kind (``transformers``); None: this node runs jobs only."""
+    """Engine kind: ``transformers``, ``vllm``, ``llamacpp``, ``openai`` or ``auto``; None: jobs only."""
+    engine_url: str | None = None
+    """Base URL of the OpenAI-compatible server the ``openai`` engine talks to."""
+    engine_port: int | None = None
+    """Loopback port for a server the node runs (vllm, llamacpp); default: a free one."""
+    gpu_memory_utilization: float | None = None
+    """Share of GPU memory vLLM may take (vLLM's default when None)."""
+    max_model_len: int | None = None
+    """Context length for vLLM (``--max-model-len``) or llama.cpp (``-c``)."""
+    engine_command: str | None = None
+    """Command prefix replacing ``vllm`` / ``llama-server`` (a wrapper, a container, a stand-in)."""
     model: str | None = None
     """Model path or id for the engine."""
     model_name: str | None = None
     """Name tasks use for the model (default: from the model directory)."""
+    model_memory_bytes: int | None = None
+    """Memory a model may use here; default: free VRAM (or available RAM without a GPU)."""
     fetch_wait_ms: int = 20_000
     max_log_bytes: int = 64 * 1024
 
@@ -43,6 +55,17 @@ class NodeConfig:
             return self.enroll
         host, _, port = self.coordinator.rpartition(":")
         return f"{host}:{int(port) + 1}"
+
+    def engine_options(self) -> dict[str, object]:
+        """Engine settings for :func:`phage.node.engines.make_engine` (None: the engine's default)."""
+        return {
+            "url": self.engine_url,
+            "port": self.engine_port,
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+            "max_model_len": self.max_model_len,
+            "command": self.engine_command,
+            "log_dir": self.key_dir / "engine-logs",
+        }
 
     @property
     def scratch_root(self) -> Path:

@@ -51,6 +51,9 @@ def node_info_to_dict(info: pb.NodeInfo) -> dict[str, Any]:
         "loaded_model": info.loaded_model,
         "max_concurrency": info.max_concurrency,
         "phage_version": info.phage_version,
+        "models": list(info.models),
+        "model_memory_bytes": info.model_memory_bytes,
+        "can_load_models": info.can_load_models,
     }
 
 
@@ -69,6 +72,9 @@ def node_info_from_dict(d: dict[str, Any]) -> pb.NodeInfo:
         loaded_model=str(d.get("loaded_model", "")),
         max_concurrency=int(d.get("max_concurrency", 0)),
         phage_version=str(d.get("phage_version", "")),
+        models=[str(m) for m in d.get("models", [])],
+        model_memory_bytes=int(d.get("model_memory_bytes", 0)),
+        can_load_models=bool(d.get("can_load_models", False)),
     )
 
 
@@ -80,6 +86,9 @@ def metrics_to_dict(m: pb.NodeMetrics) -> dict[str, Any]:
         "loaded_model": m.loaded_model,
         "cpu_percent": round(m.cpu_percent, 1),
         "memory_used_bytes": m.memory_used_bytes,
+        "models": list(m.models),
+        "model_memory_bytes": m.model_memory_bytes,
+        "loaded_model_bytes": m.loaded_model_bytes,
     }
 
 
@@ -91,6 +100,9 @@ def metrics_from_dict(d: dict[str, Any]) -> pb.NodeMetrics:
         loaded_model=str(d.get("loaded_model", "")),
         cpu_percent=float(d.get("cpu_percent", 0.0)),
         memory_used_bytes=int(d.get("memory_used_bytes", 0)),
+        models=[str(m) for m in d.get("models", [])],
+        model_memory_bytes=int(d.get("model_memory_bytes", 0)),
+        loaded_model_bytes=int(d.get("loaded_model_bytes", 0)),
     )
 
 

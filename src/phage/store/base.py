@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from phage.domain import Attempt, Node, NodeState, Task, TaskResult, TaskState
+from phage.domain.quorum import QuorumOutcome
 from phage.errors import PhageError
 
 
@@ -36,6 +37,8 @@ class FinishOutcome:
     message: str = ""
     requeued: bool = False
     task_id: str = ""
+    quorum: QuorumOutcome | None = None
+    """Set when this result completed a quorum (or was accepted with other votes on record)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,8 @@ class ApiKeyRecord:
     role: str
     created_at: float
     revoked: bool
+    credit_limit_tokens: int | None = None
+    """Tokens (prompt + completion) the key may use in all; None: unlimited."""
 
 
 class Store(Protocol):

@@ -18,6 +18,11 @@ CHUNK = 400  # stay under SQLite's bound-parameter limit
 
 LIVE = (TaskState.QUEUED.value, TaskState.DISPATCHED.value, TaskState.RUNNING.value)
 WAITING = (TaskState.QUEUED.value, TaskState.DISPATCHED.value)
+BUDGET = sa.case(
+    (tasks.c.min_quorum > 0, tasks.c.max_attempts), else_=tasks.c.max_attempts * tasks.c.replicas
+)
+"""Executions a task may have in all: ``max_attempts`` per wanted result (best-of-N), but a quorum
+job's ``max_attempts`` caps every execution, however many copies its quorum asked for."""
 FINISH_ATTEMPT = (
     attempts.update()
     .where(attempts.c.id == sa.bindparam("a_id"))
@@ -42,6 +47,11 @@ ADVANCE_TASK = (
         updated_at=sa.bindparam("t_updated"),
     )
 )
+
+WANT_REPLICAS = (
+    tasks.update().where(tasks.c.id == sa.bindparam("w_id")).values(replicas=sa.bindparam("w_replicas"))
+)
+"""A quorum job asks for more copies: results wanted in all."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +92,7 @@ def task_from_row(row: Row[Any]) -> Task:
         replicas=m["replicas"],
         open_attempts=m["open_attempts"],
         completed_attempts=m["completed_attempts"],
+        min_quorum=m["min_quorum"],
     )
 
 
@@ -120,6 +131,8 @@ def node_from_row(row: Row[Any]) -> Node:
         quarantined=bool(m["quarantined"]),
         quarantine_reason=m["quarantine_reason"],
         reputation=dict(m["reputation"] or {}),
+        draining=bool(m["draining"]),
+        max_jobs=m["max_jobs"],
     )
 
 
@@ -143,4 +156,5 @@ def task_to_row(t: Task) -> dict[str, Any]:
         "replicas": t.replicas,
         "open_attempts": t.open_attempts,
         "completed_attempts": t.completed_attempts,
+        "min_quorum": t.min_quorum,
     }

@@ -27,6 +27,7 @@ tasks = sa.Table(
     sa.Column("replicas", sa.Integer, nullable=False, server_default=sa.text("1")),
     sa.Column("open_attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
     sa.Column("completed_attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("min_quorum", sa.Integer, nullable=False, server_default=sa.text("0")),
     sa.Index("ix_tasks_state_priority", "state", "priority", "created_at"),
     sa.Index("ix_tasks_created", "created_at"),
 )
@@ -67,6 +68,8 @@ nodes = sa.Table(
     sa.Column("quarantined", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("quarantine_reason", sa.Text, nullable=False, server_default=""),
     sa.Column("reputation", sa.JSON, nullable=False, server_default="{}"),
+    sa.Column("draining", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("max_jobs", sa.Integer, nullable=True),
 )
 
 api_keys = sa.Table(
@@ -78,4 +81,17 @@ api_keys = sa.Table(
     sa.Column("role", sa.String(16), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("revoked", sa.Boolean, nullable=False, default=False),
+    sa.Column("credit_limit_tokens", sa.BigInteger, nullable=True),
+)
+
+usage = sa.Table(
+    "usage",
+    metadata,
+    sa.Column("key_id", sa.String(32), primary_key=True),
+    sa.Column("model", sa.String(255), primary_key=True),
+    sa.Column("node_id", sa.String(64), primary_key=True),
+    sa.Column("requests", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("prompt_tokens", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("completion_tokens", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("updated_at", sa.Float, nullable=False),
 )

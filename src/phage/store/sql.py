@@ -7,7 +7,7 @@ reads use the async driver. Claims are compare-and-set updates (``WHERE state =
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +18,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from phage.domain import Attempt, AttemptState, Task, TaskResult, TaskState
 from phage.domain.ids import new_id
-from phage.domain.settle import Candidate, Counters, choose, next_step
+from phage.domain.quorum import QuorumOutcome, Standing
+from phage.domain.settle import Candidate, Counters, Next, choose, next_step
 from phage.errors import Conflict, NotFound, PermissionDenied, PhageError, ProtocolError
 from phage.store.base import FinishOutcome, LostOutcome, QueuedTask
 from phage.store.rows import (
     ADVANCE_TASK,
+    BUDGET,
     FINISH_ATTEMPT,
     LIVE,
     OPEN,
     WAITING,
+    WANT_REPLICAS,
     Event,
     attempt_from_row,
     chunks,
@@ -35,6 +38,8 @@ from phage.store.rows import (
 )
 from phage.store.schema import attempts, tasks
 from phage.store.sql_nodes import NodeRecords
+from phage.store.sql_quorum import QuorumRecords, plan_quorum
+from phage.store.sql_usage import UsageRecords
 from phage.store.writer import GroupCommitWriter
 
 
@@ -54,7 +59,7 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite+aiosqlite:///{path}"
 
 
-class SqlStore(NodeRecords):
+class SqlStore(NodeRecords, UsageRecords, QuorumRecords):
     """:class:`phage.store.base.Store` over SQLAlchemy 2 async."""
 
     def __init__(self, url: str, *, synchronous: str = "NORMAL") -> None:
@@ -155,7 +160,7 @@ class SqlStore(NodeRecords):
             .where(
                 tasks.c.state.in_(LIVE),
                 tasks.c.open_attempts + tasks.c.completed_attempts < tasks.c.replicas,
-                tasks.c.attempts_made < tasks.c.max_attempts * tasks.c.replicas,
+                tasks.c.attempts_made < BUDGET,
             )
             .order_by(tasks.c.created_at)
         )
@@ -190,7 +195,7 @@ class SqlStore(NodeRecords):
                         tasks.c.id.in_(chunk),
                         tasks.c.state.in_(LIVE),
                         tasks.c.open_attempts + tasks.c.completed_attempts < tasks.c.replicas,
-                        tasks.c.attempts_made < tasks.c.max_attempts * tasks.c.replicas,
+                        tasks.c.attempts_made < BUDGET,
                     )
                     .values(
                         state=sa.case(
@@ -208,13 +213,12 @@ class SqlStore(NodeRecords):
                         tasks.c.replicas,
                         tasks.c.attempts_made,
                         tasks.c.max_attempts,
+                        tasks.c.min_quorum,
                     )
                 )
                 for r in res:
-                    more = (
-                        r.open_attempts + r.completed_attempts < r.replicas
-                        and r.attempts_made < r.max_attempts * r.replicas
-                    )
+                    budget = r.max_attempts if r.min_quorum > 0 else r.max_attempts * r.replicas
+                    more = r.open_attempts + r.completed_attempts < r.replicas and r.attempts_made < budget
                     claimed.append((r.id, more))
             made = [
                 (
@@ -292,12 +296,19 @@ class SqlStore(NodeRecords):
         return outcome
 
     async def finish_many(
-        self, node_id: str, items: Sequence[tuple[str, TaskResult]], now: float
+        self,
+        node_id: str,
+        items: Sequence[tuple[str, TaskResult]],
+        now: float,
+        *,
+        standing: Mapping[str, Standing] | None = None,
     ) -> list[FinishOutcome | PhageError]:
         """Record results and settle their tasks in one transaction, with bulk statements.
 
         Each item gets its own outcome: an accepted/duplicate :class:`FinishOutcome`, or
         the error that refuses it (unknown assignment, another node's assignment).
+        ``standing``: per attempt id, how far a quorum job's result is believed alone
+        (``domain/quorum.py``; absent: it needs a quorum).
         """
 
         def op(conn: Connection) -> list[FinishOutcome | PhageError]:
@@ -349,9 +360,16 @@ class SqlStore(NodeRecords):
                     out.append(FinishOutcome(True, False, None, task_id=att.task_id))
             if attempt_rows:
                 conn.execute(FINISH_ATTEMPT, attempt_rows)
-            for ev, (state, requeued, message) in self._advance(conn, events, now):
+            verdicts: dict[str, QuorumOutcome] = {}
+            for ev, (state, requeued, message) in self._advance(conn, events, now, standing, verdicts):
                 out[ev.index] = FinishOutcome(
-                    True, False, state, message, requeued=requeued, task_id=ev.task_id
+                    True,
+                    False,
+                    state,
+                    message,
+                    requeued=requeued,
+                    task_id=ev.task_id,
+                    quorum=verdicts.get(ev.task_id),
                 )
             return out
 
@@ -380,9 +398,15 @@ class SqlStore(NodeRecords):
         return await self._writer.run(op)
 
     def _advance(
-        self, conn: Connection, events: list[Event], now: float
+        self,
+        conn: Connection,
+        events: list[Event],
+        now: float,
+        standing: Mapping[str, Standing] | None = None,
+        verdicts: dict[str, QuorumOutcome] | None = None,
     ) -> list[tuple[Event, tuple[TaskState, bool, str]]]:
-        """Account ended attempts against their tasks and move each task on (see domain.settle)."""
+        """Account ended attempts against their tasks and move each task on (see domain.settle;
+        quorum jobs with votes on record: domain.quorum, whose verdicts land in ``verdicts``)."""
         if not events:
             return []
         by_task: dict[str, list[Event]] = {}
@@ -399,12 +423,14 @@ class SqlStore(NodeRecords):
                 tasks.c.attempts_made,
                 tasks.c.max_attempts,
                 tasks.c.cancel_requested,
+                tasks.c.min_quorum,
             ).where(tasks.c.id.in_(chunk))
             if not self.is_sqlite:
                 q = q.with_for_update()
             for r in conn.execute(q):
                 rows[r.id] = r
         updates: list[dict[str, Any]] = []
+        wanted: list[dict[str, Any]] = []
         decided: dict[str, tuple[TaskState, bool, str]] = {}
         for task_id, evs in by_task.items():
             row = rows.get(task_id)
@@ -428,11 +454,34 @@ class SqlStore(NodeRecords):
                 values["t_state"] = state.value
                 updates.append(values)
                 continue
-            counters = Counters(open_n, done_n, row.replicas, row.attempts_made, row.max_attempts)
-            step = next_step(counters, completed_now=all(e.completed for e in evs), reason=evs[-1].reason)
+            quorum = row.min_quorum > 0
+            budget = row.max_attempts if quorum else None
+            counters = Counters(open_n, done_n, row.replicas, row.attempts_made, row.max_attempts, budget)
+            plan = None
+            if quorum and not row.cancel_requested:
+                plan = plan_quorum(
+                    conn,
+                    task_id,
+                    min_quorum=row.min_quorum,
+                    open_attempts=open_n,
+                    attempts_made=row.attempts_made,
+                    max_attempts=row.max_attempts,
+                    new=standing or {},
+                )
+            if plan is None:
+                step = next_step(counters, completed_now=all(e.completed for e in evs), reason=evs[-1].reason)
+            else:
+                step = Next(requeue=plan.requeue)
             new_state = state
             if row.cancel_requested:
                 new_state = TaskState.CANCELLED
+            elif plan is not None:
+                new_state = plan.state or state
+                values["t_result"], values["t_error"] = plan.result, plan.error
+                if plan.replicas is not None:
+                    wanted.append({"w_id": task_id, "w_replicas": plan.replicas})
+                if plan.outcome is not None and verdicts is not None:
+                    verdicts[task_id] = plan.outcome
             elif step.settle:
                 candidates = self._candidates(conn, task_id, evs, row.replicas, now)
                 best, why = choose(candidates)
@@ -458,6 +507,8 @@ class SqlStore(NodeRecords):
             decided[task_id] = (new_state, step.requeue and not new_state.terminal, "")
         if updates:
             conn.execute(ADVANCE_TASK, updates)
+        if wanted:
+            conn.execute(WANT_REPLICAS, wanted)
         return [(ev, decided[ev.task_id]) for ev in events if ev.task_id in decided]
 
     def _candidates(

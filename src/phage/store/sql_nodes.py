@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -22,7 +23,8 @@ _HEARTBEAT = (
 )
 _RENEW_LEASE = (
     attempts.update()
-    .where(attempts.c.id == sa.bindparam("l_id"), attempts.c.state.in_(OPEN))
+    # no IN (…): an expanding parameter cannot be used with executemany, which renews leases in bulk
+    .where(attempts.c.id == sa.bindparam("l_id"), sa.or_(*(attempts.c.state == s for s in OPEN)))
     .values(lease_expires_at=sa.bindparam("l_until"))
 )
 
@@ -51,6 +53,8 @@ class NodeRecords:
             "quarantined": node.quarantined,
             "quarantine_reason": node.quarantine_reason,
             "reputation": node.reputation,
+            "draining": node.draining,
+            "max_jobs": node.max_jobs,
         }
 
         def op(conn: Connection) -> None:
@@ -104,6 +108,20 @@ class NodeRecords:
 
         await self._writer.run(op)
 
+    async def set_admission(self, node_id: str, **values: Any) -> None:
+        """Change a node's admission columns (state, trusted, draining, max_jobs) in one write."""
+        allowed = {"state", "trusted", "draining", "max_jobs"}
+        if not values or set(values) - allowed:
+            raise ValueError(f"set_admission takes only {sorted(allowed)}")
+        row = {k: (v.value if isinstance(v, NodeState) else v) for k, v in values.items()}
+
+        def op(conn: Connection) -> None:
+            res = conn.execute(nodes.update().where(nodes.c.id == node_id).values(**row))
+            if res.rowcount == 0:
+                raise NotFound(f"no node {node_id!r}", field="id")
+
+        await self._writer.run(op)
+
     async def set_quarantine(self, node_id: str, quarantined: bool, reason: str) -> None:
         """Quarantine a node (it gets no work) or release it."""
 
@@ -150,10 +168,15 @@ class NodeRecords:
         """Look a key up by its hash."""
         async with self.engine.connect() as conn:
             r = (await conn.execute(api_keys.select().where(api_keys.c.secret_hash == secret_hash))).first()
-        return ApiKeyRecord(r.id, r.name, r.role, r.created_at, bool(r.revoked)) if r else None
+        if r is None:
+            return None
+        return ApiKeyRecord(r.id, r.name, r.role, r.created_at, bool(r.revoked), r.credit_limit_tokens)
 
     async def list_api_keys(self) -> list[ApiKeyRecord]:
         """All keys."""
         async with self.engine.connect() as conn:
             rows = await conn.execute(api_keys.select().order_by(api_keys.c.created_at))
-            return [ApiKeyRecord(r.id, r.name, r.role, r.created_at, bool(r.revoked)) for r in rows]
+            return [
+                ApiKeyRecord(r.id, r.name, r.role, r.created_at, bool(r.revoked), r.credit_limit_tokens)
+                for r in rows
+            ]

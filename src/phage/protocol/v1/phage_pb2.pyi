@@ -23,7 +23,7 @@ class GpuInfo(_message.Message):
     def __init__(self, model: _Optional[str] = ..., vram_total_bytes: _Optional[int] = ..., vram_used_bytes: _Optional[int] = ..., utilization: _Optional[float] = ..., temperature_c: _Optional[float] = ..., index: _Optional[int] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("hostname", "gpus", "driver_version", "cuda_version", "cpu_count", "memory_total_bytes", "sandboxes", "engines", "loaded_model", "max_concurrency", "phage_version", "name")
+    __slots__ = ("hostname", "gpus", "driver_version", "cuda_version", "cpu_count", "memory_total_bytes", "sandboxes", "engines", "loaded_model", "max_concurrency", "phage_version", "name", "models", "model_memory_bytes", "can_load_models")
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
     DRIVER_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,9 @@ class NodeInfo(_message.Message):
     MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     PHAGE_VERSION_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CAN_LOAD_MODELS_FIELD_NUMBER: _ClassVar[int]
     hostname: str
     gpus: _containers.RepeatedCompositeFieldContainer[GpuInfo]
     driver_version: str
@@ -48,7 +51,10 @@ class NodeInfo(_message.Message):
     max_concurrency: int
     phage_version: str
     name: str
-    def __init__(self, hostname: _Optional[str] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., driver_version: _Optional[str] = ..., cuda_version: _Optional[str] = ..., cpu_count: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., sandboxes: _Optional[_Iterable[str]] = ..., engines: _Optional[_Iterable[str]] = ..., loaded_model: _Optional[str] = ..., max_concurrency: _Optional[int] = ..., phage_version: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+    models: _containers.RepeatedScalarFieldContainer[str]
+    model_memory_bytes: int
+    can_load_models: bool
+    def __init__(self, hostname: _Optional[str] = ..., gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., driver_version: _Optional[str] = ..., cuda_version: _Optional[str] = ..., cpu_count: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., sandboxes: _Optional[_Iterable[str]] = ..., engines: _Optional[_Iterable[str]] = ..., loaded_model: _Optional[str] = ..., max_concurrency: _Optional[int] = ..., phage_version: _Optional[str] = ..., name: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., model_memory_bytes: _Optional[int] = ..., can_load_models: _Optional[bool] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
     __slots__ = ("join_token", "identity_public_key", "csr_pem", "timestamp_unix_ms", "identity_signature", "info")
@@ -83,18 +89,24 @@ class RegisterResponse(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., client_certificate_pem: _Optional[bytes] = ..., ca_certificate_pem: _Optional[bytes] = ..., heartbeat_interval_s: _Optional[float] = ..., missed_heartbeats_dead: _Optional[int] = ..., status: _Optional[str] = ...) -> None: ...
 
 class NodeMetrics(_message.Message):
-    __slots__ = ("gpus", "active_tasks", "loaded_model", "cpu_percent", "memory_used_bytes")
+    __slots__ = ("gpus", "active_tasks", "loaded_model", "cpu_percent", "memory_used_bytes", "models", "model_memory_bytes", "loaded_model_bytes")
     GPUS_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_TASKS_FIELD_NUMBER: _ClassVar[int]
     LOADED_MODEL_FIELD_NUMBER: _ClassVar[int]
     CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
     MEMORY_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LOADED_MODEL_BYTES_FIELD_NUMBER: _ClassVar[int]
     gpus: _containers.RepeatedCompositeFieldContainer[GpuInfo]
     active_tasks: int
     loaded_model: str
     cpu_percent: float
     memory_used_bytes: int
-    def __init__(self, gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., active_tasks: _Optional[int] = ..., loaded_model: _Optional[str] = ..., cpu_percent: _Optional[float] = ..., memory_used_bytes: _Optional[int] = ...) -> None: ...
+    models: _containers.RepeatedScalarFieldContainer[str]
+    model_memory_bytes: int
+    loaded_model_bytes: int
+    def __init__(self, gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., active_tasks: _Optional[int] = ..., loaded_model: _Optional[str] = ..., cpu_percent: _Optional[float] = ..., memory_used_bytes: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., model_memory_bytes: _Optional[int] = ..., loaded_model_bytes: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("node_id", "metrics", "running_assignment_ids")
@@ -361,3 +373,69 @@ class BlobRequest(_message.Message):
     SHA256_FIELD_NUMBER: _ClassVar[int]
     sha256: str
     def __init__(self, sha256: _Optional[str] = ...) -> None: ...
+
+class ChatSubscribe(_message.Message):
+    __slots__ = ("node_id",)
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+
+class ChatMessage(_message.Message):
+    __slots__ = ("role", "content")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    content: str
+    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+
+class ChatOrder(_message.Message):
+    __slots__ = ("request_id", "model", "messages", "max_tokens", "temperature", "stop", "has_seed", "seed", "cancel", "has_top_p", "top_p", "prompt")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    HAS_SEED_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    HAS_TOP_P_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    model: str
+    messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
+    max_tokens: int
+    temperature: float
+    stop: _containers.RepeatedScalarFieldContainer[str]
+    has_seed: bool
+    seed: int
+    cancel: bool
+    has_top_p: bool
+    top_p: float
+    prompt: str
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., has_seed: _Optional[bool] = ..., seed: _Optional[int] = ..., cancel: _Optional[bool] = ..., has_top_p: _Optional[bool] = ..., top_p: _Optional[float] = ..., prompt: _Optional[str] = ...) -> None: ...
+
+class ChatChunk(_message.Message):
+    __slots__ = ("request_id", "node_id", "text", "finish_reason", "prompt_tokens", "completion_tokens", "error")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    node_id: str
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    error: str
+    def __init__(self, request_id: _Optional[str] = ..., node_id: _Optional[str] = ..., text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+
+class ChatStreamAck(_message.Message):
+    __slots__ = ("cancelled",)
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    cancelled: bool
+    def __init__(self, cancelled: _Optional[bool] = ...) -> None: ...

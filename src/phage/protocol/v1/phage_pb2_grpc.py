@@ -79,6 +79,16 @@ class PhageCoordinatorStub:
                 request_serializer=phage_dot_protocol_dot_v1_dot_phage__pb2.BlobRequest.SerializeToString,
                 response_deserializer=phage_dot_protocol_dot_v1_dot_phage__pb2.BlobChunk.FromString,
                 _registered_method=True)
+        self.ChatOrders = channel.unary_stream(
+                '/phage.v1.PhageCoordinator/ChatOrders',
+                request_serializer=phage_dot_protocol_dot_v1_dot_phage__pb2.ChatSubscribe.SerializeToString,
+                response_deserializer=phage_dot_protocol_dot_v1_dot_phage__pb2.ChatOrder.FromString,
+                _registered_method=True)
+        self.ChatStream = channel.stream_unary(
+                '/phage.v1.PhageCoordinator/ChatStream',
+                request_serializer=phage_dot_protocol_dot_v1_dot_phage__pb2.ChatChunk.SerializeToString,
+                response_deserializer=phage_dot_protocol_dot_v1_dot_phage__pb2.ChatStreamAck.FromString,
+                _registered_method=True)
 
 
 class PhageCoordinatorServicer:
@@ -147,6 +157,22 @@ class PhageCoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ChatOrders(self, request, context):
+        """Chat: the node subscribes to orders (one long-lived server stream), and for
+        each order streams its tokens back on a call of its own, so HTTP/2 flow
+        control gives every chat its own backpressure. The coordinator ends a
+        ChatStream call early to cancel (the client hung up); the node stops then.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChatStream(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PhageCoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -194,6 +220,16 @@ def add_PhageCoordinatorServicer_to_server(servicer, server):
                     servicer.DownloadBlob,
                     request_deserializer=phage_dot_protocol_dot_v1_dot_phage__pb2.BlobRequest.FromString,
                     response_serializer=phage_dot_protocol_dot_v1_dot_phage__pb2.BlobChunk.SerializeToString,
+            ),
+            'ChatOrders': grpc.unary_stream_rpc_method_handler(
+                    servicer.ChatOrders,
+                    request_deserializer=phage_dot_protocol_dot_v1_dot_phage__pb2.ChatSubscribe.FromString,
+                    response_serializer=phage_dot_protocol_dot_v1_dot_phage__pb2.ChatOrder.SerializeToString,
+            ),
+            'ChatStream': grpc.stream_unary_rpc_method_handler(
+                    servicer.ChatStream,
+                    request_deserializer=phage_dot_protocol_dot_v1_dot_phage__pb2.ChatChunk.FromString,
+                    response_serializer=phage_dot_protocol_dot_v1_dot_phage__pb2.ChatStreamAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -439,6 +475,60 @@ class PhageCoordinator:
             '/phage.v1.PhageCoordinator/DownloadBlob',
             phage_dot_protocol_dot_v1_dot_phage__pb2.BlobRequest.SerializeToString,
             phage_dot_protocol_dot_v1_dot_phage__pb2.BlobChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChatOrders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/phage.v1.PhageCoordinator/ChatOrders',
+            phage_dot_protocol_dot_v1_dot_phage__pb2.ChatSubscribe.SerializeToString,
+            phage_dot_protocol_dot_v1_dot_phage__pb2.ChatOrder.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChatStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/phage.v1.PhageCoordinator/ChatStream',
+            phage_dot_protocol_dot_v1_dot_phage__pb2.ChatChunk.SerializeToString,
+            phage_dot_protocol_dot_v1_dot_phage__pb2.ChatStreamAck.FromString,
             options,
             channel_credentials,
             insecure,

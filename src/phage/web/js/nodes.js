@@ -106,10 +106,10 @@ function loadCell(n) {
 
 function repCell(n) {
   const r = n.reputation || {};
-  const bad = (r.failed_validation || 0) + (r.attestation_refusals || 0);
+  const bad = (r.failed_validation || 0) + (r.attestation_refusals || 0) + (r.disagreements || 0);
   return h('span', {
     class: 'rep',
-    title: `validated ${r.validated || 0} · failed validation ${r.failed_validation || 0} · attestations refused ${r.attestation_refusals || 0}`,
+    title: `validated ${r.validated || 0} · failed validation ${r.failed_validation || 0} · disagreed with a quorum ${r.disagreements || 0} · attestations refused ${r.attestation_refusals || 0} · clean run ${r.streak || 0}`,
   }, h('span', { class: 'good' }, `✓ ${r.validated || 0}`), '  ', h('span', { class: bad ? 'bad' : 'dim' }, `✗ ${bad}`));
 }
 

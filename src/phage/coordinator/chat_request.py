@@ -1,0 +1,162 @@
+"""Validating an OpenAI ``/v1/chat/completions`` body into what phage sends a node.
+
+OpenAI clients send many optional parameters; phage honours the ones that change
+what the engine does (``max_tokens``, ``temperature``, ``top_p``, ``stop``,
+``seed``, ``stream``), accepts the rest of OpenAI's documented names without
+acting on them, and refuses anything else naming the field, as OpenAI does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from phage.errors import InvalidInput
+from phage.protocol.v1 import phage_pb2 as pb
+
+ROLES = {"system", "user", "assistant", "tool", "developer"}
+MAX_MESSAGES = 1024
+MAX_STOPS = 4
+IGNORED = {
+    "frequency_penalty",
+    "presence_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "user",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "metadata",
+    "store",
+    "service_tier",
+    "modalities",
+    "reasoning_effort",
+}
+"""OpenAI parameters accepted and not acted on (engines here do not support them)."""
+KNOWN = {
+    "model",
+    "messages",
+    "stream",
+    "stream_options",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "n",
+} | IGNORED
+
+
+@dataclass(frozen=True, slots=True)
+class ChatParams:
+    """A validated chat request."""
+
+    model: str
+    order: pb.ChatOrder
+    stream: bool
+    include_usage: bool
+    max_tokens: int
+
+
+def _number(body: dict[str, Any], name: str, lo: float, hi: float) -> float | None:
+    v = body.get(name)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise InvalidInput(f"{name} must be a number", field=name)
+    if not lo <= v <= hi:
+        raise InvalidInput(f"{name} must be between {lo:g} and {hi:g}; got {v}", field=name)
+    return float(v)
+
+
+def _content(v: Any, where: str) -> str:
+    """Message content: a string, or OpenAI's list of ``{"type": "text", "text": …}`` parts."""
+    if isinstance(v, str):
+        return v
+    if v is None:
+        return ""
+    if isinstance(v, list):
+        parts = []
+        for i, p in enumerate(v):
+            if not isinstance(p, dict) or p.get("type") != "text" or not isinstance(p.get("text"), str):
+                raise InvalidInput(
+                    f"{where}.content[{i}] must be a text part ({{'type': 'text', 'text': …}}); "
+                    "images and audio are not supported",
+                    field=f"{where}.content",
+                )
+            parts.append(p["text"])
+        return "".join(parts)
+    raise InvalidInput(f"{where}.content must be a string or a list of text parts", field=f"{where}.content")
+
+
+def parse_chat(body: Any, *, max_tokens_limit: int, default_max_tokens: int) -> ChatParams:
+    """Validate a chat completion body; every error names the field and the limit."""
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object", field="body")
+    unknown = sorted(set(body) - KNOWN)
+    if unknown:
+        raise InvalidInput(f"unknown parameter {unknown[0]!r}", field=unknown[0])
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidInput("model is required (a string naming a model the pool serves)", field="model")
+    if len(model) > 255:
+        raise InvalidInput("model is longer than 255 characters", field="model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidInput("messages must be a non-empty list", field="messages")
+    if len(messages) > MAX_MESSAGES:
+        raise InvalidInput(
+            f"messages has {len(messages)} entries; the limit is {MAX_MESSAGES}", field="messages"
+        )
+    order = pb.ChatOrder()
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise InvalidInput(f"{where} must be an object with role and content", field=where)
+        role = m.get("role")
+        if role not in ROLES:
+            raise InvalidInput(f"{where}.role must be one of {sorted(ROLES)}", field=f"{where}.role")
+        order.messages.add(role=role, content=_content(m.get("content"), where))
+    n = body.get("n", 1)
+    if n != 1:
+        raise InvalidInput("n must be 1 (ask again for more choices)", field="n")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidInput("stream must be true or false", field="stream")
+    opts = body.get("stream_options") or {}
+    if not isinstance(opts, dict):
+        raise InvalidInput("stream_options must be an object", field="stream_options")
+    include_usage = bool(opts.get("include_usage", False))
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    if max_tokens is None:
+        max_tokens = default_max_tokens
+    if (
+        isinstance(max_tokens, bool)
+        or not isinstance(max_tokens, int)
+        or not 1 <= max_tokens <= max_tokens_limit
+    ):
+        raise InvalidInput(f"{field} must be an integer from 1 to {max_tokens_limit}", field=field)
+    order.max_tokens = max_tokens
+    temperature = _number(body, "temperature", 0.0, 2.0)
+    order.temperature = 1.0 if temperature is None else temperature
+    top_p = _number(body, "top_p", 0.0, 1.0)
+    if top_p is not None:
+        order.has_top_p, order.top_p = True, top_p
+    stop = body.get("stop")
+    stops = [stop] if isinstance(stop, str) else stop
+    if stops is not None:
+        if not isinstance(stops, list) or not all(isinstance(x, str) and x for x in stops):
+            raise InvalidInput("stop must be a string or a list of non-empty strings", field="stop")
+        if len(stops) > MAX_STOPS:
+            raise InvalidInput(f"stop has {len(stops)} strings; the limit is {MAX_STOPS}", field="stop")
+        order.stop.extend(stops)
+    seed = body.get("seed")
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**63:
+            raise InvalidInput("seed must be a 64-bit integer", field="seed")
+        order.has_seed, order.seed = True, seed
+    return ChatParams(model.strip(), order, stream, include_usage, max_tokens)

@@ -1,0 +1,135 @@
+"""Model-aware placement: which node may hold which model, and who should load what.
+
+Work for a model goes only to nodes that have it loaded (sticky routing: a node
+keeps its model and keeps getting its work; switching costs minutes on a GPU).
+When queued work needs a model that no live node has loaded — or its queue
+outgrows the nodes serving it — an idle node that can switch models and has the
+memory for it is told so in its next ``HeartbeatResponse.load_model``. A model
+that fits no node is refused at submit, naming what it needs and what the pool
+offers.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from phage.errors import InvalidInput
+from phage.scheduler.models import describe, estimate_bytes
+
+if TYPE_CHECKING:
+    from phage.coordinator.core import Coordinator
+    from phage.coordinator.pool import LiveNode
+
+GROW_FACTOR = 2
+"""A model's queue 'grows' past its nodes when it holds more than this many tasks per serving slot."""
+
+
+class ModelPlacement:
+    """Memory fit, load requests, and the measured sizes nodes report."""
+
+    def __init__(self, coordinator: Coordinator, *, load_timeout_s: float = 900.0) -> None:
+        self.c = coordinator
+        self.measured: dict[str, int] = {}
+        """Model -> bytes, as measured by a node that has it loaded."""
+        self.loading: dict[str, tuple[str, float]] = {}
+        """Node id -> (model it was asked to load, when)."""
+        self.load_timeout_s = load_timeout_s
+
+    # ---- facts -------------------------------------------------------------
+
+    def observe(self, live: LiveNode) -> None:
+        """Learn from a heartbeat: the loaded model's measured size; a finished load."""
+        model, size = live.node.loaded_model, int(live.metrics.get("loaded_model_bytes") or 0)
+        if model and size:
+            self.measured[model] = size
+        asked = self.loading.get(live.node.id)
+        if asked is not None and (
+            asked[0] in self.c.models_of(live) or self.c.clock() - asked[1] > self.load_timeout_s
+        ):
+            del self.loading[live.node.id]
+
+    @staticmethod
+    def memory_of(live: LiveNode) -> int | None:
+        """Bytes a model may use on the node (0/None: it did not say)."""
+        value = live.metrics.get("model_memory_bytes") or live.node.hardware.get("model_memory_bytes")
+        return int(value) if value else None
+
+    @staticmethod
+    def can_load(live: LiveNode) -> bool:
+        """The node's engine switches models when asked."""
+        return bool(live.node.hardware.get("can_load_models"))
+
+    def need(self, model: str) -> int | None:
+        """Bytes ``model`` needs, as best known."""
+        return estimate_bytes(model, self.measured)
+
+    def fits(self, model: str, live: LiveNode) -> bool:
+        """Could the node hold ``model``? (Unknown sizes or memory are given the benefit of the doubt.)"""
+        need, have = self.need(model), self.memory_of(live)
+        return need is None or have is None or need <= have
+
+    # ---- submit ------------------------------------------------------------
+
+    def check_submit(self, model: str) -> None:
+        """Refuse a model no registered node serves or could load, naming what it needs."""
+        nodes = [n for n in self.c.pool.nodes.values() if n.node.state.value != "removed"]
+        if any(model in self.c.models_of(n) for n in nodes):
+            return
+        loaders = [n for n in nodes if self.can_load(n)]
+        if any(self.fits(model, n) for n in loaders):
+            return
+        served = ", ".join(sorted({m for n in nodes for m in self.c.models_of(n)})) or "none"
+        if loaders:
+            biggest = max((self.memory_of(n) or 0) for n in loaders)
+            raise InvalidInput(
+                f"model {model!r} needs about {describe(self.need(model))}; the largest node that can load "
+                f"models offers {describe(biggest)} (served now: {served}); "
+                "set wait_for_model to queue the task until a node that fits joins",
+                field="model",
+            )
+        raise InvalidInput(
+            f"no node in this pool serves model {model!r} (served: {served}) and none can load models; "
+            "set wait_for_model to queue the task until one joins",
+            field="model",
+        )
+
+    # ---- load requests -----------------------------------------------------
+
+    def _demand(self) -> Counter[str]:
+        """Queued generate tasks per model."""
+        demand: Counter[str] = Counter()
+        for t in self.c.queue.tasks():
+            if t.kind == "generate":
+                model = (t.spec.get("generate") or {}).get("model")
+                if isinstance(model, str):
+                    demand[model] += 1
+        return demand
+
+    def load_hint(self, live: LiveNode) -> str:
+        """The model this node should load now, or "" (called on each of its heartbeats)."""
+        if not (live.online and self.can_load(live)) or live.node.quarantined or live.attempts:
+            return ""
+        if live.node.id in self.loading:
+            return self.loading[live.node.id][0]  # repeat the ask until it lands
+        demand = self._demand()
+        if not demand:
+            return ""
+        mine = self.c.models_of(live)
+        if any(demand.get(m) for m in mine):
+            return ""  # its own model still has queued work: stay (sticky)
+        serving: Counter[str] = Counter()
+        for other in self.c.pool.online_nodes():
+            for m in self.c.models_of(other):
+                serving[m] += max(1, other.node.max_concurrency)
+        for node_id, (m, _) in self.loading.items():
+            if node_id != live.node.id:
+                serving[m] += 1
+        # Models nobody serves first, then the longest queue per serving slot.
+        ranked = sorted(demand, key=lambda m: (serving[m] > 0, -demand[m] / max(1, serving[m]), m))
+        for model in ranked:
+            starved = serving[model] == 0 or demand[model] > GROW_FACTOR * serving[model]
+            if starved and self.fits(model, live):
+                self.loading[live.node.id] = (model, self.c.clock())
+                return model
+        return ""

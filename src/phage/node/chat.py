@@ -1,0 +1,162 @@
+"""Serving chat on a node: take orders from the coordinator, stream tokens back.
+
+The node holds one ``ChatOrders`` server stream open (it dials out, so this is
+how the coordinator reaches it without a queue in between: chat never waits
+behind batch work). Each order gets its own ``ChatStream`` call, so HTTP/2 flow
+control throttles *that* generation when its client reads slowly, and the
+coordinator ending the call — the client hung up — makes the next write fail,
+which closes the engine's stream and stops the generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+
+from phage.errors import PhageError
+from phage.node.engines.base import ChatMessage, Delta, Engine, GenerationRequest
+from phage.protocol.v1 import phage_pb2 as pb
+from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
+
+log = logging.getLogger("phage.node.chat")
+
+
+def order_to_request(order: pb.ChatOrder) -> GenerationRequest:
+    """The engine request an order asks for."""
+    return GenerationRequest(
+        prompt=order.prompt,
+        messages=tuple(ChatMessage(m.role, m.content) for m in order.messages),
+        max_tokens=order.max_tokens or 256,
+        temperature=order.temperature,
+        stop=list(order.stop),
+        seed=order.seed if order.has_seed else None,
+        top_p=order.top_p if order.has_top_p else None,
+    )
+
+
+class ChatServer:
+    """Runs the chat orders the coordinator sends this node."""
+
+    def __init__(
+        self,
+        node_id: str,
+        stub: Callable[[], pb_grpc.PhageCoordinatorStub],
+        engine: Engine,
+    ) -> None:
+        self.node_id = node_id
+        self._stub = stub
+        self.engine = engine
+        self.active: dict[str, asyncio.Task[None]] = {}
+        self.served = 0
+        self.cancelled = 0
+
+    async def run(self) -> None:
+        """Keep the order stream open (reconnecting with backoff) and serve every order."""
+        backoff = 0.2
+        while True:
+            try:
+                call = self._stub().ChatOrders(pb.ChatSubscribe(node_id=self.node_id))
+                async for order in call:
+                    backoff = 0.2
+                    self._take(order)
+            except grpc.aio.AioRpcError as exc:
+                log.debug("chat order stream ended: %s", exc.code())
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    def _take(self, order: pb.ChatOrder) -> None:
+        if order.cancel:
+            task = self.active.get(order.request_id)
+            if task is not None:
+                task.cancel()
+            return
+        if order.request_id in self.active:
+            return  # a duplicate order: already serving it
+        task = asyncio.create_task(self._serve(order), name=f"phage-chat-{order.request_id}")
+        self.active[order.request_id] = task
+        task.add_done_callback(functools.partial(self._forget, order.request_id))
+
+    def _forget(self, request_id: str, _task: object) -> None:
+        self.active.pop(request_id, None)
+
+    async def _serve(self, order: pb.ChatOrder) -> None:
+        """Stream one order's tokens back on a ChatStream call of its own."""
+        rid = order.request_id
+        call = self._stub().ChatStream()
+        deltas: AsyncIterator[Delta] | None = None
+        first: asyncio.Future[Delta | None] | None = None
+        try:
+            served = not order.model or order.model in self.engine.models()
+            # Start the engine while the call opens: the two latencies overlap.
+            deltas = self.engine.stream(order_to_request(order)) if served else None
+            first = asyncio.ensure_future(anext(deltas, None)) if deltas is not None else None
+            await call.write(pb.ChatChunk(request_id=rid, node_id=self.node_id))
+            if deltas is None or first is None:
+                await call.write(
+                    pb.ChatChunk(
+                        request_id=rid,
+                        error=f"this node serves {self.engine.models()}, not {order.model!r}",
+                    )
+                )
+            else:
+                await self._pump(rid, call, deltas, first)
+            await call.done_writing()
+            await call
+            self.served += 1
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            call.cancel()
+            raise
+        except grpc.aio.AioRpcError as exc:  # the coordinator ended the call: the client left
+            self.cancelled += 1
+            log.debug("chat %s stopped: %s", rid, exc.code())
+        except PhageError as exc:
+            with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
+                await call.write(pb.ChatChunk(request_id=rid, error=exc.message))
+                await call.done_writing()
+            call.cancel()
+        finally:
+            await _close(deltas, first)
+
+    @staticmethod
+    async def _pump(
+        rid: str,
+        call: grpc.aio.StreamUnaryCall[pb.ChatChunk, pb.ChatStreamAck],
+        deltas: AsyncIterator[Delta],
+        first: asyncio.Future[Delta | None],
+    ) -> None:
+        """Copy the engine's deltas onto the call; a failed write closes the engine stream."""
+        try:
+            d = await first
+            while d is not None:
+                if d.final:
+                    await call.write(
+                        pb.ChatChunk(
+                            request_id=rid,
+                            text=d.text,
+                            finish_reason=d.finish_reason or "stop",
+                            prompt_tokens=d.prompt_tokens,
+                            completion_tokens=d.completion_tokens,
+                        )
+                    )
+                elif d.text:
+                    await call.write(pb.ChatChunk(request_id=rid, text=d.text))
+                d = await anext(deltas, None)
+        finally:
+            await _close(deltas, first)
+
+
+async def _close(deltas: AsyncIterator[Delta] | None, first: asyncio.Future[Delta | None] | None) -> None:
+    """Stop an engine stream: cancel a pending first read, then close the generator (idempotent)."""
+    if first is not None:
+        if not first.done():
+            first.cancel()
+        await asyncio.gather(first, return_exceptions=True)  # and mark an engine error as seen
+    aclose = getattr(deltas, "aclose", None)
+    if aclose is not None:
+        await aclose()
