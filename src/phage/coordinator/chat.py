@@ -14,11 +14,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from phage.errors import NotFound, ProtocolError, Unavailable
+from phage.errors import ProtocolError, Unavailable
 from phage.protocol.v1 import phage_pb2 as pb
 
 BUFFER_CHUNKS = 32
@@ -39,6 +39,9 @@ class ChatCall:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when the coordinator stops listening (client gone); ends the node's call."""
     finished: bool = False
+    """No more chunks will be taken (completed, failed or closed)."""
+    completed: bool = False
+    """The node sent its final chunk (or its error): nothing to cancel there."""
     handler: asyncio.Task[Any] | None = None
     """The ChatStream handler feeding this call; cancelled to end the node's call."""
 
@@ -47,6 +50,7 @@ class ChatCall:
         if self.finished:
             return
         self.finished = True
+        self.opened.set()  # a waiter for the node's first chunk must not sit out the open timeout
         # The buffer may be full of tokens nobody will read; make room for the error.
         while self.chunks.full():
             self.chunks.get_nowait()
@@ -128,7 +132,7 @@ class ChatRouter:
             async for chunk in chunks:
                 await call.chunks.put(chunk)  # bounded: a slow client slows this read, and so the node
                 if chunk.finish_reason or chunk.error:
-                    call.finished = True
+                    call.finished = call.completed = True
                     return False
             call.fail(f"node {node_id[:12]}… lost the chat stream before it finished")
             return False
@@ -176,28 +180,14 @@ class ChatRouter:
         return call
 
     def close(self, call: ChatCall) -> None:
-        """Forget a call; if it was still running, cancel it on the node."""
+        """Forget a call; unless it completed, end its node-side call and cancel the order."""
         self.calls.pop(call.request_id, None)
-        if not call.finished:
-            call.finished = True
-            call.stop.set()
-            if call.handler is not None:
-                call.handler.cancel()
+        call.finished = True
+        call.stop.set()
+        if call.handler is not None:  # still feeding (a failed or abandoned call): end it
+            call.handler.cancel()
+        if not call.completed:
             outbox = self._outboxes.get(call.node_id)
             if outbox is not None:
                 outbox.put_nowait(pb.ChatOrder(request_id=call.request_id, cancel=True))
 
-
-def pick_model_nodes(model: str, nodes: Iterable[tuple[str, list[str]]]) -> list[str]:
-    """Node ids whose served models include ``model``."""
-    return [node_id for node_id, models in nodes if model in models]
-
-
-def require_known(model: str, served: Callable[[], set[str]]) -> None:
-    """Raise NotFound (OpenAI's ``model_not_found``) when no live node serves ``model``."""
-    models = served()
-    if model not in models:
-        known = ", ".join(sorted(models)) or "none"
-        raise NotFound(
-            f"the model {model!r} does not exist or no live node serves it (served: {known})", field="model"
-        )

@@ -263,7 +263,10 @@ class Coordinator:
         return [
             live
             for live in self.pool.nodes.values()
-            if live.online and not live.node.quarantined and live.node.id in subscribed
+            if live.online
+            and not live.node.quarantined
+            and not live.node.draining
+            and live.node.id in subscribed
         ]
 
     def served_models(self) -> set[str]:

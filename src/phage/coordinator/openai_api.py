@@ -9,6 +9,7 @@ a stream ends with an error event instead (a client cannot un-read tokens).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -182,8 +183,10 @@ def install_openai(app: FastAPI, c: Coordinator, read_json: Callable[[Request], 
         created = int(time.time())
         pieces = service.run(who, params)
         if params.stream:
+            # Place the chat now, so the order travels to the node while the response is set up.
+            head = asyncio.ensure_future(anext(pieces, None))
             return StreamingResponse(
-                _stream(pieces, cid, created, params),
+                _stream(pieces, head, cid, created, params),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
@@ -225,7 +228,11 @@ def _usage(p: Piece) -> dict[str, int]:
 
 
 async def _stream(
-    pieces: AsyncIterator[Piece], cid: str, created: int, params: ChatParams
+    pieces: AsyncIterator[Piece],
+    first_piece: asyncio.Future[Piece | None],
+    cid: str,
+    created: int,
+    params: ChatParams,
 ) -> AsyncIterator[bytes]:
     """OpenAI's chunk stream.
 
@@ -234,7 +241,8 @@ async def _stream(
     head = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": params.model}
     first = True
     try:
-        async for p in pieces:
+        p = await first_piece
+        while p is not None:
             if p.error is not None:
                 err = openai_error(p.error).body
                 yield b"data: " + bytes(err) + b"\n\n"
@@ -265,7 +273,11 @@ async def _stream(
                     yield _sse({**head, "choices": [], "usage": _usage(p)})
                 yield b"data: [DONE]\n\n"
                 return
+            p = await anext(pieces, None)
     finally:
+        if not first_piece.done():
+            first_piece.cancel()
+        await asyncio.gather(first_piece, return_exceptions=True)
         aclose = getattr(pieces, "aclose", None)
         if aclose is not None:
             await aclose()

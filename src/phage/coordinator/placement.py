@@ -28,26 +28,31 @@ GROW_FACTOR = 2
 class ModelPlacement:
     """Memory fit, load requests, and the measured sizes nodes report."""
 
-    def __init__(self, coordinator: Coordinator, *, load_timeout_s: float = 900.0) -> None:
+    def __init__(self, coordinator: Coordinator, *, load_timeout_s: float = 600.0) -> None:
         self.c = coordinator
         self.measured: dict[str, int] = {}
         """Model -> bytes, as measured by a node that has it loaded."""
         self.loading: dict[str, tuple[str, float]] = {}
         """Node id -> (model it was asked to load, when)."""
         self.load_timeout_s = load_timeout_s
+        self.failed: dict[tuple[str, str], float] = {}
+        """(node id, model) -> when a load there did not land in time; not asked again for a while."""
 
     # ---- facts -------------------------------------------------------------
 
     def observe(self, live: LiveNode) -> None:
         """Learn from a heartbeat: the loaded model's measured size; a finished load."""
         model, size = live.node.loaded_model, int(live.metrics.get("loaded_model_bytes") or 0)
-        if model and size:
+        if model and size and live.node.trusted:  # an untrusted node's figure could shut a model out
             self.measured[model] = size
         asked = self.loading.get(live.node.id)
-        if asked is not None and (
-            asked[0] in self.c.models_of(live) or self.c.clock() - asked[1] > self.load_timeout_s
-        ):
+        if asked is None:
+            return
+        if asked[0] in self.c.models_of(live):
             del self.loading[live.node.id]
+        elif self.c.clock() - asked[1] > self.load_timeout_s:
+            del self.loading[live.node.id]
+            self.failed[(live.node.id, asked[0])] = self.c.clock()
 
     @staticmethod
     def memory_of(live: LiveNode) -> int | None:
@@ -108,8 +113,10 @@ class ModelPlacement:
 
     def load_hint(self, live: LiveNode) -> str:
         """The model this node should load now, or "" (called on each of its heartbeats)."""
-        if not (live.online and self.can_load(live)) or live.node.quarantined or live.attempts:
+        if not (live.online and self.can_load(live)) or live.node.quarantined or live.node.draining:
             return ""
+        if live.attempts or self.c.chat.active_on(live.node.id):
+            return ""  # busy: a switch would kill its work and its chats
         if live.node.id in self.loading:
             return self.loading[live.node.id][0]  # repeat the ask until it lands
         demand = self._demand()
@@ -120,15 +127,23 @@ class ModelPlacement:
             return ""  # its own model still has queued work: stay (sticky)
         serving: Counter[str] = Counter()
         for other in self.c.pool.online_nodes():
+            if other.node.quarantined or other.node.draining:
+                continue  # takes no work: not capacity
             for m in self.c.models_of(other):
                 serving[m] += max(1, other.node.max_concurrency)
-        for node_id, (m, _) in self.loading.items():
-            if node_id != live.node.id:
+        for node_id, (m, _) in list(self.loading.items()):
+            loader = self.c.pool.nodes.get(node_id)
+            if loader is None or not loader.online:
+                del self.loading[node_id]  # it died or left while loading
+            elif node_id != live.node.id:
                 serving[m] += 1
         # Models nobody serves first, then the longest queue per serving slot.
         ranked = sorted(demand, key=lambda m: (serving[m] > 0, -demand[m] / max(1, serving[m]), m))
         for model in ranked:
             starved = serving[model] == 0 or demand[model] > GROW_FACTOR * serving[model]
+            failed_at = self.failed.get((live.node.id, model))
+            if failed_at is not None and self.c.clock() - failed_at < self.load_timeout_s:
+                continue  # it could not load this model lately; ask another node
             if starved and self.fits(model, live):
                 self.loading[live.node.id] = (model, self.c.clock())
                 return model

@@ -167,7 +167,12 @@ class NodeAgent:
         cap = self.config.model_memory_bytes
         if cap is None:
             gpus = hw.get("gpus") or []
-            if gpus:  # free VRAM, counting what the loaded model would give back on a switch
+            share = getattr(self.engine, "gpu_memory_utilization", None)
+            if gpus and self.engine.can_load and not loaded:
+                # A server we run (vLLM) reserves its share of the card whatever model it holds:
+                # that share is what a model may use, not the VRAM left free beside it.
+                cap = int(sum(int(g["vram_total_bytes"]) for g in gpus) * (share or 0.9))
+            elif gpus:  # free VRAM, counting what the loaded model would give back on a switch
                 free = sum(int(g["vram_total_bytes"]) - int(g["vram_used_bytes"]) for g in gpus)
                 cap = free + loaded
             else:

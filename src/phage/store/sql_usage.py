@@ -1,8 +1,8 @@
 """Usage metering and key administration (a mixin of :class:`phage.store.sql.SqlStore`).
 
-One row per API key × model × node, incremented as chat completions and generate
-attempts finish, so ``GET /api/usage`` and credit checks are a small sum, not a
-scan of every request ever made.
+One row per API key × model × node, incremented as chat completions finish, so
+``GET /api/usage`` and credit checks are a small sum, not a scan of every request
+ever made.
 """
 
 from __future__ import annotations

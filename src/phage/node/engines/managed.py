@@ -12,15 +12,15 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import shlex
+import shutil
 import signal
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -28,9 +28,6 @@ from phage.errors import EngineError
 from phage.node.engines.openai_compat import OpenAIEngine
 
 log = logging.getLogger(__name__)
-
-_PR_SET_PDEATHSIG = 1
-
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nothing listens on now (the kernel's choice)."""
@@ -46,21 +43,18 @@ def split_command(command: str | Sequence[str] | None) -> list[str]:
     return shlex.split(command) if isinstance(command, str) else [str(part) for part in command]
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A pre-exec hook asking Linux to SIGTERM the server if the node dies without closing it.
+def die_with_parent(argv: list[str]) -> list[str]:
+    """``argv`` behind ``setpriv --pdeathsig TERM`` where util-linux has it (every Debian).
 
-    Without it a node killed with SIGKILL would leave the server holding the GPU.
-    The libc lookup happens here, in the parent: the child may only make the call.
+    Linux then SIGTERMs the server if the node dies without closing it — without it a
+    node killed with SIGKILL would leave the server holding the GPU. A wrapper
+    program rather than a pre-exec hook: a Python hook forces ``fork()`` in a process
+    running gRPC's threads, whose fork handlers can abort the child
+    (``ev_epoll1_linux.cc: Check failed``); without one, the child is spawned with
+    ``vfork`` and runs no handlers.
     """
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):  # not Linux
-        return None
-
-    def hook() -> None:  # pragma: no cover - runs in the child between fork and exec
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
-
-    return hook
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else argv
 
 
 class ManagedServerEngine(OpenAIEngine):
@@ -170,15 +164,17 @@ class ManagedServerEngine(OpenAIEngine):
         argv = self.argv(self.port)
         self._ready.clear()
         began = time.monotonic()
+        if shutil.which(argv[0]) is None:  # say so plainly, not as an exit code from the wrapper
+            self.last_error = f"cannot run the {self.name} server `{shlex.join(argv)}`: {argv[0]} not found"
+            raise EngineError(self.last_error)
         with self._open_log(argv) as out:
             try:
                 self.process = await asyncio.create_subprocess_exec(
-                    *argv,
+                    *die_with_parent(argv),
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=out,
                     stderr=asyncio.subprocess.STDOUT,
                     start_new_session=True,
-                    preexec_fn=_die_with_parent(),
                     env={**os.environ, **self.env},
                 )
             except OSError as exc:
@@ -282,6 +278,14 @@ class ManagedServerEngine(OpenAIEngine):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
         await process.wait()
+
+    def models(self) -> list[str]:
+        """Exactly the model the server was (or is being) started with.
+
+        Not the server's last ``/v1/models`` answer: during a switch that still names
+        the old model, and the coordinator would send work for it here.
+        """
+        return [self.model] if self.model else []
 
     @property
     def can_load(self) -> bool:

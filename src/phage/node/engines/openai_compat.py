@@ -12,11 +12,17 @@ generating.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import httpx
+
+try:
+    import aiohttp
+except ImportError:  # pragma: no cover - a dependency; httpx serves alone without it
+    aiohttp = None  # type: ignore[assignment]
 
 from phage.errors import EngineError
 from phage.node.engines.base import Delta, Engine, GenerationRequest
@@ -168,6 +174,7 @@ class OpenAIEngine(Engine):
         self.timeout_s = timeout_s
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
+        self._session: aiohttp.ClientSession | None = None
         self._models: list[str] = []
 
     @property
@@ -233,8 +240,8 @@ class OpenAIEngine(Engine):
 
     @property
     def can_load(self) -> bool:
-        """A server someone else runs can serve any model it lists."""
-        return True
+        """A server someone else runs serves what it lists (``models()``); the node cannot load more."""
+        return False
 
     async def load(self, model: str) -> None:
         """Serve ``model`` from now on, once the server lists it."""
@@ -265,38 +272,76 @@ class OpenAIEngine(Engine):
         await self.before_request()
         path = "/v1/chat/completions" if request.is_chat else "/v1/completions"
         reader = ChunkReader(chat=request.is_chat)
+        parser = SSEParser()
+        done = False
+        async with contextlib.aclosing(
+            self._post_stream(path, request_body(request, self.served_model))
+        ) as body:
+            async for raw in body:
+                # Read on to the body's end, past [DONE]: a response closed early
+                # costs its connection, and the next request a new one.
+                if done:
+                    continue
+                text, done = _texts(reader, parser.feed(raw))
+                if text:
+                    yield Delta(text)
+        if not done:
+            text, done = _texts(reader, parser.close())
+            if text:
+                yield Delta(text)
+        yield reader.final()
+
+    async def _post_stream(self, path: str, body: dict[str, Any]) -> AsyncGenerator[bytes, None]:
+        """POST ``body`` and yield the response's bytes as they arrive; a non-200 is an EngineError.
+
+        Streams go through aiohttp (about half httpx's cost per request and per read,
+        which is most of what a chat token costs a node); an engine built with an
+        httpx transport (an in-process ASGI app, a mock) keeps using httpx.
+        """
+        if self._transport is None and aiohttp is not None:
+            try:
+                async with self._aiohttp().post(self.url + path, json=body) as resp:
+                    if resp.status != 200:
+                        raise EngineError(
+                            f"{path} answered {resp.status}: {_error_text(await resp.read())}", field="model"
+                        )
+                    async for raw in resp.content.iter_any():
+                        yield raw
+            except aiohttp.ClientError as exc:
+                raise EngineError(f"the engine server at {self.url} failed: {exc!r}") from exc
+            return
         try:
-            async with self.http().stream(
-                "POST", path, json=request_body(request, self.served_model)
-            ) as response:
+            async with self.http().stream("POST", path, json=body) as response:
                 if response.status_code != 200:
-                    body = await response.aread()
                     raise EngineError(
-                        f"{path} answered {response.status_code}: {_error_text(body)}", field="model"
+                        f"{path} answered {response.status_code}: {_error_text(await response.aread())}",
+                        field="model",
                     )
-                parser = SSEParser()
-                done = False
                 async for raw in response.aiter_raw():
-                    # Read on to the body's end, past [DONE]: a response closed early
-                    # costs its connection, and the next request a new one.
-                    if done:
-                        continue
-                    text, done = _texts(reader, parser.feed(raw))
-                    if text:
-                        yield Delta(text)
-                if not done:
-                    text, done = _texts(reader, parser.close())
-                    if text:
-                        yield Delta(text)
+                    yield raw
         except httpx.HTTPError as exc:
             raise EngineError(f"the engine server at {self.url} failed: {exc!r}") from exc
-        yield reader.final()
+
+    def _aiohttp(self) -> aiohttp.ClientSession:
+        """The pooled aiohttp session for completions (made on first use, in the running loop)."""
+        if self._session is None or self._session.closed:
+            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+            self._session = aiohttp.ClientSession(
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=self.timeout_s),
+                connector=aiohttp.TCPConnector(limit=0),
+                trust_env=self.trust_env,
+            )
+        return self._session
 
     async def close(self) -> None:
         """Close the HTTP client (the server keeps running: it is not ours)."""
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
 
 def _texts(reader: ChunkReader, events: list[bytes]) -> tuple[str, bool]:
