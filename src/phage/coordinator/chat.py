@@ -190,4 +190,3 @@ class ChatRouter:
             outbox = self._outboxes.get(call.node_id)
             if outbox is not None:
                 outbox.put_nowait(pb.ChatOrder(request_id=call.request_id, cancel=True))
-

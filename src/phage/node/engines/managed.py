@@ -29,6 +29,7 @@ from phage.node.engines.openai_compat import OpenAIEngine
 
 log = logging.getLogger(__name__)
 
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nothing listens on now (the kernel's choice)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
