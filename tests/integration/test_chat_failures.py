@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from phage.testing import CoordinatorProcess, NodeProcess, free_port, wait_online, wait_until
+from tests.integration.conftest import job
 
 Pool = Callable[..., tuple[CoordinatorProcess, list[NodeProcess]]]
 MODEL = "standin-7b"
@@ -165,3 +166,21 @@ def test_non_streaming_request_is_retried_on_another_node(
     assert result["body"]["usage"]["completion_tokens"] == 120
     assert result["node"] == nodes[survivor][0].node_id
     assert _stats(nodes[survivor][1])["finished"] == 1
+
+
+def test_chat_does_not_wait_behind_queued_batch_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stopper: list[Any]
+) -> None:
+    coord, nodes = _start(tmp_path, 1, delay_ms=1, monkeypatch=monkeypatch)
+    stopper.extend([coord, *(n for n, _ in nodes)])
+    with coord.client() as c:
+        # every slot busy with 20-second jobs, and more queued behind them
+        made = c.post("/api/tasks", json={"tasks": [job(f"v{i}", sleep=20) for i in range(8)]})
+        assert made.status_code == 201, made.text
+        wait_until(lambda: c.get("/api/status").json()["slots"]["busy"] >= 2, 30, what="node slots full")
+        assert c.get("/api/status").json()["queue"]["depth"] >= 6
+        started = time.monotonic()
+        r = c.post("/v1/chat/completions", json=_body(16, False))
+        took = time.monotonic() - started
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 16
+    assert took < 5, f"chat answered in {took:.2f} s while batch work queued"
