@@ -12,7 +12,7 @@ import psutil
 
 def _nvml() -> tuple[list[dict[str, Any]], str, str]:
     try:
-        import pynvml  # type: ignore[import-not-found]
+        import pynvml
     except ImportError:
         return [], "", ""
     try:
