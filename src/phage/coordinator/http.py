@@ -9,8 +9,6 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from phage import __version__
 from phage.coordinator.admission_api import install_admission_api
@@ -22,6 +20,7 @@ from phage.coordinator.metrics import install_metrics
 from phage.coordinator.openai_api import install_openai
 from phage.coordinator.pool_api import install_pool_api
 from phage.coordinator.requests import TaskRequest, parse_task_request
+from phage.coordinator.uploads import multipart_form, read_archive
 from phage.coordinator.views import node_public, task_public
 from phage.domain import TaskState
 from phage.domain.manifest import safe_relative_path
@@ -158,22 +157,13 @@ def create_app(coordinator: Coordinator) -> FastAPI:
         )
 
     async def _multipart(request: Request) -> TaskRequest:
-        limit = s.max_workspace_bytes + s.max_request_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(
-                f"upload is {declared} bytes; the workspace limit is {s.max_workspace_bytes}",
-                field="workspace",
-            )
-        try:
-            form = await request.form(max_files=2, max_fields=8, max_part_size=s.max_request_bytes)
-        except StarletteHTTPException as exc:  # Starlette's own multipart refusals, in our words
-            if "maximum size" in str(exc.detail):
-                raise PayloadTooLarge(
-                    f"a multipart field exceeds the limit of {s.max_request_bytes} bytes", field="task"
-                ) from None
-            raise InvalidInput(f"malformed multipart body: {exc.detail}", field="body") from None
-        try:
+        async with multipart_form(
+            request,
+            max_request_bytes=s.max_request_bytes,
+            max_workspace_bytes=s.max_workspace_bytes,
+            archive_field="workspace",
+            json_field="task",
+        ) as form:
             spec: Any
             if "task" in form:
                 spec = parse_json(str(form["task"]).encode(), "task")
@@ -184,16 +174,8 @@ def create_app(coordinator: Coordinator) -> FastAPI:
             upload = form.get("workspace") or form.get("files")
             data: bytes | None = None
             if upload is not None:
-                if not isinstance(upload, UploadFile):
-                    raise InvalidInput("workspace must be a file upload", field="workspace")
-                data = await upload.read(s.max_workspace_bytes + 1)
-                if len(data) > s.max_workspace_bytes:
-                    raise PayloadTooLarge(
-                        f"workspace exceeds the limit of {s.max_workspace_bytes} bytes", field="workspace"
-                    )
+                data = await read_archive(upload, field="workspace", limit=s.max_workspace_bytes, hint="")
             return _parse(spec, data)
-        finally:
-            await form.close()
 
     @app.get("/api/tasks", tags=["tasks"])
     async def list_tasks(

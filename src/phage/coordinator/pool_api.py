@@ -32,12 +32,12 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, Response
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from phage.coordinator.core import Coordinator
 from phage.coordinator.keys import Principal
 from phage.coordinator.pool import LiveNode
 from phage.coordinator.requests import parse_task_request
+from phage.coordinator.uploads import multipart_form, read_archive
 from phage.domain import Attempt, AttemptState, NodeState, Task, TaskState
 from phage.domain.manifest import safe_relative_path
 from phage.errors import InvalidInput, NotFound, PayloadTooLarge, Unauthenticated
@@ -151,23 +151,15 @@ def install_pool_api(app: FastAPI, coordinator: Coordinator) -> None:
 
     async def read_form(request: Request) -> tuple[Any, bytes]:
         """The ``manifest`` (parsed JSON) and ``files`` (archive bytes) fields, within the limits."""
-        limit = s.max_workspace_bytes + s.max_request_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(
-                f"upload is {declared} bytes; the workspace limit is {s.max_workspace_bytes}", field="files"
-            )
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise InvalidInput("POST /submit takes multipart/form-data: 'files' and 'manifest'", field="body")
-        try:
-            form = await request.form(max_files=2, max_fields=8, max_part_size=s.max_request_bytes)
-        except StarletteHTTPException as exc:
-            if "maximum size" in str(exc.detail):
-                raise PayloadTooLarge(
-                    f"a multipart field exceeds the limit of {s.max_request_bytes} bytes", field="manifest"
-                ) from None
-            raise InvalidInput(f"malformed multipart body: {exc.detail}", field="body") from None
-        try:
+        async with multipart_form(
+            request,
+            max_request_bytes=s.max_request_bytes,
+            max_workspace_bytes=s.max_workspace_bytes,
+            archive_field="files",
+            json_field="manifest",
+        ) as form:
             raw = form.get("manifest")
             if raw is None:
                 raise InvalidInput("multipart upload needs a 'manifest' field (job JSON)", field="manifest")
@@ -183,18 +175,8 @@ def install_pool_api(app: FastAPI, coordinator: Coordinator) -> None:
             upload = form.get("files")
             if upload is None:
                 raise InvalidInput("multipart upload needs a 'files' field (a .tar.gz)", field="files")
-            if not isinstance(upload, UploadFile):
-                raise InvalidInput(
-                    "files must be a file upload (curl -F files=@project.tar.gz)", field="files"
-                )
-            data = await upload.read(s.max_workspace_bytes + 1)
-            if len(data) > s.max_workspace_bytes:
-                raise PayloadTooLarge(
-                    f"files exceeds the workspace limit of {s.max_workspace_bytes} bytes", field="files"
-                )
-            return manifest, data
-        finally:
-            await form.close()
+            hint = " (curl -F files=@project.tar.gz)"
+            return manifest, await read_archive(upload, field="files", limit=s.max_workspace_bytes, hint=hint)
 
     @app.post("/submit", tags=[TAG])
     async def pool_submit(request: Request, who: Principal = Depends(caller)) -> dict[str, Any]:
