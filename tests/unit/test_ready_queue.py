@@ -135,3 +135,15 @@ def test_depth_by_kind() -> None:
     q.extend([qt("a"), qt("b", kind="noop"), qt("c", kind="noop")])
     q.discard("a")
     assert q.depth_by_kind() == {"noop": 2}
+
+
+def test_depth_by_model_follows_push_discard_and_take() -> None:
+    q = ReadyQueue()
+    q.extend([qt(f"g{i}", kind="generate", generate={"model": "a" if i < 3 else "b"}) for i in range(5)])
+    q.push(qt("g0", kind="generate", generate={"model": "a"}))  # re-added: counted once
+    q.push(qt("j", kind="job"))
+    assert q.depth_by_model() == {"a": 3, "b": 2}
+    q.discard("g3")
+    serving_a = NodeView("n", free_slots=8, sandboxes=frozenset({"bwrap"}), models=frozenset({"a"}))
+    assert len(q.take(serving_a, 2)) == 2
+    assert q.depth_by_model() == {"a": 1, "b": 1}

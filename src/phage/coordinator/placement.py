@@ -101,16 +101,6 @@ class ModelPlacement:
 
     # ---- load requests -----------------------------------------------------
 
-    def _demand(self) -> Counter[str]:
-        """Queued generate tasks per model."""
-        demand: Counter[str] = Counter()
-        for t in self.c.queue.tasks():
-            if t.kind == "generate":
-                model = (t.spec.get("generate") or {}).get("model")
-                if isinstance(model, str):
-                    demand[model] += 1
-        return demand
-
     def load_hint(self, live: LiveNode) -> str:
         """The model this node should load now, or "" (called on each of its heartbeats)."""
         if not (live.online and self.can_load(live)) or live.node.quarantined or live.node.draining:
@@ -119,7 +109,7 @@ class ModelPlacement:
             return ""  # busy: a switch would kill its work and its chats
         if live.node.id in self.loading:
             return self.loading[live.node.id][0]  # repeat the ask until it lands
-        demand = self._demand()
+        demand = self.c.queue.depth_by_model()
         if not demand:
             return ""
         mine = self.c.models_of(live)

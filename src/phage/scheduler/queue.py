@@ -7,6 +7,7 @@ lets FetchTask find candidates in O(log n) instead of querying per poll.
 from __future__ import annotations
 
 import heapq
+from collections import Counter
 from collections.abc import Callable, Iterable
 
 from phage.scheduler.policy import NodeView, eligible, order_key
@@ -21,13 +22,19 @@ class ReadyQueue:
     def __init__(self) -> None:
         self._heap: list[tuple[tuple[int, float, str], QueuedTask]] = []
         self._live: dict[str, QueuedTask] = {}
+        self._models: Counter[str] = Counter()
+        """Queued generate tasks per model, kept as tasks come and go (placement asks every heartbeat)."""
 
     def __len__(self) -> int:
         return len(self._live)
 
     def push(self, task: QueuedTask) -> None:
         """Add (or re-add) a queued task."""
+        old = self._live.get(task.id)
+        if old is not None:
+            self._count(old, -1)
         self._live[task.id] = task
+        self._count(task, 1)
         heapq.heappush(self._heap, (order_key(task), task))
 
     def extend(self, tasks: Iterable[QueuedTask]) -> None:
@@ -37,7 +44,9 @@ class ReadyQueue:
 
     def discard(self, task_id: str) -> None:
         """Forget a task (cancelled, claimed elsewhere); lazily dropped from the heap."""
-        self._live.pop(task_id, None)
+        task = self._live.pop(task_id, None)
+        if task is not None:
+            self._count(task, -1)
 
     def take(
         self, node: NodeView, limit: int, allow: Callable[[QueuedTask], bool] | None = None
@@ -51,6 +60,7 @@ class ReadyQueue:
                 continue  # stale entry
             if eligible(task, node) and (allow is None or allow(task)):
                 del self._live[task.id]
+                self._count(task, -1)
                 picked.append(task)
             else:
                 skipped.append((key, task))
@@ -61,6 +71,18 @@ class ReadyQueue:
     def tasks(self) -> list[QueuedTask]:
         """Every task now in the queue."""
         return list(self._live.values())
+
+    def _count(self, task: QueuedTask, delta: int) -> None:
+        if task.kind == "generate":
+            model = (task.spec.get("generate") or {}).get("model")
+            if isinstance(model, str):
+                self._models[model] += delta
+                if self._models[model] <= 0:
+                    del self._models[model]
+
+    def depth_by_model(self) -> dict[str, int]:
+        """Queued generate tasks per model."""
+        return dict(self._models)
 
     def depth_by_kind(self) -> dict[str, int]:
         """Queued tasks per kind."""
