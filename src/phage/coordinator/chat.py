@@ -36,8 +36,6 @@ class ChatCall:
         default_factory=lambda: asyncio.Queue(BUFFER_CHUNKS)
     )
     opened: asyncio.Event = field(default_factory=asyncio.Event)
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-    """Set when the coordinator stops listening (client gone); ends the node's call."""
     finished: bool = False
     """No more chunks will be taken (completed, failed or closed)."""
     completed: bool = False
@@ -138,7 +136,7 @@ class ChatRouter:
             return False
         finally:
             call.handler = None
-            if not call.finished and not call.stop.is_set():
+            if not call.finished:
                 # The call broke (the node died or its connection dropped: gRPC cancels this handler).
                 call.fail(f"node {node_id[:12]}… lost the chat stream")
 
@@ -183,7 +181,6 @@ class ChatRouter:
         """Forget a call; unless it completed, end its node-side call and cancel the order."""
         self.calls.pop(call.request_id, None)
         call.finished = True
-        call.stop.set()
         if call.handler is not None:  # still feeding (a failed or abandoned call): end it
             call.handler.cancel()
         if not call.completed:

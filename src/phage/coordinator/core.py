@@ -269,10 +269,6 @@ class Coordinator:
             and live.node.id in subscribed
         ]
 
-    def served_models(self) -> set[str]:
-        """Models some registered node serves."""
-        return {m for live in self.pool.nodes.values() for m in _node_models(live)}
-
     async def get_task(self, task_id: str) -> tuple[Task, list[Attempt]]:
         """A task and all its attempts."""
         task = await self.store.get_task(task_id)

@@ -86,7 +86,7 @@ def install_keys(
         limit = _limit(body)
         key_id, secret = await c.keys.create(name.strip(), role, c.clock())
         if limit is not None:
-            await c.store.update_api_key(key_id, credit_limit=limit)
+            await c.store.set_credit_limit(key_id, limit)
         return {"id": key_id, "name": name.strip(), "role": role, "credit_limit_tokens": limit, "key": secret}
 
     @app.get("/api/keys", tags=["keys"])
@@ -114,7 +114,7 @@ def install_keys(
         body = await body_of(request)
         if set(body) != {"credit_limit_tokens"}:
             raise InvalidInput('send {"credit_limit_tokens": N or null}', field="credit_limit_tokens")
-        await c.store.update_api_key(key_id, credit_limit=_limit(body))
+        await c.store.set_credit_limit(key_id, _limit(body))
         c.keys.forget()
         return {"id": key_id, "credit_limit_tokens": body["credit_limit_tokens"]}
 
@@ -124,7 +124,7 @@ def install_keys(
         who.require_admin()
         if key_id == who.key_id:
             raise InvalidInput("refusing to revoke the key making this request", field="key_id")
-        await c.store.update_api_key(key_id, revoked=True)
+        await c.store.revoke_api_key(key_id)
         c.keys.forget()
         return {"id": key_id, "revoked": True}
 

@@ -91,16 +91,15 @@ class UsageRecords:
         async with self.engine.connect() as conn:
             return int((await conn.execute(q)).scalar_one())
 
-    async def update_api_key(
-        self, key_id: str, *, revoked: bool | None = None, credit_limit: int | str | None = "keep"
-    ) -> None:
-        """Revoke a key and/or set its credit limit (``None`` lifts it)."""
-        values: dict[str, object] = {}
-        if revoked is not None:
-            values["revoked"] = revoked
-        if credit_limit != "keep":
-            values["credit_limit_tokens"] = credit_limit
+    async def revoke_api_key(self, key_id: str) -> None:
+        """Mark a key revoked (it is refused from then on)."""
+        await self._update_key(key_id, revoked=True)
 
+    async def set_credit_limit(self, key_id: str, tokens: int | None) -> None:
+        """Set a key's credit limit in tokens; ``None`` lifts it."""
+        await self._update_key(key_id, credit_limit_tokens=tokens)
+
+    async def _update_key(self, key_id: str, **values: object) -> None:
         def op(conn: Connection) -> None:
             if conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(**values)).rowcount == 0:
                 raise NotFound(f"no API key {key_id!r}", field="key_id")
