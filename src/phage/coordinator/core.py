@@ -26,6 +26,7 @@ from phage.coordinator.replication import Replication
 from phage.coordinator.requests import TaskRequest
 from phage.coordinator.settings import CoordinatorSettings
 from phage.coordinator.state import DataDir
+from phage.coordinator.training import HostFacts, TrainingService
 from phage.coordinator.trust import TrustGuard
 from phage.domain import (
     Assignment,
@@ -122,6 +123,14 @@ class Coordinator:
         self._renewed: set[str] = set()
         """Attempts whose lease was renewed since the last flush to the store."""
         self._read_small_blob = lru_cache(maxsize=256)(self.blobs.read)
+        self.training = TrainingService(
+            store=self.store,
+            blobs=self.blobs,
+            facts=self._host_facts,
+            quarantine=self.quarantine,
+            lost_after_s=settings.lease_s,
+            clock=clock,
+        )
 
     # ---- lifecycle ---------------------------------------------------------
 
@@ -139,6 +148,7 @@ class Coordinator:
         self.admin_key = await self.keys.ensure_admin(self.dirs.admin_key_file, self.clock())
         await self._recover()
         await self.admission.start()
+        await self.training.start()
         self.started_at = self.clock()
         self._tasks = [
             asyncio.create_task(self._monitor(), name="phage-liveness"),
@@ -148,6 +158,7 @@ class Coordinator:
 
     async def stop(self) -> None:
         """Stop the monitors and close the store."""
+        await self.training.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -252,6 +263,13 @@ class Coordinator:
                 wanted -= live.free_slots
                 if wanted <= 0:
                     return
+
+    def _host_facts(self, node_id: str) -> HostFacts | None:
+        """What training placement needs of a node."""
+        live = self.pool.nodes.get(node_id)
+        if live is None:
+            return None
+        return HostFacts(node_id, live.node.trusted, self.admission.accepts_work(live), live.online)
 
     def models_of(self, live: LiveNode) -> list[str]:
         """Models a node serves now."""

@@ -20,6 +20,7 @@ from phage.coordinator.metrics import install_metrics
 from phage.coordinator.openai_api import install_openai
 from phage.coordinator.pool_api import install_pool_api
 from phage.coordinator.requests import TaskRequest, parse_task_request
+from phage.coordinator.training_api import install_training
 from phage.coordinator.uploads import multipart_form, read_archive
 from phage.coordinator.views import node_public, task_public
 from phage.domain import TaskState
@@ -312,6 +313,7 @@ def create_app(coordinator: Coordinator) -> FastAPI:
 
     install_openai(app, c, read_json)
     install_keys(app, c, principal)
+    install_training(app, c.training, principal, read_json)
     install_admission_api(app, c)
     install_pool_api(app, c)
     install_metrics(app, c)

@@ -9,24 +9,15 @@ the baseline a user would otherwise pick.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
+from phage.domain.networks import TrainingConfig as TrainConfig
 from phage.training.data import Dataset
 from phage.training.spec import INPUT, NetworkSpec
 from phage.training.vnode import VNodeRuntime, combine, local_loss
-
-
-@dataclass(frozen=True, slots=True)
-class TrainConfig:
-    """How long and in what batches to train."""
-
-    epochs: int = 10
-    batch_size: int = 32
-    seed: int = 0
 
 
 def forward_network(net: NetworkSpec, runtimes: Mapping[str, VNodeRuntime], x: torch.Tensor) -> torch.Tensor:

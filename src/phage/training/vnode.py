@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from safetensors.torch import load as st_load
@@ -73,6 +73,8 @@ class VNodeRuntime:
         """Optimizer steps applied so far."""
         self.last_batch = -1
         """Sequence number of the last batch applied: a batch at or below it is a duplicate."""
+        self.tamper: Callable[[Sequence[nn.Parameter]], None] | None = None
+        """Test fault hook: alters gradients before the optimizer step (a poisoning node)."""
 
     def logits(self, out: torch.Tensor) -> torch.Tensor:
         """The VNode's prediction from its output: through its head, or the output itself."""
@@ -94,6 +96,8 @@ class VNodeRuntime:
         loss = local_loss(self.spec.objective.loss, self.logits(out), y, self.net.classes)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
+        if self.tamper is not None:
+            self.tamper(self.params)
         self.opt.step()
         self.step += 1
         self.last_batch = seq

@@ -1,0 +1,104 @@
+"""Composable networks trained across real node processes with local gradients."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+datasets = pytest.importorskip("sklearn.datasets")
+
+from phage.testing import CoordinatorProcess, NodeProcess, wait_online, wait_until  # noqa: E402
+from phage.training.data import dataset_bytes, load_dataset  # noqa: E402
+from phage.training.local import TrainConfig, accuracy, train_backprop  # noqa: E402
+from phage.training.spec import load_spec_text  # noqa: E402
+
+SPEC = (Path(__file__).parents[2] / "examples" / "digits.yaml").read_text()
+EPOCHS = 15
+Pool = Callable[..., tuple[CoordinatorProcess, list[NodeProcess]]]
+
+
+@pytest.fixture(scope="module")
+def digits_blob() -> bytes:
+    d = datasets.load_digits()
+    return dataset_bytes((d.data / 16.0).astype(np.float32), d.target.astype(np.int64))
+
+
+@pytest.fixture(scope="module")
+def backprop_accuracy(digits_blob: bytes) -> float:
+    torch.set_num_threads(1)
+    net = load_spec_text(SPEC)
+    data = load_dataset(digits_blob, net.input_shape, net.classes)
+    cfg = TrainConfig(epochs=EPOCHS, batch_size=32, seed=0)
+    return accuracy(net, train_backprop(net, data, cfg), data.x_test, data.y_test)
+
+
+def wait_hosts(coord: CoordinatorProcess, count: int) -> None:
+    def enough() -> bool:
+        with coord.client() as http:
+            return len(http.get("/api/training/hosts").json()["nodes"]) >= count
+
+    wait_until(enough, timeout=60, what=f"{count} nodes listening for training orders")
+
+
+def start_training(coord: CoordinatorProcess, blob: bytes, **training: Any) -> str:
+    with coord.client() as http:
+        up = http.post("/api/datasets", content=blob)
+        assert up.status_code == 201, up.text
+        r = http.post(
+            "/api/networks",
+            json={"spec": SPEC, "dataset": up.json()["sha256"], "training": {"epochs": EPOCHS, **training}},
+        )
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
+
+
+def network(coord: CoordinatorProcess, network_id: str) -> dict[str, Any]:
+    with coord.client() as http:
+        r = http.get(f"/api/networks/{network_id}")
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+
+def wait_finished(coord: CoordinatorProcess, network_id: str, timeout: float = 240) -> dict[str, Any]:
+    return wait_until(
+        lambda: (n := network(coord, network_id))["state"] != "running" and n,
+        timeout=timeout,
+        what=f"network {network_id} to finish",
+    )
+
+
+def test_digits_across_three_nodes_matches_backprop(
+    pool: Pool, digits_blob: bytes, backprop_accuracy: float
+) -> None:
+    coord, nodes = pool(nodes=3, heartbeat_s=1.0)
+    wait_online(coord, 3)
+    wait_hosts(coord, 3)
+    network_id = start_training(coord, digits_blob, checkpoint_every=10)
+    placed = wait_until(
+        lambda: (n := network(coord, network_id)) and all(v["node_id"] for v in n["vnodes"]) and n,
+        timeout=30,
+        what="every VNode placed",
+    )
+    hosts = {v["node_id"] for v in placed["vnodes"]}
+    assert hosts <= {n.node_id for n in nodes} and len(hosts) == 3
+    done = wait_finished(coord, network_id)
+    assert done["state"] == "completed", done
+    acc = done["result"]["accuracy"]
+    assert acc >= backprop_accuracy - 0.02, (acc, backprop_accuracy)
+    batches = EPOCHS * ((1347 + 31) // 32)
+    for v in done["vnodes"]:
+        assert v["done"] and v["last_batch"] == batches - 1
+        assert v["history"], v["id"]
+    with coord.client() as http:
+        d = datasets.load_digits()
+        rows = (d.data[:20] / 16.0).tolist()
+        r = http.post(f"/api/networks/{network_id}/forward", json={"inputs": rows})
+        assert r.status_code == 200, r.text
+        assert np.mean(np.array(r.json()["classes"]) == d.target[:20]) > 0.8
+        w = http.get(f"/api/networks/{network_id}/weights")
+        assert w.status_code == 200 and len(w.content) > 10_000
