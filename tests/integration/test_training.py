@@ -102,3 +102,79 @@ def test_digits_across_three_nodes_matches_backprop(
         assert np.mean(np.array(r.json()["classes"]) == d.target[:20]) > 0.8
         w = http.get(f"/api/networks/{network_id}/weights")
         assert w.status_code == 200 and len(w.content) > 10_000
+
+
+def hosts_of(coord: CoordinatorProcess, network_id: str) -> dict[str, str]:
+    return {v["id"]: v["node_id"] for v in network(coord, network_id)["vnodes"]}
+
+
+def test_a_killed_node_s_vnodes_resume_elsewhere_from_their_checkpoints(
+    pool: Pool, digits_blob: bytes, backprop_accuracy: float
+) -> None:
+    coord, nodes = pool(nodes=3, heartbeat_s=1.0)
+    wait_online(coord, 3)
+    wait_hosts(coord, 3)
+    network_id = start_training(coord, digits_blob, checkpoint_every=10)
+
+    def stem_checkpointed() -> dict[str, Any] | None:
+        n = network(coord, network_id)
+        stem = next(v for v in n["vnodes"] if v["id"] == "stem")
+        return n if stem["checkpoint"] and stem["step"] >= 60 else None
+
+    wait_until(stem_checkpointed, timeout=120, what="the first VNode's checkpoint")
+    victim_id = hosts_of(coord, network_id)["stem"]
+    victim = next(n for n in nodes if n.node_id == victim_id)
+    moved = [vid for vid, host in hosts_of(coord, network_id).items() if host == victim_id]
+    victim.kill()
+    relocated = wait_until(
+        lambda: (h := hosts_of(coord, network_id)) and all(h[v] not in ("", victim_id) for v in moved) and h,
+        timeout=30,
+        what="the killed node's VNodes to move",
+    )
+    assert all(relocated[v] != victim_id for v in moved)
+    done = wait_finished(coord, network_id)
+    assert done["state"] == "completed", done
+    batches = EPOCHS * ((1347 + 31) // 32)
+    by_id = {v["id"]: v for v in done["vnodes"]}
+    # the first VNode reads the data itself: resumed from its checkpoint, it applies every batch exactly once
+    assert by_id["stem"]["step"] == batches and by_id["stem"]["last_batch"] == batches - 1
+    for v in done["vnodes"]:
+        assert v["step"] <= batches and v["last_batch"] == batches - 1, v
+    assert done["result"]["accuracy"] >= backprop_accuracy - 0.02, done["result"]
+
+
+def test_a_node_that_poisons_its_updates_is_caught_and_its_vnodes_rolled_back(
+    tmp_path: Path, digits_blob: bytes, backprop_accuracy: float
+) -> None:
+    coord = CoordinatorProcess(tmp_path / "coordinator", heartbeat_s=1.0, env={"PHAGE_ADMISSION": "open"})
+    coord.start()
+    nodes = [
+        NodeProcess(
+            coord,
+            tmp_path / f"node-{i}",
+            name=f"node-{i}",
+            heartbeat_s=1.0,
+            env={"PHAGE_TEST_POISON_UPDATES": "1"} if i == 0 else {},
+        )
+        for i in range(3)
+    ]
+    try:
+        for n in nodes:
+            n.start()
+        wait_online(coord, 3)
+        wait_hosts(coord, 3)
+        network_id = start_training(coord, digits_blob, checkpoint_every=10, check_rate=0.25)
+        liar = nodes[0].node_id
+        done = wait_finished(coord, network_id, timeout=300)
+        assert done["state"] == "completed", done
+        with coord.client() as http:
+            listed = {n["id"]: n for n in http.get("/api/nodes").json()["nodes"]}
+        assert listed[liar]["quarantined"], listed[liar]
+        assert "training update" in listed[liar]["quarantine_reason"]
+        assert not any(n["quarantined"] for nid, n in listed.items() if nid != liar)
+        assert all(v["node_id"] != liar for v in done["vnodes"])
+        assert done["result"]["accuracy"] >= backprop_accuracy - 0.02, done["result"]
+    finally:
+        for n in nodes:
+            n.stop()
+        coord.stop()

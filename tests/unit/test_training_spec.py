@@ -166,3 +166,16 @@ def test_registry_is_extensible() -> None:
     raw = spec()
     raw["vnodes"][1]["blocks"] = [{"type": "double", "k": 3}]
     assert parse_spec(raw).vnode("b").out_shape == (96,)
+
+
+def test_who_is_wrong_about_a_step() -> None:
+    from phage.coordinator.training import judge
+
+    trusted = {"T"}.__contains__
+    assert judge("a", {"T": "a"}, trusted) == ([], "a")
+    assert judge("a", {"T": "b"}, trusted) == (["host"], "b")
+    assert judge("a", {"U1": "a"}, trusted) == ([], "a")  # host and one checker agree
+    assert judge("a", {"U1": "b"}, trusted) is None  # one against one: ask a third
+    assert judge("a", {"U1": "b", "U2": "b"}, trusted) == (["host"], "b")
+    assert judge("a", {"U1": "b", "U2": "a"}, trusted) == (["U1"], "a")
+    assert judge("a", {"U1": "b", "U2": "c"}, trusted) is None

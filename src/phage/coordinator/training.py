@@ -135,6 +135,8 @@ class _Check:
     checkpoint: str
     """The host's newest checkpoint when the step was made: validated if the check passes."""
     checker: str = ""
+    results: dict[str, str] = field(default_factory=dict)
+    """Recomputed digest per checker so far."""
 
 
 @dataclass(slots=True)
@@ -387,36 +389,51 @@ class TrainingService:
         return True
 
     async def check_result(self, node_id: str, check_id: str, digest: str) -> None:
-        """A checker's recomputation of a step: a mismatch is evidence against the step's host."""
+        """A checker's recomputation of a step; the verdict once it is decided (see :func:`judge`)."""
         check = self.checks.get(check_id)
         if check is None or check.checker != node_id:
+            return
+        check.results[node_id] = digest
+        check.checker = ""
+        verdict = judge(check.claimed, check.results, self._trusted)
+        if verdict is None:
+            self._changed.set()  # two untrusted nodes disagree: ask a third
             return
         del self.checks[check_id]
         live = self.live.get(check.network_id)
         if live is None:
             return
-        if digest == check.claimed:
+        guilty = [check.host if g == "host" else g for g in verdict[0]]
+        honest_digest = verdict[1]
+        if not guilty:
             v = live.states.get(check.vnode_id)
             if v is not None and v.node_id == check.host and check.checkpoint:
                 live.states[check.vnode_id] = replace(v, validated_checkpoint=check.checkpoint)
             return
-        evidence = {
-            "node": check.host,
-            "network": check.network_id,
-            "vnode": check.vnode_id,
-            "batch": check.seq,
-            "claimed_state": check.claimed,
-            "recomputed_state": digest,
-            "recomputed_by": node_id,
-        }
-        self.caught.append(evidence)
-        reason = (
-            f"training update of VNode {check.vnode_id} (network {check.network_id}, batch {check.seq}) "
-            f"differs from its recomputation on node {node_id[:12]}: {check.claimed[:12]} != {digest[:12]}"
-        )
-        log.warning("quarantining %s: %s", check.host[:12], reason)
-        await self.quarantine(check.host, reason)
-        await self._roll_back(check.host)
+        for culprit in guilty:
+            evidence = {
+                "node": culprit,
+                "network": check.network_id,
+                "vnode": check.vnode_id,
+                "batch": check.seq,
+                "host": check.host,
+                "claimed_state": check.claimed,
+                "recomputed": dict(check.results),
+                "agreed_state": honest_digest,
+            }
+            self.caught.append(evidence)
+            what = "update" if culprit == check.host else "recomputation"
+            reason = (
+                f"training {what} of VNode {check.vnode_id} (network {check.network_id}, batch {check.seq}) "
+                f"disagrees with the state other nodes agree on ({honest_digest[:12]})"
+            )
+            log.warning("quarantining %s: %s", culprit[:12], reason)
+            await self.quarantine(culprit, reason)
+            await self._roll_back(culprit)
+
+    def _trusted(self, node_id: str) -> bool:
+        facts = self.facts(node_id)
+        return facts is not None and facts.trusted
 
     def may_read(self, node_id: str, digest: str) -> bool:
         """Is this blob part of training work the node holds (dataset, its checkpoints, a check)?"""
@@ -523,7 +540,7 @@ class TrainingService:
         for check in self.checks.values():
             if check.checker and check.checker in self.subscribers:
                 continue
-            others = [c for c in candidates if c.node_id != check.host]
+            others = [c for c in candidates if c.node_id != check.host and c.node_id not in check.results]
             if not others:
                 continue
             pick = min(others, key=lambda c: (not c.trusted, random.random()))
@@ -584,3 +601,25 @@ def check_dataset(blob: bytes, net: NetworkSpec) -> None:
             "training needs numpy, torch and safetensors on the coordinator: install phage[training]"
         ) from None
     load_dataset(blob, net.input_shape, net.classes)
+
+
+def judge(
+    claimed: str, results: Mapping[str, str], trusted: Callable[[str], bool]
+) -> tuple[list[str], str] | None:
+    """Who is wrong about a step: ``(guilty nodes, the state agreed on)``, or None while undecided.
+
+    One trusted checker decides alone. Untrusted checkers must be two that agree:
+    the host is guilty when two agree against its claim; a checker is guilty when
+    it disagrees with a state that the host and another checker agree on.
+    """
+    for node, digest in results.items():
+        if trusted(node):
+            return ([] if digest == claimed else ["host"], digest)
+    agree = [n for n, d in results.items() if d == claimed]
+    if agree:
+        return ([n for n, d in results.items() if d != claimed], claimed)
+    digests = list(results.values())
+    for d in set(digests):
+        if digests.count(d) >= 2:
+            return (["host"] + [n for n, x in results.items() if x != d], d)
+    return None
