@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -73,12 +75,40 @@ def wait_finished(coord: CoordinatorProcess, network_id: str, timeout: float = 2
 
 
 def test_digits_across_three_nodes_matches_backprop(
-    pool: Pool, digits_blob: bytes, backprop_accuracy: float
+    pool: Pool, tmp_path: Path, digits_blob: bytes, backprop_accuracy: float
 ) -> None:
     coord, nodes = pool(nodes=3, heartbeat_s=1.0)
     wait_online(coord, 3)
     wait_hosts(coord, 3)
-    network_id = start_training(coord, digits_blob, checkpoint_every=10)
+    data = tmp_path / "digits.npz"
+    data.write_bytes(digits_blob)
+    spec = tmp_path / "digits.yaml"
+    spec.write_text(SPEC)
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "phage.client.cli",
+            "train",
+            str(spec),
+            "--data",
+            str(data),
+            "--epochs",
+            str(EPOCHS),
+            "--checkpoint-every",
+            "10",
+            "--no-wait",
+            "--url",
+            coord.url,
+            "--key",
+            coord.admin_key,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    network_id = cli.stdout.strip().splitlines()[-1]
     placed = wait_until(
         lambda: (n := network(coord, network_id)) and all(v["node_id"] for v in n["vnodes"]) and n,
         timeout=30,
@@ -102,6 +132,24 @@ def test_digits_across_three_nodes_matches_backprop(
         assert np.mean(np.array(r.json()["classes"]) == d.target[:20]) > 0.8
         w = http.get(f"/api/networks/{network_id}/weights")
         assert w.status_code == 200 and len(w.content) > 10_000
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "phage.client.cli",
+            "networks",
+            network_id,
+            "--url",
+            coord.url,
+            "--key",
+            coord.admin_key,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "completed" in shown and "test accuracy" in shown and "stem" in shown
 
 
 def hosts_of(coord: CoordinatorProcess, network_id: str) -> dict[str, str]:
@@ -178,3 +226,43 @@ def test_a_node_that_poisons_its_updates_is_caught_and_its_vnodes_rolled_back(
         for n in nodes:
             n.stop()
         coord.stop()
+
+
+BAD_SPECS = [
+    (
+        "mismatched shapes",
+        SPEC.replace("out_features: 10}]", "out_features: 10, in_features: 7}]"),
+        "vnodes[3].blocks[0].in_features",
+    ),
+    ("cycle", SPEC.replace("  - id: stem\n", "  - id: stem\n    inputs: [out]\n"), "vnodes[0].inputs"),
+    (
+        "unknown block",
+        SPEC.replace("type: linear, out_features: 64", "type: teleport"),
+        "vnodes[2].blocks[0].type",
+    ),
+]
+
+
+@pytest.mark.parametrize(("what", "spec", "field"), BAD_SPECS, ids=[b[0] for b in BAD_SPECS])
+def test_bad_training_input_is_refused_and_starts_nothing(
+    pool: Pool, digits_blob: bytes, what: str, spec: str, field: str
+) -> None:
+    coord, _ = pool(nodes=0)
+    with coord.client() as http:
+        digest = http.post("/api/datasets", content=digits_blob).json()["sha256"]
+        r = http.post("/api/networks", json={"spec": spec, "dataset": digest})
+        assert r.status_code == 400, r.text
+        assert r.json()["field"] == field, r.json()
+        d = datasets.load_digits()
+        narrow = dataset_bytes((d.data[:, :32] / 16).astype(np.float32), d.target.astype(np.int64))
+        other = http.post("/api/datasets", content=narrow).json()["sha256"]
+        r = http.post("/api/networks", json={"spec": SPEC, "dataset": other})
+        assert r.status_code == 400 and r.json()["field"] == "dataset.x", r.text
+        r = http.post("/api/networks", json={"spec": SPEC, "dataset": "0" * 64})
+        assert r.status_code == 404 and r.json()["field"] == "dataset", r.text
+        r = http.post("/api/networks", json={"spec": SPEC, "dataset": digest, "training": {"epochs": 0}})
+        assert r.status_code == 400 and r.json()["field"] == "epochs", r.text
+        r = http.post("/api/networks", json={"spec": SPEC, "dataset": digest, "training": {"lr": 1}})
+        assert r.status_code == 400 and r.json()["field"] == "lr", r.text
+        assert http.post("/api/datasets", content=b"").status_code == 400
+        assert http.get("/api/networks").json()["networks"] == []

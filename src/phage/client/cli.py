@@ -20,6 +20,7 @@ from rich.panel import Panel
 
 from phage import __version__
 from phage.client.cli_ai import register as register_ai_verbs
+from phage.client.cli_train import register as register_train_verbs
 from phage.client.render import nodes_table, state_text, tasks_table
 from phage.client.sdk import PhageClient, PhageClientError
 from phage.errors import PhageError
@@ -561,6 +562,7 @@ def demo(
 
 
 register_ai_verbs(app)
+register_train_verbs(app)
 
 
 def main() -> None:

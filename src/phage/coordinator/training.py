@@ -379,11 +379,7 @@ class TrainingService:
         if r.checkpoint or r.done:
             await self.store.save_vnode(v)
         if r.done:
-            live.ended.add(r.vnode_id)
-            for consumer in live.net.consumers(r.vnode_id):  # the stream's own end frame may be lost
-                inbox = live.inboxes.get(consumer)
-                if inbox is not None:
-                    await inbox[1].put(Frame(r.vnode_id, -1, b"", True))
+            live.ended.add(r.vnode_id)  # consumers connecting from now on start with its end
             if all(s.done for s in live.states.values()):
                 await self._complete(live)
         return True
