@@ -266,3 +266,25 @@ def test_bad_training_input_is_refused_and_starts_nothing(
         assert r.status_code == 400 and r.json()["field"] == "lr", r.text
         assert http.post("/api/datasets", content=b"").status_code == 400
         assert http.get("/api/networks").json()["networks"] == []
+
+
+def test_a_restarted_coordinator_picks_training_up_from_its_checkpoints(
+    pool: Pool, digits_blob: bytes, backprop_accuracy: float
+) -> None:
+    coord, _nodes = pool(nodes=2, heartbeat_s=1.0)
+    wait_online(coord, 2)
+    wait_hosts(coord, 2)
+    network_id = start_training(coord, digits_blob, checkpoint_every=10)
+    wait_until(
+        lambda: all(v["checkpoint"] for v in network(coord, network_id)["vnodes"]),
+        timeout=120,
+        what="a checkpoint of every VNode",
+    )
+    coord.kill()
+    coord.start()  # same data directory and ports: running jobs reload from the database
+    done = wait_finished(coord, network_id)
+    assert done["state"] == "completed", done
+    batches = EPOCHS * ((1347 + 31) // 32)
+    by_id = {v["id"]: v for v in done["vnodes"]}
+    assert by_id["stem"]["step"] == batches
+    assert done["result"]["accuracy"] >= backprop_accuracy - 0.02, done["result"]

@@ -12,6 +12,7 @@ a VNode with no live host gets one, resuming from its last checkpoint it can tru
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -121,6 +122,56 @@ class Report:
     check_after: str = ""
 
 
+class Inbox:
+    """Frames bound for one VNode, kept across its hosts: a relocated VNode's new host drains them.
+
+    Bounded, so a VNode that is slow or being moved holds its producers back rather
+    than losing batches or piling up memory; only the reader of the current
+    placement generation may take frames (a stale host's stream gets ``None``).
+    """
+
+    def __init__(self, capacity: int = INBOX_FRAMES) -> None:
+        self.frames: collections.deque[Frame] = collections.deque()
+        self.capacity = capacity
+        self.generation = -1
+        self.closed = False
+        self._cond = asyncio.Condition()
+
+    async def put(self, frame: Frame, *, force: bool = False) -> None:
+        """Add a frame, waiting for room (``force``: an end marker, never held back)."""
+        async with self._cond:
+            if not force:
+                await self._cond.wait_for(lambda: self.closed or len(self.frames) < self.capacity)
+            if not self.closed:
+                self.frames.append(frame)
+                self._cond.notify_all()
+
+    async def get(self, generation: int) -> Frame | None:
+        """The next frame for the reader of ``generation``; None once that reader is stale."""
+        async with self._cond:
+            await self._cond.wait_for(
+                lambda: self.closed or self.generation != generation or bool(self.frames)
+            )
+            if self.closed or self.generation != generation:
+                return None
+            frame = self.frames.popleft()
+            self._cond.notify_all()
+            return frame
+
+    async def attach(self, generation: int) -> None:
+        """Make ``generation``'s reader the only one (older readers end)."""
+        async with self._cond:
+            self.generation = generation
+            self._cond.notify_all()
+
+    async def close(self) -> None:
+        """Release every waiting producer and reader for good."""
+        async with self._cond:
+            self.closed = True
+            self.frames.clear()
+            self._cond.notify_all()
+
+
 @dataclass(slots=True)
 class _Check:
     id: str
@@ -148,8 +199,8 @@ class _Live:
     states: dict[str, VNodeState]
     ended: set[str] = field(default_factory=set)
     """Producers that sent their last frame."""
-    inboxes: dict[str, tuple[int, asyncio.Queue[Frame]]] = field(default_factory=dict)
-    """Connected VNode streams: generation and the frames waiting for it."""
+    inboxes: dict[str, Inbox] = field(default_factory=dict)
+    """Frames waiting for each VNode that has producers."""
     lost_since: dict[str, float] = field(default_factory=dict)
     rates: dict[str, float] = field(default_factory=dict)
     samples: dict[str, int] = field(default_factory=dict)
@@ -298,35 +349,28 @@ class TrainingService:
             )
         return live
 
-    async def open_stream(
-        self, node_id: str, network_id: str, vnode_id: str, generation: int
-    ) -> asyncio.Queue[Frame]:
-        """Connect a hosted VNode's stream; returns the queue of frames bound for it."""
+    async def open_stream(self, node_id: str, network_id: str, vnode_id: str, generation: int) -> Inbox:
+        """Connect a hosted VNode's stream; returns the inbox its frames come from."""
         live = self._hosted(node_id, network_id, vnode_id, generation)
-        queue: asyncio.Queue[Frame] = asyncio.Queue(INBOX_FRAMES)
-        live.inboxes[vnode_id] = (generation, queue)
+        inbox = live.inboxes.setdefault(vnode_id, Inbox())
+        await inbox.attach(generation)
         for src in live.net.vnode(vnode_id).inputs:
-            if src in live.ended:
-                await queue.put(Frame(src, -1, b"", True))
-        return queue
-
-    def close_stream(self, network_id: str, vnode_id: str, queue: asyncio.Queue[Frame]) -> None:
-        """Forget a VNode's stream (if it is still the current one)."""
-        live = self.live.get(network_id)
-        if live is not None and live.inboxes.get(vnode_id, (0, None))[1] is queue:
-            del live.inboxes[vnode_id]
+            if src in live.ended:  # its end marker may have gone to an earlier host
+                await inbox.put(Frame(src, -1, b"", True), force=True)
+        return inbox
 
     async def relay(
         self, node_id: str, network_id: str, vnode_id: str, generation: int, frame: Frame
     ) -> None:
-        """Pass a producer's frame to every consumer connected now (a missing one is relocating)."""
+        """Pass a producer's frame on to each consumer's inbox (waiting while one is full)."""
         live = self._hosted(node_id, network_id, vnode_id, generation)
         if frame.end:
             live.ended.add(vnode_id)
         for consumer in live.net.consumers(vnode_id):
-            inbox = live.inboxes.get(consumer)
-            if inbox is not None:
-                await inbox[1].put(replace(frame, vnode_id=vnode_id))
+            if live.states[consumer].done:
+                continue
+            inbox = live.inboxes.setdefault(consumer, Inbox())
+            await inbox.put(replace(frame, vnode_id=vnode_id), force=frame.end)
 
     async def report(self, node_id: str, r: Report) -> bool:
         """Record a host's progress; returns False when the hosting is over (stale or ended)."""
@@ -459,7 +503,6 @@ class TrainingService:
                         step=0 if not v.validated_checkpoint else v.step,
                     )
                     live.states[vid] = rolled
-                    live.inboxes.pop(vid, None)
                     await self.store.save_vnode(rolled)
                     queue = self.subscribers.get(node_id)
                     if queue is not None:
@@ -523,7 +566,6 @@ class TrainingService:
                     log.info("VNode %s/%s lost its host %s; relocating", live.record.id, vid, v.node_id[:8])
                     v = replace(v, node_id="", generation=v.generation + 1)
                     live.states[vid] = v
-                    live.inboxes.pop(vid, None)
                     live.lost_since.pop(vid, None)
                 if not candidates:
                     continue
@@ -579,6 +621,8 @@ class TrainingService:
         await self.store.finish_network(network_id, state, now, result, error)
         if live is None:
             return
+        for inbox in live.inboxes.values():
+            await inbox.close()
         for v in live.states.values():
             await self.store.save_vnode(v)
             queue = self.subscribers.get(v.node_id)

@@ -122,7 +122,7 @@ class TrainingServicer(tpb_grpc.PhageTrainingServicer):
         up = asyncio.create_task(pump_up())
         try:
             while True:
-                get = asyncio.ensure_future(inbox.get())
+                get = asyncio.ensure_future(inbox.get(generation))
                 done, _ = await asyncio.wait({get, up}, return_when=asyncio.FIRST_COMPLETED)
                 if get not in done:
                     get.cancel()
@@ -131,6 +131,8 @@ class TrainingServicer(tpb_grpc.PhageTrainingServicer):
                         await context.abort(getattr(grpc.StatusCode, failure.grpc_code), failure.message)
                     return
                 f = get.result()
+                if f is None:
+                    return  # a newer host of this VNode took over, or the network ended
                 yield tpb.ActivationFrame(
                     network_id=network_id, vnode_id=f.vnode_id, seq=f.seq, tensor=f.tensor, end=f.end
                 )
@@ -138,7 +140,6 @@ class TrainingServicer(tpb_grpc.PhageTrainingServicer):
             up.cancel()
             with contextlib.suppress(BaseException):
                 await up
-            self.service.close_stream(network_id, vnode_id, inbox)
 
     async def FetchBlob(
         self, request: pb.BlobRequest, context: grpc.aio.ServicerContext[Any, Any]
