@@ -58,7 +58,7 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
     async def Register(
         self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RegisterResponse:
-        reg = await self.c.register(
+        reg = await self.c.nodes.register(
             join_token=request.join_token,
             public_key=request.identity_public_key,
             csr_pem=request.csr_pem,
@@ -80,8 +80,8 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
     async def Heartbeat(
         self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.HeartbeatResponse:
-        live = self.c.authenticate_node(_peer_node_id(context), request.node_id)
-        cancels, unknown = await self.c.heartbeat(
+        live = self.c.nodes.authenticate(_peer_node_id(context), request.node_id)
+        cancels, unknown = await self.c.nodes.heartbeat(
             live, convert.metrics_to_dict(request.metrics), list(request.running_assignment_ids)
         )
         return pb.HeartbeatResponse(
@@ -96,8 +96,8 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
     async def FetchTask(
         self, request: pb.FetchTaskRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.FetchTaskResponse:
-        live = self.c.authenticate_node(_peer_node_id(context), request.node_id)
-        dispatches, cancels = await self.c.fetch(live, request.max_tasks, request.wait_ms)
+        live = self.c.nodes.authenticate(_peer_node_id(context), request.node_id)
+        dispatches, cancels = await self.c.dispatch.fetch(live, request.max_tasks, request.wait_ms)
         return pb.FetchTaskResponse(
             assignments=[convert.dispatch_to_pb(d, self.c.settings.max_output_bytes) for d in dispatches],
             cancel_assignment_ids=cancels,
@@ -107,27 +107,29 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
     async def StartTasks(
         self, request: pb.StartTasksRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.StartTasksResponse:
-        live = self.c.authenticate_node(_peer_node_id(context), request.node_id)
-        cancels = await self.c.start_tasks(live, list(request.assignment_ids))
+        live = self.c.nodes.authenticate(_peer_node_id(context), request.node_id)
+        cancels = await self.c.dispatch.start_tasks(live, list(request.assignment_ids))
         return pb.StartTasksResponse(cancel_assignment_ids=cancels)
 
     @_edge
     async def SubmitResult(
         self, request: pb.TaskResult, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ResultAck:
-        live = self.c.authenticate_node(_peer_node_id(context), request.node_id)
-        outcome = await self.c.submit_result(live, request.assignment_id, convert.result_from_pb(request))
+        live = self.c.nodes.authenticate(_peer_node_id(context), request.node_id)
+        outcome = await self.c.results.submit_one(
+            live, request.assignment_id, convert.result_from_pb(request)
+        )
         return pb.ResultAck(accepted=outcome.accepted, duplicate=outcome.duplicate, message=outcome.message)
 
     @_edge
     async def SubmitResults(
         self, request: pb.ResultBatch, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ResultBatchAck:
-        live = self.c.authenticate_node(_peer_node_id(context), request.node_id)
+        live = self.c.nodes.authenticate(_peer_node_id(context), request.node_id)
         items = [(r.assignment_id, convert.result_from_pb(r)) for r in request.results]
         acks = []
         signature = request.batch_signature or None
-        outcomes = await self.c.submit_results(live, items, signature)
+        outcomes = await self.c.results.submit(live, items, signature)
         for (aid, _), outcome in zip(items, outcomes, strict=True):
             if isinstance(outcome, PhageError):
                 acks.append(
@@ -150,7 +152,7 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
     async def ReportMetrics(
         self, request: pb.MetricsReport, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.MetricsAck:
-        live = self.c.authenticate_node(_peer_node_id(context), request.node_id)
+        live = self.c.nodes.authenticate(_peer_node_id(context), request.node_id)
         live.metrics["samples"] = {s.name: s.value for s in request.samples}
         return pb.MetricsAck()
 
@@ -158,7 +160,7 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
         self, request_iterator: AsyncIterator[pb.BlobChunk], context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.BlobRef:
         try:
-            self.c.authenticate_node(_peer_node_id(context), "")
+            self.c.nodes.authenticate(_peer_node_id(context), "")
             limit = self.c.settings.max_output_bytes
             writer = self.c.blobs.writer(limit)
             expected: str | None = None
@@ -187,7 +189,7 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
         self, request: pb.BlobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.BlobChunk]:
         try:
-            live = self.c.authenticate_node(_peer_node_id(context), "")
+            live = self.c.nodes.authenticate(_peer_node_id(context), "")
             digest = check_digest(request.sha256)
             # a node may only read workspaces of tasks it currently holds
             allowed = False
@@ -210,7 +212,7 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
         self, request: pb.ChatSubscribe, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.ChatOrder]:
         try:
-            live = self.c.authenticate_node(_peer_node_id(context), request.node_id)
+            live = self.c.nodes.authenticate(_peer_node_id(context), request.node_id)
         except PhageError as exc:
             await context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
             raise
@@ -221,7 +223,7 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
         self, request_iterator: AsyncIterator[pb.ChatChunk], context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ChatStreamAck:
         try:
-            live = self.c.authenticate_node(_peer_node_id(context), "")
+            live = self.c.nodes.authenticate(_peer_node_id(context), "")
             stopped = await self.c.chat.receive(live.node.id, request_iterator)
         except PhageError as exc:
             await context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)

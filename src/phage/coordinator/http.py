@@ -2,7 +2,6 @@
 
 import asyncio
 import contextlib
-import json
 import logging
 from typing import Annotated, Any
 
@@ -12,6 +11,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 
 from phage import __version__
 from phage.coordinator.admission_api import install_admission_api
+from phage.coordinator.bodies import parse_json, read_body
 from phage.coordinator.core import Coordinator
 from phage.coordinator.dashboard import install_dashboard
 from phage.coordinator.keys import Principal
@@ -24,34 +24,9 @@ from phage.coordinator.uploads import multipart_form, read_archive
 from phage.coordinator.views import node_public, task_public
 from phage.domain import TaskState
 from phage.domain.manifest import safe_relative_path
-from phage.errors import InvalidInput, NotFound, PayloadTooLarge, PhageError, Unauthenticated
+from phage.errors import InvalidInput, NotFound, PhageError, Unauthenticated
 
 log = logging.getLogger("phage.http")
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing more than ``limit`` bytes before reading it all."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}", field="body")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes", field="body")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def parse_json(raw: bytes, what: str = "body") -> Any:
-    """JSON from bytes, with the position of the first error."""
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"{what} is not valid JSON: {exc}", field=what) from None
-    except RecursionError:
-        raise InvalidInput(f"{what} is nested too deeply", field=what) from None
 
 
 async def _until_closed(ws: WebSocket) -> None:
@@ -95,7 +70,7 @@ def create_app(coordinator: Coordinator) -> FastAPI:
     Caller = Annotated[Principal, Depends(principal)]
 
     async def visible_task(task_id: str, who: Principal) -> tuple[Any, Any]:
-        task, attempts = await c.get_task(task_id)
+        task, attempts = await c.ledger.get(task_id)
         if not who.is_admin and task.owner != who.key_id:
             raise NotFound(f"no task {task_id!r}", field="id")
         return task, attempts
@@ -142,7 +117,7 @@ def create_app(coordinator: Coordinator) -> FastAPI:
                     raise
         if sum(r.count for r in reqs) > s.max_batch_submit:
             raise InvalidInput(f"at most {s.max_batch_submit} tasks per request", field="count")
-        made = await c.submit(reqs, who)
+        made = await c.intake.submit(reqs, who)
         if len(made) == 1:
             return task_public(made[0])
         return {"tasks": [{"id": t.id, "state": t.state.value} for t in made]}
@@ -204,7 +179,7 @@ def create_app(coordinator: Coordinator) -> FastAPI:
     async def cancel_task(task_id: str, who: Caller) -> dict[str, Any]:
         """Cancel a task; a node running it is told to stop."""
         await visible_task(task_id, who)
-        return task_public(await c.cancel(task_id))
+        return task_public(await c.ledger.cancel(task_id))
 
     @app.get("/api/tasks/{task_id}/outputs/{path:path}", tags=["tasks"])
     async def download_output(task_id: str, path: str, who: Caller) -> Response:
@@ -258,7 +233,7 @@ def create_app(coordinator: Coordinator) -> FastAPI:
         who.require_admin()
         if node_id not in c.pool.nodes:
             raise NotFound(f"no node {node_id!r}", field="id")
-        await c.release(node_id)
+        await c.nodes.release(node_id)
         return node_public(c.pool.nodes[node_id])
 
     @app.post("/api/nodes/{node_id:path}/quarantine", tags=["pool"])
@@ -269,14 +244,14 @@ def create_app(coordinator: Coordinator) -> FastAPI:
         who.require_admin()
         if node_id not in c.pool.nodes:
             raise NotFound(f"no node {node_id!r}", field="id")
-        await c.quarantine(node_id, reason[:500])
+        await c.nodes.quarantine(node_id, reason[:500])
         return node_public(c.pool.nodes[node_id])
 
     @app.delete("/api/nodes/{node_id:path}", tags=["pool"])
     async def remove_node(node_id: str, who: Caller) -> dict[str, Any]:
         """Remove a node (admin): its certificate is refused from now on."""
         who.require_admin()
-        await c.remove_node(node_id)
+        await c.nodes.remove(node_id)
         return {"id": node_id, "state": "removed"}
 
     @app.websocket("/api/feed")

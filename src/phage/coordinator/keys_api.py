@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 
+from phage.coordinator.bodies import parse_json, read_body
 from phage.coordinator.core import Coordinator
 from phage.coordinator.keys import ROLES, Principal
 from phage.errors import InvalidInput, NotFound
@@ -59,8 +60,6 @@ def install_keys(
     Caller = Annotated[Principal, Depends(principal)]
 
     async def body_of(request: Request) -> dict[str, Any]:
-        from phage.coordinator.http import parse_json, read_body
-
         raw = await read_body(request, c.settings.max_request_bytes)
         data = parse_json(raw) if raw.strip() else {}
         if not isinstance(data, dict):

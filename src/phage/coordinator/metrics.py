@@ -84,12 +84,12 @@ class PoolCollector(Collector):
             "phage_open_attempts", "Assignments held by nodes right now", value=len(c.pool.attempts)
         )
         yield CounterMetricFamily(
-            "phage_tasks_submitted", "Tasks accepted by this process", value=c.counters.get("submitted", 0)
+            "phage_tasks_submitted", "Tasks accepted by this process", value=c.counters.submitted
         )
         yield CounterMetricFamily(
             "phage_tasks_requeued",
             "Times a task went back to the queue for another attempt",
-            value=c.counters.get("requeued", 0),
+            value=c.counters.requeued,
         )
         yield CounterMetricFamily(
             "phage_feed_events_dropped",

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from phage.domain import Node, NodeState
+from phage.scheduler import NodeView
 
 
 @dataclass(slots=True)
@@ -49,6 +50,23 @@ class LiveNode:
     def online(self) -> bool:
         """True while the node is counted alive."""
         return self.node.state is NodeState.ONLINE
+
+    @property
+    def accepts_work(self) -> bool:
+        """True when the node may be handed new work at all."""
+        node = self.node
+        return node.state is NodeState.ONLINE and not node.draining and not node.quarantined
+
+    def models(self) -> list[str]:
+        """Models the node serves now: what its engine reports (at least the loaded one)."""
+        models = self.metrics.get("models") or self.node.hardware.get("models") or []
+        if self.node.loaded_model and self.node.loaded_model not in models:
+            return [self.node.loaded_model, *models]
+        return list(models)
+
+    def view(self, slots: int = 1) -> NodeView:
+        """What the scheduler needs to know of this node to match tasks against it."""
+        return NodeView(self.node.id, slots, frozenset(self.node.sandboxes), frozenset(self.models()))
 
 
 class LivePool:

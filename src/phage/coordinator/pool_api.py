@@ -33,6 +33,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, Response
 from starlette.datastructures import UploadFile
 
+from phage.coordinator.bodies import parse_json
 from phage.coordinator.core import Coordinator
 from phage.coordinator.keys import Principal
 from phage.coordinator.pool import LiveNode
@@ -123,8 +124,6 @@ def worker_public(live: LiveNode | None, endpoint: str, worker_id: str) -> dict[
 
 def install_pool_api(app: FastAPI, coordinator: Coordinator) -> None:
     """Add seed 002's pool routes to the coordinator's HTTP app."""
-    from phage.coordinator.http import parse_json  # http.py installs this module: import late
-
     c = coordinator
     s = c.settings
 
@@ -196,7 +195,7 @@ def install_pool_api(app: FastAPI, coordinator: Coordinator) -> None:
                 raise
             # the same check as POST /api/tasks, named after the field this API's clients sent
             raise type(exc)(exc.message, field="files") from None
-        (task,) = await c.submit([req], who)
+        (task,) = await c.intake.submit([req], who)
         return {"job_id": task.id, "status": POOL_STATUS[task.state]}
 
     @app.get("/status/{job_id}", tags=[TAG])

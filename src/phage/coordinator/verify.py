@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from phage.sandbox import Sandbox, SandboxLimits, SandboxRequest
+from phage.sandbox.workdir import unpack_workspace
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,8 +28,6 @@ class Verdict:
 
 
 def _prepare(root: Path, workspace: bytes | None, output_path: str, output_text: str) -> Path:
-    from phage.node.executor import unpack_workspace
-
     workdir = Path(tempfile.mkdtemp(prefix="verify-", dir=root))
     if workspace:
         unpack_workspace(workspace, workdir)

@@ -230,6 +230,28 @@ class Assignment:
     lease_expires_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class QueuedTask:
+    """The part of a queued task the scheduler needs (the ready queue holds these)."""
+
+    id: str
+    kind: str
+    priority: int
+    created_at: float
+    spec: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """An assignment plus the workspace bytes sent inline with it (if small)."""
+
+    assignment: Assignment
+    workspace: bytes | None
+    workspace_sha256: str
+    workspace_size: int
+    input_sha256: str
+
+
 @dataclass(slots=True)
 class Node:
     """A machine that runs work for the pool."""

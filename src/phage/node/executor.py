@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import shutil
-import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +15,7 @@ from phage.domain.generate import extract_output
 from phage.domain.manifest import safe_relative_path
 from phage.node.engines import Engine, GenerationRequest
 from phage.sandbox import Sandbox, SandboxLimits, SandboxRequest
+from phage.sandbox.workdir import unpack_workspace
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,12 +26,6 @@ class CollectedOutput:
     local: Path
     sha256: str
     size: int
-
-
-def unpack_workspace(archive: bytes, dest: Path) -> None:
-    """Extract a workspace archive with the ``data`` filter (no links out, no devices)."""
-    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:*") as tar:
-        tar.extractall(dest, filter="data")
 
 
 def _sha256(path: Path) -> str:

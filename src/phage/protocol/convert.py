@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from phage.domain import OutputFile, TaskResult
+from phage.domain import Dispatch, OutputFile, TaskResult
 from phage.pki.attestation import input_hash
 from phage.protocol.v1 import phage_pb2 as pb
-
-if TYPE_CHECKING:
-    from phage.coordinator.core import Dispatch
 
 
 def gpu_to_dict(g: pb.GpuInfo) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from phage.store.base import QueuedTask
+from phage.domain.models import QueuedTask
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,8 @@ import heapq
 from collections import Counter
 from collections.abc import Callable, Iterable
 
+from phage.domain.models import QueuedTask
 from phage.scheduler.policy import NodeView, eligible, order_key
-from phage.store.base import QueuedTask
 
 MAX_SKIP = 1000  # bound the scan past ineligible work per fetch
 

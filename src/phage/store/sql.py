@@ -18,10 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from phage.domain import Attempt, AttemptState, Task, TaskResult, TaskState
 from phage.domain.ids import new_id
+from phage.domain.models import QueuedTask
 from phage.domain.quorum import QuorumOutcome, Standing
 from phage.domain.settle import Candidate, Counters, Next, choose, next_step
 from phage.errors import Conflict, NotFound, PermissionDenied, PhageError, ProtocolError
-from phage.store.base import FinishOutcome, LostOutcome, QueuedTask
+from phage.store.base import FinishOutcome, LostOutcome
 from phage.store.rows import (
     ADVANCE_TASK,
     BUDGET,
@@ -60,7 +61,7 @@ def sqlite_url(path: Path) -> str:
 
 
 class SqlStore(NodeRecords, UsageRecords, QuorumRecords):
-    """:class:`phage.store.base.Store` over SQLAlchemy 2 async."""
+    """The coordinator's durable state over SQLAlchemy 2 async (SQLite or PostgreSQL)."""
 
     def __init__(self, url: str, *, synchronous: str = "NORMAL") -> None:
         self.url = url
