@@ -55,7 +55,7 @@ COORDINATOR_RANK = {
     # policies: they decide, and hold no service
     **dict.fromkeys(["placement", "replication", "trust"], 1),
     "ledger": 2,
-    **dict.fromkeys(["admission", "intake"], 3),
+    **dict.fromkeys(["admission", "intake", "overview"], 3),
     "nodes": 4,
     **dict.fromkeys(["dispatch", "liveness"], 5),
     "results": 6,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from phage.domain.models import QueuedTask
 from phage.scheduler import NodeView, ReadyQueue, eligible, order_key
-from phage.store.base import QueuedTask
 
 BWRAP = NodeView("n-bwrap", free_slots=8, sandboxes=frozenset({"bwrap"}))
 ALL = NodeView("n-all", free_slots=8, sandboxes=frozenset({"bwrap", "gvisor", "none"}))

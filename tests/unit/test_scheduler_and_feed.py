@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from phage.coordinator.feed import EventBus
+from phage.domain.models import QueuedTask
 from phage.scheduler import NodeView, ReadyQueue
-from phage.store import QueuedTask
 
 
 def _t(tid: str, prio: int = 0, age: float = 0.0, kind: str = "job", **spec: object) -> QueuedTask:

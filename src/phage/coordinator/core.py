@@ -32,6 +32,7 @@ from phage.coordinator.keys import ApiKeys
 from phage.coordinator.ledger import TaskLedger
 from phage.coordinator.liveness import Liveness
 from phage.coordinator.nodes import NodeRegistry
+from phage.coordinator.overview import PoolOverview
 from phage.coordinator.placement import ModelPlacement
 from phage.coordinator.pool import LiveNode, LivePool
 from phage.coordinator.replication import Replication
@@ -138,6 +139,7 @@ class Coordinator:
             self.counters,
             clock,
         )
+        self.overview = PoolOverview(self.ledger, self.pool, self.queue, clock)
         self.ca: CertificateAuthority | None = None
         self.join_token = ""
         self.admin_key = ""
@@ -160,7 +162,7 @@ class Coordinator:
         self.admin_key = await self.keys.ensure_admin(self.dirs.admin_key_file, self.clock())
         await self._recover()
         await self.admission.start()
-        self.started_at = self.clock()
+        self.started_at = self.overview.started_at = self.clock()
         period = min(MONITOR_PERIOD_S, self.settings.heartbeat_interval_s / 4)
         self._loops = [
             asyncio.create_task(_every(period, self.liveness.check, "liveness check"), name="phage-liveness"),

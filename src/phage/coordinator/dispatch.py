@@ -166,3 +166,11 @@ class Dispatcher:
                 self.pool.attempts[aid].lease_expires_at = lease
                 self.bus.task(self.pool.attempts[aid].task_id, TaskState.RUNNING.value, node=live.node.id)
         return [a for a in attempt_ids if a not in mine] + not_wanted
+
+    def holds_workspace(self, live: LiveNode, digest: str) -> bool:
+        """May this node download this blob? Only the workspace of a task it holds now."""
+        for aid in list(live.attempts):
+            att = self.pool.attempts.get(aid)
+            if att is not None and str(att.spec.get("workspace") or "") == digest:
+                return True
+        return False

@@ -191,14 +191,7 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
         try:
             live = self.c.nodes.authenticate(_peer_node_id(context), "")
             digest = check_digest(request.sha256)
-            # a node may only read workspaces of tasks it currently holds
-            allowed = False
-            for aid in list(live.attempts):
-                att = self.c.pool.attempts.get(aid)
-                if att is not None and digest == await self._workspace_of(att.task_id):
-                    allowed = True
-                    break
-            if not allowed:
+            if not self.c.dispatch.holds_workspace(live, digest):
                 raise InvalidInput("that blob is not a workspace of any task this node holds", field="sha256")
             path = self.c.blobs.path(digest)
         except PhageError as exc:
@@ -231,7 +224,3 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
         if stopped:  # the client left before the node began: end the call so the node stops
             await context.abort(grpc.StatusCode.CANCELLED, "the chat's client went away")
         return pb.ChatStreamAck(cancelled=stopped)
-
-    async def _workspace_of(self, task_id: str) -> str:
-        task = await self.c.store.get_task(task_id)
-        return str(task.spec.get("workspace", "")) if task else ""

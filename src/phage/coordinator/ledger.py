@@ -69,6 +69,22 @@ class TaskLedger:
             raise NotFound(f"no task {task_id!r}", field="id")
         return task, await self.store.attempts_for(task_id)
 
+    async def find(
+        self,
+        *,
+        state: TaskState | None = None,
+        kind: str | None = None,
+        owner: str | None = None,
+        limit: int = 50,
+        before: float | None = None,
+    ) -> list[Task]:
+        """Tasks, newest first (``owner``: only that key's); page with ``before``."""
+        return await self.store.list_tasks(state=state, kind=kind, owner=owner, limit=limit, before=before)
+
+    async def counts(self) -> dict[str, int]:
+        """How many tasks are in each state."""
+        return await self.store.count_tasks()
+
     def wake_for(self, tasks: list[QueuedTask]) -> None:
         """Wake long-polling nodes that can take these tasks: enough for all of them, and no more.
 

@@ -18,7 +18,7 @@ from phage.coordinator.ledger import TaskLedger
 from phage.coordinator.placement import ModelPlacement
 from phage.coordinator.pool import LiveNode, LivePool
 from phage.domain import Node, NodeState
-from phage.errors import InvalidInput, PermissionDenied, Unauthenticated
+from phage.errors import InvalidInput, NotFound, PermissionDenied, Unauthenticated
 from phage.pki import CertificateAuthority, verify_signature
 from phage.pki.identity import node_id_from_public_key, register_signing_payload
 from phage.store import SqlStore
@@ -133,6 +133,17 @@ class NodeRegistry:
             why = f" ({live.node.state.value})" if live is not None else ""
             raise PermissionDenied(f"node {cert_node_id} is not a member of this pool{why}", field="node_id")
         return live
+
+    def get(self, node_id: str) -> LiveNode:
+        """A node the pool knows (removed ones excepted), or NotFound naming it."""
+        live = self.pool.nodes.get(node_id)
+        if live is None:
+            raise NotFound(f"no node {node_id!r}", field="id")
+        return live
+
+    def all(self) -> list[LiveNode]:
+        """Every node the pool knows, removed ones excepted."""
+        return list(self.pool.nodes.values())
 
     async def seen(self, live: LiveNode) -> None:
         """The node spoke: it is alive (a node declared dead comes back)."""

@@ -85,7 +85,7 @@ class ChatService:
         """402 when the key's credit limit is spent."""
         limit = who.credit_limit_tokens
         if limit is not None:
-            used = await self.c.store.tokens_used(who.key_id)
+            used = await self.c.keys.tokens_used(who.key_id)
             if used >= limit:
                 raise PaymentRequired(
                     f"this API key has used {used} of its {limit} tokens", field="Authorization"
@@ -134,7 +134,7 @@ class ChatService:
 
     async def _meter(self, who: Principal, call: ChatCall, prompt: int, completion: int) -> None:
         self.c.counters.chat_completions += 1
-        await self.c.store.add_usage(who.key_id, call.model, call.node_id, prompt, completion, self.c.clock())
+        await self.c.keys.add_usage(who.key_id, call.model, call.node_id, prompt, completion, self.c.clock())
 
 
 def _sse(obj: dict[str, Any]) -> bytes:

@@ -64,6 +64,19 @@ class LiveNode:
             return [self.node.loaded_model, *models]
         return list(models)
 
+    @property
+    def gpus(self) -> list[dict[str, Any]]:
+        """The node's GPUs with their latest figures (from its heartbeat, else its registration)."""
+        return list(self.metrics.get("gpus") or self.node.hardware.get("gpus", []))
+
+    def vram_bytes(self) -> tuple[int, int]:
+        """(total, used) GPU memory over all its GPUs."""
+        gpus = self.gpus
+        return (
+            sum(int(g.get("vram_total_bytes", 0)) for g in gpus),
+            sum(int(g.get("vram_used_bytes", 0)) for g in gpus),
+        )
+
     def view(self, slots: int = 1) -> NodeView:
         """What the scheduler needs to know of this node to match tasks against it."""
         return NodeView(self.node.id, slots, frozenset(self.node.sandboxes), frozenset(self.models()))

@@ -143,10 +143,13 @@ def install_pool_api(app: FastAPI, coordinator: Coordinator) -> None:
             raise
 
     async def visible(job_id: str, who: Principal) -> tuple[Task, list[Attempt]]:
-        task = await c.store.get_task(job_id)
+        try:
+            task, attempts = await c.ledger.get(job_id)
+        except NotFound:
+            task, attempts = None, []
         if task is None or (not who.is_admin and task.owner != who.key_id):
             raise NotFound(f"no job {job_id!r}", field="job_id")
-        return task, await c.store.attempts_for(job_id)
+        return task, attempts
 
     async def read_form(request: Request) -> tuple[Any, bytes]:
         """The ``manifest`` (parsed JSON) and ``files`` (archive bytes) fields, within the limits."""
@@ -220,10 +223,10 @@ def install_pool_api(app: FastAPI, coordinator: Coordinator) -> None:
     @app.get("/pool", tags=[TAG])
     async def pool_summary(who: Principal = Depends(caller)) -> dict[str, Any]:
         """Workers (every node the pool admits, plus allowlisted ones not yet joined) and the queue."""
-        counts = await c.store.count_tasks()
+        counts = await c.ledger.counts()
         listed = c.admission.workers.workers if c.admission.mode == "allowlist" else {}
         workers = []
-        for live in c.pool.nodes.values():
+        for live in c.nodes.all():
             if not live.node.state.shut_out:
                 entry = listed.get(live.node.id)
                 workers.append(worker_public(live, entry.endpoint if entry else "", live.node.id))

@@ -69,7 +69,8 @@ def node_public(live: LiveNode) -> dict[str, Any]:
     """A node with its live figures."""
     n = live.node
     hw = n.hardware
-    gpus = live.metrics.get("gpus") or hw.get("gpus", [])
+    gpus = live.gpus
+    vram_total, vram_used = live.vram_bytes()
     return {
         "id": n.id,
         "name": n.name,
@@ -86,8 +87,8 @@ def node_public(live: LiveNode) -> dict[str, Any]:
         "cpu_count": hw.get("cpu_count", 0),
         "memory_total_bytes": hw.get("memory_total_bytes", 0),
         "gpus": gpus,
-        "vram_total_bytes": sum(int(g.get("vram_total_bytes", 0)) for g in gpus),
-        "vram_used_bytes": sum(int(g.get("vram_used_bytes", 0)) for g in gpus),
+        "vram_total_bytes": vram_total,
+        "vram_used_bytes": vram_used,
         "cpu_percent": live.metrics.get("cpu_percent"),
         "engines": hw.get("engines", []),
         "models": live.metrics.get("models") or hw.get("models", []),
