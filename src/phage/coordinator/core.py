@@ -198,9 +198,9 @@ class Coordinator:
             if task is None:
                 continue
             self.pool.add_attempt(open_attempt(att, task.kind.value, task.spec, now + self.settings.lease_s))
-        multi = [t.id for t in self.queue.tasks() if int(t.spec.get("replicas", 1)) > 1]
+        multi = [t.id for t in self.queue.tasks() if t.spec.best_of > 1]
         self.tried.update(await self.store.nodes_tried(multi))
-        quorum_jobs = [t.id for t in self.queue.tasks() if t.spec.get("quorum")]
+        quorum_jobs = [t.id for t in self.queue.tasks() if t.spec.quorum is not None]
         self.tried.update(await self.store.quorum_voters(quorum_jobs))
         log.info(
             "recovered %d queued tasks, %d open attempts, %d nodes",

@@ -13,7 +13,6 @@ import contextlib
 import functools
 from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import Any
 
 from phage.coordinator.admission import Admission
 from phage.coordinator.feed import EventBus
@@ -21,27 +20,27 @@ from phage.coordinator.nodes import NodeRegistry
 from phage.coordinator.pool import LiveNode, LivePool, OpenAttempt
 from phage.coordinator.replication import Replication
 from phage.coordinator.tried import TriedNodes
-from phage.domain import Assignment, Attempt, Dispatch, TaskKind, TaskState
+from phage.domain import Assignment, Attempt, Dispatch, TaskKind, TaskSpec, TaskState
 from phage.pki.attestation import input_hash
 from phage.scheduler import NodeView, ReadyQueue, eligible
 from phage.store import QueuedTask, SqlStore
 from phage.store.blobs import BlobStore
 
 
-def task_input_sha256(task_id: str, kind: str, spec: dict[str, Any]) -> str:
+def task_input_sha256(task_id: str, kind: str, spec: TaskSpec) -> str:
     """What a node must attest it was given for this task."""
     return input_hash(
         task_id=task_id,
         kind=kind,
-        manifest=spec.get("manifest"),
-        generate=spec.get("generate"),
-        workspace_sha256=str(spec.get("workspace") or ""),
-        isolation=str(spec.get("isolation", "any")),
+        manifest=spec.manifest.to_dict() if spec.manifest is not None else None,
+        generate=spec.generate.to_dict() if spec.generate is not None else None,
+        workspace_sha256=spec.workspace,
+        isolation=spec.isolation,
     )
 
 
 def open_attempt(
-    att: Attempt, kind: str, spec: dict[str, Any], lease: float, input_sha256: str | None = None
+    att: Attempt, kind: str, spec: TaskSpec, lease: float, input_sha256: str | None = None
 ) -> OpenAttempt:
     """The live pool's record of an assignment a node holds."""
     if input_sha256 is None:
@@ -113,8 +112,8 @@ class Dispatcher:
         tried = self.tried.get(task.id)
         if not tried or view.id not in tried:
             return True
-        gen = task.spec.get("generate") or {}
-        if gen.get("distinct", "wait") == "wait":
+        gen = task.spec.generate
+        if gen is None or gen.distinct == "wait":
             return False
         return not any(
             live.node.id not in tried and not live.node.quarantined and eligible(task, live.view())
@@ -134,7 +133,7 @@ class Dispatcher:
             task = by_id[att.task_id]
             if more:
                 self.queue.push(task)  # best-of-N: further attempts still wanted
-            if int(task.spec.get("replicas", 1)) > 1 or self.replication.needs_distinct(task):
+            if task.spec.best_of > 1 or self.replication.needs_distinct(task):
                 self.tried.add(task.id, live.node.id)
             dispatch = self._dispatch(att, task)
             self.pool.add_attempt(
@@ -145,8 +144,7 @@ class Dispatcher:
         return out
 
     def _dispatch(self, att: Attempt, task: QueuedTask) -> Dispatch:
-        digest = str(task.spec.get("workspace") or "")
-        size = int(task.spec.get("workspace_size") or 0)
+        digest, size = task.spec.workspace, task.spec.workspace_size
         inline = None
         if digest and size <= self.inline_workspace_bytes:
             inline = self._read_small_blob(digest)
@@ -171,6 +169,6 @@ class Dispatcher:
         """May this node download this blob? Only the workspace of a task it holds now."""
         for aid in list(live.attempts):
             att = self.pool.attempts.get(aid)
-            if att is not None and str(att.spec.get("workspace") or "") == digest:
+            if att is not None and att.spec.workspace == digest:
                 return True
         return False

@@ -7,14 +7,13 @@ node serves or could load (unless it may wait), or a quorum that does not fit it
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from phage.coordinator.keys import Principal
 from phage.coordinator.ledger import TaskLedger
 from phage.coordinator.placement import ModelPlacement
 from phage.coordinator.replication import Replication
 from phage.coordinator.requests import TaskRequest
-from phage.domain import Task, TaskState
+from phage.domain import Task, TaskSpec, TaskState
 from phage.domain.ids import new_id
 from phage.store.blobs import BlobStore
 
@@ -39,21 +38,19 @@ class Intake:
         now = self.clock()
         made: list[Task] = []
         for req in requests:
-            spec: dict[str, Any] = {"isolation": req.isolation}
-            replicas = 1
-            if req.manifest is not None:
-                spec["manifest"] = req.manifest.to_dict()
-            if req.generate is not None:
-                if not req.wait_for_model:
-                    self.placement.check_submit(req.generate.model)
-                spec["generate"] = req.generate.to_dict()
-                replicas = spec["replicas"] = req.generate.n
+            if req.generate is not None and not req.wait_for_model:
+                self.placement.check_submit(req.generate.model)
             copies, min_quorum, quorum = self.replication.plan(req)
-            if quorum is not None:
-                replicas, spec["quorum"] = copies, quorum
-            if req.workspace is not None:
-                spec["workspace"] = self.blobs.put(req.workspace)
-                spec["workspace_size"] = len(req.workspace)
+            workspace = self.blobs.put(req.workspace) if req.workspace is not None else ""
+            spec = TaskSpec(
+                isolation=req.isolation,
+                manifest=req.manifest,
+                generate=req.generate,
+                quorum=quorum,
+                workspace=workspace,
+                workspace_size=len(req.workspace) if req.workspace is not None else 0,
+            )
+            replicas = copies if quorum is not None else spec.best_of
             for _ in range(req.count):
                 made.append(
                     Task(

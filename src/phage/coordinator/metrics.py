@@ -235,7 +235,7 @@ class FeedMetrics:
                     continue
                 for att in await self._c.store.attempts_for(task_id):
                     if att.result is not None and att.result.completion_tokens:
-                        model = att.result.model or str((task.spec.get("generate") or {}).get("model", ""))
+                        model = att.result.model or (task.spec.model or "")
                         self.tokens.labels(model).inc(att.result.completion_tokens)
             except Exception:
                 log.exception("could not count the tokens of task %s", task_id)

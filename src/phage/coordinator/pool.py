@@ -10,7 +10,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from phage.domain import Node, NodeState
+from phage.domain import Node, NodeState, TaskSpec
 from phage.scheduler import NodeView
 
 
@@ -23,7 +23,7 @@ class OpenAttempt:
     node_id: str
     lease_expires_at: float
     kind: str = ""
-    spec: dict[str, Any] = field(default_factory=dict)
+    spec: TaskSpec = field(default_factory=TaskSpec)
     input_sha256: str = ""
     """What the node must attest it was given."""
 

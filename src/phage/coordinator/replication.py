@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Any
 
 from phage.coordinator.pool import LiveNode, OpenAttempt
 from phage.coordinator.requests import TaskRequest
 from phage.coordinator.tried import TriedNodes
-from phage.domain import TaskKind
+from phage.domain import QuorumSpec, TaskKind
 from phage.domain.quorum import QuorumPolicy, Record, Standing, standing
 from phage.errors import InvalidInput
 from phage.store import QueuedTask
@@ -42,8 +41,8 @@ class Replication:
         self.tried = tried
         self.rng = rng or random.Random()
 
-    def plan(self, req: TaskRequest) -> tuple[int, int, dict[str, Any] | None]:
-        """A job's (copies to dispatch at once, min_quorum, spec entry); (1, 0, None) for other kinds.
+    def plan(self, req: TaskRequest) -> tuple[int, int, QuorumSpec | None]:
+        """A job's (copies to dispatch at once, min_quorum, quorum spec); (1, 0, None) for other kinds.
 
         A quorum the job asks for must fit in its executions; the coordinator's defaults apply to
         trusted pools too (where they change nothing), so they are fitted rather than refused.
@@ -63,11 +62,11 @@ class Replication:
                 f"target_results ({target}) must not exceed max_attempts ({req.max_attempts})",
                 field="target_results",
             )
-        return target, quorum, {"min_quorum": quorum, "target_results": target}
+        return target, quorum, QuorumSpec(quorum, target)
 
     def standing(self, live: LiveNode, att: OpenAttempt) -> Standing | None:
         """How far this result is believed alone; None when its task is not a quorum job."""
-        if att.kind != TaskKind.JOB.value or not att.spec.get("quorum"):
+        if att.kind != TaskKind.JOB.value or att.spec.quorum is None:
             return None
         return standing(
             trusted=live.node.trusted,
@@ -79,10 +78,10 @@ class Replication:
     def needs_distinct(self, task: QueuedTask) -> bool:
         """Must this job's copies go to distinct nodes? Once it has asked for a second opinion, or
         when it dispatches several copies at once. (A lone job may retry on the node that lost it.)"""
-        quorum = task.spec.get("quorum")
-        if not quorum:
+        quorum = task.spec.quorum
+        if quorum is None:
             return False
-        return task.id in self.tried or int(quorum.get("target_results", 1)) > 1
+        return task.id in self.tried or quorum.target_results > 1
 
     def voted(self, task_id: str, node_id: str) -> None:
         """A node's result left its task wanting more copies: they must come from other nodes."""

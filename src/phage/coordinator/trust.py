@@ -116,11 +116,12 @@ class TrustGuard:
             return PermissionDenied(
                 "this coordinator cannot re-verify (no sandbox) and the node is not trusted"
             )
-        digest = str(att.spec.get("workspace") or "")
+        digest = att.spec.workspace
+        generate = att.spec.generate
+        if generate is None:
+            return PermissionDenied("only generate results are re-verified", field="kind")
         workspace = self.blobs.read(digest) if digest else None
-        verdict = await reverify(
-            sandbox, self.verify_dir, workspace, att.spec["generate"], result.output_text
-        )
+        verdict = await reverify(sandbox, self.verify_dir, workspace, generate, result.output_text)
         if not verdict.passed:
             return PermissionDenied(
                 f"claimed pass failed re-verification (verifier exit code {verdict.exit_code})",

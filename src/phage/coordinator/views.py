@@ -14,6 +14,7 @@ from phage.domain.quorum import reputation_view
 
 def task_public(task: Task, attempts: list[Attempt] | None = None) -> dict[str, Any]:
     """A task as clients see it."""
+    spec = task.spec
     out: dict[str, Any] = {
         "id": task.id,
         "kind": task.kind.value,
@@ -26,12 +27,12 @@ def task_public(task: Task, attempts: list[Attempt] | None = None) -> dict[str, 
         "max_attempts": task.max_attempts,
         "error": task.error,
         "labels": task.labels,
-        "isolation": task.spec.get("isolation", "any"),
-        "manifest": task.spec.get("manifest"),
-        "workspace_sha256": task.spec.get("workspace"),
-        "generate": task.spec.get("generate"),
+        "isolation": spec.isolation,
+        "manifest": spec.manifest.to_dict() if spec.manifest is not None else None,
+        "workspace_sha256": spec.workspace or None,
+        "generate": spec.generate.to_dict() if spec.generate is not None else None,
         "replicas": task.replicas,
-        "quorum": task.spec.get("quorum"),
+        "quorum": spec.quorum.to_dict() if spec.quorum is not None else None,
         "result": None,
     }
     if task.result is not None:

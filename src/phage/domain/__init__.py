@@ -9,11 +9,13 @@ from phage.domain.models import (
     Node,
     NodeState,
     OutputFile,
+    ReceivedAssignment,
     Task,
     TaskKind,
     TaskResult,
     TaskState,
 )
+from phage.domain.spec import QuorumSpec, TaskSpec
 
 __all__ = [
     "Assignment",
@@ -24,8 +26,11 @@ __all__ = [
     "Node",
     "NodeState",
     "OutputFile",
+    "QuorumSpec",
+    "ReceivedAssignment",
     "Task",
     "TaskKind",
     "TaskResult",
+    "TaskSpec",
     "TaskState",
 ]

@@ -74,8 +74,8 @@ class ReadyQueue:
 
     def _count(self, task: QueuedTask, delta: int) -> None:
         if task.kind == "generate":
-            model = (task.spec.get("generate") or {}).get("model")
-            if isinstance(model, str):
+            model = task.spec.model
+            if model is not None:
                 self._models[model] += delta
                 if self._models[model] <= 0:
                     del self._models[model]

@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from phage.domain import Attempt, AttemptState, Task, TaskResult, TaskState
+from phage.domain import Attempt, AttemptState, Task, TaskResult, TaskSpec, TaskState
 from phage.domain.ids import new_id
 from phage.domain.models import QueuedTask
 from phage.domain.quorum import QuorumOutcome, Standing
@@ -166,7 +166,10 @@ class SqlStore(NodeRecords, UsageRecords, QuorumRecords):
             .order_by(tasks.c.created_at)
         )
         async with self.engine.connect() as conn:
-            return [QueuedTask(r.id, r.kind, r.priority, r.created_at, r.spec) for r in await conn.execute(q)]
+            return [
+                QueuedTask(r.id, r.kind, r.priority, r.created_at, TaskSpec.from_dict(r.spec))
+                for r in await conn.execute(q)
+            ]
 
     async def nodes_tried(self, task_ids: Sequence[str]) -> dict[str, set[str]]:
         """For each task, the nodes that have held an attempt of it (distinct-node placement)."""
