@@ -9,6 +9,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
+from phage.client.cli_common import KeyOpt, UrlOpt, api_key, console, run
 from phage.client.sdk import PhageClient
 
 
@@ -39,7 +40,6 @@ def progress_table(net: dict[str, Any]) -> Table:
 
 def register(app: typer.Typer) -> None:
     """Add the verbs to the main ``phage`` app (called from :mod:`phage.client.cli`)."""
-    from phage.client.cli import KeyOpt, UrlOpt, _api_key, _run, console
 
     @app.command()
     def train(
@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
         """Train a network across the pool's nodes, each VNode on its own local loss."""
 
         async def main() -> int:
-            async with PhageClient(url, _api_key(key), timeout=600) as client:
+            async with PhageClient(url, api_key(key), timeout=600) as client:
                 digest = await client.upload_dataset(data.read_bytes())
                 net = await client.train(
                     spec.read_text(),
@@ -85,7 +85,7 @@ def register(app: typer.Typer) -> None:
                 return 0 if net["state"] == "completed" else 1
 
         started = time.monotonic()
-        code = _run(main())
+        code = run(main())
         if wait:
             console.print(f"[dim]{time.monotonic() - started:.1f} s[/]")
         raise typer.Exit(code)
@@ -99,7 +99,7 @@ def register(app: typer.Typer) -> None:
         """Training jobs, or one of them in detail."""
 
         async def main() -> None:
-            async with PhageClient(url, _api_key(key)) as client:
+            async with PhageClient(url, api_key(key)) as client:
                 if network_id:
                     console.print(progress_table(await client.network(network_id)))
                     return
@@ -109,4 +109,4 @@ def register(app: typer.Typer) -> None:
                     table.add_row(n["id"], n["name"], n["state"], "–" if acc is None else f"{acc:.4f}")
                 console.print(table)
 
-        _run(main())
+        run(main())

@@ -78,7 +78,7 @@ class CoordinatorServer:
 
         pb_grpc.add_PhageCoordinatorServicer_to_server(PhageCoordinatorServicer(c), self._grpc)  # type: ignore[no-untyped-call]
         tpb_grpc.add_PhageTrainingServicer_to_server(  # type: ignore[no-untyped-call]
-            TrainingServicer(c.training, lambda peer, claimed: c.authenticate_node(peer, claimed).node.id),
+            TrainingServicer(c.training, lambda peer, claimed: c.nodes.authenticate(peer, claimed).node.id),
             self._grpc,
         )
         mtls = grpc.ssl_server_credentials(
