@@ -22,6 +22,7 @@ from phage.training.spec import load_spec_text  # noqa: E402
 SPEC = (Path(__file__).parents[2] / "examples" / "digits.yaml").read_text()
 EPOCHS = 15
 Pool = Callable[..., tuple[CoordinatorProcess, list[NodeProcess]]]
+pytestmark = pytest.mark.timeout(900)  # real networks trained across processes: minutes when busy
 
 
 @pytest.fixture(scope="module")
