@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -166,8 +167,38 @@ _lock = threading.Lock()
 _stage: Stage | None = None
 
 
+STAGE_TMPFS_BYTES = 64 * 1024**2
+"""Size of the tmpfs a root node builds its stage on (the copied /etc takes about 1 MiB)."""
+
+
 def _remove(path: Path) -> None:
+    if os.path.ismount(path):  # a stage on its own tmpfs (root nodes)
+        subprocess.run(["umount", "--lazy", str(path)], capture_output=True, timeout=30, check=False)
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _own_filesystem(root: Path) -> None:
+    """Root nodes: put the stage on its own tmpfs, so the sandbox's ``mountinfo`` shows
+    ``/rootfs/etc`` as the source of its ``/etc``, not a path on the host."""
+    if os.geteuid() != 0:
+        return
+    done = subprocess.run(
+        [
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            f"size={STAGE_TMPFS_BYTES},mode=0755,nosuid,nodev",
+            "phage-stage",
+            str(root),
+        ],
+        capture_output=True,
+        timeout=30,
+        check=False,
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+    )
+    if done.returncode != 0:
+        raise OSError(f"cannot mount the stage's tmpfs: {done.stderr.decode(errors='replace').strip()}")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -202,6 +233,7 @@ def stage() -> Stage:
             root = private_dir("sandbox")
             os.chmod(root, 0o755)
             try:
+                _own_filesystem(root)
                 _stage = Stage(root)
             except BaseException:
                 _remove(root)
