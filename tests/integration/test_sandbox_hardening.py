@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tarfile
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -26,7 +27,9 @@ from phage.node.executor import CollectedOutput, JobExecutor
 from phage.sandbox import cgroups as cg
 from phage.sandbox.base import Sandbox, SandboxLimits
 from phage.sandbox.scratch import ScratchVolumes, image_of, mounted_under
-from tests.integration.test_sandbox import Node
+from phage.testing import CoordinatorProcess, NodeProcess, wait_online, wait_until
+from tests.integration.conftest import job as job_spec
+from tests.integration.test_sandbox import REAL, Node
 
 # the fixtures, shared with the sandbox attack tests
 from tests.integration.test_sandbox import node as node
@@ -207,7 +210,7 @@ async def test_multiprocessing_works(sandbox: Sandbox, executor: JobExecutor) ->
 
 NODE = """
 import asyncio, sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from phage.sandbox.registry import BACKENDS
 from phage.sandbox.base import SandboxLimits, SandboxRequest
@@ -255,3 +258,46 @@ def test_a_restarted_node_kills_what_a_dead_node_left_in_its_cgroups() -> None:
         if leftover.poll() is None:
             os.kill(leftover.pid, signal.SIGKILL)
             leftover.wait()
+
+
+@pytest.mark.parametrize("backend", sorted(REAL))
+def test_a_killed_node_leaves_no_sandbox_and_its_restart_no_workspace(
+    backend: str, pool: Callable[..., tuple[CoordinatorProcess, list[NodeProcess]]], tmp_path: Path
+) -> None:
+    if shutil.which(REAL[backend]) is None:
+        pytest.skip(f"{REAL[backend]} is not installed")
+    coord, _ = pool(nodes=0)
+    node = NodeProcess(coord, tmp_path / "victim", name="victim", concurrency=1, sandbox=backend).start()
+    try:
+        wait_online(coord, 1, timeout=60)
+        spec = job_spec("never", sleep=300, isolation=backend)
+        with coord.client() as c:
+            task = c.post("/api/tasks", json=spec).json()
+            wait_until(
+                lambda: c.get(f"/api/tasks/{task['id']}").json()["state"] == "running", 30, what="running"
+            )
+        assert node.proc is not None
+        me = psutil.Process(node.proc.pid)
+        # the job's sleep, as the host sees it: itself under bwrap, a ptrace stub ("exe") under gVisor
+        inside = "exe" if backend == "gvisor" else "sleep"
+        wait_until(lambda: inside in {p.name() for p in me.children(recursive=True)}, 30, what="the job")
+        tree = me.children(recursive=True)
+        work = node.key_dir / "work"
+        old = mounted_under(work)
+        assert old, "the job runs on its own volume"
+        left = {p.name for p in work.iterdir()} - {JobExecutor.MARK}
+        os.kill(node.proc.pid, signal.SIGKILL)  # the node process alone, as the OOM killer would
+        node.proc.wait()
+
+        def gone() -> bool:
+            return not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+        wait_until(gone, 10, what="every sandbox process dead")  # the job's own deadline is 60 s away
+        node.start()  # the same node, restarted: its crashed run's workspace goes
+
+        def cleaned() -> bool:
+            return not set(old) & set(mounted_under(work)) and not left & {p.name for p in work.iterdir()}
+
+        wait_until(cleaned, 30, what="the crashed run's volume and workspace removed")
+    finally:
+        node.stop()
