@@ -10,7 +10,7 @@ loop-mounted on the workspace directory:
 - the job (and the node unpacking its inputs) gets ``ENOSPC`` at the cap, whatever
   system call it uses; the image never holds more host disk than the cap, and
   ``discard`` gives deleted files' blocks back to the host at once;
-- its inode count is bounded too (one per 64 KiB of cap), which bounds what output
+- its inode count is bounded too (one per 16 KiB of cap), which bounds what output
   collection can be made to walk;
 - not memory: a size-limited tmpfs would count real pages as well, but against the
   run's memory limit and the host's RAM, for as long as the node keeps the outputs;
@@ -38,7 +38,7 @@ from phage.errors import SandboxError
 
 IMAGE_SUFFIX = ".scratch"
 """A workspace ``<root>/<id>``'s image is ``<root>/<id>.scratch``, beside it, never inside it."""
-BYTES_PER_INODE = 64 * 1024
+BYTES_PER_INODE = 16 * 1024
 MIN_INODES = 512
 MIN_CAP = 4 * 1024**2
 """Smallest volume made; ext4 needs a few blocks of its own."""
