@@ -58,6 +58,7 @@ from phage.sandbox.rootfs import (
     private_dir,
     stage,
 )
+from phage.sandbox.scratch import scratch_mechanism
 
 PLATFORM = "ptrace"
 MEMORY_OVERHEAD = 64 * 1024**2
@@ -274,7 +275,7 @@ class GvisorSandbox(Sandbox):
             "memory": f"cgroup (+{MEMORY_OVERHEAD} for gVisor)" if "memory" in has else "rlimit-as",
             "pids": "rlimit-nproc" + (" + watch" if "pids" in has else ""),
             "cpu": "cgroup" if "cpu" in has else "none",
-            "scratch": "rlimit-fsize + watch",
+            "scratch": scratch_mechanism(),
             "output": "cap + kill",
         }
 

@@ -181,6 +181,13 @@ def _sparse_copy(source: Path, dest: Path) -> None:
             pos = end
 
 
+def scratch_mechanism() -> str:
+    """How this machine caps a workspace, for sandbox descriptions (and so attestations)."""
+    found = ScratchVolumes.detect()
+    volume = found.describe() + " + " if isinstance(found, ScratchVolumes) else ""
+    return volume + "rlimit-fsize + watch"
+
+
 def image_of(workdir: Path) -> Path:
     """Where the volume of ``workdir`` keeps its image."""
     return workdir.with_name(workdir.name + IMAGE_SUFFIX)
