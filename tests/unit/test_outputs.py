@@ -16,7 +16,15 @@ PATTERNS = ["*.txt", "out/*", "**/*.txt", "out/**/*.bin", "*/x?.txt", "[ab]*/*",
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
-    for rel in ("a.txt", "out/r.bin", "out/x1.txt", "out/sub/y.bin", "b/deep/z.txt", ".hidden.txt", "c/x2.txt"):
+    for rel in (
+        "a.txt",
+        "out/r.bin",
+        "out/x1.txt",
+        "out/sub/y.bin",
+        "b/deep/z.txt",
+        ".hidden.txt",
+        "c/x2.txt",
+    ):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(rel)
     return tmp_path
