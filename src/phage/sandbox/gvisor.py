@@ -194,7 +194,8 @@ def runsc_argv(
     """Join the cgroup, then exec ``runsc run`` under a parent-death signal.
 
     ``runsc run`` is the node's own child (the wrapper shell and ``setpriv`` exec
-    into it) and dies with the node, even of ``kill -9``; its ``--attached``
+    into it) and dies with the node, even of ``kill -9`` (strictly, with the thread that started it:
+    runs start from the node's event-loop thread, which lives as long as the node); its ``--attached``
     sandbox and Gofer die with it. Without that they would outlive the node,
     running a task the coordinator has meanwhile given to another node.
     """
