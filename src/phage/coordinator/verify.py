@@ -16,10 +16,11 @@ import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from phage.domain.generate import GenerateSpec
 from phage.sandbox import Sandbox, SandboxLimits, SandboxRequest
 from phage.sandbox.scratch import ScratchVolumes
+from phage.sandbox.workdir import unpack_workspace
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,8 +40,6 @@ def _volumes() -> ScratchVolumes | None:
 def _prepare(
     root: Path, workspace: bytes | None, output_path: str, output_text: str, limits: SandboxLimits
 ) -> Path:
-    from phage.node.executor import unpack_workspace
-
     workdir = root / f"verify-{secrets.token_hex(8)}"
     volumes = _volumes()
     if volumes is not None and limits.scratch_bytes is not None:
@@ -56,17 +55,17 @@ def _prepare(
 
 
 async def reverify(
-    sandbox: Sandbox, scratch_root: Path, workspace: bytes | None, generate: dict[str, Any], output_text: str
+    sandbox: Sandbox, scratch_root: Path, workspace: bytes | None, generate: GenerateSpec, output_text: str
 ) -> Verdict:
-    """Run ``generate['verifier']`` against ``output_text`` in the coordinator's sandbox."""
+    """Run ``generate.verifier`` against ``output_text`` in the coordinator's sandbox."""
     scratch_root.mkdir(parents=True, exist_ok=True)
-    limits = SandboxLimits(wall_s=float(generate.get("timeout_s", 60)), log_bytes=8192)
+    limits = SandboxLimits(wall_s=float(generate.timeout_s), log_bytes=8192)
     workdir = await asyncio.to_thread(
-        _prepare, scratch_root, workspace, generate["output_path"], output_text, limits
+        _prepare, scratch_root, workspace, generate.output_path, output_text, limits
     )
     try:
         outcome = await sandbox.run(
-            SandboxRequest(argv=["/bin/sh", "-c", generate["verifier"]], workdir=workdir, limits=limits)
+            SandboxRequest(argv=["/bin/sh", "-c", generate.verifier], workdir=workdir, limits=limits)
         )
     finally:
         await asyncio.to_thread(_remove, workdir)
