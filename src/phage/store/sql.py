@@ -40,6 +40,7 @@ from phage.store.rows import (
 from phage.store.schema import attempts, tasks
 from phage.store.sql_nodes import NodeRecords
 from phage.store.sql_quorum import QuorumRecords, plan_quorum
+from phage.store.sql_training import TrainingRecords
 from phage.store.sql_usage import UsageRecords
 from phage.store.writer import GroupCommitWriter
 
@@ -60,7 +61,7 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite+aiosqlite:///{path}"
 
 
-class SqlStore(NodeRecords, UsageRecords, QuorumRecords):
+class SqlStore(NodeRecords, UsageRecords, QuorumRecords, TrainingRecords):
     """The coordinator's durable state over SQLAlchemy 2 async (SQLite or PostgreSQL)."""
 
     def __init__(self, url: str, *, synchronous: str = "NORMAL") -> None:
