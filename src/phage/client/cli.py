@@ -160,6 +160,14 @@ def node(
     sandbox: Annotated[
         str | None, typer.Option(help="Sandbox backend (default: strongest available).")
     ] = None,
+    polled_scratch: Annotated[
+        bool,
+        typer.Option(
+            "--polled-scratch",
+            help="Where the kernel cannot cap a workspace's disk (an unprivileged node), accept a "
+            "cap the node only polls; a job can overshoot it.",
+        ),
+    ] = False,
     engine: Annotated[
         str | None, typer.Option(help="Inference engine: transformers|vllm|llamacpp|openai|auto.")
     ] = None,
@@ -200,6 +208,7 @@ def node(
         name=name,
         max_concurrency=concurrency,
         sandbox=sandbox,
+        polled_scratch=polled_scratch,
         heartbeat_interval_s=heartbeat,
         engine=engine,
         model=model,

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from phage.errors import ProtocolError, Unavailable
+from phage.errors import InvalidInput, ProtocolError, Unavailable
 from phage.protocol.v1 import phage_pb2 as pb
 
 BUFFER_CHUNKS = 32
@@ -81,6 +81,8 @@ class ChatCall:
             if isinstance(item, Unavailable):
                 raise item
             if item.error:
+                if item.error_code == InvalidInput.grpc_code:  # the request itself: no node would serve it
+                    raise InvalidInput(item.error, field="messages")
                 raise Unavailable(f"node {self.node_id[:12]}… could not serve the chat: {item.error}")
             yield item
             if item.finish_reason:

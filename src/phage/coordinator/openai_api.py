@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,7 @@ from phage.coordinator.chat import ChatCall
 from phage.coordinator.chat_request import ChatParams, parse_chat
 from phage.coordinator.core import Coordinator
 from phage.coordinator.keys import Principal
-from phage.errors import NotFound, PaymentRequired, PhageError, Unavailable
+from phage.errors import InvalidInput, NotFound, PaymentRequired, PhageError, Unavailable
 
 log = logging.getLogger("phage.chat")
 
@@ -66,7 +66,7 @@ class Piece:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     node_id: str = ""
-    error: Unavailable | None = None
+    error: PhageError | None = None
     reset: bool = False
     """Forget the text so far: the request starts again on another node (non-streaming only)."""
 
@@ -91,7 +91,7 @@ class ChatService:
                     f"this API key has used {used} of its {limit} tokens", field="Authorization"
                 )
 
-    async def run(self, who: Principal, params: ChatParams) -> AsyncIterator[Piece]:
+    async def run(self, who: Principal, params: ChatParams) -> AsyncGenerator[Piece, None]:
         """Serve one request: yields text pieces, then a final piece (or one with an error).
 
         A stream that already gave the client text cannot be retried; a non-streaming
@@ -120,6 +120,9 @@ class ChatService:
                             "", chunk.finish_reason, chunk.prompt_tokens, chunk.completion_tokens, node_id
                         )
                         return
+            except InvalidInput as exc:  # e.g. a prompt longer than the model's context: 400 at once
+                yield Piece(error=exc, node_id=node_id)
+                return
             except Unavailable as exc:
                 last_error = exc
                 log.warning("chat %s on node %s failed: %s", call.request_id, node_id[:12], exc.message)
@@ -185,6 +188,14 @@ def install_openai(app: FastAPI, c: Coordinator, read_json: Callable[[Request], 
         if params.stream:
             # Place the chat now, so the order travels to the node while the response is set up.
             head = asyncio.ensure_future(anext(pieces, None))
+            # A request the node refuses outright (a prompt longer than the model's context) must
+            # get its 400, not a 200 stream with an error event: wait for the first piece, which
+            # is that refusal or the first token.
+            await asyncio.wait([head])
+            first = None if head.cancelled() or head.exception() is not None else head.result()
+            if first is not None and isinstance(first.error, InvalidInput):
+                await pieces.aclose()
+                return openai_error(first.error)
             return StreamingResponse(
                 _stream(pieces, head, cid, created, params),
                 media_type="text/event-stream",

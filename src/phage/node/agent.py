@@ -19,7 +19,7 @@ import psutil
 
 from phage import __version__
 from phage.domain import ReceivedAssignment, TaskResult
-from phage.errors import PhageError
+from phage.errors import PhageError, SandboxError
 from phage.node import faults
 from phage.node.attest import attest_result, sign_batch
 from phage.node.chat import ChatServer
@@ -43,6 +43,7 @@ from phage.protocol.v1 import phage_pb2 as pb
 from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
 from phage.sandbox import Sandbox, available_backends, make_sandbox
 from phage.sandbox.registry import STRONGEST_FIRST
+from phage.sandbox.scratch import ScratchVolumes
 
 log = logging.getLogger("phage.node")
 
@@ -91,6 +92,23 @@ def _pick_sandboxes(given: Sandbox | None, name: str | None) -> dict[str, Sandbo
     return dict(sorted(found.items(), key=lambda kv: STRONGEST_FIRST.index(kv[0])))
 
 
+def _scratch_volumes(sandboxes: dict[str, Sandbox], polled_ok: bool) -> ScratchVolumes | None:
+    """Per-workspace volumes for isolating backends; refuse to start without them unless told."""
+    if set(sandboxes) <= {"none"}:
+        return None  # unisolated by the operator's choice: nothing to enforce
+    found = ScratchVolumes.detect()
+    if isinstance(found, ScratchVolumes):
+        return found
+    if polled_ok:
+        log.warning("scratch caps are only polled on this node (%s): a job can overshoot them", found)
+        return None
+    raise SandboxError(
+        f"the kernel cannot enforce scratch caps here: {found}; pass --polled-scratch to accept "
+        "a cap the node only polls (a job can then overshoot it by preallocating disk)",
+        field="polled_scratch",
+    )
+
+
 class NodeAgent:
     """One node: ``await NodeAgent(config).run()``; ``stop()`` ends it."""
 
@@ -111,7 +129,11 @@ class NodeAgent:
             )
         secure_key_dir(config.key_dir)
         self.identity = NodeIdentity.load_or_create(config.key_dir)
-        self.executor = JobExecutor(config.scratch_root, config.max_log_bytes)
+        self.executor = JobExecutor(
+            config.scratch_root,
+            config.max_log_bytes,
+            _scratch_volumes(self.sandboxes, config.polled_scratch),
+        )
         self._corrupt_outputs = faults.corrupt_outputs_enabled()
         """Fault injection for tests and benchmarks (node/faults.py): report wrong job outputs."""
         self.running: dict[str, Running] = {}
@@ -418,8 +440,7 @@ class NodeAgent:
             r = self.running.pop(aid, None)
             if r is not None and r.task is not None:
                 log.info("stopping %s (cancelled)", aid)
-                r.task.cancel()
-                self.executor.cleanup(aid)
+                r.task.cancel()  # its own cleanup removes the workspace
                 self._slot_freed.set()
 
     # ---- one assignment ----------------------------------------------------
@@ -448,8 +469,9 @@ class NodeAgent:
             with contextlib.suppress(Exception):
                 await self._report(a, TaskResult(exit_code=-1, error=f"node error: {exc}"))
         finally:
-            if a.kind != "noop":
-                self.executor.cleanup(a.assignment_id)
+            if a.kind != "noop":  # unmounting a scratch volume takes tens of ms: off the event loop
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(asyncio.to_thread(self.executor.cleanup, a.assignment_id))
             if self.running.pop(a.assignment_id, None) is not None:
                 self.completed += 1
             self._slot_freed.set()

@@ -120,7 +120,9 @@ class ChatServer:
         except PhageError as exc:
             if call is not None:
                 with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
-                    await call.write(pb.ChatChunk(request_id=rid, error=exc.message))
+                    await call.write(
+                        pb.ChatChunk(request_id=rid, error=exc.message, error_code=exc.grpc_code)
+                    )
                     await call.done_writing()
                 call.cancel()
         finally:

@@ -25,6 +25,9 @@ class NodeConfig:
     max_concurrency: int = 4
     sandbox: str | None = None
     """Backend name, or None for the strongest that works."""
+    polled_scratch: bool = False
+    """Accept a scratch cap the node only polls where the kernel cannot enforce one (an
+    unprivileged node): a job can then briefly overshoot it, e.g. by preallocating disk."""
     heartbeat_interval_s: float | None = None
     """Override the interval the coordinator asks for (tests)."""
     engine: str | None = None

@@ -24,7 +24,7 @@ try:
 except ImportError:  # pragma: no cover - a dependency; httpx serves alone without it
     aiohttp = None  # type: ignore[assignment]
 
-from phage.errors import EngineError
+from phage.errors import EngineError, InvalidInput, PhageError
 from phage.node.engines.base import Delta, Engine, GenerationRequest
 
 
@@ -302,9 +302,7 @@ class OpenAIEngine(Engine):
             try:
                 async with self._aiohttp().post(self.url + path, json=body) as resp:
                     if resp.status != 200:
-                        raise EngineError(
-                            f"{path} answered {resp.status}: {_error_text(await resp.read())}", field="model"
-                        )
+                        raise _refusal(path, resp.status, await resp.read())
                     async for raw in resp.content.iter_any():
                         yield raw
             except aiohttp.ClientError as exc:
@@ -313,10 +311,7 @@ class OpenAIEngine(Engine):
         try:
             async with self.http().stream("POST", path, json=body) as response:
                 if response.status_code != 200:
-                    raise EngineError(
-                        f"{path} answered {response.status_code}: {_error_text(await response.aread())}",
-                        field="model",
-                    )
+                    raise _refusal(path, response.status_code, await response.aread())
                 async for raw in response.aiter_raw():
                     yield raw
         except httpx.HTTPError as exc:
@@ -342,6 +337,14 @@ class OpenAIEngine(Engine):
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _refusal(path: str, status: int, body: bytes) -> PhageError:
+    """A non-200 answer as an error: 400/413 say the request itself is bad (a prompt longer than the
+    model's context: vLLM and llama.cpp check before any work), so it is not worth another node."""
+    if status in (400, 413):
+        return InvalidInput(f"the model's server refused the request: {_error_text(body)}", field="messages")
+    return EngineError(f"{path} answered {status}: {_error_text(body)}", field="model")
 
 
 def _texts(reader: ChunkReader, events: list[bytes]) -> tuple[str, bool]:

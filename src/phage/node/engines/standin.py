@@ -182,6 +182,15 @@ class Standin:
             self.words,
         )
         prompt_tokens = _words(req.get("messages") if chat else req.get("prompt", ""))
+        if prompt_tokens >= self.max_model_len:  # refused before any work, in vLLM's words
+            message = (
+                f"This model's maximum context length is {self.max_model_len} tokens. However, "
+                f"your request has {prompt_tokens} input tokens. Please reduce the length of the input."
+            )
+            await self._json(
+                send, 400, {"error": {"message": message, "type": "BadRequestError", "code": 400}}
+            )
+            return
         try:
             if req.get("stream"):
                 include_usage = bool((req.get("stream_options") or {}).get("include_usage"))

@@ -2,11 +2,19 @@
 
 Generation runs in a worker thread (one at a time: the model is shared) so the
 node's event loop keeps heartbeating while a completion is computed.
+
+A prompt is measured against the model's context before any work: one longer
+than the context is refused at once (``InvalidInput``, which the coordinator
+answers with a 400 naming the limit), and the completion is cut to what the
+context has left. A long prompt is prefilled in chunks, with a look between two
+at whether the client is still there, so a client that hangs up stops even a
+prefill of minutes within one chunk's time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import threading
 from collections.abc import AsyncIterator
@@ -16,14 +24,23 @@ from typing import Any
 from phage.errors import EngineError, InvalidInput
 from phage.node.engines.base import Delta, Engine, GenerationRequest
 
+PREFILL_CHUNK = 512
+"""Prompt tokens run per forward step of a chunked prefill."""
+CHARS_PER_TOKEN_BOUND = 256
+"""No token spans more characters: a prompt longer than context × this is refused untokenized."""
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
 
 class TransformersEngine(Engine):
     """A local model directory (or hub id available offline) loaded with AutoModelForCausalLM."""
 
     name = "transformers"
 
-    def __init__(self, model_path: str, *, name: str | None = None) -> None:
+    def __init__(
+        self, model_path: str, *, name: str | None = None, prefill_chunk: int = PREFILL_CHUNK
+    ) -> None:
         self.model_path = model_path
+        self.prefill_chunk = prefill_chunk
         self._name = name or self._default_name(model_path)
         self._model: Any = None
         self._tokenizer: Any = None
@@ -66,6 +83,37 @@ class TransformersEngine(Engine):
             return None
         return int(sum(p.numel() * p.element_size() for p in self._model.parameters()))
 
+    @property
+    def context_length(self) -> int | None:
+        """Tokens the model attends over (prompt and completion together), once loaded."""
+        config = getattr(self._model, "config", None)
+        for key in _CONTEXT_KEYS:
+            value = getattr(config, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    def _encode(self, request: GenerationRequest) -> Any:
+        """The prompt's token ids, or InvalidInput when it cannot fit the context."""
+        text = self._prompt_text(request)
+        context = self.context_length
+        field = "messages" if request.is_chat else "prompt"
+        if context is not None and len(text) > context * CHARS_PER_TOKEN_BOUND:
+            raise InvalidInput(
+                f"the prompt ({len(text)} characters) is longer than the context of {self._name!r}: "
+                f"{context} tokens",
+                field=field,
+            )
+        ids = self._tokenizer(text, return_tensors="pt")
+        tokens = int(ids["input_ids"].shape[1])
+        if context is not None and tokens >= context:
+            raise InvalidInput(
+                f"the prompt is {tokens} tokens; the context of {self._name!r} is {context} tokens "
+                "(prompt and completion together)",
+                field=field,
+            )
+        return ids
+
     def _prompt_text(self, request: GenerationRequest) -> str:
         if not request.is_chat:
             return request.prompt
@@ -81,6 +129,7 @@ class TransformersEngine(Engine):
         """Yield decoded text as tokens come; leaving early stops the worker thread at the next token."""
         if self._model is None:
             await self.start()
+        inputs = await asyncio.to_thread(self._encode, request)  # refuses before any model work
         async with self._lock:
             loop = asyncio.get_running_loop()
             queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
@@ -89,7 +138,7 @@ class TransformersEngine(Engine):
             def emit(kind: str, value: Any) -> None:
                 loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
 
-            worker = loop.run_in_executor(None, self._run, request, stop_flag, emit)
+            worker = loop.run_in_executor(None, self._run, request, inputs, stop_flag, emit)
             text, sent = "", 0
             prompt_tokens = completion_tokens = 0
             finish = "length"
@@ -125,15 +174,50 @@ class TransformersEngine(Engine):
                 stop_flag.set()
                 await asyncio.shield(worker)
 
-    def _run(self, request: GenerationRequest, stop_flag: threading.Event, emit: Any) -> None:
+    def _prefill(self, inputs: Any, stop_flag: threading.Event) -> Any:
+        """Run all but the prompt's last token through the model in chunks; None if the client left.
+
+        Returns the filled cache, which ``generate`` continues from (it computes only
+        the tokens the cache lacks). A short prompt needs none of this (None, too).
+        """
+        from transformers import DynamicCache
+
+        ids = inputs["input_ids"]
+        prefix = int(ids.shape[1]) - 1
+        cache = DynamicCache(config=self._model.config)
+        for start in range(0, prefix, self.prefill_chunk):
+            if stop_flag.is_set():
+                return None
+            end = min(prefix, start + self.prefill_chunk)
+            self._model(
+                input_ids=ids[:, start:end],
+                attention_mask=inputs["attention_mask"][:, :end],
+                use_cache=True,
+                **{self._cache_arg(): cache},
+            )
+        return cache
+
+    def _cache_arg(self) -> str:
+        """The keyword a forward step takes its cache by (``past_key_values`` before transformers 5)."""
+        return "cache" if "cache" in inspect.signature(self._model.forward).parameters else "past_key_values"
+
+    def _run(self, request: GenerationRequest, inputs: Any, stop_flag: threading.Event, emit: Any) -> None:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
 
         tok, model = self._tokenizer, self._model
         try:
-            inputs = tok(self._prompt_text(request), return_tensors="pt").to(self._device)
+            inputs = inputs.to(self._device)
             prompt_len = int(inputs["input_ids"].shape[1])
             emit("prompt", prompt_len)
+            cache = None
+            if prompt_len > self.prefill_chunk:
+                with torch.no_grad():
+                    cache = self._prefill(inputs, stop_flag)
+                if cache is None:
+                    emit("done", None)
+                    return
+            context = self.context_length
             generated: list[int] = []
 
             class _Cut(StoppingCriteria):
@@ -147,7 +231,9 @@ class TransformersEngine(Engine):
                     return stop_flag.is_set()
 
             kwargs: dict[str, Any] = {
-                "max_new_tokens": request.max_tokens,
+                "max_new_tokens": request.max_tokens
+                if context is None
+                else max(1, min(request.max_tokens, context - prompt_len)),
                 "pad_token_id": tok.pad_token_id,
                 "stopping_criteria": StoppingCriteriaList([_Cut()]),
             }
@@ -157,6 +243,8 @@ class TransformersEngine(Engine):
                     kwargs["top_p"] = request.top_p
             else:
                 kwargs["do_sample"] = False
+            if cache is not None:
+                kwargs[self._cache_arg()] = cache
             if request.seed is not None:
                 torch.manual_seed(request.seed)
             with torch.no_grad():

@@ -417,7 +417,7 @@ class ChatOrder(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., has_seed: _Optional[bool] = ..., seed: _Optional[int] = ..., cancel: _Optional[bool] = ..., has_top_p: _Optional[bool] = ..., top_p: _Optional[float] = ..., prompt: _Optional[str] = ...) -> None: ...
 
 class ChatChunk(_message.Message):
-    __slots__ = ("request_id", "node_id", "text", "finish_reason", "prompt_tokens", "completion_tokens", "error")
+    __slots__ = ("request_id", "node_id", "text", "finish_reason", "prompt_tokens", "completion_tokens", "error", "error_code")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -425,6 +425,7 @@ class ChatChunk(_message.Message):
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     node_id: str
     text: str
@@ -432,7 +433,8 @@ class ChatChunk(_message.Message):
     prompt_tokens: int
     completion_tokens: int
     error: str
-    def __init__(self, request_id: _Optional[str] = ..., node_id: _Optional[str] = ..., text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+    error_code: str
+    def __init__(self, request_id: _Optional[str] = ..., node_id: _Optional[str] = ..., text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., error: _Optional[str] = ..., error_code: _Optional[str] = ...) -> None: ...
 
 class ChatStreamAck(_message.Message):
     __slots__ = ("cancelled",)
