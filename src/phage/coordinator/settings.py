@@ -77,6 +77,30 @@ class CoordinatorSettings(BaseSettings):
     """Serve seed 002's pool API (``/submit``, ``/status``, ``/outputs``, ``/pool``) to callers without an
     API key, as seed 002's clients send none. Off by default: anyone reaching the HTTP port could submit."""
 
+    # ---- limits against unauthenticated peers (docs/security.md) ----------
+    http_max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    """Largest request head (request line and headers); a larger one gets 431 and is closed."""
+    http_header_timeout_s: float = Field(default=10.0, gt=0)
+    """A connection must finish each request head this long after it begins (or after connecting)."""
+    http_keep_alive_s: int = Field(default=5, ge=1)
+    """An idle keep-alive connection is closed after this many seconds."""
+    http_max_connections: int = Field(default=2048, ge=16)
+    """Open HTTP connections at once; further ones are closed at once (bounds memory with the above)."""
+    enroll_max_message_bytes: int = Field(default=64 * 1024, ge=4096)
+    """Largest message the enrollment port reads (a Register is a CSR and a hardware summary)."""
+    register_burst: int = Field(default=60, ge=1)
+    register_per_s: float = Field(default=5.0, gt=0)
+    """Register attempts per source address: a burst, then this many per second."""
+    join_failures_burst: int = Field(default=10, ge=1)
+    join_failures_per_s: float = Field(default=0.2, gt=0)
+    """Wrong join tokens or signatures per source address before its Registers are refused for a while."""
+    new_nodes_burst: int = Field(default=32, ge=1)
+    new_nodes_per_s: float = Field(default=0.2, gt=0)
+    """New node identities one source address may register (what bounds open-mode floods)."""
+    auth_failures_burst: int = Field(default=30, ge=1)
+    auth_failures_per_s: float = Field(default=1.0, gt=0)
+    """Failed API keys per source address before its HTTP requests get 429 for a while."""
+
     @property
     def lease_s(self) -> float:
         """How long an assignment survives without its node's heartbeat."""

@@ -1,0 +1,216 @@
+"""Attacks on the coordinator's network edges, replayed: each must now fail to harm it.
+
+Unfinished HTTP request heads and oversized Register messages used to be buffered whole by
+an unauthenticated peer (hundreds of MB held); join tokens, new open-mode identities and API
+keys could be tried without limit. Memory is measured on the real coordinator process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import psutil
+import pytest
+
+from phage.errors import Unauthenticated
+from phage.node.connection import enroll
+from phage.pki import NodeIdentity
+from phage.pki.enroll import fetch_pinned_ca
+from phage.protocol.v1 import phage_pb2 as pb
+from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
+from phage.testing import CoordinatorProcess, wait_until
+
+MB = 1024 * 1024
+
+
+def _rss(coord: CoordinatorProcess) -> int:
+    assert coord.proc is not None
+    return int(psutil.Process(coord.proc.pid).memory_info().rss)
+
+
+@pytest.fixture
+def coord(tmp_path: Path) -> Iterator[CoordinatorProcess]:
+    c = CoordinatorProcess(tmp_path / "coordinator", heartbeat_s=5.0).start()
+    yield c
+    c.stop()
+
+
+def _closed_by_peer(sock: socket.socket) -> bytes | None:
+    """What the server sent before closing, or None while the connection is still open."""
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except BlockingIOError:
+        return None
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    return data or b"<closed>"
+
+
+def test_unfinished_header_blocks_hold_no_memory(coord: CoordinatorProcess) -> None:
+    """300 connections each push ~800 KB of headers that never end: memory stays flat, all are closed."""
+    base = _rss(coord)
+    socks = []
+    for _ in range(300):
+        s = socket.create_connection(("127.0.0.1", coord.http_port))
+        s.setblocking(False)
+        s.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        socks.append(s)
+    header = b"X-Pad-%d: " + b"a" * 8000 + b"\r\n"
+    sent = 0
+    try:
+        for r in range(100):
+            for s in socks:
+                with contextlib.suppress(BlockingIOError, BrokenPipeError, ConnectionResetError):
+                    sent += s.send(header % r)
+        grown = _rss(coord) - base
+        replies: dict[int, bytes] = {}
+
+        def all_closed() -> bool:
+            for i, s in enumerate(socks):
+                if i not in replies and (reply := _closed_by_peer(s)) is not None:
+                    replies[i] = reply
+            return len(replies) == len(socks)
+
+        wait_until(all_closed, timeout=30, what="every oversized head to be closed")
+    finally:
+        for s in socks:
+            s.close()
+    assert grown < 24 * MB, f"coordinator grew {grown / MB:.0f} MB after {sent / MB:.0f} MB of headers"
+    assert sum(b"431" in r for r in replies.values()) >= 250
+    assert httpx.get(f"{coord.url}/healthz").status_code == 200
+
+
+def test_slow_or_silent_connections_are_closed(tmp_path: Path) -> None:
+    """A head sent a byte at a time, or nothing at all, is cut off at the header deadline."""
+    c = CoordinatorProcess(tmp_path / "c", env={"PHAGE_HTTP_HEADER_TIMEOUT_S": "1.5"}).start()
+    try:
+        silent = socket.create_connection(("127.0.0.1", c.http_port))
+        slow = socket.create_connection(("127.0.0.1", c.http_port))
+        for s in (silent, slow):
+            s.setblocking(False)
+        slow.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        t0 = time.monotonic()
+        while (reply := _closed_by_peer(slow)) is None and time.monotonic() - t0 < 10:
+            slow.send(b"X-Drip: 1\r\n")  # keeps trickling, never finishes
+            time.sleep(0.2)
+        assert reply is not None and b"408" in reply
+        assert wait_until(lambda: _closed_by_peer(silent), timeout=10, what="the silent socket closed")
+        assert time.monotonic() - t0 < 6
+        # a well-behaved keep-alive client on the same server is unaffected
+        with httpx.Client(base_url=c.url) as client:
+            assert all(client.get("/healthz").status_code == 200 for _ in range(3))
+    finally:
+        c.stop()
+
+
+async def _register_raw(coord: CoordinatorProcess, request: pb.RegisterRequest) -> grpc.StatusCode:
+    ca_pem = fetch_pinned_ca(coord.enroll_address, coord.info["ca_fingerprint"])
+    async with grpc.aio.secure_channel(
+        coord.enroll_address,
+        grpc.ssl_channel_credentials(ca_pem),
+        options=[("grpc.ssl_target_name_override", "phage-ca"), ("grpc.max_send_message_length", -1)],
+    ) as ch:
+        try:
+            await pb_grpc.PhageCoordinatorStub(ch).Register(request, timeout=60)
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+    return grpc.StatusCode.OK
+
+
+async def test_oversized_register_is_refused_before_it_is_buffered(coord: CoordinatorProcess) -> None:
+    """Eight 16 MB Registers at once: refused by size, and the coordinator does not hold them."""
+    base = _rss(coord)
+    big = pb.RegisterRequest(join_token="guess", csr_pem=b"a" * (16 * MB))
+    codes = await asyncio.gather(*[_register_raw(coord, big) for _ in range(8)])
+    grown = _rss(coord) - base
+    assert set(codes) == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert grown < 48 * MB, f"coordinator grew {grown / MB:.0f} MB after 128 MB of Register messages"
+
+
+async def _join(coord: CoordinatorProcess, token: str, identity: NodeIdentity | None = None) -> None:
+    await enroll(
+        identity or NodeIdentity.generate(),
+        enroll_address=coord.enroll_address,
+        join_token=token,
+        ca_fingerprint=coord.info["ca_fingerprint"],
+        info={"name": "t", "sandboxes": ["none"]},
+    )
+
+
+async def _outcome(coord: CoordinatorProcess, token: str, identity: NodeIdentity | None = None) -> str:
+    try:
+        await _join(coord, token, identity)
+    except Unauthenticated:
+        return "unauthenticated"
+    except grpc.aio.AioRpcError as exc:
+        return exc.code().name.lower()
+    return "ok"
+
+
+async def test_join_token_guessing_is_throttled_per_source(tmp_path: Path) -> None:
+    """After a burst of wrong tokens, the source is refused even with the right one, for a while."""
+    env = {"PHAGE_JOIN_FAILURES_BURST": "5", "PHAGE_JOIN_FAILURES_PER_S": "0.01"}
+    c = CoordinatorProcess(tmp_path / "c", env=env).start()
+    try:
+        guesses = [await _outcome(c, f"guess-{i}") for i in range(12)]
+        assert guesses[:5] == ["unauthenticated"] * 5
+        assert guesses[5:] == ["resource_exhausted"] * 7
+        assert await _outcome(c, c.info["join_token"]) == "resource_exhausted"
+    finally:
+        c.stop()
+
+
+async def test_open_mode_registration_is_throttled_per_source(tmp_path: Path) -> None:
+    """Open mode admits anyone, but one address cannot mint node identities without end."""
+    env = {"PHAGE_ADMISSION": "open", "PHAGE_NEW_NODES_BURST": "4", "PHAGE_NEW_NODES_PER_S": "0.01"}
+    c = CoordinatorProcess(tmp_path / "c", env=env).start()
+    try:
+        known = NodeIdentity.generate()
+        first = [await _outcome(c, "", known)] + [await _outcome(c, "") for _ in range(5)]
+        assert first == ["ok"] * 4 + ["resource_exhausted"] * 2
+        assert await _outcome(c, "", known) == "ok"  # a known node re-registers freely
+        with c.client() as http:
+            assert len(http.get("/api/nodes").json()["nodes"]) == 4
+    finally:
+        c.stop()
+
+
+async def test_register_attempts_are_throttled_per_source(tmp_path: Path) -> None:
+    """Any Register counts against the source's attempt budget, whatever its outcome."""
+    env = {"PHAGE_REGISTER_BURST": "3", "PHAGE_REGISTER_PER_S": "0.01"}
+    c = CoordinatorProcess(tmp_path / "c", env=env).start()
+    try:
+        outcomes = [await _outcome(c, c.info["join_token"]) for _ in range(5)]
+        assert outcomes == ["ok"] * 3 + ["resource_exhausted"] * 2
+    finally:
+        c.stop()
+
+
+def test_api_key_guessing_is_throttled_per_source(tmp_path: Path) -> None:
+    """Wrong API keys spend the source's budget; then every request from it gets 429 for a while."""
+    env = {"PHAGE_AUTH_FAILURES_BURST": "5", "PHAGE_AUTH_FAILURES_PER_S": "0.01"}
+    c = CoordinatorProcess(tmp_path / "c", env=env).start()
+    try:
+        with httpx.Client(base_url=c.url) as client:
+            good = {"Authorization": f"Bearer {c.admin_key}"}
+            assert client.get("/api/tasks", headers=good).status_code == 200  # success costs nothing
+            codes = [
+                client.get("/api/tasks", headers={"Authorization": f"Bearer phk_guess{i}"}).status_code
+                for i in range(8)
+            ]
+            assert codes == [401] * 5 + [429] * 3
+            refused = client.get("/api/tasks", headers=good)
+            assert refused.status_code == 429
+            assert int(refused.headers["retry-after"]) >= 1
+            assert "failed API keys" in refused.json()["message"]
+    finally:
+        c.stop()
