@@ -26,6 +26,7 @@ from phage.pki.enroll import fetch_pinned_ca
 from phage.protocol.v1 import phage_pb2 as pb
 from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
 from phage.testing import CoordinatorProcess, wait_until
+from tests.integration.conftest import job
 
 MB = 1024 * 1024
 
@@ -214,3 +215,26 @@ def test_api_key_guessing_is_throttled_per_source(tmp_path: Path) -> None:
             assert "failed API keys" in refused.json()["message"]
     finally:
         c.stop()
+
+
+def test_paging_lists_every_task_of_a_batch_exactly_once(coord: CoordinatorProcess) -> None:
+    """A batch submit gives its tasks one creation time; paging by cursor still lists each once."""
+    with coord.client() as c:
+        single = c.post("/api/tasks", json=job("first")).json()["id"]
+        made = c.post("/api/tasks", json={**job("batch"), "count": 57}).json()["tasks"]
+        ids = {single} | {t["id"] for t in made}
+        assert len(ids) == 58
+        seen: list[str] = []
+        cursor: str | None = None
+        for _ in range(100):
+            params: dict[str, object] = {"limit": 10}
+            if cursor is not None:
+                params["cursor"] = cursor
+            page = c.get("/api/tasks", params=params).json()
+            seen += [t["id"] for t in page["tasks"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert sorted(seen) == sorted(ids)  # every task, none twice
+        bad = c.get("/api/tasks", params={"cursor": "yesterday"})
+        assert bad.status_code == 400 and bad.json()["field"] == "cursor"

@@ -83,7 +83,7 @@ class PhageClient:
         return dict(await self._json(await self._http.get(f"/api/tasks/{task_id}")))
 
     async def list_tasks(self, **params: Any) -> dict[str, Any]:
-        """Tasks, newest first (filters: state, kind, limit, before)."""
+        """Tasks, newest first (filters: state, kind, limit, before; page with cursor)."""
         clean = {k: v for k, v in params.items() if v is not None}
         return dict(await self._json(await self._http.get("/api/tasks", params=clean)))
 

@@ -33,6 +33,7 @@ from phage.errors import (
     RateLimited,
     Unauthenticated,
 )
+from phage.store import PageCursor
 
 log = logging.getLogger("phage.http")
 
@@ -194,14 +195,24 @@ def create_app(coordinator: Coordinator) -> FastAPI:
         kind: Annotated[str | None, Query(max_length=32)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
         before: Annotated[float | None, Query()] = None,
+        cursor: Annotated[str | None, Query(max_length=128)] = None,
     ) -> dict[str, Any]:
-        """Tasks, newest first. Page with ``before`` = the last item's ``created_at``."""
+        """Tasks, newest first. Next page: pass the answer's ``next_cursor`` as ``cursor``.
+
+        ``before`` (a Unix time) only filters: tasks created strictly earlier.
+        """
         items = await c.store.list_tasks(
-            state=state, kind=kind, owner=None if who.is_admin else who.key_id, limit=limit, before=before
+            state=state,
+            kind=kind,
+            owner=None if who.is_admin else who.key_id,
+            limit=limit,
+            before=before,
+            after=PageCursor.decode(cursor) if cursor is not None else None,
         )
+        last = items[-1] if len(items) == limit else None
         return {
             "tasks": [task_public(t) for t in items],
-            "next_before": items[-1].created_at if len(items) == limit else None,
+            "next_cursor": PageCursor(last.created_at, last.id).encode() if last else None,
         }
 
     @app.get("/api/tasks/{task_id}", tags=["tasks"])

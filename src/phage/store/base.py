@@ -13,7 +13,35 @@ from typing import Any, Protocol
 
 from phage.domain import Attempt, Node, NodeState, Task, TaskResult, TaskState
 from phage.domain.quorum import QuorumOutcome
-from phage.errors import PhageError
+from phage.errors import InvalidInput, PhageError
+
+
+@dataclass(frozen=True, slots=True)
+class PageCursor:
+    """Where a page of the task list ended: the last task's creation time and id.
+
+    Paging by creation time alone skips tasks that share one (every task of a batch submit
+    does); the id breaks the tie, so each task is listed exactly once.
+    """
+
+    created_at: float
+    id: str
+
+    def encode(self) -> str:
+        """The opaque form handed to clients (``next_cursor``)."""
+        return f"{self.created_at!r}~{self.id}"
+
+    @classmethod
+    def decode(cls, text: str) -> PageCursor:
+        """Parse :meth:`encode`'s output; InvalidInput naming ``cursor`` otherwise."""
+        stamp, sep, task_id = text.partition("~")
+        try:
+            created_at = float(stamp)
+        except ValueError:
+            created_at = float("nan")
+        if not sep or not task_id or created_at != created_at or len(task_id) > 64:
+            raise InvalidInput("cursor must be a next_cursor value from an earlier page", field="cursor")
+        return cls(created_at, task_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +115,9 @@ class Store(Protocol):
         owner: str | None = None,
         limit: int = 50,
         before: float | None = None,
+        after: PageCursor | None = None,
     ) -> list[Task]:
-        """Newest first; ``before`` pages by creation time."""
+        """Newest first; ``before`` filters by creation time, ``after`` continues a page."""
 
     async def count_tasks(self) -> dict[str, int]:
         """Number of tasks in each state."""

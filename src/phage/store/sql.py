@@ -21,7 +21,7 @@ from phage.domain.ids import new_id
 from phage.domain.quorum import QuorumOutcome, Standing
 from phage.domain.settle import Candidate, Counters, Next, choose, next_step
 from phage.errors import Conflict, NotFound, PermissionDenied, PhageError, ProtocolError
-from phage.store.base import FinishOutcome, LostOutcome, QueuedTask
+from phage.store.base import FinishOutcome, LostOutcome, PageCursor, QueuedTask
 from phage.store.rows import (
     ADVANCE_TASK,
     BUDGET,
@@ -133,8 +133,9 @@ class SqlStore(NodeRecords, UsageRecords, QuorumRecords):
         owner: str | None = None,
         limit: int = 50,
         before: float | None = None,
+        after: PageCursor | None = None,
     ) -> list[Task]:
-        """Newest first, filtered; page with ``before`` = the last row's created_at."""
+        """Newest first, filtered; ``after`` (the last row's cursor) continues a page (keyset)."""
         q = tasks.select().order_by(tasks.c.created_at.desc(), tasks.c.id.desc()).limit(limit)
         if state is not None:
             q = q.where(tasks.c.state == state.value)
@@ -144,6 +145,13 @@ class SqlStore(NodeRecords, UsageRecords, QuorumRecords):
             q = q.where(tasks.c.owner == owner)
         if before is not None:
             q = q.where(tasks.c.created_at < before)
+        if after is not None:
+            q = q.where(
+                sa.or_(
+                    tasks.c.created_at < after.created_at,
+                    sa.and_(tasks.c.created_at == after.created_at, tasks.c.id < after.id),
+                )
+            )
         async with self.engine.connect() as conn:
             return [task_from_row(r) for r in await conn.execute(q)]
 
