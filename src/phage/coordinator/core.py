@@ -227,7 +227,7 @@ class Coordinator:
         await self.store.add_tasks(made)
         for task in made:
             self.queue.push(QueuedTask(task.id, task.kind.value, task.priority, task.created_at, task.spec))
-            self.bus.task(task.id, TaskState.QUEUED.value, kind=task.kind.value)
+            self.bus.task(task.id, TaskState.QUEUED.value, kind=task.kind.value, owner=task.owner)
         self.counters["submitted"] += len(made)
         self._wake_for([QueuedTask(t.id, t.kind.value, t.priority, t.created_at, t.spec) for t in made])
         return made

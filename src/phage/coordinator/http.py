@@ -1,13 +1,11 @@
 """The HTTP edge: REST, the live feed over WebSocket, health. Routes validate and delegate."""
 
-import asyncio
-import contextlib
 import json
 import logging
 import math
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 
@@ -15,6 +13,7 @@ from phage import __version__
 from phage.coordinator.admission_api import install_admission_api
 from phage.coordinator.core import Coordinator
 from phage.coordinator.dashboard import install_dashboard
+from phage.coordinator.feed_api import install_feed
 from phage.coordinator.keys import Principal
 from phage.coordinator.keys_api import install_keys
 from phage.coordinator.metrics import install_metrics
@@ -61,13 +60,6 @@ def parse_json(raw: bytes, what: str = "body") -> Any:
         raise InvalidInput(f"{what} is not valid JSON: {exc}", field=what) from None
     except RecursionError:
         raise InvalidInput(f"{what} is nested too deeply", field=what) from None
-
-
-async def _until_closed(ws: WebSocket) -> None:
-    """Return once the client disconnects; messages it sends are ignored."""
-    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-        while (await ws.receive())["type"] != "websocket.disconnect":
-            pass
 
 
 def create_app(coordinator: Coordinator) -> FastAPI:
@@ -300,37 +292,14 @@ def create_app(coordinator: Coordinator) -> FastAPI:
         await c.remove_node(node_id)
         return {"id": node_id, "state": "removed"}
 
-    @app.websocket("/api/feed")
-    async def feed(ws: WebSocket) -> None:
-        """Live events: one JSON message per task or node state change."""
-        key = ws.query_params.get("key")
-        header = ws.headers.get("authorization") or (f"Bearer {key}" if key else None)
-        try:
-            await c.keys.authenticate(header)
-        except Unauthenticated as exc:
-            await ws.close(code=4401, reason=exc.message)
-            return
-        await ws.accept()
-        async with c.bus.subscribe() as sub:
-            await ws.send_json({"type": "hello", "version": __version__})
-            # Watch for the client going away (or the server stopping) even while no events come.
-            gone = asyncio.ensure_future(_until_closed(ws))
-            try:
-                while True:
-                    nxt = asyncio.ensure_future(sub.next())
-                    done, _ = await asyncio.wait({nxt, gone}, return_when=asyncio.FIRST_COMPLETED)
-                    if gone in done:
-                        nxt.cancel()
-                        return
-                    await ws.send_json(nxt.result())
-            except (WebSocketDisconnect, RuntimeError):
-                return
-            finally:
-                gone.cancel()
-
     async def read_json(request: Request) -> Any:
         return parse_json(await read_body(request, s.max_request_bytes))
 
+    async def owner_of(task_id: str) -> str | None:
+        task = await c.store.get_task(task_id)
+        return task.owner if task is not None else None
+
+    install_feed(app, bus=c.bus, keys=c.keys, owner_of=owner_of)
     install_openai(app, c, read_json)
     install_keys(app, c, principal)
     install_admission_api(app, c)

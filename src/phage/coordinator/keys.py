@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ class ApiKeys:
     def __init__(self, store: SqlStore) -> None:
         self._store = store
         self._cache: dict[str, ApiKeyRecord] = {}
+        self._changed = asyncio.Event()
 
     async def create(self, name: str, role: str, now: float) -> tuple[str, str]:
         """A new key: returns (key id, secret). The secret is shown once."""
@@ -66,8 +68,14 @@ class ApiKeys:
         return secret
 
     def forget(self) -> None:
-        """Drop cached lookups (after a key was revoked or changed)."""
+        """Drop cached lookups (after a key was revoked or changed) and wake :meth:`changed` waiters."""
         self._cache.clear()
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def changed(self) -> None:
+        """Return the next time any key is revoked or changed (long-lived sessions re-check theirs)."""
+        await self._changed.wait()
 
     async def authenticate(self, authorization: str | None) -> Principal:
         """The caller behind an ``Authorization`` header."""
