@@ -75,14 +75,12 @@ async def test_user_sees_only_own_tasks_and_no_node_events(coord: CoordinatorPro
     ):
         assert json.loads(await alice_ws.recv())["role"] == "user"
         assert json.loads(await admin_ws.recv())["role"] == "admin"
-        with httpx.Client(base_url=coord.url) as http:
-            bobs = http.post("/api/tasks", json=job("b"), headers={"Authorization": f"Bearer {bob}"}).json()[
-                "id"
-            ]
-            alices = http.post(
-                "/api/tasks", json=job("a"), headers={"Authorization": f"Bearer {alice}"}
-            ).json()["id"]
-            http.delete(f"/api/tasks/{bobs}", headers={"Authorization": f"Bearer {bob}"})
+        async with httpx.AsyncClient(base_url=coord.url) as http:
+            as_bob = {"Authorization": f"Bearer {bob}"}
+            bobs = (await http.post("/api/tasks", json=job("b"), headers=as_bob)).json()["id"]
+            as_alice = {"Authorization": f"Bearer {alice}"}
+            alices = (await http.post("/api/tasks", json=job("a"), headers=as_alice)).json()["id"]
+            await http.delete(f"/api/tasks/{bobs}", headers=as_bob)
         await enroll(  # a node joining: a node event
             NodeIdentity.generate(),
             enroll_address=coord.enroll_address,
@@ -107,8 +105,8 @@ async def test_ticket_is_single_use_and_the_key_never_rides_in_the_url(coord: Co
         assert json.loads(await ws.recv())["type"] == "hello"
     assert await _close_code(_ws_url(coord, f"?ticket={ticket}")) == 4401  # spent
     assert await _close_code(_ws_url(coord, f"?key={carol}")) == 4401  # a key in the URL is not read
-    no_key = httpx.post(f"{coord.url}/api/feed/ticket")
-    assert no_key.status_code == 401
+    async with httpx.AsyncClient() as http:
+        assert (await http.post(f"{coord.url}/api/feed/ticket")).status_code == 401
 
 
 async def test_socket_closes_when_its_key_is_revoked(coord: CoordinatorProcess) -> None:

@@ -168,9 +168,9 @@ def install_feed(
         await ws.accept()
         async with bus.subscribe() as sub:
             await ws.send_json({"type": "hello", "version": __version__, "role": who.role})
-            gone = asyncio.ensure_future(_until_closed(ws))
-            nxt: asyncio.Future[Event] = asyncio.ensure_future(sub.next())
-            changed = asyncio.ensure_future(keys.changed())
+            gone: asyncio.Future[Any] = asyncio.ensure_future(_until_closed(ws))
+            nxt: asyncio.Future[Any] = asyncio.ensure_future(sub.next())
+            changed: asyncio.Future[Any] = asyncio.ensure_future(keys.changed())
             try:
                 while True:
                     done, _ = await asyncio.wait(
@@ -187,7 +187,7 @@ def install_feed(
                         if changed in done:
                             changed = asyncio.ensure_future(keys.changed())
                     if nxt in done:
-                        event = nxt.result()
+                        event: Event = nxt.result()
                         nxt = asyncio.ensure_future(sub.next())
                         if await visible(event, who, owners):
                             await ws.send_json(event)
