@@ -238,3 +238,64 @@ def test_paging_lists_every_task_of_a_batch_exactly_once(coord: CoordinatorProce
         assert sorted(seen) == sorted(ids)  # every task, none twice
         bad = c.get("/api/tasks", params={"cursor": "yesterday"})
         assert bad.status_code == 400 and bad.json()["field"] == "cursor"
+
+
+def test_secrets_are_private_and_the_join_token_never_in_argv(
+    coord: CoordinatorProcess, tmp_path: Path
+) -> None:
+    """coordinator.json and every secret file are 0600; the printed node line, pasted, keeps the
+    token out of the node's argv; --token-file works and --token is refused."""
+    import os
+    import shlex
+    import stat
+    import subprocess
+    import sys
+
+    from phage.coordinator.server import ServerInfo
+
+    for name in ("coordinator.json", "admin-key", "join-token"):
+        assert stat.S_IMODE(os.stat(coord.data_dir / name).st_mode) == 0o600, name
+    info = coord.info
+    token = info["join_token"]
+    line = ServerInfo(**{**info, "admin_key": ""}).node_command()
+    assert f"--token {token}" not in line and line.startswith(f"PHAGE_JOIN_TOKEN={token} phage node ")
+    # paste the line as printed (phage = this interpreter's module) and look at the process it starts
+    pasted = line.replace(" phage node ", f" {shlex.quote(sys.executable)} -m phage.client.cli node ", 1)
+    pasted += f" --key-dir {shlex.quote(str(tmp_path / 'pasted'))} --sandbox none --heartbeat 0.5"
+    env = {k: v for k, v in os.environ.items() if k != "PHAGE_JOIN_TOKEN"}
+    node = subprocess.Popen(["sh", "-c", f"exec env {pasted}"], env=env, start_new_session=True)
+    try:
+        wait_until(lambda: _online(coord) >= 1, timeout=60, what="the pasted node online")
+        argv = Path(f"/proc/{node.pid}/cmdline").read_bytes()
+        assert b"phage.client.cli" in argv and token.encode() not in argv
+    finally:
+        node.terminate()
+        node.wait(10)
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    base = [sys.executable, "-m", "phage.client.cli", "node", "--coordinator", coord.grpc_address]
+    base += [
+        "--enroll",
+        coord.enroll_address,
+        "--ca-fingerprint",
+        info["ca_fingerprint"],
+        "--sandbox",
+        "none",
+    ]
+    by_file = subprocess.Popen(
+        [*base, "--token-file", str(token_file), "--key-dir", str(tmp_path / "f"), "--heartbeat", "0.5"],
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        wait_until(lambda: _online(coord) >= 2, timeout=60, what="the node with a token file online")
+    finally:
+        by_file.terminate()
+        by_file.wait(10)
+    refused = subprocess.run([*base, "--token", token], env=env, capture_output=True, timeout=60)
+    assert refused.returncode != 0 and b"PHAGE_JOIN_TOKEN" in refused.stderr
+
+
+def _online(coord: CoordinatorProcess) -> int:
+    with coord.client() as c:
+        return sum(n["state"] == "online" for n in c.get("/api/nodes").json()["nodes"])

@@ -174,11 +174,33 @@ def coordinator(
     asyncio.run(run_forever(settings, ready))
 
 
+def read_join_token(token_file: Path | None) -> str | None:
+    """The join token from ``--token-file`` or ``PHAGE_JOIN_TOKEN`` (None: the pool needs none)."""
+    if token_file is not None:
+        try:
+            text = token_file.read_text().strip()
+        except OSError as exc:
+            raise typer.BadParameter(
+                f"cannot read {token_file}: {exc.strerror}", param_hint="--token-file"
+            ) from None
+        if not text:
+            raise typer.BadParameter(f"{token_file} is empty", param_hint="--token-file")
+        return text
+    return os.environ.get("PHAGE_JOIN_TOKEN") or None
+
+
 @app.command()
 def node(
     coordinator: Annotated[str, typer.Option(help="Coordinator gRPC address host:port.")] = "127.0.0.1:9090",
     enroll: Annotated[str | None, typer.Option(help="Enrollment address (default: port + 1).")] = None,
-    token: Annotated[str | None, typer.Option(envvar="PHAGE_JOIN_TOKEN", help="Join token.")] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="PHAGE_JOIN_TOKEN_FILE",
+            help="File holding the join token (or set PHAGE_JOIN_TOKEN); never given on the command line.",
+        ),
+    ] = None,
+    token: Annotated[str | None, typer.Option(hidden=True)] = None,
     ca_fingerprint: Annotated[str | None, typer.Option(help="Pinned CA fingerprint sha256:….")] = None,
     key_dir: Annotated[Path, typer.Option(help="Node identity and certificate directory.")] = (
         Path.home() / ".phage" / "node"
@@ -219,10 +241,16 @@ def node(
     from phage.node import NodeAgent, NodeConfig
 
     _logging(verbose)
+    if token is not None:
+        raise typer.BadParameter(
+            "the join token is not taken on the command line, where process listings show it: "
+            "set PHAGE_JOIN_TOKEN or pass --token-file",
+            param_hint="--token",
+        )
     config = NodeConfig(
         coordinator=coordinator,
         enroll=enroll,
-        join_token=token,
+        join_token=read_join_token(token_file),
         ca_fingerprint=ca_fingerprint,
         key_dir=key_dir,
         name=name,

@@ -8,6 +8,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from phage.coordinator.state import write_private
 from phage.domain.ids import new_id
 from phage.errors import PermissionDenied, Unauthenticated
 from phage.store import SqlStore
@@ -63,8 +64,7 @@ class ApiKeys:
         if path.exists():
             return path.read_text().strip()
         _, secret = await self.create("admin", "admin", now)
-        path.touch(mode=0o600)
-        path.write_text(secret + "\n")
+        write_private(path, secret + "\n")
         return secret
 
     def forget(self) -> None:

@@ -21,6 +21,7 @@ from phage.coordinator.http import create_app
 from phage.coordinator.http_guard import HttpLimits, guarded_protocol
 from phage.coordinator.ratelimit import Rate, RateLimiter
 from phage.coordinator.settings import CoordinatorSettings
+from phage.coordinator.state import write_private
 from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
 
 log = logging.getLogger("phage.coordinator")
@@ -49,10 +50,14 @@ class ServerInfo:
     data_dir: str
 
     def node_command(self) -> str:
-        """The paste-ready line that joins a node to this pool."""
+        """The paste-ready line that joins a node to this pool.
+
+        The token rides in the environment, never in ``phage node``'s argv, which any user of
+        the node's machine can read in a process listing.
+        """
         return (
-            f"phage node --coordinator {self.grpc_address} --enroll {self.enroll_address} "
-            f"--token {self.join_token} --ca-fingerprint {self.ca_fingerprint}"
+            f"PHAGE_JOIN_TOKEN={self.join_token} phage node --coordinator {self.grpc_address} "
+            f"--enroll {self.enroll_address} --ca-fingerprint {self.ca_fingerprint}"
         )
 
 
@@ -135,8 +140,11 @@ class CoordinatorServer:
             data_dir=str(c.dirs.root),
         )
         # Tools and tests find a coordinator started on port 0 through this file.
-        (c.dirs.root / "coordinator.json").write_text(
-            json.dumps({k: v for k, v in dataclasses.asdict(self.info).items() if k != "admin_key"}, indent=1)
+        write_private(
+            c.dirs.info_file,
+            json.dumps(
+                {k: v for k, v in dataclasses.asdict(self.info).items() if k != "admin_key"}, indent=1
+            ),
         )
         return self.info
 

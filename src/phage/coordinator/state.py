@@ -17,17 +17,37 @@ class DataDir:
         self.blobs = self.root / "blobs"
         self.admin_key_file = self.root / "admin-key"
         self.join_token_file = self.root / "join-token"
+        self.info_file = self.root / "coordinator.json"
+        """Addresses, join token and CA fingerprint, for tools and tests (a secret: it holds the token)."""
+
+    @property
+    def secret_files(self) -> tuple[Path, ...]:
+        """Files only the coordinator's user may read."""
+        return (self.admin_key_file, self.join_token_file, self.info_file)
 
     def prepare(self) -> None:
-        """Create the directory (mode 0700: it holds the CA key)."""
+        """Create the directory (mode 0700: it holds the CA key); make older secret files private."""
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
         self.pki.mkdir(exist_ok=True)
         self.blobs.mkdir(exist_ok=True)
+        for path in self.secret_files:
+            if path.exists():
+                os.chmod(path, 0o600)
 
     def join_token(self) -> str:
         """The pool's join token, generated on first start."""
         return read_or_create_secret(self.join_token_file, new_token)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text``, readable by this user only from its first byte on."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a leftover file
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
 
 
 def read_or_create_secret(path: Path, make: object) -> str:
