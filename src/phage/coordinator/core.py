@@ -22,6 +22,7 @@ from phage.coordinator.feed import EventBus
 from phage.coordinator.keys import ApiKeys, Principal
 from phage.coordinator.placement import ModelPlacement
 from phage.coordinator.pool import LiveNode, LivePool, OpenAttempt
+from phage.coordinator.quotas import SubmitQuotas, UserLimits
 from phage.coordinator.replication import Replication
 from phage.coordinator.requests import TaskRequest
 from phage.coordinator.settings import CoordinatorSettings
@@ -105,6 +106,13 @@ class Coordinator:
         self.pool = LivePool()
         self.queue = ReadyQueue()
         self.keys = ApiKeys(self.store)
+        s = settings
+        self.quotas = SubmitQuotas(
+            UserLimits(
+                s.user_max_priority, s.user_max_attempts, s.user_max_tasks_per_request, s.user_max_open_tasks
+            ),
+            self.store.count_open_tasks,
+        )
         self.ca: CertificateAuthority | None = None
         self.join_token = ""
         self.admin_key = ""
@@ -188,7 +196,8 @@ class Coordinator:
     # ---- tasks -------------------------------------------------------------
 
     async def submit(self, requests: Sequence[TaskRequest], principal: Principal) -> list[Task]:
-        """Store and queue tasks; nothing is written unless all of them are valid."""
+        """Store and queue tasks; nothing is written unless all of them are valid and within quota."""
+        await self.quotas.check(requests, principal)
         now = self.clock()
         made: list[Task] = []
         for req in requests:

@@ -77,6 +77,16 @@ class CoordinatorSettings(BaseSettings):
     """Serve seed 002's pool API (``/submit``, ``/status``, ``/outputs``, ``/pool``) to callers without an
     API key, as seed 002's clients send none. Off by default: anyone reaching the HTTP port could submit."""
 
+    # ---- what user (non-admin) keys may ask for (coordinator/quotas.py) ------
+    user_max_priority: int = Field(default=10, ge=0, le=1000)
+    """Highest priority a user key may set (admins: up to 1000); any key may go down to -1000."""
+    user_max_attempts: int = Field(default=5, ge=1, le=100)
+    """Highest ``max_attempts`` a user key may set (admins: up to 100)."""
+    user_max_tasks_per_request: int = Field(default=1000, ge=1)
+    """Tasks one user request may create (``count`` and batch items together)."""
+    user_max_open_tasks: int = Field(default=10_000, ge=1)
+    """Unfinished tasks one user key may have at once; a submit past it gets 429."""
+
     # ---- limits against unauthenticated peers (docs/security.md) ----------
     http_max_header_bytes: int = Field(default=32 * 1024, ge=1024)
     """Largest request head (request line and headers); a larger one gets 431 and is closed."""

@@ -119,6 +119,9 @@ class Store(Protocol):
     ) -> list[Task]:
         """Newest first; ``before`` filters by creation time, ``after`` continues a page."""
 
+    async def count_open_tasks(self, owner: str) -> int:
+        """Unfinished tasks submitted with one API key."""
+
     async def count_tasks(self) -> dict[str, int]:
         """Number of tasks in each state."""
 

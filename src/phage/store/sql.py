@@ -155,6 +155,14 @@ class SqlStore(NodeRecords, UsageRecords, QuorumRecords):
         async with self.engine.connect() as conn:
             return [task_from_row(r) for r in await conn.execute(q)]
 
+    async def count_open_tasks(self, owner: str) -> int:
+        """Tasks of one key that are not finished yet (what a per-key quota counts)."""
+        q = sa.select(sa.func.count()).where(
+            tasks.c.owner == owner, tasks.c.state.not_in([s.value for s in TaskState if s.terminal])
+        )
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(q)).scalar_one())
+
     async def count_tasks(self) -> dict[str, int]:
         """Tasks per state."""
         q = sa.select(tasks.c.state, sa.func.count()).group_by(tasks.c.state)
