@@ -433,6 +433,42 @@ def tasks(
     _run(main())
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str, option: str) -> float:
+    """``90``, ``30m``, ``12h``, ``7d`` → seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if m is None:
+        raise typer.BadParameter("give a duration such as 3600, 30m, 12h or 7d", param_hint=option)
+    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+@app.command()
+def gc(
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            help="Delete tasks finished longer ago than this (e.g. 7d; default: the coordinator's)."
+        ),
+    ] = None,
+    url: UrlOpt = "http://127.0.0.1:8080",
+    key: KeyOpt = None,
+) -> None:
+    """Delete finished tasks past retention, then every blob nothing refers to (admin)."""
+    retention = parse_duration(older_than, "--older-than") if older_than is not None else None
+
+    async def main() -> None:
+        async with PhageClient(url, _api_key(key)) as client:
+            r = await client.gc(retention)
+            console.print(
+                f"{r['tasks_deleted']} finished tasks deleted; "
+                f"{r['blobs_deleted']} blobs deleted, {r['bytes_freed']} bytes freed"
+            )
+
+    _run(main())
+
+
 nodes_app = typer.Typer(help="List the pool's nodes, or act on one (admin).", no_args_is_help=False)
 app.add_typer(nodes_app, name="nodes")
 

@@ -87,6 +87,11 @@ class PhageClient:
         clean = {k: v for k, v in params.items() if v is not None}
         return dict(await self._json(await self._http.get("/api/tasks", params=clean)))
 
+    async def gc(self, retention_s: float | None = None) -> dict[str, Any]:
+        """Sweep now (admin): finished tasks past retention, then unreferenced blobs."""
+        params = {} if retention_s is None else {"retention_s": retention_s}
+        return dict(await self._json(await self._http.post("/api/gc", params=params)))
+
     async def cancel(self, task_id: str) -> dict[str, Any]:
         """Cancel a task."""
         return dict(await self._json(await self._http.delete(f"/api/tasks/{task_id}")))

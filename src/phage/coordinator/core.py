@@ -25,6 +25,7 @@ from phage.coordinator.pool import LiveNode, LivePool, OpenAttempt
 from phage.coordinator.quotas import SubmitQuotas, UserLimits
 from phage.coordinator.replication import Replication
 from phage.coordinator.requests import TaskRequest
+from phage.coordinator.retention import Collector
 from phage.coordinator.settings import CoordinatorSettings
 from phage.coordinator.state import DataDir
 from phage.coordinator.trust import TrustGuard
@@ -107,6 +108,13 @@ class Coordinator:
         self.queue = ReadyQueue()
         self.keys = ApiKeys(self.store)
         s = settings
+        self.collector = Collector(
+            store=self.store,
+            blobs=self.blobs,
+            clock=clock,
+            retention_s=s.task_retention_s,
+            blob_grace_s=s.blob_grace_s,
+        )
         self.quotas = SubmitQuotas(
             UserLimits(
                 s.user_max_priority, s.user_max_attempts, s.user_max_tasks_per_request, s.user_max_open_tasks
@@ -152,6 +160,7 @@ class Coordinator:
             asyncio.create_task(self._monitor(), name="phage-liveness"),
             asyncio.create_task(self._flush_heartbeats(), name="phage-heartbeat-flush"),
             asyncio.create_task(self.admission.watch(), name="phage-admission"),
+            asyncio.create_task(self.collector.run(self.settings.gc_period_s), name="phage-gc"),
         ]
 
     async def stop(self) -> None:

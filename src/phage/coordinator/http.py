@@ -1,5 +1,6 @@
 """The HTTP edge: REST, the live feed over WebSocket, health. Routes validate and delegate."""
 
+import dataclasses
 import json
 import logging
 import math
@@ -259,6 +260,18 @@ def create_app(coordinator: Coordinator) -> FastAPI:
             "queue": {"depth": len(c.queue), "by_kind": c.queue.depth_by_kind()},
             "tasks": counts,
         }
+
+    @app.post("/api/gc", tags=["pool"])
+    async def gc(
+        who: Caller, retention_s: Annotated[float | None, Query(ge=0, le=10 * 365 * 86400)] = None
+    ) -> dict[str, Any]:
+        """Sweep now (admin): delete finished tasks past retention, then blobs nothing refers to.
+
+        ``retention_s`` overrides the configured retention for this sweep (0: delete no task).
+        """
+        who.require_admin()
+        report = await c.collector.sweep(retention_s)
+        return dataclasses.asdict(report)
 
     @app.get("/api/nodes", tags=["pool"])
     async def nodes(who: Caller) -> dict[str, Any]:

@@ -60,16 +60,16 @@ class RateLimiter:
             self._buckets.popitem(last=False)
         return tokens
 
-    def retry_after(self, source: str) -> float:
-        """Seconds until ``source`` may try again; 0 when it may now."""
+    def retry_after(self, source: str, cost: float = 1.0) -> float:
+        """Seconds until ``source`` may spend ``cost``; 0 when it may now."""
         tokens = self._tokens(source)
-        if tokens >= 1.0:
+        if tokens >= cost:
             return 0.0
-        return (1.0 - tokens) / self.rate.per_s if self.rate.per_s > 0 else float("inf")
+        return (cost - tokens) / self.rate.per_s if self.rate.per_s > 0 else float("inf")
 
-    def check(self, source: str) -> None:
-        """Raise :class:`RateLimited` if ``source`` has no token left (takes none)."""
-        wait = self.retry_after(source)
+    def check(self, source: str, cost: float = 1.0) -> None:
+        """Raise :class:`RateLimited` if ``source`` has less than ``cost`` left (takes none)."""
+        wait = self.retry_after(source, cost)
         if wait > 0:
             self.refused += 1
             raise RateLimited(
@@ -78,15 +78,15 @@ class RateLimiter:
                 retry_after_s=wait,
             )
 
-    def charge(self, source: str) -> None:
-        """Spend one of ``source``'s tokens (it may go to zero, never below)."""
+    def charge(self, source: str, cost: float = 1.0) -> None:
+        """Spend ``cost`` of ``source``'s tokens (it may go to zero, never below)."""
         tokens = self._tokens(source)
-        self._buckets[source] = (max(0.0, tokens - 1.0), self._clock())
+        self._buckets[source] = (max(0.0, tokens - cost), self._clock())
 
-    def take(self, source: str) -> None:
-        """:meth:`check`, then :meth:`charge`: one attempt that counts whatever its outcome."""
-        self.check(source)
-        self.charge(source)
+    def take(self, source: str, cost: float = 1.0) -> None:
+        """:meth:`check`, then :meth:`charge`: an attempt that counts whatever its outcome."""
+        self.check(source, cost)
+        self.charge(source, cost)
 
     def __len__(self) -> int:
         return len(self._buckets)

@@ -77,6 +77,18 @@ class CoordinatorSettings(BaseSettings):
     """Serve seed 002's pool API (``/submit``, ``/status``, ``/outputs``, ``/pool``) to callers without an
     API key, as seed 002's clients send none. Off by default: anyone reaching the HTTP port could submit."""
 
+    # ---- retention (coordinator/retention.py) ------------------------------
+    task_retention_s: float = Field(default=30 * 86400.0, ge=0)
+    """Finished tasks (and their outputs, once nothing else refers to them) are deleted this long
+    after they finish; 0 keeps them for ever."""
+    blob_grace_s: float = Field(default=3600.0, ge=60)
+    """A blob nothing refers to is deleted once it is this old (uploads and submits in flight are younger)."""
+    gc_period_s: float = Field(default=3600.0, gt=0)
+    """How often the coordinator sweeps (``phage gc`` sweeps at once)."""
+    node_upload_bytes_per_hour: int = Field(default=16 * 1024**3, ge=1024 * 1024)
+    """Bytes one node may upload (outputs) per hour, as a burst and a steady rate; beyond it UploadBlob
+    is refused until the budget refills. With the sweep, this bounds what a node can leave on disk."""
+
     # ---- what user (non-admin) keys may ask for (coordinator/quotas.py) ------
     user_max_priority: int = Field(default=10, ge=0, le=1000)
     """Highest priority a user key may set (admins: up to 1000); any key may go down to -1000."""

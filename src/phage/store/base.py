@@ -119,6 +119,12 @@ class Store(Protocol):
     ) -> list[Task]:
         """Newest first; ``before`` filters by creation time, ``after`` continues a page."""
 
+    async def delete_finished_tasks(self, finished_before: float) -> int:
+        """Delete finished tasks (and their attempts) that finished before a time; returns how many."""
+
+    async def referenced_digests(self) -> set[str]:
+        """Every blob digest some stored row still refers to."""
+
     async def count_open_tasks(self, owner: str) -> int:
         """Unfinished tasks submitted with one API key."""
 

@@ -39,6 +39,7 @@ from phage.store.rows import (
 from phage.store.schema import attempts, tasks
 from phage.store.sql_nodes import NodeRecords
 from phage.store.sql_quorum import QuorumRecords, plan_quorum
+from phage.store.sql_retention import RetentionRecords
 from phage.store.sql_usage import UsageRecords
 from phage.store.writer import GroupCommitWriter
 
@@ -59,7 +60,7 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite+aiosqlite:///{path}"
 
 
-class SqlStore(NodeRecords, UsageRecords, QuorumRecords):
+class SqlStore(NodeRecords, UsageRecords, QuorumRecords, RetentionRecords):
     """:class:`phage.store.base.Store` over SQLAlchemy 2 async."""
 
     def __init__(self, url: str, *, synchronous: str = "NORMAL") -> None:
