@@ -299,3 +299,22 @@ def test_secrets_are_private_and_the_join_token_never_in_argv(
 def _online(coord: CoordinatorProcess) -> int:
     with coord.client() as c:
         return sum(n["state"] == "online" for n in c.get("/api/nodes").json()["nodes"])
+
+
+def test_guard_keeps_ordinary_http_working(coord: CoordinatorProcess) -> None:
+    """Big-but-allowed headers pass; pipelined requests on one connection all get answers."""
+    with httpx.Client(base_url=coord.url) as client:
+        assert client.get("/healthz", headers={"Cookie": "c" * 20_000}).status_code == 200
+        try:
+            refused = client.get("/healthz", headers={"Cookie": "c" * 40_000}).status_code
+        except httpx.TransportError:  # closed while the client was still sending: refused as well
+            refused = 431
+        assert refused == 431
+    with socket.create_connection(("127.0.0.1", coord.http_port)) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
+        s.settimeout(10)
+        data = b""
+        while data.count(b"HTTP/1.1 200") < 3:
+            chunk = s.recv(65536)
+            assert chunk, f"connection closed after {data.count(b'HTTP/1.1 200')} answers"
+            data += chunk
