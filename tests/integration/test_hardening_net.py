@@ -318,3 +318,27 @@ def test_guard_keeps_ordinary_http_working(coord: CoordinatorProcess) -> None:
             chunk = s.recv(65536)
             assert chunk, f"connection closed after {data.count(b'HTTP/1.1 200')} answers"
             data += chunk
+
+
+def test_connections_past_the_cap_are_closed_at_once(tmp_path: Path) -> None:
+    """With ``http_max_connections`` open, a new connection is closed at once, not queued."""
+    env = {"PHAGE_HTTP_MAX_CONNECTIONS": "16", "PHAGE_HTTP_HEADER_TIMEOUT_S": "60"}
+    c = CoordinatorProcess(tmp_path / "c", env=env).start()
+    held = []
+    try:
+        for _ in range(16):
+            s = socket.create_connection(("127.0.0.1", c.http_port))
+            s.setblocking(False)
+            held.append(s)
+        extra = socket.create_connection(("127.0.0.1", c.http_port))
+        extra.setblocking(False)
+        assert wait_until(lambda: _closed_by_peer(extra), timeout=5, what="the 17th connection closed")
+        assert all(_closed_by_peer(s) is None for s in held)  # the first 16 are still open
+        for s in held:
+            s.close()
+        held.clear()
+        assert wait_until(lambda: httpx.get(f"{c.url}/healthz").status_code == 200, timeout=10)
+    finally:
+        for s in held:
+            s.close()
+        c.stop()
