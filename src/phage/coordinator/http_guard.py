@@ -46,6 +46,12 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     _head_timer: asyncio.TimerHandle | None = None
     _head_bytes = 0
+    _in_head = False
+    _tail = b""
+    """The last bytes of an unfinished head, to find a blank line split across two reads."""
+    """Between a request's first byte and the blank line that ends its head (the parser says)."""
+    _in_message = False
+    """Between a request's first byte and the end of its body."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Take the connection, or close it at once when too many are open."""
@@ -54,44 +60,58 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             log.warning("HTTP connection from %s closed: %d open", self.client, len(self.connections))
             transport.close()
             return
-        self._begin_head()
+        self._arm()  # the first request head must come, and finish, in time
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Forget the deadline with the connection."""
-        self._end_head()
+        self._disarm()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        """Count head bytes before the parser buffers them; refuse a head over the limit."""
-        if self._head_timer is None and (self.cycle is None or self.cycle.response_complete):
-            self._begin_head()  # bytes after an idle keep-alive: a new head starts here
-        counted = self._head_timer is not None
-        if counted:
-            self._head_bytes += len(data)
-            if self._head_bytes > self.limits.max_header_bytes:
+        """Refuse a request head past the limit before the parser buffers it; else feed the parser.
+
+        Only head bytes count: in a chunk that ends the head, the bytes after its blank line are
+        body (or the next request), which the routes' own limits govern.
+        """
+        idle = not self._in_message and (self.cycle is None or self.cycle.response_complete)
+        if idle and self._head_timer is None:
+            self._arm()  # bytes on an idle keep-alive connection: a head must follow in time
+        if idle or self._in_head:
+            before = self._head_bytes if self._in_head else 0
+            tail = self._tail if self._in_head else b""
+            end = (tail + data).find(b"\r\n\r\n")
+            head_part = len(data) if end < 0 else max(0, end + 4 - len(tail))
+            if before + head_part > self.limits.max_header_bytes:
                 self._refuse_head(431, "Request Header Fields Too Large")
                 return
         super().data_received(data)
-        if not counted and self._head_timer is not None:  # a pipelined head began inside this chunk
+        if self._in_head:  # the head is still unfinished after this chunk
             self._head_bytes += len(data)
+            self._tail = data[-3:]
 
     def on_message_begin(self) -> None:
         """A new request: its head gets a fresh byte count and deadline."""
         super().on_message_begin()
-        if self._head_timer is None:
-            self._begin_head()
+        self._in_head = self._in_message = True
+        self._head_bytes, self._tail = 0, b""
+        self._arm()
 
     def on_headers_complete(self) -> None:
         """The head is whole: from here the route's own body limits apply."""
-        self._end_head()
+        self._in_head = False
+        self._disarm()
         super().on_headers_complete()
 
-    def _begin_head(self) -> None:
-        self._end_head()
-        self._head_bytes = 0
+    def on_message_complete(self) -> None:
+        """The body is whole too; the next bytes begin another request."""
+        self._in_message = False
+        super().on_message_complete()
+
+    def _arm(self) -> None:
+        self._disarm()
         self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_too_slow)
 
-    def _end_head(self) -> None:
+    def _disarm(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
@@ -101,7 +121,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._refuse_head(408, "Request Timeout")
 
     def _refuse_head(self, status: int, reason: str) -> None:
-        self._end_head()
+        self._disarm()
+        self._in_head = False
         type(self).refused_heads += 1
         if self.transport.is_closing():
             return

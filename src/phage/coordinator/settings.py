@@ -119,8 +119,8 @@ class CoordinatorSettings(BaseSettings):
     new_nodes_burst: int = Field(default=32, ge=1)
     new_nodes_per_s: float = Field(default=0.2, gt=0)
     """New node identities one source address may register (what bounds open-mode floods)."""
-    auth_failures_burst: int = Field(default=30, ge=1)
-    auth_failures_per_s: float = Field(default=1.0, gt=0)
+    auth_failures_burst: int = Field(default=100, ge=1)
+    auth_failures_per_s: float = Field(default=2.0, gt=0)
     """Failed API keys per source address before its HTTP requests get 429 for a while."""
 
     @property
