@@ -1,6 +1,6 @@
 """Keeping the data directory from growing without end: finished tasks past their retention are
-deleted, then every blob nothing refers to any more (``phage gc``, ``POST /api/gc``, and a sweep
-every ``gc_period_s``).
+deleted, then every blob nothing refers to any more (``phage gc``, ``POST /api/gc``, and the
+coordinator's sweep every ``gc_period_s``).
 
 Order matters for safety, not only for yield: the time limit for blobs is taken first, then the
 references are read (see :meth:`phage.store.blobs.BlobStore.sweep`), so a blob that a task or
@@ -60,12 +60,3 @@ class Collector:
         if tasks or blobs:
             log.info("gc: %d finished tasks deleted, %d blobs (%d bytes) freed", tasks, blobs, freed)
         return GcReport(tasks, blobs, freed)
-
-    async def run(self, period_s: float) -> None:
-        """Sweep every ``period_s`` seconds until cancelled."""
-        while True:
-            await asyncio.sleep(period_s)
-            try:
-                await self.sweep()
-            except Exception:  # keep sweeping even if one pass fails
-                log.exception("gc sweep failed")

@@ -94,7 +94,7 @@ class CoordinatorServer:
         # certificate itself, no client certificate (see pki.enroll and coordinator.enrollment).
         self._enroll = grpc.aio.server(options=enrollment_options(s))
         pb_grpc.add_PhageCoordinatorServicer_to_server(  # type: ignore[no-untyped-call]
-            EnrollmentServicer(register=c.register, is_known=c.pool.nodes.__contains__, settings=s),
+            EnrollmentServicer(register=c.nodes.register, is_known=c.pool.nodes.__contains__, settings=s),
             self._enroll,
         )
         enroll = grpc.ssl_server_credentials([(c.ca.key_pem, c.ca.cert_pem)])

@@ -1,6 +1,7 @@
-"""Durable state: the repository interface, its SQLAlchemy implementation, migrations."""
+"""Durable state: the SQLAlchemy store, the values it returns, migrations."""
 
-from phage.store.base import ApiKeyRecord, FinishOutcome, LostOutcome, PageCursor, QueuedTask, Store
+from phage.domain.models import QueuedTask
+from phage.store.base import ApiKeyRecord, FinishOutcome, LostOutcome, PageCursor
 from phage.store.sql import SqlStore, sqlite_url
 
 __all__ = [
@@ -10,6 +11,5 @@ __all__ = [
     "PageCursor",
     "QueuedTask",
     "SqlStore",
-    "Store",
     "sqlite_url",
 ]
