@@ -104,8 +104,10 @@ async def test_uploads_need_a_working_node_and_stay_within_its_budget(tmp_path: 
             base_url=c.url, headers={"Authorization": f"Bearer {c.admin_key}"}
         ) as admin:
             assert (await admin.post(f"/api/nodes/{identity.node_id}/approve")).status_code == 200
-            assert await _upload(c, identity, creds, b"a" * 600_000) == "ok"
-            assert await _upload(c, identity, creds, b"b" * 600_000) == "RESOURCE_EXHAUSTED"
+            # one-chunk uploads, so each is sent whole before the answer (no race with the refusal)
+            for i in range(5):
+                assert await _upload(c, identity, creds, bytes([i]) * 200_000) == "ok"
+            assert await _upload(c, identity, creds, b"b" * 200_000) == "RESOURCE_EXHAUSTED"
             before = sum(1 for p in (c.data_dir / "blobs").rglob("*") if p.is_file())
             q = await admin.post(f"/api/nodes/{identity.node_id}/quarantine")
             assert q.status_code == 200

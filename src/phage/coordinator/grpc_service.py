@@ -182,6 +182,7 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
                                 f"output of {chunk.total_size} bytes exceeds the limit of {limit}",
                                 field="total_size",
                             )
+                        self.uploads.check(live.node.id, chunk.total_size)  # refuse at once if declared
                         first = False
                     self.uploads.take(live.node.id, len(chunk.data))
                     writer.write(chunk.data)
