@@ -41,6 +41,7 @@ from phage.coordinator.results import ResultPipeline
 from phage.coordinator.retention import Collector
 from phage.coordinator.settings import CoordinatorSettings
 from phage.coordinator.state import DataDir
+from phage.coordinator.training import HostFacts, TrainingService
 from phage.coordinator.tried import TriedNodes
 from phage.coordinator.trust import TrustGuard
 from phage.domain import NodeState
@@ -155,6 +156,14 @@ class Coordinator:
             clock,
         )
         self.overview = PoolOverview(self.ledger, self.pool, self.queue, clock)
+        self.training = TrainingService(
+            store=self.store,
+            blobs=self.blobs,
+            facts=self._host_facts,
+            quarantine=self.nodes.quarantine,
+            lost_after_s=s.lease_s,
+            clock=clock,
+        )
         self.ca: CertificateAuthority | None = None
         self.join_token = ""
         self.admin_key = ""
@@ -177,6 +186,7 @@ class Coordinator:
         self.admin_key = await self.keys.ensure_admin(self.dirs.admin_key_file, self.clock())
         await self._recover()
         await self.admission.start()
+        await self.training.start()
         self.started_at = self.overview.started_at = self.clock()
         period = min(MONITOR_PERIOD_S, self.settings.heartbeat_interval_s / 4)
         self._loops = [
@@ -193,6 +203,7 @@ class Coordinator:
 
     async def stop(self) -> None:
         """Stop the loops, write the last heartbeats and close the store."""
+        await self.training.stop()
         for task in self._loops:
             task.cancel()
         for task in self._loops:
@@ -229,6 +240,13 @@ class Coordinator:
         )
 
     # ---- queries the edges share --------------------------------------------
+
+    def _host_facts(self, node_id: str) -> HostFacts | None:
+        """What training placement needs of a node."""
+        live = self.pool.nodes.get(node_id)
+        if live is None:
+            return None
+        return HostFacts(node_id, live.node.trusted, live.accepts_work, live.online)
 
     def chat_nodes(self) -> list[LiveNode]:
         """Nodes that may take chat now: online, not quarantined, holding a chat order stream."""

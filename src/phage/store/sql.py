@@ -41,6 +41,7 @@ from phage.store.schema import attempts, tasks
 from phage.store.sql_nodes import NodeRecords
 from phage.store.sql_quorum import QuorumRecords, plan_quorum
 from phage.store.sql_retention import RetentionRecords
+from phage.store.sql_training import TrainingRecords
 from phage.store.sql_usage import UsageRecords
 from phage.store.writer import GroupCommitWriter
 
@@ -61,7 +62,7 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite+aiosqlite:///{path}"
 
 
-class SqlStore(NodeRecords, UsageRecords, QuorumRecords, RetentionRecords):
+class SqlStore(NodeRecords, UsageRecords, QuorumRecords, TrainingRecords, RetentionRecords):
     """The coordinator's durable state over SQLAlchemy 2 async (SQLite or PostgreSQL)."""
 
     def __init__(self, url: str, *, synchronous: str = "NORMAL") -> None:
