@@ -8,9 +8,9 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from phage.coordinator.state import write_private
 from phage.domain.ids import new_id
 from phage.errors import PermissionDenied, Unauthenticated
+from phage.pki.ca import write_private
 from phage.store import SqlStore
 from phage.store.base import ApiKeyRecord
 from phage.store.sql_usage import UsageRow

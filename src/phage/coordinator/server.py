@@ -21,8 +21,8 @@ from phage.coordinator.http import create_app
 from phage.coordinator.http_guard import HttpLimits, guarded_protocol
 from phage.coordinator.ratelimit import Rate, RateLimiter
 from phage.coordinator.settings import CoordinatorSettings
-from phage.coordinator.state import write_private
 from phage.coordinator.training_grpc import TrainingServicer
+from phage.pki.ca import write_private
 from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
 from phage.protocol.v1 import training_pb2_grpc as tpb_grpc
 

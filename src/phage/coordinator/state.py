@@ -40,16 +40,6 @@ class DataDir:
         return read_or_create_secret(self.join_token_file, new_token)
 
 
-def write_private(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text``, readable by this user only from its first byte on."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a leftover file
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def read_or_create_secret(path: Path, make: object) -> str:
     """Read a one-line secret, or create it with mode 0600."""
     if path.exists():
