@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -245,10 +248,8 @@ def test_secrets_are_private_and_the_join_token_never_in_argv(
 ) -> None:
     """coordinator.json and every secret file are 0600; the printed node line, pasted, keeps the
     token out of the node's argv; --token-file works and --token is refused."""
-    import os
     import shlex
     import stat
-    import subprocess
     import sys
 
     from phage.coordinator.server import ServerInfo
@@ -269,8 +270,7 @@ def test_secrets_are_private_and_the_join_token_never_in_argv(
         argv = Path(f"/proc/{node.pid}/cmdline").read_bytes()
         assert b"phage.client.cli" in argv and token.encode() not in argv
     finally:
-        node.terminate()
-        node.wait(10)
+        _stop(node)
     token_file = tmp_path / "token"
     token_file.write_text(token + "\n")
     base = [sys.executable, "-m", "phage.client.cli", "node", "--coordinator", coord.grpc_address]
@@ -290,10 +290,19 @@ def test_secrets_are_private_and_the_join_token_never_in_argv(
     try:
         wait_until(lambda: _online(coord) >= 2, timeout=60, what="the node with a token file online")
     finally:
-        by_file.terminate()
-        by_file.wait(10)
+        _stop(by_file)
     refused = subprocess.run([*base, "--token", token], env=env, capture_output=True, timeout=60)
     assert refused.returncode != 0 and b"PHAGE_JOIN_TOKEN" in refused.stderr
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group, SIGKILL if it has not gone after 30 s."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def _online(coord: CoordinatorProcess) -> int:
