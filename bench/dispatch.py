@@ -227,17 +227,17 @@ def _wait_final(client: httpx.Client, total: int, timeout: float, interval: floa
 def _all_tasks(client: httpx.Client) -> list[dict[str, Any]]:
     """Every task (newest first), paging through GET /api/tasks."""
     out: list[dict[str, Any]] = []
-    before: float | None = None
+    cursor: str | None = None
     while True:
         params: dict[str, Any] = {"limit": 1000}
-        if before is not None:
-            params["before"] = before
+        if cursor is not None:
+            params["cursor"] = cursor
         resp = client.get("/api/tasks", params=params)
         resp.raise_for_status()
         body = resp.json()
         out.extend(body["tasks"])
-        before = body.get("next_before")
-        if before is None:
+        cursor = body.get("next_cursor")
+        if cursor is None:
             return out
 
 

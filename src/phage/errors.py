@@ -12,6 +12,7 @@ routes, gRPC servicer, CLI) translate without knowing every case::
     ├── NotFound                the task, node, output or key does not exist (404)
     ├── Conflict                the request is valid but the state forbids it (409)
     ├── PaymentRequired         the API key's credit limit is spent (402)
+    ├── RateLimited             too many attempts from one source, or a key over its quota (429)
     ├── Unavailable             nothing can serve this now: no node has the model, a node died (503)
     ├── EngineError             an inference engine failed to start, load a model or generate
     ├── SandboxError            the node cannot isolate a task as it requires
@@ -120,3 +121,14 @@ class ProtocolError(PhageError):
 
 class StoreError(PhageError):
     """The durable store failed or returned something inconsistent."""
+
+
+class RateLimited(PhageError):
+    """A source or key sent more than its share: too many attempts, or over a quota (429)."""
+
+    http_status = 429
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, *, field: str | None = None, retry_after_s: float = 1.0) -> None:
+        super().__init__(message, field=field)
+        self.retry_after_s = retry_after_s

@@ -173,8 +173,6 @@ class NodeProcess:
             self.coordinator.grpc_address,
             "--enroll",
             self.coordinator.enroll_address,
-            "--token",
-            info["join_token"],
             "--ca-fingerprint",
             info["ca_fingerprint"],
             "--key-dir",
@@ -191,9 +189,8 @@ class NodeProcess:
         if self.engine:
             argv += ["--engine", self.engine, "--model", str(self.model)]
         argv += list(self.args)
-        self.proc = subprocess.Popen(
-            argv, stdout=log, stderr=log, env={**os.environ, **self.env}, start_new_session=True
-        )
+        env = {**os.environ, "PHAGE_JOIN_TOKEN": info["join_token"], **self.env}  # never in argv
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=log, env=env, start_new_session=True)
         return self
 
     @property

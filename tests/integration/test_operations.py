@@ -143,8 +143,6 @@ def test_node_picks_real_sandboxes_and_honours_required_isolation(tmp_path: Path
             coord.grpc_address,
             "--enroll",
             coord.enroll_address,
-            "--token",
-            info["join_token"],
             "--ca-fingerprint",
             info["ca_fingerprint"],
             "--key-dir",
@@ -155,6 +153,7 @@ def test_node_picks_real_sandboxes_and_honours_required_isolation(tmp_path: Path
         stdout=sp.DEVNULL,
         stderr=sp.DEVNULL,
         start_new_session=True,
+        env={**os.environ, "PHAGE_JOIN_TOKEN": info["join_token"]},
     )
     try:
         (node,) = wait_online(coord, 1)

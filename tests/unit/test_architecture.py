@@ -54,9 +54,9 @@ COORDINATOR_RANK = {
         0,
     ),
     # policies: they decide, and hold no service
-    **dict.fromkeys(["placement", "replication", "trust", "training_eval"], 1),
+    **dict.fromkeys(["placement", "replication", "trust", "training_eval", "quotas"], 1),
     "ledger": 2,
-    **dict.fromkeys(["admission", "intake", "overview"], 3),
+    **dict.fromkeys(["admission", "intake", "overview", "retention"], 3),
     "nodes": 4,
     **dict.fromkeys(["dispatch", "liveness", "training"], 5),
     "results": 6,

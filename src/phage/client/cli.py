@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import re
 import sys
 import tarfile
@@ -146,11 +147,33 @@ def coordinator(
     asyncio.run(run_forever(settings, ready))
 
 
+def read_join_token(token_file: Path | None) -> str | None:
+    """The join token from ``--token-file`` or ``PHAGE_JOIN_TOKEN`` (None: the pool needs none)."""
+    if token_file is not None:
+        try:
+            text = token_file.read_text().strip()
+        except OSError as exc:
+            raise typer.BadParameter(
+                f"cannot read {token_file}: {exc.strerror}", param_hint="--token-file"
+            ) from None
+        if not text:
+            raise typer.BadParameter(f"{token_file} is empty", param_hint="--token-file")
+        return text
+    return os.environ.get("PHAGE_JOIN_TOKEN") or None
+
+
 @app.command()
 def node(
     coordinator: Annotated[str, typer.Option(help="Coordinator gRPC address host:port.")] = "127.0.0.1:9090",
     enroll: Annotated[str | None, typer.Option(help="Enrollment address (default: port + 1).")] = None,
-    token: Annotated[str | None, typer.Option(envvar="PHAGE_JOIN_TOKEN", help="Join token.")] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="PHAGE_JOIN_TOKEN_FILE",
+            help="File holding the join token (or set PHAGE_JOIN_TOKEN); never given on the command line.",
+        ),
+    ] = None,
+    token: Annotated[str | None, typer.Option(hidden=True)] = None,
     ca_fingerprint: Annotated[str | None, typer.Option(help="Pinned CA fingerprint sha256:….")] = None,
     key_dir: Annotated[Path, typer.Option(help="Node identity and certificate directory.")] = (
         Path.home() / ".phage" / "node"
@@ -199,10 +222,16 @@ def node(
     from phage.node import NodeAgent, NodeConfig
 
     _logging(verbose)
+    if token is not None:
+        raise typer.BadParameter(
+            "the join token is not taken on the command line, where process listings show it: "
+            "set PHAGE_JOIN_TOKEN or pass --token-file",
+            param_hint="--token",
+        )
     config = NodeConfig(
         coordinator=coordinator,
         enroll=enroll,
-        join_token=token,
+        join_token=read_join_token(token_file),
         ca_fingerprint=ca_fingerprint,
         key_dir=key_dir,
         name=name,
@@ -382,6 +411,42 @@ def tasks(
     async def main() -> None:
         async with PhageClient(url, api_key(key)) as client:
             console.print(tasks_table((await client.list_tasks(state=state, limit=limit))["tasks"]))
+
+    run(main())
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str, option: str) -> float:
+    """``90``, ``30m``, ``12h``, ``7d`` → seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if m is None:
+        raise typer.BadParameter("give a duration such as 3600, 30m, 12h or 7d", param_hint=option)
+    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+@app.command()
+def gc(
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            help="Delete tasks finished longer ago than this (e.g. 7d; default: the coordinator's)."
+        ),
+    ] = None,
+    url: UrlOpt = "http://127.0.0.1:8080",
+    key: KeyOpt = None,
+) -> None:
+    """Delete finished tasks past retention, then every blob nothing refers to (admin)."""
+    retention = parse_duration(older_than, "--older-than") if older_than is not None else None
+
+    async def main() -> None:
+        async with PhageClient(url, api_key(key)) as client:
+            r = await client.gc(retention)
+            console.print(
+                f"{r['tasks_deleted']} finished tasks deleted; "
+                f"{r['blobs_deleted']} blobs deleted, {r['bytes_freed']} bytes freed"
+            )
 
     run(main())
 

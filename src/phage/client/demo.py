@@ -163,14 +163,17 @@ async def _spawn_node(
     argv = [
         sys.executable, "-m", "phage.client.cli", "node",
         "--coordinator", info.grpc_address, "--enroll", info.enroll_address,
-        "--token", info.join_token, "--ca-fingerprint", info.ca_fingerprint,
+        "--ca-fingerprint", info.ca_fingerprint,
         "--key-dir", str(root / f"node-{i}"), "--name", f"demo-node-{i}",
         "--sandbox", sandbox, "--concurrency", "2", "--heartbeat", str(heartbeat),
     ]  # fmt: skip
     if model is not None:
         argv += ["--engine", "transformers", "--model", str(model)]
     log = (root / f"node-{i}.log").open("wb")
-    return await asyncio.create_subprocess_exec(*argv, stdout=log, stderr=log, start_new_session=True)
+    env = {**os.environ, "PHAGE_JOIN_TOKEN": info.join_token}  # never in argv
+    return await asyncio.create_subprocess_exec(
+        *argv, stdout=log, stderr=log, start_new_session=True, env=env
+    )
 
 
 def _describe(t: dict[str, Any], title: str, base_url: str) -> str:

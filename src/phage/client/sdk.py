@@ -83,9 +83,14 @@ class PhageClient:
         return dict(await self._json(await self._http.get(f"/api/tasks/{task_id}")))
 
     async def list_tasks(self, **params: Any) -> dict[str, Any]:
-        """Tasks, newest first (filters: state, kind, limit, before)."""
+        """Tasks, newest first (filters: state, kind, limit, before; page with cursor)."""
         clean = {k: v for k, v in params.items() if v is not None}
         return dict(await self._json(await self._http.get("/api/tasks", params=clean)))
+
+    async def gc(self, retention_s: float | None = None) -> dict[str, Any]:
+        """Sweep now (admin): finished tasks past retention, then unreferenced blobs."""
+        params = {} if retention_s is None else {"retention_s": retention_s}
+        return dict(await self._json(await self._http.post("/api/gc", params=params)))
 
     async def cancel(self, task_id: str) -> dict[str, Any]:
         """Cancel a task."""

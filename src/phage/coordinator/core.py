@@ -35,8 +35,10 @@ from phage.coordinator.nodes import NodeRegistry
 from phage.coordinator.overview import PoolOverview
 from phage.coordinator.placement import ModelPlacement
 from phage.coordinator.pool import LiveNode, LivePool
+from phage.coordinator.quotas import SubmitQuotas, UserLimits
 from phage.coordinator.replication import Replication
 from phage.coordinator.results import ResultPipeline
+from phage.coordinator.retention import Collector
 from phage.coordinator.settings import CoordinatorSettings
 from phage.coordinator.state import DataDir
 from phage.coordinator.training import HostFacts, TrainingService
@@ -83,7 +85,20 @@ class Coordinator:
         self.ledger = TaskLedger(
             self.store, self.queue, self.pool, self.bus, self.counters, self.tried, clock
         )
-        self.intake = Intake(self.ledger, self.blobs, self.placement, self.replication, clock)
+        quotas = SubmitQuotas(
+            UserLimits(
+                s.user_max_priority, s.user_max_attempts, s.user_max_tasks_per_request, s.user_max_open_tasks
+            ),
+            self.store.count_open_tasks,
+        )
+        self.intake = Intake(self.ledger, self.blobs, self.placement, self.replication, quotas, clock)
+        self.collector = Collector(
+            store=self.store,
+            blobs=self.blobs,
+            clock=clock,
+            retention_s=s.task_retention_s,
+            blob_grace_s=s.blob_grace_s,
+        )
         self.admission = Admission(
             s.admission,
             s.workers_path,
@@ -180,7 +195,11 @@ class Coordinator:
                 _every(FLUSH_PERIOD_S, self.nodes.flush, "heartbeat flush"), name="phage-flush"
             ),
             asyncio.create_task(self.admission.watch(), name="phage-admission"),
+            asyncio.create_task(_every(self.settings.gc_period_s, self._sweep, "gc sweep"), name="phage-gc"),
         ]
+
+    async def _sweep(self) -> None:
+        await self.collector.sweep()
 
     async def stop(self) -> None:
         """Stop the loops, write the last heartbeats and close the store."""

@@ -14,7 +14,9 @@ from typing import Any, TypeVar
 import grpc
 
 from phage.coordinator.core import Coordinator
-from phage.errors import InvalidInput, PayloadTooLarge, PhageError
+from phage.coordinator.ratelimit import Rate, RateLimiter
+from phage.domain import NodeState
+from phage.errors import InvalidInput, PayloadTooLarge, PermissionDenied, PhageError
 from phage.protocol import convert
 from phage.protocol.v1 import phage_pb2 as pb
 from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
@@ -53,6 +55,9 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
 
     def __init__(self, coordinator: Coordinator) -> None:
         self.c = coordinator
+        per_hour = coordinator.settings.node_upload_bytes_per_hour
+        self.uploads = RateLimiter(Rate(per_hour, per_hour / 3600), "uploaded bytes")
+        """Per node: with the blob sweep, bounds the disk a node can fill with blobs nothing uses."""
 
     @_edge
     async def Register(
@@ -160,7 +165,10 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
         self, request_iterator: AsyncIterator[pb.BlobChunk], context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.BlobRef:
         try:
-            self.c.nodes.authenticate(_peer_node_id(context), "")
+            live = self.c.nodes.authenticate(_peer_node_id(context), "")
+            if live.node.state is NodeState.PENDING or live.node.quarantined:
+                why = "quarantined" if live.node.quarantined else live.node.state.value
+                raise PermissionDenied(f"node is {why}: it may not upload", field="node_id")
             limit = self.c.settings.max_output_bytes
             writer = self.c.blobs.writer(limit)
             expected: str | None = None
@@ -174,7 +182,9 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
                                 f"output of {chunk.total_size} bytes exceeds the limit of {limit}",
                                 field="total_size",
                             )
+                        self.uploads.check(live.node.id, chunk.total_size)  # refuse at once if declared
                         first = False
+                    self.uploads.take(live.node.id, len(chunk.data))
                     writer.write(chunk.data)
                 digest = writer.commit(expected)
             except BaseException:

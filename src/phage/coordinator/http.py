@@ -7,6 +7,7 @@ first route that matches, so specific node actions come before the generic node 
 """
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -27,7 +28,7 @@ from phage.coordinator.openai_api import install_openai
 from phage.coordinator.pool_api import install_pool_api
 from phage.coordinator.tasks_api import install_tasks
 from phage.coordinator.training_api import install_training
-from phage.errors import PhageError, Unauthenticated
+from phage.errors import PhageError, RateLimited, Unauthenticated
 
 log = logging.getLogger("phage.http")
 
@@ -45,6 +46,8 @@ def create_app(coordinator: Coordinator) -> FastAPI:
     @app.exception_handler(PhageError)
     async def _phage_error(_: Request, exc: PhageError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthenticated) else None
+        if isinstance(exc, RateLimited):
+            headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
         return JSONResponse(exc.to_dict(), status_code=exc.http_status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
@@ -79,7 +82,7 @@ def create_app(coordinator: Coordinator) -> FastAPI:
 
     install_tasks(app, c, principal)
     install_nodes(app, c, principal)
-    install_feed(app, c)
+    install_feed(app, bus=c.bus, keys=c.keys, owner_of=c.ledger.owner_of)
     install_openai(app, c, read_json)
     install_keys(app, c, principal)
     install_training(app, c.training, principal, read_json)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from phage.coordinator.keys import Principal
 from phage.coordinator.ledger import TaskLedger
 from phage.coordinator.placement import ModelPlacement
+from phage.coordinator.quotas import SubmitQuotas
 from phage.coordinator.replication import Replication
 from phage.coordinator.requests import TaskRequest
 from phage.domain import Task, TaskSpec, TaskState
@@ -27,14 +28,17 @@ class Intake:
         blobs: BlobStore,
         placement: ModelPlacement,
         replication: Replication,
+        quotas: SubmitQuotas,
         clock: Callable[[], float],
     ) -> None:
         self.ledger, self.blobs = ledger, blobs
         self.placement, self.replication = placement, replication
+        self.quotas = quotas
         self.clock = clock
 
     async def submit(self, requests: Sequence[TaskRequest], principal: Principal) -> list[Task]:
-        """Store and queue tasks; nothing is written unless all of them are valid."""
+        """Store and queue tasks; nothing is written unless all of them are valid and within quota."""
+        await self.quotas.check(requests, principal)
         now = self.clock()
         made: list[Task] = []
         for req in requests:

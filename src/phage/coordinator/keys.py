@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from phage.domain.ids import new_id
 from phage.errors import PermissionDenied, Unauthenticated
+from phage.pki.ca import write_private
 from phage.store import SqlStore
 from phage.store.base import ApiKeyRecord
 from phage.store.sql_usage import UsageRow
@@ -47,6 +49,7 @@ class ApiKeys:
     def __init__(self, store: SqlStore) -> None:
         self._store = store
         self._cache: dict[str, ApiKeyRecord] = {}
+        self._changed = asyncio.Event()
 
     async def create(self, name: str, role: str, now: float) -> tuple[str, str]:
         """A new key: returns (key id, secret). The secret is shown once."""
@@ -62,13 +65,18 @@ class ApiKeys:
         if path.exists():
             return path.read_text().strip()
         _, secret = await self.create("admin", "admin", now)
-        path.touch(mode=0o600)
-        path.write_text(secret + "\n")
+        write_private(path, secret + "\n")
         return secret
 
     def forget(self) -> None:
-        """Drop cached lookups (after a key was revoked or changed)."""
+        """Drop cached lookups (after a key was revoked or changed) and wake :meth:`changed` waiters."""
         self._cache.clear()
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def changed(self) -> None:
+        """Return the next time any key is revoked or changed (long-lived sessions re-check theirs)."""
+        await self._changed.wait()
 
     async def authenticate(self, authorization: str | None) -> Principal:
         """The caller behind an ``Authorization`` header."""

@@ -18,7 +18,7 @@ from phage.coordinator.tried import TriedNodes
 from phage.domain import Attempt, Task, TaskState
 from phage.errors import NotFound
 from phage.scheduler import ReadyQueue, eligible
-from phage.store import QueuedTask, SqlStore
+from phage.store import PageCursor, QueuedTask, SqlStore
 
 log = logging.getLogger("phage.coordinator")
 
@@ -58,7 +58,7 @@ class TaskLedger:
         items = [queued(t) for t in tasks]
         for task, item in zip(tasks, items, strict=True):
             self.queue.push(item)
-            self.bus.task(task.id, TaskState.QUEUED.value, kind=task.kind.value)
+            self.bus.task(task.id, TaskState.QUEUED.value, kind=task.kind.value, owner=task.owner)
         self.counters.submitted += len(tasks)
         self.wake_for(items)
 
@@ -77,9 +77,17 @@ class TaskLedger:
         owner: str | None = None,
         limit: int = 50,
         before: float | None = None,
+        after: PageCursor | None = None,
     ) -> list[Task]:
-        """Tasks, newest first (``owner``: only that key's); page with ``before``."""
-        return await self.store.list_tasks(state=state, kind=kind, owner=owner, limit=limit, before=before)
+        """Tasks, newest first (``owner``: only that key's); ``after`` continues a page."""
+        return await self.store.list_tasks(
+            state=state, kind=kind, owner=owner, limit=limit, before=before, after=after
+        )
+
+    async def owner_of(self, task_id: str) -> str | None:
+        """The key that submitted a task, or None when there is no such task."""
+        task = await self.store.get_task(task_id)
+        return task.owner if task is not None else None
 
     async def counts(self) -> dict[str, int]:
         """How many tasks are in each state."""

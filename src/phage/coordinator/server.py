@@ -14,10 +14,15 @@ from dataclasses import dataclass
 import grpc
 import uvicorn
 
+from phage.coordinator.auth_limit import AuthFailureLimit
 from phage.coordinator.core import Coordinator
+from phage.coordinator.enrollment import EnrollmentServicer, enrollment_options
 from phage.coordinator.http import create_app
+from phage.coordinator.http_guard import HttpLimits, guarded_protocol
+from phage.coordinator.ratelimit import Rate, RateLimiter
 from phage.coordinator.settings import CoordinatorSettings
 from phage.coordinator.training_grpc import TrainingServicer
+from phage.pki.ca import write_private
 from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
 from phage.protocol.v1 import training_pb2_grpc as tpb_grpc
 
@@ -47,10 +52,14 @@ class ServerInfo:
     data_dir: str
 
     def node_command(self) -> str:
-        """The paste-ready line that joins a node to this pool."""
+        """The paste-ready line that joins a node to this pool.
+
+        The token rides in the environment, never in ``phage node``'s argv, which any user of
+        the node's machine can read in a process listing.
+        """
         return (
-            f"phage node --coordinator {self.grpc_address} --enroll {self.enroll_address} "
-            f"--token {self.join_token} --ca-fingerprint {self.ca_fingerprint}"
+            f"PHAGE_JOIN_TOKEN={self.join_token} phage node --coordinator {self.grpc_address} "
+            f"--enroll {self.enroll_address} --ca-fingerprint {self.ca_fingerprint}"
         )
 
 
@@ -61,6 +70,7 @@ class CoordinatorServer:
         self.settings = settings
         self.coordinator = Coordinator(settings)
         self._grpc: grpc.aio.Server | None = None
+        self._enroll: grpc.aio.Server | None = None
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
         self.info: ServerInfo | None = None
@@ -84,19 +94,35 @@ class CoordinatorServer:
         mtls = grpc.ssl_server_credentials(
             [(server_key, server_cert)], root_certificates=c.ca.cert_pem, require_client_auth=True
         )
-        # Enrollment: TLS with the CA certificate itself, no client certificate (see pki.enroll).
-        enroll = grpc.ssl_server_credentials([(c.ca.key_pem, c.ca.cert_pem)])
         grpc_port = self._grpc.add_secure_port(f"{s.grpc_host}:{s.grpc_port}", mtls)
-        enroll_port = self._grpc.add_secure_port(f"{s.grpc_host}:{s.enrollment_port}", enroll)
         await self._grpc.start()
+        # Enrollment: its own server with small limits, since anyone may reach it; TLS with the CA
+        # certificate itself, no client certificate (see pki.enroll and coordinator.enrollment).
+        self._enroll = grpc.aio.server(options=enrollment_options(s))
+        pb_grpc.add_PhageCoordinatorServicer_to_server(  # type: ignore[no-untyped-call]
+            EnrollmentServicer(register=c.nodes.register, is_known=c.pool.nodes.__contains__, settings=s),
+            self._enroll,
+        )
+        enroll = grpc.ssl_server_credentials([(c.ca.key_pem, c.ca.cert_pem)])
+        enroll_port = self._enroll.add_secure_port(f"{s.grpc_host}:{s.enrollment_port}", enroll)
+        await self._enroll.start()
 
-        config = uvicorn.Config(
+        app = AuthFailureLimit(
             create_app(c),
+            RateLimiter(Rate(s.auth_failures_burst, s.auth_failures_per_s), "failed API keys"),
+        )
+        config = uvicorn.Config(
+            app,
             host=s.http_host,
             port=s.http_port,
+            http=guarded_protocol(
+                HttpLimits(s.http_max_header_bytes, s.http_header_timeout_s, s.http_max_connections)
+            ),
+            timeout_keep_alive=s.http_keep_alive_s,
             log_level="warning",
             lifespan="off",
             ws_ping_interval=20,
+            ws_max_size=1024 * 1024,
             timeout_graceful_shutdown=2,
         )
         self._http = uvicorn.Server(config)
@@ -120,8 +146,11 @@ class CoordinatorServer:
             data_dir=str(c.dirs.root),
         )
         # Tools and tests find a coordinator started on port 0 through this file.
-        (c.dirs.root / "coordinator.json").write_text(
-            json.dumps({k: v for k, v in dataclasses.asdict(self.info).items() if k != "admin_key"}, indent=1)
+        write_private(
+            c.dirs.info_file,
+            json.dumps(
+                {k: v for k, v in dataclasses.asdict(self.info).items() if k != "admin_key"}, indent=1
+            ),
         )
         return self.info
 
@@ -129,6 +158,8 @@ class CoordinatorServer:
         """Stop accepting, then close the store."""
         if self._http is not None:
             self._http.should_exit = True
+        if self._enroll is not None:
+            await self._enroll.stop(grace=0.5)
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
         if self._http_task is not None:

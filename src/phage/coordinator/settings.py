@@ -77,6 +77,52 @@ class CoordinatorSettings(BaseSettings):
     """Serve seed 002's pool API (``/submit``, ``/status``, ``/outputs``, ``/pool``) to callers without an
     API key, as seed 002's clients send none. Off by default: anyone reaching the HTTP port could submit."""
 
+    # ---- retention (coordinator/retention.py) ------------------------------
+    task_retention_s: float = Field(default=30 * 86400.0, ge=0)
+    """Finished tasks (and their outputs, once nothing else refers to them) are deleted this long
+    after they finish; 0 keeps them for ever."""
+    blob_grace_s: float = Field(default=3600.0, ge=60)
+    """A blob nothing refers to is deleted once it is this old (uploads and submits in flight are younger)."""
+    gc_period_s: float = Field(default=3600.0, gt=0)
+    """How often the coordinator sweeps (``phage gc`` sweeps at once)."""
+    node_upload_bytes_per_hour: int = Field(default=16 * 1024**3, ge=1024 * 1024)
+    """Bytes one node may upload (outputs) per hour, as a burst and a steady rate; beyond it UploadBlob
+    is refused until the budget refills. With the sweep, this bounds what a node can leave on disk."""
+
+    # ---- what user (non-admin) keys may ask for (coordinator/quotas.py) ------
+    user_max_priority: int = Field(default=10, ge=0, le=1000)
+    """Highest priority a user key may set (admins: up to 1000); any key may go down to -1000."""
+    user_max_attempts: int = Field(default=5, ge=1, le=100)
+    """Highest ``max_attempts`` a user key may set (admins: up to 100)."""
+    user_max_tasks_per_request: int = Field(default=1000, ge=1)
+    """Tasks one user request may create (``count`` and batch items together)."""
+    user_max_open_tasks: int = Field(default=10_000, ge=1)
+    """Unfinished tasks one user key may have at once; a submit past it gets 429."""
+
+    # ---- limits against unauthenticated peers (docs/security.md) ----------
+    http_max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    """Largest request head (request line and headers); a larger one gets 431 and is closed."""
+    http_header_timeout_s: float = Field(default=10.0, gt=0)
+    """A connection must finish each request head this long after it begins (or after connecting)."""
+    http_keep_alive_s: int = Field(default=5, ge=1)
+    """An idle keep-alive connection is closed after this many seconds."""
+    http_max_connections: int = Field(default=2048, ge=16)
+    """Open HTTP connections at once; further ones are closed at once (bounds memory with the above)."""
+    enroll_max_message_bytes: int = Field(default=64 * 1024, ge=4096)
+    """Largest message the enrollment port reads (a Register is a CSR and a hardware summary)."""
+    register_burst: int = Field(default=60, ge=1)
+    register_per_s: float = Field(default=5.0, gt=0)
+    """Register attempts per source address: a burst, then this many per second."""
+    join_failures_burst: int = Field(default=10, ge=1)
+    join_failures_per_s: float = Field(default=0.2, gt=0)
+    """Wrong join tokens or signatures per source address before its Registers are refused for a while."""
+    new_nodes_burst: int = Field(default=32, ge=1)
+    new_nodes_per_s: float = Field(default=0.2, gt=0)
+    """New node identities one source address may register (what bounds open-mode floods)."""
+    auth_failures_burst: int = Field(default=100, ge=1)
+    auth_failures_per_s: float = Field(default=2.0, gt=0)
+    """Failed API keys per source address before its HTTP requests get 429 for a while."""
+
     @property
     def lease_s(self) -> float:
         """How long an assignment survives without its node's heartbeat."""

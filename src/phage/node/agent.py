@@ -232,7 +232,8 @@ class NodeAgent:
         if not cfg.ca_fingerprint:
             # the token may be left out: open and allowlist pools admit without one
             raise PhageError(
-                "this node has no certificate yet: give --ca-fingerprint (and --token, which most pools need)"
+                "this node has no certificate yet: give --ca-fingerprint (and the join token, which most "
+                "pools need: PHAGE_JOIN_TOKEN or --token-file)"
             )
         creds = await enroll(
             self.identity,

@@ -46,6 +46,16 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
+def write_private(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text``, readable by this user only from its first byte on."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a leftover file
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
 def _save(path: Path, data: bytes, private: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)

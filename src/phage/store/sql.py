@@ -22,7 +22,7 @@ from phage.domain.models import QueuedTask
 from phage.domain.quorum import QuorumOutcome, Standing
 from phage.domain.settle import Candidate, Counters, Next, choose, next_step
 from phage.errors import Conflict, NotFound, PermissionDenied, PhageError, ProtocolError
-from phage.store.base import FinishOutcome, LostOutcome
+from phage.store.base import FinishOutcome, LostOutcome, PageCursor
 from phage.store.rows import (
     ADVANCE_TASK,
     BUDGET,
@@ -40,6 +40,7 @@ from phage.store.rows import (
 from phage.store.schema import attempts, tasks
 from phage.store.sql_nodes import NodeRecords
 from phage.store.sql_quorum import QuorumRecords, plan_quorum
+from phage.store.sql_retention import RetentionRecords
 from phage.store.sql_training import TrainingRecords
 from phage.store.sql_usage import UsageRecords
 from phage.store.writer import GroupCommitWriter
@@ -61,7 +62,7 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite+aiosqlite:///{path}"
 
 
-class SqlStore(NodeRecords, UsageRecords, QuorumRecords, TrainingRecords):
+class SqlStore(NodeRecords, UsageRecords, QuorumRecords, TrainingRecords, RetentionRecords):
     """The coordinator's durable state over SQLAlchemy 2 async (SQLite or PostgreSQL)."""
 
     def __init__(self, url: str, *, synchronous: str = "NORMAL") -> None:
@@ -135,8 +136,9 @@ class SqlStore(NodeRecords, UsageRecords, QuorumRecords, TrainingRecords):
         owner: str | None = None,
         limit: int = 50,
         before: float | None = None,
+        after: PageCursor | None = None,
     ) -> list[Task]:
-        """Newest first, filtered; page with ``before`` = the last row's created_at."""
+        """Newest first, filtered; ``after`` (the last row's cursor) continues a page (keyset)."""
         q = tasks.select().order_by(tasks.c.created_at.desc(), tasks.c.id.desc()).limit(limit)
         if state is not None:
             q = q.where(tasks.c.state == state.value)
@@ -146,8 +148,23 @@ class SqlStore(NodeRecords, UsageRecords, QuorumRecords, TrainingRecords):
             q = q.where(tasks.c.owner == owner)
         if before is not None:
             q = q.where(tasks.c.created_at < before)
+        if after is not None:
+            q = q.where(
+                sa.or_(
+                    tasks.c.created_at < after.created_at,
+                    sa.and_(tasks.c.created_at == after.created_at, tasks.c.id < after.id),
+                )
+            )
         async with self.engine.connect() as conn:
             return [task_from_row(r) for r in await conn.execute(q)]
+
+    async def count_open_tasks(self, owner: str) -> int:
+        """Tasks of one key that are not finished yet (what a per-key quota counts)."""
+        q = sa.select(sa.func.count()).where(
+            tasks.c.owner == owner, tasks.c.state.not_in([s.value for s in TaskState if s.terminal])
+        )
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(q)).scalar_one())
 
     async def count_tasks(self) -> dict[str, int]:
         """Tasks per state."""
