@@ -125,16 +125,18 @@ def rebalance(
     return None
 
 
-def chain(model: ShardedModel, servers: Sequence[Server], avoid: Collection[str] = ()) -> list[Server]:
-    """Servers that together cover every block in order, fewest hops first; [] when none exists.
+def chain(
+    model: ShardedModel, servers: Sequence[Server], avoid: Collection[str] = (), start: int = 0
+) -> list[Server]:
+    """Servers that together cover blocks ``start`` to the last in order, fewest hops first; [] when none.
 
     Prefers non-standby servers and, among equals, higher throughput; ``avoid`` are nodes
-    not to use (a node that just failed).
+    not to use (a node that just failed). ``start`` > 0 routes the rest of a chain after a failure.
     """
     usable = [s for s in servers if s.node_id not in avoid]
     # Breadth-first over block positions: reach[b] = the shortest chain ending exactly at block b.
-    reach: dict[int, list[Server]] = {0: []}
-    frontier = [0]
+    reach: dict[int, list[Server]] = {start: []}
+    frontier = [start]
     while frontier:
         nxt: list[int] = []
         for pos in frontier:
@@ -151,13 +153,13 @@ def chain(model: ShardedModel, servers: Sequence[Server], avoid: Collection[str]
     return []
 
 
-def spans(chain_servers: Sequence[Server]) -> list[BlockRange]:
+def spans(chain_servers: Sequence[Server], start: int = 0) -> list[BlockRange]:
     """The blocks each server of a chain runs: from where the previous ended to its own end.
 
     A server whose range overlaps the previous one's skips the blocks already run.
     """
     out: list[BlockRange] = []
-    pos = 0
+    pos = start
     for s in chain_servers:
         out.append(BlockRange(pos, s.blocks.end))
         pos = s.blocks.end

@@ -1,0 +1,82 @@
+"""The ``stage`` service on the data plane: run this node's blocks for a peer's session.
+
+One conversation is one session: its attention cache is created by the first
+``forward`` and dropped when the stream ends, so a caller that hangs up or dies
+frees the memory. A ``forward`` frame may carry several input chunks, run in
+order with one output each — how a caller replays a session's history onto a
+replacement node after a failure, in the same chunks as the first time, which
+rebuilds the cache exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from phage.dataplane import tensor_from_pb, tensor_to_pb
+from phage.errors import Conflict, InvalidInput, NotFound
+from phage.node.stage import StageModel
+from phage.protocol.v1 import dataplane_pb2 as dp
+
+SERVICE = "stage"
+MAX_CHUNKS = 4096
+
+OutputHook = Callable[[Any], Any]
+"""Applied to every output a stage sends (fault injection for tests: node/faults.py)."""
+
+
+class StageHandler:
+    """Serves forward passes through the stages (one per sharded model) this node holds."""
+
+    def __init__(self, stages: Mapping[str, StageModel], *, output_hook: OutputHook | None = None) -> None:
+        self.stages = stages
+        self.output_hook = output_hook
+
+    def open(self, peer_node_id: str) -> _StageConversation:
+        """A new session, owned by ``peer_node_id``."""
+        return _StageConversation(self, f"{peer_node_id}/{uuid.uuid4().hex}")
+
+
+class _StageConversation:
+    def __init__(self, handler: StageHandler, session: str) -> None:
+        self.handler = handler
+        self.session = session
+        self.used: set[str] = set()
+
+    def _stage(self, frame: dp.Frame) -> StageModel:
+        model = frame.strings.get("model", "")
+        stage = self.handler.stages.get(model)
+        if stage is None:
+            raise NotFound(f"this node serves no blocks of {model!r}", field="model")
+        end = frame.ints.get("end")
+        if end is not None and end != stage.blocks.end:
+            raise Conflict(f"this node serves blocks {stage.blocks} of {model!r}, not up to {end}")
+        return stage
+
+    async def handle(self, frame: dp.Frame) -> dp.Frame:
+        """Run ``forward``: every input chunk in order through this node's blocks."""
+        if frame.op != "forward":
+            raise InvalidInput(f"the stage service has no operation {frame.op!r}", field="op")
+        stage = self._stage(frame)
+        if not 1 <= len(frame.tensors) <= MAX_CHUNKS:
+            raise InvalidInput(f"a forward carries 1 to {MAX_CHUNKS} input chunks", field="tensors")
+        start = frame.ints.get("start", stage.blocks.start)
+        inputs = [tensor_from_pb(t) for t in frame.tensors]
+        self.used.add(frame.strings["model"])
+
+        def run() -> list[Any]:
+            return [stage.forward(self.session, x, start=start) for x in inputs]
+
+        outputs = await asyncio.to_thread(run)
+        if self.handler.output_hook is not None:
+            outputs = [self.handler.output_hook(o) for o in outputs]
+        return dp.Frame(tensors=[tensor_to_pb(o, "outputs") for o in outputs])
+
+    async def close(self) -> None:
+        """Drop the session's caches."""
+        for model in self.used:
+            with contextlib.suppress(NotFound):
+                self.handler.stages[model].end_session(self.session)
