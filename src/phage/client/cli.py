@@ -20,6 +20,7 @@ from rich.panel import Panel
 
 from phage import __version__
 from phage.client.cli_ai import register as register_ai_verbs
+from phage.client.cli_sharded import register as register_sharded_verbs
 from phage.client.render import nodes_table, state_text, tasks_table
 from phage.client.sdk import PhageClient, PhageClientError
 from phage.errors import PhageError
@@ -211,6 +212,17 @@ def node(
         typer.Option(help="Memory a model may use here, e.g. 24GiB (default: free VRAM, or RAM)."),
     ] = None,
     heartbeat: Annotated[float | None, typer.Option(help="Heartbeat interval override (s).")] = None,
+    serve_blocks: Annotated[
+        str | None,
+        typer.Option(help="Serve sharded-model blocks: auto, or a range START:END (END exclusive)."),
+    ] = None,
+    sharded_model: Annotated[str, typer.Option(help="Serve blocks of this sharded model only.")] = "",
+    block_memory: Annotated[
+        str | None, typer.Option(help="Memory blocks may use, e.g. 8GiB (default: --model-memory, or RAM).")
+    ] = None,
+    dataplane: Annotated[
+        str, typer.Option(help="host:port where peers reach this node's blocks (port 0: a free one).")
+    ] = "127.0.0.1:0",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a node: join the pool, pull work, run it sandboxed."""
@@ -238,6 +250,11 @@ def node(
         max_model_len=max_model_len,
         engine_command=engine_command,
         model_memory_bytes=parse_size(model_memory, "--model-memory") if model_memory else None,
+        serve_blocks=serve_blocks,
+        sharded_model=sharded_model,
+        block_memory_bytes=parse_size(block_memory, "--block-memory") if block_memory else None,
+        dataplane_host=dataplane.rpartition(":")[0] or "127.0.0.1",
+        dataplane_port=int(dataplane.rpartition(":")[2] or 0),
     )
 
     async def main() -> None:
@@ -561,6 +578,7 @@ def demo(
 
 
 register_ai_verbs(app)
+register_sharded_verbs(app)
 
 
 def main() -> None:

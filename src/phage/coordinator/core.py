@@ -25,6 +25,9 @@ from phage.coordinator.pool import LiveNode, LivePool, OpenAttempt
 from phage.coordinator.replication import Replication
 from phage.coordinator.requests import TaskRequest
 from phage.coordinator.settings import CoordinatorSettings
+from phage.coordinator.sharded import ShardedModels
+from phage.coordinator.sharded_api import UsageLog
+from phage.coordinator.sharded_chat import ShardedChat, coordinator_identity
 from phage.coordinator.state import DataDir
 from phage.coordinator.trust import TrustGuard
 from phage.domain import (
@@ -116,6 +119,14 @@ class Coordinator:
         self.admission = Admission(self)
         self.chat = ChatRouter()
         self.placement = ModelPlacement(self)
+        self.sharded = ShardedModels(
+            self.dirs.root / "sharded-models.json",
+            lease_s=settings.lease_s,
+            clock=clock,
+            allowed=self._may_serve_blocks,
+        )
+        self.sharded_usage = UsageLog()
+        self.sharded_chat: ShardedChat | None = None
         self.verify_sandbox: Sandbox | None = None
         self.tried: dict[str, set[str]] = {}
         """Best-of-N tasks: the nodes that already held an attempt (distinct-node placement)."""
@@ -129,6 +140,10 @@ class Coordinator:
         """Open the store, load the CA and secrets, rebuild live state, start the monitors."""
         self.dirs.prepare()
         self.ca = CertificateAuthority.load_or_create(self.dirs.pki)
+        self.sharded.load()
+        self.sharded_chat = ShardedChat(
+            self.sharded, coordinator_identity(self.ca, self.dirs.pki / "dataplane"), self.sharded_usage
+        )
         self.join_token = self.settings.join_token or self.dirs.join_token()
         try:
             # probing a backend runs it once (gVisor: about a second): keep the loop free meanwhile
@@ -256,6 +271,11 @@ class Coordinator:
     def models_of(self, live: LiveNode) -> list[str]:
         """Models a node serves now."""
         return _node_models(live)
+
+    def _may_serve_blocks(self, node_id: str) -> bool:
+        """Sharded-model blocks count only on online, admitted, unquarantined nodes."""
+        live = self.pool.nodes.get(node_id)
+        return live is not None and live.online and not live.node.quarantined and not live.node.state.shut_out
 
     def chat_nodes(self) -> list[LiveNode]:
         """Nodes that may take chat now: online, not quarantined, holding a chat order stream."""

@@ -20,6 +20,7 @@ from phage.coordinator.metrics import install_metrics
 from phage.coordinator.openai_api import install_openai
 from phage.coordinator.pool_api import install_pool_api
 from phage.coordinator.requests import TaskRequest, parse_task_request
+from phage.coordinator.sharded_api import install_sharded_api
 from phage.coordinator.uploads import multipart_form, read_archive
 from phage.coordinator.views import node_public, task_public
 from phage.domain import TaskState
@@ -316,4 +317,12 @@ def create_app(coordinator: Coordinator) -> FastAPI:
     install_pool_api(app, c)
     install_metrics(app, c)
     install_dashboard(app, c)
+    live_nodes = c.pool.nodes
+    install_sharded_api(
+        app,
+        c.sharded,
+        c.keys.authenticate,
+        c.sharded_usage,
+        lambda node_id: live_nodes[node_id].node.name if node_id in live_nodes else "",
+    )
     return app

@@ -106,6 +106,44 @@ class ShardedModel:
 
 
 @dataclass(frozen=True, slots=True)
+class BlockOffer:
+    """What a node serving blocks says in each heartbeat: what it wants and what it holds."""
+
+    serve_blocks: str
+    """``auto``, a requested range ``START:END``, or "" (serves no blocks)."""
+    dataplane_address: str = ""
+    memory_bytes: int = 0
+    model: str = ""
+    """The sharded model whose blocks it holds now ("" while none)."""
+    start: int = 0
+    end: int = 0
+    throughput: float = 0.0
+    requested_model: str = ""
+    active_sessions: int = 0
+
+    @property
+    def requested(self) -> BlockRange | None:
+        """The range asked for, or None for ``auto``."""
+        return None if self.serve_blocks in ("", "auto") else BlockRange.parse(self.serve_blocks)
+
+    @property
+    def held(self) -> BlockRange | None:
+        """The blocks loaded now, or None."""
+        return BlockRange(self.start, self.end) if self.model and self.end > self.start >= 0 else None
+
+
+@dataclass(frozen=True, slots=True)
+class BlockAssignment:
+    """What a node is told to hold (model "" = nothing), or why its offer was refused."""
+
+    model: str = ""
+    checkpoint: str = ""
+    blocks: BlockRange | None = None
+    standby: bool = False
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Server:
     """One live node serving a range of a sharded model."""
 

@@ -51,3 +51,18 @@ def corrupt(result: TaskResult, outputs: list[CollectedOutput]) -> list[Collecte
         changed.append(CollectedOutput(out.path, out.local, hashlib.sha256(data).hexdigest(), len(data)))
     result.outputs = [OutputFile(o.path, o.sha256, o.size) for o in changed]
     return changed
+
+
+STAGE_DELAY_ENV = "PHAGE_TEST_STAGE_DELAY_MS"
+
+
+def stage_delay_s(environ: Mapping[str, str] = os.environ) -> float:
+    """Extra seconds each sharded-model stage step takes (``PHAGE_TEST_STAGE_DELAY_MS``; 0 when unset).
+
+    Slows a real node's blocks down so a test can kill it mid-generation; logs a warning when on.
+    """
+    raw = environ.get(STAGE_DELAY_ENV, "")
+    delay = int(raw) / 1000 if raw.isdigit() else 0.0
+    if delay:
+        log.warning("FAULT INJECTION: %s=%s: every stage step here is slowed down", STAGE_DELAY_ENV, raw)
+    return delay

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -31,12 +32,19 @@ OutputHook = Callable[[Any], Any]
 class StageHandler:
     """Serves forward passes through the stages (one per sharded model) this node holds."""
 
-    def __init__(self, stages: Mapping[str, StageModel], *, output_hook: OutputHook | None = None) -> None:
+    def __init__(
+        self, stages: Mapping[str, StageModel], *, output_hook: OutputHook | None = None, delay_s: float = 0.0
+    ) -> None:
         self.stages = stages
         self.output_hook = output_hook
+        self.delay_s = delay_s
+        """Test hook: sleep this long per step (node/faults.py), so a test can act mid-generation."""
+        self.open_sessions = 0
+        """Conversations open now (a node whose blocks sessions use is not moved)."""
 
     def open(self, peer_node_id: str) -> _StageConversation:
         """A new session, owned by ``peer_node_id``."""
+        self.open_sessions += 1
         return _StageConversation(self, f"{peer_node_id}/{uuid.uuid4().hex}")
 
 
@@ -68,6 +76,8 @@ class _StageConversation:
         self.used.add(frame.strings["model"])
 
         def run() -> list[Any]:
+            if self.handler.delay_s:
+                time.sleep(self.handler.delay_s)
             return [stage.forward(self.session, x, start=start) for x in inputs]
 
         outputs = await asyncio.to_thread(run)
@@ -77,6 +87,9 @@ class _StageConversation:
 
     async def close(self) -> None:
         """Drop the session's caches."""
+        self.handler.open_sessions -= 1
         for model in self.used:
             with contextlib.suppress(NotFound):
-                self.handler.stages[model].end_session(self.session)
+                stage = self.handler.stages.get(model)
+                if stage is not None:
+                    stage.end_session(self.session)

@@ -67,15 +67,7 @@ class TransformersEngine(Engine):
         return int(sum(p.numel() * p.element_size() for p in self._model.parameters()))
 
     def _prompt_text(self, request: GenerationRequest) -> str:
-        if not request.is_chat:
-            return request.prompt
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        if getattr(self._tokenizer, "chat_template", None):
-            return str(
-                self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            )
-        # No template (tiny local models): a plain transcript the model continues.
-        return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+        return prompt_text(self._tokenizer, request)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         """Yield decoded text as tokens come; leaving early stops the worker thread at the next token."""
@@ -169,6 +161,17 @@ class TransformersEngine(Engine):
         """Drop the model."""
         self._model = None
         self._tokenizer = None
+
+
+def prompt_text(tokenizer: Any, request: GenerationRequest) -> str:
+    """The text a causal LM continues: the raw prompt, or the chat rendered by the tokenizer's template."""
+    if not request.is_chat:
+        return request.prompt
+    messages = [{"role": m.role, "content": m.content} for m in request.messages]
+    if getattr(tokenizer, "chat_template", None):
+        return str(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+    # No template (tiny local models): a plain transcript the model continues.
+    return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
 
 
 def _apply_stops(text: str, stops: list[str]) -> tuple[str, bool]:

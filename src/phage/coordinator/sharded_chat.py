@@ -1,0 +1,65 @@
+"""Chat and completions for sharded models: the coordinator drives a chain of nodes.
+
+The coordinator holds the tokenizer and a data-plane certificate from its own CA;
+each request opens a session on a chain of nodes that together hold every block
+(:class:`phage.node.engines.sharded.ShardedEngine`), the way Petals' client does.
+A node that fails mid-generation is replaced and its cache rebuilt by replay,
+inside the engine, so the client sees one stream.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Collection
+from pathlib import Path
+
+from phage.coordinator.sharded import ShardedModels
+from phage.coordinator.sharded_api import UsageEntry, UsageLog
+from phage.dataplane import TLSIdentity
+from phage.dataplane.transport import issue_identity
+from phage.node.chain import Hop
+from phage.node.engines.base import Delta, GenerationRequest
+from phage.node.engines.sharded import ShardedEngine
+from phage.pki.ca import CertificateAuthority
+from phage.pki.identity import NodeIdentity
+
+
+def coordinator_identity(ca: CertificateAuthority, key_dir: Path) -> TLSIdentity:
+    """The coordinator's own data-plane identity, issued by its CA (kept in ``key_dir``)."""
+    key_dir.mkdir(parents=True, exist_ok=True)
+    return issue_identity(ca, NodeIdentity.load_or_create(key_dir))
+
+
+class ShardedChat:
+    """Generation for every declared sharded model."""
+
+    def __init__(self, sharded: ShardedModels, identity: TLSIdentity, usage: UsageLog) -> None:
+        self.sharded = sharded
+        self.identity = identity
+        self.usage = usage
+        self._engines: dict[str, ShardedEngine] = {}
+
+    def engine(self, model: str) -> ShardedEngine:
+        """The engine for ``model`` (its tokenizer is loaded once)."""
+        declared = self.sharded.get(model)
+        engine = self._engines.get(model)
+        if engine is None or engine.checkpoint != declared.checkpoint:
+
+            async def route(start: int, avoid: Collection[str]) -> list[Hop]:
+                return await self.sharded.route(model, start, avoid)
+
+            engine = self._engines[model] = ShardedEngine(model, declared.checkpoint, self.identity, route)
+        return engine
+
+    async def stream(self, user: str, model: str, request: GenerationRequest) -> AsyncIterator[Delta]:
+        """Deltas of one generation; 503 (naming the missing blocks) when no chain can run."""
+        self.sharded.require_ready(model)
+        chain: list[str] = []
+        async for delta in self.engine(model).stream_through(request, chain):
+            if delta.final:
+                self.usage.add(
+                    UsageEntry(
+                        user, model, delta.prompt_tokens, delta.completion_tokens, tuple(chain), time.time()
+                    )
+                )
+            yield delta
