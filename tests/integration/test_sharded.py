@@ -8,6 +8,7 @@ whole model's greedy text exactly.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -252,3 +253,56 @@ def test_bad_input_is_refused_clearly(sharded_pool: Any, model8: Path) -> None:
         assert "4:8" in r.json()["error"]["message"]
         assert c.get("/api/models/nope/coverage").status_code == 404
     del outside, too_big
+
+
+def test_coverage_grows_as_nodes_join_and_a_standby_takes_a_gap(sharded_pool: Any, model8: Path) -> None:
+    coordinator, node = sharded_pool
+    coord = coordinator()
+    declare(coord, model8)
+    c = coord.client()
+
+    def workers() -> dict[str, dict[str, Any]]:
+        return {w["nickname"]: w for w in c.get("/workers").json()}
+
+    def info_when(what: str, check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        def probe() -> dict[str, Any] | None:
+            got: dict[str, Any] = c.get("/network/info").json()
+            return got if check(got) else None
+
+        return wait_until(probe, 90, 0.05, what)
+
+    nodes = []
+    # Each node has memory for half the blocks: Petals' rule puts the first at 0:4 …
+    nodes.append(node(coord, "auto", 0, memory_blocks=4))
+    info = info_when("the first half served", lambda i: i["coverage_percent"] == 50.0)
+    assert (
+        not info["ready_for_inference"] and info["missing_layers"] == ["4:8"] and info["online_workers"] == 1
+    )
+    assert (workers()["node-0"]["layers_start"], workers()["node-0"]["layers_end"]) == (0, 4)
+    # … the second where coverage is weakest: the gap, which closes it.
+    nodes.append(node(coord, "auto", 1, memory_blocks=4))
+    info = info_when("every block served", lambda i: i["ready_for_inference"])
+    assert info["coverage_percent"] == 100.0 and info["missing_layers"] == [] and info["online_workers"] == 2
+    assert (workers()["node-1"]["layers_start"], workers()["node-1"]["layers_end"]) == (4, 8)
+    assert len(info["bootstrap_peers"]) == 2
+    # Every block is served at redundancy 1: the third is a standby on the weakest range.
+    nodes.append(node(coord, "auto", 2, memory_blocks=4))
+    wait_until(
+        lambda: workers().get("node-2", {}).get("layers_start") is not None, 90, what="the standby loaded"
+    )
+    assert workers()["node-2"]["is_idle"]
+    info = c.get("/network/info").json()
+    assert info["online_workers"] == 3 and info["ready_for_inference"]
+    # The node holding 4:8 leaves: coverage drops, and the standby is moved to the gap within a heartbeat.
+    nodes[1].stop()
+    info = info_when("coverage to drop", lambda i: not i["ready_for_inference"] or i["online_workers"] == 2)
+    dropped = time.monotonic()
+    wait_until(lambda: workers()["node-2"]["assigned_start"] == 4, 10, 0.02, "the standby moved to 4:8")
+    assert (
+        time.monotonic() - dropped <= 2 * 0.5 + 0.5
+    )  # a heartbeat (0.5 s here), with room for a loaded machine
+    info = info_when("every block served again", lambda i: i["ready_for_inference"])
+    assert info["online_workers"] == 2 and info["coverage_percent"] == 100.0
+    health = c.get("/network/health").json()
+    assert [layer["workers"] for layer in health["layers"]] == [1] * 8
+    c.close()

@@ -20,6 +20,7 @@ import psutil
 from phage import __version__
 from phage.dataplane import TLSIdentity
 from phage.domain import JobManifest, TaskResult
+from phage.domain.blocks import BlockOffer
 from phage.errors import PhageError
 from phage.node import faults
 from phage.node.attest import attest_result, sign_batch
@@ -281,10 +282,11 @@ class NodeAgent:
             await asyncio.gather(
                 *loops, *(r.task for r in self.running.values() if r.task), return_exceptions=True
             )
+            if self.blocks is not None:
+                await self._leave_blocks()
+                await self.blocks.stop()
             if self._channel is not None:
                 await self._channel.close(None)
-            if self.blocks is not None:
-                await self.blocks.stop()
             if self.engine is not None:  # stop a managed vLLM / llama.cpp server with the node
                 with contextlib.suppress(Exception):
                     await self.engine.close()
@@ -319,6 +321,13 @@ class NodeAgent:
                 await self._handle_rpc_error(exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+
+    async def _leave_blocks(self) -> None:
+        """Tell the coordinator this node's blocks are going, so a standby takes them at once."""
+        request = pb.HeartbeatRequest(node_id=self.node_id)
+        request.blocks.CopyFrom(convert.block_offer_to_pb(BlockOffer(serve_blocks="")))
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.TimeoutError, AssertionError):
+            await self.stub.Heartbeat(request, timeout=2)
 
     def _load_model(self, model: str) -> None:
         """Switch the engine to ``model`` in the background (the coordinator asked: queued work needs it)."""
