@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from phage.dataplane.transport import issue_identity  # noqa: E402
 from phage.domain.blocks import BlockRange, Server, ShardedModel  # noqa: E402
 from phage.errors import NotFound, Unavailable  # noqa: E402
 from phage.node.chain import ChainSession, Hop, Sampling, generate_tokens  # noqa: E402
+from phage.node.checks import CheckPolicy, Evidence, Verifier  # noqa: E402
 from phage.node.engines.tinymodel import make_tiny_model  # noqa: E402
 from phage.node.stage import StageModel  # noqa: E402
 from phage.node.stage_service import StageHandler  # noqa: E402
@@ -151,5 +152,93 @@ async def test_each_end_checks_the_others_node_id(ca: CertificateAuthority, mode
         with pytest.raises(Unavailable):
             await stranger.request(frame, wait_s=5)
         await stranger.close()
+    finally:
+        await stop_pool(pool)
+
+
+def noise(scale: float) -> object:
+    def hook(output: object) -> object:
+        return output + torch.randn_like(output) * scale * output.abs().max()  # type: ignore[attr-defined]
+
+    return hook
+
+
+async def policy_for(
+    pool: Pool, rate: float, caught: list[Evidence], untrusted: Callable[[str], bool] = lambda _n: True
+) -> CheckPolicy:
+    async def find(blocks: BlockRange, start: int, avoid: Collection[str]) -> Verifier | None:
+        for node_id, (server, s) in pool.servers.items():
+            reported = {e.node_id for e in caught}
+            if node_id not in avoid | reported and s.blocks.start <= start and s.blocks.end == blocks.end:
+                return Verifier(node_id, server.address, s.blocks)
+        return None
+
+    async def report(evidence: Evidence) -> None:
+        caught.append(evidence)
+
+    return CheckPolicy(rate=rate, untrusted=untrusted, find_verifier=find, report=report)
+
+
+async def test_honest_nodes_pass_a_thousand_checked_steps(ca: CertificateAuthority, model8: Path) -> None:
+    pool = await start_pool(ca, model8, [(0, 4, False), (0, 4, True), (4, 8, False), (4, 8, True)])
+    caught: list[Evidence] = []
+    checks = await policy_for(pool, 1.0, caught)
+    checked = 0
+    try:
+        for session_no in range(10):
+            async with ChainSession("tiny8", pool.client, pool.route, checks=checks) as session:
+                sampling = Sampling(max_tokens=50, temperature=0.8, seed=session_no)
+                assert len(await collect(generate_tokens(session, PROMPT, sampling))) > 0
+                assert session.checker is not None
+                checked += session.checker.checked
+                assert session.failovers == 0
+    finally:
+        await stop_pool(pool)
+    assert checked >= 1000
+    assert caught == []
+
+
+async def test_a_node_adding_noise_is_caught_with_evidence_and_the_output_is_unchanged(
+    ca: CertificateAuthority, model8: Path, reference: list[int]
+) -> None:
+    honest = await start_pool(ca, model8, [(0, 4, False), (4, 8, True)])
+    liar = await start_pool(ca, model8, [(4, 8, False)], hook=noise(0.01))
+    liar_id = next(iter(liar.servers))
+    pool = Pool(honest.model, honest.client, {**honest.servers, **liar.servers})
+    caught: list[Evidence] = []
+    # The liar is untrusted (an open pool's node); the others are trusted, so they verify it.
+    checks = await policy_for(pool, 0.25, caught, untrusted=lambda n: n == liar_id)
+    try:
+        async with ChainSession("tiny8", pool.client, pool.route, checks=checks) as session:
+            tokens = await collect(generate_tokens(session, PROMPT, Sampling(max_tokens=STEPS)))
+            assert session.checker is not None
+        assert tokens == reference  # the liar's steps before it was caught were replaced by replay
+        (evidence,) = caught
+        assert evidence.node_id == liar_id and evidence.blocks == "4:8"
+        assert evidence.max_abs_diff > evidence.tolerance
+        assert liar_id in session.failed
+        # caught at its first sampled check: every check of a noisy node fails
+        assert session.checker.checked <= STEPS
+    finally:
+        await stop_pool(pool)
+
+
+async def test_a_lying_verifier_is_outvoted_by_a_referee(
+    ca: CertificateAuthority, model8: Path, reference: list[int]
+) -> None:
+    first = await start_pool(ca, model8, [(0, 4, False), (4, 8, False)])
+    liar = await start_pool(ca, model8, [(4, 8, True)], hook=noise(0.01))
+    last = await start_pool(ca, model8, [(4, 8, True)])
+    liar_id = next(iter(liar.servers))
+    honest_hop = next(n for n, (_, s) in first.servers.items() if s.blocks.start == 4)
+    pool = Pool(first.model, first.client, {**first.servers, **liar.servers, **last.servers})
+    caught: list[Evidence] = []
+    checks = await policy_for(pool, 1.0, caught)  # everyone untrusted: a disagreement needs a referee
+    try:
+        async with ChainSession("tiny8", pool.client, pool.route, checks=checks) as session:
+            tokens = await collect(generate_tokens(session, PROMPT, Sampling(max_tokens=STEPS)))
+            assert session.failovers == 0 and session.hops[-1].node_id == honest_hop
+        assert tokens == reference
+        assert [e.node_id for e in caught] == [liar_id]  # the liar, caught while verifying an honest hop
     finally:
         await stop_pool(pool)

@@ -46,7 +46,9 @@ class BlockServer:
         self.advertise = advertise
         self.requested_model = requested_model
         self.stages: dict[str, StageModel] = {}
-        self.handler = StageHandler(self.stages, delay_s=faults.stage_delay_s())
+        self.handler = StageHandler(
+            self.stages, delay_s=faults.stage_delay_s(), output_hook=faults.activation_noise()
+        )
         self._server: DataPlaneServer | None = None
         self._want: BlockAssignment = BlockAssignment()
         self._loading: asyncio.Task[None] | None = None

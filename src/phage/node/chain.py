@@ -5,6 +5,10 @@ token ids to the first hop, each hop's output to the next, and samples the next
 token from the last hop's logits. Each hop keeps its blocks' attention cache for
 the session (one data-plane conversation per hop).
 
+Checked activations: with a :class:`CheckPolicy`, a sample of untrusted hops'
+steps is recomputed elsewhere (:mod:`phage.node.checks`); a mismatch counts as a
+failure of that hop, after the evidence is reported.
+
 Failover: the session remembers every input it sent each hop. When a hop fails,
 the rest of the chain is routed again from that hop's first block, avoiding the
 failed node, and the remembered inputs are replayed onto the new hops in the same
@@ -23,6 +27,7 @@ from typing import Any
 from phage.dataplane import Peer, TLSIdentity, tensor_from_pb, tensor_to_pb
 from phage.domain.blocks import BlockRange
 from phage.errors import Unavailable
+from phage.node.checks import Checker, CheckPolicy, Mismatch
 from phage.protocol.v1 import dataplane_pb2 as dp
 
 log = logging.getLogger("phage.chain")
@@ -53,8 +58,17 @@ class _Live:
 class ChainSession:
     """One generation session through a chain; ``async with`` closes every hop's conversation."""
 
-    def __init__(self, model: str, identity: TLSIdentity, route: Router, *, max_failovers: int = 4) -> None:
+    def __init__(
+        self,
+        model: str,
+        identity: TLSIdentity,
+        route: Router,
+        *,
+        max_failovers: int = 4,
+        checks: CheckPolicy | None = None,
+    ) -> None:
         self.model = model
+        self.checker = Checker(checks, identity, model) if checks is not None else None
         self.identity = identity
         self.route = route
         self.max_failovers = max_failovers
@@ -119,7 +133,12 @@ class ChainSession:
             live = self._hops[i]
             try:
                 (out,) = await self._request(live, [x])
-            except Unavailable as exc:
+                if self.checker is not None and self.checker.wants(live.hop.node_id):
+                    hop = live.hop
+                    await self.checker.check(
+                        hop.node_id, hop.blocks, hop.start, live.sent, x, out, avoid=self.failed
+                    )
+            except (Unavailable, Mismatch) as exc:
                 if self.failovers >= self.max_failovers:
                     raise
                 self.failovers += 1
