@@ -54,8 +54,8 @@ def sharded_pool(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     """``start(ranges)``: a coordinator with tiny8 declared and one node per ``--serve-blocks`` value."""
     started: list[CoordinatorProcess | NodeProcess] = []
 
-    def coordinator() -> CoordinatorProcess:
-        coord = CoordinatorProcess(tmp_path / "coordinator", heartbeat_s=0.5).start()
+    def coordinator(**env: str) -> CoordinatorProcess:
+        coord = CoordinatorProcess(tmp_path / "coordinator", heartbeat_s=0.5, env=env).start()
         started.append(coord)
         return coord
 
@@ -306,3 +306,35 @@ def test_coverage_grows_as_nodes_join_and_a_standby_takes_a_gap(sharded_pool: An
     health = c.get("/network/health").json()
     assert [layer["workers"] for layer in health["layers"]] == [1] * 8
     c.close()
+
+
+def test_an_open_pool_quarantines_a_node_that_corrupts_its_activations(
+    sharded_pool: Any, model8: Path, whole_text: str
+) -> None:
+    coordinator, node = sharded_pool
+    coord = coordinator(PHAGE_ADMISSION="open", PHAGE_SHARDED_CHECK_RATE="1")
+    declare(coord, model8)
+    node(coord, "0:4", 0)
+    liar = node(coord, "4:8", 1, PHAGE_TEST_NOISY_ACTIVATIONS="0.01")
+    with coord.client() as c:
+        wait_until(
+            lambda: c.get("/network/info").json()["ready_for_inference"], 90, what="the liar in the chain"
+        )
+    node(coord, "4:8", 2)
+    node(coord, "4:8", 3)
+    with coord.client() as c:
+        wait_until(
+            lambda: c.get("/api/models/tiny8/coverage").json()["per_block"] == [1] * 4 + [3] * 4,
+            90,
+            what="two more nodes holding 4:8",
+        )
+    # Every node of an open pool is untrusted: each step is recomputed elsewhere, a referee breaks ties.
+    answer = chat(coord)
+    assert answer["choices"][0]["message"]["content"] == whole_text  # the liar's steps never reached the text
+    with coord.client() as c:
+        nodes = {n["id"]: n for n in c.get("/api/nodes").json()["nodes"]}
+        liar_view = nodes[liar.node_id]
+        assert liar_view["quarantined"], liar_view
+        assert "activations of blocks 4:8" in liar_view["quarantine_reason"]
+        assert [n for n in nodes.values() if n["quarantined"]] == [liar_view]  # nobody honest
+        assert liar.node_id not in {w["worker_id"] for w in c.get("/workers").json()}

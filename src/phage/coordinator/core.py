@@ -142,7 +142,12 @@ class Coordinator:
         self.ca = CertificateAuthority.load_or_create(self.dirs.pki)
         self.sharded.load()
         self.sharded_chat = ShardedChat(
-            self.sharded, coordinator_identity(self.ca, self.dirs.pki / "dataplane"), self.sharded_usage
+            self.sharded,
+            coordinator_identity(self.ca, self.dirs.pki / "dataplane"),
+            self.sharded_usage,
+            check_rate=self.settings.sharded_check_rate,
+            trusted=self._trusted,
+            quarantine=self.quarantine,
         )
         self.join_token = self.settings.join_token or self.dirs.join_token()
         try:
@@ -271,6 +276,10 @@ class Coordinator:
     def models_of(self, live: LiveNode) -> list[str]:
         """Models a node serves now."""
         return _node_models(live)
+
+    def _trusted(self, node_id: str) -> bool:
+        live = self.pool.nodes.get(node_id)
+        return live is not None and live.node.trusted
 
     def _may_serve_blocks(self, node_id: str) -> bool:
         """Sharded-model blocks count only on online, admitted, unquarantined nodes."""

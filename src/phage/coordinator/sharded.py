@@ -29,6 +29,7 @@ from phage.domain.blocks import BlockAssignment as Assignment
 from phage.domain.blocks import BlockOffer, BlockRange, Coverage, Server, ShardedModel
 from phage.errors import Conflict, InvalidInput, NotFound, PhageError, Unavailable
 from phage.node.chain import Hop
+from phage.node.checks import Verifier
 from phage.scheduler.blocks import chain, place, rebalance
 
 log = logging.getLogger("phage.sharded")
@@ -244,6 +245,25 @@ class ShardedModels:
                 field="model",
             )
         return cov.model
+
+    def find_verifier(
+        self,
+        name: str,
+        blocks: BlockRange,
+        start: int,
+        avoid: Collection[str],
+        trusted: Callable[[str], bool],
+    ) -> Verifier | None:
+        """A live node holding blocks ``start``..``blocks.end`` of ``name``, trusted first, not ``avoid``."""
+        fits = [
+            s
+            for s in self.held(name)
+            if s.node_id not in avoid and s.blocks.start <= start and s.blocks.end == blocks.end
+        ]
+        if not fits:
+            return None
+        best = min(fits, key=lambda s: (not trusted(s.node_id), -s.throughput, s.node_id))
+        return Verifier(best.node_id, self._nodes[best.node_id].offer.dataplane_address, best.blocks)
 
     async def route(self, name: str, start: int, avoid: Collection[str]) -> list[Hop]:
         """A chain of live nodes holding blocks ``start``… of ``name``, in order."""

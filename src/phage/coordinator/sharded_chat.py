@@ -10,14 +10,16 @@ inside the engine, so the client sees one stream.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from pathlib import Path
 
 from phage.coordinator.sharded import ShardedModels
 from phage.coordinator.sharded_api import UsageEntry, UsageLog
 from phage.dataplane import TLSIdentity
 from phage.dataplane.transport import issue_identity
+from phage.domain.blocks import BlockRange
 from phage.node.chain import Hop
+from phage.node.checks import CheckPolicy, Evidence, Verifier
 from phage.node.engines.base import Delta, GenerationRequest
 from phage.node.engines.sharded import ShardedEngine
 from phage.pki.ca import CertificateAuthority
@@ -33,10 +35,22 @@ def coordinator_identity(ca: CertificateAuthority, key_dir: Path) -> TLSIdentity
 class ShardedChat:
     """Generation for every declared sharded model."""
 
-    def __init__(self, sharded: ShardedModels, identity: TLSIdentity, usage: UsageLog) -> None:
+    def __init__(
+        self,
+        sharded: ShardedModels,
+        identity: TLSIdentity,
+        usage: UsageLog,
+        *,
+        check_rate: float,
+        trusted: Callable[[str], bool],
+        quarantine: Callable[[str, str], Awaitable[None]],
+    ) -> None:
         self.sharded = sharded
         self.identity = identity
         self.usage = usage
+        self.check_rate = check_rate
+        self.trusted = trusted
+        self.quarantine = quarantine
         self._engines: dict[str, ShardedEngine] = {}
 
     def engine(self, model: str) -> ShardedEngine:
@@ -48,7 +62,21 @@ class ShardedChat:
             async def route(start: int, avoid: Collection[str]) -> list[Hop]:
                 return await self.sharded.route(model, start, avoid)
 
-            engine = self._engines[model] = ShardedEngine(model, declared.checkpoint, self.identity, route)
+            async def find(blocks: BlockRange, start: int, avoid: Collection[str]) -> Verifier | None:
+                return self.sharded.find_verifier(model, blocks, start, avoid, self.trusted)
+
+            async def report(evidence: Evidence) -> None:
+                self.sharded.leave(evidence.node_id)
+                await self.quarantine(evidence.node_id, evidence.describe())
+
+            checks = CheckPolicy(
+                rate=self.check_rate,
+                untrusted=lambda node_id: not self.trusted(node_id),
+                find_verifier=find,
+                report=report,
+            )
+            engine = ShardedEngine(model, declared.checkpoint, self.identity, route, checks=checks)
+            self._engines[model] = engine
         return engine
 
     async def stream(self, user: str, model: str, request: GenerationRequest) -> AsyncIterator[Delta]:

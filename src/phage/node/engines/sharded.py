@@ -14,6 +14,7 @@ from typing import Any
 
 from phage.dataplane import TLSIdentity
 from phage.node.chain import ChainSession, Router, Sampling, generate_tokens
+from phage.node.checks import CheckPolicy
 from phage.node.engines.base import Delta, Engine, GenerationRequest
 from phage.node.engines.transformers import _apply_stops, _safe_prefix, prompt_text
 
@@ -23,8 +24,17 @@ class ShardedEngine(Engine):
 
     name = "sharded"
 
-    def __init__(self, name: str, checkpoint: str, identity: TLSIdentity, route: Router) -> None:
+    def __init__(
+        self,
+        name: str,
+        checkpoint: str,
+        identity: TLSIdentity,
+        route: Router,
+        *,
+        checks: CheckPolicy | None = None,
+    ) -> None:
         self._name = name
+        self.checks = checks
         self.checkpoint = checkpoint
         self.identity = identity
         self.route = route
@@ -61,7 +71,7 @@ class ShardedEngine(Engine):
         ids: list[int] = []
         sent = 0
         finish = "length"
-        async with ChainSession(self._name, self.identity, self.route) as session:
+        async with ChainSession(self._name, self.identity, self.route, checks=self.checks) as session:
             async for token in generate_tokens(session, prompt, sampling):
                 ids.append(token)
                 text = tok.decode(ids, skip_special_tokens=True)
