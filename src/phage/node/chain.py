@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +76,8 @@ class ChainSession:
         self.failed: set[str] = set()
         self.failovers = 0
         self._hops: list[_Live] = []
+        self.hop_overheads: list[float] = []
+        """Per request: round-trip time minus the hop's own compute time (serialisation, TLS, gRPC)."""
 
     async def __aenter__(self) -> ChainSession:
         return self
@@ -98,7 +101,9 @@ class ChainSession:
             ints={"start": live.hop.start, "end": live.hop.blocks.end},
             strings={"model": self.model},
         )
+        t0 = time.perf_counter()
         reply = await live.peer.request(frame)
+        self.hop_overheads.append(time.perf_counter() - t0 - reply.ints.get("compute_us", 0) / 1e6)
         return [tensor_from_pb(t) for t in reply.tensors]
 
     async def _reroute(self, index: int) -> None:

@@ -75,15 +75,20 @@ class _StageConversation:
         inputs = [tensor_from_pb(t) for t in frame.tensors]
         self.used.add(frame.strings["model"])
 
-        def run() -> list[Any]:
+        def run() -> tuple[list[Any], float]:
             if self.handler.delay_s:
                 time.sleep(self.handler.delay_s)
-            return [stage.forward(self.session, x, start=start) for x in inputs]
+            t0 = time.perf_counter()
+            out = [stage.forward(self.session, x, start=start) for x in inputs]
+            return out, time.perf_counter() - t0
 
-        outputs = await asyncio.to_thread(run)
+        outputs, compute_s = await asyncio.to_thread(run)
         if self.handler.output_hook is not None:
             outputs = [self.handler.output_hook(o) for o in outputs]
-        return dp.Frame(tensors=[tensor_to_pb(o, "outputs") for o in outputs])
+        # The compute time lets a caller tell the network's share of a step from the model's.
+        return dp.Frame(
+            tensors=[tensor_to_pb(o, "outputs") for o in outputs], ints={"compute_us": int(compute_s * 1e6)}
+        )
 
     async def close(self) -> None:
         """Drop the session's caches."""
