@@ -8,6 +8,7 @@ import { ApiError, api, Feed, session } from './api.js';
 import { Chart } from './chart.js';
 import { clear, fmtDuration, fmtGiB, h, toast } from './dom.js';
 import { NodesView } from './nodes.js';
+import { ShardedView } from './sharded.js';
 import { openSubmitDialog } from './submit.js';
 import { TaskDrawer, TasksView } from './tasks.js';
 
@@ -95,9 +96,10 @@ function start(me) {
     onClose: () => { tasks.select(null); history.replaceState(null, '', location.pathname); },
   });
   const chart = new Chart($('chart'), $('chart-legend'), $('chart-caption'));
+  const sharded = new ShardedView($('sharded-card'), $('sharded'), $('sharded-count'));
   const feed = new Feed({ onEvent, onStatus });
   ctx = {
-    me, nodes, tasks, drawer, chart, feed, status: null, history: [], interval: 2, timers: [],
+    me, nodes, tasks, drawer, chart, sharded, feed, status: null, history: [], interval: 2, timers: [],
     refreshNodesSoon: throttle(() => refreshNodes(), 250),
     refreshStatusSoon: throttle(() => refreshStatus(), 500),
     refreshHistorySoon: throttle(() => refreshHistory(), 1000),
@@ -174,6 +176,7 @@ async function guarded(fn) {
 }
 
 function refreshAll() {
+  refreshSharded();
   refreshNodes();
   refreshStatus();
   refreshHistory();
@@ -181,9 +184,17 @@ function refreshAll() {
 }
 
 function poll() {
+  refreshSharded();
   refreshNodes();
   refreshStatus();
   refreshHistory();
+}
+
+function refreshSharded() {
+  return guarded(async () => {
+    const data = await api('/api/models/sharded');
+    if (ctx) ctx.sharded.set(data.models);
+  });
 }
 
 function refreshNodes() {
