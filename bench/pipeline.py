@@ -12,7 +12,7 @@ numbers are the pipeline's and not the thread pool's. It measures, for greedy de
   p50 and p99 — serialisation, TLS, gRPC and the event loop, the price of splitting;
 * **8 sessions**: tokens/s summed over 8 concurrent sessions through 2 stages;
 * **checked activations**: tokens/s through 2 stages, every node untrusted and a second node
-  holding each range, with 5 % and with 100 % of steps recomputed (``node/checks.py``).
+  holding each range, with 5 % and with 100 % of steps recomputed (``dataplane/checks.py``).
 
     .venv/bin/python bench/pipeline.py            # 48 tokens per run
     .venv/bin/python bench/pipeline.py --quick    # 16 tokens per run, smaller model
@@ -41,10 +41,10 @@ async def main(quick: bool) -> None:
     import torch
 
     from phage.dataplane import DataPlaneServer
+    from phage.dataplane.chain import ChainSession, Hop
+    from phage.dataplane.checks import CheckPolicy, Evidence, Verifier
     from phage.dataplane.transport import issue_identity
     from phage.domain.blocks import BlockRange, Server, ShardedModel
-    from phage.node.chain import ChainSession, Hop
-    from phage.node.checks import CheckPolicy, Evidence, Verifier
     from phage.node.engines.tinymodel import make_tiny_model
     from phage.node.stage import StageModel
     from phage.node.stage_service import StageHandler

@@ -11,11 +11,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from phage.dataplane import DataPlaneServer, Peer, TLSIdentity  # noqa: E402
+from phage.dataplane.chain import ChainSession, Hop, Sampling, generate_tokens  # noqa: E402
+from phage.dataplane.checks import CheckPolicy, Evidence, Verifier  # noqa: E402
 from phage.dataplane.transport import issue_identity  # noqa: E402
 from phage.domain.blocks import BlockRange, Server, ShardedModel  # noqa: E402
 from phage.errors import NotFound, Unavailable  # noqa: E402
-from phage.node.chain import ChainSession, Hop, Sampling, generate_tokens  # noqa: E402
-from phage.node.checks import CheckPolicy, Evidence, Verifier  # noqa: E402
 from phage.node.engines.tinymodel import make_tiny_model  # noqa: E402
 from phage.node.stage import StageModel  # noqa: E402
 from phage.node.stage_service import StageHandler  # noqa: E402

@@ -5,6 +5,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from phage.client.cli_common import KeyOpt, UrlOpt, api_key, console, parse_size, run
 from phage.client.sdk import PhageClient
 
 
@@ -15,7 +16,6 @@ def coverage_bar(per_block: list[int], redundancy: int) -> str:
 
 def register(app: typer.Typer) -> None:
     """Add the verbs to the main ``phage`` app (called from :mod:`phage.client.cli`)."""
-    from phage.client.cli import KeyOpt, UrlOpt, _api_key, _run, console, parse_size
 
     models_app = typer.Typer(help="Sharded models: one model's blocks served across several nodes.")
     app.add_typer(models_app, name="models")
@@ -41,10 +41,10 @@ def register(app: typer.Typer) -> None:
             return
 
         async def main() -> None:
-            async with PhageClient(url, _api_key(key)) as client:
+            async with PhageClient(url, api_key(key)) as client:
                 show(await client.sharded_models())
 
-        _run(main())
+        run(main())
 
     @models_app.command("declare")
     def declare(
@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
         """Declare a sharded model (admin)."""
 
         async def main() -> None:
-            async with PhageClient(url, _api_key(key)) as client:
+            async with PhageClient(url, api_key(key)) as client:
                 made = await client.declare_sharded_model(
                     name=name,
                     checkpoint=checkpoint,
@@ -71,14 +71,14 @@ def register(app: typer.Typer) -> None:
                 )
             show([made])
 
-        _run(main())
+        run(main())
 
     @models_app.command("coverage")
     def coverage(name: str, url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None) -> None:
         """Who holds each block of one model."""
 
         async def main() -> None:
-            async with PhageClient(url, _api_key(key)) as client:
+            async with PhageClient(url, api_key(key)) as client:
                 cov = await client.coverage(name)
             table = Table("node", "blocks", "standby", "tokens/s")
             for s in cov["servers"]:
@@ -90,15 +90,15 @@ def register(app: typer.Typer) -> None:
             )
             console.print(table)
 
-        _run(main())
+        run(main())
 
     @models_app.command("delete")
     def delete(name: str, url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None) -> None:
         """Stop serving a sharded model (admin)."""
 
         async def main() -> None:
-            async with PhageClient(url, _api_key(key)) as client:
+            async with PhageClient(url, api_key(key)) as client:
                 await client.delete_sharded_model(name)
             console.print(f"deleted {name}")
 
-        _run(main())
+        run(main())

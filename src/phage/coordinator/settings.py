@@ -64,7 +64,7 @@ class CoordinatorSettings(BaseSettings):
     """Probability that a reliable untrusted node's result still gets a second opinion."""
     sharded_check_rate: float = Field(default=0.05, ge=0.0, le=1.0)
     """Sharded models: probability that one step of an untrusted node's blocks is recomputed on another
-    node serving them (``node/checks.py``); 1.0 checks every step."""
+    node serving them (``dataplane/checks.py``); 1.0 checks every step."""
     chat_max_tokens: int = 32_768
     """Largest ``max_tokens`` a chat request may ask for."""
     chat_default_max_tokens: int = 1024

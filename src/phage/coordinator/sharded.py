@@ -21,15 +21,16 @@ import json
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from phage.dataplane.chain import Hop
+from phage.dataplane.checks import Verifier
 from phage.domain.blocks import BlockAssignment as Assignment
 from phage.domain.blocks import BlockOffer, BlockRange, Coverage, Server, ShardedModel
 from phage.errors import Conflict, InvalidInput, NotFound, PhageError, Unavailable
-from phage.node.chain import Hop
-from phage.node.checks import Verifier
 from phage.scheduler.blocks import chain, place, rebalance
 
 log = logging.getLogger("phage.sharded")
@@ -52,6 +53,37 @@ def checkpoint_blocks_or_none(checkpoint: str) -> int | None:
         return int(json.loads(config.read_text())["num_hidden_layers"])
     except (ValueError, KeyError, TypeError) as exc:
         raise InvalidInput(f"{config} has no num_hidden_layers", field="checkpoint") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEntry:
+    """One sharded inference, as the Petals coordinator's usage log records it."""
+
+    user_id: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    worker_ids: tuple[str, ...]
+    timestamp: float
+
+
+class UsageLog:
+    """The most recent sharded inferences (in memory; metering proper is in the store)."""
+
+    def __init__(self, keep: int = 1000) -> None:
+        self._entries: deque[UsageEntry] = deque(maxlen=keep)
+        self.requests = 0
+        self.tokens = 0
+
+    def add(self, entry: UsageEntry) -> None:
+        """Record one finished inference."""
+        self._entries.append(entry)
+        self.requests += 1
+        self.tokens += entry.prompt_tokens + entry.completion_tokens
+
+    def recent(self, limit: int) -> list[UsageEntry]:
+        """The newest ``limit`` entries, newest first."""
+        return list(self._entries)[::-1][:limit]
 
 
 class ShardedModels:

@@ -10,16 +10,15 @@ deleting need an admin key.
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from phage.coordinator.keys import Principal
-from phage.coordinator.sharded import ShardedModels
+from phage.coordinator.sharded import ShardedModels, UsageLog
 from phage.domain.blocks import Coverage, ShardedModel
 from phage.errors import NotFound
 
@@ -37,37 +36,6 @@ class ShardedModelCreate(BaseModel):
     bytes_per_block: int = Field(ge=1)
     redundancy: int = Field(default=1, ge=1, le=16)
     edge_bytes: int = Field(default=0, ge=0)
-
-
-@dataclass(frozen=True, slots=True)
-class UsageEntry:
-    """One sharded inference, as the Petals coordinator's usage log records it."""
-
-    user_id: str
-    model: str
-    prompt_tokens: int
-    completion_tokens: int
-    worker_ids: tuple[str, ...]
-    timestamp: float
-
-
-class UsageLog:
-    """The most recent sharded inferences (in memory; metering proper is in the store)."""
-
-    def __init__(self, keep: int = 1000) -> None:
-        self._entries: deque[UsageEntry] = deque(maxlen=keep)
-        self.requests = 0
-        self.tokens = 0
-
-    def add(self, entry: UsageEntry) -> None:
-        """Record one finished inference."""
-        self._entries.append(entry)
-        self.requests += 1
-        self.tokens += entry.prompt_tokens + entry.completion_tokens
-
-    def recent(self, limit: int) -> list[UsageEntry]:
-        """The newest ``limit`` entries, newest first."""
-        return list(self._entries)[::-1][:limit]
 
 
 def coverage_view(cov: Coverage) -> dict[str, Any]:

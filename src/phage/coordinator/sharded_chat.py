@@ -2,9 +2,9 @@
 
 The coordinator holds the tokenizer and a data-plane certificate from its own CA;
 each request opens a session on a chain of nodes that together hold every block
-(:class:`phage.node.engines.sharded.ShardedEngine`), the way Petals' client does.
-A node that fails mid-generation is replaced and its cache rebuilt by replay,
-inside the engine, so the client sees one stream.
+(:class:`phage.dataplane.generation.ShardedGenerator`), the way Petals' client does.
+A node that fails mid-generation, or whose activations fail a check, is replaced
+and its cache rebuilt by replay, so the client sees one stream.
 """
 
 from __future__ import annotations
@@ -13,17 +13,28 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from pathlib import Path
 
-from phage.coordinator.sharded import ShardedModels
-from phage.coordinator.sharded_api import UsageEntry, UsageLog
-from phage.dataplane import TLSIdentity
-from phage.dataplane.transport import issue_identity
+from phage.coordinator.sharded import ShardedModels, UsageEntry, UsageLog
+from phage.dataplane.chain import Hop
+from phage.dataplane.checks import CheckPolicy, Evidence, Verifier
+from phage.dataplane.generation import ShardedGenerator, TextDelta, TextRequest
+from phage.dataplane.transport import TLSIdentity, issue_identity
 from phage.domain.blocks import BlockRange
-from phage.node.chain import Hop
-from phage.node.checks import CheckPolicy, Evidence, Verifier
-from phage.node.engines.base import Delta, GenerationRequest
-from phage.node.engines.sharded import ShardedEngine
 from phage.pki.ca import CertificateAuthority
 from phage.pki.identity import NodeIdentity
+from phage.protocol.v1 import phage_pb2 as pb
+
+
+def request_from_order(order: pb.ChatOrder) -> TextRequest:
+    """What a chat order asks the model for."""
+    return TextRequest(
+        prompt=order.prompt,
+        messages=tuple((m.role, m.content) for m in order.messages),
+        max_tokens=order.max_tokens or 256,
+        temperature=order.temperature,
+        stop=list(order.stop),
+        seed=order.seed if order.has_seed else None,
+        top_p=order.top_p if order.has_top_p else None,
+    )
 
 
 def coordinator_identity(ca: CertificateAuthority, key_dir: Path) -> TLSIdentity:
@@ -51,10 +62,10 @@ class ShardedChat:
         self.check_rate = check_rate
         self.trusted = trusted
         self.quarantine = quarantine
-        self._engines: dict[str, ShardedEngine] = {}
+        self._engines: dict[str, ShardedGenerator] = {}
 
-    def engine(self, model: str) -> ShardedEngine:
-        """The engine for ``model`` (its tokenizer is loaded once)."""
+    def engine(self, model: str) -> ShardedGenerator:
+        """The generator for ``model`` (its tokenizer is loaded once)."""
         declared = self.sharded.get(model)
         engine = self._engines.get(model)
         if engine is None or engine.checkpoint != declared.checkpoint:
@@ -75,19 +86,18 @@ class ShardedChat:
                 find_verifier=find,
                 report=report,
             )
-            engine = ShardedEngine(model, declared.checkpoint, self.identity, route, checks=checks)
+            engine = ShardedGenerator(model, declared.checkpoint, self.identity, route, checks=checks)
             self._engines[model] = engine
         return engine
 
-    async def stream(self, user: str, model: str, request: GenerationRequest) -> AsyncIterator[Delta]:
+    async def stream(self, user: str, model: str, order: pb.ChatOrder) -> AsyncIterator[TextDelta]:
         """Deltas of one generation; 503 (naming the missing blocks) when no chain can run."""
         self.sharded.require_ready(model)
-        chain: list[str] = []
-        async for delta in self.engine(model).stream_through(request, chain):
-            if delta.final:
+        async for delta in self.engine(model).stream(request_from_order(order)):
+            if delta.finish_reason is not None:
                 self.usage.add(
                     UsageEntry(
-                        user, model, delta.prompt_tokens, delta.completion_tokens, tuple(chain), time.time()
+                        user, model, delta.prompt_tokens, delta.completion_tokens, delta.chain, time.time()
                     )
                 )
             yield delta

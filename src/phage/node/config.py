@@ -59,6 +59,8 @@ class NodeConfig:
     """Host peers should dial, when it differs from ``dataplane_host`` (NAT, 0.0.0.0)."""
     fetch_wait_ms: int = 20_000
     max_log_bytes: int = 64 * 1024
+    host_vnodes: bool = True
+    """Host VNodes of composable networks (when torch is installed)."""
 
     @property
     def enroll_address(self) -> str:

@@ -54,6 +54,20 @@ def corrupt(result: TaskResult, outputs: list[CollectedOutput]) -> list[Collecte
     return changed
 
 
+POISON_UPDATES_ENV = "PHAGE_TEST_POISON_UPDATES"
+
+
+def poison_updates_enabled(environ: Mapping[str, str] = os.environ) -> bool:
+    """Is the poisoned-training-updates hook on (flipped, scaled gradients in every VNode it hosts)?"""
+    on = environ.get(POISON_UPDATES_ENV) == "1"
+    if on:
+        log.warning(
+            "FAULT INJECTION: %s=1: this node POISONS every training update it makes (tests, benchmarks)",
+            POISON_UPDATES_ENV,
+        )
+    return on
+
+
 STAGE_DELAY_ENV = "PHAGE_TEST_STAGE_DELAY_MS"
 
 

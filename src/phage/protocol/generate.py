@@ -1,4 +1,4 @@
-"""Regenerate the ``phage.v1`` Python code from ``v1/*.proto`` (the control and data planes).
+"""Regenerate the ``phage.v1`` Python code from ``v1/*.proto``.
 
 The generated files are committed so a fresh clone needs no protoc; run this
 after editing the ``.proto`` (needs the ``dev`` extra for grpcio-tools).

@@ -7,6 +7,7 @@
 import { ApiError, api, Feed, session } from './api.js';
 import { Chart } from './chart.js';
 import { clear, fmtDuration, fmtGiB, h, toast } from './dom.js';
+import { NetworksView } from './networks.js';
 import { NodesView } from './nodes.js';
 import { ShardedView } from './sharded.js';
 import { openSubmitDialog } from './submit.js';
@@ -97,9 +98,10 @@ function start(me) {
   });
   const chart = new Chart($('chart'), $('chart-legend'), $('chart-caption'));
   const sharded = new ShardedView($('sharded-card'), $('sharded'), $('sharded-count'));
+  const networks = new NetworksView($('networks'), $('networks-count'), { nodeName: (id) => nodes.name(id) });
   const feed = new Feed({ onEvent, onStatus });
   ctx = {
-    me, nodes, tasks, drawer, chart, sharded, feed, status: null, history: [], interval: 2, timers: [],
+    me, nodes, tasks, drawer, chart, sharded, networks, feed, status: null, history: [], interval: 2, timers: [],
     refreshNodesSoon: throttle(() => refreshNodes(), 250),
     refreshStatusSoon: throttle(() => refreshStatus(), 500),
     refreshHistorySoon: throttle(() => refreshHistory(), 1000),
@@ -177,6 +179,7 @@ async function guarded(fn) {
 
 function refreshAll() {
   refreshSharded();
+  refreshNetworks();
   refreshNodes();
   refreshStatus();
   refreshHistory();
@@ -188,6 +191,11 @@ function poll() {
   refreshNodes();
   refreshStatus();
   refreshHistory();
+  refreshNetworks();
+}
+
+function refreshNetworks() {
+  return guarded(async () => { if (ctx) await ctx.networks.refresh(); });
 }
 
 function refreshSharded() {

@@ -25,7 +25,8 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
-from phage.dataplane import Peer, TLSIdentity, tensor_from_pb, tensor_to_pb
+from phage.dataplane.tensors import tensor_from_pb, tensor_to_pb
+from phage.dataplane.transport import Peer, TLSIdentity
 from phage.domain.blocks import BlockRange
 from phage.errors import PhageError
 from phage.protocol.v1 import dataplane_pb2 as dp

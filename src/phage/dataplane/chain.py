@@ -6,7 +6,7 @@ token from the last hop's logits. Each hop keeps its blocks' attention cache for
 the session (one data-plane conversation per hop).
 
 Checked activations: with a :class:`CheckPolicy`, a sample of untrusted hops'
-steps is recomputed elsewhere (:mod:`phage.node.checks`); a mismatch counts as a
+steps is recomputed elsewhere (:mod:`phage.dataplane.checks`); a mismatch counts as a
 failure of that hop, after the evidence is reported.
 
 Failover: the session remembers every input it sent each hop. When a hop fails,
@@ -25,10 +25,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from phage.dataplane import Peer, TLSIdentity, tensor_from_pb, tensor_to_pb
+from phage.dataplane.checks import Checker, CheckPolicy, Mismatch
+from phage.dataplane.tensors import tensor_from_pb, tensor_to_pb
+from phage.dataplane.transport import Peer, TLSIdentity
 from phage.domain.blocks import BlockRange
 from phage.errors import Unavailable
-from phage.node.checks import Checker, CheckPolicy, Mismatch
 from phage.protocol.v1 import dataplane_pb2 as dp
 
 log = logging.getLogger("phage.chain")

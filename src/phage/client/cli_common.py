@@ -1,0 +1,73 @@
+"""What every ``phage`` command-line verb shares: consoles, common options, the API key, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from phage.client.sdk import PhageClientError
+from phage.errors import PhageError
+
+console = Console()
+err_console = Console(stderr=True)
+
+DataDirOpt = Annotated[
+    Path, typer.Option("--data-dir", envvar="PHAGE_DATA_DIR", help="Coordinator data directory.")
+]
+UrlOpt = Annotated[str, typer.Option("--url", envvar="PHAGE_URL", help="Coordinator HTTP address.")]
+KeyOpt = Annotated[
+    str | None,
+    typer.Option("--key", envvar="PHAGE_API_KEY", help="API key (default: the admin key in --data-dir)."),
+]
+
+
+def default_data_dir() -> Path:
+    """Where the coordinator keeps its data unless told otherwise."""
+    return Path(os.environ.get("PHAGE_DATA_DIR", str(Path.home() / ".phage")))
+
+
+def api_key(key: str | None) -> str:
+    """The key given, or the admin key of the local coordinator's data directory."""
+    if key:
+        return key
+    path = default_data_dir() / "admin-key"
+    if path.exists():
+        return path.read_text().strip()
+    raise typer.BadParameter("no API key: pass --key or set PHAGE_API_KEY", param_hint="--key")
+
+
+def run(coro: Any) -> Any:
+    """Run a client coroutine; an error the coordinator answers is printed, not a traceback."""
+    try:
+        return asyncio.run(coro)
+    except PhageClientError as exc:
+        err_console.print(f"[bold red]error {exc.status}[/]: {exc.message}")
+        raise typer.Exit(1) from None
+    except PhageError as exc:
+        err_console.print(f"[bold red]error[/]: {exc.message}")
+        raise typer.Exit(1) from None
+
+
+def parse_size(text: str, option: str) -> int:
+    """``24GiB``, ``16GB``, ``512M`` or a byte count, as bytes."""
+    units = {
+        "": 1,
+        "k": 10**3,
+        "m": 10**6,
+        "g": 10**9,
+        "t": 10**12,
+        "ki": 2**10,
+        "mi": 2**20,
+        "gi": 2**30,
+        "ti": 2**40,
+    }
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*", text, re.IGNORECASE)
+    if m is None:
+        raise typer.BadParameter(f"{text!r} is not a size like 24GiB or 16GB", param_hint=option)
+    return int(float(m.group(1)) * units[(m.group(2) or "").lower()])
