@@ -163,6 +163,12 @@ def test_the_openai_client_streams_from_a_sharded_model(
     assert "".join(parts) == whole_text
     assert len(parts) > 3  # it really streamed
     assert usage is not None and usage.completion_tokens > 0
+    with coord.client() as c:  # each node measured its own steps and says so in its heartbeat
+        wait_until(
+            lambda: all(s["throughput"] > 0 for s in c.get("/api/models/tiny8/coverage").json()["servers"]),
+            10,
+            what="measured throughput in the coverage",
+        )
     # stop strings and max_tokens work as for a whole model
     cut = chat(coord, stop=[whole_text[5:8]])
     assert cut["choices"][0]["message"]["content"] == whole_text[: whole_text.index(whole_text[5:8])]

@@ -82,6 +82,7 @@ class BlockServer:
             model=held[0] if held else "",
             start=held[1].blocks.start if held else 0,
             end=held[1].blocks.end if held else 0,
+            throughput=self.handler.throughput,
             requested_model=self.requested_model,
             active_sessions=self.handler.open_sessions,
         )

@@ -41,6 +41,8 @@ class StageHandler:
         """Test hook: sleep this long per step (node/faults.py), so a test can act mid-generation."""
         self.open_sessions = 0
         """Conversations open now (a node whose blocks sessions use is not moved)."""
+        self.throughput = 0.0
+        """Tokens per second through this node's blocks, a moving average of measured steps."""
 
     def open(self, peer_node_id: str) -> _StageConversation:
         """A new session, owned by ``peer_node_id``."""
@@ -83,6 +85,11 @@ class _StageConversation:
             return out, time.perf_counter() - t0
 
         outputs, compute_s = await asyncio.to_thread(run)
+        positions = sum(int(x.shape[0] if x.dim() == 1 else x.shape[1]) for x in inputs)
+        if compute_s > 0:
+            rate = positions / compute_s
+            h = self.handler
+            h.throughput = rate if not h.throughput else 0.9 * h.throughput + 0.1 * rate
         if self.handler.output_hook is not None:
             outputs = [self.handler.output_hook(o) for o in outputs]
         # The compute time lets a caller tell the network's share of a step from the model's.
