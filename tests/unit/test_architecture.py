@@ -27,9 +27,10 @@ PACKAGE_RANK = {
     "training": 2,
     "protocol": 3,
     "testing": 3,
-    "coordinator": 4,
-    "node": 4,
-    "client": 5,
+    "dataplane": 4,
+    "coordinator": 5,
+    "node": 5,
+    "client": 6,
 }
 """Layers of ``phage``: a package may import only from a lower layer (or from itself)."""
 
@@ -54,7 +55,8 @@ COORDINATOR_RANK = {
         0,
     ),
     # policies: they decide, and hold no service
-    **dict.fromkeys(["placement", "replication", "trust", "training_eval", "quotas"], 1),
+    **dict.fromkeys(["placement", "replication", "trust", "training_eval", "quotas", "sharded"], 1),
+    "sharded_chat": 2,
     "ledger": 2,
     **dict.fromkeys(["admission", "intake", "overview", "retention"], 3),
     "nodes": 4,

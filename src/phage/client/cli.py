@@ -26,8 +26,10 @@ from phage.client.cli_common import (
     api_key,
     console,
     err_console,
+    parse_size,
     run,
 )
+from phage.client.cli_sharded import register as register_sharded_verbs
 from phage.client.cli_train import register as register_train_verbs
 from phage.client.render import nodes_table, state_text, tasks_table
 from phage.client.sdk import PhageClient
@@ -38,25 +40,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-
-
-def parse_size(text: str, option: str) -> int:
-    """``24GiB``, ``16GB``, ``512M`` or a byte count, as bytes."""
-    units = {
-        "": 1,
-        "k": 10**3,
-        "m": 10**6,
-        "g": 10**9,
-        "t": 10**12,
-        "ki": 2**10,
-        "mi": 2**20,
-        "gi": 2**30,
-        "ti": 2**40,
-    }
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*", text, re.IGNORECASE)
-    if m is None:
-        raise typer.BadParameter(f"{text!r} is not a size like 24GiB or 16GB", param_hint=option)
-    return int(float(m.group(1)) * units[(m.group(2) or "").lower()])
 
 
 def _logging(verbose: bool) -> None:
@@ -214,6 +197,17 @@ def node(
         typer.Option(help="Memory a model may use here, e.g. 24GiB (default: free VRAM, or RAM)."),
     ] = None,
     heartbeat: Annotated[float | None, typer.Option(help="Heartbeat interval override (s).")] = None,
+    serve_blocks: Annotated[
+        str | None,
+        typer.Option(help="Serve sharded-model blocks: auto, or a range START:END (END exclusive)."),
+    ] = None,
+    sharded_model: Annotated[str, typer.Option(help="Serve blocks of this sharded model only.")] = "",
+    block_memory: Annotated[
+        str | None, typer.Option(help="Memory blocks may use, e.g. 8GiB (default: --model-memory, or RAM).")
+    ] = None,
+    dataplane: Annotated[
+        str, typer.Option(help="host:port where peers reach this node's blocks (port 0: a free one).")
+    ] = "127.0.0.1:0",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a node: join the pool, pull work, run it sandboxed."""
@@ -248,6 +242,11 @@ def node(
         max_model_len=max_model_len,
         engine_command=engine_command,
         model_memory_bytes=parse_size(model_memory, "--model-memory") if model_memory else None,
+        serve_blocks=serve_blocks,
+        sharded_model=sharded_model,
+        block_memory_bytes=parse_size(block_memory, "--block-memory") if block_memory else None,
+        dataplane_host=dataplane.rpartition(":")[0] or "127.0.0.1",
+        dataplane_port=int(dataplane.rpartition(":")[2] or 0),
     )
 
     async def main() -> None:
@@ -607,6 +606,7 @@ def demo(
 
 
 register_ai_verbs(app)
+register_sharded_verbs(app)
 register_train_verbs(app)
 
 

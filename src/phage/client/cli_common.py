@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -51,3 +52,22 @@ def run(coro: Any) -> Any:
     except PhageError as exc:
         err_console.print(f"[bold red]error[/]: {exc.message}")
         raise typer.Exit(1) from None
+
+
+def parse_size(text: str, option: str) -> int:
+    """``24GiB``, ``16GB``, ``512M`` or a byte count, as bytes."""
+    units = {
+        "": 1,
+        "k": 10**3,
+        "m": 10**6,
+        "g": 10**9,
+        "t": 10**12,
+        "ki": 2**10,
+        "mi": 2**20,
+        "gi": 2**30,
+        "ti": 2**40,
+    }
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*", text, re.IGNORECASE)
+    if m is None:
+        raise typer.BadParameter(f"{text!r} is not a size like 24GiB or 16GB", param_hint=option)
+    return int(float(m.group(1)) * units[(m.group(2) or "").lower()])

@@ -164,6 +164,24 @@ class PhageClient:
         params = {"key_id": key_id} if key_id else {}
         return list((await self._json(await self._http.get("/api/usage", params=params)))["keys"])
 
+    # ---- sharded models ------------------------------------------------------
+
+    async def declare_sharded_model(self, **model: Any) -> dict[str, Any]:
+        """Declare a model served in block ranges (admin): name, checkpoint, num_blocks, bytes_per_block…"""
+        return dict(await self._json(await self._http.post("/api/models/sharded", json=model)))
+
+    async def sharded_models(self) -> list[dict[str, Any]]:
+        """Every sharded model with its coverage."""
+        return list((await self._json(await self._http.get("/api/models/sharded")))["models"])
+
+    async def coverage(self, name: str) -> dict[str, Any]:
+        """Who holds each block of ``name`` now."""
+        return dict(await self._json(await self._http.get(f"/api/models/{name}/coverage")))
+
+    async def delete_sharded_model(self, name: str) -> dict[str, Any]:
+        """Stop serving a sharded model (admin)."""
+        return dict(await self._json(await self._http.delete(f"/api/models/sharded/{name}")))
+
     # ---- chat --------------------------------------------------------------
 
     async def models(self) -> list[str]:

@@ -40,6 +40,8 @@ from phage.coordinator.replication import Replication
 from phage.coordinator.results import ResultPipeline
 from phage.coordinator.retention import Collector
 from phage.coordinator.settings import CoordinatorSettings
+from phage.coordinator.sharded import ShardedModels, UsageLog
+from phage.coordinator.sharded_chat import ShardedChat, coordinator_identity
 from phage.coordinator.state import DataDir
 from phage.coordinator.training import HostFacts, TrainingService
 from phage.coordinator.tried import TriedNodes
@@ -168,6 +170,14 @@ class Coordinator:
         self.join_token = ""
         self.admin_key = ""
         self.started_at = 0.0
+        self.sharded = ShardedModels(
+            self.dirs.root / "sharded-models.json",
+            lease_s=s.lease_s,
+            clock=clock,
+            allowed=self._may_serve_blocks,
+        )
+        self.sharded_usage = UsageLog()
+        self.sharded_chat: ShardedChat | None = None
         self._loops: list[asyncio.Task[None]] = []
 
     # ---- lifecycle ---------------------------------------------------------
@@ -177,6 +187,15 @@ class Coordinator:
         self.dirs.prepare()
         self.ca = self.nodes.ca = CertificateAuthority.load_or_create(self.dirs.pki)
         self.join_token = self.admission.join_token = self.settings.join_token or self.dirs.join_token()
+        self.sharded.load()
+        self.sharded_chat = ShardedChat(
+            self.sharded,
+            coordinator_identity(self.ca, self.dirs.pki / "dataplane"),
+            self.sharded_usage,
+            check_rate=self.settings.sharded_check_rate,
+            trusted=self._trusted,
+            quarantine=self.nodes.quarantine,
+        )
         try:
             # probing a backend runs it once (gVisor: about a second): keep the loop free meanwhile
             self.trust.verify_sandbox = await asyncio.to_thread(make_sandbox, self.settings.verify_sandbox)
@@ -247,6 +266,15 @@ class Coordinator:
         if live is None:
             return None
         return HostFacts(node_id, live.node.trusted, live.accepts_work, live.online)
+
+    def _trusted(self, node_id: str) -> bool:
+        live = self.pool.nodes.get(node_id)
+        return live is not None and live.node.trusted
+
+    def _may_serve_blocks(self, node_id: str) -> bool:
+        """Sharded-model blocks count only on online, admitted, unquarantined nodes."""
+        live = self.pool.nodes.get(node_id)
+        return live is not None and live.online and not live.node.quarantined and not live.node.state.shut_out
 
     def chat_nodes(self) -> list[LiveNode]:
         """Nodes that may take chat now: online, not quarantined, holding a chat order stream."""

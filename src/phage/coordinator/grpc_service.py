@@ -89,13 +89,18 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
         cancels, unknown = await self.c.nodes.heartbeat(
             live, convert.metrics_to_dict(request.metrics), list(request.running_assignment_ids)
         )
-        return pb.HeartbeatResponse(
+        response = pb.HeartbeatResponse(
             load_model=self.c.placement.load_hint(live),
             cancel_assignment_ids=cancels,
             unknown_assignment_ids=unknown,
             heartbeat_interval_s=self.c.settings.heartbeat_interval_s,
             node_state=live.node.state.value,
         )
+        if request.HasField("blocks"):
+            offer = convert.block_offer_from_pb(request.blocks)
+            assigned = self.c.sharded.heartbeat(live.node.id, offer)
+            response.blocks.CopyFrom(convert.block_assignment_to_pb(assigned))
+        return response
 
     @_edge
     async def FetchTask(

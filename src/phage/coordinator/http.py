@@ -26,6 +26,7 @@ from phage.coordinator.metrics import install_metrics
 from phage.coordinator.nodes_api import install_nodes
 from phage.coordinator.openai_api import install_openai
 from phage.coordinator.pool_api import install_pool_api
+from phage.coordinator.sharded_api import install_sharded_api
 from phage.coordinator.tasks_api import install_tasks
 from phage.coordinator.training_api import install_training
 from phage.errors import PhageError, RateLimited, Unauthenticated
@@ -90,4 +91,12 @@ def create_app(coordinator: Coordinator) -> FastAPI:
     install_pool_api(app, c)
     install_metrics(app, c)
     install_dashboard(app, c)
+    live_nodes = c.pool.nodes
+    install_sharded_api(
+        app,
+        c.sharded,
+        c.keys.authenticate,
+        c.sharded_usage,
+        lambda node_id: live_nodes[node_id].node.name if node_id in live_nodes else "",
+    )
     return app

@@ -97,6 +97,10 @@ class ChatService:
         A stream that already gave the client text cannot be retried; a non-streaming
         request can, from scratch, on another node (a ``reset`` piece says so).
         """
+        if self.c.sharded.has(params.model) and self.c.sharded_chat is not None:
+            async for piece in self._run_sharded(who, params):
+                yield piece
+            return
         tried: set[str] = set()
         last_error = Unavailable(f"no live node serves {params.model!r} now", field="model")
         for _ in range(MAX_PLACEMENTS):
@@ -135,6 +139,22 @@ class ChatService:
                 self.c.chat.close(call)
         yield Piece(error=last_error)
 
+    async def _run_sharded(self, who: Principal, params: ChatParams) -> AsyncIterator[Piece]:
+        """A sharded model: the coordinator drives a chain of nodes (failover happens inside)."""
+        assert self.c.sharded_chat is not None
+        try:
+            async for d in self.c.sharded_chat.stream(who.key_id, params.model, params.order):
+                if d.finish_reason is not None:
+                    self.c.counters.chat_completions += 1
+                    await self.c.keys.add_usage(
+                        who.key_id, params.model, "", d.prompt_tokens, d.completion_tokens, self.c.clock()
+                    )
+                    yield Piece("", d.finish_reason, d.prompt_tokens, d.completion_tokens)
+                    return
+                yield Piece(d.text)
+        except Unavailable as exc:
+            yield Piece(error=exc)
+
     async def _meter(self, who: Principal, call: ChatCall, prompt: int, completion: int) -> None:
         self.c.counters.chat_completions += 1
         await self.c.keys.add_usage(who.key_id, call.model, call.node_id, prompt, completion, self.c.clock())
@@ -172,7 +192,9 @@ def install_openai(app: FastAPI, c: Coordinator, read_json: Callable[[Request], 
                 max_tokens_limit=s.chat_max_tokens,
                 default_max_tokens=s.chat_default_max_tokens,
             )
-            if not service.candidates(params.model):
+            if c.sharded.has(params.model):
+                c.sharded.require_ready(params.model)  # 503 naming the blocks no node holds
+            elif not service.candidates(params.model):
                 served = sorted({m for live in c.chat_nodes() for m in live.models()})
                 raise NotFound(
                     f"the model {params.model!r} does not exist or no live node serves it "

@@ -62,6 +62,9 @@ class CoordinatorSettings(BaseSettings):
     (doubled per disagreement it was caught in); 0: always replicate untrusted results."""
     spot_check: float = Field(default=0.1, ge=0.0, le=1.0)
     """Probability that a reliable untrusted node's result still gets a second opinion."""
+    sharded_check_rate: float = Field(default=0.05, ge=0.0, le=1.0)
+    """Sharded models: probability that one step of an untrusted node's blocks is recomputed on another
+    node serving them (``dataplane/checks.py``); 1.0 checks every step."""
     chat_max_tokens: int = 32_768
     """Largest ``max_tokens`` a chat request may ask for."""
     chat_default_max_tokens: int = 1024

@@ -18,10 +18,13 @@ import grpc
 import psutil
 
 from phage import __version__
+from phage.dataplane import TLSIdentity
 from phage.domain import ReceivedAssignment, TaskResult
+from phage.domain.blocks import BlockOffer
 from phage.errors import PhageError, SandboxError
 from phage.node import faults
 from phage.node.attest import attest_result, sign_batch
+from phage.node.blocks import BlockServer
 from phage.node.chat import ChatServer
 from phage.node.config import NodeConfig
 from phage.node.connection import (
@@ -122,6 +125,17 @@ class NodeAgent:
         self._sandbox_sha256 = {name: sandbox_hash(sb.describe()) for name, sb in self.sandboxes.items()}
         self.engine = engine
         self.chat: ChatServer | None = None
+        self.blocks: BlockServer | None = None
+        if config.serve_blocks:
+            memory = config.block_memory_bytes or config.model_memory_bytes
+            self.blocks = BlockServer(
+                config.serve_blocks,
+                memory or int(psutil.virtual_memory().available),
+                host=config.dataplane_host,
+                port=config.dataplane_port,
+                advertise=config.dataplane_advertise,
+                requested_model=config.sharded_model,
+            )
         self._loading: asyncio.Task[None] | None = None
         if self.engine is None and config.engine:
             self.engine = make_engine(
@@ -250,6 +264,7 @@ class NodeAgent:
         if self._channel is not None:
             await self._channel.close(None)
         self._channel = open_channel(self.config.coordinator, self.identity, creds)
+        self._creds = creds
         self._stub = pb_grpc.PhageCoordinatorStub(self._channel)  # type: ignore[no-untyped-call]
         self.registered.set()
 
@@ -276,6 +291,12 @@ class NodeAgent:
             asyncio.create_task(self._fetch_loop(), name="phage-node-fetch"),
             asyncio.create_task(self._result_loop(), name="phage-node-results"),
         ]
+        if self.blocks is not None:
+            await self.blocks.start(
+                TLSIdentity(
+                    self.node_id, self.identity.tls_key_pem(), self._creds.cert_pem, self._creds.ca_pem
+                )
+            )
         if self.engine is not None:
             self.chat = ChatServer(self.node_id, lambda: self.stub, self.engine)
             loops.append(asyncio.create_task(self.chat.run(), name="phage-node-chat"))
@@ -292,6 +313,9 @@ class NodeAgent:
             await asyncio.gather(
                 *loops, *(r.task for r in self.running.values() if r.task), return_exceptions=True
             )
+            if self.blocks is not None:
+                await self._leave_blocks()
+                await self.blocks.stop()
             if self._channel is not None:
                 await self._channel.close(None)
             if self.engine is not None:  # stop a managed vLLM / llama.cpp server with the node
@@ -321,14 +345,16 @@ class NodeAgent:
                 metrics["active_tasks"] = len(self.running) + len(self.chat.active if self.chat else ())
                 metrics.update(self._engine_facts(metrics))
                 metrics.pop("can_load_models", None)
-                resp = await self.stub.Heartbeat(
-                    pb.HeartbeatRequest(
-                        node_id=self.node_id,
-                        metrics=convert.metrics_from_dict(metrics),
-                        running_assignment_ids=list(self.running),
-                    ),
-                    timeout=10,
+                request = pb.HeartbeatRequest(
+                    node_id=self.node_id,
+                    metrics=convert.metrics_from_dict(metrics),
+                    running_assignment_ids=list(self.running),
                 )
+                if self.blocks is not None:
+                    request.blocks.CopyFrom(convert.block_offer_to_pb(self.blocks.offer()))
+                resp = await self.stub.Heartbeat(request, timeout=10)
+                if self.blocks is not None and resp.HasField("blocks"):
+                    self.blocks.apply(convert.block_assignment_from_pb(resp.blocks))
                 backoff = 0.2
                 if not self.config.heartbeat_interval_s and resp.heartbeat_interval_s > 0:
                     self.heartbeat_interval = resp.heartbeat_interval_s
@@ -341,6 +367,13 @@ class NodeAgent:
                 await self._handle_rpc_error(exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+
+    async def _leave_blocks(self) -> None:
+        """Tell the coordinator this node's blocks are going, so a standby takes them at once."""
+        request = pb.HeartbeatRequest(node_id=self.node_id)
+        request.blocks.CopyFrom(convert.block_offer_to_pb(BlockOffer(serve_blocks="")))
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.TimeoutError, AssertionError):
+            await self.stub.Heartbeat(request, timeout=2)
 
     def _load_model(self, model: str) -> None:
         """Switch the engine to ``model`` in the background (the coordinator asked: queued work needs it)."""

@@ -48,6 +48,18 @@ class NodeConfig:
     """Name tasks use for the model (default: from the model directory)."""
     model_memory_bytes: int | None = None
     """Memory a model may use here; default: free VRAM (or available RAM without a GPU)."""
+    serve_blocks: str | None = None
+    """Serve sharded-model blocks: ``auto`` (the coordinator picks) or ``START:END``; None: none."""
+    sharded_model: str = ""
+    """Serve blocks of this sharded model only ("" = whichever needs this node most)."""
+    block_memory_bytes: int | None = None
+    """Memory blocks may use here; default: ``model_memory_bytes``, else available RAM."""
+    dataplane_host: str = "127.0.0.1"
+    """Where the node listens for peers' connections to its blocks."""
+    dataplane_port: int = 0
+    """Port for that listener (0: a free one)."""
+    dataplane_advertise: str = ""
+    """Host peers should dial, when it differs from ``dataplane_host`` (NAT, 0.0.0.0)."""
     fetch_wait_ms: int = 20_000
     max_log_bytes: int = 64 * 1024
     host_vnodes: bool = True

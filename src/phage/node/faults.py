@@ -18,7 +18,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from phage.domain import OutputFile, TaskResult
 from phage.node.executor import CollectedOutput
@@ -65,3 +66,44 @@ def poison_updates_enabled(environ: Mapping[str, str] = os.environ) -> bool:
             POISON_UPDATES_ENV,
         )
     return on
+
+
+STAGE_DELAY_ENV = "PHAGE_TEST_STAGE_DELAY_MS"
+
+
+def stage_delay_s(environ: Mapping[str, str] = os.environ) -> float:
+    """Extra seconds each sharded-model stage step takes (``PHAGE_TEST_STAGE_DELAY_MS``; 0 when unset).
+
+    Slows a real node's blocks down so a test can kill it mid-generation; logs a warning when on.
+    """
+    raw = environ.get(STAGE_DELAY_ENV, "")
+    delay = int(raw) / 1000 if raw.isdigit() else 0.0
+    if delay:
+        log.warning("FAULT INJECTION: %s=%s: every stage step here is slowed down", STAGE_DELAY_ENV, raw)
+    return delay
+
+
+NOISY_ACTIVATIONS_ENV = "PHAGE_TEST_NOISY_ACTIVATIONS"
+
+
+def activation_noise(environ: Mapping[str, str] = os.environ) -> Callable[[Any], Any] | None:
+    """A hook adding small noise to every activation a stage sends (``PHAGE_TEST_NOISY_ACTIVATIONS``).
+
+    The value is the noise's size relative to the output's largest magnitude (``0.01``: 1 %): a node
+    that corrupts its sharded-model activations subtly, which checked activations must catch.
+    """
+    raw = environ.get(NOISY_ACTIVATIONS_ENV, "")
+    try:
+        scale = float(raw) if raw else 0.0
+    except ValueError:
+        scale = 0.0
+    if scale <= 0:
+        return None
+    log.warning("FAULT INJECTION: %s=%s: this node sends WRONG activations", NOISY_ACTIVATIONS_ENV, raw)
+
+    def add_noise(output: Any) -> Any:
+        import torch
+
+        return output + torch.randn_like(output) * scale * output.abs().max()
+
+    return add_noise

@@ -21,6 +21,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from phage.domain.text import apply_stops as _apply_stops
+from phage.domain.text import prompt_text
+from phage.domain.text import safe_prefix as _safe_prefix
 from phage.errors import EngineError, InvalidInput
 from phage.node.engines.base import Delta, Engine, GenerationRequest
 
@@ -115,15 +118,8 @@ class TransformersEngine(Engine):
         return ids
 
     def _prompt_text(self, request: GenerationRequest) -> str:
-        if not request.is_chat:
-            return request.prompt
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        if getattr(self._tokenizer, "chat_template", None):
-            return str(
-                self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            )
-        # No template (tiny local models): a plain transcript the model continues.
-        return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+        messages = tuple((m.role, m.content) for m in request.messages)
+        return prompt_text(self._tokenizer, request.prompt, messages)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         """Yield decoded text as tokens come; leaving early stops the worker thread at the next token."""
@@ -257,22 +253,3 @@ class TransformersEngine(Engine):
         """Drop the model."""
         self._model = None
         self._tokenizer = None
-
-
-def _apply_stops(text: str, stops: list[str]) -> tuple[str, bool]:
-    """``text`` cut at the first stop string, and whether one was found."""
-    hits = [text.index(s) for s in stops if s and s in text]
-    return (text[: min(hits)], True) if hits else (text, False)
-
-
-def _safe_prefix(text: str, stops: list[str]) -> str:
-    """The part of ``text`` that cannot turn out to be the start of a stop string (or a torn character)."""
-    keep = len(text)
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:k]):
-                keep = min(keep, len(text) - k)
-                break
-    while keep > 0 and text[keep - 1] == "\ufffd":
-        keep -= 1
-    return text[:keep]

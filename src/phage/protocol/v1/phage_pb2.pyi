@@ -1,3 +1,4 @@
+from phage.protocol.v1 import blocks_pb2 as _blocks_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -109,28 +110,32 @@ class NodeMetrics(_message.Message):
     def __init__(self, gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., active_tasks: _Optional[int] = ..., loaded_model: _Optional[str] = ..., cpu_percent: _Optional[float] = ..., memory_used_bytes: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., model_memory_bytes: _Optional[int] = ..., loaded_model_bytes: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("node_id", "metrics", "running_assignment_ids")
+    __slots__ = ("node_id", "metrics", "running_assignment_ids", "blocks")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     RUNNING_ASSIGNMENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     metrics: NodeMetrics
     running_assignment_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, node_id: _Optional[str] = ..., metrics: _Optional[_Union[NodeMetrics, _Mapping]] = ..., running_assignment_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    blocks: _blocks_pb2.BlockOffer
+    def __init__(self, node_id: _Optional[str] = ..., metrics: _Optional[_Union[NodeMetrics, _Mapping]] = ..., running_assignment_ids: _Optional[_Iterable[str]] = ..., blocks: _Optional[_Union[_blocks_pb2.BlockOffer, _Mapping]] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("load_model", "cancel_assignment_ids", "unknown_assignment_ids", "heartbeat_interval_s", "node_state")
+    __slots__ = ("load_model", "cancel_assignment_ids", "unknown_assignment_ids", "heartbeat_interval_s", "node_state", "blocks")
     LOAD_MODEL_FIELD_NUMBER: _ClassVar[int]
     CANCEL_ASSIGNMENT_IDS_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_ASSIGNMENT_IDS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     NODE_STATE_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
     load_model: str
     cancel_assignment_ids: _containers.RepeatedScalarFieldContainer[str]
     unknown_assignment_ids: _containers.RepeatedScalarFieldContainer[str]
     heartbeat_interval_s: float
     node_state: str
-    def __init__(self, load_model: _Optional[str] = ..., cancel_assignment_ids: _Optional[_Iterable[str]] = ..., unknown_assignment_ids: _Optional[_Iterable[str]] = ..., heartbeat_interval_s: _Optional[float] = ..., node_state: _Optional[str] = ...) -> None: ...
+    blocks: _blocks_pb2.BlockAssignment
+    def __init__(self, load_model: _Optional[str] = ..., cancel_assignment_ids: _Optional[_Iterable[str]] = ..., unknown_assignment_ids: _Optional[_Iterable[str]] = ..., heartbeat_interval_s: _Optional[float] = ..., node_state: _Optional[str] = ..., blocks: _Optional[_Union[_blocks_pb2.BlockAssignment, _Mapping]] = ...) -> None: ...
 
 class FetchTaskRequest(_message.Message):
     __slots__ = ("node_id", "max_tasks", "wait_ms")

@@ -9,6 +9,7 @@ import { Chart } from './chart.js';
 import { clear, fmtDuration, fmtGiB, h, toast } from './dom.js';
 import { NetworksView } from './networks.js';
 import { NodesView } from './nodes.js';
+import { ShardedView } from './sharded.js';
 import { openSubmitDialog } from './submit.js';
 import { TaskDrawer, TasksView } from './tasks.js';
 
@@ -96,10 +97,11 @@ function start(me) {
     onClose: () => { tasks.select(null); history.replaceState(null, '', location.pathname); },
   });
   const chart = new Chart($('chart'), $('chart-legend'), $('chart-caption'));
+  const sharded = new ShardedView($('sharded-card'), $('sharded'), $('sharded-count'));
   const networks = new NetworksView($('networks'), $('networks-count'), { nodeName: (id) => nodes.name(id) });
   const feed = new Feed({ onEvent, onStatus });
   ctx = {
-    me, nodes, tasks, drawer, chart, networks, feed, status: null, history: [], interval: 2, timers: [],
+    me, nodes, tasks, drawer, chart, sharded, networks, feed, status: null, history: [], interval: 2, timers: [],
     refreshNodesSoon: throttle(() => refreshNodes(), 250),
     refreshStatusSoon: throttle(() => refreshStatus(), 500),
     refreshHistorySoon: throttle(() => refreshHistory(), 1000),
@@ -176,6 +178,7 @@ async function guarded(fn) {
 }
 
 function refreshAll() {
+  refreshSharded();
   refreshNetworks();
   refreshNodes();
   refreshStatus();
@@ -184,6 +187,7 @@ function refreshAll() {
 }
 
 function poll() {
+  refreshSharded();
   refreshNodes();
   refreshStatus();
   refreshHistory();
@@ -192,6 +196,13 @@ function poll() {
 
 function refreshNetworks() {
   return guarded(async () => { if (ctx) await ctx.networks.refresh(); });
+}
+
+function refreshSharded() {
+  return guarded(async () => {
+    const data = await api('/api/models/sharded');
+    if (ctx) ctx.sharded.set(data.models);
+  });
 }
 
 function refreshNodes() {

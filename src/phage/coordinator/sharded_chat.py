@@ -1,0 +1,103 @@
+"""Chat and completions for sharded models: the coordinator drives a chain of nodes.
+
+The coordinator holds the tokenizer and a data-plane certificate from its own CA;
+each request opens a session on a chain of nodes that together hold every block
+(:class:`phage.dataplane.generation.ShardedGenerator`), the way Petals' client does.
+A node that fails mid-generation, or whose activations fail a check, is replaced
+and its cache rebuilt by replay, so the client sees one stream.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from pathlib import Path
+
+from phage.coordinator.sharded import ShardedModels, UsageEntry, UsageLog
+from phage.dataplane.chain import Hop
+from phage.dataplane.checks import CheckPolicy, Evidence, Verifier
+from phage.dataplane.generation import ShardedGenerator, TextDelta, TextRequest
+from phage.dataplane.transport import TLSIdentity, issue_identity
+from phage.domain.blocks import BlockRange
+from phage.pki.ca import CertificateAuthority
+from phage.pki.identity import NodeIdentity
+from phage.protocol.v1 import phage_pb2 as pb
+
+
+def request_from_order(order: pb.ChatOrder) -> TextRequest:
+    """What a chat order asks the model for."""
+    return TextRequest(
+        prompt=order.prompt,
+        messages=tuple((m.role, m.content) for m in order.messages),
+        max_tokens=order.max_tokens or 256,
+        temperature=order.temperature,
+        stop=list(order.stop),
+        seed=order.seed if order.has_seed else None,
+        top_p=order.top_p if order.has_top_p else None,
+    )
+
+
+def coordinator_identity(ca: CertificateAuthority, key_dir: Path) -> TLSIdentity:
+    """The coordinator's own data-plane identity, issued by its CA (kept in ``key_dir``)."""
+    key_dir.mkdir(parents=True, exist_ok=True)
+    return issue_identity(ca, NodeIdentity.load_or_create(key_dir))
+
+
+class ShardedChat:
+    """Generation for every declared sharded model."""
+
+    def __init__(
+        self,
+        sharded: ShardedModels,
+        identity: TLSIdentity,
+        usage: UsageLog,
+        *,
+        check_rate: float,
+        trusted: Callable[[str], bool],
+        quarantine: Callable[[str, str], Awaitable[None]],
+    ) -> None:
+        self.sharded = sharded
+        self.identity = identity
+        self.usage = usage
+        self.check_rate = check_rate
+        self.trusted = trusted
+        self.quarantine = quarantine
+        self._engines: dict[str, ShardedGenerator] = {}
+
+    def engine(self, model: str) -> ShardedGenerator:
+        """The generator for ``model`` (its tokenizer is loaded once)."""
+        declared = self.sharded.get(model)
+        engine = self._engines.get(model)
+        if engine is None or engine.checkpoint != declared.checkpoint:
+
+            async def route(start: int, avoid: Collection[str]) -> list[Hop]:
+                return await self.sharded.route(model, start, avoid)
+
+            async def find(blocks: BlockRange, start: int, avoid: Collection[str]) -> Verifier | None:
+                return self.sharded.find_verifier(model, blocks, start, avoid, self.trusted)
+
+            async def report(evidence: Evidence) -> None:
+                self.sharded.leave(evidence.node_id)
+                await self.quarantine(evidence.node_id, evidence.describe())
+
+            checks = CheckPolicy(
+                rate=self.check_rate,
+                untrusted=lambda node_id: not self.trusted(node_id),
+                find_verifier=find,
+                report=report,
+            )
+            engine = ShardedGenerator(model, declared.checkpoint, self.identity, route, checks=checks)
+            self._engines[model] = engine
+        return engine
+
+    async def stream(self, user: str, model: str, order: pb.ChatOrder) -> AsyncIterator[TextDelta]:
+        """Deltas of one generation; 503 (naming the missing blocks) when no chain can run."""
+        self.sharded.require_ready(model)
+        async for delta in self.engine(model).stream(request_from_order(order)):
+            if delta.finish_reason is not None:
+                self.usage.add(
+                    UsageEntry(
+                        user, model, delta.prompt_tokens, delta.completion_tokens, delta.chain, time.time()
+                    )
+                )
+            yield delta

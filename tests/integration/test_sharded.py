@@ -1,0 +1,346 @@
+"""Sharded models end to end: real coordinator and node processes, chains over mTLS, the openai client.
+
+An 8-block tiny Llama made locally is declared on the coordinator; nodes started
+with ``--serve-blocks`` hold ranges of it; chat through the chain must give the
+whole model's greedy text exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytest.importorskip("torch")
+
+from phage.node.engines.base import ChatMessage, GenerationRequest
+from phage.node.engines.tinymodel import make_tiny_model
+from phage.testing import CoordinatorProcess, NodeProcess, wait_until
+
+MESSAGES = [{"role": "user", "content": "def add(a, b):"}]
+MAX_TOKENS = 32
+BLOCK = 1000  # bytes per block as declared; nodes are given memory in these units
+
+
+@pytest.fixture(scope="module")
+def model8(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny8", layers=8, name="tiny8")
+
+
+@pytest.fixture(scope="module")
+def whole_text(model8: Path) -> str:
+    """The whole model's greedy answer, in one process, through the transformers engine."""
+    from phage.node.engines.transformers import TransformersEngine
+
+    async def run() -> str:
+        engine = TransformersEngine(str(model8))
+        request = GenerationRequest(
+            messages=tuple(ChatMessage(**m) for m in MESSAGES), max_tokens=MAX_TOKENS, temperature=0.0
+        )
+        return (await engine.generate(request)).text
+
+    text = asyncio.run(run())
+    assert len(text) > 10  # long enough that a wrong token would show
+    return text
+
+
+@pytest.fixture
+def sharded_pool(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """``start(ranges)``: a coordinator with tiny8 declared and one node per ``--serve-blocks`` value."""
+    started: list[CoordinatorProcess | NodeProcess] = []
+
+    def coordinator(**env: str) -> CoordinatorProcess:
+        coord = CoordinatorProcess(tmp_path / "coordinator", heartbeat_s=0.5, env=env).start()
+        started.append(coord)
+        return coord
+
+    def node(
+        coord: CoordinatorProcess, serve: str, i: int, memory_blocks: int = 8, **env: str
+    ) -> NodeProcess:
+        n = NodeProcess(
+            coord,
+            tmp_path / f"node-{i}",
+            name=f"node-{i}",
+            args=("--serve-blocks", serve, "--block-memory", str(memory_blocks * BLOCK)),
+            env=env,
+        ).start()
+        started.append(n)
+        return n
+
+    yield coordinator, node
+    for proc in reversed(started):
+        proc.stop()
+
+
+def declare(coord: CoordinatorProcess, model8: Path, **extra: Any) -> httpx.Response:
+    with coord.client() as c:
+        body = {
+            "name": "tiny8",
+            "checkpoint": str(model8),
+            "num_blocks": 8,
+            "bytes_per_block": BLOCK,
+            **extra,
+        }
+        return c.post("/api/models/sharded", json=body)
+
+
+def wait_ready(coord: CoordinatorProcess, timeout: float = 90.0) -> dict[str, Any]:
+    with coord.client() as c:
+        return wait_until(
+            lambda: (info := c.get("/network/info").json())["ready_for_inference"] and info,
+            timeout,
+            interval=0.2,
+            what="tiny8 ready for inference",
+        )
+
+
+def chat(coord: CoordinatorProcess, **extra: Any) -> dict[str, Any]:
+    with coord.client() as c:
+        body = {"model": "tiny8", "messages": MESSAGES, "max_tokens": MAX_TOKENS, "temperature": 0, **extra}
+        r = c.post("/v1/chat/completions", json=body, timeout=120)
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+
+@pytest.mark.parametrize(
+    "ranges",
+    [["0:8"], ["0:4", "4:8"], ["0:3", "3:8"], ["0:2", "2:5", "5:8"], ["0:1", "1:4", "4:6", "6:8"]],
+    ids=lambda r: "+".join(r),
+)
+def test_a_chain_of_node_processes_gives_the_whole_models_text(
+    sharded_pool: Any, model8: Path, whole_text: str, ranges: list[str]
+) -> None:
+    coordinator, node = sharded_pool
+    coord = coordinator()
+    assert declare(coord, model8).status_code == 201
+    for i, r in enumerate(ranges):
+        node(coord, r, i)
+    info = wait_ready(coord)
+    assert info["online_workers"] == len(ranges) and info["total_layers"] == 8
+    answer = chat(coord)
+    assert answer["choices"][0]["message"]["content"] == whole_text
+    assert answer["usage"]["completion_tokens"] > 0
+    with coord.client() as c:
+        (used,) = c.get("/usage/recent").json()
+        assert len(used["worker_ids"]) == len(ranges)
+        workers = {w["nickname"]: w for w in c.get("/workers").json()}
+    for i, r in enumerate(ranges):
+        start, end = map(int, r.split(":"))
+        assert (workers[f"node-{i}"]["layers_start"], workers[f"node-{i}"]["layers_end"]) == (start, end)
+
+
+def test_the_openai_client_streams_from_a_sharded_model(
+    sharded_pool: Any, model8: Path, whole_text: str
+) -> None:
+    from openai import OpenAI
+
+    coordinator, node = sharded_pool
+    coord = coordinator()
+    declare(coord, model8)
+    node(coord, "0:5", 0)
+    node(coord, "5:8", 1)
+    wait_ready(coord)
+    client = OpenAI(base_url=f"{coord.url}/v1", api_key=coord.admin_key)
+    stream = client.chat.completions.create(
+        model="tiny8",
+        messages=MESSAGES,  # type: ignore[arg-type]
+        max_tokens=MAX_TOKENS,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    parts, usage = [], None
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            parts.append(chunk.choices[0].delta.content)
+        if chunk.usage is not None:
+            usage = chunk.usage
+    assert "".join(parts) == whole_text
+    assert len(parts) > 3  # it really streamed
+    assert usage is not None and usage.completion_tokens > 0
+    with coord.client() as c:  # each node measured its own steps and says so in its heartbeat
+        wait_until(
+            lambda: all(s["throughput"] > 0 for s in c.get("/api/models/tiny8/coverage").json()["servers"]),
+            10,
+            what="measured throughput in the coverage",
+        )
+    # stop strings and max_tokens work as for a whole model
+    cut = chat(coord, stop=[whole_text[5:8]])
+    assert cut["choices"][0]["message"]["content"] == whole_text[: whole_text.index(whole_text[5:8])]
+    assert cut["choices"][0]["finish_reason"] == "stop"
+    short = chat(coord, max_tokens=3)
+    assert short["usage"]["completion_tokens"] == 3 and short["choices"][0]["finish_reason"] == "length"
+    # seeded sampling is reproducible
+    a, b = (chat(coord, temperature=0.9, seed=7) for _ in range(2))
+    assert a["choices"][0]["message"]["content"] == b["choices"][0]["message"]["content"]
+
+
+def test_kill_9_of_the_middle_node_mid_generation_changes_nothing(
+    sharded_pool: Any, model8: Path, whole_text: str
+) -> None:
+    from openai import OpenAI
+
+    coordinator, node = sharded_pool
+    coord = coordinator()
+    declare(coord, model8)
+    slow = {"PHAGE_TEST_STAGE_DELAY_MS": "60"}
+    node(coord, "0:3", 0, **slow)
+    middle = node(coord, "3:6", 1, **slow)
+    node(coord, "6:8", 2, **slow)
+    wait_ready(coord)
+    with coord.client() as c:
+        wait_until(lambda: len(c.get("/workers").json()) == 3, 30, what="three workers")
+    standby = node(coord, "3:6", 3, **slow)
+    with coord.client() as c:
+        wait_until(
+            lambda: any(
+                w["nickname"] == "node-3" and w["layers_start"] == 3 for w in c.get("/workers").json()
+            ),
+            90,
+            what="the standby holding blocks 3:6",
+        )
+        assert next(w for w in c.get("/workers").json() if w["nickname"] == "node-3")["is_idle"]
+    client = OpenAI(base_url=f"{coord.url}/v1", api_key=coord.admin_key)
+    stream = client.chat.completions.create(
+        model="tiny8",
+        messages=MESSAGES,
+        max_tokens=MAX_TOKENS,
+        temperature=0,
+        stream=True,  # type: ignore[arg-type]
+    )
+    parts: list[str] = []
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            parts.append(chunk.choices[0].delta.content)
+            if len(parts) == 4:
+                middle.kill()  # SIGKILL, mid-generation
+    assert middle.proc is not None and middle.proc.returncode is not None
+    assert "".join(parts) == whole_text
+    with coord.client() as c:
+        (used,) = c.get("/usage/recent").json()
+    assert standby.node_id in used["worker_ids"] and middle.node_id not in used["worker_ids"]
+
+
+def test_bad_input_is_refused_clearly(sharded_pool: Any, model8: Path) -> None:
+    coordinator, node = sharded_pool
+    coord = coordinator()
+    r = declare(coord, model8, num_blocks=6)
+    assert (
+        r.status_code == 400
+        and r.json()["field"] == "num_blocks"
+        and "cover the checkpoint" in r.json()["message"]
+    )
+    r = declare(coord, model8, bytes_per_block=0)
+    assert r.status_code == 400 and "bytes_per_block" in r.json()["field"]
+    assert declare(coord, model8).status_code == 201
+    assert declare(coord, model8).status_code == 409
+    node(coord, "0:4", 0)
+    outside = node(coord, "6:12", 1)
+    too_big = node(coord, "0:8", 2, memory_blocks=3)
+    with coord.client() as c:
+
+        def errors() -> dict[str, str]:
+            found = {w["nickname"]: w["error"] for w in c.get("/workers").json() if w["error"]}
+            return found if len(found) == 2 else {}
+
+        found = wait_until(errors, 60, what="both bad offers refused")
+        assert "outside" in found["node-1"] and "0:8" in found["node-1"]
+        assert "need 8000 bytes" in found["node-2"] and "offers 3000" in found["node-2"]
+        wait_until(
+            lambda: c.get("/api/models/tiny8/coverage").json()["coverage_percent"] == 50.0, 60, what="0:4"
+        )
+        r = c.post("/v1/chat/completions", json={"model": "tiny8", "messages": MESSAGES})
+        assert r.status_code == 503
+        assert "4:8" in r.json()["error"]["message"]
+        assert c.get("/api/models/nope/coverage").status_code == 404
+    del outside, too_big
+
+
+def test_coverage_grows_as_nodes_join_and_a_standby_takes_a_gap(sharded_pool: Any, model8: Path) -> None:
+    coordinator, node = sharded_pool
+    coord = coordinator()
+    declare(coord, model8)
+    c = coord.client()
+
+    def workers() -> dict[str, dict[str, Any]]:
+        return {w["nickname"]: w for w in c.get("/workers").json()}
+
+    def info_when(what: str, check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        def probe() -> dict[str, Any] | None:
+            got: dict[str, Any] = c.get("/network/info").json()
+            return got if check(got) else None
+
+        return wait_until(probe, 90, 0.05, what)
+
+    nodes = []
+    # Each node has memory for half the blocks: Petals' rule puts the first at 0:4 …
+    nodes.append(node(coord, "auto", 0, memory_blocks=4))
+    info = info_when("the first half served", lambda i: i["coverage_percent"] == 50.0)
+    assert (
+        not info["ready_for_inference"] and info["missing_layers"] == ["4:8"] and info["online_workers"] == 1
+    )
+    assert (workers()["node-0"]["layers_start"], workers()["node-0"]["layers_end"]) == (0, 4)
+    # … the second where coverage is weakest: the gap, which closes it.
+    nodes.append(node(coord, "auto", 1, memory_blocks=4))
+    info = info_when("every block served", lambda i: i["ready_for_inference"])
+    assert info["coverage_percent"] == 100.0 and info["missing_layers"] == [] and info["online_workers"] == 2
+    assert (workers()["node-1"]["layers_start"], workers()["node-1"]["layers_end"]) == (4, 8)
+    assert len(info["bootstrap_peers"]) == 2
+    # Every block is served at redundancy 1: the third is a standby on the weakest range.
+    nodes.append(node(coord, "auto", 2, memory_blocks=4))
+    wait_until(
+        lambda: workers().get("node-2", {}).get("layers_start") is not None, 90, what="the standby loaded"
+    )
+    assert workers()["node-2"]["is_idle"]
+    info = c.get("/network/info").json()
+    assert info["online_workers"] == 3 and info["ready_for_inference"]
+    # The node holding 4:8 leaves: coverage drops, and the standby is moved to the gap within a heartbeat.
+    nodes[1].stop()
+    info = info_when("coverage to drop", lambda i: not i["ready_for_inference"] or i["online_workers"] == 2)
+    dropped = time.monotonic()
+    wait_until(lambda: workers()["node-2"]["assigned_start"] == 4, 10, 0.02, "the standby moved to 4:8")
+    assert (
+        time.monotonic() - dropped <= 2 * 0.5 + 0.5
+    )  # a heartbeat (0.5 s here), with room for a loaded machine
+    info = info_when("every block served again", lambda i: i["ready_for_inference"])
+    assert info["online_workers"] == 2 and info["coverage_percent"] == 100.0
+    health = c.get("/network/health").json()
+    assert [layer["workers"] for layer in health["layers"]] == [1] * 8
+    c.close()
+
+
+def test_an_open_pool_quarantines_a_node_that_corrupts_its_activations(
+    sharded_pool: Any, model8: Path, whole_text: str
+) -> None:
+    coordinator, node = sharded_pool
+    coord = coordinator(PHAGE_ADMISSION="open", PHAGE_SHARDED_CHECK_RATE="1")
+    declare(coord, model8)
+    node(coord, "0:4", 0)
+    liar = node(coord, "4:8", 1, PHAGE_TEST_NOISY_ACTIVATIONS="0.01")
+    with coord.client() as c:
+        wait_until(
+            lambda: c.get("/network/info").json()["ready_for_inference"], 90, what="the liar in the chain"
+        )
+    node(coord, "4:8", 2)
+    node(coord, "4:8", 3)
+    with coord.client() as c:
+        wait_until(
+            lambda: c.get("/api/models/tiny8/coverage").json()["per_block"] == [1] * 4 + [3] * 4,
+            90,
+            what="two more nodes holding 4:8",
+        )
+    # Every node of an open pool is untrusted: each step is recomputed elsewhere, a referee breaks ties.
+    answer = chat(coord)
+    assert answer["choices"][0]["message"]["content"] == whole_text  # the liar's steps never reached the text
+    with coord.client() as c:
+        nodes = {n["id"]: n for n in c.get("/api/nodes").json()["nodes"]}
+        liar_view = nodes[liar.node_id]
+        assert liar_view["quarantined"], liar_view
+        assert "activations of blocks 4:8" in liar_view["quarantine_reason"]
+        assert [n for n in nodes.values() if n["quarantined"]] == [liar_view]  # nobody honest
+        assert liar.node_id not in {w["worker_id"] for w in c.get("/workers").json()}
