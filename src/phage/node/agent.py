@@ -41,7 +41,7 @@ from phage.protocol import convert
 from phage.protocol.v1 import phage_pb2 as pb
 from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
 from phage.sandbox import Sandbox, available_backends, make_sandbox
-from phage.sandbox.registry import STRONGEST_FIRST
+from phage.sandbox.registry import DEFAULT_FIRST
 
 log = logging.getLogger("phage.node")
 
@@ -83,11 +83,11 @@ def _pick_sandboxes(given: Sandbox | None, name: str | None) -> dict[str, Sandbo
         return {chosen.name: chosen}
     found: dict[str, Sandbox] = {}
     for backend, reason in available_backends().items():
-        if backend in STRONGEST_FIRST and reason is None:
+        if backend in DEFAULT_FIRST and reason is None:
             found[backend] = make_sandbox(backend)
     if not found:
         make_sandbox(None)  # raises, saying why and what to do
-    return dict(sorted(found.items(), key=lambda kv: STRONGEST_FIRST.index(kv[0])))
+    return dict(sorted(found.items(), key=lambda kv: DEFAULT_FIRST.index(kv[0])))
 
 
 class NodeAgent:
@@ -98,7 +98,8 @@ class NodeAgent:
     ) -> None:
         self.config = config
         self.sandboxes = _pick_sandboxes(sandbox, config.sandbox)
-        """Every backend this node offers, strongest first; the first runs tasks that ask for ``any``."""
+        """Every backend this node offers, default first (``DEFAULT_FIRST``); the first runs tasks
+        that ask for ``any``, the others only tasks that require them."""
         self.sandbox = next(iter(self.sandboxes.values()))
         self._sandbox_sha256 = {name: sandbox_hash(sb.describe()) for name, sb in self.sandboxes.items()}
         self.engine = engine
@@ -403,6 +404,7 @@ class NodeAgent:
 
     async def _execute(self, a: pb.TaskAssignment) -> None:
         outputs: list[CollectedOutput] = []
+        began = time.monotonic()
         try:
             if a.kind == "noop":
                 result = TaskResult(exit_code=0)
@@ -413,9 +415,21 @@ class NodeAgent:
             else:
                 result = TaskResult(exit_code=-1, error=f"this node does not know task kind {a.kind!r}")
             self._done_executing(a.assignment_id)
+            ran = time.monotonic()
             for out in outputs:
                 await self._upload(out)
+            uploaded = time.monotonic()
             await self._report(a, result)
+            if log.isEnabledFor(logging.DEBUG):  # the per-task trace BENCHMARKS.md breaks down
+                log.debug(
+                    "%s: claimed→run %.1f ms, run %.1f ms (process %.1f), upload %.1f ms, report %.1f ms",
+                    a.assignment_id,
+                    (began - self.running[a.assignment_id].started) * 1000,
+                    (ran - began) * 1000,
+                    result.wall_time_s * 1000,
+                    (uploaded - ran) * 1000,
+                    (time.monotonic() - uploaded) * 1000,
+                )
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # report node-side failures so the task is retried elsewhere

@@ -24,7 +24,7 @@ class NodeConfig:
     name: str = ""
     max_concurrency: int = 4
     sandbox: str | None = None
-    """Backend name, or None for the strongest that works."""
+    """Backend name, or None for the default: bwrap, plus gVisor for tasks that require it."""
     heartbeat_interval_s: float | None = None
     """Override the interval the coordinator asks for (tests)."""
     engine: str | None = None

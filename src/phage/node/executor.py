@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import logging
 import shutil
 import tarfile
 import time
@@ -17,6 +18,8 @@ from phage.domain.generate import extract_output
 from phage.domain.manifest import safe_relative_path
 from phage.node.engines import Engine, GenerationRequest
 from phage.sandbox import Sandbox, SandboxLimits, SandboxRequest
+
+log = logging.getLogger("phage.node")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +95,7 @@ class JobExecutor:
         workdir.mkdir(parents=True)
         if workspace:
             await asyncio.to_thread(unpack_workspace, workspace, workdir)
+        unpacked = time.monotonic()
         outcome = await sandbox.run(
             SandboxRequest(
                 argv=manifest.command(),
@@ -100,8 +104,16 @@ class JobExecutor:
                 limits=SandboxLimits(wall_s=float(manifest.timeout_s), log_bytes=self.log_bytes),
             )
         )
+        ran = time.monotonic()
         outputs, problem = await asyncio.to_thread(
             collect_outputs, workdir, manifest.outputs, max_output_bytes
+        )
+        log.debug(
+            "%s: workspace %.1f ms, sandbox %.1f ms, outputs %.1f ms",
+            assignment_id,
+            (unpacked - started) * 1000,
+            (ran - unpacked) * 1000,
+            (time.monotonic() - ran) * 1000,
         )
         exit_code = outcome.exit_code
         stderr = outcome.stderr_tail
