@@ -70,9 +70,9 @@ def _task(job: str) -> dict[str, Any]:
 
 
 def _wait_task(client: httpx.Client, task_id: str, timeout: float = 60) -> dict[str, Any]:
-    def final() -> dict[str, Any] | None:
+    def final() -> dict[str, Any]:
         task: dict[str, Any] = client.get(f"/api/tasks/{task_id}").json()
-        return task if task["state"] in FINAL else None
+        return task if task["state"] in FINAL else {}
 
     found: dict[str, Any] = wait_until(final, timeout, interval=0.005, what=f"task {task_id}")
     return found
@@ -103,7 +103,7 @@ def throughput(client: httpx.Client, job: str, count: int) -> float:
 
     def done() -> bool:
         counts: dict[str, int] = client.get("/api/status").json()["tasks"]
-        return sum(counts.get(s, 0) for s in FINAL) >= total
+        return bool(sum(counts.get(s, 0) for s in FINAL) >= total)
 
     total = sum(client.get("/api/status").json()["tasks"].get(s, 0) for s in FINAL) + count
     wait_until(done, 300, interval=0.05, what=f"{count} {job} jobs")
@@ -113,7 +113,7 @@ def throughput(client: httpx.Client, job: str, count: int) -> float:
         if task["state"] != "verified":
             raise RuntimeError(f"{job}: task ended {task['state']}: {task.get('result')}")
         ends.append(task["finished_at"])
-    return count / (max(ends) - t0)
+    return float(count / (max(ends) - t0))
 
 
 def run_backend(args: argparse.Namespace, backend: str, root: Path) -> list[dict[str, Any]]:

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from phage.coordinator.pool import LiveNode
 from phage.domain import Node, NodeState
+from phage.domain.models import MAX_HELD_ASSIGNMENTS
 from phage.errors import Conflict, InvalidInput, NotFound, PermissionDenied, Unauthenticated
 
 if TYPE_CHECKING:
@@ -256,8 +257,9 @@ class Admission:
         """How many more assignments this node may be handed now (0: none).
 
         A draining node takes nothing new. A capped node (workers file or admin) never holds
-        more than its cap; otherwise the node may hold up to twice its concurrency, since results
-        it is still reporting hold no slot on its side.
+        more than its cap; otherwise the node decides (its slots, plus as many short tasks queued
+        beside them as it expects to finish soon: ``phage.node.window``), up to
+        ``MAX_HELD_ASSIGNMENTS`` or twice its concurrency, whichever is more.
         """
         node = live.node
         if node.draining or node.state is not NodeState.ONLINE:
@@ -265,7 +267,7 @@ class Admission:
         held = len(live.attempts)
         if node.max_jobs is not None:
             return max(0, min(max_tasks, node.max_jobs - held))
-        return min(max_tasks, max(0, 2 * node.max_concurrency - held))
+        return min(max_tasks, max(0, max(MAX_HELD_ASSIGNMENTS, 2 * node.max_concurrency) - held))
 
     @staticmethod
     def accepts_work(live: LiveNode) -> bool:

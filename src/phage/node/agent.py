@@ -35,6 +35,7 @@ from phage.node.connection import (
 from phage.node.engines import Engine, make_engine
 from phage.node.executor import CollectedOutput, JobExecutor
 from phage.node.probe import probe_hardware, probe_metrics
+from phage.node.window import ClaimWindow
 from phage.pki.attestation import AttestationRecord, sandbox_hash
 from phage.pki.identity import NodeIdentity
 from phage.protocol import convert
@@ -116,6 +117,11 @@ class NodeAgent:
         """Fault injection for tests and benchmarks (node/faults.py): report wrong job outputs."""
         self.running: dict[str, Running] = {}
         self.completed = 0
+        self._slots = asyncio.Semaphore(config.max_concurrency)
+        """The cap on real work: jobs and generate tasks run at most this many at once."""
+        self.window = ClaimWindow(config.max_concurrency)
+        """How many assignments to hold at once: the slots plus a short look-ahead (node/window.py)."""
+        self._confirming: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
         self._stop = asyncio.Event()
         self._channel: grpc.aio.Channel | None = None
@@ -133,7 +139,7 @@ class NodeAgent:
 
     @property
     def executing(self) -> int:
-        """Assignments holding a slot (running, not yet reporting)."""
+        """Assignments held and not finished (running or waiting for a slot, not yet reporting)."""
         return sum(1 for r in self.running.values() if not r.reporting)
 
     def _done_executing(self, assignment_id: str) -> None:
@@ -254,7 +260,7 @@ class NodeAgent:
         try:
             await self._stop.wait()
         finally:
-            for t in loops:
+            for t in (*loops, *self._confirming):
                 t.cancel()
             for r in list(self.running.values()):
                 if r.task is not None:
@@ -348,7 +354,7 @@ class NodeAgent:
 
     async def _fetch_once(self) -> pb.FetchTaskResponse | None:
         """One long-poll; None when it was cut short because a local slot opened."""
-        free = self.config.max_concurrency - self.executing
+        free = self.window.size - self.executing
         self._slot_freed.clear()
         request = pb.FetchTaskRequest(
             node_id=self.node_id, max_tasks=max(free, 0), wait_ms=self.config.fetch_wait_ms
@@ -372,9 +378,22 @@ class NodeAgent:
         return None
 
     async def _begin(self, assignments: list[pb.TaskAssignment]) -> None:
+        """Start the assignments at once and tell the coordinator in the background.
+
+        Each run overlaps the StartTasks round trip; its result waits for the answer
+        (so the coordinator hears "started" before "finished"), and one the coordinator
+        no longer wants is cancelled, killing its sandbox.
+        """
+        answer: asyncio.Future[set[str]] = asyncio.get_running_loop().create_future()
         for a in assignments:
-            self.running[a.assignment_id] = Running(a)
-        ids = [a.assignment_id for a in assignments]
+            r = self.running[a.assignment_id] = Running(a)
+            r.task = asyncio.create_task(self._execute(a, answer), name=f"phage-task-{a.assignment_id}")
+        confirm = asyncio.create_task(self._confirm([a.assignment_id for a in assignments], answer))
+        self._confirming.add(confirm)
+        confirm.add_done_callback(self._confirming.discard)
+
+    async def _confirm(self, ids: list[str], answer: asyncio.Future[set[str]]) -> None:
+        unwanted: set[str] = set()
         try:
             resp = await self._retry(
                 lambda: self.stub.StartTasks(
@@ -383,13 +402,11 @@ class NodeAgent:
             )
             unwanted = set(resp.cancel_assignment_ids)
         except grpc.aio.AioRpcError:
-            unwanted = set()
-        for a in assignments:
-            if a.assignment_id in unwanted:
-                self.running.pop(a.assignment_id, None)
-                continue
-            r = self.running[a.assignment_id]
-            r.task = asyncio.create_task(self._execute(a), name=f"phage-task-{a.assignment_id}")
+            pass  # refused outright: run them anyway; the result's own checks decide
+        finally:
+            self._cancel([aid for aid in ids if aid in unwanted])
+            if not answer.done():
+                answer.set_result(unwanted)
 
     def _cancel(self, assignment_ids: list[str]) -> None:
         for aid in assignment_ids:
@@ -402,29 +419,31 @@ class NodeAgent:
 
     # ---- one assignment ----------------------------------------------------
 
-    async def _execute(self, a: pb.TaskAssignment) -> None:
+    async def _execute(self, a: pb.TaskAssignment, started: asyncio.Future[set[str]]) -> None:
         outputs: list[CollectedOutput] = []
-        began = time.monotonic()
+        claimed = time.monotonic()
         try:
             if a.kind == "noop":
                 result = TaskResult(exit_code=0)
-            elif a.kind == "job":
-                result, outputs = await self._run_job(a)
-            elif a.kind == "generate":
-                result, outputs = await self._run_generate(a)
+                self.window.record(0.0)
+                began = claimed
             else:
-                result = TaskResult(exit_code=-1, error=f"this node does not know task kind {a.kind!r}")
+                async with self._slots:  # the per-node cap on real work; held tasks wait here
+                    began = time.monotonic()
+                    result, outputs = await self._run(a)
+                    self.window.record(time.monotonic() - began)
             self._done_executing(a.assignment_id)
             ran = time.monotonic()
+            await started  # StartTasks answered (a task it refused was cancelled, not reported)
             for out in outputs:
                 await self._upload(out)
             uploaded = time.monotonic()
             await self._report(a, result)
             if log.isEnabledFor(logging.DEBUG):  # the per-task trace BENCHMARKS.md breaks down
                 log.debug(
-                    "%s: claimed→run %.1f ms, run %.1f ms (process %.1f), upload %.1f ms, report %.1f ms",
+                    "%s: waited for a slot %.1f ms, ran %.1f ms (job %.1f), upload %.1f ms, report %.1f ms",
                     a.assignment_id,
-                    (began - self.running[a.assignment_id].started) * 1000,
+                    (began - claimed) * 1000,
                     (ran - began) * 1000,
                     result.wall_time_s * 1000,
                     (uploaded - ran) * 1000,
@@ -435,6 +454,7 @@ class NodeAgent:
         except Exception as exc:  # report node-side failures so the task is retried elsewhere
             log.exception("assignment %s failed on this node", a.assignment_id)
             with contextlib.suppress(Exception):
+                await started
                 await self._report(a, TaskResult(exit_code=-1, error=f"node error: {exc}"))
         finally:
             if a.kind != "noop":
@@ -442,6 +462,13 @@ class NodeAgent:
             if self.running.pop(a.assignment_id, None) is not None:
                 self.completed += 1
             self._slot_freed.set()
+
+    async def _run(self, a: pb.TaskAssignment) -> tuple[TaskResult, list[CollectedOutput]]:
+        if a.kind == "job":
+            return await self._run_job(a)
+        if a.kind == "generate":
+            return await self._run_generate(a)
+        return TaskResult(exit_code=-1, error=f"this node does not know task kind {a.kind!r}"), []
 
     async def _run_job(self, a: pb.TaskAssignment) -> tuple[TaskResult, list[CollectedOutput]]:
         manifest = JobManifest.parse(convert.manifest_from_pb(a.manifest))
