@@ -106,3 +106,23 @@ def test_a_task_sees_nothing_of_the_task_before_it(backend: str, tmp_path: Path)
     finally:
         node.stop()
         coord.stop()
+
+
+def test_streamed_workspaces_are_downloaded_once_per_node_and_each_task_unpacks_its_own(
+    pool: Callable[..., tuple[CoordinatorProcess, list[NodeProcess]]],
+) -> None:
+    coord, (node,) = pool(nodes=1, concurrency=1, env={"PHAGE_INLINE_WORKSPACE_BYTES": "0"})
+    wait_online(coord, 1)
+    script = "import pathlib\np = pathlib.Path('data.txt')\nprint('read', p.read_text())\np.write_text('changed')\n"
+    job = {
+        "kind": "job",
+        "files": {"main.py": script, "data.txt": "original"},
+        "manifest": {"entrypoint": "main.py"},
+    }
+    with coord.client() as c:
+        ids = [c.post("/api/tasks", json=job).json()["id"] for _ in range(2)]
+        final = wait_tasks_final(coord, ids, timeout=60)
+    assert [t["state"] for t in final] == ["verified"] * 2, [t["result"] for t in final]
+    assert all("read original" in t["result"]["stdout_tail"] for t in final), "a fresh copy for each task"
+    kept = list((node.key_dir / "workspaces").iterdir())
+    assert len(kept) == 1 and len(kept[0].name) == 64, kept

@@ -36,6 +36,7 @@ from phage.node.engines import Engine, make_engine
 from phage.node.executor import CollectedOutput, JobExecutor
 from phage.node.probe import probe_hardware, probe_metrics
 from phage.node.window import ClaimWindow
+from phage.node.workspaces import WorkspaceCache
 from phage.pki.attestation import AttestationRecord, sandbox_hash
 from phage.pki.identity import NodeIdentity
 from phage.protocol import convert
@@ -113,6 +114,8 @@ class NodeAgent:
         secure_key_dir(config.key_dir)
         self.identity = NodeIdentity.load_or_create(config.key_dir)
         self.executor = JobExecutor(config.scratch_root, config.max_log_bytes)
+        self.workspaces = WorkspaceCache(config.key_dir / "workspaces")
+        """Streamed workspace archives kept by digest, so tasks sharing one download it once."""
         self._corrupt_outputs = faults.corrupt_outputs_enabled()
         """Fault injection for tests and benchmarks (node/faults.py): report wrong job outputs."""
         self.running: dict[str, Running] = {}
@@ -508,10 +511,16 @@ class NodeAgent:
         )
 
     async def _download(self, digest: str) -> bytes:
+        """A streamed workspace: from the node's cache, else from the coordinator (then kept)."""
+        cached = await asyncio.to_thread(self.workspaces.get, digest)
+        if cached is not None:
+            return cached
         chunks = []
         async for chunk in self.stub.DownloadBlob(pb.BlobRequest(sha256=digest), timeout=600):
             chunks.append(chunk.data)
-        return b"".join(chunks)
+        data = b"".join(chunks)
+        await asyncio.to_thread(self.workspaces.put, digest, data)  # checks it against the digest
+        return data
 
     async def _upload(self, out: CollectedOutput) -> None:
         async def send() -> pb.BlobRef:
