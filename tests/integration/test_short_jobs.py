@@ -113,7 +113,8 @@ def test_streamed_workspaces_are_downloaded_once_per_node_and_each_task_unpacks_
 ) -> None:
     coord, (node,) = pool(nodes=1, concurrency=1, env={"PHAGE_INLINE_WORKSPACE_BYTES": "0"})
     wait_online(coord, 1)
-    script = "import pathlib\np = pathlib.Path('data.txt')\nprint('read', p.read_text())\np.write_text('changed')\n"
+    script = "import pathlib\np = pathlib.Path('data.txt')\nprint('read', p.read_text())\n"
+    script += "p.write_text('changed')\n"
     job = {
         "kind": "job",
         "files": {"main.py": script, "data.txt": "original"},
