@@ -116,6 +116,13 @@ def throughput(client: httpx.Client, job: str, count: int) -> float:
     return float(count / (max(ends) - t0))
 
 
+def _node(coord: CoordinatorProcess, key_dir: Path, name: str, sandbox: str | None) -> NodeProcess:
+    """A default node (no ``--concurrency``), with the system's PATH: ``python3`` is the same
+    ``/usr/bin/python3`` for the ``none`` backend as inside the sandboxes."""
+    env = {"PATH": ENV["PATH"]}
+    return NodeProcess(coord, key_dir, name=name, concurrency=None, sandbox=sandbox, env=env).start()
+
+
 def run_backend(args: argparse.Namespace, backend: str, root: Path) -> list[dict[str, Any]]:
     """Coordinator + default nodes of one backend: every job, serially and in bulk on 1 and 2 nodes."""
     sandbox = None if backend == "default" else backend
@@ -124,9 +131,7 @@ def run_backend(args: argparse.Namespace, backend: str, root: Path) -> list[dict
     rows = []
     try:
         coord.start()
-        nodes.append(
-            NodeProcess(coord, root / f"{backend}-n0", name="n0", concurrency=None, sandbox=sandbox).start()
-        )
+        nodes.append(_node(coord, root / f"{backend}-n0", "n0", sandbox))
         wait_online(coord, 1, timeout=120)
         with coord.client() as client:
             for job in args.job:
@@ -134,11 +139,7 @@ def run_backend(args: argparse.Namespace, backend: str, root: Path) -> list[dict
                 times = serial(client, job, args.serial)
                 one = throughput(client, job, args.bulk)
                 rows.append({"backend": backend, "job": job, **_lat(times), "jobs_s_1": one})
-            nodes.append(
-                NodeProcess(
-                    coord, root / f"{backend}-n1", name="n1", concurrency=None, sandbox=sandbox
-                ).start()
-            )
+            nodes.append(_node(coord, root / f"{backend}-n1", "n1", sandbox))
             wait_online(coord, 2, timeout=120)
             for row in rows:
                 serial(client, row["job"], args.warmup)
