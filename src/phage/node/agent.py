@@ -66,6 +66,8 @@ class Running:
     assignment: pb.TaskAssignment
     task: asyncio.Task[None] | None = None
     started: float = field(default_factory=time.monotonic)
+    in_slot_since: float | None = None
+    """When it took a slot (None: waiting for one, or a task that takes none)."""
     reporting: bool = False
     """Finished executing; its result is on the way. It no longer holds a slot, but is still
     listed in heartbeats so its lease lives until the coordinator has the result."""
@@ -357,7 +359,9 @@ class NodeAgent:
 
     async def _fetch_once(self) -> pb.FetchTaskResponse | None:
         """One long-poll; None when it was cut short because a local slot opened."""
-        free = self.window.size - self.executing
+        now = time.monotonic()
+        in_slots = [r.in_slot_since for r in self.running.values() if r.in_slot_since and not r.reporting]
+        free = self.window.size(running_for=now - min(in_slots, default=now)) - self.executing
         self._slot_freed.clear()
         request = pb.FetchTaskRequest(
             node_id=self.node_id, max_tasks=max(free, 0), wait_ms=self.config.fetch_wait_ms
@@ -433,6 +437,8 @@ class NodeAgent:
             else:
                 async with self._slots:  # the per-node cap on real work; held tasks wait here
                     began = time.monotonic()
+                    if (held := self.running.get(a.assignment_id)) is not None:
+                        held.in_slot_since = began
                     result, outputs = await self._run(a)
                     self.window.record(time.monotonic() - began)
             self._done_executing(a.assignment_id)

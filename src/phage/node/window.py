@@ -44,12 +44,17 @@ class ClaimWindow:
         else:
             self.typical_s += DECAY * (seconds - self.typical_s)
 
-    @property
-    def size(self) -> int:
-        """How many assignments to hold (running plus waiting for a slot)."""
+    def size(self, running_for: float = 0.0) -> int:
+        """How many assignments to hold (running plus waiting for a slot).
+
+        ``running_for``: how long the longest task now in a slot has run. A task still
+        running past the estimate counts as that long already, so a burst of long tasks
+        after short ones closes the window while the first of them runs, not after it.
+        """
         if self.typical_s is None:
             return self.slots
-        if self.typical_s <= 0:
+        typical = max(self.typical_s, running_for)
+        if typical <= 0:
             return self.max_held
-        extra = self.slots * self.lookahead_s / self.typical_s
+        extra = self.slots * self.lookahead_s / typical
         return int(min(self.max_held, self.slots + extra))
