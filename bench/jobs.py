@@ -144,9 +144,11 @@ def run_backend(args: argparse.Namespace, backend: str, root: Path) -> list[dict
             for row in rows:
                 serial(client, row["job"], args.warmup)
                 row["jobs_s_2"] = throughput(client, row["job"], 2 * args.bulk)
-        head = (root / f"{backend}-n0.log").read_text().splitlines()
+        head = (root / f"{backend}-n0.log").read_text()
+        at = head.find("· sandbox")
+        line = " ".join(head[at : head.find("· coordinator", at)].split()) if at >= 0 else ""
         for row in rows:
-            row["node_line"] = next((line for line in head if "sandbox" in line), "")
+            row["node_line"] = line
         return rows
     except BaseException:
         for log in root.glob("*.log"):

@@ -257,9 +257,12 @@ class Admission:
         """How many more assignments this node may be handed now (0: none).
 
         A draining node takes nothing new. A capped node (workers file or admin) never holds
-        more than its cap; otherwise the node decides (its slots, plus as many short tasks queued
+        more than its cap. A trusted node decides (its slots, plus as many short tasks queued
         beside them as it expects to finish soon: ``phage.node.window``), up to
-        ``MAX_HELD_ASSIGNMENTS`` or twice its concurrency, whichever is more.
+        ``MAX_HELD_ASSIGNMENTS`` or twice its concurrency, whichever is more. An untrusted node
+        holds at most twice its concurrency: whether its work needs a second copy is decided as
+        it is claimed, from the node's record so far, and a node that took a pool's whole queue
+        at once would have every task copied before its first result could earn it any trust.
         """
         node = live.node
         if node.draining or node.state is not NodeState.ONLINE:
@@ -267,7 +270,10 @@ class Admission:
         held = len(live.attempts)
         if node.max_jobs is not None:
             return max(0, min(max_tasks, node.max_jobs - held))
-        return min(max_tasks, max(0, max(MAX_HELD_ASSIGNMENTS, 2 * node.max_concurrency) - held))
+        cap = 2 * node.max_concurrency
+        if node.trusted:
+            cap = max(cap, MAX_HELD_ASSIGNMENTS)
+        return min(max_tasks, max(0, cap - held))
 
     @staticmethod
     def accepts_work(live: LiveNode) -> bool:
