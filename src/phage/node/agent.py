@@ -265,14 +265,10 @@ class NodeAgent:
         try:
             await self._stop.wait()
         finally:
-            for t in (*loops, *self._confirming):
+            tasks = [*loops, *self._confirming, *(r.task for r in self.running.values() if r.task)]
+            for t in tasks:
                 t.cancel()
-            for r in list(self.running.values()):
-                if r.task is not None:
-                    r.task.cancel()
-            await asyncio.gather(
-                *loops, *(r.task for r in self.running.values() if r.task), return_exceptions=True
-            )
+            await asyncio.gather(*tasks, return_exceptions=True)
             if self._channel is not None:
                 await self._channel.close(None)
             if self.engine is not None:  # stop a managed vLLM / llama.cpp server with the node
