@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import sys
 import tempfile
@@ -138,7 +139,15 @@ def run_backend(args: argparse.Namespace, backend: str, root: Path) -> list[dict
                 serial(client, job, args.warmup)
                 times = serial(client, job, args.serial)
                 one = throughput(client, job, args.bulk)
-                rows.append({"backend": backend, "job": job, **_lat(times), "jobs_s_1": one})
+                rows.append(
+                    {
+                        "backend": backend,
+                        "job": job,
+                        **_lat(times),
+                        "jobs_s_1": one,
+                        "load": os.getloadavg()[0],
+                    }
+                )
             nodes.append(_node(coord, root / f"{backend}-n1", "n1", sandbox))
             wait_online(coord, 2, timeout=120)
             for row in rows:
@@ -257,6 +266,7 @@ def run_bare(args: argparse.Namespace, root: Path) -> list[dict[str, Any]]:
                     "process_p50_ms": percentile(lat, 50) * 1000,
                     "share_p50_ms": 0.0,
                     **rates,
+                    "load": os.getloadavg()[0],
                 }
             )
     return rows
@@ -291,11 +301,12 @@ def markdown(rows: list[dict[str, Any]], command: str, busy: float, info: dict[s
     lines = [
         f"`{command}` — {info['cpu_model']}, {info['cores']} cores, {info['os']}, kernel {info['kernel']}, "
         f"{info.get('bwrap')}, {info.get('runsc')}, {info.get('firejail')}; machine {busy:.0f}% busy "
-        "with other work at the start.",
+        "with other work at the start; load avg: the machine's 1-minute load average (2 cores) "
+        "after each row.",
         "",
         "| runner | job | p50 ms | p99 ms | process p50 ms | phage's share p50 ms "
-        "| jobs/s, 1 node | jobs/s, 2 nodes | jobs/s ÷ `none` (1 node) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| jobs/s, 1 node | jobs/s, 2 nodes | jobs/s ÷ `none` (1 node) | load avg |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         base = none.get(r["job"])
@@ -303,7 +314,7 @@ def markdown(rows: list[dict[str, Any]], command: str, busy: float, info: dict[s
         lines.append(
             f"| {r['backend']} | {r['job']} | {fmt_ms(r['p50_ms'])} | {fmt_ms(r['p99_ms'])} "
             f"| {fmt_ms(r['process_p50_ms'])} | {fmt_ms(r['share_p50_ms'])} | {r['jobs_s_1']:.1f} "
-            f"| {r.get('jobs_s_2', float('nan')):.1f} | {ratio} |"
+            f"| {r.get('jobs_s_2', float('nan')):.1f} | {ratio} | {r.get('load', float('nan')):.1f} |"
         )
     return "\n".join(lines)
 
