@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import sys
@@ -44,6 +45,7 @@ from typing import Any
 import httpx
 from rich.console import Console
 from rich.table import Table
+from websockets.sync.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -70,16 +72,32 @@ def _task(job: str) -> dict[str, Any]:
     return {"kind": "job", "files": {"main.py": JOBS[job]}, "manifest": {"entrypoint": "main.py"}}
 
 
-def _wait_task(client: httpx.Client, task_id: str, timeout: float = 60) -> dict[str, Any]:
-    def final() -> dict[str, Any]:
-        task: dict[str, Any] = client.get(f"/api/tasks/{task_id}").json()
-        return task if task["state"] in FINAL else {}
+class FeedWaiter:
+    """Waits for a task to end by listening to the coordinator's live feed (``WS /api/feed``).
 
-    found: dict[str, Any] = wait_until(final, timeout, interval=0.005, what=f"task {task_id}")
-    return found
+    Polling ``GET /api/tasks/{id}`` every few milliseconds would load the coordinator
+    while it handles the very job being timed; the feed pushes the one event instead.
+    """
+
+    def __init__(self, coord: CoordinatorProcess) -> None:
+        url = coord.url.replace("http://", "ws://") + "/api/feed"
+        self.ws = connect(url, additional_headers={"Authorization": f"Bearer {coord.admin_key}"})
+
+    def wait(self, client: httpx.Client, task_id: str, timeout: float = 60) -> dict[str, Any]:
+        """The task, fetched once the feed says it ended."""
+        deadline = time.monotonic() + timeout
+        while True:
+            event = json.loads(self.ws.recv(timeout=max(0.0, deadline - time.monotonic())))
+            if event.get("type") == "task" and event.get("id") == task_id and event.get("state") in FINAL:
+                task: dict[str, Any] = client.get(f"/api/tasks/{task_id}").json()
+                return task
+
+    def close(self) -> None:
+        """Hang up."""
+        self.ws.close()
 
 
-def serial(client: httpx.Client, job: str, runs: int) -> dict[str, list[float]]:
+def serial(client: httpx.Client, feed: FeedWaiter, job: str, runs: int) -> dict[str, list[float]]:
     """Submit → verified, one job at a time; also the process's own time as the node measured it."""
     e2e: list[float] = []
     process: list[float] = []
@@ -87,7 +105,7 @@ def serial(client: httpx.Client, job: str, runs: int) -> dict[str, list[float]]:
         t0 = time.time()
         resp = client.post("/api/tasks", json=_task(job))
         resp.raise_for_status()
-        task = _wait_task(client, resp.json()["id"])
+        task = feed.wait(client, resp.json()["id"])
         if task["state"] != "verified":
             raise RuntimeError(f"{job}: task ended {task['state']}: {task.get('result')}")
         e2e.append(task["finished_at"] - t0)
@@ -130,14 +148,16 @@ def run_backend(args: argparse.Namespace, backend: str, root: Path) -> list[dict
     coord = CoordinatorProcess(root / f"coord-{backend}", heartbeat_s=10.0)
     nodes: list[NodeProcess] = []
     rows = []
+    feed: FeedWaiter | None = None
     try:
         coord.start()
         nodes.append(_node(coord, root / f"{backend}-n0", "n0", sandbox))
         wait_online(coord, 1, timeout=120)
+        feed = FeedWaiter(coord)
         with coord.client() as client:
             for job in args.job:
-                serial(client, job, args.warmup)
-                times = serial(client, job, args.serial)
+                serial(client, feed, job, args.warmup)
+                times = serial(client, feed, job, args.serial)
                 one = throughput(client, job, args.bulk)
                 rows.append(
                     {
@@ -151,7 +171,7 @@ def run_backend(args: argparse.Namespace, backend: str, root: Path) -> list[dict
             nodes.append(_node(coord, root / f"{backend}-n1", "n1", sandbox))
             wait_online(coord, 2, timeout=120)
             for row in rows:
-                serial(client, row["job"], args.warmup)
+                serial(client, feed, row["job"], args.warmup)
                 row["jobs_s_2"] = throughput(client, row["job"], 2 * args.bulk)
         head = (root / f"{backend}-n0.log").read_text()
         at = head.find("· sandbox")
@@ -164,6 +184,8 @@ def run_backend(args: argparse.Namespace, backend: str, root: Path) -> list[dict
             console.print(f"[red]{log.name}[/]\n" + log.read_text()[-2000:])
         raise
     finally:
+        if feed is not None:
+            feed.close()
         for n in nodes:
             n.stop()
         coord.stop()

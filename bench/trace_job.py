@@ -24,14 +24,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _util import fmt_ms, percentile, wait_for_quiet
-from jobs import ENV, FINAL, JOBS
+from jobs import ENV, JOBS, FeedWaiter
 
-from phage.testing import CoordinatorProcess, NodeProcess, wait_online, wait_until
+from phage.testing import CoordinatorProcess, NodeProcess, wait_online
 
 EXECUTOR = re.compile(r"(a-\w+): workspace ([\d.]+) ms, sandbox ([\d.]+) ms, outputs ([\d.]+) ms")
 AGENT = re.compile(
@@ -49,6 +48,7 @@ def trace(sandbox: str | None, job: str, runs: int, root: Path) -> list[dict[str
     rows: dict[str, dict[str, float]] = {}
     try:
         wait_online(coord, 1, timeout=120)
+        feed = FeedWaiter(coord)
         with coord.client() as client:
             for i in range(runs + 3):
                 t0 = time.time()
@@ -57,11 +57,7 @@ def trace(sandbox: str | None, job: str, runs: int, root: Path) -> list[dict[str
                 resp.raise_for_status()
                 posted = time.time()
 
-                def final(task_id: str = resp.json()["id"]) -> dict[str, Any]:
-                    found: dict[str, Any] = client.get(f"/api/tasks/{task_id}").json()
-                    return found if found["state"] in FINAL else {}
-
-                done = wait_until(final, 60, interval=0.005, what="the job")
+                done = feed.wait(client, resp.json()["id"])
                 if i < 3:  # warm-up
                     continue
                 (att,) = done["attempts"]
@@ -72,6 +68,7 @@ def trace(sandbox: str | None, job: str, runs: int, root: Path) -> list[dict[str
                     "attempt finished → task verified": done["finished_at"] - att["finished_at"],
                     "total: submit → verified": done["finished_at"] - t0,
                 }
+        feed.close()
     finally:
         node.stop()
         coord.stop()
