@@ -184,7 +184,10 @@ def node(
         Path.home() / ".phage" / "node"
     ),
     name: Annotated[str, typer.Option(help="Display name.")] = "",
-    concurrency: Annotated[int, typer.Option(help="Tasks run at once.")] = 4,
+    concurrency: Annotated[
+        int,
+        typer.Option(help="Jobs run at once (slots); the node also holds short tasks queued beside them."),
+    ] = 4,
     sandbox: Annotated[
         str | None,
         typer.Option(
