@@ -81,7 +81,8 @@ class FeedWaiter:
 
     def __init__(self, coord: CoordinatorProcess) -> None:
         url = coord.url.replace("http://", "ws://") + "/api/feed"
-        self.ws = connect(url, additional_headers={"Authorization": f"Bearer {coord.admin_key}"})
+        connection = connect(url, additional_headers={"Authorization": f"Bearer {coord.admin_key}"})
+        self.ws = connection.__enter__()  # closed by close()
 
     def wait(self, client: httpx.Client, task_id: str, timeout: float = 60) -> dict[str, Any]:
         """The task, fetched once the feed says it ended."""
@@ -173,9 +174,9 @@ def run_backend(args: argparse.Namespace, backend: str, root: Path) -> list[dict
             for row in rows:
                 serial(client, feed, row["job"], args.warmup)
                 row["jobs_s_2"] = throughput(client, row["job"], 2 * args.bulk)
-        head = (root / f"{backend}-n0.log").read_text()
+        head = " ".join((root / f"{backend}-n0.log").read_text().split())  # rich wraps long lines
         at = head.find("· sandbox")
-        line = " ".join(head[at : head.find("· coordinator", at)].split()) if at >= 0 else ""
+        line = head[at : head.find("· coordinator", at)].strip(" ·") if at >= 0 else ""
         for row in rows:
             row["node_line"] = line
         return rows
