@@ -35,15 +35,12 @@ def test_a_node_holding_many_short_tasks_still_runs_only_its_slots_at_once(
     coord, _ = pool(nodes=1, concurrency=1)
     wait_online(coord, 1)
     with coord.client() as c:
-        # no-op tasks open the node's claim window wide (node/window.py) ...
-        noops = [
-            t["id"]
-            for t in c.post("/api/tasks", json={"tasks": [{"kind": "noop", "count": 50}]}).json()["tasks"]
-        ]
-        wait_tasks_final(coord, noops, timeout=60)
-        # ... and jobs submitted together then all go to the node at once, to wait for its one slot
+        # no-op tasks (first: higher priority) open the node's claim window wide (node/window.py),
+        # so the jobs behind them all go to the node at once, to wait there for its one slot
         job = {"kind": "job", "files": {"main.py": OVERLAP_JOB}, "manifest": {"entrypoint": "main.py"}}
-        ids = [t["id"] for t in c.post("/api/tasks", json={"tasks": [job] * 4}).json()["tasks"]]
+        noops = {"kind": "noop", "count": 50, "priority": 10}
+        made = c.post("/api/tasks", json={"tasks": [noops, *[job] * 4]}).json()["tasks"]
+        ids = [t["id"] for t in made[-4:]]
         final = wait_tasks_final(coord, ids, timeout=60)
     assert [t["state"] for t in final] == ["verified"] * 4
     spans = _spans(final)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from phage.node.window import LOOKAHEAD_S, MAX_HELD, ClaimWindow
+from phage.node.window import LOOKAHEAD_S, MAX_HELD, RECENT_S, ClaimWindow
 
 
 def test_holds_only_its_slots_until_it_has_seen_a_task() -> None:
@@ -48,3 +48,12 @@ def test_a_task_running_past_the_estimate_closes_the_window_before_it_ends() -> 
     assert window.size() > 40
     assert window.size(running_for=0.01) == window.size(), "a task within the estimate changes nothing"
     assert window.size(running_for=5.0) == 4
+
+
+def test_after_a_quiet_spell_a_node_takes_only_its_slots() -> None:
+    window = ClaimWindow(4)
+    window.record(0.01, now=100.0)
+    assert window.size(now=100.0 + RECENT_S / 2) > 4
+    assert window.size(now=100.0 + RECENT_S * 2) == 4, "no look-ahead on stale evidence"
+    window.record(0.01, now=200.0)
+    assert window.size(now=200.0) > 4, "the next finished task reopens it"
