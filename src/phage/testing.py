@@ -151,8 +151,10 @@ class NodeProcess:
     coordinator: CoordinatorProcess
     key_dir: Path
     name: str = "node"
-    concurrency: int = 4
-    sandbox: str = "none"
+    concurrency: int | None = 4
+    """Slots; None starts the node with its default (no ``--concurrency``)."""
+    sandbox: str | None = "none"
+    """Backend name; None starts the node with its default (no ``--sandbox``)."""
     heartbeat_s: float = 0.5
     engine: str | None = None
     model: str | None = None
@@ -179,13 +181,13 @@ class NodeProcess:
             str(self.key_dir),
             "--name",
             self.name,
-            "--concurrency",
-            str(self.concurrency),
-            "--sandbox",
-            self.sandbox,
             "--heartbeat",
             str(self.heartbeat_s),
         )
+        if self.concurrency is not None:
+            argv += ["--concurrency", str(self.concurrency)]
+        if self.sandbox is not None:
+            argv += ["--sandbox", self.sandbox]
         if self.engine:
             argv += ["--engine", self.engine, "--model", str(self.model)]
         argv += list(self.args)

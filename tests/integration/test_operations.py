@@ -169,7 +169,9 @@ def test_node_picks_real_sandboxes_and_honours_required_isolation(tmp_path: Path
             final = wait_tasks_final(coord, ids, timeout=60)
             assert [t["state"] for t in final] == ["verified"] * len(ids)
             assert [t["result"]["sandbox"] for t in final[1:]] == node["sandboxes"]
-            assert final[0]["result"]["sandbox"] == node["sandboxes"][0], "any = the strongest"
+            assert final[0]["result"]["sandbox"] == node["sandboxes"][0], (
+                "any = the node's default, listed first"
+            )
             assert c.get(f"/api/tasks/{unisolated}").json()["state"] == "queued", "never run unisolated"
     finally:
         os.killpg(proc.pid, 9)

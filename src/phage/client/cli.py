@@ -162,9 +162,16 @@ def node(
         Path.home() / ".phage" / "node"
     ),
     name: Annotated[str, typer.Option(help="Display name.")] = "",
-    concurrency: Annotated[int, typer.Option(help="Tasks run at once.")] = 4,
+    concurrency: Annotated[
+        int,
+        typer.Option(help="Jobs run at once (slots); the node also holds short tasks queued beside them."),
+    ] = 4,
     sandbox: Annotated[
-        str | None, typer.Option(help="Sandbox backend (default: strongest available).")
+        str | None,
+        typer.Option(
+            help="Sandbox backend: bwrap|gvisor|none (default: bwrap, and gvisor too for tasks that "
+            "require it; gvisor alone where bwrap does not work)."
+        ),
     ] = None,
     polled_scratch: Annotated[
         bool,
@@ -254,8 +261,11 @@ def node(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, agent.stop)
+        also = [name for name in agent.sandboxes if name != agent.sandbox.name]
+        offered = f" (also {', '.join(also)} for tasks that require it)" if also else ""
         err_console.print(
-            f"node {agent.node_id} · sandbox [bold]{agent.sandbox.name}[/] · coordinator {coordinator}"
+            f"node {agent.node_id} · sandbox [bold]{agent.sandbox.name}[/]{offered} · slots "
+            f"{agent.config.max_concurrency} · coordinator {coordinator}"
         )
         await agent.run()
 

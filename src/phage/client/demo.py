@@ -136,7 +136,7 @@ def generate_task() -> dict[str, Any]:
 
 
 def pick_sandbox() -> tuple[str, str]:
-    """(backend, note): the strongest real sandbox here, or ``none`` with the reason."""
+    """(backend, note): the default real sandbox here (bwrap, else gVisor), or ``none`` with the reason."""
     from phage.errors import SandboxError
     from phage.sandbox import make_sandbox
 

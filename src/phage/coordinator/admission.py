@@ -44,6 +44,7 @@ from phage.coordinator.feed import EventBus
 from phage.coordinator.ledger import TaskLedger
 from phage.coordinator.pool import LiveNode, LivePool
 from phage.domain import Node, NodeState
+from phage.domain.models import MAX_HELD_ASSIGNMENTS
 from phage.errors import Conflict, InvalidInput, NotFound, PermissionDenied, Unauthenticated
 from phage.store import SqlStore
 
@@ -269,8 +270,12 @@ class Admission:
         """How many more assignments this node may be handed now (0: none).
 
         A draining node takes nothing new. A capped node (workers file or admin) never holds
-        more than its cap; otherwise the node may hold up to twice its concurrency, since results
-        it is still reporting hold no slot on its side.
+        more than its cap. A trusted node decides (its slots, plus as many short tasks queued
+        beside them as it expects to finish soon: ``phage.node.window``), up to
+        ``MAX_HELD_ASSIGNMENTS`` or twice its concurrency, whichever is more. An untrusted node
+        holds at most twice its concurrency: whether its work needs a second copy is decided as
+        it is claimed, from the node's record so far, and a node that took a pool's whole queue
+        at once would have every task copied before its first result could earn it any trust.
         """
         node = live.node
         if node.draining or node.state is not NodeState.ONLINE:
@@ -278,7 +283,10 @@ class Admission:
         held = len(live.attempts)
         if node.max_jobs is not None:
             return max(0, min(max_tasks, node.max_jobs - held))
-        return min(max_tasks, max(0, 2 * node.max_concurrency - held))
+        cap = 2 * node.max_concurrency
+        if node.trusted:
+            cap = max(cap, MAX_HELD_ASSIGNMENTS)
+        return min(max_tasks, max(0, cap - held))
 
     # ---- admin -------------------------------------------------------------
 

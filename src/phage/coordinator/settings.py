@@ -50,7 +50,7 @@ class CoordinatorSettings(BaseSettings):
     reverify_sample: float = Field(default=0.05, ge=0.0, le=1.0)
     """Fraction of trusted nodes' claimed passes the coordinator re-verifies (untrusted: all)."""
     verify_sandbox: str | None = None
-    """Sandbox backend for re-verification; default: the strongest that works here."""
+    """Sandbox backend for re-verification; default: the default that works here (bwrap, else gVisor)."""
     min_quorum: int = Field(default=2, ge=1, le=16)
     """Jobs: agreeing results from distinct nodes that validate an untrusted node's result (a job's
     ``min_quorum`` overrides it); 1 accepts untrusted results alone. See ``domain/quorum.py``."""

@@ -39,13 +39,15 @@ from phage.node.engines import Engine, make_engine
 from phage.node.executor import CollectedOutput, JobExecutor
 from phage.node.faults import poison_updates_enabled
 from phage.node.probe import probe_hardware, probe_metrics
+from phage.node.window import ClaimWindow
+from phage.node.workspaces import WorkspaceCache
 from phage.pki.attestation import AttestationRecord, sandbox_hash
 from phage.pki.identity import NodeIdentity
 from phage.protocol import convert
 from phage.protocol.v1 import phage_pb2 as pb
 from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
 from phage.sandbox import Sandbox, available_backends, make_sandbox
-from phage.sandbox.registry import STRONGEST_FIRST
+from phage.sandbox.registry import DEFAULT_FIRST
 from phage.sandbox.scratch import ScratchVolumes
 
 log = logging.getLogger("phage.node")
@@ -69,6 +71,8 @@ class Running:
     assignment: ReceivedAssignment
     task: asyncio.Task[None] | None = None
     started: float = field(default_factory=time.monotonic)
+    in_slot_since: float | None = None
+    """When it took a slot (None: waiting for one, or a task that takes none)."""
     reporting: bool = False
     """Finished executing; its result is on the way. It no longer holds a slot, but is still
     listed in heartbeats so its lease lives until the coordinator has the result."""
@@ -88,11 +92,11 @@ def _pick_sandboxes(given: Sandbox | None, name: str | None) -> dict[str, Sandbo
         return {chosen.name: chosen}
     found: dict[str, Sandbox] = {}
     for backend, reason in available_backends().items():
-        if backend in STRONGEST_FIRST and reason is None:
+        if backend in DEFAULT_FIRST and reason is None:
             found[backend] = make_sandbox(backend)
     if not found:
         make_sandbox(None)  # raises, saying why and what to do
-    return dict(sorted(found.items(), key=lambda kv: STRONGEST_FIRST.index(kv[0])))
+    return dict(sorted(found.items(), key=lambda kv: DEFAULT_FIRST.index(kv[0])))
 
 
 def _scratch_volumes(sandboxes: dict[str, Sandbox], polled_ok: bool) -> ScratchVolumes | None:
@@ -120,7 +124,8 @@ class NodeAgent:
     ) -> None:
         self.config = config
         self.sandboxes = _pick_sandboxes(sandbox, config.sandbox)
-        """Every backend this node offers, strongest first; the first runs tasks that ask for ``any``."""
+        """Every backend this node offers, default first (``DEFAULT_FIRST``); the first runs tasks
+        that ask for ``any``, the others only tasks that require them."""
         self.sandbox = next(iter(self.sandboxes.values()))
         self._sandbox_sha256 = {name: sandbox_hash(sb.describe()) for name, sb in self.sandboxes.items()}
         self.engine = engine
@@ -148,10 +153,17 @@ class NodeAgent:
             config.max_log_bytes,
             _scratch_volumes(self.sandboxes, config.polled_scratch),
         )
+        self.workspaces = WorkspaceCache(config.key_dir / "workspaces")
+        """Streamed workspace archives kept by digest, so tasks sharing one download it once."""
         self._corrupt_outputs = faults.corrupt_outputs_enabled()
         """Fault injection for tests and benchmarks (node/faults.py): report wrong job outputs."""
         self.running: dict[str, Running] = {}
         self.completed = 0
+        self._slots = asyncio.Semaphore(config.max_concurrency)
+        """The cap on real work: jobs and generate tasks run at most this many at once."""
+        self.window = ClaimWindow(config.max_concurrency)
+        """How many assignments to hold at once: the slots plus a short look-ahead (node/window.py)."""
+        self._confirming: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
         self._stop = asyncio.Event()
         self._channel: grpc.aio.Channel | None = None
@@ -169,7 +181,7 @@ class NodeAgent:
 
     @property
     def executing(self) -> int:
-        """Assignments holding a slot (running, not yet reporting)."""
+        """Assignments held and not finished (running or waiting for a slot, not yet reporting)."""
         return sum(1 for r in self.running.values() if not r.reporting)
 
     def _done_executing(self, assignment_id: str) -> None:
@@ -305,14 +317,10 @@ class NodeAgent:
         try:
             await self._stop.wait()
         finally:
-            for t in loops:
+            tasks = [*loops, *self._confirming, *(r.task for r in self.running.values() if r.task)]
+            for t in tasks:
                 t.cancel()
-            for r in list(self.running.values()):
-                if r.task is not None:
-                    r.task.cancel()
-            await asyncio.gather(
-                *loops, *(r.task for r in self.running.values() if r.task), return_exceptions=True
-            )
+            await asyncio.gather(*tasks, return_exceptions=True)
             if self.blocks is not None:
                 await self._leave_blocks()
                 await self.blocks.stop()
@@ -426,7 +434,9 @@ class NodeAgent:
 
     async def _fetch_once(self) -> pb.FetchTaskResponse | None:
         """One long-poll; None when it was cut short because a local slot opened."""
-        free = self.config.max_concurrency - self.executing
+        now = time.monotonic()
+        in_slots = [r.in_slot_since for r in self.running.values() if r.in_slot_since and not r.reporting]
+        free = self.window.size(running_for=now - min(in_slots, default=now)) - self.executing
         self._slot_freed.clear()
         request = pb.FetchTaskRequest(
             node_id=self.node_id, max_tasks=max(free, 0), wait_ms=self.config.fetch_wait_ms
@@ -450,9 +460,22 @@ class NodeAgent:
         return None
 
     async def _begin(self, assignments: list[ReceivedAssignment]) -> None:
+        """Start the assignments at once and tell the coordinator in the background.
+
+        Each run overlaps the StartTasks round trip; its result waits for the answer
+        (so the coordinator hears "started" before "finished"), and one the coordinator
+        no longer wants is cancelled, killing its sandbox.
+        """
+        answer: asyncio.Future[set[str]] = asyncio.get_running_loop().create_future()
         for a in assignments:
-            self.running[a.assignment_id] = Running(a)
-        ids = [a.assignment_id for a in assignments]
+            r = self.running[a.assignment_id] = Running(a)
+            r.task = asyncio.create_task(self._execute(a, answer), name=f"phage-task-{a.assignment_id}")
+        confirm = asyncio.create_task(self._confirm([a.assignment_id for a in assignments], answer))
+        self._confirming.add(confirm)
+        confirm.add_done_callback(self._confirming.discard)
+
+    async def _confirm(self, ids: list[str], answer: asyncio.Future[set[str]]) -> None:
+        unwanted: set[str] = set()
         try:
             resp = await self._retry(
                 lambda: self.stub.StartTasks(
@@ -461,13 +484,11 @@ class NodeAgent:
             )
             unwanted = set(resp.cancel_assignment_ids)
         except grpc.aio.AioRpcError:
-            unwanted = set()
-        for a in assignments:
-            if a.assignment_id in unwanted:
-                self.running.pop(a.assignment_id, None)
-                continue
-            r = self.running[a.assignment_id]
-            r.task = asyncio.create_task(self._execute(a), name=f"phage-task-{a.assignment_id}")
+            pass  # refused outright: run them anyway; the result's own checks decide
+        finally:
+            self._cancel([aid for aid in ids if aid in unwanted])
+            if not answer.done():
+                answer.set_result(unwanted)
 
     def _cancel(self, assignment_ids: list[str]) -> None:
         for aid in assignment_ids:
@@ -479,28 +500,44 @@ class NodeAgent:
 
     # ---- one assignment ----------------------------------------------------
 
-    async def _execute(self, a: ReceivedAssignment) -> None:
+    async def _execute(self, a: ReceivedAssignment, started: asyncio.Future[set[str]]) -> None:
         outputs: list[CollectedOutput] = []
+        claimed = began = time.monotonic()
         try:
             if a.problem:
                 result = TaskResult(exit_code=-1, error=f"node error: {a.problem}")
             elif a.kind == "noop":
                 result = TaskResult(exit_code=0)
-            elif a.kind == "job":
-                result, outputs = await self._run_job(a)
-            elif a.kind == "generate":
-                result, outputs = await self._run_generate(a)
+                self.window.record(0.0)
             else:
-                result = TaskResult(exit_code=-1, error=f"this node does not know task kind {a.kind!r}")
+                async with self._slots:  # the per-node cap on real work; held tasks wait here
+                    began = time.monotonic()
+                    if (held := self.running.get(a.assignment_id)) is not None:
+                        held.in_slot_since = began
+                    result, outputs = await self._run(a)
+                    self.window.record(time.monotonic() - began)
             self._done_executing(a.assignment_id)
-            for out in outputs:
-                await self._upload(out)
+            ran = time.monotonic()
+            await started  # StartTasks answered (a task it refused was cancelled, not reported)
+            await asyncio.gather(*(self._upload(out) for out in outputs))  # side by side, not in turn
+            uploaded = time.monotonic()
             await self._report(a, result)
+            if log.isEnabledFor(logging.DEBUG):  # the per-task trace BENCHMARKS.md breaks down
+                log.debug(
+                    "%s: waited for a slot %.1f ms, ran %.1f ms (job %.1f), upload %.1f ms, report %.1f ms",
+                    a.assignment_id,
+                    (began - claimed) * 1000,
+                    (ran - began) * 1000,
+                    result.wall_time_s * 1000,
+                    (uploaded - ran) * 1000,
+                    (time.monotonic() - uploaded) * 1000,
+                )
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # report node-side failures so the task is retried elsewhere
             log.exception("assignment %s failed on this node", a.assignment_id)
             with contextlib.suppress(Exception):
+                await started
                 await self._report(a, TaskResult(exit_code=-1, error=f"node error: {exc}"))
         finally:
             if a.kind != "noop":  # unmounting a scratch volume takes tens of ms: off the event loop
@@ -509,6 +546,13 @@ class NodeAgent:
             if self.running.pop(a.assignment_id, None) is not None:
                 self.completed += 1
             self._slot_freed.set()
+
+    async def _run(self, a: ReceivedAssignment) -> tuple[TaskResult, list[CollectedOutput]]:
+        if a.kind == "job":
+            return await self._run_job(a)
+        if a.kind == "generate":
+            return await self._run_generate(a)
+        return TaskResult(exit_code=-1, error=f"this node does not know task kind {a.kind!r}"), []
 
     async def _run_job(self, a: ReceivedAssignment) -> tuple[TaskResult, list[CollectedOutput]]:
         manifest = a.spec.manifest
@@ -554,10 +598,16 @@ class NodeAgent:
         return a.workspace
 
     async def _download(self, digest: str) -> bytes:
+        """A streamed workspace: from the node's cache, else from the coordinator (then kept)."""
+        cached = await asyncio.to_thread(self.workspaces.get, digest)
+        if cached is not None:
+            return cached
         chunks = []
         async for chunk in self.stub.DownloadBlob(pb.BlobRequest(sha256=digest), timeout=600):
             chunks.append(chunk.data)
-        return b"".join(chunks)
+        data = b"".join(chunks)
+        await asyncio.to_thread(self.workspaces.put, digest, data)  # checks it against the digest
+        return data
 
     async def _upload(self, out: CollectedOutput) -> None:
         async def send() -> pb.BlobRef:

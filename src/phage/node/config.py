@@ -24,7 +24,7 @@ class NodeConfig:
     name: str = ""
     max_concurrency: int = 4
     sandbox: str | None = None
-    """Backend name, or None for the strongest that works."""
+    """Backend name, or None for the default: bwrap, plus gVisor for tasks that require it."""
     polled_scratch: bool = False
     """Accept a scratch cap the node only polls where the kernel cannot enforce one (an
     unprivileged node): a job can then briefly overshoot it, e.g. by preallocating disk."""

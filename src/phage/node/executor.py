@@ -78,11 +78,20 @@ class JobExecutor:
         workdir = await asyncio.to_thread(self._fresh, assignment_id, limits)
         if workspace:
             await asyncio.to_thread(unpack_workspace, workspace, workdir)
+        unpacked = time.monotonic()
         outcome = await sandbox.run(
             SandboxRequest(argv=manifest.command(), workdir=workdir, env=dict(manifest.env), limits=limits)
         )
+        ran = time.monotonic()
         outputs, problem = await asyncio.to_thread(
             collect_outputs, workdir, manifest.outputs, max_output_bytes
+        )
+        log.debug(
+            "%s: workspace %.1f ms, sandbox %.1f ms, outputs %.1f ms",
+            assignment_id,
+            (unpacked - started) * 1000,
+            (ran - unpacked) * 1000,
+            (time.monotonic() - ran) * 1000,
         )
         exit_code = outcome.exit_code
         stderr = outcome.stderr_tail
