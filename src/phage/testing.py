@@ -60,6 +60,8 @@ class CoordinatorProcess:
     data_dir: Path
     heartbeat_s: float = 0.5
     env: dict[str, str] = field(default_factory=dict)
+    database_url: str | None = None
+    """``--database-url``; None: ``PHAGE_DATABASE_URL`` from the environment, else SQLite in ``data_dir``."""
     http_port: int = field(default_factory=free_port)
     grpc_port: int = field(default_factory=free_port)
     enroll_port: int = field(default_factory=free_port)
@@ -99,6 +101,8 @@ class CoordinatorProcess:
             "--heartbeat",
             str(self.heartbeat_s),
         )
+        if self.database_url:
+            argv += ["--database-url", self.database_url]
         self.proc = subprocess.Popen(
             argv, stdout=log, stderr=log, env={**os.environ, **self.env}, start_new_session=True
         )

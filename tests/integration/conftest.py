@@ -1,4 +1,11 @@
-"""Shared fixtures for integration tests: real coordinator and node processes."""
+"""Shared fixtures for integration tests: real coordinator and node processes, on each database backend.
+
+Every integration test module runs once per backend of ``PHAGE_TEST_DB`` (tests/conftest.py):
+on PostgreSQL, ``PHAGE_DATABASE_URL`` names a fresh database for each test (and one for the
+module's module-scoped coordinators), which every coordinator process a test starts inherits.
+A module whose tests never reach the store (sandbox escapes run inside a node, with no
+coordinator) says so with ``pytestmark = pytest.mark.store_free`` and runs on SQLite only.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,37 @@ from pathlib import Path
 import pytest
 
 from phage.testing import CoordinatorProcess, NodeProcess
+from phage.testing_postgres import PostgresServer
+from tests.conftest import selected_backends
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        backends = selected_backends()
+        if metafunc.definition.get_closest_marker("store_free"):
+            backends = backends[:1]
+        metafunc.parametrize("backend", backends, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The module's database backend; on PostgreSQL, a database for its module-scoped coordinators."""
+    name = str(request.param)
+    if name != "postgresql":
+        yield name
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PHAGE_DATABASE_URL", server.create_database())
+        yield name
+
+
+@pytest.fixture(autouse=True)
+def fresh_database(backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On PostgreSQL, each test's coordinators start on an empty database of their own."""
+    if backend == "postgresql":
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        monkeypatch.setenv("PHAGE_DATABASE_URL", server.create_database())
 
 
 @pytest.fixture

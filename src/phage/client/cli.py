@@ -110,7 +110,14 @@ def coordinator(
         str | None, typer.Option(help="Host nodes should dial (default: the gRPC host).")
     ] = None,
     heartbeat: Annotated[float, typer.Option(help="Heartbeat interval in seconds.")] = 10.0,
-    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy async URL (default: SQLite).")] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="PHAGE_DATABASE_URL",
+            help="postgresql://user@host:port/db to share one database between several coordinators "
+            "(needs phage[postgres]); default: SQLite in the data directory.",
+        ),
+    ] = None,
     admission: Annotated[
         str,
         typer.Option(

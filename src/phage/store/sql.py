@@ -7,6 +7,7 @@ reads use the async driver. Claims are compare-and-set updates (``WHERE state =
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,18 +41,13 @@ from phage.store.schema import attempts, tasks
 from phage.store.sql_nodes import NodeRecords
 from phage.store.sql_quorum import QuorumRecords, plan_quorum
 from phage.store.sql_usage import UsageRecords
+from phage.store.urls import database_urls, redact
 from phage.store.writer import GroupCommitWriter
 
+log = logging.getLogger("phage.store")
 
-def sync_url(url: str) -> str:
-    """The synchronous driver's URL for an async one (the writer thread uses it)."""
-    for async_driver, sync_driver in (
-        ("sqlite+aiosqlite", "sqlite"),
-        ("postgresql+asyncpg", "postgresql+psycopg"),
-    ):
-        if url.startswith(async_driver + ":"):
-            return sync_driver + url[len(async_driver) :]
-    return url
+PG_TIMEOUT_S = 10.0
+"""Longest a PostgreSQL connect or statement may take before the call fails instead of waiting."""
 
 
 def sqlite_url(path: Path) -> str:
@@ -64,13 +60,23 @@ class SqlStore(NodeRecords, UsageRecords, QuorumRecords):
 
     def __init__(self, url: str, *, synchronous: str = "NORMAL") -> None:
         self.url = url
-        self.is_sqlite = url.startswith("sqlite")
-        kwargs: dict[str, Any] = {}
+        urls = database_urls(url)
+        self.is_sqlite = not urls.postgres
         if self.is_sqlite:
-            kwargs["connect_args"] = {"timeout": 30}
-        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+            read_kw: dict[str, Any] = {"connect_args": {"timeout": 30}}
+            write_kw: dict[str, Any] = read_kw
+        else:
+            # pre_ping: after a PostgreSQL restart the pooled connections are dead; each is
+            # tested before use and replaced, so the store recovers without a coordinator restart.
+            # Timeouts bound every call, so an unreachable database fails a request, never hangs it.
+            read_kw = {
+                "pool_pre_ping": True,
+                "connect_args": {"timeout": PG_TIMEOUT_S, "command_timeout": PG_TIMEOUT_S},
+            }
+            write_kw = {"pool_pre_ping": True, "pool_size": 1, "connect_args": {"connect_timeout": 5}}
+        self.engine: AsyncEngine = create_async_engine(urls.async_url, **read_kw)
         """Reads: async, so they never block the event loop."""
-        self.sync_engine: Engine = create_engine(sync_url(url), **kwargs)
+        self.sync_engine: Engine = create_engine(urls.sync_url, **write_kw)
         """Writes: run by the group-commit writer's own thread."""
         if self.is_sqlite:
             self._install_sqlite_pragmas(self.engine.sync_engine, synchronous)
@@ -102,6 +108,7 @@ class SqlStore(NodeRecords, UsageRecords, QuorumRecords):
         async with self.engine.begin() as conn:
             await conn.run_sync(upgrade)
         self._writer.start()
+        log.info("store open: %s", redact(self.url))
 
     async def close(self) -> None:
         """Drain the writer and dispose of connections."""
