@@ -4,7 +4,8 @@ Every integration test module runs once per backend of ``PHAGE_TEST_DB`` (tests/
 on PostgreSQL, ``PHAGE_DATABASE_URL`` names a fresh database for each test (and one for the
 module's module-scoped coordinators), which every coordinator process a test starts inherits.
 A module whose tests never reach the store (sandbox escapes run inside a node, with no
-coordinator) says so with ``pytestmark = pytest.mark.store_free`` and runs on SQLite only.
+coordinator) says so with ``pytestmark = pytest.mark.store_free``, and one that starts its own
+PostgreSQL servers with ``own_database``: either runs once, not once per backend.
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ from tests.conftest import selected_backends
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend" in metafunc.fixturenames:
         backends = selected_backends()
-        if metafunc.definition.get_closest_marker("store_free"):
+        definition = metafunc.definition
+        if definition.get_closest_marker("own_database"):
+            metafunc.parametrize("backend", ["sqlite"], indirect=True, scope="module", ids=["own-server"])
+            return
+        if definition.get_closest_marker("store_free"):
             backends = backends[:1]
         metafunc.parametrize("backend", backends, indirect=True, scope="module")
 

@@ -46,6 +46,7 @@ from phage.errors import (
     PhageError,
     ProtocolError,
     SandboxError,
+    StoreUnavailable,
     Unauthenticated,
 )
 from phage.pki import CertificateAuthority, verify_signature
@@ -631,6 +632,8 @@ class Coordinator:
             await asyncio.sleep(min(MONITOR_PERIOD_S, self.settings.heartbeat_interval_s / 4))
             try:
                 await self.check_liveness()
+            except StoreUnavailable:  # logged by the store; the next pass tries again
+                pass
             except Exception:  # keep watching even if one pass fails
                 log.exception("liveness check failed")
 
@@ -669,6 +672,8 @@ class Coordinator:
             await asyncio.sleep(1.0)
             try:
                 await self._flush_once()
+            except StoreUnavailable:  # logged by the store; the next pass tries again
+                pass
             except Exception:
                 log.exception("heartbeat flush failed")
 
@@ -680,7 +685,14 @@ class Coordinator:
                 beats.append((live.node.id, live.last_seen, live.node.loaded_model))
         leases = [(a.id, a.lease_expires_at) for aid in self._renewed if (a := self.pool.attempts.get(aid))]
         self._renewed.clear()
-        await self.store.record_heartbeats(beats, leases)
+        try:
+            await self.store.record_heartbeats(beats, leases)
+        except Exception:  # the database is away: keep them for the next flush
+            for node_id, _, _ in beats:
+                if node_id in self.pool.nodes:
+                    self.pool.nodes[node_id].dirty = True
+            self._renewed.update(aid for aid, _ in leases)
+            raise
 
     # ---- admin -------------------------------------------------------------
 

@@ -73,7 +73,9 @@ def create_app(coordinator: Coordinator) -> FastAPI:
 
     @app.exception_handler(PhageError)
     async def _phage_error(_: Request, exc: PhageError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthenticated) else None
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthenticated) else {}
+        if exc.retry_after_s is not None:
+            headers["Retry-After"] = str(exc.retry_after_s)
         return JSONResponse(exc.to_dict(), status_code=exc.http_status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
@@ -102,7 +104,7 @@ def create_app(coordinator: Coordinator) -> FastAPI:
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, Any]:
-        """Liveness: the coordinator is up and its store answers."""
+        """Liveness: the coordinator is up and its store answers (503 while the database is away)."""
         counts = await c.store.count_tasks()
         return {"ok": True, "version": __version__, "queued": counts.get("queued", 0)}
 

@@ -23,6 +23,7 @@ from phage.domain.quorum import QuorumOutcome, Standing
 from phage.domain.settle import Candidate, Counters, Next, choose, next_step
 from phage.errors import Conflict, NotFound, PermissionDenied, PhageError, ProtocolError
 from phage.store.base import FinishOutcome, LostOutcome, QueuedTask
+from phage.store.outage import reports_outages
 from phage.store.rows import (
     ADVANCE_TASK,
     BUDGET,
@@ -55,6 +56,7 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite+aiosqlite:///{path}"
 
 
+@reports_outages
 class SqlStore(NodeRecords, UsageRecords, QuorumRecords):
     """:class:`phage.store.base.Store` over SQLAlchemy 2 async."""
 
