@@ -162,6 +162,8 @@ class NodeProcess:
     model: str | None = None
     args: tuple[str, ...] = ()
     """Further ``phage node`` options (engine settings, model memory)."""
+    replicas: tuple[CoordinatorProcess, ...] = ()
+    """Coordinator replicas to dial, in order (``--coordinator a,b``); empty: ``coordinator`` alone."""
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment (e.g. the fault-injection hook ``PHAGE_TEST_CORRUPT_OUTPUTS``, node/faults.py)."""
     proc: subprocess.Popen[bytes] | None = None
@@ -171,12 +173,13 @@ class NodeProcess:
         info = self.coordinator.info
         self.key_dir.mkdir(parents=True, exist_ok=True)
         log = (self.key_dir.parent / f"{self.key_dir.name}.log").open("ab")
+        dial = self.replicas or (self.coordinator,)
         argv = _phage_argv(
             "node",
             "--coordinator",
-            self.coordinator.grpc_address,
+            ",".join(c.grpc_address for c in dial),
             "--enroll",
-            self.coordinator.enroll_address,
+            ",".join(c.enroll_address for c in dial),
             "--token",
             info["join_token"],
             "--ca-fingerprint",

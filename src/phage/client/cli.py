@@ -183,8 +183,17 @@ def coordinator(
 
 @app.command()
 def node(
-    coordinator: Annotated[str, typer.Option(help="Coordinator gRPC address host:port.")] = "127.0.0.1:9090",
-    enroll: Annotated[str | None, typer.Option(help="Enrollment address (default: port + 1).")] = None,
+    coordinator: Annotated[
+        str,
+        typer.Option(
+            help="Coordinator gRPC address host:port; several replicas as a:9090,b:9090 (or a name "
+            "resolving to several): the node uses one and moves to another when it stops answering."
+        ),
+    ] = "127.0.0.1:9090",
+    enroll: Annotated[
+        str | None,
+        typer.Option(help="Enrollment address, or one per coordinator (default: each port + 1)."),
+    ] = None,
     token: Annotated[str | None, typer.Option(envvar="PHAGE_JOIN_TOKEN", help="Join token.")] = None,
     ca_fingerprint: Annotated[str | None, typer.Option(help="Pinned CA fingerprint sha256:….")] = None,
     key_dir: Annotated[Path, typer.Option(help="Node identity and certificate directory.")] = (
