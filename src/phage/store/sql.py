@@ -41,6 +41,7 @@ from phage.store.rows import (
 from phage.store.schema import attempts, tasks
 from phage.store.sql_nodes import NodeRecords
 from phage.store.sql_quorum import QuorumRecords, plan_quorum
+from phage.store.sql_replicas import ReplicaRecords
 from phage.store.sql_usage import UsageRecords
 from phage.store.urls import database_urls, redact
 from phage.store.writer import GroupCommitWriter
@@ -57,13 +58,15 @@ def sqlite_url(path: Path) -> str:
 
 
 @reports_outages
-class SqlStore(NodeRecords, UsageRecords, QuorumRecords):
+class SqlStore(NodeRecords, UsageRecords, QuorumRecords, ReplicaRecords):
     """:class:`phage.store.base.Store` over SQLAlchemy 2 async."""
 
     def __init__(self, url: str, *, synchronous: str = "NORMAL") -> None:
         self.url = url
         urls = database_urls(url)
         self.is_sqlite = not urls.postgres
+        self.dsn = urls.dsn
+        """PostgreSQL: the plain URL replica signals connect with (``store/signals.py``)."""
         if self.is_sqlite:
             read_kw: dict[str, Any] = {"connect_args": {"timeout": 30}}
             write_kw: dict[str, Any] = read_kw
@@ -388,23 +391,27 @@ class SqlStore(NodeRecords, UsageRecords, QuorumRecords):
         """Open attempts → lost; their tasks are offered again while the attempt budget lasts."""
 
         def op(conn: Connection) -> list[LostOutcome]:
-            events: list[Event] = []
-            for chunk in chunks(attempt_ids):
-                res = conn.execute(
-                    attempts.update()
-                    .where(attempts.c.id.in_(chunk), attempts.c.state.in_(OPEN))
-                    .values(state=AttemptState.LOST.value, finished_at=now, error=reason)
-                    .returning(attempts.c.id, attempts.c.task_id)
-                )
-                events.extend(
-                    Event(len(events), r.task_id, r.id, completed=False, reason=reason) for r in res
-                )
-            return [
-                LostOutcome(ev.attempt_id, ev.task_id, state, requeued)
-                for ev, (state, requeued, _) in self._advance(conn, events, now)
-            ]
+            return self._lose_in(conn, attempt_ids, reason, now)
 
         return await self._writer.run(op)
+
+    def _lose_in(
+        self, conn: Connection, attempt_ids: Sequence[str], reason: str, now: float
+    ) -> list[LostOutcome]:
+        """Inside a write: open attempts → lost, and their tasks moved on."""
+        events: list[Event] = []
+        for chunk in chunks(attempt_ids):
+            res = conn.execute(
+                attempts.update()
+                .where(attempts.c.id.in_(chunk), attempts.c.state.in_(OPEN))
+                .values(state=AttemptState.LOST.value, finished_at=now, error=reason)
+                .returning(attempts.c.id, attempts.c.task_id)
+            )
+            events.extend(Event(len(events), r.task_id, r.id, completed=False, reason=reason) for r in res)
+        return [
+            LostOutcome(ev.attempt_id, ev.task_id, state, requeued)
+            for ev, (state, requeued, _) in self._advance(conn, events, now)
+        ]
 
     def _advance(
         self,

@@ -27,6 +27,8 @@ class DatabaseUrls:
     sync_url: str
     """For the writer thread."""
     postgres: bool
+    dsn: str = ""
+    """PostgreSQL only: the plain ``postgresql://`` URL a driver takes directly (replica signals)."""
 
 
 def _split(url: str) -> tuple[str, str, str]:
@@ -53,7 +55,12 @@ def database_urls(url: str) -> DatabaseUrls:
                 f"PostgreSQL needs the drivers {', '.join(missing)}: pip install 'phage[postgres]'",
                 field="database_url",
             )
-        return DatabaseUrls(f"postgresql+asyncpg://{rest}", f"postgresql+psycopg://{rest}", postgres=True)
+        return DatabaseUrls(
+            f"postgresql+asyncpg://{rest}",
+            f"postgresql+psycopg://{rest}",
+            postgres=True,
+            dsn=f"postgresql://{rest}",
+        )
     raise InvalidInput(
         f"unsupported database {scheme!r}: phage runs on sqlite or postgresql", field="database_url"
     )
