@@ -11,12 +11,12 @@ backend never silently drops out of the run.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from phage.store import sqlite_url
+from phage.store import SqlStore, sqlite_url
 from phage.testing_postgres import PostgresServer
 
 
@@ -50,3 +50,14 @@ def database_url(db_backend: str, tmp_path: Path, request: pytest.FixtureRequest
         return sqlite_url(tmp_path / "phage.db")
     server: PostgresServer = request.getfixturevalue("postgres_server")
     return server.create_database()
+
+
+@pytest.fixture
+async def sql_store(database_url: str) -> AsyncIterator[SqlStore]:
+    """An open store on a fresh database of the test's backend."""
+    store = SqlStore(database_url)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()

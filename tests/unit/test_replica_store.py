@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -17,8 +17,8 @@ NOW = 1_000.0
 LEASE = 30.0
 
 
-async def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def _until(check: Callable[[], bool], within: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
     while not check():
         if asyncio.get_running_loop().time() > deadline:
             raise TimeoutError("condition not met")
@@ -35,17 +35,8 @@ def _node(node_id: str, heard: float) -> Node:
     return Node(id=node_id, name=node_id, state=NodeState.ONLINE, registered_at=1, last_heartbeat=heard)
 
 
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[SqlStore]:
-    s = SqlStore(database_url)
-    await s.open()
-    try:
-        yield s
-    finally:
-        await s.close()
-
-
-async def test_the_sweep_buries_silent_nodes_and_lapsed_leases_once(store: SqlStore) -> None:
+async def test_the_sweep_buries_silent_nodes_and_lapsed_leases_once(sql_store: SqlStore) -> None:
+    store = sql_store
     await store.add_tasks([_task("t-silent"), _task("t-lapsed"), _task("t-fine")])
     await store.upsert_node(_node("silent", heard=NOW - 100))
     await store.upsert_node(_node("alive", heard=NOW))
