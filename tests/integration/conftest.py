@@ -3,9 +3,12 @@
 Every integration test module runs once per backend of ``PHAGE_TEST_DB`` (tests/conftest.py):
 on PostgreSQL, ``PHAGE_DATABASE_URL`` names a fresh database for each test (and one for the
 module's module-scoped coordinators), which every coordinator process a test starts inherits.
-A module whose tests never reach the store (sandbox escapes run inside a node, with no
-coordinator) says so with ``pytestmark = pytest.mark.store_free``, and one that starts its own
-PostgreSQL servers with ``own_database``: either runs once, not once per backend.
+A module whose behaviour does not depend on the database says so with ``pytestmark =
+pytest.mark.backend_neutral`` and the reason (sandbox escapes and engine servers run on a node with
+no coordinator; bad input is refused at the HTTP edge before the store; chat failover, placement and
+metrics are decided in memory); one that starts its own PostgreSQL servers says ``own_database``.
+Either runs once, not once per backend: CI runs on two cores within 20 minutes, and running these
+twice would add minutes without testing anything the store does.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         if definition.get_closest_marker("own_database"):
             metafunc.parametrize("backend", ["sqlite"], indirect=True, scope="module", ids=["own-server"])
             return
-        if definition.get_closest_marker("store_free"):
+        if definition.get_closest_marker("backend_neutral"):
             backends = backends[:1]
         metafunc.parametrize("backend", backends, indirect=True, scope="module")
 
