@@ -54,6 +54,8 @@ async def test_the_sweep_buries_silent_nodes_and_lapsed_leases_once(sql_store: S
         "t-silent",
         "t-lapsed",
     }
+    assert [(a.id, t.id) for a, t in await store.open_attempts_of("alive")] == [(fine.id, "t-fine")]
+    assert await store.open_attempts_of("silent") == []
     again = await store.sweep_stale(NOW, silent_since=NOW - 10, lease_ended_by=NOW - 10)
     assert again.dead_nodes == [] and again.lost == []
 

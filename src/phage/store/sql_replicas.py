@@ -17,9 +17,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from phage.domain import NodeState
+from phage.domain import Attempt, NodeState, Task
 from phage.store.base import LostOutcome, QueuedTask
-from phage.store.rows import BUDGET, LIVE, OPEN, chunks
+from phage.store.rows import BUDGET, LIVE, OPEN, attempt_from_row, chunks, task_from_row
 from phage.store.schema import attempts, nodes, tasks
 from phage.store.writer import GroupCommitWriter
 
@@ -60,6 +60,18 @@ class ReplicaRecords:
                     QueuedTask(r.id, r.kind, r.priority, r.created_at, r.spec) for r in await conn.execute(q)
                 )
         return sorted(out, key=lambda t: t.created_at)
+
+    async def open_attempts_of(self, node_id: str) -> list[tuple[Attempt, Task]]:
+        """A node's open attempts with their tasks: what a replica takes over when the node moves to it."""
+        mine = attempts.select().where(attempts.c.node_id == node_id, attempts.c.state.in_(OPEN))
+        out: list[tuple[Attempt, Task]] = []
+        async with self.engine.connect() as conn:
+            for row in (await conn.execute(mine)).all():
+                att = attempt_from_row(row)
+                task_row = (await conn.execute(tasks.select().where(tasks.c.id == att.task_id))).first()
+                if task_row is not None:
+                    out.append((att, task_from_row(task_row)))
+        return out
 
     async def sweep_stale(self, now: float, *, silent_since: float, lease_ended_by: float) -> Sweep:
         """Online nodes last heard before ``silent_since`` → dead, their open attempts lost; and every
