@@ -17,12 +17,13 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from phage.domain import Attempt, AttemptState, Task, TaskResult, TaskState
+from phage.domain import Attempt, AttemptState, Task, TaskResult, TaskSpec, TaskState
 from phage.domain.ids import new_id
+from phage.domain.models import QueuedTask
 from phage.domain.quorum import QuorumOutcome, Standing
 from phage.domain.settle import Candidate, Counters, Next, choose, next_step
 from phage.errors import Conflict, NotFound, PermissionDenied, PhageError, ProtocolError
-from phage.store.base import FinishOutcome, LostOutcome, QueuedTask
+from phage.store.base import FinishOutcome, LostOutcome
 from phage.store.outage import reports_outages
 from phage.store.rows import (
     ADVANCE_TASK,
@@ -59,7 +60,7 @@ def sqlite_url(path: Path) -> str:
 
 @reports_outages
 class SqlStore(NodeRecords, UsageRecords, QuorumRecords, ReplicaRecords):
-    """:class:`phage.store.base.Store` over SQLAlchemy 2 async."""
+    """The coordinator's durable state over SQLAlchemy 2 async (SQLite or PostgreSQL)."""
 
     def __init__(self, url: str, *, synchronous: str = "NORMAL") -> None:
         self.url = url
@@ -177,7 +178,10 @@ class SqlStore(NodeRecords, UsageRecords, QuorumRecords, ReplicaRecords):
             .order_by(tasks.c.created_at)
         )
         async with self.engine.connect() as conn:
-            return [QueuedTask(r.id, r.kind, r.priority, r.created_at, r.spec) for r in await conn.execute(q)]
+            return [
+                QueuedTask(r.id, r.kind, r.priority, r.created_at, TaskSpec.from_dict(r.spec))
+                for r in await conn.execute(q)
+            ]
 
     async def nodes_tried(self, task_ids: Sequence[str]) -> dict[str, set[str]]:
         """For each task, the nodes that have held an attempt of it (distinct-node placement)."""

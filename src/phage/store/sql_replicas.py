@@ -17,8 +17,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from phage.domain import Attempt, NodeState, Task
-from phage.store.base import LostOutcome, QueuedTask
+from phage.domain import Attempt, NodeState, Task, TaskSpec
+from phage.domain.models import QueuedTask
+from phage.store.base import LostOutcome
 from phage.store.rows import BUDGET, LIVE, OPEN, attempt_from_row, chunks, task_from_row
 from phage.store.schema import attempts, nodes, tasks
 from phage.store.writer import GroupCommitWriter
@@ -57,7 +58,8 @@ class ReplicaRecords:
                     tasks.c.attempts_made < BUDGET,
                 )
                 out.extend(
-                    QueuedTask(r.id, r.kind, r.priority, r.created_at, r.spec) for r in await conn.execute(q)
+                    QueuedTask(r.id, r.kind, r.priority, r.created_at, TaskSpec.from_dict(r.spec))
+                    for r in await conn.execute(q)
                 )
         return sorted(out, key=lambda t: t.created_at)
 
