@@ -26,6 +26,7 @@ PACKAGE_RANK = {
     "store": 2,
     "protocol": 3,
     "testing": 3,
+    "testing_postgres": 4,
     "coordinator": 4,
     "node": 4,
     "client": 5,
@@ -54,6 +55,7 @@ COORDINATOR_RANK = {
     ),
     # policies: they decide, and hold no service
     **dict.fromkeys(["placement", "replication", "trust"], 1),
+    "replicas": 1,
     "ledger": 2,
     **dict.fromkeys(["admission", "intake", "overview"], 3),
     "nodes": 4,

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from phage.domain import Node, NodeState, Task, TaskKind, TaskState
+from phage.domain import Node, NodeState, Task, TaskKind, TaskSpec, TaskState
 from phage.store import SqlStore
 from phage.store.signals import PostgresSignals, Signal
 from phage.testing_postgres import PostgresServer
@@ -27,7 +27,12 @@ async def _until(check: Callable[[], bool], within: float = 10.0) -> None:
 
 def _task(tid: str, created: float = NOW) -> Task:
     return Task(
-        id=tid, kind=TaskKind.NOOP, state=TaskState.QUEUED, spec={}, created_at=created, updated_at=created
+        id=tid,
+        kind=TaskKind.NOOP,
+        state=TaskState.QUEUED,
+        spec=TaskSpec(),
+        created_at=created,
+        updated_at=created,
     )
 
 
