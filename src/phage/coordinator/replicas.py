@@ -6,14 +6,15 @@ the *other* replicas do, fast through signals (``store/signals.py``) and surely
 through a re-read on a timer:
 
 - tasks queued or requeued anywhere are pushed into every replica's ready queue
-  (a signal with their ids; every few seconds, a full re-read). Two replicas
+  (their ``queued`` feed events say which; every few seconds, a full re-read). Two replicas
   offering the same task is harmless: the claim is compare-and-set in the database,
   and the replica that loses simply drops it.
 - feed events are relayed, batched every 50 ms, so a subscriber on any replica
   sees every replica's events.
 - API keys, quarantine, drain and admission changes take effect everywhere within
-  a second: a signal asks for it at once, and node rows and the key cache are
-  re-read every second regardless.
+  a second: a key change signals at once (``ApiKeys``), a node change publishes a
+  feed event that is relayed, and node rows and the key cache are re-read every
+  second regardless.
 - the leader (advisory lock) sweeps the store for nodes silent on *every* replica
   and leases nobody renewed — what a killed replica leaves behind — so each is
   handled exactly once; the others judge only the nodes connected to them.
@@ -93,7 +94,7 @@ class ReplicaLink:
         # nodes get one lease (plus the flush delay) to reach some replica before anyone judges them
         self._sweep_from = self._clock() + self._lease_s + self._slack
         await self.signals.start(self._on_signal)
-        self._bus.relay = self._outbox.append
+        self._bus.relay = self._hold
         loops: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("phage-leader-sweep", self._lead),
             ("phage-replica-relay", self._relay),
@@ -125,23 +126,6 @@ class ReplicaLink:
                 log.exception("replica loop step failed")
                 await asyncio.sleep(REFRESH_PERIOD_S)
 
-    # ---- telling the others ------------------------------------------------
-
-    async def queued(self, task_ids: list[str]) -> None:
-        """Tasks this replica queued or requeued: every other replica offers them too."""
-        if self.replicated and task_ids:
-            await self.signals.publish_ids("queued", task_ids)
-
-    async def keys_changed(self) -> None:
-        """An API key was revoked or changed here."""
-        if self.replicated:
-            await self.signals.publish("keys")
-
-    async def nodes_updated(self, node_ids: list[str]) -> None:
-        """Node rows changed here (quarantine, release, drain, approval, removal)."""
-        if self.replicated and node_ids:
-            await self.signals.publish_ids("nodes", node_ids)
-
     # ---- hearing from them ---------------------------------------------------
 
     def _on_signal(self, signal: Signal) -> None:
@@ -150,12 +134,24 @@ class ReplicaLink:
             self._arrived.set()
         elif signal.kind == "events":
             for event in signal.data.get("events", []):
-                if isinstance(event, dict):
-                    self._bus.deliver(event)
+                if not isinstance(event, dict):
+                    continue
+                self._bus.deliver(event)
+                # the events also say what this replica must pick up: work (re)queued elsewhere,
+                # and node changes (quarantine, drain, approval, removal) made through another replica
+                if event.get("type") == "task" and event.get("state") == "queued":
+                    self._incoming.add(str(event.get("id")))
+                    self._arrived.set()
+                elif event.get("type") == "node":
+                    self._refresh_now.set()
         elif signal.kind == "keys":
             self._keys.forget()
         elif signal.kind == "nodes":
             self._refresh_now.set()
+
+    def _hold(self, event: Event) -> None:
+        """A local event, to be relayed with the next batch."""
+        self._outbox.append(event)
 
     async def _relay(self) -> None:
         await asyncio.sleep(RELAY_PERIOD_S)

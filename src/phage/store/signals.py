@@ -112,6 +112,8 @@ class PostgresSignals:
         self._handler: Handler | None = None
         self._task: asyncio.Task[None] | None = None
         self._lost = asyncio.Event()
+        self._busy = asyncio.Lock()
+        """asyncpg runs one statement at a time per connection: publishing and lock tries take turns."""
         self._leader = False
         self.received = 0
         self.lock_tries = 0
@@ -141,7 +143,8 @@ class PostgresSignals:
     async def _try_lead(self) -> None:
         if self._conn is not None and not self._leader:
             self.lock_tries += 1
-            self._leader = bool(await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK))
+            async with self._busy:
+                self._leader = bool(await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK))
             if self._leader:
                 log.info("replica %s leads the liveness sweep", self.replica_id)
 
@@ -186,9 +189,10 @@ class PostgresSignals:
             return
         payload = json.dumps({"k": kind, "o": self.replica_id, "d": data}, separators=(",", ":"))
         try:
-            await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+            async with self._busy:
+                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
         except Exception as exc:
-            log.debug("could not signal %s: %s", kind, exc)
+            log.warning("could not signal %s to the other replicas: %s", kind, exc)
 
     async def publish_ids(self, kind: str, ids: Sequence[str]) -> None:
         """Send ids in as many notifications as the payload limit needs."""
