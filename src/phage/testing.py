@@ -6,6 +6,7 @@ integration tests, benchmarks and users' own tests start pools the same way.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -47,6 +48,16 @@ def wait_until(
     raise TimeoutError(
         f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else "")
     )
+
+
+async def eventually(check: Callable[[], object], within: float = 10.0, what: str = "condition") -> None:
+    """In async tests: poll ``check`` until it is truthy; raise TimeoutError naming ``what``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not check():
+        if loop.time() > deadline:
+            raise TimeoutError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 def _phage_argv(*args: str) -> list[str]:

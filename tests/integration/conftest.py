@@ -13,10 +13,15 @@ twice would add minutes without testing anything the store does.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import websockets
 
 from phage.testing import CoordinatorProcess, NodeProcess
 from phage.testing_postgres import PostgresServer
@@ -114,3 +119,26 @@ def job(value: str, sleep: float = 0.0, **extra: object) -> dict[str, object]:
         },
         **extra,
     }
+
+
+def collect_feed(
+    coord: CoordinatorProcess, events: list[dict[str, Any]], stop: threading.Event
+) -> tuple[threading.Thread, threading.Event]:
+    """Append a coordinator's feed events to ``events`` from a thread until ``stop``; returns the thread
+    and an event set once subscribed."""
+    ready = threading.Event()
+
+    async def main() -> None:
+        url = coord.url.replace("http://", "ws://") + "/api/feed"
+        headers = {"Authorization": f"Bearer {coord.admin_key}"}
+        async with websockets.connect(url, additional_headers=headers) as ws:
+            ready.set()
+            while not stop.is_set():
+                try:
+                    events.append(json.loads(await asyncio.wait_for(ws.recv(), 0.2)))
+                except TimeoutError:
+                    continue
+
+    thread = threading.Thread(target=lambda: asyncio.run(main()), daemon=True)
+    thread.start()
+    return thread, ready

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -17,6 +17,7 @@ from phage.scheduler import ReadyQueue
 from phage.store import QueuedTask, SqlStore
 from phage.store.signals import PostgresSignals
 from phage.store.sql_replicas import Sweep
+from phage.testing import eventually
 from phage.testing_postgres import PostgresServer
 from tests.conftest import selected_backends
 
@@ -63,14 +64,6 @@ class Replica:
         return self
 
 
-async def _until(check: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.02)
-
-
 @pytest.fixture
 async def pair(postgres_server: PostgresServer) -> AsyncIterator[tuple[Replica, Replica]]:
     if "postgresql" not in selected_backends():
@@ -107,7 +100,7 @@ async def test_events_queued_work_and_key_changes_reach_the_other_replica(
                 for i in range(200):
                     a.bus.task(f"t-{burst}-{i}", "running", node="n" * 44)
                 await asyncio.sleep(RELAY_PERIOD_S * 3)
-            await _until(lambda: len(seen) == 600)
+            await eventually(lambda: len(seen) == 600)
             assert [e["id"] for e in seen] == [f"t-{b_}-{i}" for b_ in range(3) for i in range(200)]
 
             # a task queued through a: its "queued" event makes b load it from the store and offer it
@@ -121,7 +114,7 @@ async def test_events_queued_work_and_key_changes_reach_the_other_replica(
             )
             await a.store.add_tasks([task])
             a.bus.task(task.id, TaskState.QUEUED.value, kind="noop")
-            await _until(lambda: "t-new" in b.queue)
+            await eventually(lambda: "t-new" in b.queue)
             assert b.woken == ["t-new"]
         finally:
             reader.cancel()
@@ -131,4 +124,4 @@ async def test_events_queued_work_and_key_changes_reach_the_other_replica(
     await b.keys.authenticate(f"Bearer {secret}")  # cached on b now
     assert hash_secret(secret) in b.keys._cache
     await a.keys.revoke(key_id)
-    await _until(lambda: hash_secret(secret) not in b.keys._cache, within=1.0)
+    await eventually(lambda: hash_secret(secret) not in b.keys._cache, within=1.0)

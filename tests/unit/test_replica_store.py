@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-
 import pytest
 
 from phage.domain import Node, NodeState, Task, TaskKind, TaskSpec, TaskState
 from phage.store import SqlStore
 from phage.store.signals import PostgresSignals, Signal
+from phage.testing import eventually
 from phage.testing_postgres import PostgresServer
 from tests.conftest import selected_backends
 
 NOW = 1_000.0
 LEASE = 30.0
-
-
-async def _until(check: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.02)
 
 
 def _task(tid: str, created: float = NOW) -> Task:
@@ -79,22 +69,22 @@ async def test_signals_reach_every_other_replica_and_one_leads(pg_url: str) -> N
     await b.start(got["b"].append)
     try:
         await a.publish("event", event={"type": "task", "id": "t1"})
-        await _until(lambda: len(got["b"]) == 1)
+        await eventually(lambda: len(got["b"]) == 1)
         assert got["b"][0].kind == "event" and got["b"][0].origin == a.replica_id
         assert got["a"] == [], "a replica does not hear itself"
 
         many = [f"t-{i:06d}-{'x' * 30}" for i in range(1000)]  # ~40 kB: several notifications
         await b.publish_ids("queued", many)
-        await _until(lambda: sum(len(s.data["ids"]) for s in got["a"]) == len(many))
+        await eventually(lambda: sum(len(s.data["ids"]) for s in got["a"]) == len(many))
         assert [i for s in got["a"] for i in s.data["ids"]] == many
 
         assert [a.leader, b.leader].count(True) == 1
         leader, other = (a, b) if a.leader else (b, a)
         await leader.stop()  # as a killed replica's connection closes, the lock goes with it
-        await _until(lambda: other.leader)
+        await eventually(lambda: other.leader)
         c = PostgresSignals(pg_url, retry_s=0.1)
         await c.start(lambda _s: None)
-        await _until(lambda: c is not None and c.lock_tries >= 3)  # c keeps trying; the lock stays put
+        await eventually(lambda: c is not None and c.lock_tries >= 3)  # c keeps trying; the lock stays put
         assert other.leader and not c.leader
     finally:
         for s in (a, b, c):
