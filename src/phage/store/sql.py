@@ -330,8 +330,13 @@ class SqlStore(NodeRecords, UsageRecords, QuorumRecords, ReplicaRecords):
         def op(conn: Connection) -> list[FinishOutcome | PhageError]:
             ids = [aid for aid, _ in items]
             found: dict[str, Attempt] = {}
-            for chunk in chunks(ids):
-                for row in conn.execute(attempts.select().where(attempts.c.id.in_(chunk))):
+            for chunk in chunks(sorted(ids)):  # rows locked in one order everywhere: no deadlock
+                q = attempts.select().where(attempts.c.id.in_(chunk))
+                if not self.is_sqlite:
+                    # another replica may be losing these attempts right now (its sweep, its liveness):
+                    # lock them, so a result and a loss are decided one after the other, never both
+                    q = q.with_for_update()
+                for row in conn.execute(q):
                     found[row.id] = attempt_from_row(row)
             out: list[FinishOutcome | PhageError] = []
             events: list[Event] = []
@@ -404,7 +409,7 @@ class SqlStore(NodeRecords, UsageRecords, QuorumRecords, ReplicaRecords):
     ) -> list[LostOutcome]:
         """Inside a write: open attempts → lost, and their tasks moved on."""
         events: list[Event] = []
-        for chunk in chunks(attempt_ids):
+        for chunk in chunks(sorted(attempt_ids)):  # lock order as in finish_many
             res = conn.execute(
                 attempts.update()
                 .where(attempts.c.id.in_(chunk), attempts.c.state.in_(OPEN))
