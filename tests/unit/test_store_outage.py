@@ -27,3 +27,14 @@ def test_refused_statements_and_bugs_are_not() -> None:
     assert not is_unreachable(_wrapped(sa_exc.ProgrammingError, Exception("syntax error")))
     assert not is_unreachable(ValueError("bug"))
     assert not is_unreachable(StoreUnavailable("already said"))
+
+
+def test_an_outage_wrapped_several_layers_deep_is_found() -> None:
+    import asyncpg.exceptions
+
+    adapter = RuntimeError("the database system is shutting down")  # a driver adapter's own error type
+    adapter.__cause__ = asyncpg.exceptions.CannotConnectNowError("the database system is shutting down")
+    assert is_unreachable(_wrapped(sa_exc.DBAPIError, adapter))
+    refused = RuntimeError("duplicate key")
+    refused.__cause__ = ValueError("not an outage")
+    assert not is_unreachable(_wrapped(sa_exc.DBAPIError, refused))

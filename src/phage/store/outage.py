@@ -41,15 +41,28 @@ except ImportError:  # pragma: no cover - depends on the install
 
 
 def is_unreachable(exc: BaseException) -> bool:
-    """True when ``exc`` says the database cannot be reached now (as opposed to refusing a statement)."""
-    if isinstance(exc, StoreUnavailable):
-        return False
-    if isinstance(exc, sa_exc.DBAPIError):
-        if exc.connection_invalidated:
+    """True when ``exc`` says the database cannot be reached now (as opposed to refusing a statement).
+
+    Drivers wrap each other (SQLAlchemy around its asyncpg adapter around asyncpg's own error), so the
+    whole chain of causes is read: "the database system is shutting down" arrives three layers deep.
+    """
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        e = todo.pop()
+        if id(e) in seen or isinstance(e, StoreUnavailable):
+            continue
+        seen.add(id(e))
+        if isinstance(e, sa_exc.DBAPIError):
+            if e.connection_invalidated or isinstance(e, sa_exc.OperationalError | sa_exc.InterfaceError):
+                return True
+            if e.orig is not None:
+                todo.append(e.orig)
+        elif isinstance(e, (OSError, TimeoutError, sa_exc.TimeoutError, *_DRIVER_UNREACHABLE)):
             return True
-        wrapped = isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)
-        return wrapped or (exc.orig is not None and is_unreachable(exc.orig))
-    return isinstance(exc, (OSError, TimeoutError, sa_exc.TimeoutError, *_DRIVER_UNREACHABLE))
+        if e.__cause__ is not None:
+            todo.append(e.__cause__)
+    return False
 
 
 def _guard(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
