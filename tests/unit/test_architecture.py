@@ -24,6 +24,7 @@ PACKAGE_RANK = {
     "sandbox": 2,
     "scheduler": 2,
     "store": 2,
+    "training": 2,
     "protocol": 3,
     "testing": 3,
     "testing_postgres": 4,
@@ -54,12 +55,12 @@ COORDINATOR_RANK = {
         0,
     ),
     # policies: they decide, and hold no service
-    **dict.fromkeys(["placement", "replication", "trust"], 1),
+    **dict.fromkeys(["placement", "replication", "trust", "training_eval"], 1),
     "replicas": 1,
     "ledger": 2,
     **dict.fromkeys(["admission", "intake", "overview"], 3),
     "nodes": 4,
-    **dict.fromkeys(["dispatch", "liveness"], 5),
+    **dict.fromkeys(["dispatch", "liveness", "training"], 5),
     "results": 6,
     "core": 7,
 }

@@ -27,6 +27,7 @@ from phage.client.cli_common import (
     err_console,
     run,
 )
+from phage.client.cli_train import register as register_train_verbs
 from phage.client.render import nodes_table, state_text, tasks_table
 from phage.client.sdk import PhageClient
 
@@ -548,6 +549,7 @@ def demo(
 
 
 register_ai_verbs(app)
+register_train_verbs(app)
 
 
 def main() -> None:

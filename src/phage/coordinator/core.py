@@ -40,6 +40,7 @@ from phage.coordinator.replication import Replication
 from phage.coordinator.results import ResultPipeline
 from phage.coordinator.settings import CoordinatorSettings
 from phage.coordinator.state import DataDir
+from phage.coordinator.training import HostFacts, TrainingService
 from phage.coordinator.tried import TriedNodes
 from phage.coordinator.trust import TrustGuard
 from phage.domain import NodeState
@@ -160,6 +161,14 @@ class Coordinator:
             replicated=replicated,
         )
         self.overview = PoolOverview(self.ledger, self.pool, self.queue, clock)
+        self.training = TrainingService(
+            store=self.store,
+            blobs=self.blobs,
+            facts=self._host_facts,
+            quarantine=self.nodes.quarantine,
+            lost_after_s=s.lease_s,
+            clock=clock,
+        )
         self.ca: CertificateAuthority | None = None
         self.join_token = ""
         self.admin_key = ""
@@ -183,6 +192,7 @@ class Coordinator:
         await self._recover()
         await self.admission.start()
         await self.replicas.start()
+        await self.training.start()
         self.started_at = self.overview.started_at = self.clock()
         period = min(MONITOR_PERIOD_S, self.settings.heartbeat_interval_s / 4)
         self._loops = [
@@ -195,6 +205,7 @@ class Coordinator:
 
     async def stop(self) -> None:
         """Stop the loops, write the last heartbeats and close the store."""
+        await self.training.stop()
         for task in self._loops:
             task.cancel()
         for task in self._loops:
@@ -245,6 +256,13 @@ class Coordinator:
         await self.ledger.lost(sweep.lost, "node silent on every coordinator, or its lease lapsed")
 
     # ---- queries the edges share --------------------------------------------
+
+    def _host_facts(self, node_id: str) -> HostFacts | None:
+        """What training placement needs of a node."""
+        live = self.pool.nodes.get(node_id)
+        if live is None:
+            return None
+        return HostFacts(node_id, live.node.trusted, live.accepts_work, live.online)
 
     def chat_nodes(self) -> list[LiveNode]:
         """Nodes that may take chat now: online, not quarantined, holding a chat order stream."""

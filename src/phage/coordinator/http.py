@@ -26,6 +26,7 @@ from phage.coordinator.nodes_api import install_nodes
 from phage.coordinator.openai_api import install_openai
 from phage.coordinator.pool_api import install_pool_api
 from phage.coordinator.tasks_api import install_tasks
+from phage.coordinator.training_api import install_training
 from phage.errors import PhageError, Unauthenticated
 
 log = logging.getLogger("phage.http")
@@ -83,6 +84,7 @@ def create_app(coordinator: Coordinator) -> FastAPI:
     install_feed(app, c)
     install_openai(app, c, read_json)
     install_keys(app, c, principal)
+    install_training(app, c.training, principal, read_json)
     install_admission_api(app, c)
     install_pool_api(app, c)
     install_metrics(app, c)

@@ -35,6 +35,7 @@ from phage.node.connection import (
 from phage.node.endpoints import Backoff, Endpoints
 from phage.node.engines import Engine, make_engine
 from phage.node.executor import CollectedOutput, JobExecutor
+from phage.node.faults import poison_updates_enabled
 from phage.node.probe import probe_hardware, probe_metrics
 from phage.pki.attestation import AttestationRecord, sandbox_hash
 from phage.pki.identity import NodeIdentity
@@ -255,6 +256,11 @@ class NodeAgent:
         self._stub = pb_grpc.PhageCoordinatorStub(self._channel)  # type: ignore[no-untyped-call]
         self.registered.set()
 
+    def _current_channel(self) -> grpc.aio.Channel:
+        """The channel to the coordinator now (it changes when the node reconnects)."""
+        assert self._channel is not None
+        return self._channel
+
     @property
     def stub(self) -> pb_grpc.PhageCoordinatorStub:
         """The coordinator stub (after connect)."""
@@ -276,6 +282,8 @@ class NodeAgent:
         if self.engine is not None:
             self.chat = ChatServer(self.node_id, lambda: self.stub, self.engine)
             loops.append(asyncio.create_task(self.chat.run(), name="phage-node-chat"))
+        if self.config.host_vnodes:
+            loops.append(asyncio.create_task(self._host_vnodes(), name="phage-node-training"))
         try:
             await self._stop.wait()
         finally:
@@ -306,6 +314,21 @@ class NodeAgent:
         here = self.endpoints.advance()
         log.warning("coordinator %s is not answering; moving to %s", gone.target, here.target)
         await self._open(self._creds)
+
+    async def _host_vnodes(self) -> None:
+        """Host VNodes of composable networks when this node has torch (the ``training`` extra)."""
+        try:
+            from phage.node.training import VNodeHost
+        except ImportError:
+            log.info("not hosting VNodes: torch, numpy or safetensors is missing (install phage[training])")
+            return
+        host = VNodeHost(
+            self.node_id,
+            self._current_channel,
+            self.config.key_dir / "training-cache",
+            poison_updates=poison_updates_enabled(),
+        )
+        await host.run()
 
     async def _heartbeat_loop(self) -> None:
         # at most one interval between tries: three missed heartbeats and the pool calls us dead

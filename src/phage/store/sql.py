@@ -43,6 +43,7 @@ from phage.store.schema import attempts, tasks
 from phage.store.sql_nodes import NodeRecords
 from phage.store.sql_quorum import QuorumRecords, plan_quorum
 from phage.store.sql_replicas import ReplicaRecords
+from phage.store.sql_training import TrainingRecords
 from phage.store.sql_usage import UsageRecords
 from phage.store.urls import database_urls, redact
 from phage.store.writer import GroupCommitWriter
@@ -59,7 +60,7 @@ def sqlite_url(path: Path) -> str:
 
 
 @reports_outages
-class SqlStore(NodeRecords, UsageRecords, QuorumRecords, ReplicaRecords):
+class SqlStore(NodeRecords, UsageRecords, QuorumRecords, ReplicaRecords, TrainingRecords):
     """The coordinator's durable state over SQLAlchemy 2 async (SQLite or PostgreSQL)."""
 
     def __init__(self, url: str, *, synchronous: str = "NORMAL") -> None:
