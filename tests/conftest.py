@@ -32,7 +32,7 @@ def selected_backends() -> list[str]:
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    """One PostgreSQL server for the whole session (per xdist worker)."""
+    """One PostgreSQL server for the whole session."""
     with PostgresServer() as server:
         yield server
 
