@@ -15,6 +15,9 @@ if [ "${PHAGE_SETUP_EXTRAS:-}" = "test" ]; then
   command -v curl >/dev/null || need_apt+=(curl)            # seed 002's curl flows and curl -N chat tests
   command -v chromium >/dev/null || need_apt+=(chromium)      # the dashboard's browser tests (Playwright)
   command -v promtool >/dev/null || need_apt+=(prometheus)    # promtool checks the /metrics output
+  # the store and integration tests also run on a real PostgreSQL server (phage.testing_postgres)
+  { command -v initdb && command -v pg_ctl; } >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+    || need_apt+=(postgresql)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

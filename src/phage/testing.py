@@ -6,6 +6,7 @@ integration tests, benchmarks and users' own tests start pools the same way.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -49,6 +50,16 @@ def wait_until(
     )
 
 
+async def eventually(check: Callable[[], object], within: float = 10.0, what: str = "condition") -> None:
+    """In async tests: poll ``check`` until it is truthy; raise TimeoutError naming ``what``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not check():
+        if loop.time() > deadline:
+            raise TimeoutError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
 def _phage_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "phage.client.cli", *args]
 
@@ -60,6 +71,8 @@ class CoordinatorProcess:
     data_dir: Path
     heartbeat_s: float = 0.5
     env: dict[str, str] = field(default_factory=dict)
+    database_url: str | None = None
+    """``--database-url``; None: ``PHAGE_DATABASE_URL`` from the environment, else SQLite in ``data_dir``."""
     http_port: int = field(default_factory=free_port)
     grpc_port: int = field(default_factory=free_port)
     enroll_port: int = field(default_factory=free_port)
@@ -99,6 +112,8 @@ class CoordinatorProcess:
             "--heartbeat",
             str(self.heartbeat_s),
         )
+        if self.database_url:
+            argv += ["--database-url", self.database_url]
         self.proc = subprocess.Popen(
             argv, stdout=log, stderr=log, env={**os.environ, **self.env}, start_new_session=True
         )
@@ -160,6 +175,8 @@ class NodeProcess:
     model: str | None = None
     args: tuple[str, ...] = ()
     """Further ``phage node`` options (engine settings, model memory)."""
+    replicas: tuple[CoordinatorProcess, ...] = ()
+    """Coordinator replicas to dial, in order (``--coordinator a,b``); empty: ``coordinator`` alone."""
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment (e.g. the fault-injection hook ``PHAGE_TEST_CORRUPT_OUTPUTS``, node/faults.py)."""
     proc: subprocess.Popen[bytes] | None = None
@@ -169,12 +186,13 @@ class NodeProcess:
         info = self.coordinator.info
         self.key_dir.mkdir(parents=True, exist_ok=True)
         log = (self.key_dir.parent / f"{self.key_dir.name}.log").open("ab")
+        dial = self.replicas or (self.coordinator,)
         argv = _phage_argv(
             "node",
             "--coordinator",
-            self.coordinator.grpc_address,
+            ",".join(c.grpc_address for c in dial),
             "--enroll",
-            self.coordinator.enroll_address,
+            ",".join(c.enroll_address for c in dial),
             "--ca-fingerprint",
             info["ca_fingerprint"],
             "--key-dir",

@@ -21,6 +21,8 @@ import pytest
 from phage.testing import CoordinatorProcess, NodeProcess, free_port, wait_online, wait_until
 from tests.integration.conftest import job
 
+pytestmark = pytest.mark.backend_neutral  # a node dying mid-stream: the chat router, in memory
+
 Pool = Callable[..., tuple[CoordinatorProcess, list[NodeProcess]]]
 MODEL = "standin-7b"
 STANDIN = f"{sys.executable} -m phage.node.engines.standin"

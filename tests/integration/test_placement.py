@@ -17,6 +17,8 @@ import pytest
 
 from phage.testing import CoordinatorProcess, NodeProcess, wait_online, wait_tasks_final
 
+pytestmark = pytest.mark.backend_neutral  # model placement decides from live node memory, not the store
+
 SMALL = "Qwen/Qwen2.5-0.5B-Instruct"
 CODER = "Qwen/Qwen2.5-Coder-7B-Instruct"
 BIG = "Qwen/Qwen2.5-72B-Instruct-AWQ"

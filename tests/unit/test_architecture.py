@@ -28,6 +28,7 @@ PACKAGE_RANK = {
     "protocol": 3,
     "testing": 3,
     "dataplane": 4,
+    "testing_postgres": 4,
     "coordinator": 5,
     "node": 5,
     "client": 6,
@@ -57,6 +58,7 @@ COORDINATOR_RANK = {
     # policies: they decide, and hold no service
     **dict.fromkeys(["placement", "replication", "trust", "training_eval", "quotas", "sharded"], 1),
     "sharded_chat": 2,
+    "replicas": 1,
     "ledger": 2,
     **dict.fromkeys(["admission", "intake", "overview", "retention"], 3),
     "nodes": 4,

@@ -66,7 +66,14 @@ def coordinator(
         str | None, typer.Option(help="Host nodes should dial (default: the gRPC host).")
     ] = None,
     heartbeat: Annotated[float, typer.Option(help="Heartbeat interval in seconds.")] = 10.0,
-    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy async URL (default: SQLite).")] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="PHAGE_DATABASE_URL",
+            help="postgresql://user@host:port/db to share one database between several coordinators "
+            "(needs phage[postgres]); default: SQLite in the data directory.",
+        ),
+    ] = None,
     admission: Annotated[
         str,
         typer.Option(
@@ -147,8 +154,17 @@ def read_join_token(token_file: Path | None) -> str | None:
 
 @app.command()
 def node(
-    coordinator: Annotated[str, typer.Option(help="Coordinator gRPC address host:port.")] = "127.0.0.1:9090",
-    enroll: Annotated[str | None, typer.Option(help="Enrollment address (default: port + 1).")] = None,
+    coordinator: Annotated[
+        str,
+        typer.Option(
+            help="Coordinator gRPC address host:port; several replicas as a:9090,b:9090 (or a name "
+            "resolving to several): the node uses one and moves to another when it stops answering."
+        ),
+    ] = "127.0.0.1:9090",
+    enroll: Annotated[
+        str | None,
+        typer.Option(help="Enrollment address, or one per coordinator (default: each port + 1)."),
+    ] = None,
     token_file: Annotated[
         Path | None,
         typer.Option(

@@ -66,7 +66,7 @@ async def _refuse(scope: Scope, send: Send, exc: RateLimited) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(raw)).encode()),
-                (b"retry-after", str(max(1, math.ceil(exc.retry_after_s))).encode()),
+                (b"retry-after", str(max(1, math.ceil(exc.retry_after_s or 1))).encode()),
             ],
         }
     )

@@ -36,6 +36,7 @@ from phage.coordinator.overview import PoolOverview
 from phage.coordinator.placement import ModelPlacement
 from phage.coordinator.pool import LiveNode, LivePool
 from phage.coordinator.quotas import SubmitQuotas, UserLimits
+from phage.coordinator.replicas import ReplicaLink
 from phage.coordinator.replication import Replication
 from phage.coordinator.results import ResultPipeline
 from phage.coordinator.retention import Collector
@@ -48,12 +49,14 @@ from phage.coordinator.tried import TriedNodes
 from phage.coordinator.trust import TrustGuard
 from phage.domain import NodeState
 from phage.domain.quorum import QuorumPolicy
-from phage.errors import SandboxError
+from phage.errors import SandboxError, StoreUnavailable
 from phage.pki import CertificateAuthority
 from phage.sandbox import make_sandbox
 from phage.scheduler import ReadyQueue
 from phage.store import SqlStore
 from phage.store.blobs import BlobStore
+from phage.store.signals import LocalSignals, PostgresSignals, Signals
+from phage.store.sql_replicas import Sweep
 
 log = logging.getLogger("phage.coordinator")
 
@@ -77,7 +80,9 @@ class Coordinator:
         self.counters = Counters()
         self.tried = TriedNodes()
         self.chat = ChatRouter()
-        self.keys = ApiKeys(self.store)
+        replicated = not self.store.is_sqlite
+        signals: Signals = PostgresSignals(self.store.dsn) if replicated else LocalSignals()
+        self.keys = ApiKeys(self.store, signals)
         # policies (decide only)
         self.trust = TrustGuard(self.blobs, self.dirs.root / "verify", s.reverify_sample)
         policy = QuorumPolicy(s.min_quorum, s.reliable_after, s.spot_check)
@@ -129,6 +134,7 @@ class Coordinator:
             lease_s=s.lease_s,
             missed_heartbeats=s.missed_heartbeats,
             clock=clock,
+            replicated=replicated,
         )
         self.dispatch = Dispatcher(
             self.store,
@@ -156,6 +162,20 @@ class Coordinator:
             self.tried,
             self.counters,
             clock,
+        )
+        self.nodes.on_arrival = self.dispatch.adopt if replicated else None
+        self.replicas = ReplicaLink(
+            signals=signals,
+            store=self.store,
+            queue=self.queue,
+            bus=self.bus,
+            keys=self.keys,
+            wake=self.ledger.wake_for,
+            nodes_changed=self.nodes.apply_rows,
+            swept=self._swept,
+            lease_s=s.lease_s,
+            clock=clock,
+            replicated=replicated,
         )
         self.overview = PoolOverview(self.ledger, self.pool, self.queue, clock)
         self.training = TrainingService(
@@ -205,6 +225,7 @@ class Coordinator:
         self.admin_key = await self.keys.ensure_admin(self.dirs.admin_key_file, self.clock())
         await self._recover()
         await self.admission.start()
+        await self.replicas.start()
         await self.training.start()
         self.started_at = self.overview.started_at = self.clock()
         period = min(MONITOR_PERIOD_S, self.settings.heartbeat_interval_s / 4)
@@ -228,6 +249,7 @@ class Coordinator:
         for task in self._loops:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.replicas.stop()
         with contextlib.suppress(Exception):
             await self.nodes.flush()
         await self.store.close()
@@ -240,9 +262,12 @@ class Coordinator:
             if node.state is NodeState.REMOVED:
                 continue
             self.pool.nodes[node.id] = LiveNode(
-                node=node, last_seen=now if node.state is NodeState.ONLINE else 0.0
+                node=node,
+                last_seen=now if node.state is NodeState.ONLINE else 0.0,
+                here=not self.replicas.replicated,
             )
-        for att in await self.store.open_attempts():
+        # several replicas: a node's assignments are taken over when it talks to this one (adopt)
+        for att in [] if self.replicas.replicated else await self.store.open_attempts():
             task = await self.store.get_task(att.task_id)
             if task is None:
                 continue
@@ -257,6 +282,16 @@ class Coordinator:
             len(self.pool.attempts),
             len(self.pool.nodes),
         )
+
+    async def _swept(self, sweep: Sweep) -> None:
+        """The leader's sweep buried nodes silent on every replica and leases nobody renewed."""
+        for node_id in sweep.dead_nodes:
+            live = self.pool.nodes.get(node_id)
+            if live is not None:
+                live.node.state = NodeState.DEAD
+                self.chat.node_lost(node_id, "stopped sending heartbeats")
+            self.bus.node(node_id, NodeState.DEAD.value)
+        await self.ledger.lost(sweep.lost, "node silent on every coordinator, or its lease lapsed")
 
     # ---- queries the edges share --------------------------------------------
 
@@ -295,5 +330,7 @@ async def _every(period: float, step: Callable[[], Awaitable[None]], what: str) 
         await asyncio.sleep(period)
         try:
             await step()
+        except StoreUnavailable:  # logged by the store; the next pass tries again
+            pass
         except Exception:
             log.exception("%s failed", what)

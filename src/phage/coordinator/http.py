@@ -29,7 +29,7 @@ from phage.coordinator.pool_api import install_pool_api
 from phage.coordinator.sharded_api import install_sharded_api
 from phage.coordinator.tasks_api import install_tasks
 from phage.coordinator.training_api import install_training
-from phage.errors import PhageError, RateLimited, Unauthenticated
+from phage.errors import PhageError, Unauthenticated
 
 log = logging.getLogger("phage.http")
 
@@ -46,9 +46,9 @@ def create_app(coordinator: Coordinator) -> FastAPI:
 
     @app.exception_handler(PhageError)
     async def _phage_error(_: Request, exc: PhageError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthenticated) else None
-        if isinstance(exc, RateLimited):
-            headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthenticated) else {}
+        if exc.retry_after_s is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
         return JSONResponse(exc.to_dict(), status_code=exc.http_status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
@@ -69,7 +69,7 @@ def create_app(coordinator: Coordinator) -> FastAPI:
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, Any]:
-        """Liveness: the coordinator is up and its store answers."""
+        """Liveness: the coordinator is up and its store answers (503 while the database is away)."""
         return await c.overview.health()
 
     @app.get("/api/ca", response_class=PlainTextResponse, tags=["pool"])

@@ -13,6 +13,7 @@ from phage.errors import PermissionDenied, Unauthenticated
 from phage.pki.ca import write_private
 from phage.store import SqlStore
 from phage.store.base import ApiKeyRecord
+from phage.store.signals import Signals
 from phage.store.sql_usage import UsageRow
 
 ROLES = ("admin", "user")
@@ -46,8 +47,10 @@ def hash_secret(secret: str) -> str:
 class ApiKeys:
     """Creates and checks API keys, caching lookups (keys are checked on every request)."""
 
-    def __init__(self, store: SqlStore) -> None:
+    def __init__(self, store: SqlStore, signals: Signals | None = None) -> None:
         self._store = store
+        self._signals = signals
+        """Other coordinator replicas, told to drop their cached lookups when a key changes here."""
         self._cache: dict[str, ApiKeyRecord] = {}
         self._changed = asyncio.Event()
 
@@ -104,12 +107,17 @@ class ApiKeys:
     async def set_credit_limit(self, key_id: str, limit: int | None) -> None:
         """Set (or lift, with None) a key's credit limit in tokens."""
         await self._store.set_credit_limit(key_id, limit)
-        self.forget()
+        await self._note_change()
 
     async def revoke(self, key_id: str) -> None:
         """Refuse the key from the next request on."""
         await self._store.revoke_api_key(key_id)
+        await self._note_change()
+
+    async def _note_change(self) -> None:
         self.forget()
+        if self._signals is not None:
+            await self._signals.publish("keys")
 
     async def usage(self, key_id: str | None) -> tuple[list[UsageRow], dict[str, ApiKeyRecord]]:
         """Usage rows (one key's, or everyone's with None) and every key by id."""

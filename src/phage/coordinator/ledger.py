@@ -18,7 +18,7 @@ from phage.coordinator.tried import TriedNodes
 from phage.domain import Attempt, Task, TaskState
 from phage.errors import NotFound
 from phage.scheduler import ReadyQueue, eligible
-from phage.store import PageCursor, QueuedTask, SqlStore
+from phage.store import LostOutcome, PageCursor, QueuedTask, SqlStore
 
 log = logging.getLogger("phage.coordinator")
 
@@ -135,7 +135,12 @@ class TaskLedger:
         outcomes = await self.store.fail_lost(list(attempt_ids), reason, self.clock())
         for aid in attempt_ids:
             self.pool.drop_attempt(aid)
+        await self.lost(outcomes, reason)
+
+    async def lost(self, outcomes: Sequence[LostOutcome], reason: str) -> None:
+        """Attempts the store already recorded as lost (here, or by the leader's sweep): forget, requeue."""
         for out in outcomes:
+            self.pool.drop_attempt(out.attempt_id)
             self.bus.task(out.task_id, out.task_state.value, reason=reason, attempt=out.attempt_id)
         await self.requeue([out.task_id for out in outcomes if out.requeued])
 

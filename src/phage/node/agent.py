@@ -35,6 +35,7 @@ from phage.node.connection import (
     save_credentials,
     secure_key_dir,
 )
+from phage.node.endpoints import Backoff, Endpoints
 from phage.node.engines import Engine, make_engine
 from phage.node.executor import CollectedOutput, JobExecutor
 from phage.node.faults import poison_updates_enabled
@@ -54,6 +55,8 @@ log = logging.getLogger("phage.node")
 
 UPLOAD_CHUNK = 256 * 1024
 RESULT_BATCH = 256
+FAILOVER_AFTER = 2
+"""Consecutive heartbeats a replica may miss before the node moves to the next one."""
 RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -147,6 +150,9 @@ class NodeAgent:
                 config.engine, config.model or "", model_name=config.model_name, **config.engine_options()
             )
         secure_key_dir(config.key_dir)
+        self.endpoints = Endpoints(config.coordinator, config.enroll)
+        """The coordinator replicas; the node talks to ``endpoints.current`` and moves on when it dies."""
+        self._creds: Credentials | None = None
         self.identity = NodeIdentity.load_or_create(config.key_dir)
         self.executor = JobExecutor(
             config.scratch_root,
@@ -244,7 +250,7 @@ class NodeAgent:
         cfg = self.config
         creds = load_credentials(cfg.key_dir, cfg.ca_fingerprint)
         if creds is None:
-            creds = await self._enroll()
+            creds = await self._first_enroll()
         else:
             # Re-register with the saved identity so the coordinator has fresh hardware facts;
             # tolerate a coordinator that is down (the saved certificate still works later).
@@ -252,6 +258,24 @@ class NodeAgent:
                 if cfg.ca_fingerprint:
                     creds = await self._enroll()
         await self._open(creds)
+
+    async def _first_enroll(self) -> Credentials:
+        """Enroll through the first replica that answers (each is tried once, with backoff between)."""
+        backoff = Backoff()
+        for attempt in range(len(self.endpoints.all)):
+            try:
+                return await self._enroll()
+            except (grpc.aio.AioRpcError, OSError) as exc:
+                if attempt == len(self.endpoints.all) - 1:
+                    raise
+                log.warning(
+                    "enrollment at %s failed (%s); trying the next coordinator",
+                    self.endpoints.current.enroll,
+                    exc,
+                )
+                self.endpoints.advance()
+                await backoff.wait()
+        raise AssertionError("unreachable")
 
     async def _enroll(self) -> Credentials:
         cfg = self.config
@@ -263,7 +287,7 @@ class NodeAgent:
             )
         creds = await enroll(
             self.identity,
-            enroll_address=cfg.enroll_address,
+            enroll_address=self.endpoints.current.enroll,
             join_token=cfg.join_token or "",
             ca_fingerprint=cfg.ca_fingerprint,
             info=self.info(),
@@ -275,8 +299,9 @@ class NodeAgent:
     async def _open(self, creds: Credentials) -> None:
         if self._channel is not None:
             await self._channel.close(None)
-        self._channel = open_channel(self.config.coordinator, self.identity, creds)
         self._creds = creds
+        here = self.endpoints.current
+        self._channel = open_channel(here.target, self.identity, creds, tls_name=here.tls_name)
         self._stub = pb_grpc.PhageCoordinatorStub(self._channel)  # type: ignore[no-untyped-call]
         self.registered.set()
 
@@ -304,6 +329,7 @@ class NodeAgent:
             asyncio.create_task(self._result_loop(), name="phage-node-results"),
         ]
         if self.blocks is not None:
+            assert self._creds is not None
             await self.blocks.start(
                 TLSIdentity(
                     self.node_id, self.identity.tls_key_pem(), self._creds.cert_pem, self._creds.ca_pem
@@ -330,6 +356,20 @@ class NodeAgent:
                 with contextlib.suppress(Exception):
                     await self.engine.close()
 
+    async def _failover(self) -> None:
+        """The replica in use stopped answering: move to the next one, keeping identity and work.
+
+        The running assignments stay as they are; the next heartbeat lists them to the new
+        replica, which shares the database and so knows them. A replica that has not seen this
+        node yet refuses it once, and the node re-enrolls there with the same identity.
+        """
+        if len(self.endpoints.all) < 2 or self._creds is None:
+            return
+        gone = self.endpoints.current
+        here = self.endpoints.advance()
+        log.warning("coordinator %s is not answering; moving to %s", gone.target, here.target)
+        await self._open(self._creds)
+
     async def _host_vnodes(self) -> None:
         """Host VNodes of composable networks when this node has torch (the ``training`` extra)."""
         try:
@@ -346,7 +386,9 @@ class NodeAgent:
         await host.run()
 
     async def _heartbeat_loop(self) -> None:
-        backoff = 0.2
+        # at most one interval between tries: three missed heartbeats and the pool calls us dead
+        backoff = Backoff(base_s=min(0.2, self.heartbeat_interval / 4), cap_s=self.heartbeat_interval)
+        missed = 0
         while True:
             try:
                 metrics = probe_metrics()
@@ -360,10 +402,11 @@ class NodeAgent:
                 )
                 if self.blocks is not None:
                     request.blocks.CopyFrom(convert.block_offer_to_pb(self.blocks.offer()))
-                resp = await self.stub.Heartbeat(request, timeout=10)
+                resp = await self.stub.Heartbeat(request, timeout=max(2.0, self.heartbeat_interval))
                 if self.blocks is not None and resp.HasField("blocks"):
                     self.blocks.apply(convert.block_assignment_from_pb(resp.blocks))
-                backoff = 0.2
+                backoff.reset()
+                missed = 0
                 if not self.config.heartbeat_interval_s and resp.heartbeat_interval_s > 0:
                     self.heartbeat_interval = resp.heartbeat_interval_s
                 self._cancel(list(resp.cancel_assignment_ids) + list(resp.unknown_assignment_ids))
@@ -373,8 +416,12 @@ class NodeAgent:
             except grpc.aio.AioRpcError as exc:
                 log.debug("heartbeat failed: %s", exc.code())
                 await self._handle_rpc_error(exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    missed += 1
+                    if missed >= FAILOVER_AFTER:
+                        missed = 0
+                        await self._failover()
+                await backoff.wait()
 
     async def _leave_blocks(self) -> None:
         """Tell the coordinator this node's blocks are going, so a standby takes them at once."""
@@ -408,23 +455,21 @@ class NodeAgent:
                 await self._open(await self._enroll())
 
     async def _fetch_loop(self) -> None:
-        backoff = 0.2
+        backoff = Backoff(cap_s=2.0)
         while True:
             try:
                 resp = await self._fetch_once()
-                backoff = 0.2
+                backoff.reset()
             except grpc.aio.AioRpcError as exc:
                 log.debug("fetch failed: %s %s", exc.code(), exc.details())
                 await self._handle_rpc_error(exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                await backoff.wait()
                 continue
             except asyncio.CancelledError:
                 raise
             except Exception:  # never let the work loop die silently
                 log.exception("fetch loop error")
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                await backoff.wait()
                 continue
             if resp is None:
                 continue
@@ -667,13 +712,12 @@ class NodeAgent:
 
     async def _retry(self, call: Any, attempts: int = 1_000_000) -> Any:
         """Retry an RPC while the coordinator is unreachable; give up on a definite refusal."""
-        backoff = 0.1
+        backoff = Backoff(base_s=0.1, cap_s=2.0)
         for _ in range(attempts):
             try:
                 return await call()
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in RETRYABLE:
                     raise
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                await backoff.wait()
         raise RuntimeError("unreachable")

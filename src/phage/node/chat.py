@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from phage.errors import PhageError
+from phage.node.endpoints import Backoff
 from phage.node.engines.base import ChatMessage, Delta, Engine, GenerationRequest
 from phage.protocol.v1 import phage_pb2 as pb
 from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
@@ -57,17 +58,16 @@ class ChatServer:
 
     async def run(self) -> None:
         """Keep the order stream open (reconnecting with backoff) and serve every order."""
-        backoff = 0.2
+        backoff = Backoff(cap_s=2.0)
         while True:
             try:
                 call = self._stub().ChatOrders(pb.ChatSubscribe(node_id=self.node_id))
                 async for order in call:
-                    backoff = 0.2
+                    backoff.reset()
                     self._take(order)
             except grpc.aio.AioRpcError as exc:
                 log.debug("chat order stream ended: %s", exc.code())
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+            await backoff.wait()
 
     def _take(self, order: pb.ChatOrder) -> None:
         if order.cancel:

@@ -11,9 +11,10 @@ class NodeConfig:
     """Everything ``phage node`` needs; one field per command-line option."""
 
     coordinator: str
-    """``host:port`` of the coordinator's mutual-TLS listener."""
+    """``host:port`` of the coordinator's mutual-TLS listener, or several comma-separated (replicas on
+    one database; a name may also resolve to several): the node uses one and moves on when it dies."""
     enroll: str | None = None
-    """``host:port`` of the enrollment listener; default: the coordinator's port + 1."""
+    """``host:port`` of the enrollment listener (one, or one per coordinator); default: each port + 1."""
     join_token: str | None = None
     ca_fingerprint: str | None = None
     """``sha256:…`` of the coordinator CA, pinned on first contact."""
@@ -64,14 +65,6 @@ class NodeConfig:
     max_log_bytes: int = 64 * 1024
     host_vnodes: bool = True
     """Host VNodes of composable networks (when torch is installed)."""
-
-    @property
-    def enroll_address(self) -> str:
-        """Where Register goes."""
-        if self.enroll:
-            return self.enroll
-        host, _, port = self.coordinator.rpartition(":")
-        return f"{host}:{int(port) + 1}"
 
     def engine_options(self) -> dict[str, object]:
         """Engine settings for :func:`phage.node.engines.make_engine` (None: the engine's default)."""
