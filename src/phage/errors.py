@@ -12,6 +12,7 @@ routes, gRPC servicer, CLI) translate without knowing every case::
     ├── NotFound                the task, node, output or key does not exist (404)
     ├── Conflict                the request is valid but the state forbids it (409)
     ├── PaymentRequired         the API key's credit limit is spent (402)
+    ├── TooManyRequests         the API key is over a rate or concurrency limit (429, Retry-After)
     ├── Unavailable             nothing can serve this now: no node has the model, a node died (503)
     ├── EngineError             an inference engine failed to start, load a model or generate
     ├── SandboxError            the node cannot isolate a task as it requires
@@ -89,6 +90,17 @@ class PaymentRequired(PhageError):
 
     http_status = 402
     grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class TooManyRequests(PhageError):
+    """The caller is over a rate or concurrency limit; ``retry_after_s`` says when to come back."""
+
+    http_status = 429
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, *, retry_after_s: float, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.retry_after_s = retry_after_s
 
 
 class Unavailable(PhageError):

@@ -42,6 +42,8 @@ class ChatCall:
     """The node sent its final chunk (or its error): nothing to cancel there."""
     handler: asyncio.Task[Any] | None = None
     """The ChatStream handler feeding this call; cancelled to end the node's call."""
+    taken: int = 0
+    """Chunks with text taken off the buffer (what metering counts as delivered tokens)."""
 
     def fail(self, message: str) -> None:
         """End the call with an error the HTTP side reports (or retries on)."""
@@ -67,7 +69,10 @@ class ChatCall:
             texts: list[str] = []
             while isinstance(item, pb.ChatChunk) and not item.error and not item.finish_reason:
                 texts.append(item.text)
+                self.taken += bool(item.text)
                 item = self.chunks.get_nowait() if not self.chunks.empty() else None
+            if isinstance(item, pb.ChatChunk) and item.finish_reason and not item.error:
+                self.taken += bool(item.text)
             if texts:
                 if isinstance(item, pb.ChatChunk) and item.finish_reason and not item.error:
                     final = pb.ChatChunk()

@@ -20,6 +20,7 @@ from phage.coordinator.admission import Admission
 from phage.coordinator.chat import ChatRouter
 from phage.coordinator.feed import EventBus
 from phage.coordinator.keys import ApiKeys, Principal
+from phage.coordinator.metering import Meter, RateDefaults
 from phage.coordinator.placement import ModelPlacement
 from phage.coordinator.pool import LiveNode, LivePool, OpenAttempt
 from phage.coordinator.replication import Replication
@@ -115,6 +116,16 @@ class Coordinator:
         self.replication = Replication(self)
         self.admission = Admission(self)
         self.chat = ChatRouter()
+        self.meter = Meter(
+            self.store,
+            clock,
+            RateDefaults(
+                settings.chat_requests_per_minute,
+                settings.chat_tokens_per_minute,
+                settings.chat_max_concurrent,
+            ),
+            settings.chat_rate_window_s,
+        )
         self.placement = ModelPlacement(self)
         self.verify_sandbox: Sandbox | None = None
         self.tried: dict[str, set[str]] = {}
@@ -155,6 +166,7 @@ class Coordinator:
                 await task
         with contextlib.suppress(Exception):
             await self._flush_once()
+        await self.meter.drain()
         await self.store.close()
 
     async def _recover(self) -> None:
@@ -190,6 +202,8 @@ class Coordinator:
     async def submit(self, requests: Sequence[TaskRequest], principal: Principal) -> list[Task]:
         """Store and queue tasks; nothing is written unless all of them are valid."""
         now = self.clock()
+        if any(req.generate is not None for req in requests):
+            await self.meter.require_credit(principal)
         made: list[Task] = []
         for req in requests:
             spec: dict[str, Any] = {"isolation": req.isolation}
@@ -578,9 +592,18 @@ class Coordinator:
                         live, f"result refused: {outcome.message}", "attestation_refusals"
                     )
                 continue
+            held = self.pool.attempts.get(attempt_id)
             self.pool.drop_attempt(attempt_id)
             if outcome.duplicate or outcome.task_state is None:
                 continue
+            if (
+                held is not None
+                and held.kind == "generate"
+                and (task := await self.store.get_task(held.task_id))
+            ):
+                await self.meter.charge_generation(
+                    task.owner, held.spec, live.node.id, result, result.wall_time_s
+                )
             if attempt_id in standings and not result.error and not outcome.task_state.terminal:
                 self.replication.voted(outcome.task_id, live.node.id)
             if outcome.requeued:
@@ -596,6 +619,7 @@ class Coordinator:
             )
             if outcome.quorum is not None:
                 await self.replication.settled(outcome.quorum)
+
         if requeue:
             await self._requeue(requeue)
         return final

@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request, WebSocket, WebSocketDisconnect
@@ -24,7 +25,14 @@ from phage.coordinator.uploads import multipart_form, read_archive
 from phage.coordinator.views import node_public, task_public
 from phage.domain import TaskState
 from phage.domain.manifest import safe_relative_path
-from phage.errors import InvalidInput, NotFound, PayloadTooLarge, PhageError, Unauthenticated
+from phage.errors import (
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    PhageError,
+    TooManyRequests,
+    Unauthenticated,
+)
 
 log = logging.getLogger("phage.http")
 
@@ -74,6 +82,8 @@ def create_app(coordinator: Coordinator) -> FastAPI:
     @app.exception_handler(PhageError)
     async def _phage_error(_: Request, exc: PhageError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthenticated) else None
+        if isinstance(exc, TooManyRequests):
+            headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
         return JSONResponse(exc.to_dict(), status_code=exc.http_status, headers=headers)
 
     @app.exception_handler(RequestValidationError)

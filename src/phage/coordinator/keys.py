@@ -23,6 +23,10 @@ class Principal:
     name: str
     role: str
     credit_limit_tokens: int | None = None
+    requests_per_minute: int | None = None
+    """This key's own limits; None: the coordinator's defaults."""
+    tokens_per_minute: int | None = None
+    max_concurrent: int | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -86,4 +90,12 @@ class ApiKeys:
                 self._cache[digest] = record
         if record is None or record.revoked:
             raise Unauthenticated("API key is not valid", field="Authorization")
-        return Principal(record.id, record.name, record.role, record.credit_limit_tokens)
+        return Principal(
+            record.id,
+            record.name,
+            record.role,
+            record.credit_limit_tokens,
+            record.requests_per_minute,
+            record.tokens_per_minute,
+            record.max_concurrent,
+        )

@@ -10,21 +10,24 @@ a stream ends with an error event instead (a client cannot un-read tokens).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Message, Send
 
-from phage.coordinator.chat import ChatCall
 from phage.coordinator.chat_request import ChatParams, parse_chat
 from phage.coordinator.core import Coordinator
 from phage.coordinator.keys import Principal
-from phage.errors import NotFound, PaymentRequired, PhageError, Unavailable
+from phage.coordinator.metering import Ticket
+from phage.errors import NotFound, PhageError, TooManyRequests, Unavailable
 
 log = logging.getLogger("phage.chat")
 
@@ -40,6 +43,7 @@ _TYPES = {
     403: "permission_error",
     404: "invalid_request_error",
     413: "invalid_request_error",
+    429: "rate_limit_exceeded",
 }
 
 
@@ -54,7 +58,10 @@ def openai_error(exc: PhageError) -> JSONResponse:
             "code": code,
         }
     }
-    return JSONResponse(body, status_code=exc.http_status)
+    headers = None
+    if isinstance(exc, TooManyRequests):
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
+    return JSONResponse(body, status_code=exc.http_status, headers=headers)
 
 
 @dataclass(slots=True)
@@ -72,7 +79,7 @@ class Piece:
 
 
 class ChatService:
-    """Places chat requests, retries failed placements, meters usage."""
+    """Places chat requests, retries failed placements, counts what they delivered."""
 
     def __init__(self, coordinator: Coordinator) -> None:
         self.c = coordinator
@@ -81,60 +88,114 @@ class ChatService:
         """Live, admitted, unquarantined nodes serving ``model``."""
         return [live.node.id for live in self.c.chat_nodes() if model in self.c.models_of(live)]
 
-    async def check_credit(self, who: Principal) -> None:
-        """402 when the key's credit limit is spent."""
-        limit = who.credit_limit_tokens
-        if limit is not None:
-            used = await self.c.store.tokens_used(who.key_id)
-            if used >= limit:
-                raise PaymentRequired(
-                    f"this API key has used {used} of its {limit} tokens", field="Authorization"
-                )
+    async def admit(self, who: Principal, params: ChatParams, kind: str = "chat") -> Ticket:
+        """Rate limits (429) and the credit hold (402) for one request."""
+        order = params.order
+        prompt_bytes = len(order.prompt.encode()) + sum(len(m.content.encode()) for m in order.messages)
+        return await self.c.meter.begin(
+            who, kind, params.model, params.max_tokens, prompt_bytes, len(order.messages)
+        )
 
-    async def run(self, who: Principal, params: ChatParams) -> AsyncIterator[Piece]:
+    async def run(self, ticket: Ticket, params: ChatParams) -> AsyncGenerator[Piece, None]:
         """Serve one request: yields text pieces, then a final piece (or one with an error).
 
         A stream that already gave the client text cannot be retried; a non-streaming
-        request can, from scratch, on another node (a ``reset`` piece says so).
+        request can, from scratch, on another node (a ``reset`` piece says so). However it
+        ends — finished, failed, or closed early because the client left — the ticket is
+        settled: the key is charged for what was delivered.
         """
+        clock = self.c.clock
         tried: set[str] = set()
         last_error = Unavailable(f"no live node serves {params.model!r} now", field="model")
-        for _ in range(MAX_PLACEMENTS):
-            try:
-                node_id = self.c.chat.pick(self.candidates(params.model), tried)
-            except Unavailable:
-                break
-            tried.add(node_id)
-            order = type(params.order)()
-            order.CopyFrom(params.order)
-            call = self.c.chat.open(node_id, params.model, order)
-            sent = False
-            try:
-                async for chunk in call.deltas(OPEN_TIMEOUT_S):
-                    if chunk.text:
-                        sent = True
-                        yield Piece(chunk.text, node_id=node_id)
-                    if chunk.finish_reason:
-                        await self._meter(who, call, chunk.prompt_tokens, chunk.completion_tokens)
-                        yield Piece(
-                            "", chunk.finish_reason, chunk.prompt_tokens, chunk.completion_tokens, node_id
-                        )
+        try:
+            for _ in range(MAX_PLACEMENTS):
+                try:
+                    node_id = self.c.chat.pick(self.candidates(params.model), tried)
+                except Unavailable:
+                    break
+                tried.add(node_id)
+                order = type(params.order)()
+                order.CopyFrom(params.order)
+                call = self.c.chat.open(node_id, params.model, order)
+                ticket.node_id = node_id
+                seen = 0
+                try:
+                    async for chunk in call.deltas(OPEN_TIMEOUT_S):
+                        if chunk.text:
+                            ticket.delivered(chunk.text, call.taken - seen, clock())
+                            seen = call.taken
+                        if chunk.finish_reason:
+                            ticket.finished, ticket.outcome = True, chunk.finish_reason
+                            ticket.reported_prompt = chunk.prompt_tokens
+                            ticket.reported_completion = chunk.completion_tokens
+                            prompt, completion = ticket.charge()
+                            self.c.counters["chat_completions"] = (
+                                self.c.counters.get("chat_completions", 0) + 1
+                            )
+                            yield Piece(chunk.text, chunk.finish_reason, prompt, completion, node_id)
+                            return
+                        if chunk.text:
+                            yield Piece(chunk.text, node_id=node_id)
+                except Unavailable as exc:
+                    last_error = exc
+                    log.warning("chat %s on node %s failed: %s", call.request_id, node_id[:12], exc.message)
+                    if ticket.chunks and params.stream:
+                        ticket.outcome = "node_failed"
+                        yield Piece(error=exc, node_id=node_id)
                         return
-            except Unavailable as exc:
-                last_error = exc
-                log.warning("chat %s on node %s failed: %s", call.request_id, node_id[:12], exc.message)
-                if sent and params.stream:
-                    yield Piece(error=exc, node_id=node_id)
-                    return
-                if sent:
-                    yield Piece(reset=True)
-            finally:
-                self.c.chat.close(call)
-        yield Piece(error=last_error)
+                    if ticket.chunks:
+                        ticket.restart()
+                        yield Piece(reset=True)
+                finally:
+                    self.c.chat.close(call)
+            ticket.node_id, ticket.outcome = "", "unavailable"
+            yield Piece(error=last_error)
+        finally:
+            self.c.meter.finish(ticket)
 
-    async def _meter(self, who: Principal, call: ChatCall, prompt: int, completion: int) -> None:
-        self.c.counters["chat_completions"] = self.c.counters.get("chat_completions", 0) + 1
-        await self.c.store.add_usage(who.key_id, call.model, call.node_id, prompt, completion, self.c.clock())
+
+class StallGuardedStream(StreamingResponse):
+    """A streaming response that gives up on a client that stops reading.
+
+    A client that stops reading (but keeps its connection) would otherwise hold its
+    node's generation, its key's concurrency slot and its credit hold for as long as it
+    likes: each write waits on TCP flow control. After ``stall_s`` seconds without a
+    write getting through, the stream is closed — which ends the generation on the node
+    and settles what was delivered — and the connection is dropped.
+    """
+
+    def __init__(
+        self,
+        content: AsyncGenerator[bytes, None],
+        *,
+        stall_s: float,
+        on_stall: Callable[[], object],
+        **kw: Any,
+    ) -> None:
+        super().__init__(content, **kw)
+        self._content = content
+        self._stall_s = stall_s
+        self._on_stall = on_stall
+
+    async def stream_response(self, send: Send) -> None:
+        """Write as usual, but no write may wait longer than ``stall_s``."""
+
+        async def guarded(message: Message) -> None:
+            try:
+                await asyncio.wait_for(send(message), self._stall_s)
+            except TimeoutError:
+                raise _Stalled from None
+
+        try:
+            await super().stream_response(guarded)
+        except _Stalled:
+            log.warning("a chat client stopped reading for %.0f s: closing its stream", self._stall_s)
+            self._on_stall()
+            await self._content.aclose()
+
+
+class _Stalled(Exception):
+    """A write to the client did not get through in time."""
 
 
 def _sse(obj: dict[str, Any]) -> bytes:
@@ -176,47 +237,59 @@ def install_openai(app: FastAPI, c: Coordinator, read_json: Callable[[Request], 
                     f"(served: {', '.join(served) or 'none'})",
                     field="model",
                 )
-            await service.check_credit(who)
+            ticket = await service.admit(who, params)
         except PhageError as exc:
             return openai_error(exc)
         cid = f"chatcmpl-{int(time.time() * 1000):x}{id(params) & 0xFFFFFF:06x}"
         created = int(time.time())
-        pieces = service.run(who, params)
+        pieces = service.run(ticket, params)
         if params.stream:
             # Place the chat now, so the order travels to the node while the response is set up.
             head = asyncio.ensure_future(anext(pieces, None))
-            return StreamingResponse(
+            return StallGuardedStream(
                 _stream(pieces, head, cid, created, params),
+                stall_s=s.chat_client_stall_s,
+                on_stall=functools.partial(setattr, ticket, "outcome", "client_stalled"),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        text: list[str] = []
-        async for p in pieces:
-            if p.error is not None:
-                return openai_error(p.error)
-            if p.reset:
-                text.clear()
-            text.append(p.text)
-            if p.finish_reason:
-                return JSONResponse(
-                    {
-                        "id": cid,
-                        "object": "chat.completion",
-                        "created": created,
-                        "model": params.model,
-                        "choices": [
-                            {
-                                "index": 0,
-                                "message": {"role": "assistant", "content": "".join(text)},
-                                "logprobs": None,
-                                "finish_reason": p.finish_reason,
-                            }
-                        ],
-                        "usage": _usage(p),
-                    },
-                    headers={"X-Phage-Node": p.node_id},
-                )
-        return openai_error(Unavailable("the chat ended without an answer"))
+        try:
+            return await _complete(pieces, cid, created, params)
+        finally:
+            await pieces.aclose()
+
+
+async def _complete(
+    pieces: AsyncGenerator[Piece, None], cid: str, created: int, params: ChatParams
+) -> Response:
+    """A non-streaming answer: gather the pieces into one chat.completion."""
+    text: list[str] = []
+    async for p in pieces:
+        if p.error is not None:
+            return openai_error(p.error)
+        if p.reset:
+            text.clear()
+        text.append(p.text)
+        if p.finish_reason:
+            return JSONResponse(
+                {
+                    "id": cid,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": params.model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": "".join(text)},
+                            "logprobs": None,
+                            "finish_reason": p.finish_reason,
+                        }
+                    ],
+                    "usage": _usage(p),
+                },
+                headers={"X-Phage-Node": p.node_id},
+            )
+    return openai_error(Unavailable("the chat ended without an answer"))
 
 
 def _usage(p: Piece) -> dict[str, int]:
@@ -228,12 +301,12 @@ def _usage(p: Piece) -> dict[str, int]:
 
 
 async def _stream(
-    pieces: AsyncIterator[Piece],
+    pieces: AsyncGenerator[Piece, None],
     first_piece: asyncio.Future[Piece | None],
     cid: str,
     created: int,
     params: ChatParams,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """OpenAI's chunk stream.
 
     Leaving early (the client hung up) closes ``pieces``, which cancels the generation on the node.

@@ -66,6 +66,17 @@ class CoordinatorSettings(BaseSettings):
     """Largest ``max_tokens`` a chat request may ask for."""
     chat_default_max_tokens: int = 1024
     """``max_tokens`` when a chat request does not say."""
+    chat_requests_per_minute: int | None = Field(default=None, ge=1)
+    """Chat and completion requests one API key may make a minute (a key's own limit overrides it);
+    None: unlimited. Over it: 429 with ``Retry-After``."""
+    chat_tokens_per_minute: int | None = Field(default=None, ge=1)
+    """Tokens one API key may be charged a minute (a key's own limit overrides it); None: unlimited."""
+    chat_max_concurrent: int | None = Field(default=None, ge=1)
+    """Chats one API key may have in flight at once (a key's own limit overrides it); None: unlimited."""
+    chat_rate_window_s: float = Field(default=60.0, gt=0)
+    """The window the per-minute limits count over (sliding); shorter only for tests."""
+    chat_client_stall_s: float = Field(default=30.0, gt=0)
+    """A streaming client that takes no data for this long is cut off (its node and slot freed)."""
     join_token: str | None = None
     """Fixed join token; default: generated once and kept in ``data_dir/join-token``."""
     admission: Literal["token", "allowlist", "approval", "open"] = "token"

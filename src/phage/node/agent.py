@@ -248,7 +248,7 @@ class NodeAgent:
             asyncio.create_task(self._result_loop(), name="phage-node-results"),
         ]
         if self.engine is not None:
-            self.chat = ChatServer(self.node_id, lambda: self.stub, self.engine)
+            self.chat = ChatServer(self.node_id, lambda: self.stub, self.engine, faults.chat_fault())
             loops.append(asyncio.create_task(self.chat.run(), name="phage-node-chat"))
         try:
             await self._stop.wait()

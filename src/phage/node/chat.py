@@ -15,11 +15,13 @@ import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 import grpc
 
 from phage.errors import PhageError
 from phage.node.engines.base import ChatMessage, Delta, Engine, GenerationRequest
+from phage.node.faults import INFLATED_TOKENS
 from phage.protocol.v1 import phage_pb2 as pb
 from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
 
@@ -47,8 +49,11 @@ class ChatServer:
         node_id: str,
         stub: Callable[[], pb_grpc.PhageCoordinatorStub],
         engine: Engine,
+        fault: str = "",
     ) -> None:
         self.node_id = node_id
+        self.fault = fault
+        """A chat fault to inject (``node/faults.py``; tests only)."""
         self._stub = stub
         self.engine = engine
         self.active: dict[str, asyncio.Task[None]] = {}
@@ -105,7 +110,7 @@ class ChatServer:
                     )
                 )
             else:
-                await self._pump(rid, call, deltas, first)
+                await self._pump(rid, call, deltas, first, self.fault)
             await call.done_writing()
             await call
             self.served += 1
@@ -132,11 +137,14 @@ class ChatServer:
         call: grpc.aio.StreamUnaryCall[pb.ChatChunk, pb.ChatStreamAck],
         deltas: AsyncIterator[Delta],
         first: asyncio.Future[Delta | None],
+        fault: str = "",
     ) -> None:
         """Copy the engine's deltas onto the call; a failed write closes the engine stream."""
         try:
             d = await first
             while d is not None:
+                if fault == "inflate_usage" and d.final:
+                    d = replace(d, prompt_tokens=INFLATED_TOKENS, completion_tokens=INFLATED_TOKENS)
                 if d.final:
                     await call.write(
                         pb.ChatChunk(

@@ -24,6 +24,11 @@ from phage.domain import OutputFile, TaskResult
 from phage.node.executor import CollectedOutput
 
 CORRUPT_OUTPUTS_ENV = "PHAGE_TEST_CORRUPT_OUTPUTS"
+CHAT_FAULT_ENV = "PHAGE_TEST_CHAT_FAULT"
+CHAT_FAULTS = ("inflate_usage", "truncate", "pad")
+"""How a lying node answers chats: bills 4 billion tokens for each answer, cuts each answer to
+half its tokens while claiming it finished, or appends tokens the model never chose."""
+INFLATED_TOKENS = 4_000_000_000
 
 log = logging.getLogger("phage.node")
 
@@ -51,3 +56,14 @@ def corrupt(result: TaskResult, outputs: list[CollectedOutput]) -> list[Collecte
         changed.append(CollectedOutput(out.path, out.local, hashlib.sha256(data).hexdigest(), len(data)))
     result.outputs = [OutputFile(o.path, o.sha256, o.size) for o in changed]
     return changed
+
+
+def chat_fault(environ: Mapping[str, str] = os.environ) -> str:
+    """The chat fault this node injects (``PHAGE_TEST_CHAT_FAULT``), or ""; logs a warning when one is on."""
+    fault = environ.get(CHAT_FAULT_ENV, "")
+    if fault not in CHAT_FAULTS:
+        return ""
+    log.warning(
+        "FAULT INJECTION: %s=%s: this node LIES about its chat answers (tests)", CHAT_FAULT_ENV, fault
+    )
+    return fault

@@ -13,6 +13,7 @@ Environment knobs (all optional):
 ``PHAGE_STANDIN_STARTUP_DELAY_MS``  pause before listening (a model that takes time to load)
 ``PHAGE_STANDIN_CRASH_AFTER``       exit abruptly (code 3) once this many completions are served
 ``PHAGE_STANDIN_REPLY``             the reply's text, one token per word (cut by ``max_tokens``)
+``PHAGE_STANDIN_TOKEN_PAD``         characters of padding on each generated token (a fast, bulky stream)
 ``PHAGE_STANDIN_FAIL_MODEL``        exit at once (code 1) when asked to serve this model (a bad download)
 
 It is a bare ASGI app on uvicorn (uvloop and httptools where installed): the
@@ -77,8 +78,9 @@ def _held_back(text: str, stops: list[str]) -> int:
 class Reply:
     """The deterministic completion: yields text deltas token by token, honouring stop strings."""
 
-    def __init__(self, max_tokens: int, stop: list[str], words: list[str]) -> None:
+    def __init__(self, max_tokens: int, stop: list[str], words: list[str], pad: int = 0) -> None:
         self.max_tokens = max_tokens
+        self.pad = "x" * pad
         self.stop = stop
         self.words = words
         self.tokens = 0
@@ -88,7 +90,7 @@ class Reply:
         """The i-th token's text (with its leading space), or None past the reply's end."""
         if self.words:
             return None if i >= len(self.words) else (" " if i else "") + self.words[i]
-        return f" token{i}" if i else "token0"
+        return (f" token{i}" if i else "token0") + self.pad
 
     def deltas(self) -> Iterator[str]:
         """Text as it may be shown: never a piece that might turn out to begin a stop string."""
@@ -124,6 +126,7 @@ class Standin:
         crash = os.environ.get("PHAGE_STANDIN_CRASH_AFTER", "").strip()
         self.crash_after = int(crash) if crash else None
         self.words = os.environ.get("PHAGE_STANDIN_REPLY", "").split()
+        self.pad = int(_env_float("PHAGE_STANDIN_TOKEN_PAD"))
         self.stats = {"requests": 0, "started": 0, "finished": 0, "cancelled": 0, "tokens": 0}
         self.created = int(time.time())
 
@@ -180,6 +183,7 @@ class Standin:
             int(req.get("max_tokens") or req.get("max_completion_tokens") or 16),
             [stop] if isinstance(stop, str) else list(stop),
             self.words,
+            self.pad,
         )
         prompt_tokens = _words(req.get("messages") if chat else req.get("prompt", ""))
         try:
