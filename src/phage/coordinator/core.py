@@ -18,6 +18,7 @@ from typing import Any
 
 from phage.coordinator.admission import Admission
 from phage.coordinator.chat import ChatRouter
+from phage.coordinator.chat_check import ChatChecker, CheckPolicy
 from phage.coordinator.feed import EventBus
 from phage.coordinator.keys import ApiKeys, Principal
 from phage.coordinator.metering import Meter, RateDefaults
@@ -127,6 +128,14 @@ class Coordinator:
             settings.chat_rate_window_s,
         )
         self.placement = ModelPlacement(self)
+        self.checker = ChatChecker(
+            self.chat,
+            self._chat_checkers,
+            lambda node_id: (live := self.pool.nodes.get(node_id)) is not None and live.node.trusted,
+            self.quarantine,
+            self.store,
+            CheckPolicy(settings.chat_check_untrusted, settings.chat_check_trusted),
+        )
         self.verify_sandbox: Sandbox | None = None
         self.tried: dict[str, set[str]] = {}
         """Best-of-N tasks: the nodes that already held an attempt (distinct-node placement)."""
@@ -166,6 +175,7 @@ class Coordinator:
                 await task
         with contextlib.suppress(Exception):
             await self._flush_once()
+        await self.checker.drain()
         await self.meter.drain()
         await self.store.close()
 
@@ -281,6 +291,15 @@ class Coordinator:
             and not live.node.quarantined
             and not live.node.draining
             and live.node.id in subscribed
+            and (live.node.trusted or self.settings.chat_untrusted_nodes)
+        ]
+
+    def _chat_checkers(self, model: str, checked_node: str) -> list[str]:
+        """Trusted nodes serving ``model`` that may check another node's answer."""
+        return [
+            live.node.id
+            for live in self.chat_nodes()
+            if live.node.trusted and live.node.id != checked_node and model in self.models_of(live)
         ]
 
     async def get_task(self, task_id: str) -> tuple[Task, list[Attempt]]:

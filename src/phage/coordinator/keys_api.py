@@ -193,6 +193,14 @@ def install_keys(
         rows = await c.store.recent_requests(key_id, limit, before)
         return {"requests": [request_public(r) for r in rows]}
 
+    @app.get("/api/usage/requests/{request_id}", tags=["keys"])
+    async def usage_request(request_id: str, who: Caller) -> dict[str, Any]:
+        """One request's log row: what was charged and, for checked chat, the verdict."""
+        row = await c.store.find_request(request_id)
+        if row is None or (row.key_id != who.key_id and not who.is_admin):
+            raise NotFound(f"no request {request_id!r} in the usage log", field="request_id")
+        return request_public(row)
+
     @app.get("/usage/recent", tags=["keys"])
     async def usage_recent(
         who: Caller, limit: Annotated[int, Query(ge=1, le=MAX_LOG_ROWS)] = 15

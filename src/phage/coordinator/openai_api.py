@@ -23,14 +23,18 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Message, Send
 
+from phage.coordinator.chat_check import Answer
 from phage.coordinator.chat_request import ChatParams, parse_chat
 from phage.coordinator.core import Coordinator
 from phage.coordinator.keys import Principal
 from phage.coordinator.metering import Ticket
+from phage.domain.chatcheck import Exchange
 from phage.errors import NotFound, PhageError, TooManyRequests, Unavailable
 
 log = logging.getLogger("phage.chat")
 
+EXTENSIONS_HEADER = "X-Phage-Extensions"
+"""A request header (``1``) asking for the ``phage`` field in answers: request id, node, check status."""
 MAX_PLACEMENTS = 3
 """Nodes a request may be tried on before the client gets the error."""
 OPEN_TIMEOUT_S = 15.0
@@ -74,6 +78,10 @@ class Piece:
     completion_tokens: int = 0
     node_id: str = ""
     error: Unavailable | None = None
+    request_id: str = ""
+    """On the final piece: the usage log's id for this request (checked chat's verdict lands there)."""
+    check: str = ""
+    """On the final piece: ``pending`` when the answer will be checked, else empty."""
     reset: bool = False
     """Forget the text so far: the request starts again on another node (non-streaming only)."""
 
@@ -105,6 +113,7 @@ class ChatService:
         settled: the key is charged for what was delivered.
         """
         clock = self.c.clock
+        answer: Answer | None = None
         tried: set[str] = set()
         last_error = Unavailable(f"no live node serves {params.model!r} now", field="model")
         try:
@@ -119,11 +128,15 @@ class ChatService:
                 call = self.c.chat.open(node_id, params.model, order)
                 ticket.node_id = node_id
                 seen = 0
+                check = self.c.checker.wants(node_id)
+                text: list[str] = []
                 try:
                     async for chunk in call.deltas(OPEN_TIMEOUT_S):
                         if chunk.text:
                             ticket.delivered(chunk.text, call.taken - seen, clock())
                             seen = call.taken
+                            if check:
+                                text.append(chunk.text)
                         if chunk.finish_reason:
                             ticket.finished, ticket.outcome = True, chunk.finish_reason
                             ticket.reported_prompt = chunk.prompt_tokens
@@ -132,7 +145,31 @@ class ChatService:
                             self.c.counters["chat_completions"] = (
                                 self.c.counters.get("chat_completions", 0) + 1
                             )
-                            yield Piece(chunk.text, chunk.finish_reason, prompt, completion, node_id)
+                            if check:
+                                ticket.checked = "pending"
+                                answer = Answer(
+                                    ticket.id,
+                                    node_id,
+                                    params.model,
+                                    params.order,
+                                    Exchange(
+                                        tuple(chunk.token_ids),
+                                        "".join(text),
+                                        chunk.finish_reason,
+                                        params.max_tokens,
+                                        params.order.temperature,
+                                        bool(params.order.stop),
+                                    ),
+                                )
+                            yield Piece(
+                                chunk.text,
+                                chunk.finish_reason,
+                                prompt,
+                                completion,
+                                node_id,
+                                request_id=ticket.id,
+                                check=ticket.checked,
+                            )
                             return
                         if chunk.text:
                             yield Piece(chunk.text, node_id=node_id)
@@ -151,7 +188,9 @@ class ChatService:
             ticket.node_id, ticket.outcome = "", "unavailable"
             yield Piece(error=last_error)
         finally:
-            self.c.meter.finish(ticket)
+            recorded = self.c.meter.finish(ticket)
+            if answer is not None:
+                self.c.checker.schedule(answer, recorded)
 
 
 class StallGuardedStream(StreamingResponse):
@@ -243,24 +282,25 @@ def install_openai(app: FastAPI, c: Coordinator, read_json: Callable[[Request], 
         cid = f"chatcmpl-{int(time.time() * 1000):x}{id(params) & 0xFFFFFF:06x}"
         created = int(time.time())
         pieces = service.run(ticket, params)
+        extend = request.headers.get(EXTENSIONS_HEADER, "").strip().lower() in ("1", "true", "phage")
         if params.stream:
             # Place the chat now, so the order travels to the node while the response is set up.
             head = asyncio.ensure_future(anext(pieces, None))
             return StallGuardedStream(
-                _stream(pieces, head, cid, created, params),
+                _stream(pieces, head, cid, created, params, extend),
                 stall_s=s.chat_client_stall_s,
                 on_stall=functools.partial(setattr, ticket, "outcome", "client_stalled"),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
         try:
-            return await _complete(pieces, cid, created, params)
+            return await _complete(pieces, cid, created, params, extend)
         finally:
             await pieces.aclose()
 
 
 async def _complete(
-    pieces: AsyncGenerator[Piece, None], cid: str, created: int, params: ChatParams
+    pieces: AsyncGenerator[Piece, None], cid: str, created: int, params: ChatParams, extend: bool
 ) -> Response:
     """A non-streaming answer: gather the pieces into one chat.completion."""
     text: list[str] = []
@@ -286,10 +326,25 @@ async def _complete(
                         }
                     ],
                     "usage": _usage(p),
+                    **_extension(p, extend),
                 },
-                headers={"X-Phage-Node": p.node_id},
+                headers={"X-Phage-Node": p.node_id, "X-Phage-Request": p.request_id},
             )
     return openai_error(Unavailable("the chat ended without an answer"))
+
+
+def _extension(p: Piece, extend: bool) -> dict[str, Any]:
+    """phage's opt-in response field: where the answer came from and whether it will be checked."""
+    if not extend:
+        return {}
+    return {
+        "phage": {
+            "request_id": p.request_id,
+            "node_id": p.node_id,
+            "check": p.check or "not_checked",
+            "check_url": f"/api/usage/requests/{p.request_id}",
+        }
+    }
 
 
 def _usage(p: Piece) -> dict[str, int]:
@@ -306,6 +361,7 @@ async def _stream(
     cid: str,
     created: int,
     params: ChatParams,
+    extend: bool = False,
 ) -> AsyncGenerator[bytes, None]:
     """OpenAI's chunk stream.
 
@@ -341,6 +397,7 @@ async def _stream(
                 }
                 if not params.include_usage:
                     final["usage"] = _usage(p)  # usage in every stream; OpenAI's own shape when asked for
+                final.update(_extension(p, extend))
                 yield _sse(final)
                 if params.include_usage:
                     yield _sse({**head, "choices": [], "usage": _usage(p)})

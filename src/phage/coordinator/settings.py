@@ -66,6 +66,14 @@ class CoordinatorSettings(BaseSettings):
     """Largest ``max_tokens`` a chat request may ask for."""
     chat_default_max_tokens: int = 1024
     """``max_tokens`` when a chat request does not say."""
+    chat_untrusted_nodes: bool = False
+    """Send chats (prompts included) to untrusted nodes (open admission) too. Off by default: a
+    stranger's machine sees every prompt it serves. When on, their answers are checked (below)."""
+    chat_check_untrusted: float = Field(default=1.0, ge=0.0, le=1.0)
+    """Share of untrusted nodes' chat answers a trusted node re-scores after the response (1: all;
+    0: off)."""
+    chat_check_trusted: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Share of trusted nodes' chat answers checked the same way (a sample; 0: off)."""
     chat_requests_per_minute: int | None = Field(default=None, ge=1)
     """Chat and completion requests one API key may make a minute (a key's own limit overrides it);
     None: unlimited. Over it: 429 with ``Retry-After``."""

@@ -15,13 +15,12 @@ import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
 
 import grpc
 
 from phage.errors import PhageError
 from phage.node.engines.base import ChatMessage, Delta, Engine, GenerationRequest
-from phage.node.faults import INFLATED_TOKENS
+from phage.node.faults import lie
 from phage.protocol.v1 import phage_pb2 as pb
 from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
 
@@ -93,6 +92,9 @@ class ChatServer:
         """Stream one order's tokens back on a ChatStream call of its own."""
         rid = order.request_id
         served = not order.model or order.model in self.engine.models()
+        if order.check and served:
+            await self._check(order)
+            return
         # Start the engine first and let its request go out; opening the gRPC call
         # (about a millisecond of CPU) then overlaps the engine's time to first token.
         deltas = self.engine.stream(order_to_request(order)) if served else None
@@ -131,6 +133,36 @@ class ChatServer:
         finally:
             await _close(deltas, first)
 
+    async def _check(self, order: pb.ChatOrder) -> None:
+        """Re-score another node's answer (checked chat) and send the scores back as one chunk."""
+        rid = order.request_id
+        try:
+            sc = await self.engine.score(order_to_request(order), list(order.check_token_ids))
+            chunk = pb.ChatChunk(
+                request_id=rid,
+                node_id=self.node_id,
+                finish_reason="checked",
+                score=pb.ChatScore(
+                    greedy_gap=sc.greedy_gap,
+                    logprob=sc.logprob,
+                    entropy=sc.entropy,
+                    variance=sc.variance,
+                    decoded=sc.decoded,
+                    eos_token_id=sc.eos_token_id or 0,
+                    has_eos=sc.eos_token_id is not None,
+                ),
+            )
+        except PhageError as exc:
+            chunk = pb.ChatChunk(request_id=rid, node_id=self.node_id, error=exc.message)
+        call = self._stub().ChatStream()
+        try:
+            await call.write(pb.ChatChunk(request_id=rid, node_id=self.node_id))  # opens the stream
+            await call.write(chunk)
+            await call.done_writing()
+            await call
+        except grpc.aio.AioRpcError as exc:
+            log.debug("check %s not delivered: %s", rid, exc.code())
+
     @staticmethod
     async def _pump(
         rid: str,
@@ -143,8 +175,8 @@ class ChatServer:
         try:
             d = await first
             while d is not None:
-                if fault == "inflate_usage" and d.final:
-                    d = replace(d, prompt_tokens=INFLATED_TOKENS, completion_tokens=INFLATED_TOKENS)
+                if fault and d.final:
+                    d = lie(fault, d)
                 if d.final:
                     await call.write(
                         pb.ChatChunk(
@@ -153,6 +185,7 @@ class ChatServer:
                             finish_reason=d.finish_reason or "stop",
                             prompt_tokens=d.prompt_tokens,
                             completion_tokens=d.completion_tokens,
+                            token_ids=d.token_ids,
                         )
                     )
                 elif d.text:

@@ -19,8 +19,10 @@ import hashlib
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 
 from phage.domain import OutputFile, TaskResult
+from phage.node.engines.base import Delta
 from phage.node.executor import CollectedOutput
 
 CORRUPT_OUTPUTS_ENV = "PHAGE_TEST_CORRUPT_OUTPUTS"
@@ -67,3 +69,24 @@ def chat_fault(environ: Mapping[str, str] = os.environ) -> str:
         "FAULT INJECTION: %s=%s: this node LIES about its chat answers (tests)", CHAT_FAULT_ENV, fault
     )
     return fault
+
+
+def lie(fault: str, final: Delta) -> Delta:
+    """The last delta of an answer, as a lying node reports it.
+
+    ``inflate_usage`` bills billions of tokens; ``truncate`` drops the second half of the
+    answer's token ids and claims the model stopped (the text already streamed stays, as a
+    node cutting answers short would send less text too — what the check sees is ids that
+    do not decode to the text, or a stop without end-of-text); ``pad`` appends text the
+    model never produced.
+    """
+    if fault == "inflate_usage":
+        return replace(final, prompt_tokens=INFLATED_TOKENS, completion_tokens=INFLATED_TOKENS)
+    if fault == "truncate":
+        keep = final.token_ids[: max(1, len(final.token_ids) // 2)]
+        if keep and keep[-1] == final.token_ids[-1] and len(final.token_ids) > 1:
+            keep = keep[:-1]
+        return replace(final, finish_reason="stop", completion_tokens=len(keep), token_ids=keep)
+    if fault == "pad":
+        return replace(final, text=final.text + " and that is all")
+    return final

@@ -19,6 +19,7 @@ a coordinator that died mid-request does not freeze a key's credit forever.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -123,6 +124,24 @@ def _release_expired(conn: Connection, key_id: str, now: float) -> None:
             .where(api_keys.c.id == key_id)
             .values(reserved_tokens=api_keys.c.reserved_tokens - sum(h.tokens for h in stale))
         )
+
+
+def _request(r: sa.Row[Any]) -> RequestRecord:
+    return RequestRecord(
+        r.id,
+        r.key_id,
+        r.kind,
+        r.model,
+        r.node_id,
+        r.started_at,
+        r.duration_s,
+        r.ttft_s,
+        int(r.prompt_tokens),
+        int(r.completion_tokens),
+        int(r.reported_tokens),
+        r.outcome,
+        r.checked,
+    )
 
 
 class UsageRecords:
@@ -266,25 +285,13 @@ class UsageRecords:
         if before is not None:
             q = q.where(usage_requests.c.started_at < before)
         async with self.engine.connect() as conn:
-            rows = await conn.execute(q)
-            return [
-                RequestRecord(
-                    r.id,
-                    r.key_id,
-                    r.kind,
-                    r.model,
-                    r.node_id,
-                    r.started_at,
-                    r.duration_s,
-                    r.ttft_s,
-                    int(r.prompt_tokens),
-                    int(r.completion_tokens),
-                    int(r.reported_tokens),
-                    r.outcome,
-                    r.checked,
-                )
-                for r in rows
-            ]
+            return [_request(r) for r in await conn.execute(q)]
+
+    async def find_request(self, request_id: str) -> RequestRecord | None:
+        """One request log row."""
+        async with self.engine.connect() as conn:
+            r = (await conn.execute(usage_requests.select().where(usage_requests.c.id == request_id))).first()
+        return None if r is None else _request(r)
 
     async def node_accounts(self) -> list[NodeAccount]:
         """What each node has served, most first."""

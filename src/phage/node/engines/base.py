@@ -17,6 +17,7 @@ import abc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from phage.domain.chatcheck import Scores
 from phage.errors import EngineError, InvalidInput
 
 
@@ -54,6 +55,8 @@ class Delta:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    token_ids: tuple[int, ...] = ()
+    """On the last delta, where the engine knows them: the completion's token ids (checked chat)."""
 
     @property
     def final(self) -> bool:
@@ -104,6 +107,14 @@ class Engine(abc.ABC):
         return Generation(
             "".join(parts), last.prompt_tokens, last.completion_tokens, last.finish_reason or "stop"
         )
+
+    async def score(self, request: GenerationRequest, token_ids: list[int]) -> Scores:
+        """Rate each of ``token_ids`` as a continuation of the request's prompt (checked chat).
+
+        One forward pass over prompt + completion (teacher forcing); engines that cannot
+        see logits say so, and such a node is not asked to check others.
+        """
+        raise EngineError(f"the {self.name} engine cannot re-score answers")
 
     async def health(self) -> bool:
         """True when the engine can serve now."""
