@@ -137,6 +137,10 @@ def test_a_node_serving_another_model_is_quarantined_within_three_chats(
     node = checked.node("impostor")
     assert node["quarantined"] and "not the model's first choice" in node["quarantine_reason"], node
     assert not checked.node("checker")["quarantined"]
+    assert checked.coord is not None
+    with checked.coord.client() as c:
+        metrics = c.get("/metrics").text
+    assert 'phage_chat_checks_total{verdict="fail"} 1.0' in metrics, metrics
 
 
 @pytest.mark.parametrize("fault", ["truncate", "pad"])

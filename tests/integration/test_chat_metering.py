@@ -136,6 +136,15 @@ def test_a_stream_cut_short_is_charged_for_what_it_delivered(
         assert nodes[0]["node_id"] == row["node_id"] and nodes[0]["completion_tokens"] >= 5
         recent = c.get("/usage/recent", params={"limit": 5}).json()
         assert recent[0]["user_id"] == key_id and recent[0]["worker_ids"] == [row["node_id"]]
+        metrics = c.get("/metrics").text
+    node = row["node_id"][:16]
+    assert (
+        f'phage_chat_errors_total{{kind="chat",model="{MODEL}",node="{node}",outcome="client_closed"}} 1.0'
+        in metrics
+    ), metrics
+    assert f'phage_chat_time_to_first_token_seconds_count{{model="{MODEL}",node="{node}"}} 1.0' in metrics
+    completion = f'phage_chat_tokens_total{{kind="chat",model="{MODEL}",node="{node}",type="completion"}}'
+    assert completion in metrics
 
 
 def test_concurrent_requests_cannot_overspend_a_limit(pool: Pool, monkeypatch: pytest.MonkeyPatch) -> None:

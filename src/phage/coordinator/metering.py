@@ -126,6 +126,8 @@ class Meter:
         self.rates = KeyRates(clock, window_s)
         self._settling: set[asyncio.Task[None]] = set()
         self.settled = 0
+        self.observers: list[Callable[[RequestRecord], None]] = []
+        """Called with each settled request (metrics, the access log)."""
 
     async def begin(
         self, who: Principal, kind: str, model: str, max_tokens: int, prompt_bytes: int, messages: int
@@ -185,6 +187,8 @@ class Meter:
         return task
 
     async def _settle(self, hold_id: str | None, rec: RequestRecord, now: float) -> None:
+        for observe in self.observers:
+            observe(rec)
         try:
             await self._store.settle(hold_id, rec, now)
             self.settled += 1
@@ -226,6 +230,8 @@ class Meter:
             result.completion_tokens,
             "error" if result.error else ("passed" if result.passed else "failed"),
         )
+        for observe in self.observers:
+            observe(rec)
         await self._store.settle(None, rec, now)
 
     async def drain(self) -> None:
