@@ -232,3 +232,23 @@ def test_keys_credit_limits_and_revocation(chat_pool: CoordinatorProcess) -> Non
         assert bad.status_code == 400 and bad.json()["field"] == "role"
     with pytest.raises(openai.AuthenticationError):
         alice.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "x"}])
+
+
+def test_text_completions_through_the_openai_client(chat_pool: CoordinatorProcess) -> None:
+    client = openai.OpenAI(base_url=f"{chat_pool.url}/v1", api_key=chat_pool.admin_key, max_retries=0)
+    done = client.completions.create(model="tiny-llama", prompt="def add(a, b):", max_tokens=6, temperature=0)
+    assert done.object == "text_completion" and done.id.startswith("cmpl-")
+    assert isinstance(done.choices[0].text, str) and done.choices[0].finish_reason in ("stop", "length")
+    assert done.usage is not None and 0 < done.usage.completion_tokens <= 6 and done.usage.prompt_tokens > 0
+    streamed = client.completions.create(
+        model="tiny-llama", prompt="def add(a, b):", max_tokens=6, temperature=0, stream=True
+    )
+    chunks = list(streamed)
+    assert all(c.object == "text_completion" for c in chunks)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == done.choices[0].text
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.completions.create(model="tiny-llama", prompt="x", echo=True)
+    assert "echo" in bad.value.message
+    with chat_pool.client() as c:
+        log = c.get("/api/usage/requests", params={"limit": 5}).json()["requests"]
+    assert [r["kind"] for r in log[:2]] == ["completion", "completion"]

@@ -59,6 +59,8 @@ class ChatParams:
     stream: bool
     include_usage: bool
     max_tokens: int
+    kind: str = "chat"
+    """``chat`` (/v1/chat/completions) or ``completion`` (/v1/completions: a raw prompt)."""
 
 
 def _number(body: dict[str, Any], name: str, lo: float, hi: float) -> float | None:
@@ -160,3 +162,55 @@ def parse_chat(body: Any, *, max_tokens_limit: int, default_max_tokens: int) -> 
             raise InvalidInput("seed must be a 64-bit integer", field="seed")
         order.has_seed, order.seed = True, seed
     return ChatParams(model.strip(), order, stream, include_usage, max_tokens)
+
+
+COMPLETION_KNOWN = {
+    "model",
+    "prompt",
+    "stream",
+    "stream_options",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "n",
+    "user",
+    "echo",
+    "logprobs",
+    "suffix",
+    "best_of",
+    "frequency_penalty",
+    "presence_penalty",
+    "logit_bias",
+}
+
+
+def parse_completion(body: Any, *, max_tokens_limit: int, default_max_tokens: int) -> ChatParams:
+    """Validate a ``/v1/completions`` body: one prompt string, the same sampling settings as chat."""
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object", field="body")
+    unknown = sorted(set(body) - COMPLETION_KNOWN)
+    if unknown:
+        raise InvalidInput(f"unknown parameter {unknown[0]!r}", field=unknown[0])
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or not prompt:
+        raise InvalidInput("prompt must be a non-empty string (one prompt per request)", field="prompt")
+    for name, allowed in (("echo", (None, False)), ("suffix", (None, "")), ("best_of", (None, 1))):
+        if body.get(name) not in allowed:
+            raise InvalidInput(f"{name} is not supported by this pool", field=name)
+    if body.get("logprobs") is not None:
+        raise InvalidInput("logprobs is not supported by this pool's engines", field="logprobs")
+    chat_body = {
+        k: v for k, v in body.items() if k not in ("prompt", "echo", "suffix", "best_of", "logprobs")
+    }
+    chat_body["messages"] = [{"role": "user", "content": prompt}]
+    params = parse_chat(chat_body, max_tokens_limit=max_tokens_limit, default_max_tokens=default_max_tokens)
+    order = params.order
+    del order.messages[:]
+    order.prompt = prompt
+    return ChatParams(
+        params.model, order, params.stream, params.include_usage, params.max_tokens, "completion"
+    )

@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Message, Send
 
 from phage.coordinator.chat_check import Answer
-from phage.coordinator.chat_request import ChatParams, parse_chat
+from phage.coordinator.chat_request import ChatParams, parse_chat, parse_completion
 from phage.coordinator.core import Coordinator
 from phage.coordinator.keys import Principal
 from phage.coordinator.metering import Ticket
@@ -262,9 +262,17 @@ def install_openai(app: FastAPI, c: Coordinator, read_json: Callable[[Request], 
     @app.post("/v1/chat/completions", tags=["openai"])
     async def chat_completions(request: Request) -> Response:
         """OpenAI-compatible chat; ``stream: true`` answers with server-sent events."""
+        return await serve(request, parse_chat)
+
+    @app.post("/v1/completions", tags=["openai"])
+    async def completions(request: Request) -> Response:
+        """OpenAI-compatible text completion (a raw prompt, no chat template); SSE with ``stream: true``."""
+        return await serve(request, parse_completion)
+
+    async def serve(request: Request, parse: Callable[..., ChatParams]) -> Response:
         try:
             who = await c.keys.authenticate(request.headers.get("authorization"))
-            params = parse_chat(
+            params = parse(
                 await read_json(request),
                 max_tokens_limit=s.chat_max_tokens,
                 default_max_tokens=s.chat_default_max_tokens,
@@ -276,10 +284,11 @@ def install_openai(app: FastAPI, c: Coordinator, read_json: Callable[[Request], 
                     f"(served: {', '.join(served) or 'none'})",
                     field="model",
                 )
-            ticket = await service.admit(who, params)
+            ticket = await service.admit(who, params, params.kind)
         except PhageError as exc:
             return openai_error(exc)
-        cid = f"chatcmpl-{int(time.time() * 1000):x}{id(params) & 0xFFFFFF:06x}"
+        prefix = "chatcmpl" if params.kind == "chat" else "cmpl"
+        cid = f"{prefix}-{int(time.time() * 1000):x}{id(params) & 0xFFFFFF:06x}"
         created = int(time.time())
         pieces = service.run(ticket, params)
         extend = request.headers.get(EXTENSIONS_HEADER, "").strip().lower() in ("1", "true", "phage")
@@ -314,23 +323,24 @@ async def _complete(
             return JSONResponse(
                 {
                     "id": cid,
-                    "object": "chat.completion",
+                    "object": "chat.completion" if params.kind == "chat" else "text_completion",
                     "created": created,
                     "model": params.model,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": "".join(text)},
-                            "logprobs": None,
-                            "finish_reason": p.finish_reason,
-                        }
-                    ],
+                    "choices": [_choice(params, "".join(text), p.finish_reason)],
                     "usage": _usage(p),
                     **_extension(p, extend),
                 },
                 headers={"X-Phage-Node": p.node_id, "X-Phage-Request": p.request_id},
             )
     return openai_error(Unavailable("the chat ended without an answer"))
+
+
+def _choice(params: ChatParams, text: str, finish: str | None, *, delta: bool = False) -> dict[str, Any]:
+    """One choice in OpenAI's shape for the endpoint: a chat message (or delta), or completion text."""
+    if params.kind != "chat":
+        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+    key, body = ("delta", {"content": text}) if delta else ("message", {"role": "assistant", "content": text})
+    return {"index": 0, key: body, "logprobs": None, "finish_reason": finish}
 
 
 def _extension(p: Piece, extend: bool) -> dict[str, Any]:
@@ -367,7 +377,8 @@ async def _stream(
 
     Leaving early (the client hung up) closes ``pieces``, which cancels the generation on the node.
     """
-    head = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": params.model}
+    kind = "chat.completion.chunk" if params.kind == "chat" else "text_completion"
+    head = {"id": cid, "object": kind, "created": created, "model": params.model}
     first = True
     try:
         p = await first_piece
@@ -378,23 +389,16 @@ async def _stream(
                 yield b"data: [DONE]\n\n"
                 return
             if first or p.text:
-                delta: dict[str, Any] = {"content": p.text}
-                if first:
-                    delta["role"] = "assistant"
-                    first = False
-                yield _sse(
-                    {
-                        **head,
-                        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}],
-                    }
-                )
+                choice = _choice(params, p.text, None, delta=True)
+                if first and params.kind == "chat":
+                    choice["delta"]["role"] = "assistant"
+                first = False
+                yield _sse({**head, "choices": [choice]})
             if p.finish_reason:
-                final: dict[str, Any] = {
-                    **head,
-                    "choices": [
-                        {"index": 0, "delta": {}, "logprobs": None, "finish_reason": p.finish_reason}
-                    ],
-                }
+                last = _choice(params, "", p.finish_reason, delta=True)
+                if params.kind == "chat":
+                    last["delta"] = {}
+                final: dict[str, Any] = {**head, "choices": [last]}
                 if not params.include_usage:
                     final["usage"] = _usage(p)  # usage in every stream; OpenAI's own shape when asked for
                 final.update(_extension(p, extend))
