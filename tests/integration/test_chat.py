@@ -163,7 +163,35 @@ def test_chat_errors_are_openai_shaped(chat_pool: CoordinatorProcess) -> None:
             400,
             "temperature",
         ),
-        ({"model": "tiny-llama", "messages": [{"role": "user", "content": "x"}], "n": 2}, 400, "n"),
+        ({"model": "tiny-llama", "messages": [{"role": "user", "content": "x"}], "n": 9}, 400, "n"),
+        (
+            {"model": "tiny-llama", "messages": [{"role": "user", "content": "x"}], "n": 2, "stream": True},
+            400,
+            "n",
+        ),
+        (
+            {
+                "model": "tiny-llama",
+                "messages": [{"role": "user", "content": "x"}],
+                "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+            },
+            400,
+            "tools",
+        ),
+        (
+            {
+                "model": "tiny-llama",
+                "messages": [{"role": "user", "content": "x"}],
+                "response_format": {"type": "json_object"},
+            },
+            400,
+            "response_format",
+        ),
+        (
+            {"model": "tiny-llama", "messages": [{"role": "user", "content": "x"}], "logprobs": True},
+            400,
+            "logprobs",
+        ),
         ({"model": "tiny-llama", "messages": [{"role": "user", "content": "x"}], "bogus": 1}, 400, "bogus"),
         (
             {"model": "tiny-llama", "messages": [{"role": "user", "content": "x"}], "stop": ["a"] * 5},
@@ -246,9 +274,16 @@ def test_text_completions_through_the_openai_client(chat_pool: CoordinatorProces
     chunks = list(streamed)
     assert all(c.object == "text_completion" for c in chunks)
     assert "".join(c.choices[0].text for c in chunks if c.choices) == done.choices[0].text
+    two = client.chat.completions.create(
+        model="tiny-llama", messages=[{"role": "user", "content": "hi"}], max_tokens=4, n=2, seed=7
+    )
+    assert [c.index for c in two.choices] == [0, 1] and all(
+        c.message.content is not None for c in two.choices
+    )
+    assert two.usage is not None and 0 < two.usage.completion_tokens <= 8
     with pytest.raises(openai.BadRequestError) as bad:
         client.completions.create(model="tiny-llama", prompt="x", echo=True)
     assert "echo" in bad.value.message
     with chat_pool.client() as c:
         log = c.get("/api/usage/requests", params={"limit": 5}).json()["requests"]
-    assert [r["kind"] for r in log[:2]] == ["completion", "completion"]
+    assert [r["kind"] for r in log[:4]] == ["chat", "chat", "completion", "completion"]

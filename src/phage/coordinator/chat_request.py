@@ -2,7 +2,9 @@
 
 OpenAI clients send many optional parameters; phage honours the ones that change
 what the engine does (``max_tokens``, ``temperature``, ``top_p``, ``stop``,
-``seed``, ``stream``), accepts the rest of OpenAI's documented names without
+``seed``, ``stream``, ``n``), refuses those it cannot honour when they ask for
+something (``tools``, ``response_format``, ``logprobs``: a silent plain-text answer
+would mislead an agent), accepts the rest of OpenAI's documented names without
 acting on them, and refuses anything else naming the field, as OpenAI does.
 """
 
@@ -17,16 +19,24 @@ from phage.protocol.v1 import phage_pb2 as pb
 ROLES = {"system", "user", "assistant", "tool", "developer"}
 MAX_MESSAGES = 1024
 MAX_STOPS = 4
+MAX_N = 8
+"""Choices one request may ask for (each is generated, and charged, separately)."""
+UNSUPPORTED: dict[str, tuple[Any, ...]] = {
+    "tools": (None, []),
+    "tool_choice": (None, "none", "auto"),
+    "response_format": (None, {"type": "text"}),
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+}
+"""Parameters that change what a model must answer, with the values that ask for nothing special.
+
+Anything else is refused with a 400 naming the parameter: silently ignoring a tool list or a
+JSON schema would hand an agent a plain-text answer it cannot tell from a real one."""
 IGNORED = {
     "frequency_penalty",
     "presence_penalty",
     "logit_bias",
-    "logprobs",
-    "top_logprobs",
     "user",
-    "response_format",
-    "tools",
-    "tool_choice",
     "parallel_tool_calls",
     "metadata",
     "store",
@@ -35,19 +45,23 @@ IGNORED = {
     "reasoning_effort",
 }
 """OpenAI parameters accepted and not acted on (engines here do not support them)."""
-KNOWN = {
-    "model",
-    "messages",
-    "stream",
-    "stream_options",
-    "max_tokens",
-    "max_completion_tokens",
-    "temperature",
-    "top_p",
-    "stop",
-    "seed",
-    "n",
-} | IGNORED
+KNOWN = (
+    {
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "seed",
+        "n",
+    }
+    | IGNORED
+    | set(UNSUPPORTED)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +75,8 @@ class ChatParams:
     max_tokens: int
     kind: str = "chat"
     """``chat`` (/v1/chat/completions) or ``completion`` (/v1/completions: a raw prompt)."""
+    n: int = 1
+    """Choices to generate (non-streaming only)."""
 
 
 def _number(body: dict[str, Any], name: str, lo: float, hi: float) -> float | None:
@@ -122,12 +138,20 @@ def parse_chat(body: Any, *, max_tokens_limit: int, default_max_tokens: int) -> 
         if role not in ROLES:
             raise InvalidInput(f"{where}.role must be one of {sorted(ROLES)}", field=f"{where}.role")
         order.messages.add(role=role, content=_content(m.get("content"), where))
+    for name, plain in UNSUPPORTED.items():
+        if body.get(name) not in plain:
+            raise InvalidInput(
+                f"{name} is not supported: the engines serving this pool's chats cannot honour it",
+                field=name,
+            )
     n = body.get("n", 1)
-    if n != 1:
-        raise InvalidInput("n must be 1 (ask again for more choices)", field="n")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidInput("stream must be true or false", field="stream")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
+        raise InvalidInput(f"n must be an integer from 1 to {MAX_N}", field="n")
+    if n > 1 and stream:
+        raise InvalidInput("n > 1 needs stream: false (streamed answers carry one choice)", field="n")
     opts = body.get("stream_options") or {}
     if not isinstance(opts, dict):
         raise InvalidInput("stream_options must be an object", field="stream_options")
@@ -161,7 +185,7 @@ def parse_chat(body: Any, *, max_tokens_limit: int, default_max_tokens: int) -> 
         if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**63:
             raise InvalidInput("seed must be a 64-bit integer", field="seed")
         order.has_seed, order.seed = True, seed
-    return ChatParams(model.strip(), order, stream, include_usage, max_tokens)
+    return ChatParams(model.strip(), order, stream, include_usage, max_tokens, n=n)
 
 
 COMPLETION_KNOWN = {

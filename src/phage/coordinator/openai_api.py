@@ -10,6 +10,7 @@ a stream ends with an error event instead (a client cannot un-read tokens).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import logging
@@ -284,14 +285,25 @@ def install_openai(app: FastAPI, c: Coordinator, read_json: Callable[[Request], 
                     f"(served: {', '.join(served) or 'none'})",
                     field="model",
                 )
-            ticket = await service.admit(who, params, params.kind)
+            tickets: list[Ticket] = []
+            try:
+                for _ in range(params.n):
+                    tickets.append(await service.admit(who, params, params.kind))
+            except PhageError:
+                for t in tickets:  # all choices or none: give back what was admitted
+                    t.outcome = "refused"
+                    c.meter.finish(t)
+                raise
         except PhageError as exc:
             return openai_error(exc)
+        ticket = tickets[0]
         prefix = "chatcmpl" if params.kind == "chat" else "cmpl"
         cid = f"{prefix}-{int(time.time() * 1000):x}{id(params) & 0xFFFFFF:06x}"
         created = int(time.time())
-        pieces = service.run(ticket, params)
         extend = request.headers.get(EXTENSIONS_HEADER, "").strip().lower() in ("1", "true", "phage")
+        if params.n > 1:
+            return await _choices(service, tickets, cid, created, params, extend)
+        pieces = service.run(ticket, params)
         if params.stream:
             # Place the chat now, so the order travels to the node while the response is set up.
             head = asyncio.ensure_future(anext(pieces, None))
@@ -333,6 +345,60 @@ async def _complete(
                 headers={"X-Phage-Node": p.node_id, "X-Phage-Request": p.request_id},
             )
     return openai_error(Unavailable("the chat ended without an answer"))
+
+
+async def _choices(
+    service: ChatService, tickets: list[Ticket], cid: str, created: int, params: ChatParams, extend: bool
+) -> Response:
+    """``n`` > 1: each choice is its own generation (seeded ``seed + i`` when a seed was given)."""
+
+    async def one(i: int, ticket: Ticket) -> tuple[str, Piece]:
+        order = type(params.order)()
+        order.CopyFrom(params.order)
+        if order.has_seed:
+            order.seed = (order.seed + i + 2**63) % 2**64 - 2**63
+        pieces = service.run(ticket, dataclasses.replace(params, order=order))
+        text: list[str] = []
+        try:
+            async for p in pieces:
+                if p.error is not None:
+                    return "", p
+                if p.reset:
+                    text.clear()
+                text.append(p.text)
+                if p.finish_reason:
+                    return "".join(text), p
+        finally:
+            await pieces.aclose()
+        return "", Piece(error=Unavailable("the chat ended without an answer"))
+
+    done = await asyncio.gather(*(one(i, t) for i, t in enumerate(tickets)))
+    for _, p in done:
+        if p.error is not None:
+            return openai_error(p.error)
+    choices = []
+    for i, (text, p) in enumerate(done):
+        choice = _choice(params, text, p.finish_reason)
+        choice["index"] = i
+        choices.append(choice)
+    prompt = sum(p.prompt_tokens for _, p in done)  # each choice read the prompt: charged per choice
+    completion = sum(p.completion_tokens for _, p in done)
+    return JSONResponse(
+        {
+            "id": cid,
+            "object": "chat.completion" if params.kind == "chat" else "text_completion",
+            "created": created,
+            "model": params.model,
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            },
+            **_extension(done[0][1], extend),
+        },
+        headers={"X-Phage-Node": done[0][1].node_id, "X-Phage-Request": done[0][1].request_id},
+    )
 
 
 def _choice(params: ChatParams, text: str, finish: str | None, *, delta: bool = False) -> dict[str, Any]:
