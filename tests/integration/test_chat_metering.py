@@ -52,7 +52,7 @@ class Pool:
 
         def listed() -> bool:
             with coord.client() as c:
-                return [m["id"] for m in c.get("/v1/models").json().get("data", [])] == [MODEL]
+                return MODEL in [m["id"] for m in c.get("/v1/models").json().get("data", [])]
 
         wait_until(listed, 60, what="model listed")
         return coord
@@ -294,3 +294,16 @@ def test_concurrency_limit_and_a_client_that_stops_reading(
         timeout=30,
     )
     assert ok.status_code == 200, ok.text
+
+
+def test_model_aliases_fall_back_in_order(pool: Pool) -> None:
+    aliases = '{"gpt-4o": ["qwen-72b-nowhere", "standin-7b"], "ghost": ["qwen-72b-nowhere"]}'
+    coord = pool.start(env={"PHAGE_CHAT_ALIASES": aliases})
+    with coord.client() as c:
+        listed = [m["id"] for m in c.get("/v1/models").json()["data"]]
+        assert listed == [MODEL, "gpt-4o"], "an alias is listed while one of its models is served"
+        r = c.post("/v1/chat/completions", json={**_body(3, False), "model": "gpt-4o"})
+        assert r.status_code == 200, r.text
+        assert r.json()["model"] == MODEL and r.json()["usage"]["completion_tokens"] == 3
+        gone = c.post("/v1/chat/completions", json={**_body(3, False), "model": "ghost"})
+        assert gone.status_code == 404 and gone.json()["error"]["param"] == "model"

@@ -77,6 +77,8 @@ class ChatParams:
     """``chat`` (/v1/chat/completions) or ``completion`` (/v1/completions: a raw prompt)."""
     n: int = 1
     """Choices to generate (non-streaming only)."""
+    fallbacks: tuple[str, ...] = ()
+    """Models to try, in order, when no node of ``model`` can take the request (an alias's list)."""
 
 
 def _number(body: dict[str, Any], name: str, lo: float, hi: float) -> float | None:

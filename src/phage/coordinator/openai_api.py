@@ -83,6 +83,8 @@ class Piece:
     """On the final piece: the usage log's id for this request (checked chat's verdict lands there)."""
     check: str = ""
     """On the final piece: ``pending`` when the answer will be checked, else empty."""
+    model: str = ""
+    """On the final piece: the model that answered (an alias's fallback, maybe)."""
     reset: bool = False
     """Forget the text so far: the request starts again on another node (non-streaming only)."""
 
@@ -117,17 +119,21 @@ class ChatService:
         answer: Answer | None = None
         tried: set[str] = set()
         last_error = Unavailable(f"no live node serves {params.model!r} now", field="model")
+        models = [params.model, *params.fallbacks]  # an alias's ordered fallbacks
         try:
-            for _ in range(MAX_PLACEMENTS):
+            for _ in range(MAX_PLACEMENTS + len(models) - 1):
                 try:
-                    node_id = self.c.chat.pick(self.candidates(params.model), tried)
+                    node_id = self.c.chat.pick(self.candidates(models[0]), tried)
                 except Unavailable:
-                    break
+                    if len(models) == 1:
+                        break
+                    models.pop(0)
+                    continue
                 tried.add(node_id)
                 order = type(params.order)()
                 order.CopyFrom(params.order)
-                call = self.c.chat.open(node_id, params.model, order)
-                ticket.node_id = node_id
+                call = self.c.chat.open(node_id, models[0], order)
+                ticket.node_id, ticket.model = node_id, models[0]
                 seen = 0
                 check = self.c.checker.wants(node_id)
                 text: list[str] = []
@@ -151,7 +157,7 @@ class ChatService:
                                 answer = Answer(
                                     ticket.id,
                                     node_id,
-                                    params.model,
+                                    models[0],
                                     params.order,
                                     Exchange(
                                         tuple(chunk.token_ids),
@@ -170,6 +176,7 @@ class ChatService:
                                 node_id,
                                 request_id=ticket.id,
                                 check=ticket.checked,
+                                model=models[0],
                             )
                             return
                         if chunk.text:
@@ -255,6 +262,7 @@ def install_openai(app: FastAPI, c: Coordinator, read_json: Callable[[Request], 
         except PhageError as exc:
             return openai_error(exc)
         served = sorted({m for live in c.chat_nodes() for m in c.models_of(live)})
+        served += sorted(a for a, targets in s.chat_aliases.items() if set(targets) & set(served))
         data = [
             {"id": m, "object": "model", "created": int(c.started_at), "owned_by": "phage"} for m in served
         ]
@@ -278,7 +286,11 @@ def install_openai(app: FastAPI, c: Coordinator, read_json: Callable[[Request], 
                 max_tokens_limit=s.chat_max_tokens,
                 default_max_tokens=s.chat_default_max_tokens,
             )
-            if not service.candidates(params.model):
+            named = [params.model, *s.chat_aliases.get(params.model, [])]
+            served_now = [m for m in named if service.candidates(m)]
+            if served_now:  # the first served model answers; the rest are its fallbacks, in order
+                params = dataclasses.replace(params, model=served_now[0], fallbacks=tuple(served_now[1:]))
+            else:
                 served = sorted({m for live in c.chat_nodes() for m in c.models_of(live)})
                 raise NotFound(
                     f"the model {params.model!r} does not exist or no live node serves it "
@@ -337,7 +349,7 @@ async def _complete(
                     "id": cid,
                     "object": "chat.completion" if params.kind == "chat" else "text_completion",
                     "created": created,
-                    "model": params.model,
+                    "model": p.model or params.model,
                     "choices": [_choice(params, "".join(text), p.finish_reason)],
                     "usage": _usage(p),
                     **_extension(p, extend),

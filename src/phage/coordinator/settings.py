@@ -66,6 +66,10 @@ class CoordinatorSettings(BaseSettings):
     """Largest ``max_tokens`` a chat request may ask for."""
     chat_default_max_tokens: int = 1024
     """``max_tokens`` when a chat request does not say."""
+    chat_aliases: dict[str, list[str]] = Field(default_factory=dict)
+    """Model names clients may use for others, with ordered fallbacks, as JSON:
+    ``{"gpt-4o": ["Qwen2.5-72B-Instruct-AWQ", "Qwen2.5-7B-Instruct"]}``. A request for an alias goes to
+    the first listed model some node serves, and to the next ones when none of its nodes can take it."""
     chat_untrusted_nodes: bool = False
     """Send chats (prompts included) to untrusted nodes (open admission) too. Off by default: a
     stranger's machine sees every prompt it serves. When on, their answers are checked (below)."""
