@@ -6,6 +6,7 @@ token per word, at a known pace), so the tests know exactly what was delivered.
 
 from __future__ import annotations
 
+import json
 import socket
 import sys
 import threading
@@ -307,3 +308,39 @@ def test_model_aliases_fall_back_in_order(pool: Pool) -> None:
         assert r.json()["model"] == MODEL and r.json()["usage"]["completion_tokens"] == 3
         gone = c.post("/v1/chat/completions", json={**_body(3, False), "model": "ghost"})
         assert gone.status_code == 404 and gone.json()["error"]["param"] == "model"
+
+
+def test_tool_calls_pass_through_to_an_engine_that_supports_them(pool: Pool) -> None:
+    import openai
+
+    coord = pool.start()
+    client = openai.OpenAI(base_url=f"{coord.url}/v1", api_key=coord.admin_key, max_retries=0)
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "The weather in a city",
+                "parameters": {"type": "object", "properties": {"query": {"type": "string"}}},
+            },
+        }
+    ]
+    messages = [{"role": "user", "content": "weather in Lyon?"}]
+    done = client.chat.completions.create(model=MODEL, messages=messages, tools=tools, max_tokens=20)  # type: ignore[arg-type]
+    choice = done.choices[0]
+    assert choice.finish_reason == "tool_calls", done
+    (call,) = choice.message.tool_calls or []
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {
+        "query": "weather in Lyon?"
+    }
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=messages,
+        tools=tools,
+        max_tokens=20,
+        stream=True,  # type: ignore[arg-type]
+    )
+    chunks = list(stream)
+    streamed = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert streamed and streamed[0].function is not None and streamed[0].function.name == "get_weather"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"

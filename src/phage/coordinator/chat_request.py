@@ -10,6 +10,7 @@ acting on them, and refuses anything else naming the field, as OpenAI does.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,23 +22,27 @@ MAX_MESSAGES = 1024
 MAX_STOPS = 4
 MAX_N = 8
 """Choices one request may ask for (each is generated, and charged, separately)."""
-UNSUPPORTED: dict[str, tuple[Any, ...]] = {
+PASS_THROUGH: dict[str, tuple[Any, ...]] = {
     "tools": (None, []),
     "tool_choice": (None, "none", "auto"),
     "response_format": (None, {"type": "text"}),
+}
+"""Parameters handed to engines that honour them (OpenAI-compatible servers: vLLM, llama.cpp), with
+the values that ask for nothing special. A request that asks for something goes only to such nodes,
+or is refused with a 400 naming the parameter: silently ignoring a tool list or a JSON schema would
+hand an agent a plain-text answer it cannot tell from a real one."""
+UNSUPPORTED: dict[str, tuple[Any, ...]] = {
     "logprobs": (None, False),
     "top_logprobs": (None, 0),
 }
-"""Parameters that change what a model must answer, with the values that ask for nothing special.
-
-Anything else is refused with a 400 naming the parameter: silently ignoring a tool list or a
-JSON schema would hand an agent a plain-text answer it cannot tell from a real one."""
+"""Parameters no engine path carries yet: refused when they ask for anything."""
+MAX_TOOLS = 128
 IGNORED = {
+    "parallel_tool_calls",
     "frequency_penalty",
     "presence_penalty",
     "logit_bias",
     "user",
-    "parallel_tool_calls",
     "metadata",
     "store",
     "service_tier",
@@ -61,6 +66,7 @@ KNOWN = (
     }
     | IGNORED
     | set(UNSUPPORTED)
+    | set(PASS_THROUGH)
 )
 
 
@@ -146,6 +152,14 @@ def parse_chat(body: Any, *, max_tokens_limit: int, default_max_tokens: int) -> 
                 f"{name} is not supported: the engines serving this pool's chats cannot honour it",
                 field=name,
             )
+    extras = {k: body[k] for k in PASS_THROUGH if body.get(k) not in PASS_THROUGH[k]}
+    tools = extras.get("tools")
+    if tools is not None and (not isinstance(tools, list) or len(tools) > MAX_TOOLS):
+        raise InvalidInput(f"tools must be a list of at most {MAX_TOOLS} tools", field="tools")
+    if extras:
+        if "parallel_tool_calls" in body:
+            extras["parallel_tool_calls"] = body["parallel_tool_calls"]
+        order.extras_json = json.dumps(extras, separators=(",", ":"))
     n = body.get("n", 1)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):

@@ -30,10 +30,12 @@ from phage.coordinator.core import Coordinator
 from phage.coordinator.keys import Principal
 from phage.coordinator.metering import Ticket
 from phage.domain.chatcheck import Exchange
-from phage.errors import NotFound, PhageError, TooManyRequests, Unavailable
+from phage.errors import InvalidInput, NotFound, PhageError, TooManyRequests, Unavailable
 
 log = logging.getLogger("phage.chat")
 
+PASS_THROUGH_ENGINES = {"vllm", "llamacpp", "openai"}
+"""Engines that hand tools, tool_choice and response_format to an OpenAI-compatible server."""
 EXTENSIONS_HEADER = "X-Phage-Extensions"
 """A request header (``1``) asking for the ``phage`` field in answers: request id, node, check status."""
 MAX_PLACEMENTS = 3
@@ -85,6 +87,8 @@ class Piece:
     """On the final piece: ``pending`` when the answer will be checked, else empty."""
     model: str = ""
     """On the final piece: the model that answered (an alias's fallback, maybe)."""
+    tool_calls: list[dict[str, Any]] | None = None
+    """On the final piece: the tool calls the model made, in OpenAI's shape."""
     reset: bool = False
     """Forget the text so far: the request starts again on another node (non-streaming only)."""
 
@@ -95,9 +99,14 @@ class ChatService:
     def __init__(self, coordinator: Coordinator) -> None:
         self.c = coordinator
 
-    def candidates(self, model: str) -> list[str]:
-        """Live, admitted, unquarantined nodes serving ``model``."""
-        return [live.node.id for live in self.c.chat_nodes() if model in self.c.models_of(live)]
+    def candidates(self, model: str, passthrough: bool = False) -> list[str]:
+        """Live, admitted, unquarantined nodes serving ``model`` (and honouring tools etc. if asked)."""
+        return [
+            live.node.id
+            for live in self.c.chat_nodes()
+            if model in self.c.models_of(live)
+            and (not passthrough or PASS_THROUGH_ENGINES & set(live.node.hardware.get("engines", [])))
+        ]
 
     async def admit(self, who: Principal, params: ChatParams, kind: str = "chat") -> Ticket:
         """Rate limits (429) and the credit hold (402) for one request."""
@@ -120,10 +129,11 @@ class ChatService:
         tried: set[str] = set()
         last_error = Unavailable(f"no live node serves {params.model!r} now", field="model")
         models = [params.model, *params.fallbacks]  # an alias's ordered fallbacks
+        passthrough = bool(params.order.extras_json)
         try:
             for _ in range(MAX_PLACEMENTS + len(models) - 1):
                 try:
-                    node_id = self.c.chat.pick(self.candidates(models[0]), tried)
+                    node_id = self.c.chat.pick(self.candidates(models[0], passthrough), tried)
                 except Unavailable:
                     if len(models) == 1:
                         break
@@ -146,6 +156,7 @@ class ChatService:
                                 text.append(chunk.text)
                         if chunk.finish_reason:
                             ticket.finished, ticket.outcome = True, chunk.finish_reason
+                            ticket.text_bytes += len(chunk.tool_calls_json.encode())  # tool calls are output
                             ticket.reported_prompt = chunk.prompt_tokens
                             ticket.reported_completion = chunk.completion_tokens
                             prompt, completion = ticket.charge()
@@ -177,6 +188,7 @@ class ChatService:
                                 request_id=ticket.id,
                                 check=ticket.checked,
                                 model=models[0],
+                                tool_calls=_tool_calls(chunk.tool_calls_json),
                             )
                             return
                         if chunk.text:
@@ -288,6 +300,16 @@ def install_openai(app: FastAPI, c: Coordinator, read_json: Callable[[Request], 
             )
             named = [params.model, *s.chat_aliases.get(params.model, [])]
             served_now = [m for m in named if service.candidates(m)]
+            if served_now and params.order.extras_json:
+                honoured = [m for m in served_now if service.candidates(m, passthrough=True)]
+                if not honoured:
+                    asked = next(iter(json.loads(params.order.extras_json)))
+                    raise InvalidInput(
+                        f"{asked} is not supported by the engines serving {params.model!r} "
+                        "(only OpenAI-compatible servers such as vLLM and llama.cpp honour it)",
+                        field=asked,
+                    )
+                served_now = honoured
             if served_now:  # the first served model answers; the rest are its fallbacks, in order
                 params = dataclasses.replace(params, model=served_now[0], fallbacks=tuple(served_now[1:]))
             else:
@@ -350,7 +372,7 @@ async def _complete(
                     "object": "chat.completion" if params.kind == "chat" else "text_completion",
                     "created": created,
                     "model": p.model or params.model,
-                    "choices": [_choice(params, "".join(text), p.finish_reason)],
+                    "choices": [_choice(params, "".join(text), p.finish_reason, tool_calls=p.tool_calls)],
                     "usage": _usage(p),
                     **_extension(p, extend),
                 },
@@ -413,11 +435,34 @@ async def _choices(
     )
 
 
-def _choice(params: ChatParams, text: str, finish: str | None, *, delta: bool = False) -> dict[str, Any]:
+def _tool_calls(raw: str) -> list[dict[str, Any]] | None:
+    """A node's tool calls, kept only in OpenAI's shape (a list of objects)."""
+    if not raw:
+        return None
+    try:
+        calls = json.loads(raw)
+    except ValueError:
+        return None
+    return [c for c in calls if isinstance(c, dict)] if isinstance(calls, list) else None
+
+
+def _choice(
+    params: ChatParams,
+    text: str,
+    finish: str | None,
+    *,
+    delta: bool = False,
+    tool_calls: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """One choice in OpenAI's shape for the endpoint: a chat message (or delta), or completion text."""
     if params.kind != "chat":
         return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-    key, body = ("delta", {"content": text}) if delta else ("message", {"role": "assistant", "content": text})
+    body: dict[str, Any] = {"content": text} if delta else {"role": "assistant", "content": text}
+    key = "delta" if delta else "message"
+    if tool_calls:
+        body["tool_calls"] = tool_calls
+        if not text:
+            body["content"] = None
     return {"index": 0, key: body, "logprobs": None, "finish_reason": finish}
 
 
@@ -472,6 +517,9 @@ async def _stream(
                     choice["delta"]["role"] = "assistant"
                 first = False
                 yield _sse({**head, "choices": [choice]})
+            if p.tool_calls:
+                calls = [{"index": i, **call} for i, call in enumerate(p.tool_calls)]
+                yield _sse({**head, "choices": [_choice(params, "", None, delta=True, tool_calls=calls)]})
             if p.finish_reason:
                 last = _choice(params, "", p.finish_reason, delta=True)
                 if params.kind == "chat":

@@ -37,6 +37,7 @@ def order_to_request(order: pb.ChatOrder) -> GenerationRequest:
         stop=list(order.stop),
         seed=order.seed if order.has_seed else None,
         top_p=order.top_p if order.has_top_p else None,
+        extras_json=order.extras_json,
     )
 
 
@@ -186,6 +187,7 @@ class ChatServer:
                             prompt_tokens=d.prompt_tokens,
                             completion_tokens=d.completion_tokens,
                             token_ids=d.token_ids,
+                            tool_calls_json=d.tool_calls_json,
                         )
                     )
                 elif d.text:

@@ -40,6 +40,8 @@ class GenerationRequest:
     seed: int | None = None
     messages: tuple[ChatMessage, ...] = ()
     top_p: float | None = None
+    extras_json: str = ""
+    """OpenAI parameters for engines that hand them to a server (tools, tool_choice, response_format)."""
 
     @property
     def is_chat(self) -> bool:
@@ -57,6 +59,8 @@ class Delta:
     completion_tokens: int = 0
     token_ids: tuple[int, ...] = ()
     """On the last delta, where the engine knows them: the completion's token ids (checked chat)."""
+    tool_calls_json: str = ""
+    """On the last delta: the tool calls the model made (OpenAI's shape, as JSON)."""
 
     @property
     def final(self) -> bool:

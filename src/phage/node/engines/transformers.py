@@ -80,6 +80,9 @@ class TransformersEngine(Engine):
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         """Yield decoded text as tokens come; leaving early stops the worker thread at the next token."""
+        if request.extras_json:
+            asked = next(iter(json.loads(request.extras_json)), "tools")
+            raise InvalidInput(f"the transformers engine cannot honour {asked}", field=asked)
         if self._model is None:
             await self.start()
         async with self._lock:

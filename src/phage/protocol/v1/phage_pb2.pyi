@@ -389,7 +389,7 @@ class ChatMessage(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class ChatOrder(_message.Message):
-    __slots__ = ("request_id", "model", "messages", "max_tokens", "temperature", "stop", "has_seed", "seed", "cancel", "has_top_p", "top_p", "prompt", "check", "check_token_ids")
+    __slots__ = ("request_id", "model", "messages", "max_tokens", "temperature", "stop", "has_seed", "seed", "cancel", "has_top_p", "top_p", "prompt", "check", "check_token_ids", "extras_json")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
@@ -404,6 +404,7 @@ class ChatOrder(_message.Message):
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     CHECK_FIELD_NUMBER: _ClassVar[int]
     CHECK_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    EXTRAS_JSON_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
@@ -418,10 +419,11 @@ class ChatOrder(_message.Message):
     prompt: str
     check: bool
     check_token_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., has_seed: _Optional[bool] = ..., seed: _Optional[int] = ..., cancel: _Optional[bool] = ..., has_top_p: _Optional[bool] = ..., top_p: _Optional[float] = ..., prompt: _Optional[str] = ..., check: _Optional[bool] = ..., check_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    extras_json: str
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., has_seed: _Optional[bool] = ..., seed: _Optional[int] = ..., cancel: _Optional[bool] = ..., has_top_p: _Optional[bool] = ..., top_p: _Optional[float] = ..., prompt: _Optional[str] = ..., check: _Optional[bool] = ..., check_token_ids: _Optional[_Iterable[int]] = ..., extras_json: _Optional[str] = ...) -> None: ...
 
 class ChatChunk(_message.Message):
-    __slots__ = ("request_id", "node_id", "text", "finish_reason", "prompt_tokens", "completion_tokens", "error", "token_ids", "score")
+    __slots__ = ("request_id", "node_id", "text", "finish_reason", "prompt_tokens", "completion_tokens", "error", "token_ids", "score", "tool_calls_json")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -431,6 +433,7 @@ class ChatChunk(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALLS_JSON_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     node_id: str
     text: str
@@ -440,7 +443,8 @@ class ChatChunk(_message.Message):
     error: str
     token_ids: _containers.RepeatedScalarFieldContainer[int]
     score: ChatScore
-    def __init__(self, request_id: _Optional[str] = ..., node_id: _Optional[str] = ..., text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., error: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., score: _Optional[_Union[ChatScore, _Mapping]] = ...) -> None: ...
+    tool_calls_json: str
+    def __init__(self, request_id: _Optional[str] = ..., node_id: _Optional[str] = ..., text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., error: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., score: _Optional[_Union[ChatScore, _Mapping]] = ..., tool_calls_json: _Optional[str] = ...) -> None: ...
 
 class ChatScore(_message.Message):
     __slots__ = ("greedy_gap", "logprob", "entropy", "variance", "decoded", "eos_token_id", "has_eos")
