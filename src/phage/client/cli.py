@@ -7,7 +7,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import re
 import sys
 import tarfile
@@ -15,14 +14,22 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.panel import Panel
 
 from phage import __version__
 from phage.client.cli_ai import register as register_ai_verbs
+from phage.client.cli_common import (
+    DataDirOpt,
+    KeyOpt,
+    UrlOpt,
+    api_key,
+    console,
+    err_console,
+    run,
+)
+from phage.client.cli_train import register as register_train_verbs
 from phage.client.render import nodes_table, state_text, tasks_table
-from phage.client.sdk import PhageClient, PhageClientError
-from phage.errors import PhageError
+from phage.client.sdk import PhageClient
 
 app = typer.Typer(
     name="phage",
@@ -30,41 +37,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
-
-DataDirOpt = Annotated[
-    Path, typer.Option("--data-dir", envvar="PHAGE_DATA_DIR", help="Coordinator data directory.")
-]
-UrlOpt = Annotated[str, typer.Option("--url", envvar="PHAGE_URL", help="Coordinator HTTP address.")]
-KeyOpt = Annotated[
-    str | None,
-    typer.Option("--key", envvar="PHAGE_API_KEY", help="API key (default: the admin key in --data-dir)."),
-]
-
-
-def _default_data_dir() -> Path:
-    return Path(os.environ.get("PHAGE_DATA_DIR", str(Path.home() / ".phage")))
-
-
-def _api_key(key: str | None) -> str:
-    if key:
-        return key
-    path = _default_data_dir() / "admin-key"
-    if path.exists():
-        return path.read_text().strip()
-    raise typer.BadParameter("no API key: pass --key or set PHAGE_API_KEY", param_hint="--key")
-
-
-def _run(coro: Any) -> Any:
-    try:
-        return asyncio.run(coro)
-    except PhageClientError as exc:
-        err_console.print(f"[bold red]error {exc.status}[/]: {exc.message}")
-        raise typer.Exit(1) from None
-    except PhageError as exc:
-        err_console.print(f"[bold red]error[/]: {exc.message}")
-        raise typer.Exit(1) from None
 
 
 def parse_size(text: str, option: str) -> int:
@@ -250,7 +222,7 @@ def node(
         )
         await agent.run()
 
-    _run(main())
+    run(main())
 
 
 @app.command()
@@ -326,7 +298,7 @@ def submit(
             task["files"] = {p.name: p.read_text() for p in paths}
 
     async def main() -> None:
-        async with PhageClient(url, _api_key(key)) as client:
+        async with PhageClient(url, api_key(key)) as client:
             if archive is not None:
                 t = await client.submit_archive(
                     archive, task.pop("manifest"), **{k: v for k, v in task.items() if k != "kind"}
@@ -342,7 +314,7 @@ def submit(
                         await asyncio.sleep(0.3)
                     console.print(tasks_table([cur], title=tid))
 
-    _run(main())
+    run(main())
 
 
 @app.command()
@@ -355,7 +327,7 @@ def status(
     """Show a task (state, attempts, result) or the pool."""
 
     async def main() -> None:
-        async with PhageClient(url, _api_key(key)) as client:
+        async with PhageClient(url, api_key(key)) as client:
             if task_id is None:
                 data = await client.status()
                 console.print_json(json.dumps(data)) if as_json else console.print(
@@ -386,7 +358,7 @@ def status(
             for o in result.get("outputs", []):
                 console.print(f"  output {o['path']} ({o['size']} bytes) → {url}{o['url']}")
 
-    _run(main())
+    run(main())
 
 
 @app.command()
@@ -399,10 +371,10 @@ def tasks(
     """List recent tasks."""
 
     async def main() -> None:
-        async with PhageClient(url, _api_key(key)) as client:
+        async with PhageClient(url, api_key(key)) as client:
             console.print(tasks_table((await client.list_tasks(state=state, limit=limit))["tasks"]))
 
-    _run(main())
+    run(main())
 
 
 nodes_app = typer.Typer(help="List the pool's nodes, or act on one (admin).", no_args_is_help=False)
@@ -416,15 +388,15 @@ def nodes(ctx: typer.Context, url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt
         return
 
     async def main() -> None:
-        async with PhageClient(url, _api_key(key)) as client:
+        async with PhageClient(url, api_key(key)) as client:
             console.print(nodes_table(await client.nodes()))
 
-    _run(main())
+    run(main())
 
 
 def _node_action(node_id: str, url: str, key: str | None, action: str, **params: str) -> None:
     async def main() -> None:
-        async with PhageClient(url, _api_key(key)) as client:
+        async with PhageClient(url, api_key(key)) as client:
             node = await client.node_action(node_id, action, **params)
             console.print(
                 node.get("name", node_id),
@@ -434,7 +406,7 @@ def _node_action(node_id: str, url: str, key: str | None, action: str, **params:
                 "" if node.get("trusted", True) else "untrusted",
             )
 
-    _run(main())
+    run(main())
 
 
 @nodes_app.command("remove")
@@ -497,11 +469,11 @@ def cancel(task_id: str, url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = No
     """Cancel a task."""
 
     async def main() -> None:
-        async with PhageClient(url, _api_key(key)) as client:
+        async with PhageClient(url, api_key(key)) as client:
             t = await client.cancel(task_id)
             console.print(task_id, state_text(t["state"]))
 
-    _run(main())
+    run(main())
 
 
 @app.command()
@@ -515,13 +487,13 @@ def download(
     """Download one output file of a task."""
 
     async def main() -> None:
-        async with PhageClient(url, _api_key(key)) as client:
+        async with PhageClient(url, api_key(key)) as client:
             data = await client.download(task_id, path)
             target = dest or Path(Path(path).name)
             target.write_bytes(data)
             err_console.print(f"wrote {target} ({len(data)} bytes)")
 
-    _run(main())
+    run(main())
 
 
 @app.command()
@@ -529,7 +501,7 @@ def watch(url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None) -> None:
     """Follow the live feed: every task and node state change."""
 
     async def main() -> None:
-        async with PhageClient(url, _api_key(key)) as client:
+        async with PhageClient(url, api_key(key)) as client:
             async for ev in client.feed():
                 kind = ev.get("type")
                 if kind in ("task", "node"):
@@ -541,7 +513,7 @@ def watch(url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None) -> None:
                     console.print(f"[dim]{ev}[/]")
 
     with contextlib.suppress(KeyboardInterrupt):
-        _run(main())
+        run(main())
 
 
 @app.command()
@@ -561,6 +533,7 @@ def demo(
 
 
 register_ai_verbs(app)
+register_train_verbs(app)
 
 
 def main() -> None:

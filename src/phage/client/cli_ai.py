@@ -6,13 +6,12 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from phage.client.cli_common import KeyOpt, UrlOpt, api_key, console, run
 from phage.client.sdk import PhageClient
 
 
 def register(app: typer.Typer) -> None:
     """Add the verbs to the main ``phage`` app (called from :mod:`phage.client.cli`)."""
-    from phage.client.cli import KeyOpt, UrlOpt, _api_key, _run, console
-
     keys_app = typer.Typer(help="Create, list and revoke API keys; set credit limits (admin).")
     app.add_typer(keys_app, name="keys")
 
@@ -27,19 +26,19 @@ def register(app: typer.Typer) -> None:
         """Create a key; its secret is printed once."""
 
         async def main() -> None:
-            async with PhageClient(url, _api_key(key)) as client:
+            async with PhageClient(url, api_key(key)) as client:
                 made = await client.create_key(name, role, limit)
             console.print(f"[bold]{made['id']}[/] {made['name']} ({made['role']})")
             console.print(f"key: [bold green]{made['key']}[/]  (shown once: store it now)")
 
-        _run(main())
+        run(main())
 
     @keys_app.command("list")
     def keys_list(url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None) -> None:
         """Every key, without secrets."""
 
         async def main() -> None:
-            async with PhageClient(url, _api_key(key)) as client:
+            async with PhageClient(url, api_key(key)) as client:
                 keys = await client.list_keys()
             table = Table("id", "name", "role", "credit limit", "state")
             for k in keys:
@@ -53,18 +52,18 @@ def register(app: typer.Typer) -> None:
                 )
             console.print(table)
 
-        _run(main())
+        run(main())
 
     @keys_app.command("revoke")
     def keys_revoke(key_id: str, url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None) -> None:
         """Revoke a key: refused from its next request on."""
 
         async def main() -> None:
-            async with PhageClient(url, _api_key(key)) as client:
+            async with PhageClient(url, api_key(key)) as client:
                 await client.revoke_key(key_id)
             console.print(f"{key_id} [red]revoked[/]")
 
-        _run(main())
+        run(main())
 
     @keys_app.command("limit")
     def keys_limit(
@@ -76,11 +75,11 @@ def register(app: typer.Typer) -> None:
         """Set a key's credit limit (requests past it get 402), or lift it."""
 
         async def main() -> None:
-            async with PhageClient(url, _api_key(key)) as client:
+            async with PhageClient(url, api_key(key)) as client:
                 await client.set_key_limit(key_id, tokens)
             console.print(f"{key_id}: " + ("no limit" if tokens is None else f"{tokens:,} tokens"))
 
-        _run(main())
+        run(main())
 
     @keys_app.command("topup")
     def keys_topup(
@@ -92,13 +91,13 @@ def register(app: typer.Typer) -> None:
         """Add tokens to a key's credit balance."""
 
         async def main() -> None:
-            async with PhageClient(url, _api_key(key)) as client:
+            async with PhageClient(url, api_key(key)) as client:
                 done = await client.top_up_key(key_id, tokens)
             console.print(
                 f"{key_id}: {done['credit_left_tokens']:,} tokens left of {done['credit_limit_tokens']:,}"
             )
 
-        _run(main())
+        run(main())
 
     @keys_app.command("rates")
     def keys_rates(
@@ -114,14 +113,14 @@ def register(app: typer.Typer) -> None:
         """Set a key's own rate limits (an option left out: the coordinator's default); over them: 429."""
 
         async def main() -> None:
-            async with PhageClient(url, _api_key(key)) as client:
+            async with PhageClient(url, api_key(key)) as client:
                 await client.set_key_rates(key_id, rpm, tpm, concurrent)
             console.print(
                 f"{key_id}: rpm={rpm or 'default'} tpm={tpm or 'default'} "
                 f"concurrent={concurrent or 'default'}"
             )
 
-        _run(main())
+        run(main())
 
     @app.command()
     def usage(
@@ -134,7 +133,7 @@ def register(app: typer.Typer) -> None:
         """Tokens used per API key, by model and by node; the request log; what each node served."""
 
         async def main() -> None:
-            async with PhageClient(url, _api_key(key)) as client:
+            async with PhageClient(url, api_key(key)) as client:
                 rows = await client.usage(key_id)
                 log = await client.usage_requests(key_id, requests) if requests else []
                 accounts = await client.node_accounts() if nodes else []
@@ -180,7 +179,7 @@ def register(app: typer.Typer) -> None:
                     )
                 console.print(earned)
 
-        _run(main())
+        run(main())
 
     @app.command()
     def chat(
@@ -196,7 +195,7 @@ def register(app: typer.Typer) -> None:
         text = sys.stdin.read() if message == "-" else message
 
         async def main() -> None:
-            async with PhageClient(url, _api_key(key), timeout=None) as client:
+            async with PhageClient(url, api_key(key), timeout=None) as client:
                 chosen = model or next(iter(await client.models()), None)
                 if chosen is None:
                     console.print("[red]no live node serves a model[/]")
@@ -220,7 +219,7 @@ def register(app: typer.Typer) -> None:
                         f"{usage['completion_tokens']} completion tokens[/]"
                     )
 
-        _run(main())
+        run(main())
 
 
 def _counts(u: dict[str, int]) -> tuple[str, str, str]:

@@ -11,6 +11,7 @@ from phage.domain.ids import new_id
 from phage.errors import PermissionDenied, Unauthenticated
 from phage.store import SqlStore
 from phage.store.base import ApiKeyRecord
+from phage.store.sql_usage import NodeAccount, RequestRecord, UsageRow
 
 ROLES = ("admin", "user")
 
@@ -99,3 +100,63 @@ class ApiKeys:
             record.tokens_per_minute,
             record.max_concurrent,
         )
+
+    async def all(self) -> list[ApiKeyRecord]:
+        """Every key, without secrets."""
+        return await self._store.list_api_keys()
+
+    async def set_credit_limit(self, key_id: str, limit: int | None) -> None:
+        """Set (or lift, with None) a key's credit limit in tokens."""
+        await self._store.set_credit_limit(key_id, limit)
+        self.forget()
+
+    async def revoke(self, key_id: str) -> None:
+        """Refuse the key from the next request on."""
+        await self._store.revoke_api_key(key_id)
+        self.forget()
+
+    async def usage(self, key_id: str | None) -> tuple[list[UsageRow], dict[str, ApiKeyRecord]]:
+        """Usage rows (one key's, or everyone's with None) and every key by id."""
+        rows = await self._store.usage_rows(key_id)
+        return rows, {k.id: k for k in await self._store.list_api_keys()}
+
+    async def top_up(self, key_id: str, tokens: int) -> tuple[int, int]:
+        """Add tokens to a key's credit; returns (new limit, tokens used)."""
+        limit = await self._store.top_up(key_id, tokens)
+        self.forget()
+        return limit, await self._store.tokens_used(key_id)
+
+    async def set_rates(
+        self,
+        key_id: str,
+        requests_per_minute: int | None,
+        tokens_per_minute: int | None,
+        max_concurrent: int | None,
+    ) -> None:
+        """Set a key's own rate limits (None: the coordinator's default)."""
+        await self._store.set_key_rates(key_id, requests_per_minute, tokens_per_minute, max_concurrent)
+        self.forget()
+
+    async def requests(
+        self, key_id: str | None, limit: int, before: float | None = None
+    ) -> list[RequestRecord]:
+        """The per-request usage log, newest first (one key's, or everyone's with None)."""
+        return await self._store.recent_requests(key_id, limit, before)
+
+    async def request(self, request_id: str) -> RequestRecord | None:
+        """One request's log row."""
+        return await self._store.find_request(request_id)
+
+    async def node_accounts(self) -> list[NodeAccount]:
+        """What each node served (its owner's account)."""
+        return await self._store.node_accounts()
+
+    async def tokens_used(self, key_id: str) -> int:
+        """Tokens the key has used in all."""
+        return await self._store.tokens_used(key_id)
+
+    async def add_usage(
+        self, key_id: str, model: str, node_id: str, prompt: int, completion: int, now: float
+    ) -> None:
+        """Meter one chat completion against the key."""
+        await self._store.add_usage(key_id, model, node_id, prompt, completion, now)

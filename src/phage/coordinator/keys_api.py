@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
 
+from phage.coordinator.bodies import parse_json, read_body
 from phage.coordinator.core import Coordinator
 from phage.coordinator.keys import ROLES, Principal
 from phage.errors import InvalidInput, NotFound
@@ -91,8 +92,6 @@ def install_keys(
     Caller = Annotated[Principal, Depends(principal)]
 
     async def body_of(request: Request) -> dict[str, Any]:
-        from phage.coordinator.http import parse_json, read_body
-
         raw = await read_body(request, c.settings.max_request_bytes)
         data = parse_json(raw) if raw.strip() else {}
         if not isinstance(data, dict):
@@ -118,7 +117,7 @@ def install_keys(
         limit = _limit(body)
         key_id, secret = await c.keys.create(name.strip(), role, c.clock())
         if limit is not None:
-            await c.store.set_credit_limit(key_id, limit)
+            await c.keys.set_credit_limit(key_id, limit)
         return {"id": key_id, "name": name.strip(), "role": role, "credit_limit_tokens": limit, "key": secret}
 
     @app.get("/api/keys", tags=["keys"])
@@ -139,7 +138,7 @@ def install_keys(
                     "tokens_per_minute": k.tokens_per_minute,
                     "max_concurrent": k.max_concurrent,
                 }
-                for k in await c.store.list_api_keys()
+                for k in await c.keys.all()
             ]
         }
 
@@ -149,13 +148,11 @@ def install_keys(
         who.require_admin()
         body = await body_of(request)
         if set(body) == {"credit_limit_tokens"}:
-            await c.store.set_credit_limit(key_id, _limit(body))
-            c.keys.forget()
+            await c.keys.set_credit_limit(key_id, _limit(body))
             return {"id": key_id, "credit_limit_tokens": body["credit_limit_tokens"]}
         if body and set(body) <= set(RATE_FIELDS):
             rates = {name: _rate(body, name) for name in RATE_FIELDS}
-            await c.store.set_key_rates(key_id, *rates.values())
-            c.keys.forget()
+            await c.keys.set_rates(key_id, *rates.values())
             return {"id": key_id, **rates}
         raise InvalidInput(
             'send {"credit_limit_tokens": N or null}, or any of '
@@ -173,9 +170,7 @@ def install_keys(
             raise InvalidInput('send {"tokens": N}, N from 1 to 10^15', field="tokens")
         if not 1 <= tokens <= 10**15:
             raise InvalidInput(f"tokens must be from 1 to 10^15; got {tokens}", field="tokens")
-        limit = await c.store.top_up(key_id, tokens)
-        c.keys.forget()
-        used = await c.store.tokens_used(key_id)
+        limit, used = await c.keys.top_up(key_id, tokens)
         return {"id": key_id, "credit_limit_tokens": limit, "credit_left_tokens": max(0, limit - used)}
 
     @app.get("/api/usage/requests", tags=["keys"])
@@ -190,13 +185,13 @@ def install_keys(
             who.require_admin()
         if not who.is_admin:
             key_id = who.key_id
-        rows = await c.store.recent_requests(key_id, limit, before)
+        rows = await c.keys.requests(key_id, limit, before)
         return {"requests": [request_public(r) for r in rows]}
 
     @app.get("/api/usage/requests/{request_id}", tags=["keys"])
     async def usage_request(request_id: str, who: Caller) -> dict[str, Any]:
         """One request's log row: what was charged and, for checked chat, the verdict."""
-        row = await c.store.find_request(request_id)
+        row = await c.keys.request(request_id)
         if row is None or (row.key_id != who.key_id and not who.is_admin):
             raise NotFound(f"no request {request_id!r} in the usage log", field="request_id")
         return request_public(row)
@@ -206,7 +201,7 @@ def install_keys(
         who: Caller, limit: Annotated[int, Query(ge=1, le=MAX_LOG_ROWS)] = 15
     ) -> list[dict[str, Any]]:
         """The Petals-coordinator-compatible recent usage log (``user_id``, tokens, ``worker_ids``)."""
-        rows = await c.store.recent_requests(None if who.is_admin else who.key_id, limit)
+        rows = await c.keys.requests(None if who.is_admin else who.key_id, limit)
         return [
             {
                 "id": r.id,
@@ -233,7 +228,7 @@ def install_keys(
                     "completion_tokens": a.completion_tokens,
                     "credited_tokens": a.prompt_tokens + a.completion_tokens,
                 }
-                for a in await c.store.node_accounts()
+                for a in await c.keys.node_accounts()
             ]
         }
 
@@ -243,8 +238,7 @@ def install_keys(
         who.require_admin()
         if key_id == who.key_id:
             raise InvalidInput("refusing to revoke the key making this request", field="key_id")
-        await c.store.revoke_api_key(key_id)
-        c.keys.forget()
+        await c.keys.revoke(key_id)
         return {"id": key_id, "revoked": True}
 
     @app.get("/api/usage", tags=["keys"])
@@ -254,8 +248,7 @@ def install_keys(
             who.require_admin()
         if not who.is_admin:
             key_id = who.key_id
-        rows = await c.store.usage_rows(key_id)
-        keys = {k.id: k for k in await c.store.list_api_keys()}
+        rows, keys = await c.keys.usage(key_id)
         if key_id is not None and key_id not in keys:
             raise NotFound(f"no API key {key_id!r}", field="key_id")
         by_key: dict[str, list[UsageRow]] = {k: [] for k in ([key_id] if key_id else keys)}

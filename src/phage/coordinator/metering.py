@@ -20,11 +20,11 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from phage.coordinator.keys import Principal
 from phage.coordinator.ratelimit import KeyRates, Limits
 from phage.domain import TaskResult
+from phage.domain.generate import GenerateSpec
 from phage.domain.ids import new_id
 from phage.errors import PaymentRequired
 from phage.store.sql_usage import Hold, RequestRecord, UsageRecords
@@ -207,23 +207,20 @@ class Meter:
                 )
 
     async def charge_generation(
-        self, owner: str, spec: dict[str, Any], node_id: str, result: TaskResult, wall_s: float
+        self, owner: str, gen: GenerateSpec, node_id: str, result: TaskResult
     ) -> None:
         """Charge a generate task's owner for one attempt's generation, capped like a chat's."""
-        gen = spec.get("generate") or {}
-        prompt = str(gen.get("prompt", ""))
-        max_tokens = int(gen.get("max_tokens") or 0)
-        prompt_tokens = min(result.prompt_tokens, prompt_bound(len(prompt.encode()), 1))
-        completion = min(result.completion_tokens, max_tokens)
+        prompt_tokens = min(result.prompt_tokens, prompt_bound(len(gen.prompt.encode()), 1))
+        completion = min(result.completion_tokens, gen.max_tokens)
         now = self._clock()
         rec = RequestRecord(
             new_id("r"),
             owner,
             "generate",
-            str(gen.get("model", "")),
+            gen.model,
             node_id,
-            now - wall_s,
-            wall_s,
+            now - result.wall_time_s,
+            result.wall_time_s,
             None,
             prompt_tokens,
             completion,

@@ -104,7 +104,7 @@ class ChatService:
         return [
             live.node.id
             for live in self.c.chat_nodes()
-            if model in self.c.models_of(live)
+            if model in live.models()
             and (not passthrough or PASS_THROUGH_ENGINES & set(live.node.hardware.get("engines", [])))
         ]
 
@@ -160,9 +160,7 @@ class ChatService:
                             ticket.reported_prompt = chunk.prompt_tokens
                             ticket.reported_completion = chunk.completion_tokens
                             prompt, completion = ticket.charge()
-                            self.c.counters["chat_completions"] = (
-                                self.c.counters.get("chat_completions", 0) + 1
-                            )
+                            self.c.counters.chat_completions += 1
                             if check:
                                 ticket.checked = "pending"
                                 answer = Answer(
@@ -273,7 +271,7 @@ def install_openai(app: FastAPI, c: Coordinator, read_json: Callable[[Request], 
             await c.keys.authenticate(request.headers.get("authorization"))
         except PhageError as exc:
             return openai_error(exc)
-        served = sorted({m for live in c.chat_nodes() for m in c.models_of(live)})
+        served = sorted({m for live in c.chat_nodes() for m in live.models()})
         served += sorted(a for a, targets in s.chat_aliases.items() if set(targets) & set(served))
         data = [
             {"id": m, "object": "model", "created": int(c.started_at), "owned_by": "phage"} for m in served
@@ -313,7 +311,7 @@ def install_openai(app: FastAPI, c: Coordinator, read_json: Callable[[Request], 
             if served_now:  # the first served model answers; the rest are its fallbacks, in order
                 params = dataclasses.replace(params, model=served_now[0], fallbacks=tuple(served_now[1:]))
             else:
-                served = sorted({m for live in c.chat_nodes() for m in c.models_of(live)})
+                served = sorted({m for live in c.chat_nodes() for m in live.models()})
                 raise NotFound(
                     f"the model {params.model!r} does not exist or no live node serves it "
                     f"(served: {', '.join(served) or 'none'})",

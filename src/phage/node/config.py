@@ -47,6 +47,8 @@ class NodeConfig:
     """Memory a model may use here; default: free VRAM (or available RAM without a GPU)."""
     fetch_wait_ms: int = 20_000
     max_log_bytes: int = 64 * 1024
+    host_vnodes: bool = True
+    """Host VNodes of composable networks (when torch is installed)."""
 
     @property
     def enroll_address(self) -> str:

@@ -90,3 +90,17 @@ def lie(fault: str, final: Delta) -> Delta:
     if fault == "pad":
         return replace(final, text=final.text + " and that is all")
     return final
+
+
+POISON_UPDATES_ENV = "PHAGE_TEST_POISON_UPDATES"
+
+
+def poison_updates_enabled(environ: Mapping[str, str] = os.environ) -> bool:
+    """Is the poisoned-training-updates hook on (flipped, scaled gradients in every VNode it hosts)?"""
+    on = environ.get(POISON_UPDATES_ENV) == "1"
+    if on:
+        log.warning(
+            "FAULT INJECTION: %s=1: this node POISONS every training update it makes (tests, benchmarks)",
+            POISON_UPDATES_ENV,
+        )
+    return on

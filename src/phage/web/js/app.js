@@ -7,6 +7,7 @@
 import { ApiError, api, Feed, session } from './api.js';
 import { Chart } from './chart.js';
 import { clear, fmtDuration, fmtGiB, h, toast } from './dom.js';
+import { NetworksView } from './networks.js';
 import { NodesView } from './nodes.js';
 import { openSubmitDialog } from './submit.js';
 import { TaskDrawer, TasksView } from './tasks.js';
@@ -95,9 +96,10 @@ function start(me) {
     onClose: () => { tasks.select(null); history.replaceState(null, '', location.pathname); },
   });
   const chart = new Chart($('chart'), $('chart-legend'), $('chart-caption'));
+  const networks = new NetworksView($('networks'), $('networks-count'), { nodeName: (id) => nodes.name(id) });
   const feed = new Feed({ onEvent, onStatus });
   ctx = {
-    me, nodes, tasks, drawer, chart, feed, status: null, history: [], interval: 2, timers: [],
+    me, nodes, tasks, drawer, chart, networks, feed, status: null, history: [], interval: 2, timers: [],
     refreshNodesSoon: throttle(() => refreshNodes(), 250),
     refreshStatusSoon: throttle(() => refreshStatus(), 500),
     refreshHistorySoon: throttle(() => refreshHistory(), 1000),
@@ -174,6 +176,7 @@ async function guarded(fn) {
 }
 
 function refreshAll() {
+  refreshNetworks();
   refreshNodes();
   refreshStatus();
   refreshHistory();
@@ -184,6 +187,11 @@ function poll() {
   refreshNodes();
   refreshStatus();
   refreshHistory();
+  refreshNetworks();
+}
+
+function refreshNetworks() {
+  return guarded(async () => { if (ctx) await ctx.networks.refresh(); });
 }
 
 function refreshNodes() {
