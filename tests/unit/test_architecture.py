@@ -44,6 +44,7 @@ COORDINATOR_RANK = {
             "feed",
             "keys",
             "pool",
+            "ratelimit",
             "requests",
             "settings",
             "state",
@@ -55,6 +56,8 @@ COORDINATOR_RANK = {
     ),
     # policies: they decide, and hold no service
     **dict.fromkeys(["placement", "replication", "trust", "training_eval"], 1),
+    # chat's metering and checking: they hold the router or the store's usage records, no service
+    **dict.fromkeys(["metering", "chat_check"], 1),
     "ledger": 2,
     **dict.fromkeys(["admission", "intake", "overview"], 3),
     "nodes": 4,
