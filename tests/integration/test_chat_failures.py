@@ -107,7 +107,7 @@ def test_client_disconnect_stops_generation_on_the_node(
     assert after["tokens"] == tokens, "generation stopped: no more tokens after the cancel"
     assert tokens < 400, f"stopped early ({tokens} of 2000 tokens; 20 ms each)"
     assert after["finished"] == 0
-    # nothing was metered for an unfinished chat, and the node serves the next one
+    # the node serves the next one (the unfinished chat was charged for what it delivered)
     with coord.client() as c:
         ok = c.post("/v1/chat/completions", json=_body(3, False))
         assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 3

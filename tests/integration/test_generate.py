@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
+
 from phage.testing import CoordinatorProcess, NodeProcess, wait_online, wait_tasks_final
 
 Pool = Callable[..., tuple[CoordinatorProcess, list[NodeProcess]]]
@@ -71,3 +73,27 @@ def test_unknown_model_is_refused_at_submit_unless_asked_to_wait(pool: Pool, tin
         waiting = c.post("/api/tasks", json=_generate(model="no-such-model", wait_for_model=True))
         assert waiting.status_code == 201
         assert c.get(f"/api/tasks/{waiting.json()['id']}").json()["state"] == "queued"
+
+
+def test_generate_tasks_are_metered_and_refused_when_the_credit_is_spent(
+    pool: Pool, tiny_model: Path
+) -> None:
+    coord, _ = pool(nodes=1, concurrency=1, engine="transformers", model=str(tiny_model))
+    wait_online(coord, 1, timeout=90)
+    with coord.client() as c:
+        made = c.post("/api/keys", json={"name": "batch", "credit_limit_tokens": 5}).json()
+    user = httpx.Client(base_url=coord.url, headers={"Authorization": f"Bearer {made['key']}"}, timeout=60)
+    with user:
+        first = user.post("/api/tasks", json=_generate(max_tokens=8))
+        assert first.status_code == 201, first.text
+        (task,) = wait_tasks_final(coord, [first.json()["id"]], timeout=120)
+        (attempt,) = task["attempts"]
+        log = user.get("/api/usage/requests").json()["requests"]
+        assert [r["kind"] for r in log] == ["generate"]
+        assert log[0]["model"] == "tiny-llama" and log[0]["node_id"] == attempt["node_id"]
+        assert 0 < log[0]["completion_tokens"] <= 8 and log[0]["prompt_tokens"] > 0
+        (mine,) = user.get("/api/usage").json()["keys"]
+        assert mine["total_tokens"] == log[0]["total_tokens"] and mine["credit_left_tokens"] == 0
+        spent = user.post("/api/tasks", json=_generate())
+        assert spent.status_code == 402, spent.text
+        assert spent.json()["error"] == "PaymentRequired" and "tokens" in spent.json()["message"]

@@ -46,6 +46,7 @@ COORDINATOR_RANK = {
             "feed",
             "keys",
             "pool",
+            "ratelimit",
             "requests",
             "settings",
             "state",
@@ -59,6 +60,8 @@ COORDINATOR_RANK = {
     **dict.fromkeys(["placement", "replication", "trust", "training_eval", "quotas", "sharded"], 1),
     "sharded_chat": 2,
     "replicas": 1,
+    # chat's metering and checking: they hold the router or the store's usage records, no service
+    **dict.fromkeys(["metering", "chat_check"], 1),
     "ledger": 2,
     **dict.fromkeys(["admission", "intake", "overview", "retention"], 3),
     "nodes": 4,

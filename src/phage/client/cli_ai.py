@@ -81,17 +81,62 @@ def register(app: typer.Typer) -> None:
 
         run(main())
 
-    @app.command()
-    def usage(
-        key_id: Annotated[str | None, typer.Option("--key-id", help="One key (admins see all).")] = None,
+    @keys_app.command("topup")
+    def keys_topup(
+        key_id: str,
+        tokens: Annotated[int, typer.Argument(help="Tokens to add to the key's credit.")],
         url: UrlOpt = "http://127.0.0.1:8080",
         key: KeyOpt = None,
     ) -> None:
-        """Tokens used per API key, by model and by node."""
+        """Add tokens to a key's credit balance."""
+
+        async def main() -> None:
+            async with PhageClient(url, api_key(key)) as client:
+                done = await client.top_up_key(key_id, tokens)
+            console.print(
+                f"{key_id}: {done['credit_left_tokens']:,} tokens left of {done['credit_limit_tokens']:,}"
+            )
+
+        run(main())
+
+    @keys_app.command("rates")
+    def keys_rates(
+        key_id: str,
+        rpm: Annotated[int | None, typer.Option("--rpm", help="Requests a minute.")] = None,
+        tpm: Annotated[int | None, typer.Option("--tpm", help="Tokens a minute.")] = None,
+        concurrent: Annotated[
+            int | None, typer.Option("--concurrent", help="Chats in flight at once.")
+        ] = None,
+        url: UrlOpt = "http://127.0.0.1:8080",
+        key: KeyOpt = None,
+    ) -> None:
+        """Set a key's own rate limits (an option left out: the coordinator's default); over them: 429."""
+
+        async def main() -> None:
+            async with PhageClient(url, api_key(key)) as client:
+                await client.set_key_rates(key_id, rpm, tpm, concurrent)
+            console.print(
+                f"{key_id}: rpm={rpm or 'default'} tpm={tpm or 'default'} "
+                f"concurrent={concurrent or 'default'}"
+            )
+
+        run(main())
+
+    @app.command()
+    def usage(
+        key_id: Annotated[str | None, typer.Option("--key-id", help="One key (admins see all).")] = None,
+        requests: Annotated[int, typer.Option("--requests", help="Also list the N latest requests.")] = 0,
+        nodes: Annotated[bool, typer.Option("--nodes", help="Tokens each node served (admin).")] = False,
+        url: UrlOpt = "http://127.0.0.1:8080",
+        key: KeyOpt = None,
+    ) -> None:
+        """Tokens used per API key, by model and by node; the request log; what each node served."""
 
         async def main() -> None:
             async with PhageClient(url, api_key(key)) as client:
                 rows = await client.usage(key_id)
+                log = await client.usage_requests(key_id, requests) if requests else []
+                accounts = await client.node_accounts() if nodes else []
             table = Table("key", "model / node", "requests", "prompt", "completion", "credit left")
             for k in rows:
                 left = k.get("credit_left_tokens")
@@ -108,6 +153,31 @@ def register(app: typer.Typer) -> None:
                 for node, u in sorted(k["by_node"].items()):
                     table.add_row("", f"[dim]node {node[:12]}…[/]", *_counts(u), "")
             console.print(table)
+            if log:
+                reqs = Table("request", "kind", "model", "node", "prompt", "completion", "outcome", "checked")
+                for r in log:
+                    reqs.add_row(
+                        r["id"],
+                        r["kind"],
+                        r["model"],
+                        (r["node_id"] or "—")[:12],
+                        f"{r['prompt_tokens']:,}",
+                        f"{r['completion_tokens']:,}",
+                        r["outcome"],
+                        r["checked"] or "—",
+                    )
+                console.print(reqs)
+            if accounts:
+                earned = Table("node (owner account)", "requests", "prompt", "completion", "credited")
+                for a in accounts:
+                    earned.add_row(
+                        a["node_id"],
+                        f"{a['requests']:,}",
+                        f"{a['prompt_tokens']:,}",
+                        f"{a['completion_tokens']:,}",
+                        f"{a['credited_tokens']:,}",
+                    )
+                console.print(earned)
 
         run(main())
 

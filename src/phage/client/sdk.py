@@ -159,6 +159,37 @@ class PhageClient:
         body = {"credit_limit_tokens": credit_limit_tokens}
         return dict(await self._json(await self._http.post(f"/api/keys/{key_id}", json=body)))
 
+    async def top_up_key(self, key_id: str, tokens: int) -> dict[str, Any]:
+        """Add tokens to a key's credit balance (admin)."""
+        body = {"tokens": tokens}
+        return dict(await self._json(await self._http.post(f"/api/keys/{key_id}/topup", json=body)))
+
+    async def set_key_rates(
+        self,
+        key_id: str,
+        requests_per_minute: int | None,
+        tokens_per_minute: int | None,
+        max_concurrent: int | None,
+    ) -> dict[str, Any]:
+        """Set a key's own rate limits (None: the coordinator's default) (admin)."""
+        body = {
+            "requests_per_minute": requests_per_minute,
+            "tokens_per_minute": tokens_per_minute,
+            "max_concurrent": max_concurrent,
+        }
+        return dict(await self._json(await self._http.post(f"/api/keys/{key_id}", json=body)))
+
+    async def usage_requests(self, key_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """The per-request usage log, newest first."""
+        params: dict[str, Any] = {"limit": limit, **({"key_id": key_id} if key_id else {})}
+        return list(
+            (await self._json(await self._http.get("/api/usage/requests", params=params)))["requests"]
+        )
+
+    async def node_accounts(self) -> list[dict[str, Any]]:
+        """Tokens each node served (its owner's account) (admin)."""
+        return list((await self._json(await self._http.get("/api/usage/nodes")))["nodes"])
+
     async def usage(self, key_id: str | None = None) -> list[dict[str, Any]]:
         """Token usage per key, by model and by node."""
         params = {"key_id": key_id} if key_id else {}

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 
 from phage.coordinator.admission import Admission
 from phage.coordinator.chat import ChatRouter
+from phage.coordinator.chat_check import ChatChecker, CheckPolicy
 from phage.coordinator.counters import Counters
 from phage.coordinator.dispatch import Dispatcher, open_attempt
 from phage.coordinator.feed import EventBus
@@ -31,6 +32,7 @@ from phage.coordinator.intake import Intake
 from phage.coordinator.keys import ApiKeys
 from phage.coordinator.ledger import TaskLedger
 from phage.coordinator.liveness import Liveness
+from phage.coordinator.metering import Meter, RateDefaults
 from phage.coordinator.nodes import NodeRegistry
 from phage.coordinator.overview import PoolOverview
 from phage.coordinator.placement import ModelPlacement
@@ -83,6 +85,12 @@ class Coordinator:
         replicated = not self.store.is_sqlite
         signals: Signals = PostgresSignals(self.store.dsn) if replicated else LocalSignals()
         self.keys = ApiKeys(self.store, signals)
+        self.meter = Meter(
+            self.store,
+            clock,
+            RateDefaults(s.chat_requests_per_minute, s.chat_tokens_per_minute, s.chat_max_concurrent),
+            s.chat_rate_window_s,
+        )
         # policies (decide only)
         self.trust = TrustGuard(self.blobs, self.dirs.root / "verify", s.reverify_sample)
         policy = QuorumPolicy(s.min_quorum, s.reliable_after, s.spot_check)
@@ -98,7 +106,15 @@ class Coordinator:
             ),
             self.store.count_open_tasks,
         )
-        self.intake = Intake(self.ledger, self.blobs, self.placement, self.replication, quotas, clock)
+        self.intake = Intake(
+            self.ledger,
+            self.blobs,
+            self.placement,
+            self.replication,
+            quotas,
+            clock,
+            self.meter.require_credit,
+        )
         self.collector = Collector(
             store=self.store,
             blobs=self.blobs,
@@ -162,6 +178,15 @@ class Coordinator:
             self.tried,
             self.counters,
             clock,
+            self.meter.charge_generation,
+        )
+        self.checker = ChatChecker(
+            self.chat,
+            self._chat_checkers,
+            lambda node_id: (live := self.pool.nodes.get(node_id)) is not None and live.node.trusted,
+            self.nodes.quarantine,
+            self.store,
+            CheckPolicy(s.chat_check_untrusted, s.chat_check_trusted),
         )
         self.nodes.on_arrival = self.dispatch.adopt if replicated else None
         self.replicas = ReplicaLink(
@@ -252,6 +277,8 @@ class Coordinator:
         await self.replicas.stop()
         with contextlib.suppress(Exception):
             await self.nodes.flush()
+        await self.checker.drain()
+        await self.meter.drain()
         await self.store.close()
 
     async def _recover(self) -> None:
@@ -321,6 +348,15 @@ class Coordinator:
             and not live.node.quarantined
             and not live.node.draining
             and live.node.id in subscribed
+            and (live.node.trusted or self.settings.chat_untrusted_nodes)
+        ]
+
+    def _chat_checkers(self, model: str, checked_node: str) -> list[str]:
+        """Trusted nodes serving ``model`` that may check another node's answer."""
+        return [
+            live.node.id
+            for live in self.chat_nodes()
+            if live.node.trusted and live.node.id != checked_node and model in live.models()
         ]
 
 

@@ -6,7 +6,7 @@ node serves or could load (unless it may wait), or a quorum that does not fit it
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from phage.coordinator.keys import Principal
 from phage.coordinator.ledger import TaskLedger
@@ -30,8 +30,11 @@ class Intake:
         replication: Replication,
         quotas: SubmitQuotas,
         clock: Callable[[], float],
+        credit: Callable[[Principal], Awaitable[None]] | None = None,
     ) -> None:
         self.ledger, self.blobs = ledger, blobs
+        self.credit = credit
+        """Generate tasks: raises PaymentRequired when the submitting key's credit is spent."""
         self.placement, self.replication = placement, replication
         self.quotas = quotas
         self.clock = clock
@@ -40,6 +43,8 @@ class Intake:
         """Store and queue tasks; nothing is written unless all of them are valid and within quota."""
         await self.quotas.check(requests, principal)
         now = self.clock()
+        if self.credit is not None and any(req.generate is not None for req in requests):
+            await self.credit(principal)
         made: list[Task] = []
         for req in requests:
             if req.generate is not None and not req.wait_for_model:

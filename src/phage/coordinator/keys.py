@@ -14,7 +14,7 @@ from phage.pki.ca import write_private
 from phage.store import SqlStore
 from phage.store.base import ApiKeyRecord
 from phage.store.signals import Signals
-from phage.store.sql_usage import UsageRow
+from phage.store.sql_usage import NodeAccount, RequestRecord, UsageRow
 
 ROLES = ("admin", "user")
 
@@ -27,6 +27,10 @@ class Principal:
     name: str
     role: str
     credit_limit_tokens: int | None = None
+    requests_per_minute: int | None = None
+    """This key's own limits; None: the coordinator's defaults."""
+    tokens_per_minute: int | None = None
+    max_concurrent: int | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -98,7 +102,15 @@ class ApiKeys:
                 self._cache[digest] = record
         if record is None or record.revoked:
             raise Unauthenticated("API key is not valid", field="Authorization")
-        return Principal(record.id, record.name, record.role, record.credit_limit_tokens)
+        return Principal(
+            record.id,
+            record.name,
+            record.role,
+            record.credit_limit_tokens,
+            record.requests_per_minute,
+            record.tokens_per_minute,
+            record.max_concurrent,
+        )
 
     async def all(self) -> list[ApiKeyRecord]:
         """Every key, without secrets."""
@@ -123,6 +135,37 @@ class ApiKeys:
         """Usage rows (one key's, or everyone's with None) and every key by id."""
         rows = await self._store.usage_rows(key_id)
         return rows, {k.id: k for k in await self._store.list_api_keys()}
+
+    async def top_up(self, key_id: str, tokens: int) -> tuple[int, int]:
+        """Add tokens to a key's credit; returns (new limit, tokens used)."""
+        limit = await self._store.top_up(key_id, tokens)
+        self.forget()
+        return limit, await self._store.tokens_used(key_id)
+
+    async def set_rates(
+        self,
+        key_id: str,
+        requests_per_minute: int | None,
+        tokens_per_minute: int | None,
+        max_concurrent: int | None,
+    ) -> None:
+        """Set a key's own rate limits (None: the coordinator's default)."""
+        await self._store.set_key_rates(key_id, requests_per_minute, tokens_per_minute, max_concurrent)
+        self.forget()
+
+    async def requests(
+        self, key_id: str | None, limit: int, before: float | None = None
+    ) -> list[RequestRecord]:
+        """The per-request usage log, newest first (one key's, or everyone's with None)."""
+        return await self._store.recent_requests(key_id, limit, before)
+
+    async def request(self, request_id: str) -> RequestRecord | None:
+        """One request's log row."""
+        return await self._store.find_request(request_id)
+
+    async def node_accounts(self) -> list[NodeAccount]:
+        """What each node served (its owner's account)."""
+        return await self._store.node_accounts()
 
     async def tokens_used(self, key_id: str) -> int:
         """Tokens the key has used in all."""

@@ -69,6 +69,29 @@ class CoordinatorSettings(BaseSettings):
     """Largest ``max_tokens`` a chat request may ask for."""
     chat_default_max_tokens: int = 1024
     """``max_tokens`` when a chat request does not say."""
+    chat_aliases: dict[str, list[str]] = Field(default_factory=dict)
+    """Model names clients may use for others, with ordered fallbacks, as JSON:
+    ``{"gpt-4o": ["Qwen2.5-72B-Instruct-AWQ", "Qwen2.5-7B-Instruct"]}``. A request for an alias goes to
+    the first listed model some node serves, and to the next ones when none of its nodes can take it."""
+    chat_untrusted_nodes: bool = False
+    """Send chats (prompts included) to untrusted nodes (open admission) too. Off by default: a
+    stranger's machine sees every prompt it serves. When on, their answers are checked (below)."""
+    chat_check_untrusted: float = Field(default=1.0, ge=0.0, le=1.0)
+    """Share of untrusted nodes' chat answers a trusted node re-scores after the response (1: all;
+    0: off)."""
+    chat_check_trusted: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Share of trusted nodes' chat answers checked the same way (a sample; 0: off)."""
+    chat_requests_per_minute: int | None = Field(default=None, ge=1)
+    """Chat and completion requests one API key may make a minute (a key's own limit overrides it);
+    None: unlimited. Over it: 429 with ``Retry-After``."""
+    chat_tokens_per_minute: int | None = Field(default=None, ge=1)
+    """Tokens one API key may be charged a minute (a key's own limit overrides it); None: unlimited."""
+    chat_max_concurrent: int | None = Field(default=None, ge=1)
+    """Chats one API key may have in flight at once (a key's own limit overrides it); None: unlimited."""
+    chat_rate_window_s: float = Field(default=60.0, gt=0)
+    """The window the per-minute limits count over (sliding); shorter only for tests."""
+    chat_client_stall_s: float = Field(default=30.0, gt=0)
+    """A streaming client that takes no data for this long is cut off (its node and slot freed)."""
     join_token: str | None = None
     """Fixed join token; default: generated once and kept in ``data_dir/join-token``."""
     admission: Literal["token", "allowlist", "approval", "open"] = "token"

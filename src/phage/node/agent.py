@@ -336,7 +336,7 @@ class NodeAgent:
                 )
             )
         if self.engine is not None:
-            self.chat = ChatServer(self.node_id, lambda: self.stub, self.engine)
+            self.chat = ChatServer(self.node_id, lambda: self.stub, self.engine, faults.chat_fault())
             loops.append(asyncio.create_task(self.chat.run(), name="phage-node-chat"))
         if self.config.host_vnodes:
             loops.append(asyncio.create_task(self._host_vnodes(), name="phage-node-training"))

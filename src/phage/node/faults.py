@@ -19,12 +19,19 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from phage.domain import OutputFile, TaskResult
+from phage.node.engines.base import Delta
 from phage.node.executor import CollectedOutput
 
 CORRUPT_OUTPUTS_ENV = "PHAGE_TEST_CORRUPT_OUTPUTS"
+CHAT_FAULT_ENV = "PHAGE_TEST_CHAT_FAULT"
+CHAT_FAULTS = ("inflate_usage", "truncate", "pad")
+"""How a lying node answers chats: bills 4 billion tokens for each answer, cuts each answer to
+half its tokens while claiming it finished, or appends tokens the model never chose."""
+INFLATED_TOKENS = 4_000_000_000
 
 log = logging.getLogger("phage.node")
 
@@ -52,6 +59,38 @@ def corrupt(result: TaskResult, outputs: list[CollectedOutput]) -> list[Collecte
         changed.append(CollectedOutput(out.path, out.local, hashlib.sha256(data).hexdigest(), len(data)))
     result.outputs = [OutputFile(o.path, o.sha256, o.size) for o in changed]
     return changed
+
+
+def chat_fault(environ: Mapping[str, str] = os.environ) -> str:
+    """The chat fault this node injects (``PHAGE_TEST_CHAT_FAULT``), or ""; logs a warning when one is on."""
+    fault = environ.get(CHAT_FAULT_ENV, "")
+    if fault not in CHAT_FAULTS:
+        return ""
+    log.warning(
+        "FAULT INJECTION: %s=%s: this node LIES about its chat answers (tests)", CHAT_FAULT_ENV, fault
+    )
+    return fault
+
+
+def lie(fault: str, final: Delta) -> Delta:
+    """The last delta of an answer, as a lying node reports it.
+
+    ``inflate_usage`` bills billions of tokens; ``truncate`` drops the second half of the
+    answer's token ids and claims the model stopped (the text already streamed stays, as a
+    node cutting answers short would send less text too — what the check sees is ids that
+    do not decode to the text, or a stop without end-of-text); ``pad`` appends text the
+    model never produced.
+    """
+    if fault == "inflate_usage":
+        return replace(final, prompt_tokens=INFLATED_TOKENS, completion_tokens=INFLATED_TOKENS)
+    if fault == "truncate":
+        keep = final.token_ids[: max(1, len(final.token_ids) // 2)]
+        if keep and keep[-1] == final.token_ids[-1] and len(final.token_ids) > 1:
+            keep = keep[:-1]
+        return replace(final, finish_reason="stop", completion_tokens=len(keep), token_ids=keep)
+    if fault == "pad":
+        return replace(final, text=final.text + " and that is all")
+    return final
 
 
 POISON_UPDATES_ENV = "PHAGE_TEST_POISON_UPDATES"

@@ -77,4 +77,12 @@ class ApiKeyRecord:
     created_at: float
     revoked: bool
     credit_limit_tokens: int | None = None
-    """Tokens (prompt + completion) the key may use in all; None: unlimited."""
+    """Tokens (prompt + completion) the key may use in all (top-ups raise it); None: unlimited."""
+    used_tokens: int = 0
+    """Tokens the key has been charged so far."""
+    requests_per_minute: int | None = None
+    """Chat and completion requests a minute; None: the coordinator's default."""
+    tokens_per_minute: int | None = None
+    """Tokens charged a minute; None: the coordinator's default."""
+    max_concurrent: int | None = None
+    """Chats in flight at once; None: the coordinator's default."""

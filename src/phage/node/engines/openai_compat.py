@@ -82,6 +82,8 @@ class ChunkReader:
         self.prompt_tokens: int | None = None
         self.completion_tokens: int | None = None
         self.deltas = 0
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+        """Tool calls being assembled from their streamed fragments, by index."""
 
     def feed(self, chunk: dict[str, Any]) -> str:
         """The text of one parsed chunk ("" when it has none); records finish reason and usage."""
@@ -100,15 +102,38 @@ class ChunkReader:
         if choice.get("finish_reason"):
             self.finish_reason = str(choice["finish_reason"])
         source = (choice.get("delta") or {}) if self.chat else choice
+        for frag in source.get("tool_calls") or [] if self.chat else []:
+            self._tool_fragment(frag)
         text = source.get("content" if self.chat else "text") or ""
         if text:
             self.deltas += 1
         return str(text)
 
+    def _tool_fragment(self, frag: Any) -> None:
+        """Merge one streamed tool-call fragment: id, name and type once, arguments appended."""
+        if not isinstance(frag, dict):
+            return
+        call = self.tool_calls.setdefault(
+            int(frag.get("index") or 0),
+            {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+        )
+        call["id"] = frag.get("id") or call["id"]
+        call["type"] = frag.get("type") or call["type"]
+        fn = frag.get("function") or {}
+        call["function"]["name"] = fn.get("name") or call["function"]["name"]
+        call["function"]["arguments"] += fn.get("arguments") or ""
+
     def final(self) -> Delta:
         """The closing delta: finish reason (``stop`` when the server sent none) and token counts."""
         completion = self.completion_tokens if self.completion_tokens is not None else self.deltas
-        return Delta("", self.finish_reason or "stop", self.prompt_tokens or 0, completion)
+        calls = json.dumps([self.tool_calls[i] for i in sorted(self.tool_calls)]) if self.tool_calls else ""
+        return Delta(
+            "", self.finish_reason or "stop", self.prompt_tokens or 0, completion, tool_calls_json=calls
+        )
+
+
+PASS_THROUGH = ("tools", "tool_choice", "response_format", "parallel_tool_calls")
+"""OpenAI parameters handed to the server as the client sent them."""
 
 
 def request_body(request: GenerationRequest, model: str) -> dict[str, Any]:
@@ -130,6 +155,10 @@ def request_body(request: GenerationRequest, model: str) -> dict[str, Any]:
         body["seed"] = request.seed
     if request.top_p is not None:
         body["top_p"] = request.top_p
+    if request.extras_json and request.is_chat:
+        extras = json.loads(request.extras_json)
+        if isinstance(extras, dict):
+            body.update({k: v for k, v in extras.items() if k in PASS_THROUGH})
     return body
 
 

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from phage.domain.chatcheck import Scores
 from phage.domain.text import apply_stops as _apply_stops
 from phage.domain.text import prompt_text
 from phage.domain.text import safe_prefix as _safe_prefix
@@ -123,6 +124,9 @@ class TransformersEngine(Engine):
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         """Yield decoded text as tokens come; leaving early stops the worker thread at the next token."""
+        if request.extras_json:
+            asked = next(iter(json.loads(request.extras_json)), "tools")
+            raise InvalidInput(f"the transformers engine cannot honour {asked}", field=asked)
         if self._model is None:
             await self.start()
         inputs = await asyncio.to_thread(self._encode, request)  # refuses before any model work
@@ -136,6 +140,7 @@ class TransformersEngine(Engine):
 
             worker = loop.run_in_executor(None, self._run, request, inputs, stop_flag, emit)
             text, sent = "", 0
+            ids: list[int] = []
             prompt_tokens = completion_tokens = 0
             finish = "length"
             try:
@@ -144,8 +149,8 @@ class TransformersEngine(Engine):
                     if kind == "prompt":
                         prompt_tokens = int(value)
                     elif kind == "text":
-                        completion_tokens += 1
-                        text = str(value)
+                        ids, text = value
+                        completion_tokens = len(ids)
                         cut, hit = _apply_stops(text, request.stop)
                         safe = _safe_prefix(cut, request.stop) if not hit else cut
                         if len(safe) > sent:
@@ -165,7 +170,7 @@ class TransformersEngine(Engine):
                     tail = _apply_stops(text, request.stop)[0]
                     if len(tail) > sent:
                         yield Delta(tail[sent:])
-                yield Delta("", finish, prompt_tokens, completion_tokens)
+                yield Delta("", finish, prompt_tokens, completion_tokens, tuple(ids))
             finally:
                 stop_flag.set()
                 await asyncio.shield(worker)
@@ -223,7 +228,7 @@ class TransformersEngine(Engine):
                     ids = input_ids[0][prompt_len:].tolist()
                     if len(ids) > len(generated):
                         generated[:] = ids
-                        emit("text", tok.decode(ids, skip_special_tokens=True))
+                        emit("text", (list(ids), tok.decode(ids, skip_special_tokens=True)))
                     return stop_flag.is_set()
 
             kwargs: dict[str, Any] = {
@@ -249,7 +254,63 @@ class TransformersEngine(Engine):
         except Exception as exc:  # reported to the consumer, not lost in the thread
             emit("error", repr(exc))
 
+    async def score(self, request: GenerationRequest, token_ids: list[int]) -> Scores:
+        """Teacher forcing: one forward pass over prompt + ``token_ids``, rated as the request samples."""
+        if self._model is None:
+            await self.start()
+        async with self._lock:
+            return await asyncio.get_running_loop().run_in_executor(None, self._score, request, token_ids)
+
+    def _score(self, request: GenerationRequest, token_ids: list[int]) -> Scores:
+        import torch
+
+        tok, model = self._tokenizer, self._model
+        vocab = int(model.config.vocab_size)
+        if any(not 0 <= t < vocab for t in token_ids):
+            raise InvalidInput(
+                f"token ids must be below the vocabulary size {vocab}", field="check_token_ids"
+            )
+        prompt = tok(self._prompt_text(request), return_tensors="pt")["input_ids"][0].tolist()
+        full = torch.tensor([prompt + token_ids], device=self._device)
+        with torch.no_grad():
+            logits = model(full).logits[0, len(prompt) - 1 : len(prompt) - 1 + len(token_ids)].float()
+        chosen = torch.tensor(token_ids, device=logits.device)
+        picked = logits.gather(1, chosen[:, None])[:, 0]
+        gap = logits.max(dim=-1).values - picked
+        if request.temperature > 0:
+            logp = torch.log_softmax(logits / request.temperature, dim=-1)
+            if request.top_p is not None and request.top_p < 1.0:
+                logp = _nucleus(logp, request.top_p)
+        else:
+            logp = torch.log_softmax(logits, dim=-1)
+        p = logp.exp()
+        plogp = torch.where(p > 0, p * logp, torch.zeros_like(p))
+        entropy = -plogp.sum(dim=-1)
+        second = torch.where(p > 0, p * logp * logp, torch.zeros_like(p)).sum(dim=-1)
+        variance = (second - entropy * entropy).clamp(min=0)
+        eos = tok.eos_token_id
+        return Scores(
+            tuple(gap.tolist()),
+            tuple(logp.gather(1, chosen[:, None])[:, 0].tolist()),
+            tuple(entropy.tolist()),
+            tuple(variance.tolist()),
+            str(tok.decode(token_ids, skip_special_tokens=True)),
+            int(eos) if eos is not None else None,
+        )
+
     async def close(self) -> None:
         """Drop the model."""
         self._model = None
         self._tokenizer = None
+
+
+def _nucleus(logp: Any, top_p: float) -> Any:
+    """Log-probabilities renormalised over the smallest set of tokens whose mass reaches ``top_p``."""
+    import torch
+
+    sorted_lp, order = logp.sort(dim=-1, descending=True)
+    mass_before = sorted_lp.exp().cumsum(dim=-1) - sorted_lp.exp()
+    keep_sorted = mass_before < top_p  # the first token is always kept
+    keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+    kept = torch.where(keep, logp, torch.full_like(logp, float("-inf")))
+    return torch.log_softmax(kept, dim=-1)

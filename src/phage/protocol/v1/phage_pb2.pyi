@@ -394,7 +394,7 @@ class ChatMessage(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class ChatOrder(_message.Message):
-    __slots__ = ("request_id", "model", "messages", "max_tokens", "temperature", "stop", "has_seed", "seed", "cancel", "has_top_p", "top_p", "prompt")
+    __slots__ = ("request_id", "model", "messages", "max_tokens", "temperature", "stop", "has_seed", "seed", "cancel", "has_top_p", "top_p", "prompt", "check", "check_token_ids", "extras_json")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
@@ -407,6 +407,9 @@ class ChatOrder(_message.Message):
     HAS_TOP_P_FIELD_NUMBER: _ClassVar[int]
     TOP_P_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
+    CHECK_FIELD_NUMBER: _ClassVar[int]
+    CHECK_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    EXTRAS_JSON_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
@@ -419,10 +422,13 @@ class ChatOrder(_message.Message):
     has_top_p: bool
     top_p: float
     prompt: str
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., has_seed: _Optional[bool] = ..., seed: _Optional[int] = ..., cancel: _Optional[bool] = ..., has_top_p: _Optional[bool] = ..., top_p: _Optional[float] = ..., prompt: _Optional[str] = ...) -> None: ...
+    check: bool
+    check_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    extras_json: str
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., has_seed: _Optional[bool] = ..., seed: _Optional[int] = ..., cancel: _Optional[bool] = ..., has_top_p: _Optional[bool] = ..., top_p: _Optional[float] = ..., prompt: _Optional[str] = ..., check: _Optional[bool] = ..., check_token_ids: _Optional[_Iterable[int]] = ..., extras_json: _Optional[str] = ...) -> None: ...
 
 class ChatChunk(_message.Message):
-    __slots__ = ("request_id", "node_id", "text", "finish_reason", "prompt_tokens", "completion_tokens", "error", "error_code")
+    __slots__ = ("request_id", "node_id", "text", "finish_reason", "prompt_tokens", "completion_tokens", "error", "token_ids", "score", "tool_calls_json", "error_code")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -430,6 +436,9 @@ class ChatChunk(_message.Message):
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALLS_JSON_FIELD_NUMBER: _ClassVar[int]
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     node_id: str
@@ -438,8 +447,29 @@ class ChatChunk(_message.Message):
     prompt_tokens: int
     completion_tokens: int
     error: str
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    score: ChatScore
+    tool_calls_json: str
     error_code: str
-    def __init__(self, request_id: _Optional[str] = ..., node_id: _Optional[str] = ..., text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., error: _Optional[str] = ..., error_code: _Optional[str] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., node_id: _Optional[str] = ..., text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., error: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., score: _Optional[_Union[ChatScore, _Mapping]] = ..., tool_calls_json: _Optional[str] = ..., error_code: _Optional[str] = ...) -> None: ...
+
+class ChatScore(_message.Message):
+    __slots__ = ("greedy_gap", "logprob", "entropy", "variance", "decoded", "eos_token_id", "has_eos")
+    GREEDY_GAP_FIELD_NUMBER: _ClassVar[int]
+    LOGPROB_FIELD_NUMBER: _ClassVar[int]
+    ENTROPY_FIELD_NUMBER: _ClassVar[int]
+    VARIANCE_FIELD_NUMBER: _ClassVar[int]
+    DECODED_FIELD_NUMBER: _ClassVar[int]
+    EOS_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    HAS_EOS_FIELD_NUMBER: _ClassVar[int]
+    greedy_gap: _containers.RepeatedScalarFieldContainer[float]
+    logprob: _containers.RepeatedScalarFieldContainer[float]
+    entropy: _containers.RepeatedScalarFieldContainer[float]
+    variance: _containers.RepeatedScalarFieldContainer[float]
+    decoded: str
+    eos_token_id: int
+    has_eos: bool
+    def __init__(self, greedy_gap: _Optional[_Iterable[float]] = ..., logprob: _Optional[_Iterable[float]] = ..., entropy: _Optional[_Iterable[float]] = ..., variance: _Optional[_Iterable[float]] = ..., decoded: _Optional[str] = ..., eos_token_id: _Optional[int] = ..., has_eos: _Optional[bool] = ...) -> None: ...
 
 class ChatStreamAck(_message.Message):
     __slots__ = ("cancelled",)
