@@ -126,7 +126,7 @@ def test_a_chain_of_node_processes_gives_the_whole_models_text(
     assert answer["choices"][0]["message"]["content"] == whole_text
     assert answer["usage"]["completion_tokens"] > 0
     with coord.client() as c:
-        (used,) = c.get("/usage/recent").json()
+        (used,) = c.get("/api/models/sharded/usage").json()
         assert len(used["worker_ids"]) == len(ranges)
         workers = {w["nickname"]: w for w in c.get("/workers").json()}
     for i, r in enumerate(ranges):
@@ -222,7 +222,7 @@ def test_kill_9_of_the_middle_node_mid_generation_changes_nothing(
     assert middle.proc is not None and middle.proc.returncode is not None
     assert "".join(parts) == whole_text
     with coord.client() as c:
-        (used,) = c.get("/usage/recent").json()
+        (used,) = c.get("/api/models/sharded/usage").json()
     assert standby.node_id in used["worker_ids"] and middle.node_id not in used["worker_ids"]
 
 

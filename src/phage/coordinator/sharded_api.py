@@ -196,11 +196,15 @@ def install_sharded_api(
             )
         return out
 
-    @app.get("/usage/recent", tags=[TAG])
+    @app.get("/api/models/sharded/usage", tags=[TAG])
     async def usage_recent(
         _: Principal = Depends(caller), limit: int = Query(default=50, ge=1, le=1000)
     ) -> list[dict[str, Any]]:
-        """The newest sharded inferences: who, how many tokens, through which nodes."""
+        """The newest sharded inferences: who, how many tokens, through which chain of nodes.
+
+        (``/usage/recent``, the Petals-coordinator-compatible log of every metered request, names
+        one node per request; this one names every node of each chain.)
+        """
         return [
             {**asdict(e), "worker_ids": list(e.worker_ids), "age_s": round(time.time() - e.timestamp, 3)}
             for e in usage.recent(limit)
