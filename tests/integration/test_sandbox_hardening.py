@@ -260,17 +260,17 @@ def test_a_restarted_node_kills_what_a_dead_node_left_in_its_cgroups() -> None:
             leftover.wait()
 
 
-@pytest.mark.parametrize("backend", sorted(REAL))
+@pytest.mark.parametrize("sandbox_name", sorted(REAL))
 def test_a_killed_node_leaves_no_sandbox_and_its_restart_no_workspace(
-    backend: str, pool: Callable[..., tuple[CoordinatorProcess, list[NodeProcess]]], tmp_path: Path
+    sandbox_name: str, pool: Callable[..., tuple[CoordinatorProcess, list[NodeProcess]]], tmp_path: Path
 ) -> None:
-    if shutil.which(REAL[backend]) is None:
-        pytest.skip(f"{REAL[backend]} is not installed")
+    if shutil.which(REAL[sandbox_name]) is None:
+        pytest.skip(f"{REAL[sandbox_name]} is not installed")
     coord, _ = pool(nodes=0)
-    node = NodeProcess(coord, tmp_path / "victim", name="victim", concurrency=1, sandbox=backend).start()
+    node = NodeProcess(coord, tmp_path / "victim", name="victim", concurrency=1, sandbox=sandbox_name).start()
     try:
         wait_online(coord, 1, timeout=60)
-        spec = job_spec("never", sleep=300, isolation=backend)
+        spec = job_spec("never", sleep=300, isolation=sandbox_name)
         with coord.client() as c:
             task = c.post("/api/tasks", json=spec).json()
             wait_until(
@@ -279,7 +279,7 @@ def test_a_killed_node_leaves_no_sandbox_and_its_restart_no_workspace(
         assert node.proc is not None
         me = psutil.Process(node.proc.pid)
         # the job's sleep, as the host sees it: itself under bwrap, a ptrace stub ("exe") under gVisor
-        inside = "exe" if backend == "gvisor" else "sleep"
+        inside = "exe" if sandbox_name == "gvisor" else "sleep"
         wait_until(lambda: inside in {p.name() for p in me.children(recursive=True)}, 30, what="the job")
         tree = me.children(recursive=True)
         work = node.key_dir / "work"

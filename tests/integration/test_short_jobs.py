@@ -75,13 +75,13 @@ def _seen(task: dict[str, Any]) -> dict[str, list[Any]]:
     return found
 
 
-@pytest.mark.parametrize("backend", ["bwrap", "gvisor"])
-def test_a_task_sees_nothing_of_the_task_before_it(backend: str, tmp_path: Path) -> None:
-    reason = available_backends()[backend]
+@pytest.mark.parametrize("sandbox_name", ["bwrap", "gvisor"])
+def test_a_task_sees_nothing_of_the_task_before_it(sandbox_name: str, tmp_path: Path) -> None:
+    reason = available_backends()[sandbox_name]
     if reason is not None:
-        pytest.skip(f"{backend}: {reason}")
+        pytest.skip(f"{sandbox_name}: {reason}")
     coord = CoordinatorProcess(tmp_path / "coordinator", heartbeat_s=0.5).start()
-    node = NodeProcess(coord, tmp_path / "node", concurrency=1, sandbox=backend).start()
+    node = NodeProcess(coord, tmp_path / "node", concurrency=1, sandbox=sandbox_name).start()
     try:
         wait_online(coord, 1)
         job = {
