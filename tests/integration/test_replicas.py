@@ -153,7 +153,7 @@ def test_a_killed_replica_loses_nothing_and_rejoins(replicas: Replicas) -> None:
                 {n["name"]: n["state"] for n in c.get("/api/nodes").json()["nodes"]}
                 == {f"node-{i}": "online" for i in range(6)}
             ),
-            15,
+            30,
             what="all six nodes online through the surviving replicas",
         )
     victim.start()  # the killed replica, restarted, rejoins and serves at once
