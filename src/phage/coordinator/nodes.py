@@ -161,9 +161,11 @@ class NodeRegistry:
 
     async def _arrived(self, live: LiveNode) -> None:
         if not live.here:
-            live.here = True
+            # its assignments are taken over before any request of it is judged here (adoption skips
+            # the ones already held, so two requests arriving together are harmless)
             if self.on_arrival is not None:
                 await self.on_arrival(live)
+            live.here = True
 
     async def apply_rows(self, rows: Sequence[Node]) -> None:
         """Several replicas: the node rows as the store has them now, after any replica's changes.
