@@ -56,6 +56,7 @@ class Replica:
             wake=wake,
             nodes_changed=nodes_changed,
             swept=swept,
+            local_nodes=list,
             lease_s=30.0,
             clock=time.time,
             replicated=True,

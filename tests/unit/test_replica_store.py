@@ -53,6 +53,12 @@ async def test_the_sweep_buries_silent_nodes_and_lapsed_leases_once(sql_store: S
     assert await store.open_attempts_of("silent") == []
     again = await store.sweep_stale(NOW, silent_since=NOW - 10, lease_ended_by=NOW - 10)
     assert again.dead_nodes == [] and again.lost == []
+    # a node the sweeping replica judges itself is left to it, with its assignments
+    await store.upsert_node(_node("mine", heard=NOW - 100))
+    await store.add_tasks([_task("t-mine")])
+    await store.claim("mine", ["t-mine"], NOW - 100, LEASE)
+    again = await store.sweep_stale(NOW, silent_since=NOW - 10, lease_ended_by=NOW - 10, skip=["mine"])
+    assert again.dead_nodes == [] and again.lost == []
 
 
 @pytest.fixture

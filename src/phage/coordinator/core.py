@@ -198,6 +198,7 @@ class Coordinator:
             wake=self.ledger.wake_for,
             nodes_changed=self.nodes.apply_rows,
             swept=self._swept,
+            local_nodes=lambda: [n.node.id for n in self.pool.nodes.values() if n.here],
             lease_s=s.lease_s,
             clock=clock,
             replicated=replicated,

@@ -161,9 +161,11 @@ class NodeRegistry:
 
     async def _arrived(self, live: LiveNode) -> None:
         if not live.here:
-            live.here = True
+            # its assignments are taken over before any request of it is judged here (adoption skips
+            # the ones already held, so two requests arriving together are harmless)
             if self.on_arrival is not None:
                 await self.on_arrival(live)
+            live.here = True
 
     async def apply_rows(self, rows: Sequence[Node]) -> None:
         """Several replicas: the node rows as the store has them now, after any replica's changes.
@@ -191,6 +193,10 @@ class NodeRegistry:
             node.reputation = row.reputation
             if row.state.shut_out or (node.state is NodeState.PENDING and row.state is NodeState.ONLINE):
                 node.state = row.state
+            elif row.state is NodeState.DEAD and node.state is NodeState.ONLINE:
+                # the leader's sweep buried it while it talks to us (its heartbeats reached the store
+                # late): its next request revives it, in the store too, as for any node back from the dead
+                node.state = NodeState.DEAD
             if newly_quarantined:
                 await self.ledger.lose(list(live.attempts), f"node quarantined: {row.quarantine_reason}")
             live.wake.set()

@@ -15,9 +15,10 @@ through a re-read on a timer:
   a second: a key change signals at once (``ApiKeys``), a node change publishes a
   feed event that is relayed, and node rows and the key cache are re-read every
   second regardless.
-- the leader (advisory lock) sweeps the store for nodes silent on *every* replica
-  and leases nobody renewed — what a killed replica leaves behind — so each is
-  handled exactly once; the others judge only the nodes connected to them.
+- each node is judged by exactly one replica: the one it talks to (its in-memory
+  liveness check), or, for a node talking to none, the leader (advisory lock),
+  which sweeps the store for nodes silent on every replica and leases nobody
+  renewed — what a killed replica leaves behind.
 
 With SQLite there is one coordinator and nothing here runs: its in-memory liveness
 check sees every node.
@@ -62,6 +63,7 @@ class ReplicaLink:
         wake: Callable[[list[QueuedTask]], None],
         nodes_changed: Callable[[list[Node]], Awaitable[None]],
         swept: Callable[[Sweep], Awaitable[None]],
+        local_nodes: Callable[[], list[str]],
         lease_s: float,
         clock: Callable[[], float],
         replicated: bool,
@@ -74,6 +76,8 @@ class ReplicaLink:
         self._wake = wake
         self._nodes_changed = nodes_changed
         self._swept = swept
+        self._local_nodes = local_nodes
+        """The nodes talking to this replica: its own liveness check judges them, the sweep does not."""
         self._lease_s = lease_s
         self._clock = clock
         self.replicated = replicated
@@ -197,7 +201,10 @@ class ReplicaLink:
         if not self.signals.leader or now < self._sweep_from:
             return
         sweep = await self._store.sweep_stale(
-            now, silent_since=now - self._lease_s - self._slack, lease_ended_by=now - self._slack
+            now,
+            silent_since=now - self._lease_s - self._slack,
+            lease_ended_by=now - self._slack,
+            skip=self._local_nodes(),
         )
         if sweep.dead_nodes or sweep.lost:
             log.warning(

@@ -75,16 +75,26 @@ class ReplicaRecords:
                     out.append((att, task_from_row(task_row)))
         return out
 
-    async def sweep_stale(self, now: float, *, silent_since: float, lease_ended_by: float) -> Sweep:
+    async def sweep_stale(
+        self, now: float, *, silent_since: float, lease_ended_by: float, skip: Sequence[str] = ()
+    ) -> Sweep:
         """Online nodes last heard before ``silent_since`` → dead, their open attempts lost; and every
-        open attempt whose lease ended before ``lease_ended_by`` lost. Tasks are requeued as budgets allow."""
+        open attempt whose lease ended before ``lease_ended_by`` lost. Tasks are requeued as budgets allow.
+
+        ``skip``: nodes the sweeping replica judges itself (they talk to it), left out with their attempts.
+        """
+        skipped = list(skip)
 
         def op(conn: Connection) -> Sweep:
             dead = [
                 r.id
                 for r in conn.execute(
                     nodes.update()
-                    .where(nodes.c.state == NodeState.ONLINE.value, nodes.c.last_heartbeat < silent_since)
+                    .where(
+                        nodes.c.state == NodeState.ONLINE.value,
+                        nodes.c.last_heartbeat < silent_since,
+                        nodes.c.id.notin_(skipped),
+                    )
                     .values(state=NodeState.DEAD.value)
                     .returning(nodes.c.id)
                 )
@@ -105,7 +115,9 @@ class ReplicaRecords:
                 r.id
                 for r in conn.execute(
                     sa.select(attempts.c.id).where(
-                        attempts.c.state.in_(OPEN), attempts.c.lease_expires_at < lease_ended_by
+                        attempts.c.state.in_(OPEN),
+                        attempts.c.lease_expires_at < lease_ended_by,
+                        attempts.c.node_id.notin_(skipped),
                     )
                 )
             ]
