@@ -36,6 +36,8 @@ log = logging.getLogger("phage.chat")
 
 PASS_THROUGH_ENGINES = {"vllm", "llamacpp", "openai"}
 """Engines that hand tools, tool_choice and response_format to an OpenAI-compatible server."""
+CHECKABLE_ENGINES = {"transformers"}
+"""Engines that report their answers' token ids, so a trusted node can re-score them."""
 EXTENSIONS_HEADER = "X-Phage-Extensions"
 """A request header (``1``) asking for the ``phage`` field in answers: request id, node, check status."""
 MAX_PLACEMENTS = 3
@@ -101,12 +103,16 @@ class ChatService:
 
     def candidates(self, model: str, passthrough: bool = False) -> list[str]:
         """Live, admitted, unquarantined nodes serving ``model`` (and honouring tools etc. if asked)."""
-        return [
-            live.node.id
-            for live in self.c.chat_nodes()
-            if model in live.models()
-            and (not passthrough or PASS_THROUGH_ENGINES & set(live.node.hardware.get("engines", [])))
-        ]
+        checked = self.c.checker.policy.untrusted > 0
+        out = []
+        for live in self.c.chat_nodes():
+            engines = set(live.node.hardware.get("engines", []))
+            if model not in live.models() or (passthrough and not PASS_THROUGH_ENGINES & engines):
+                continue
+            if checked and not live.node.trusted and not CHECKABLE_ENGINES & engines:
+                continue  # its answers could not be checked: an untrusted node must be checkable
+            out.append(live.node.id)
+        return out
 
     async def admit(self, who: Principal, params: ChatParams, kind: str = "chat") -> Ticket:
         """Rate limits (429) and the credit hold (402) for one request."""
