@@ -344,3 +344,29 @@ def test_an_open_pool_quarantines_a_node_that_corrupts_its_activations(
         assert "activations of blocks 4:8" in liar_view["quarantine_reason"]
         assert [n for n in nodes.values() if n["quarantined"]] == [liar_view]  # nobody honest
         assert liar.node_id not in {w["worker_id"] for w in c.get("/workers").json()}
+
+
+def test_the_cli_declares_and_shows_sharded_models(sharded_pool: Any, model8: Path) -> None:
+    import subprocess
+    import sys
+
+    coordinator, _node = sharded_pool
+    coord = coordinator()
+    cli = [sys.executable, "-m", "phage.client.cli", "models"]
+    auth = ["--url", coord.url, "--key", coord.admin_key]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*cli, *args, *auth], capture_output=True, text=True, timeout=60)
+
+    bad = run("declare", "tiny8", "--checkpoint", str(model8), "--blocks", "6", "--bytes-per-block", "1KiB")
+    assert bad.returncode == 1 and "cover the checkpoint" in bad.stderr
+    made = run("declare", "tiny8", "--checkpoint", str(model8), "--blocks", "8", "--bytes-per-block", "1KiB")
+    assert made.returncode == 0, made.stderr
+    listed = run()
+    assert listed.returncode == 0 and "tiny8" in listed.stdout and "0.0%" in listed.stdout
+    with coord.client() as c:
+        (model,) = c.get("/api/models/sharded").json()["models"]
+    assert model["bytes_per_block"] == 1024 and model["num_blocks"] == 8
+    assert run("delete", "tiny8").returncode == 0
+    with coord.client() as c:
+        assert c.get("/api/models/sharded").json()["models"] == []
