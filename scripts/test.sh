@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 PHAGE_SETUP_EXTRAS=test PHAGE_SETUP_PIP_EXTRAS=dev,transformers,training bash scripts/setup.sh
 echo "== ruff"; .venv/bin/ruff check src tests $([ -d bench ] && echo bench)
 echo "== mypy (strict)"; .venv/bin/mypy
-echo "== pytest"; exec .venv/bin/pytest -q "$@"
+echo "== pytest"; exec .venv/bin/pytest -q -n "${PHAGE_TEST_WORKERS:-2}" "$@"
