@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -373,11 +374,12 @@ class NodeAgent:
     async def _host_vnodes(self) -> None:
         """Host VNodes of composable networks when this node has torch (the ``training`` extra)."""
         try:
-            from phage.node.training import VNodeHost
+            # importing torch takes seconds of CPU: off the event loop, or heartbeats and chats stall
+            training = await asyncio.to_thread(importlib.import_module, "phage.node.training")
         except ImportError:
             log.info("not hosting VNodes: torch, numpy or safetensors is missing (install phage[training])")
             return
-        host = VNodeHost(
+        host = training.VNodeHost(
             self.node_id,
             self._current_channel,
             self.config.key_dir / "training-cache",
