@@ -6,23 +6,20 @@ import asyncio
 import contextlib
 import io
 import json
-import logging
-import os
-import re
 import sys
 import tarfile
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.panel import Panel
 
 from phage import __version__
 from phage.client.cli_ai import register as register_ai_verbs
+from phage.client.cli_common import KeyOpt, UrlOpt, api_key, console, err_console, run_reporting
+from phage.client.cli_roles import register as register_roles
 from phage.client.render import nodes_table, state_text, tasks_table
-from phage.client.sdk import PhageClient, PhageClientError
-from phage.errors import PhageError
+from phage.client.sdk import PhageClient
 
 app = typer.Typer(
     name="phage",
@@ -30,227 +27,14 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
-
-DataDirOpt = Annotated[
-    Path, typer.Option("--data-dir", envvar="PHAGE_DATA_DIR", help="Coordinator data directory.")
-]
-UrlOpt = Annotated[str, typer.Option("--url", envvar="PHAGE_URL", help="Coordinator HTTP address.")]
-KeyOpt = Annotated[
-    str | None,
-    typer.Option("--key", envvar="PHAGE_API_KEY", help="API key (default: the admin key in --data-dir)."),
-]
-
-
-def _default_data_dir() -> Path:
-    return Path(os.environ.get("PHAGE_DATA_DIR", str(Path.home() / ".phage")))
-
-
-def _api_key(key: str | None) -> str:
-    if key:
-        return key
-    path = _default_data_dir() / "admin-key"
-    if path.exists():
-        return path.read_text().strip()
-    raise typer.BadParameter("no API key: pass --key or set PHAGE_API_KEY", param_hint="--key")
-
-
-def _run(coro: Any) -> Any:
-    try:
-        return asyncio.run(coro)
-    except PhageClientError as exc:
-        err_console.print(f"[bold red]error {exc.status}[/]: {exc.message}")
-        raise typer.Exit(1) from None
-    except PhageError as exc:
-        err_console.print(f"[bold red]error[/]: {exc.message}")
-        raise typer.Exit(1) from None
-
-
-def parse_size(text: str, option: str) -> int:
-    """``24GiB``, ``16GB``, ``512M`` or a byte count, as bytes."""
-    units = {
-        "": 1,
-        "k": 10**3,
-        "m": 10**6,
-        "g": 10**9,
-        "t": 10**12,
-        "ki": 2**10,
-        "mi": 2**20,
-        "gi": 2**30,
-        "ti": 2**40,
-    }
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*", text, re.IGNORECASE)
-    if m is None:
-        raise typer.BadParameter(f"{text!r} is not a size like 24GiB or 16GB", param_hint=option)
-    return int(float(m.group(1)) * units[(m.group(2) or "").lower()])
-
-
-def _logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+_api_key = api_key
+_run = run_reporting
 
 
 @app.command()
 def version() -> None:
     """Print phage's version."""
     console.print(__version__)
-
-
-@app.command()
-def coordinator(
-    data_dir: DataDirOpt = Path.home() / ".phage",
-    http: Annotated[str, typer.Option(help="HTTP listen address host:port.")] = "127.0.0.1:8080",
-    grpc: Annotated[str, typer.Option(help="gRPC (mTLS) listen address host:port.")] = "127.0.0.1:9090",
-    enroll_port: Annotated[int | None, typer.Option(help="Enrollment port (default: gRPC port + 1).")] = None,
-    advertise: Annotated[
-        str | None, typer.Option(help="Host nodes should dial (default: the gRPC host).")
-    ] = None,
-    heartbeat: Annotated[float, typer.Option(help="Heartbeat interval in seconds.")] = 10.0,
-    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy async URL (default: SQLite).")] = None,
-    admission: Annotated[
-        str,
-        typer.Option(
-            envvar="PHAGE_ADMISSION",
-            help="Who may join: token (join token, trusted), allowlist (keys in the workers file), "
-            "approval (join token, then an admin approves), open (anyone, untrusted).",
-        ),
-    ] = "token",
-    workers_file: Annotated[
-        Path | None,
-        typer.Option(
-            envvar="PHAGE_WORKERS_FILE",
-            help="Allowlist mode: seed 002's workers.json, re-read on change "
-            "(default: DATA_DIR/workers.json).",
-        ),
-    ] = None,
-    pool_api_open: Annotated[
-        bool,
-        typer.Option(
-            envvar="PHAGE_POOL_API_OPEN",
-            help="Serve seed 002's pool API (/submit, /status, /outputs, /pool) without an API key.",
-        ),
-    ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
-) -> None:
-    """Run a coordinator: queue, placement, node protocol, HTTP API."""
-    from phage.coordinator.server import ServerInfo, run_forever
-    from phage.coordinator.settings import CoordinatorSettings
-
-    _logging(verbose)
-    hh, _, hp = http.rpartition(":")
-    gh, _, gp = grpc.rpartition(":")
-    settings = CoordinatorSettings(
-        data_dir=data_dir,
-        http_host=hh,
-        http_port=int(hp),
-        grpc_host=gh,
-        grpc_port=int(gp),
-        enroll_port=enroll_port,
-        advertise_host=advertise,
-        heartbeat_interval_s=heartbeat,
-        database_url=database_url,
-        admission=admission,  # type: ignore[arg-type]  # pydantic checks the choice
-        workers_file=workers_file,
-        pool_api_open=pool_api_open,
-    )
-
-    def ready(info: ServerInfo) -> None:
-        console.print(
-            Panel.fit(
-                f"[bold]phage coordinator[/] {__version__}\n"
-                f"HTTP API   {info.http_url}   (docs: {info.http_url}/docs)\n"
-                f"node gRPC  {info.grpc_address} (mTLS)   enrollment {info.enroll_address}\n"
-                f"data       {info.data_dir}\n"
-                f"admin key  {info.data_dir}/admin-key\n\n"
-                f"Join a node with:\n[bold cyan]{info.node_command()}[/]",
-                title="ready",
-            )
-        )
-
-    asyncio.run(run_forever(settings, ready))
-
-
-@app.command()
-def node(
-    coordinator: Annotated[str, typer.Option(help="Coordinator gRPC address host:port.")] = "127.0.0.1:9090",
-    enroll: Annotated[str | None, typer.Option(help="Enrollment address (default: port + 1).")] = None,
-    token: Annotated[str | None, typer.Option(envvar="PHAGE_JOIN_TOKEN", help="Join token.")] = None,
-    ca_fingerprint: Annotated[str | None, typer.Option(help="Pinned CA fingerprint sha256:….")] = None,
-    key_dir: Annotated[Path, typer.Option(help="Node identity and certificate directory.")] = (
-        Path.home() / ".phage" / "node"
-    ),
-    name: Annotated[str, typer.Option(help="Display name.")] = "",
-    concurrency: Annotated[int, typer.Option(help="Tasks run at once.")] = 4,
-    sandbox: Annotated[
-        str | None, typer.Option(help="Sandbox backend (default: strongest available).")
-    ] = None,
-    engine: Annotated[
-        str | None, typer.Option(help="Inference engine: transformers|vllm|llamacpp|openai|auto.")
-    ] = None,
-    model: Annotated[str | None, typer.Option(help="Model path or id for the engine.")] = None,
-    model_name: Annotated[str | None, typer.Option(help="Name tasks use for the model.")] = None,
-    engine_url: Annotated[
-        str | None, typer.Option(help="OpenAI-compatible server URL (--engine openai).")
-    ] = None,
-    engine_port: Annotated[
-        int | None, typer.Option(help="Port for the vllm/llamacpp server (default: free).")
-    ] = None,
-    gpu_memory_utilization: Annotated[
-        float | None, typer.Option(help="Share of GPU memory vLLM may take.")
-    ] = None,
-    max_model_len: Annotated[int | None, typer.Option(help="Context length (vllm, llamacpp).")] = None,
-    engine_command: Annotated[
-        str | None, typer.Option(help="Command replacing `vllm` / `llama-server`.")
-    ] = None,
-    model_memory: Annotated[
-        str | None,
-        typer.Option(help="Memory a model may use here, e.g. 24GiB (default: free VRAM, or RAM)."),
-    ] = None,
-    heartbeat: Annotated[float | None, typer.Option(help="Heartbeat interval override (s).")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
-) -> None:
-    """Run a node: join the pool, pull work, run it sandboxed."""
-    import signal
-
-    from phage.node import NodeAgent, NodeConfig
-
-    _logging(verbose)
-    config = NodeConfig(
-        coordinator=coordinator,
-        enroll=enroll,
-        join_token=token,
-        ca_fingerprint=ca_fingerprint,
-        key_dir=key_dir,
-        name=name,
-        max_concurrency=concurrency,
-        sandbox=sandbox,
-        heartbeat_interval_s=heartbeat,
-        engine=engine,
-        model=model,
-        model_name=model_name,
-        engine_url=engine_url,
-        engine_port=engine_port,
-        gpu_memory_utilization=gpu_memory_utilization,
-        max_model_len=max_model_len,
-        engine_command=engine_command,
-        model_memory_bytes=parse_size(model_memory, "--model-memory") if model_memory else None,
-    )
-
-    async def main() -> None:
-        agent = NodeAgent(config)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, agent.stop)
-        err_console.print(
-            f"node {agent.node_id} · sandbox [bold]{agent.sandbox.name}[/] · coordinator {coordinator}"
-        )
-        await agent.run()
-
-    _run(main())
 
 
 @app.command()
@@ -560,6 +344,7 @@ def demo(
     raise typer.Exit(code)
 
 
+register_roles(app)
 register_ai_verbs(app)
 
 

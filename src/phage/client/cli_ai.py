@@ -6,13 +6,14 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from phage.client.cli_common import KeyOpt, UrlOpt, console
+from phage.client.cli_common import api_key as _api_key
+from phage.client.cli_common import run_reporting as _run
 from phage.client.sdk import PhageClient
 
 
 def register(app: typer.Typer) -> None:
     """Add the verbs to the main ``phage`` app (called from :mod:`phage.client.cli`)."""
-    from phage.client.cli import KeyOpt, UrlOpt, _api_key, _run, console
-
     keys_app = typer.Typer(help="Create, list and revoke API keys; set credit limits (admin).")
     app.add_typer(keys_app, name="keys")
 

@@ -51,6 +51,26 @@ class ServerInfo:
             f"--token {self.join_token} --ca-fingerprint {self.ca_fingerprint}"
         )
 
+    def node_command_lines(self, width: int = 80) -> str:
+        """The join line broken with shell continuations so that no line is wider than ``width``.
+
+        Printed bare (no panel, no terminal wrapping), it pastes into a shell as one command.
+        """
+        words = self.node_command().split(" ")
+        parts = ["phage node"] + [
+            f"{flag} {value}" for flag, value in zip(words[2::2], words[3::2], strict=True)
+        ]
+        lines: list[str] = []
+        for part in parts:
+            if lines and len(lines[-1]) + 1 + len(part) + 2 <= width:
+                lines[-1] += " " + part
+            elif len("  " + part) + 2 <= width or not lines:
+                lines.append(("  " if lines else "") + part)
+            else:  # too wide even alone (the fingerprint): the value gets a line of its own
+                flag, value = part.split(" ", 1)
+                lines += ["  " + flag, "    " + value]
+        return " \\\n".join(lines)
+
 
 class CoordinatorServer:
     """A coordinator with its listeners; ``async with`` or start()/stop()."""
