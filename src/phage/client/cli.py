@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,8 +15,21 @@ import typer
 from rich.panel import Panel
 
 from phage import __version__
+from phage.api.models import TaskRef
 from phage.client.cli_ai import register as register_ai_verbs
-from phage.client.cli_common import KeyOpt, UrlOpt, api_key, console, err_console, run_reporting
+from phage.client.cli_common import (
+    DEFAULT_URL,
+    JsonOpt,
+    KeyOpt,
+    UrlOpt,
+    api_key,
+    console,
+    emit_json,
+    err_console,
+    run_reporting,
+    transfer_progress,
+    wait_for,
+)
 from phage.client.cli_roles import register as register_roles
 from phage.client.render import nodes_table, state_text, tasks_table
 from phage.client.sdk import PhageClient
@@ -53,14 +66,13 @@ def keygen(
     console.print(identity.node_id)
 
 
-def _pack_dir(path: Path) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+def _pack_dir(path: Path, into: Path) -> None:
+    """Tar and gzip a directory into a file (not memory: workspaces may be large)."""
+    with tarfile.open(into, mode="w:gz") as tar:
         for item in sorted(path.rglob("*")):
             if item.is_symlink():
                 raise typer.BadParameter(f"{item} is a symlink; workspaces may not contain links")
             tar.add(item, arcname=item.relative_to(path).as_posix(), recursive=False)
-    return buf.getvalue()
 
 
 @app.command()
@@ -81,13 +93,16 @@ def submit(
     priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
     count: Annotated[int, typer.Option(help="Submit this many copies.")] = 1,
     noop: Annotated[bool, typer.Option(help="Submit a no-op task (tests the queue only).")] = False,
-    wait: Annotated[bool, typer.Option(help="Wait for the task to finish.")] = False,
-    url: UrlOpt = "http://127.0.0.1:8080",
+    wait: Annotated[
+        bool, typer.Option(help="Wait for the tasks to finish; exit 1 if any failed or was cancelled.")
+    ] = False,
+    as_json: JsonOpt = False,
+    url: UrlOpt = DEFAULT_URL,
     key: KeyOpt = None,
 ) -> None:
-    """Submit a job: a workspace (directory or files) and how to run it."""
+    """Submit a job: a workspace (directory or files) and how to run it. Prints the task ids."""
     task: dict[str, Any]
-    archive: bytes | None = None
+    workspace: Path | None = None
     if noop:
         task = {"kind": "noop", "priority": priority, "count": count}
     else:
@@ -105,70 +120,83 @@ def submit(
         task = {"kind": "job", "manifest": manifest, "priority": priority, "count": count}
         paths = paths or []
         if len(paths) == 1 and paths[0].is_dir():
-            archive = _pack_dir(paths[0])
+            workspace = paths[0]
         elif paths:
             task["files"] = {p.name: p.read_text() for p in paths}
 
-    async def main() -> None:
-        async with PhageClient(url, _api_key(key)) as client:
-            if archive is not None:
-                t = await client.submit_archive(
-                    archive, task.pop("manifest"), **{k: v for k, v in task.items() if k != "kind"}
-                )
+    async def main() -> int:
+        async with PhageClient(url, api_key(key)) as client:
+            if workspace is not None:
+                with tempfile.TemporaryDirectory(prefix="phage-submit-") as tmp:
+                    archive = Path(tmp) / "workspace.tar.gz"
+                    _pack_dir(workspace, archive)
+                    with transfer_progress("upload", enabled=not as_json) as progress:
+                        extra = {k: v for k, v in task.items() if k not in ("kind", "manifest")}
+                        refs = await client.submit_archive(
+                            archive, task["manifest"], progress=progress, **extra
+                        )
             else:
-                t = await client.submit(task)
-            ids = [t["id"]] if "id" in t else [x["id"] for x in t["tasks"]]
-            for tid in ids:
-                console.print(tid)
-            if wait:
-                for tid in ids:
-                    while (cur := await client.get(tid))["state"] not in ("verified", "failed", "cancelled"):
-                        await asyncio.sleep(0.3)
-                    console.print(tasks_table([cur], title=tid))
+                refs = await client.submit_many([task])
+            ids = [r.id for r in refs]
+            if not as_json:
+                print(*ids, sep="\n", flush=True)
+            if not wait:
+                if as_json:
+                    emit_json([r.model_dump(mode="json") for r in refs])
+                return 0
+            final = await wait_for(client, ids, show=not as_json)
+            if as_json:
+                emit_json([t.model_dump(mode="json") for t in final])
+            else:
+                console.print(tasks_table(final, title="finished"))
+            return 0 if all(t.succeeded for t in final) else 1
 
-    _run(main())
+    raise typer.Exit(_run(main()))
 
 
 @app.command()
 def status(
     task_id: Annotated[str | None, typer.Argument(help="Task id; omit for the pool summary.")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-    url: UrlOpt = "http://127.0.0.1:8080",
+    as_json: JsonOpt = False,
+    url: UrlOpt = DEFAULT_URL,
     key: KeyOpt = None,
 ) -> None:
     """Show a task (state, attempts, result) or the pool."""
 
     async def main() -> None:
-        async with PhageClient(url, _api_key(key)) as client:
+        async with PhageClient(url, api_key(key)) as client:
             if task_id is None:
                 data = await client.status()
-                console.print_json(json.dumps(data)) if as_json else console.print(
+                if as_json:
+                    emit_json(data.model_dump(mode="json"))
+                    return
+                console.print(
                     Panel.fit(
-                        f"nodes online {data['nodes']['online']}/{data['nodes']['total']} · "
-                        f"slots busy {data['slots']['busy']}/{data['slots']['total']} · "
-                        f"queue {data['queue']['depth']} · tasks {data['tasks']}",
+                        f"nodes online {data.nodes.online}/{data.nodes.total} · "
+                        f"slots busy {data.slots.busy}/{data.slots.total} · "
+                        f"queue {data.queue.depth} · tasks {data.tasks}",
                         title="pool",
                     )
                 )
                 return
             t = await client.get(task_id)
             if as_json:
-                console.print_json(json.dumps(t))
+                emit_json(t.model_dump(mode="json"))
                 return
             console.print(tasks_table([t], title=task_id))
-            for a in t.get("attempts", []):
+            for a in t.attempts or []:
                 console.print(
-                    f"  attempt {a['id']} on {a['node_id'][:12]}… ",
-                    state_text(a["state"]),
-                    f" {a['error']}" if a["error"] else "",
+                    f"  attempt {a.id} on {a.node_id[:12]}… ",
+                    state_text(a.state),
+                    f" {a.error}" if a.error else "",
                 )
-            result = t.get("result") or {}
-            if result.get("stdout_tail"):
-                console.print(Panel(result["stdout_tail"][-2000:], title="stdout (tail)"))
-            if result.get("stderr_tail"):
-                console.print(Panel(result["stderr_tail"][-2000:], title="stderr (tail)"))
-            for o in result.get("outputs", []):
-                console.print(f"  output {o['path']} ({o['size']} bytes) → {url}{o['url']}")
+            result = t.result
+            if result is not None and result.stdout_tail:
+                console.print(Panel(result.stdout_tail[-2000:], title="stdout (tail)"))
+            if result is not None and result.stderr_tail:
+                console.print(Panel(result.stderr_tail[-2000:], title="stderr (tail)"))
+            for o in result.outputs if result else []:
+                console.print(f"  output {o.path} ({o.size} bytes) → {url}{o.url}")
 
     _run(main())
 
@@ -176,15 +204,21 @@ def status(
 @app.command()
 def tasks(
     state: Annotated[str | None, typer.Option(help="Only this state.")] = None,
+    kind: Annotated[str | None, typer.Option(help="Only this kind (job, generate, noop).")] = None,
     limit: Annotated[int, typer.Option(help="How many.")] = 20,
-    url: UrlOpt = "http://127.0.0.1:8080",
+    as_json: JsonOpt = False,
+    url: UrlOpt = DEFAULT_URL,
     key: KeyOpt = None,
 ) -> None:
-    """List recent tasks."""
+    """List recent tasks, newest first."""
 
     async def main() -> None:
-        async with PhageClient(url, _api_key(key)) as client:
-            console.print(tasks_table((await client.list_tasks(state=state, limit=limit))["tasks"]))
+        async with PhageClient(url, api_key(key)) as client:
+            page = await client.list_tasks(state=state, kind=kind, limit=limit)
+        if as_json:
+            emit_json(page.model_dump(mode="json"))
+        else:
+            console.print(tasks_table(page.tasks))
 
     _run(main())
 
@@ -194,35 +228,44 @@ app.add_typer(nodes_app, name="nodes")
 
 
 @nodes_app.callback(invoke_without_command=True)
-def nodes(ctx: typer.Context, url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None) -> None:
+def nodes(
+    ctx: typer.Context, as_json: JsonOpt = False, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None
+) -> None:
     """List the pool's nodes (state, trust, quarantine, load)."""
     if ctx.invoked_subcommand is not None:
         return
 
     async def main() -> None:
-        async with PhageClient(url, _api_key(key)) as client:
-            console.print(nodes_table(await client.nodes()))
+        async with PhageClient(url, api_key(key)) as client:
+            found = await client.nodes()
+        if as_json:
+            emit_json([n.model_dump(mode="json") for n in found])
+        else:
+            console.print(nodes_table(found))
 
     _run(main())
 
 
 def _node_action(node_id: str, url: str, key: str | None, action: str, **params: str) -> None:
     async def main() -> None:
-        async with PhageClient(url, _api_key(key)) as client:
+        async with PhageClient(url, api_key(key)) as client:
             node = await client.node_action(node_id, action, **params)
-            console.print(
-                node.get("name", node_id),
-                state_text(node.get("state", "")),
-                "quarantined: " + node["quarantine_reason"] if node.get("quarantined") else "",
-                "draining" if node.get("draining") else "",
-                "" if node.get("trusted", True) else "untrusted",
-            )
+        if isinstance(node, TaskRef):
+            console.print(node.id, state_text(node.state))
+            return
+        console.print(
+            node.name or node_id,
+            state_text(node.state),
+            "quarantined: " + (node.quarantine_reason or "") if node.quarantined else "",
+            "draining" if node.draining else "",
+            "" if node.trusted else "untrusted",
+        )
 
     _run(main())
 
 
 @nodes_app.command("remove")
-def nodes_remove(node_id: str, url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None) -> None:
+def nodes_remove(node_id: str, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
     """Remove a node: its certificate is refused from now on and its work goes elsewhere."""
     _node_action(node_id, url, key, "remove")
 
@@ -231,7 +274,7 @@ def nodes_remove(node_id: str, url: UrlOpt = "http://127.0.0.1:8080", key: KeyOp
 def nodes_quarantine(
     node_id: str,
     reason: Annotated[str, typer.Option(help="Shown in the API and dashboard.")] = "quarantined by an admin",
-    url: UrlOpt = "http://127.0.0.1:8080",
+    url: UrlOpt = DEFAULT_URL,
     key: KeyOpt = None,
 ) -> None:
     """Quarantine a node: it gets no work until released."""
@@ -239,7 +282,7 @@ def nodes_quarantine(
 
 
 @nodes_app.command("release")
-def nodes_release(node_id: str, url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None) -> None:
+def nodes_release(node_id: str, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
     """Release a node from quarantine."""
     _node_action(node_id, url, key, "release")
 
@@ -249,7 +292,7 @@ def nodes_approve(
     node_id: str,
     untrusted: Annotated[bool, typer.Option(help="Admit it untrusted: its results are re-verified.")] = False,
     max_jobs: Annotated[int | None, typer.Option(help="Cap on its concurrent jobs.")] = None,
-    url: UrlOpt = "http://127.0.0.1:8080",
+    url: UrlOpt = DEFAULT_URL,
     key: KeyOpt = None,
 ) -> None:
     """Approve a pending node (approval mode): it starts taking work."""
@@ -260,7 +303,7 @@ def nodes_approve(
 
 
 @nodes_app.command("reject")
-def nodes_reject(node_id: str, url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None) -> None:
+def nodes_reject(node_id: str, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
     """Reject a node for good: it can never rejoin with this identity."""
     _node_action(node_id, url, key, "reject")
 
@@ -269,7 +312,7 @@ def nodes_reject(node_id: str, url: UrlOpt = "http://127.0.0.1:8080", key: KeyOp
 def nodes_drain(
     node_id: str,
     undo: Annotated[bool, typer.Option("--undo", help="Take work again (undrain).")] = False,
-    url: UrlOpt = "http://127.0.0.1:8080",
+    url: UrlOpt = DEFAULT_URL,
     key: KeyOpt = None,
 ) -> None:
     """Drain a node: it finishes what it holds and takes no more work."""
@@ -277,13 +320,16 @@ def nodes_drain(
 
 
 @app.command()
-def cancel(task_id: str, url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None) -> None:
+def cancel(task_id: str, as_json: JsonOpt = False, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
     """Cancel a task."""
 
     async def main() -> None:
-        async with PhageClient(url, _api_key(key)) as client:
+        async with PhageClient(url, api_key(key)) as client:
             t = await client.cancel(task_id)
-            console.print(task_id, state_text(t["state"]))
+        if as_json:
+            emit_json(t.model_dump(mode="json"))
+        else:
+            console.print(task_id, state_text(t.state))
 
     _run(main())
 
@@ -292,29 +338,32 @@ def cancel(task_id: str, url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = No
 def download(
     task_id: str,
     path: str,
-    dest: Annotated[Path | None, typer.Option("-O")] = None,
-    url: UrlOpt = "http://127.0.0.1:8080",
+    dest: Annotated[Path | None, typer.Option("-O", help="Where to write it (default: its name).")] = None,
+    url: UrlOpt = DEFAULT_URL,
     key: KeyOpt = None,
 ) -> None:
-    """Download one output file of a task."""
+    """Download one output file of a task (streamed to disk, checked against its SHA-256)."""
 
     async def main() -> None:
-        async with PhageClient(url, _api_key(key)) as client:
-            data = await client.download(task_id, path)
-            target = dest or Path(Path(path).name)
-            target.write_bytes(data)
-            err_console.print(f"wrote {target} ({len(data)} bytes)")
+        target = dest or Path(Path(path).name)
+        async with PhageClient(url, api_key(key)) as client:
+            with transfer_progress(f"download {path}") as progress:
+                written = await client.download(task_id, path, target, progress=progress)
+        err_console.print(f"wrote {written} ({written.stat().st_size} bytes)")
 
     _run(main())
 
 
 @app.command()
-def watch(url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None) -> None:
+def watch(as_json: JsonOpt = False, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
     """Follow the live feed: every task and node state change."""
 
     async def main() -> None:
         async with PhageClient(url, _api_key(key)) as client:
             async for ev in client.feed():
+                if as_json:  # one JSON document per line, for scripts that follow the pool
+                    print(json.dumps(ev), flush=True)
+                    continue
                 kind = ev.get("type")
                 if kind in ("task", "node"):
                     extra = " ".join(

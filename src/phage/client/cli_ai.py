@@ -6,7 +6,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from phage.client.cli_common import KeyOpt, UrlOpt, console
+from phage.api.models import TokenCounts
+from phage.client.cli_common import DEFAULT_URL, JsonOpt, KeyOpt, UrlOpt, console, emit_json
 from phage.client.cli_common import api_key as _api_key
 from phage.client.cli_common import run_reporting as _run
 from phage.client.sdk import PhageClient
@@ -22,7 +23,8 @@ def register(app: typer.Typer) -> None:
         name: str,
         role: Annotated[str, typer.Option(help="user or admin.")] = "user",
         limit: Annotated[int | None, typer.Option("--limit", help="Credit limit in tokens.")] = None,
-        url: UrlOpt = "http://127.0.0.1:8080",
+        as_json: JsonOpt = False,
+        url: UrlOpt = DEFAULT_URL,
         key: KeyOpt = None,
     ) -> None:
         """Create a key; its secret is printed once."""
@@ -30,34 +32,40 @@ def register(app: typer.Typer) -> None:
         async def main() -> None:
             async with PhageClient(url, _api_key(key)) as client:
                 made = await client.create_key(name, role, limit)
-            console.print(f"[bold]{made['id']}[/] {made['name']} ({made['role']})")
-            console.print(f"key: [bold green]{made['key']}[/]  (shown once: store it now)")
+            if as_json:
+                emit_json(made.model_dump(mode="json"))
+                return
+            console.print(f"[bold]{made.id}[/] {made.name} ({made.role})")
+            console.print(f"key: [bold green]{made.key}[/]  (shown once: store it now)")
 
         _run(main())
 
     @keys_app.command("list")
-    def keys_list(url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None) -> None:
+    def keys_list(as_json: JsonOpt = False, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
         """Every key, without secrets."""
 
         async def main() -> None:
             async with PhageClient(url, _api_key(key)) as client:
                 keys = await client.list_keys()
+            if as_json:
+                emit_json([k.model_dump(mode="json") for k in keys])
+                return
             table = Table("id", "name", "role", "credit limit", "state")
             for k in keys:
-                limit = k.get("credit_limit_tokens")
+                limit = k.credit_limit_tokens
                 table.add_row(
-                    k["id"],
-                    k["name"],
-                    k["role"],
+                    k.id,
+                    k.name,
+                    k.role,
                     "—" if limit is None else f"{limit:,}",
-                    "[red]revoked[/]" if k["revoked"] else "[green]active[/]",
+                    "[red]revoked[/]" if k.revoked else "[green]active[/]",
                 )
             console.print(table)
 
         _run(main())
 
     @keys_app.command("revoke")
-    def keys_revoke(key_id: str, url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None) -> None:
+    def keys_revoke(key_id: str, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
         """Revoke a key: refused from its next request on."""
 
         async def main() -> None:
@@ -71,7 +79,7 @@ def register(app: typer.Typer) -> None:
     def keys_limit(
         key_id: str,
         tokens: Annotated[int | None, typer.Argument(help="Tokens in all; omit to lift the limit.")] = None,
-        url: UrlOpt = "http://127.0.0.1:8080",
+        url: UrlOpt = DEFAULT_URL,
         key: KeyOpt = None,
     ) -> None:
         """Set a key's credit limit (requests past it get 402), or lift it."""
@@ -86,7 +94,8 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def usage(
         key_id: Annotated[str | None, typer.Option("--key-id", help="One key (admins see all).")] = None,
-        url: UrlOpt = "http://127.0.0.1:8080",
+        as_json: JsonOpt = False,
+        url: UrlOpt = DEFAULT_URL,
         key: KeyOpt = None,
     ) -> None:
         """Tokens used per API key, by model and by node."""
@@ -94,20 +103,18 @@ def register(app: typer.Typer) -> None:
         async def main() -> None:
             async with PhageClient(url, _api_key(key)) as client:
                 rows = await client.usage(key_id)
+            if as_json:
+                emit_json([k.model_dump(mode="json") for k in rows])
+                return
             table = Table("key", "model / node", "requests", "prompt", "completion", "credit left")
             for k in rows:
-                left = k.get("credit_left_tokens")
+                left = k.credit_left_tokens
                 table.add_row(
-                    f"[bold]{k['name'] or k['key_id']}[/]",
-                    "all",
-                    f"{k['requests']:,}",
-                    f"{k['prompt_tokens']:,}",
-                    f"{k['completion_tokens']:,}",
-                    "—" if left is None else f"{left:,}",
+                    f"[bold]{k.name or k.key_id}[/]", "all", *_counts(k), "—" if left is None else f"{left:,}"
                 )
-                for model, u in sorted(k["by_model"].items()):
+                for model, u in sorted(k.by_model.items()):
                     table.add_row("", model, *_counts(u), "")
-                for node, u in sorted(k["by_node"].items()):
+                for node, u in sorted(k.by_node.items()):
                     table.add_row("", f"[dim]node {node[:12]}…[/]", *_counts(u), "")
             console.print(table)
 
@@ -120,7 +127,7 @@ def register(app: typer.Typer) -> None:
         system: Annotated[str | None, typer.Option(help="A system message.")] = None,
         max_tokens: Annotated[int, typer.Option(help="Longest answer in tokens.")] = 256,
         temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 0.7,
-        url: UrlOpt = "http://127.0.0.1:8080",
+        url: UrlOpt = DEFAULT_URL,
         key: KeyOpt = None,
     ) -> None:
         """Chat with a model the pool serves; the answer streams as it is generated."""
@@ -154,5 +161,5 @@ def register(app: typer.Typer) -> None:
         _run(main())
 
 
-def _counts(u: dict[str, int]) -> tuple[str, str, str]:
-    return f"{u['requests']:,}", f"{u['prompt_tokens']:,}", f"{u['completion_tokens']:,}"
+def _counts(u: TokenCounts) -> tuple[str, str, str]:
+    return f"{u.requests:,}", f"{u.prompt_tokens:,}", f"{u.completion_tokens:,}"

@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import httpx
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.progress import Progress as RichProgress
 
-from phage.client.sdk import PhageClientError
+from phage.api.models import Task
+from phage.client._calls import PhageClientError, Progress
+from phage.client.sdk import PhageClient
 from phage.errors import PhageError
 
 T = TypeVar("T")
@@ -54,3 +70,61 @@ def run_reporting(coro: Coroutine[Any, Any, T]) -> T:
     except PhageError as exc:
         err_console.print(f"[bold red]error[/]: {escape(exc.message)}")
         raise typer.Exit(1) from None
+    except httpx.TransportError as exc:
+        try:
+            where = str(exc.request.url)
+        except RuntimeError:  # no request attached
+            where = "the coordinator"
+        err_console.print(f"[bold red]cannot reach {where}[/]: {escape(str(exc) or type(exc).__name__)}")
+        raise typer.Exit(1) from None
+
+
+def emit_json(data: Any) -> None:
+    """One JSON document on stdout, unstyled and unwrapped, for scripts."""
+    print(json.dumps(data, indent=1))
+
+
+@contextlib.contextmanager
+def transfer_progress(what: str, *, enabled: bool = True) -> Iterator[Progress | None]:
+    """A rich progress bar (on stderr) for an upload or download; yields the SDK's progress callback."""
+    if not enabled:
+        yield None
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with RichProgress(*columns, console=err_console, transient=True) as bar:
+        job = bar.add_task(what, total=None)
+
+        def update(done: int, total: int | None) -> None:
+            bar.update(job, completed=done, total=total)
+
+        yield update
+
+
+async def wait_for(client: PhageClient, ids: list[str], *, show: bool = True) -> list[Task]:
+    """Wait until every task is final, with a progress bar of finished tasks (on stderr)."""
+    final: dict[str, Task] = {}
+    with RichProgress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+        disable=not show,
+    ) as bar:
+        job = bar.add_task("waiting", total=len(ids))
+        for tid in ids:
+
+            def seen(task: Task) -> None:
+                bar.update(job, description=f"{task.id[:12]}… {task.state}")
+
+            final[tid] = await client.wait(tid, on_change=seen)
+            bar.advance(job)
+    return [final[t] for t in ids]
