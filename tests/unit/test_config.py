@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,20 @@ def test_every_option_is_documented_and_the_reference_is_current() -> None:
         assert not undocumented, f"{model.__name__} fields without a docstring: {undocumented}"
     committed = (ROOT / "docs" / "configuration.md").read_text()
     assert committed == reference_markdown(), "regenerate: phage config reference > docs/configuration.md"
+
+
+def test_the_shipped_service_configuration_is_valid() -> None:
+    """deploy/phage.toml parses for both roles, and the variables the units and guide name exist."""
+    path = ROOT / "deploy" / "phage.toml"
+    coord = resolve(COORDINATOR.role, flags={}, config=path, environ={})
+    node = resolve(NODE.role, flags={}, config=path, environ={"PHAGE_NODE_JOIN_TOKEN": "t"})
+    assert isinstance(coord.settings, CoordinatorSettings) and coord.settings.advertise_host
+    assert isinstance(node.settings, NodeConfig) and node.settings.join_token == "t"
+    units = "".join((ROOT / "deploy" / f"phage-{r}.service").read_text() for r in ("coordinator", "node"))
+    guide = (ROOT / "deploy" / "README.md").read_text()
+    for variable in re.findall(r"PHAGE_[A-Z_]+", units + guide):
+        known = variable == "PHAGE_CONFIG" or any(
+            variable in {role.env(k) for k in role.model.model_fields}
+            for role in (COORDINATOR.role, NODE.role)
+        )
+        assert known, f"{variable} is not an option"
