@@ -69,6 +69,10 @@ def test_base_install_is_client_only(client_venv: tuple[Path, dict[str, str]]) -
         shown = _run([str(target / "bin" / "phage"), *argv], {**env, "COLUMNS": "120"})
         assert shown.returncode == 0, shown.stderr
         assert "Usage" in shown.stdout
+    doctor = _run([str(target / "bin" / "phage"), "doctor", "--json"], {**env, "PHAGE_HTTP_PORT": "0"})
+    extras = {f["check"]: f for f in json.loads(doctor.stdout)}
+    assert extras["coordinator extra"]["level"] == "warn"
+    assert extras["coordinator extra"]["fix"] == "pip install 'phage[coordinator]'"
     assert (ROOT / "LICENSE").read_text().startswith("\n                                 Apache License")
 
 

@@ -234,6 +234,47 @@ def register(app: typer.Typer) -> None:
     config_app = typer.Typer(help="The configuration file and its reference.", no_args_is_help=True)
     app.add_typer(config_app, name="config")
 
+    @app.command()
+    def doctor(
+        config: Annotated[Path | None, typer.Option("--config", envvar="PHAGE_CONFIG")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    ) -> None:
+        """Check this machine for a coordinator or node: sandboxes, cgroups, GPUs, engines, ports,
+        clock, disk. Says what to fix; exits 1 when something would stop a role from running."""
+        from rich.table import Table
+
+        from phage.doctor import Context, Finding, Level, diagnose
+
+        findings: list[Finding] = []
+        ports: list[tuple[str, str, int]] = []
+        dirs: list[Path] = []
+        try:
+            coord = resolve(COORDINATOR.role, flags={}, config=config).settings
+            node = resolve(NODE.role, flags={}, config=config).settings
+        except ConfigError as exc:
+            findings.append(Finding("configuration", Level.FAIL, exc.message, "fix the key it names"))
+        else:
+            assert isinstance(coord, CoordinatorSettings) and isinstance(node, NodeConfig)
+            ports = [
+                ("HTTP API", coord.http_host, coord.http_port),
+                ("node gRPC", coord.grpc_host, coord.grpc_port),
+                ("enrollment", coord.grpc_host, coord.enrollment_port),
+            ]
+            dirs = [coord.data_dir, node.key_dir]
+        findings += diagnose(Context(ports=tuple(ports), dirs=tuple(dirs)))
+        if as_json:
+            print(json.dumps([{**f.__dict__, "level": f.level.value} for f in findings], indent=1))
+        else:
+            table = Table("check", "", "detail", "fix")
+            style = {Level.OK: "green", Level.WARN: "yellow", Level.FAIL: "bold red"}
+            for f in findings:
+                table.add_row(
+                    f.check, f"[{style[f.level]}]{f.level.value}[/]", escape(f.detail), escape(f.fix)
+                )
+            console.print(table)
+        if any(f.level is Level.FAIL for f in findings):
+            raise typer.Exit(1)
+
     @config_app.command("reference")
     def config_reference() -> None:
         """Print the reference of every option (the source of docs/configuration.md)."""
