@@ -13,6 +13,7 @@ if [ "${PHAGE_SETUP_EXTRAS:-}" = "test" ]; then
   command -v curl >/dev/null || need_apt+=(curl)            # seed 002's curl flows and curl -N chat tests
   command -v chromium >/dev/null || need_apt+=(chromium)      # the dashboard's browser tests (Playwright)
   command -v promtool >/dev/null || need_apt+=(prometheus)    # promtool checks the /metrics output
+  command -v certutil >/dev/null || need_apt+=(libnss3-tools)  # the dashboard test trusts the pool CA in Chromium
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

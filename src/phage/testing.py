@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -65,11 +66,28 @@ class CoordinatorProcess:
     enroll_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    args: tuple[str, ...] = ()
+    """Further ``phage coordinator`` options (``--https``, TLS files)."""
+
+    @property
+    def https(self) -> bool:
+        """True when started to serve HTTPS."""
+        return any(a in ("--https", "--tls-cert-file") for a in self.args)
 
     @property
     def url(self) -> str:
-        """HTTP base URL."""
-        return f"http://127.0.0.1:{self.http_port}"
+        """HTTP(S) base URL."""
+        return f"{'https' if self.https else 'http'}://127.0.0.1:{self.http_port}"
+
+    @property
+    def ca_file(self) -> Path:
+        """The pool CA's certificate (what clients pin for HTTPS from the pool's own CA)."""
+        return self.data_dir / "pki" / "ca.pem"
+
+    def _verify(self) -> ssl.SSLContext | bool:
+        if "--tls-cert-file" in self.args:
+            return ssl.create_default_context(cafile=self.args[self.args.index("--tls-cert-file") + 1])
+        return ssl.create_default_context(cafile=str(self.ca_file)) if self.https else True
 
     @property
     def grpc_address(self) -> str:
@@ -98,6 +116,7 @@ class CoordinatorProcess:
             str(self.enroll_port),
             "--heartbeat",
             str(self.heartbeat_s),
+            *self.args,
         )
         self.proc = subprocess.Popen(
             argv, stdout=log, stderr=log, env={**os.environ, **self.env}, start_new_session=True
@@ -108,7 +127,7 @@ class CoordinatorProcess:
     def _healthy(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise RuntimeError(f"coordinator exited with {self.proc.returncode}; log: {self.log_path}")
-        ok = httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
+        ok = httpx.get(f"{self.url}/healthz", timeout=2, verify=self._verify()).status_code == 200
         return ok and (self.data_dir / "coordinator.json").exists()
 
     @property
@@ -125,7 +144,10 @@ class CoordinatorProcess:
     def client(self, key: str | None = None) -> httpx.Client:
         """A synchronous HTTP client with the admin key."""
         return httpx.Client(
-            base_url=self.url, headers={"Authorization": f"Bearer {key or self.admin_key}"}, timeout=30
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {key or self.admin_key}"},
+            timeout=30,
+            verify=self._verify(),
         )
 
     def kill(self) -> None:

@@ -149,7 +149,8 @@ def test_the_shipped_service_configuration_is_valid() -> None:
     units = "".join((ROOT / "deploy" / f"phage-{r}.service").read_text() for r in ("coordinator", "node"))
     guide = (ROOT / "deploy" / "README.md").read_text()
     for variable in re.findall(r"PHAGE_[A-Z_]+", units + guide):
-        known = variable == "PHAGE_CONFIG" or any(
+        client = ("PHAGE_CONFIG", "PHAGE_URL", "PHAGE_API_KEY", "PHAGE_CA_CERT", "PHAGE_CA_FINGERPRINT")
+        known = variable in client or any(
             variable in {role.env(k) for k in role.model.model_fields}
             for role in (COORDINATOR.role, NODE.role)
         )

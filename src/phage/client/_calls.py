@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from phage.api.models import (
     TaskPage,
     TaskRef,
 )
+from phage.client.pinning import verify_for
 from phage.errors import PhageError
 
 R = TypeVar("R")
@@ -45,9 +47,16 @@ class PhageClientError(PhageError):
         self.body = body
 
 
-def http_options(url: str, api_key: str, timeout: float | None, verify: str | bool) -> dict[str, Any]:
-    """What both clients give httpx: the base URL, the bearer key, the timeout and the CA to trust
-    (``verify``: a CA file path pins phage's own CA; True uses the system's)."""
+def http_options(
+    url: str, api_key: str, timeout: float | None, verify: ssl.SSLContext | bool, ca_fingerprint: str | None
+) -> dict[str, Any]:
+    """What both clients give httpx: the base URL, the bearer key, the timeout and what TLS trusts.
+
+    ``ca_fingerprint`` pins a pool's own CA the way nodes do (see :mod:`phage.client.pinning`);
+    otherwise ``verify`` is an SSL context or True for the system's trust store.
+    """
+    if ca_fingerprint:
+        verify = verify_for(url, ca_cert=None, ca_fingerprint=ca_fingerprint)
     return {
         "base_url": url.rstrip("/"),
         "headers": {"Authorization": f"Bearer {api_key}"},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import tarfile
 import tempfile
@@ -22,7 +23,7 @@ from phage.client.cli_common import (
     JsonOpt,
     KeyOpt,
     UrlOpt,
-    api_key,
+    connect,
     console,
     emit_json,
     err_console,
@@ -32,7 +33,6 @@ from phage.client.cli_common import (
 )
 from phage.client.cli_roles import register as register_roles
 from phage.client.render import nodes_table, state_text, tasks_table
-from phage.client.sdk import PhageClient
 
 app = typer.Typer(
     name="phage",
@@ -40,8 +40,32 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-_api_key = api_key
 _run = run_reporting
+
+
+@app.callback()
+def main_options(
+    ca_cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-cert", envvar="PHAGE_CA_CERT", help="Trust this CA file for an https:// coordinator URL."
+        ),
+    ] = None,
+    ca_fingerprint: Annotated[
+        str | None,
+        typer.Option(
+            "--ca-fingerprint",
+            envvar="PHAGE_CA_FINGERPRINT",
+            help="Pin the pool's own CA (sha256:…, as in the join line) for an https:// URL.",
+        ),
+    ] = None,
+) -> None:
+    """Turn machines contributed by many owners into one dependable service for AI work."""
+    # The global options are shorthands for the variables every client verb reads (cli_common.connect).
+    if ca_cert is not None:
+        os.environ["PHAGE_CA_CERT"] = str(ca_cert)
+    if ca_fingerprint:
+        os.environ["PHAGE_CA_FINGERPRINT"] = ca_fingerprint
 
 
 @app.command()
@@ -125,7 +149,7 @@ def submit(
             task["files"] = {p.name: p.read_text() for p in paths}
 
     async def main() -> int:
-        async with PhageClient(url, api_key(key)) as client:
+        async with connect(url, key) as client:
             if workspace is not None:
                 with tempfile.TemporaryDirectory(prefix="phage-submit-") as tmp:
                     archive = Path(tmp) / "workspace.tar.gz"
@@ -164,7 +188,7 @@ def status(
     """Show a task (state, attempts, result) or the pool."""
 
     async def main() -> None:
-        async with PhageClient(url, api_key(key)) as client:
+        async with connect(url, key) as client:
             if task_id is None:
                 data = await client.status()
                 if as_json:
@@ -213,7 +237,7 @@ def tasks(
     """List recent tasks, newest first."""
 
     async def main() -> None:
-        async with PhageClient(url, api_key(key)) as client:
+        async with connect(url, key) as client:
             page = await client.list_tasks(state=state, kind=kind, limit=limit)
         if as_json:
             emit_json(page.model_dump(mode="json"))
@@ -236,7 +260,7 @@ def nodes(
         return
 
     async def main() -> None:
-        async with PhageClient(url, api_key(key)) as client:
+        async with connect(url, key) as client:
             found = await client.nodes()
         if as_json:
             emit_json([n.model_dump(mode="json") for n in found])
@@ -248,7 +272,7 @@ def nodes(
 
 def _node_action(node_id: str, url: str, key: str | None, action: str, **params: str) -> None:
     async def main() -> None:
-        async with PhageClient(url, api_key(key)) as client:
+        async with connect(url, key) as client:
             node = await client.node_action(node_id, action, **params)
         if isinstance(node, TaskRef):
             console.print(node.id, state_text(node.state))
@@ -324,7 +348,7 @@ def cancel(task_id: str, as_json: JsonOpt = False, url: UrlOpt = DEFAULT_URL, ke
     """Cancel a task."""
 
     async def main() -> None:
-        async with PhageClient(url, api_key(key)) as client:
+        async with connect(url, key) as client:
             t = await client.cancel(task_id)
         if as_json:
             emit_json(t.model_dump(mode="json"))
@@ -346,7 +370,7 @@ def download(
 
     async def main() -> None:
         target = dest or Path(Path(path).name)
-        async with PhageClient(url, api_key(key)) as client:
+        async with connect(url, key) as client:
             with transfer_progress(f"download {path}") as progress:
                 written = await client.download(task_id, path, target, progress=progress)
         err_console.print(f"wrote {written} ({written.stat().st_size} bytes)")
@@ -359,7 +383,7 @@ def watch(as_json: JsonOpt = False, url: UrlOpt = DEFAULT_URL, key: KeyOpt = Non
     """Follow the live feed: every task and node state change."""
 
     async def main() -> None:
-        async with PhageClient(url, _api_key(key)) as client:
+        async with connect(url, key) as client:
             async for ev in client.feed():
                 if as_json:  # one JSON document per line, for scripts that follow the pool
                     print(json.dumps(ev), flush=True)

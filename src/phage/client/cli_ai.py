@@ -7,10 +7,8 @@ import typer
 from rich.table import Table
 
 from phage.api.models import TokenCounts
-from phage.client.cli_common import DEFAULT_URL, JsonOpt, KeyOpt, UrlOpt, console, emit_json
-from phage.client.cli_common import api_key as _api_key
+from phage.client.cli_common import DEFAULT_URL, JsonOpt, KeyOpt, UrlOpt, connect, console, emit_json
 from phage.client.cli_common import run_reporting as _run
-from phage.client.sdk import PhageClient
 
 
 def register(app: typer.Typer) -> None:
@@ -30,7 +28,7 @@ def register(app: typer.Typer) -> None:
         """Create a key; its secret is printed once."""
 
         async def main() -> None:
-            async with PhageClient(url, _api_key(key)) as client:
+            async with connect(url, key) as client:
                 made = await client.create_key(name, role, limit)
             if as_json:
                 emit_json(made.model_dump(mode="json"))
@@ -45,7 +43,7 @@ def register(app: typer.Typer) -> None:
         """Every key, without secrets."""
 
         async def main() -> None:
-            async with PhageClient(url, _api_key(key)) as client:
+            async with connect(url, key) as client:
                 keys = await client.list_keys()
             if as_json:
                 emit_json([k.model_dump(mode="json") for k in keys])
@@ -69,7 +67,7 @@ def register(app: typer.Typer) -> None:
         """Revoke a key: refused from its next request on."""
 
         async def main() -> None:
-            async with PhageClient(url, _api_key(key)) as client:
+            async with connect(url, key) as client:
                 await client.revoke_key(key_id)
             console.print(f"{key_id} [red]revoked[/]")
 
@@ -85,7 +83,7 @@ def register(app: typer.Typer) -> None:
         """Set a key's credit limit (requests past it get 402), or lift it."""
 
         async def main() -> None:
-            async with PhageClient(url, _api_key(key)) as client:
+            async with connect(url, key) as client:
                 await client.set_key_limit(key_id, tokens)
             console.print(f"{key_id}: " + ("no limit" if tokens is None else f"{tokens:,} tokens"))
 
@@ -101,7 +99,7 @@ def register(app: typer.Typer) -> None:
         """Tokens used per API key, by model and by node."""
 
         async def main() -> None:
-            async with PhageClient(url, _api_key(key)) as client:
+            async with connect(url, key) as client:
                 rows = await client.usage(key_id)
             if as_json:
                 emit_json([k.model_dump(mode="json") for k in rows])
@@ -134,7 +132,7 @@ def register(app: typer.Typer) -> None:
         text = sys.stdin.read() if message == "-" else message
 
         async def main() -> None:
-            async with PhageClient(url, _api_key(key), timeout=None) as client:
+            async with connect(url, key, timeout=None) as client:
                 chosen = model or next(iter(await client.models()), None)
                 if chosen is None:
                     console.print("[red]no live node serves a model[/]")

@@ -28,6 +28,7 @@ from rich.progress import Progress as RichProgress
 
 from phage.api.models import Task
 from phage.client._calls import PhageClientError, Progress
+from phage.client.pinning import verify_for
 from phage.client.sdk import PhageClient
 from phage.errors import PhageError
 
@@ -58,6 +59,18 @@ def api_key(key: str | None) -> str:
     if path.exists():
         return path.read_text().strip()
     raise typer.BadParameter("no API key: pass --key or set PHAGE_API_KEY", param_hint="--key")
+
+
+def connect(url: str, key: str | None, *, timeout: float | None = 30.0) -> PhageClient:
+    """An SDK client for a verb, with the key and the TLS trust chosen by ``phage --ca-cert`` /
+    ``--ca-fingerprint`` (which set ``PHAGE_CA_CERT`` / ``PHAGE_CA_FINGERPRINT`` for this process)."""
+    ca_cert = os.environ.get("PHAGE_CA_CERT")
+    verify = verify_for(
+        url,
+        ca_cert=Path(ca_cert) if ca_cert else None,
+        ca_fingerprint=os.environ.get("PHAGE_CA_FINGERPRINT") or None,
+    )
+    return PhageClient(url, api_key(key), timeout=timeout, verify=verify)
 
 
 def run_reporting(coro: Coroutine[Any, Any, T]) -> T:

@@ -202,7 +202,9 @@ def run_coordinator(settings: CoordinatorSettings) -> None:
         # No panel and no wrapping by rich: the join line must survive a copy and paste intact.
         print(info.node_command_lines(), flush=True)
 
-    asyncio.run(run_forever(settings, ready))
+    from phage.client.cli_common import run_reporting
+
+    run_reporting(run_forever(settings, ready))
 
 
 def run_node(config: NodeConfig) -> None:

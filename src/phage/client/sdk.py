@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,13 +33,15 @@ class PhageClient:
         api_key: str,
         *,
         timeout: float | None = 30.0,
-        verify: str | bool = True,
+        verify: ssl.SSLContext | bool = True,
+        ca_fingerprint: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.api_key = api_key
-        self._verify = verify
-        self._http = httpx.AsyncClient(**api.http_options(url, api_key, timeout, verify), transport=transport)
+        options = api.http_options(url, api_key, timeout, verify, ca_fingerprint)
+        self._verify: ssl.SSLContext | bool = options["verify"]
+        self._http = httpx.AsyncClient(**options, transport=transport)
 
     async def __aenter__(self) -> PhageClient:
         return self
@@ -140,14 +143,10 @@ class PhageClient:
 
     async def feed(self) -> AsyncIterator[dict[str, Any]]:
         """Live events from ``WS /api/feed``."""
-        import ssl
-
         import websockets
 
         ws_url = self.url.replace("http://", "ws://").replace("https://", "wss://") + "/api/feed"
-        context: ssl.SSLContext | None = None
-        if ws_url.startswith("wss://") and isinstance(self._verify, str):
-            context = ssl.create_default_context(cafile=self._verify)
+        context = self._verify if isinstance(self._verify, ssl.SSLContext) else None
         async with websockets.connect(
             ws_url,
             additional_headers={"Authorization": f"Bearer {self.api_key}"},

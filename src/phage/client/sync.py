@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,11 +29,14 @@ class Client:
         api_key: str,
         *,
         timeout: float | None = 30.0,
-        verify: str | bool = True,
+        verify: ssl.SSLContext | bool = True,
+        ca_fingerprint: str | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.url = url.rstrip("/")
-        self._http = httpx.Client(**api.http_options(url, api_key, timeout, verify), transport=transport)
+        self._http = httpx.Client(
+            **api.http_options(url, api_key, timeout, verify, ca_fingerprint), transport=transport
+        )
 
     def __enter__(self) -> Client:
         return self

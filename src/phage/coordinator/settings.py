@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from phage.config import Bytes
 
@@ -35,6 +35,16 @@ class CoordinatorSettings(BaseModel):
     """Address the HTTP API listens on (``0.0.0.0`` or ``::`` for every interface)."""
     http_port: int = Field(default=8080, ge=0, le=65535)
     """HTTP API port (0: any free port, written to ``data_dir/coordinator.json``)."""
+    https: bool = False
+    """Serve the HTTP API over TLS. The certificate is ``tls_cert_file`` if set, else one the pool's
+    own CA issues (for ``http_host``, ``advertise_host``, ``https_names`` and localhost); clients pin
+    that CA with ``--ca-fingerprint``, the fingerprint in the join line."""
+    tls_cert_file: Path | None = None
+    """An operator's certificate (PEM, chain after the leaf) for HTTPS; setting it turns HTTPS on."""
+    tls_key_file: Path | None = None
+    """The private key (PEM) of ``tls_cert_file``."""
+    https_names: str = ""
+    """More names or addresses the CA-issued HTTPS certificate is valid for, comma-separated."""
     grpc_host: str = "127.0.0.1"
     """Address the node listeners (mutual TLS and enrollment) bind."""
     grpc_port: int = Field(default=9090, ge=0, le=65535)
@@ -94,6 +104,17 @@ class CoordinatorSettings(BaseModel):
     """Serve the sandrun-compatible pool API (``/submit``, ``/status``, ``/outputs``, ``/pool``) to callers
     without an API key, as sandrun's clients send none. Off by default: anyone reaching the HTTP port
     could submit."""
+
+    @model_validator(mode="after")
+    def _tls_files_together(self) -> CoordinatorSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
+        return self
+
+    @property
+    def serves_https(self) -> bool:
+        """True when the HTTP API is served over TLS."""
+        return self.https or self.tls_cert_file is not None
 
     @property
     def lease_s(self) -> float:
