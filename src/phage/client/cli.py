@@ -31,6 +31,7 @@ from phage.client.cli_common import (
     transfer_progress,
     wait_for,
 )
+from phage.client.cli_ops import register as register_ops
 from phage.client.cli_roles import register as register_roles
 from phage.client.render import nodes_table, state_text, tasks_table
 
@@ -418,6 +419,7 @@ def demo(
 
 
 register_roles(app)
+register_ops(app)
 register_ai_verbs(app)
 
 
