@@ -54,6 +54,13 @@ def _phage_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "phage.client.cli", *args]
 
 
+def phage_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run ``phage ARGS`` to completion (text output captured); ``env`` replaces the environment."""
+    return subprocess.run(_phage_argv(*args), env=env, capture_output=True, text=True, timeout=timeout)
+
+
 @dataclass
 class CoordinatorProcess:
     """A ``phage coordinator`` subprocess with fixed ports (so it can be restarted in place)."""

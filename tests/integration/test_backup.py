@@ -6,12 +6,11 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
-from phage.testing import CoordinatorProcess, NodeProcess, wait_online, wait_tasks_final
+from phage.testing import CoordinatorProcess, NodeProcess, phage_cli, wait_online, wait_tasks_final
 from tests.integration.conftest import job
 
 Pool = Callable[..., tuple[CoordinatorProcess, list[NodeProcess]]]
@@ -19,13 +18,7 @@ Pool = Callable[..., tuple[CoordinatorProcess, list[NodeProcess]]]
 
 def _phage(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PHAGE_")}
-    return subprocess.run(
-        [sys.executable, "-m", "phage.client.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return phage_cli(*args, env=env)
 
 
 def test_backup_live_wipe_restore(pool: Pool, tmp_path: Path) -> None:

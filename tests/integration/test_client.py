@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 
 import phage
 from phage import AsyncClient, Client, Node, PoolStatus, Task
-from phage.testing import CoordinatorProcess, NodeProcess, wait_online
+from phage.testing import CoordinatorProcess, NodeProcess, phage_cli, wait_online
 from tests.integration.conftest import job
 
 Pool = Callable[..., tuple[CoordinatorProcess, list[NodeProcess]]]
@@ -24,13 +23,7 @@ Pool = Callable[..., tuple[CoordinatorProcess, list[NodeProcess]]]
 
 def _cli(coord: CoordinatorProcess, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PHAGE_URL": coord.url, "PHAGE_API_KEY": coord.admin_key}
-    return subprocess.run(
-        [sys.executable, "-m", "phage.client.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return phage_cli(*args, env=env)
 
 
 def _failing_job() -> dict[str, Any]:

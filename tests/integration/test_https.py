@@ -16,7 +16,7 @@ import pytest
 from phage import Client
 from phage.client.pinning import pinned_ca, tls_context
 from phage.pki import CertificateAuthority
-from phage.testing import CoordinatorProcess, NodeProcess, wait_online
+from phage.testing import CoordinatorProcess, NodeProcess, phage_cli, wait_online
 
 
 @pytest.fixture
@@ -35,13 +35,7 @@ def tls_pool(tmp_path: Path) -> Iterator[CoordinatorProcess]:
 def _cli(coord: CoordinatorProcess, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     full = {**os.environ, "PHAGE_URL": coord.url, "PHAGE_API_KEY": coord.admin_key, **env}
     full["XDG_CACHE_HOME"] = env.get("XDG_CACHE_HOME", str(coord.data_dir.parent / "cache"))
-    return subprocess.run(
-        [sys.executable, "-m", "phage.client.cli", *args],
-        env=full,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return phage_cli(*args, env=full)
 
 
 def test_cli_pins_the_pool_ca_like_a_node(tls_pool: CoordinatorProcess) -> None:
