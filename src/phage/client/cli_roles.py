@@ -33,6 +33,7 @@ from phage.config import (
     resolve,
 )
 from phage.coordinator.settings import CoordinatorSettings
+from phage.logs import setup as log_setup
 from phage.node.config import NodeConfig
 
 console = Console()
@@ -78,16 +79,6 @@ NODE = RoleCommand(
     )
 )
 ROLES = (COORDINATOR, NODE)
-
-
-def logging_setup(verbose: bool) -> None:
-    """Plain log lines on stderr; third-party chatter (httpx requests, Alembic's INFO) kept quiet."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("httpx", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def _metavar(model: type[BaseModel], key: str) -> str:
@@ -164,12 +155,13 @@ def role_command(
     def command(**given: Any) -> None:
         config: Path | None = given.pop("config")
         print_config: bool = given.pop("print_config")
-        logging_setup(given.pop("verbose"))
+        verbose: bool = given.pop("verbose")
         try:
             resolved = resolve(cmd.role, flags=_flags(cmd, given), config=config)
         except ConfigError as exc:
             err_console.print(f"[bold red]configuration error[/]: {escape(exc.message)}")
             raise typer.Exit(2) from None
+        log_setup(verbose=verbose, fmt=getattr(resolved.settings, "log_format", "text"))
         if print_config:
             values = resolved.settings.model_dump(mode="json")
             out = {k: {"value": values[k], "source": resolved.sources[k]} for k in values}
@@ -190,6 +182,18 @@ def run_coordinator(settings: CoordinatorSettings) -> None:
     from phage.coordinator.server import ServerInfo, run_forever
 
     def ready(info: ServerInfo) -> None:
+        if settings.log_format == "json":  # a log pipeline gets the addresses as a record, not a banner
+            logging.getLogger("phage.coordinator").info(
+                "ready",
+                extra={
+                    "http_url": info.http_url,
+                    "grpc_address": info.grpc_address,
+                    "enroll_address": info.enroll_address,
+                    "ca_fingerprint": info.ca_fingerprint,
+                    "node_command": info.node_command(),
+                },
+            )
+            return
         console.print(
             f"[bold]phage coordinator[/] {__version__} ready\n"
             f"  HTTP API   {info.http_url}   (docs: {info.http_url}/docs)\n"
@@ -219,8 +223,12 @@ def run_node(config: NodeConfig) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, agent.stop)
-        err_console.print(
-            f"node {agent.node_id} · sandbox [bold]{agent.sandbox.name}[/] · coordinator {config.coordinator}"
+        logging.getLogger("phage.node").info(
+            "node %s · sandbox %s · coordinator %s",
+            agent.node_id,
+            agent.sandbox.name,
+            config.coordinator,
+            extra={"node_id": agent.node_id, "sandbox": agent.sandbox.name},
         )
         await agent.run()
 

@@ -19,6 +19,7 @@ import uvicorn
 from phage.config import ConfigError
 from phage.coordinator.core import Coordinator
 from phage.coordinator.http import create_app
+from phage.coordinator.request_ids import RequestIds
 from phage.coordinator.settings import CoordinatorSettings
 from phage.pki import CertificateAuthority
 from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
@@ -110,7 +111,7 @@ class CoordinatorServer:
 
         tls = https_files(s, c.ca, c.dirs.pki) if s.serves_https else None
         config = uvicorn.Config(
-            create_app(c),
+            RequestIds(create_app(c)),
             host=s.http_host,
             port=s.http_port,
             log_level="warning",

@@ -92,6 +92,8 @@ class CoordinatorSettings(BaseModel):
     """Largest ``max_tokens`` a chat request may ask for."""
     chat_default_max_tokens: int = 1024
     """``max_tokens`` when a chat request does not say."""
+    log_format: Literal["text", "json"] = "text"
+    """Log lines for people (text) or one JSON object per line (json), each with its request id."""
     join_token: str | None = None
     """Fixed join token; default: generated once and kept in ``data_dir/join-token``."""
     admission: Literal["token", "allowlist", "approval", "open"] = "token"

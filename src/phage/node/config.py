@@ -62,6 +62,8 @@ class NodeConfig(BaseModel):
     """Name tasks use for the model (default: from the model directory)."""
     model_memory_bytes: Bytes | None = None
     """Memory a model may use here, e.g. ``24GiB``; default: free VRAM (or available RAM without a GPU)."""
+    log_format: Literal["text", "json"] = "text"
+    """Log lines for people (text) or one JSON object per line (json)."""
     fetch_wait_ms: int = Field(default=20_000, ge=0)
     """How long one long-poll for work waits, in milliseconds."""
     max_log_bytes: Bytes = 64 * 1024
