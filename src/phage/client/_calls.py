@@ -279,3 +279,23 @@ class DownloadSink:
         """Drop the partial file."""
         self._file.close()
         self._tmp.unlink(missing_ok=True)
+
+
+def list_workloads() -> Call[dict[str, Any]]:
+    """Approved workloads and whether the pool enforces them."""
+    return Call("GET", "/api/workloads", dict)
+
+
+def approve_workload(digest: str, name: str) -> Call[dict[str, Any]]:
+    """Approve a workload by digest (admin)."""
+    return Call("POST", "/api/workloads", dict, json={"digest": digest, "name": name})
+
+
+def revoke_workload(digest: str) -> Call[dict[str, Any]]:
+    """Withdraw a workload's approval (admin)."""
+    return Call("DELETE", f"/api/workloads/{quote(digest, safe='')}", dict)
+
+
+def workload_digest(task: dict[str, Any]) -> Call[dict[str, Any]]:
+    """The workload digest a task body would have (nothing is submitted)."""
+    return Call("POST", "/api/workloads/digest", dict, json=task)

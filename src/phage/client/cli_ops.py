@@ -8,7 +8,17 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from phage.client.cli_common import console, emit_json, err_console
+from phage.client import _calls as api
+from phage.client.cli_common import (
+    DEFAULT_URL,
+    KeyOpt,
+    UrlOpt,
+    connect,
+    console,
+    emit_json,
+    err_console,
+    run_reporting,
+)
 from phage.client.cli_roles import COORDINATOR
 from phage.config import resolve
 from phage.coordinator.settings import CoordinatorSettings
@@ -37,7 +47,8 @@ def _fail(exc: PhageError) -> typer.Exit:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``phage backup`` and ``phage restore``."""
+    """Add ``phage backup``, ``phage restore`` and ``phage workloads``."""
+    register_workloads(app)
 
     @app.command()
     def backup(
@@ -98,3 +109,68 @@ def register(app: typer.Typer) -> None:
             f"restored {manifest['tasks']} tasks and {manifest['blobs']} blobs into {settings.data_dir}; "
             "start the coordinator: its nodes reconnect with their certificates"
         )
+
+
+def register_workloads(app: typer.Typer) -> None:
+    """Add ``phage workloads list|approve|revoke|digest``."""
+    workloads = typer.Typer(
+        help="Approved workloads: the code a pool may run when it runs approved code only."
+    )
+    app.add_typer(workloads, name="workloads")
+
+    @workloads.command("list")
+    def workloads_list(url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
+        """Approved workloads (and whether this pool runs only those), as JSON."""
+
+        async def main() -> None:
+            async with connect(url, key) as client:
+                emit_json(await client.call(api.list_workloads()))
+
+        run_reporting(main())
+
+    @workloads.command("approve")
+    def workloads_approve(
+        digest: Annotated[
+            str, typer.Argument(help="sha256:… as a refusal or `phage workloads digest` gives it.")
+        ],
+        name: Annotated[str, typer.Option(help="What it is, for the list.")] = "",
+        url: UrlOpt = DEFAULT_URL,
+        key: KeyOpt = None,
+    ) -> None:
+        """Approve a workload (admin): tasks running this code are accepted from now on."""
+
+        async def main() -> None:
+            async with connect(url, key) as client:
+                await client.call(api.approve_workload(digest, name))
+            console.print(f"{digest} approved")
+
+        run_reporting(main())
+
+    @workloads.command("revoke")
+    def workloads_revoke(digest: str, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
+        """Withdraw an approval (admin); tasks already queued still run."""
+
+        async def main() -> None:
+            async with connect(url, key) as client:
+                await client.call(api.revoke_workload(digest))
+            console.print(f"{digest} no longer approved")
+
+        run_reporting(main())
+
+    @workloads.command("digest")
+    def workloads_digest(
+        task_file: Annotated[Path, typer.Argument(help="A task as JSON (the body of POST /api/tasks).")],
+        url: UrlOpt = DEFAULT_URL,
+        key: KeyOpt = None,
+    ) -> None:
+        """Print the workload digest of a task without submitting it (to ask an admin to approve it)."""
+        import json
+
+        task = json.loads(task_file.read_text())
+
+        async def main() -> None:
+            async with connect(url, key) as client:
+                got = await client.call(api.workload_digest(task))
+            print(got["digest"] or "(no workload: this task runs no code of yours)")
+
+        run_reporting(main())

@@ -33,7 +33,7 @@ from phage import __version__
 from phage.errors import Conflict, InvalidInput, StoreError
 
 FORMAT = 1
-SECRETS = ("admin-key", "join-token", "workers.json")
+SECRETS = ("admin-key", "join-token", "workers.json", "approved-workloads.json")
 PKI = ("pki/ca.pem", "pki/ca-key.pem")
 
 

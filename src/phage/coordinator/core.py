@@ -27,6 +27,8 @@ from phage.coordinator.requests import TaskRequest
 from phage.coordinator.settings import CoordinatorSettings
 from phage.coordinator.state import DataDir
 from phage.coordinator.trust import TrustGuard
+from phage.coordinator.workloads import FILE_NAME as WORKLOADS_FILE
+from phage.coordinator.workloads import ApprovedWorkloads
 from phage.domain import (
     Assignment,
     Attempt,
@@ -105,6 +107,9 @@ class Coordinator:
         self.pool = LivePool()
         self.queue = ReadyQueue()
         self.keys = ApiKeys(self.store)
+        self.workloads = ApprovedWorkloads(
+            self.dirs.root / WORKLOADS_FILE, enforced=settings.approved_workloads_only
+        )
         self.ca: CertificateAuthority | None = None
         self.join_token = ""
         self.admin_key = ""
@@ -189,6 +194,7 @@ class Coordinator:
 
     async def submit(self, requests: Sequence[TaskRequest], principal: Principal) -> list[Task]:
         """Store and queue tasks; nothing is written unless all of them are valid."""
+        self.workloads.check(requests)
         now = self.clock()
         made: list[Task] = []
         for req in requests:

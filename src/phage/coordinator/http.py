@@ -22,6 +22,7 @@ from phage.coordinator.pool_api import install_pool_api
 from phage.coordinator.requests import TaskRequest, parse_task_request
 from phage.coordinator.uploads import multipart_form, read_archive
 from phage.coordinator.views import node_public, task_public
+from phage.coordinator.workloads_api import install_workloads_api
 from phage.domain import TaskState
 from phage.domain.manifest import safe_relative_path
 from phage.errors import InvalidInput, NotFound, PayloadTooLarge, PhageError, Unauthenticated
@@ -314,6 +315,7 @@ def create_app(coordinator: Coordinator) -> FastAPI:
     install_keys(app, c, principal)
     install_admission_api(app, c)
     install_pool_api(app, c)
+    install_workloads_api(app, c, principal)
     install_metrics(app, c)
     install_dashboard(app, c)
     return app

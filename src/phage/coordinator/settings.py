@@ -92,6 +92,9 @@ class CoordinatorSettings(BaseModel):
     """Largest ``max_tokens`` a chat request may ask for."""
     chat_default_max_tokens: int = 1024
     """``max_tokens`` when a chat request does not say."""
+    approved_workloads_only: bool = False
+    """Run only workloads (a job's code, a generate task's verifier) whose digest an admin approved
+    (``phage workloads approve``); anything else is refused at submit."""
     log_format: Literal["text", "json"] = "text"
     """Log lines for people (text) or one JSON object per line (json), each with its request id."""
     join_token: str | None = None
