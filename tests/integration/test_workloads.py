@@ -9,6 +9,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+from phage import Client
 from phage.testing import CoordinatorProcess, NodeProcess, phage_cli, wait_online, wait_tasks_final
 
 
@@ -53,6 +54,9 @@ def test_only_approved_workloads_run(tmp_path: Path) -> None:
             (tmp_path / "task.json").write_text(json.dumps(hello))
             shown = phage_cli("workloads", "digest", str(tmp_path / "task.json"), env=env)
             assert shown.stdout.strip() == digest, shown.stderr
+            with Client(coord.url, coord.admin_key) as sdk:
+                asked = sdk.workload_digest(hello)
+                assert asked.digest == digest and asked.approved is False
             user = c.post("/api/keys", json={"name": "u", "role": "user"}).json()["key"]
             with coord.client(user) as as_user:
                 denied = as_user.post("/api/workloads", json={"digest": digest, "name": "hello"})

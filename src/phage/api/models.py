@@ -226,3 +226,26 @@ class KeyUsage(TokenCounts):
     total_tokens: int = 0
     by_model: dict[str, TokenCounts] = {}
     by_node: dict[str, TokenCounts] = {}
+
+
+class WorkloadApproval(ApiModel):
+    """An approved workload."""
+
+    digest: str
+    name: str = ""
+    approved_at: float | None = None
+    approved_by: str = ""
+
+
+class WorkloadList(ApiModel):
+    """``GET /api/workloads``: whether the pool runs approved workloads only, and the approvals."""
+
+    enforced: bool
+    workloads: list[WorkloadApproval]
+
+
+class WorkloadDigest(ApiModel):
+    """The workload digest a task would have (None: it runs no code of the submitter's)."""
+
+    digest: str | None
+    approved: bool

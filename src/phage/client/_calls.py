@@ -28,6 +28,9 @@ from phage.api.models import (
     Task,
     TaskPage,
     TaskRef,
+    WorkloadApproval,
+    WorkloadDigest,
+    WorkloadList,
 )
 from phage.client.pinning import verify_for
 from phage.errors import PhageError
@@ -281,14 +284,16 @@ class DownloadSink:
         self._tmp.unlink(missing_ok=True)
 
 
-def list_workloads() -> Call[dict[str, Any]]:
+def list_workloads() -> Call[WorkloadList]:
     """Approved workloads and whether the pool enforces them."""
-    return Call("GET", "/api/workloads", dict)
+    return Call("GET", "/api/workloads", WorkloadList.model_validate)
 
 
-def approve_workload(digest: str, name: str) -> Call[dict[str, Any]]:
+def approve_workload(digest: str, name: str) -> Call[WorkloadApproval]:
     """Approve a workload by digest (admin)."""
-    return Call("POST", "/api/workloads", dict, json={"digest": digest, "name": name})
+    return Call(
+        "POST", "/api/workloads", WorkloadApproval.model_validate, json={"digest": digest, "name": name}
+    )
 
 
 def revoke_workload(digest: str) -> Call[dict[str, Any]]:
@@ -296,6 +301,6 @@ def revoke_workload(digest: str) -> Call[dict[str, Any]]:
     return Call("DELETE", f"/api/workloads/{quote(digest, safe='')}", dict)
 
 
-def workload_digest(task: dict[str, Any]) -> Call[dict[str, Any]]:
+def workload_digest(task: dict[str, Any]) -> Call[WorkloadDigest]:
     """The workload digest a task body would have (nothing is submitted)."""
-    return Call("POST", "/api/workloads/digest", dict, json=task)
+    return Call("POST", "/api/workloads/digest", WorkloadDigest.model_validate, json=task)

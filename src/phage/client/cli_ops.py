@@ -124,7 +124,7 @@ def register_workloads(app: typer.Typer) -> None:
 
         async def main() -> None:
             async with connect(url, key) as client:
-                emit_json(await client.call(api.list_workloads()))
+                emit_json((await client.call(api.list_workloads())).model_dump(mode="json"))
 
         run_reporting(main())
 
@@ -171,6 +171,6 @@ def register_workloads(app: typer.Typer) -> None:
         async def main() -> None:
             async with connect(url, key) as client:
                 got = await client.call(api.workload_digest(task))
-            print(got["digest"] or "(no workload: this task runs no code of yours)")
+            print(got.digest or "(no workload: this task runs no code of yours)")
 
         run_reporting(main())

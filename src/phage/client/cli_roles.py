@@ -249,8 +249,11 @@ def register(app: typer.Typer) -> None:
         config: Annotated[Path | None, typer.Option("--config", envvar="PHAGE_CONFIG")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     ) -> None:
-        """Check this machine for a coordinator or node: sandboxes, cgroups, GPUs, engines, ports,
-        clock, disk. Says what to fix; exits 1 when something would stop a role from running."""
+        """Check this machine for a coordinator or a node, and say what to fix.
+
+        Sandboxes, cgroups, GPUs (NVML), engines, extras, ports, clock and disk; exits 1 when
+        something would stop a role from running.
+        """
         from rich.table import Table
 
         from phage.doctor import Context, Finding, Level, diagnose

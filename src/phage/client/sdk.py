@@ -15,7 +15,19 @@ from typing import Any, TypeVar
 
 import httpx
 
-from phage.api.models import ApiKey, KeyUsage, NewApiKey, Node, PoolStatus, Task, TaskPage, TaskRef
+from phage.api.models import (
+    ApiKey,
+    KeyUsage,
+    NewApiKey,
+    Node,
+    PoolStatus,
+    Task,
+    TaskPage,
+    TaskRef,
+    WorkloadApproval,
+    WorkloadDigest,
+    WorkloadList,
+)
 from phage.client import _calls as api
 from phage.client._calls import Call, DownloadSink, PhageClientError, Progress, ProgressReader
 
@@ -179,6 +191,24 @@ class PhageClient:
     async def usage(self, key_id: str | None = None) -> list[KeyUsage]:
         """Token usage per key, by model and by node."""
         return await self.call(api.usage(key_id))
+
+    # ---- approved workloads ------------------------------------------------
+
+    async def list_workloads(self) -> WorkloadList:
+        """Approved workloads, and whether the pool runs only those."""
+        return await self.call(api.list_workloads())
+
+    async def approve_workload(self, digest: str, name: str = "") -> WorkloadApproval:
+        """Approve a workload by its digest (admin)."""
+        return await self.call(api.approve_workload(digest, name))
+
+    async def revoke_workload(self, digest: str) -> dict[str, Any]:
+        """Withdraw an approval (admin)."""
+        return await self.call(api.revoke_workload(digest))
+
+    async def workload_digest(self, task: dict[str, Any]) -> WorkloadDigest:
+        """The digest a task would have, without submitting it."""
+        return await self.call(api.workload_digest(task))
 
     # ---- chat --------------------------------------------------------------
 

@@ -13,7 +13,19 @@ from typing import Any, TypeVar
 
 import httpx
 
-from phage.api.models import ApiKey, KeyUsage, NewApiKey, Node, PoolStatus, Task, TaskPage, TaskRef
+from phage.api.models import (
+    ApiKey,
+    KeyUsage,
+    NewApiKey,
+    Node,
+    PoolStatus,
+    Task,
+    TaskPage,
+    TaskRef,
+    WorkloadApproval,
+    WorkloadDigest,
+    WorkloadList,
+)
 from phage.client import _calls as api
 from phage.client._calls import Call, DownloadSink, Progress, ProgressReader
 
@@ -160,3 +172,21 @@ class Client:
     def models(self) -> list[str]:
         """Models live nodes serve."""
         return self.call(api.models())
+
+    # ---- approved workloads ------------------------------------------------
+
+    def list_workloads(self) -> WorkloadList:
+        """Approved workloads, and whether the pool runs only those."""
+        return self.call(api.list_workloads())
+
+    def approve_workload(self, digest: str, name: str = "") -> WorkloadApproval:
+        """Approve a workload by its digest (admin)."""
+        return self.call(api.approve_workload(digest, name))
+
+    def revoke_workload(self, digest: str) -> dict[str, Any]:
+        """Withdraw an approval (admin)."""
+        return self.call(api.revoke_workload(digest))
+
+    def workload_digest(self, task: dict[str, Any]) -> WorkloadDigest:
+        """The digest a task would have, without submitting it."""
+        return self.call(api.workload_digest(task))
