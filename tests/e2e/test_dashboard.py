@@ -376,3 +376,40 @@ def test_generate_task_shows_every_attempt_with_its_verifier_log(
         for node in nodes:
             node.stop()
         coordinator.stop()
+
+
+def test_training_jobs_show_their_vnode_graph_and_loss_curves(
+    coordinator: CoordinatorProcess, page: Page, tmp_path: Path
+) -> None:
+    pytest.importorskip("torch")
+    datasets = pytest.importorskip("sklearn.datasets")
+    import numpy as np
+
+    from phage.training.data import dataset_bytes
+
+    coord = coordinator
+    nodes = [NodeProcess(coord, tmp_path / f"node-{i}", name=f"trainer-{i}").start() for i in range(2)]
+    try:
+        wait_online(coord, 2)
+        sign_in(page, coord)
+        expect(page.locator("#networks")).to_contain_text("No training jobs yet")
+        d = datasets.load_digits()
+        spec = (Path(__file__).resolve().parents[2] / "examples" / "digits.yaml").read_text()
+        with coord.client() as http:
+            wait_until(lambda: len(http.get("/api/training/hosts").json()["nodes"]) >= 2, 60, what="hosts")
+            blob = dataset_bytes((d.data / 16).astype(np.float32), d.target.astype(np.int64))
+            digest = http.post("/api/datasets", content=blob).json()["sha256"]
+            r = http.post("/api/networks", json={"spec": spec, "dataset": digest, "training": {"epochs": 2}})
+            assert r.status_code == 201, r.text
+        net = page.locator(f'#networks .network[data-network="{r.json()["id"]}"]')
+        expect(net).to_be_visible(timeout=15_000)
+        for vnode in ("stem", "mid", "neck", "out"):
+            expect(net.locator(f'.vnode[data-vnode="{vnode}"]')).to_be_visible()
+        expect(net.locator(".vnode-host").first).to_contain_text("trainer-", timeout=15_000)
+        expect(net.locator(".badge[data-state=completed]")).to_be_visible(timeout=120_000)
+        expect(net).to_contain_text("test accuracy")
+        assert net.locator("polyline.loss").count() == 4
+        shot(page, "10-training")
+    finally:
+        for n in nodes:
+            n.stop()

@@ -16,7 +16,7 @@ from phage.node.connection import Credentials, enroll, open_channel
 from phage.pki import CertificateAuthority, NodeIdentity
 from phage.pki.ca import make_csr
 from phage.pki.enroll import fetch_pinned_ca
-from phage.protocol.convert import result_to_pb
+from phage.protocol.convert import assignment_from_pb, result_to_pb
 from phage.protocol.v1 import phage_pb2 as pb
 from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
 from phage.testing import CoordinatorProcess
@@ -161,7 +161,7 @@ async def test_result_for_someone_elses_assignment_is_refused(coord: Coordinator
         assert [x.task_id for x in got.assignments] == [task["id"]]
         assignment = got.assignments[0].assignment_id
         # b signs properly, but the assignment is a's: refused (and b is quarantined for it)
-        forged = sign_result(b, got.assignments[0], TaskResult(exit_code=0), "none", "")
+        forged = sign_result(b, assignment_from_pb(got.assignments[0]), TaskResult(exit_code=0), "none", "")
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub_b.SubmitResult(result_to_pb(b.node_id, assignment, task["id"], forged), timeout=5)
         assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
@@ -175,7 +175,7 @@ async def test_result_for_someone_elses_assignment_is_refused(coord: Coordinator
             a.node_id,
             assignment,
             task["id"],
-            sign_result(a, got.assignments[0], TaskResult(exit_code=0), "none", ""),
+            sign_result(a, assignment_from_pb(got.assignments[0]), TaskResult(exit_code=0), "none", ""),
         )
         ack = await stub_a.SubmitResult(signed, timeout=5)
         assert ack.accepted and not ack.duplicate

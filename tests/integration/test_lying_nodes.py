@@ -18,7 +18,7 @@ from phage.domain import TaskResult
 from phage.node.attest import attest_result, sign_batch, sign_result
 from phage.node.connection import enroll, open_channel
 from phage.pki import NodeIdentity
-from phage.protocol.convert import result_to_pb
+from phage.protocol.convert import assignment_from_pb, result_to_pb
 from phage.protocol.v1 import phage_pb2 as pb
 from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
 from phage.testing import CoordinatorProcess, wait_until
@@ -58,7 +58,7 @@ class Liar:
         return ack
 
     def signed(self, a: pb.TaskAssignment, result: TaskResult, key: NodeIdentity | None = None) -> TaskResult:
-        return sign_result(key or self.identity, a, result, "none", "")
+        return sign_result(key or self.identity, assignment_from_pb(a), result, "none", "")
 
 
 @pytest.fixture
@@ -236,7 +236,10 @@ async def test_result_altered_inside_a_signed_batch_is_refused(coord: Coordinato
     )
     assert sorted(a.task_id for a in got.assignments) == sorted(ids)
     results = [TaskResult(exit_code=0) for _ in got.assignments]
-    records = [attest_result(a, r, "none", "") for a, r in zip(got.assignments, results, strict=True)]
+    records = [
+        attest_result(assignment_from_pb(a), r, "none", "")
+        for a, r in zip(got.assignments, results, strict=True)
+    ]
     signature = sign_batch(liar.identity, records)
     results[1].exit_code = 1  # changed after the batch was signed
     batch = pb.ResultBatch(
@@ -262,7 +265,10 @@ async def test_honest_signed_batch_is_accepted(coord: CoordinatorProcess, liar: 
         pb.FetchTaskRequest(node_id=liar.id, max_tasks=3, wait_ms=5000), timeout=10
     )
     results = [TaskResult(exit_code=0) for _ in got.assignments]
-    records = [attest_result(a, r, "none", "") for a, r in zip(got.assignments, results, strict=True)]
+    records = [
+        attest_result(assignment_from_pb(a), r, "none", "")
+        for a, r in zip(got.assignments, results, strict=True)
+    ]
     batch = pb.ResultBatch(
         node_id=liar.id,
         results=[

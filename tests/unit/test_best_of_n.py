@@ -40,16 +40,16 @@ class ScriptedEngine(Engine):
         yield Delta("", "stop", prompt_tokens=3, completion_tokens=tokens)
 
 
-SPEC = {
-    "prompt": "write add",
-    "model": "scripted-model",
-    "verifier": "grep -q 'return a + b' solution.py",
-    "max_tokens": 64,
-    "temperature": 0.5,
-    "output_path": "solution.py",
-    "extract": "code",
-    "timeout_s": 10,
-}
+SPEC = GenerateSpec(
+    prompt="write add",
+    model="scripted-model",
+    verifier="grep -q 'return a + b' solution.py",
+    max_tokens=64,
+    temperature=0.5,
+    output_path="solution.py",
+    extract="code",
+    timeout_s=10,
+)
 
 
 async def _attempts(tmp_path: Path, outputs: list[tuple[str, int]]) -> list[Candidate]:

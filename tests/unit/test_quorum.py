@@ -7,7 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from phage.domain import Node, NodeState, OutputFile, Task, TaskKind, TaskResult, TaskState
+from phage.domain import (
+    JobManifest,
+    Node,
+    NodeState,
+    OutputFile,
+    QuorumSpec,
+    Task,
+    TaskKind,
+    TaskResult,
+    TaskSpec,
+    TaskState,
+)
 from phage.domain.ids import new_id
 from phage.domain.quorum import (
     QuorumPolicy,
@@ -213,7 +224,7 @@ def quorum_job(max_attempts: int = 3, replicas: int = 1) -> Task:
         id=new_id("t"),
         kind=TaskKind.JOB,
         state=TaskState.QUEUED,
-        spec={"isolation": "any", "manifest": {"entrypoint": "main.py"}, "quorum": {"min_quorum": 2}},
+        spec=TaskSpec(manifest=JobManifest("main.py"), quorum=QuorumSpec(min_quorum=2)),
         max_attempts=max_attempts,
         created_at=1.0,
         updated_at=1.0,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from phage.domain.generate import GenerateSpec
+from phage.domain.models import QueuedTask
+from phage.domain.spec import TaskSpec
 from phage.scheduler import NodeView, ReadyQueue, eligible, order_key
-from phage.store.base import QueuedTask
 
 BWRAP = NodeView("n-bwrap", free_slots=8, sandboxes=frozenset({"bwrap"}))
 ALL = NodeView("n-all", free_slots=8, sandboxes=frozenset({"bwrap", "gvisor", "none"}))
@@ -15,7 +17,13 @@ BARE = NodeView("n-bare", free_slots=8)  # no sandbox at all
 def qt(
     task_id: str, priority: int = 0, created_at: float = 0.0, kind: str = "job", **spec: Any
 ) -> QueuedTask:
-    return QueuedTask(task_id, kind, priority, created_at, {"isolation": "any", **spec})
+    return QueuedTask(task_id, kind, priority, created_at, _spec(**spec))
+
+
+def _spec(isolation: str = "any", generate: dict[str, Any] | None = None) -> TaskSpec:
+    """A spec with just what placement reads: isolation, and a generate task's model."""
+    gen = GenerateSpec(prompt="p", model=generate["model"], verifier="true") if generate else None
+    return TaskSpec(isolation=isolation, generate=gen)
 
 
 def ids(tasks: list[QueuedTask]) -> list[str]:

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 from phage.coordinator.feed import EventBus
+from phage.domain.generate import GenerateSpec
+from phage.domain.models import QueuedTask
+from phage.domain.spec import TaskSpec
 from phage.scheduler import NodeView, ReadyQueue
-from phage.store import QueuedTask
 
 
-def _t(tid: str, prio: int = 0, age: float = 0.0, kind: str = "job", **spec: object) -> QueuedTask:
-    return QueuedTask(tid, kind, prio, age, {"isolation": "any", **spec})
+def _t(
+    tid: str,
+    prio: int = 0,
+    age: float = 0.0,
+    kind: str = "job",
+    isolation: str = "any",
+    generate: dict[str, str] | None = None,
+) -> QueuedTask:
+    gen = GenerateSpec(prompt="p", model=generate["model"], verifier="true") if generate else None
+    return QueuedTask(tid, kind, prio, age, TaskSpec(isolation=isolation, generate=gen))
 
 
 NODE = NodeView("n", 10, frozenset({"bwrap"}))

@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from phage.domain import AttemptState, OutputFile, Task, TaskKind, TaskResult, TaskState
+from phage.domain import (
+    AttemptState,
+    JobManifest,
+    OutputFile,
+    Task,
+    TaskKind,
+    TaskResult,
+    TaskSpec,
+    TaskState,
+)
 from phage.domain.ids import new_id
 from phage.errors import Conflict, NotFound, PermissionDenied, ProtocolError
 from phage.store import SqlStore, sqlite_url
@@ -24,7 +33,7 @@ def make_task(
         id=new_id("t"),
         kind=kind,
         state=TaskState.QUEUED,
-        spec={"isolation": "any", "manifest": {"entrypoint": "main.py"}},
+        spec=TaskSpec(manifest=JobManifest("main.py")),
         priority=priority,
         max_attempts=max_attempts,
         created_at=created_at,

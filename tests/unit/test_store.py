@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from phage.domain import Node, NodeState, Task, TaskKind, TaskResult, TaskState
+from phage.domain import Node, NodeState, Task, TaskKind, TaskResult, TaskSpec, TaskState
 from phage.errors import Conflict, PermissionDenied, ProtocolError
 from phage.store import SqlStore, sqlite_url
 from phage.store.blobs import BlobStore
@@ -18,7 +18,7 @@ def _task(tid: str, **kw: object) -> Task:
         id=tid,
         kind=TaskKind.NOOP,
         state=TaskState.QUEUED,
-        spec={"isolation": "any"},
+        spec=TaskSpec(),
         created_at=1.0,
         updated_at=1.0,
         **kw,

@@ -33,6 +33,7 @@ from phage.client.cli_common import (
 )
 from phage.client.cli_ops import register as register_ops
 from phage.client.cli_roles import register as register_roles
+from phage.client.cli_train import register as register_train_verbs
 from phage.client.render import nodes_table, state_text, tasks_table
 
 app = typer.Typer(
@@ -421,6 +422,7 @@ def demo(
 register_roles(app)
 register_ops(app)
 register_ai_verbs(app)
+register_train_verbs(app)
 
 
 def main() -> None:

@@ -42,6 +42,9 @@ KeyOpt = Annotated[
     str | None,
     typer.Option("--key", envvar="PHAGE_API_KEY", help="API key (default: the admin key in PHAGE_DATA_DIR)."),
 ]
+DataDirOpt = Annotated[
+    Path, typer.Option("--data-dir", envvar="PHAGE_DATA_DIR", help="Coordinator data directory.")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (one document) instead of a table.")]
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -141,3 +144,7 @@ async def wait_for(client: PhageClient, ids: list[str], *, show: bool = True) ->
             final[tid] = await client.wait(tid, on_change=seen)
             bar.advance(job)
     return [final[t] for t in ids]
+
+
+run = run_reporting
+"""The name the training verbs use."""

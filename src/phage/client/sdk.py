@@ -235,3 +235,39 @@ class PhageClient:
                 if isinstance(chunk.get("error"), dict):
                     raise PhageClientError(503, {"message": chunk["error"].get("message", "chat failed")})
                 yield chunk
+
+    async def _json(self, response: httpx.Response) -> Any:
+        api.raise_for_error(response)
+        return response.json()
+
+    # ---- composable networks ---------------------------------------------------------
+
+    async def upload_dataset(self, data: bytes) -> str:
+        """Upload a dataset (an ``.npz`` or safetensors file with ``x`` and ``y``); returns its sha256."""
+        resp = await self._http.post("/api/datasets", content=data, timeout=None)
+        return str((await self._json(resp))["sha256"])
+
+    async def train(self, spec: dict[str, Any] | str, dataset: str, **training: Any) -> dict[str, Any]:
+        """Start training a network (spec as an object or JSON/YAML text) on an uploaded dataset."""
+        body = {"spec": spec, "dataset": dataset, "training": training}
+        return dict(await self._json(await self._http.post("/api/networks", json=body)))
+
+    async def network(self, network_id: str) -> dict[str, Any]:
+        """A training job: its VNodes, where they run, their progress."""
+        return dict(await self._json(await self._http.get(f"/api/networks/{network_id}")))
+
+    async def networks(self) -> list[dict[str, Any]]:
+        """Training jobs, newest first."""
+        return list((await self._json(await self._http.get("/api/networks")))["networks"])
+
+    async def forward(self, network_id: str, inputs: list[Any]) -> dict[str, Any]:
+        """Run a trained network on rows of inputs."""
+        resp = await self._http.post(f"/api/networks/{network_id}/forward", json={"inputs": inputs})
+        return dict(await self._json(resp))
+
+    async def network_weights(self, network_id: str) -> bytes:
+        """A trained network as one safetensors file."""
+        resp = await self._http.get(f"/api/networks/{network_id}/weights", timeout=None)
+        if resp.status_code >= 400:
+            await self._json(resp)
+        return resp.content

@@ -35,16 +35,17 @@ import hmac
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from phage.coordinator.pool import LiveNode
+from phage.coordinator.feed import EventBus
+from phage.coordinator.ledger import TaskLedger
+from phage.coordinator.pool import LiveNode, LivePool
 from phage.domain import Node, NodeState
 from phage.errors import Conflict, InvalidInput, NotFound, PermissionDenied, Unauthenticated
-
-if TYPE_CHECKING:
-    from phage.coordinator.core import Coordinator
+from phage.store import SqlStore
 
 log = logging.getLogger("phage.admission")
 
@@ -166,10 +167,22 @@ def admission_state(node: Node) -> str:
 class Admission:
     """The admission policy in force, and the admin actions on it (approve, reject, drain, caps)."""
 
-    def __init__(self, coordinator: Coordinator) -> None:
-        self.c = coordinator
-        self.mode = AdmissionMode(coordinator.settings.admission)
-        self.workers = WorkersFile(coordinator.settings.workers_path)
+    def __init__(
+        self,
+        mode: str,
+        workers_path: Path,
+        *,
+        store: SqlStore,
+        pool: LivePool,
+        ledger: TaskLedger,
+        bus: EventBus,
+        clock: Callable[[], float],
+    ) -> None:
+        self.mode = AdmissionMode(mode)
+        self.workers = WorkersFile(workers_path)
+        self.store, self.pool, self.ledger, self.bus, self.clock = store, pool, ledger, bus, clock
+        self.join_token = ""
+        """The pool's join token: read from the data directory when the coordinator starts."""
 
     # ---- lifecycle ---------------------------------------------------------
 
@@ -195,7 +208,7 @@ class Admission:
 
     async def reconcile(self) -> None:
         """Make every known node agree with the allowlist: refuse the unlisted, update caps."""
-        for live in list(self.c.pool.nodes.values()):
+        for live in list(self.pool.nodes.values()):
             node = live.node
             if node.state.shut_out:
                 continue
@@ -204,7 +217,7 @@ class Admission:
                 await self._shut_out(live, NodeState.REFUSED, "no longer in the workers file")
             elif entry.max_concurrent_jobs != node.max_jobs:
                 node.max_jobs = entry.max_concurrent_jobs
-                await self.c.store.set_admission(node.id, max_jobs=node.max_jobs)
+                await self.store.set_admission(node.id, max_jobs=node.max_jobs)
                 live.wake.set()
 
     # ---- registering -------------------------------------------------------
@@ -213,7 +226,7 @@ class Admission:
         """Refuse a wrong join token where this mode needs one."""
         if self.mode in (AdmissionMode.ALLOWLIST, AdmissionMode.OPEN):
             return
-        if not hmac.compare_digest(join_token.encode(), self.c.join_token.encode()):
+        if not hmac.compare_digest(join_token.encode(), self.join_token.encode()):
             raise Unauthenticated("join token is not valid for this pool", field="join_token")
 
     async def admit(self, node_id: str, existing: Node | None) -> Admitted:
@@ -267,17 +280,11 @@ class Admission:
             return max(0, min(max_tasks, node.max_jobs - held))
         return min(max_tasks, max(0, 2 * node.max_concurrency - held))
 
-    @staticmethod
-    def accepts_work(live: LiveNode) -> bool:
-        """True when the node may be handed new work at all."""
-        node = live.node
-        return node.state is NodeState.ONLINE and not node.draining and not node.quarantined
-
     # ---- admin -------------------------------------------------------------
 
     def get(self, node_id: str) -> LiveNode:
         """A node the pool knows (removed ones excepted), or NotFound naming it."""
-        live = self.c.pool.nodes.get(node_id)
+        live = self.pool.nodes.get(node_id)
         if live is None:
             raise NotFound(f"no node {node_id!r}", field="id")
         return live
@@ -294,17 +301,15 @@ class Admission:
             values["max_jobs"] = max_jobs
         if node.state is NodeState.PENDING:
             values["state"] = NodeState.ONLINE
-        await self.c.store.set_admission(node_id, **values)
+        await self.store.set_admission(node_id, **values)
         node.trusted = trusted
         if max_jobs is not None:
             node.max_jobs = max_jobs
         if node.state is NodeState.PENDING:
             node.state = NodeState.ONLINE
-            live.last_seen = max(live.last_seen, self.c.clock())
+            live.last_seen = max(live.last_seen, self.clock())
             log.info("node %s (%s) approved (%s)", node.name, node_id, "trusted" if trusted else "untrusted")
-            self.c.bus.node(
-                node_id, NodeState.ONLINE.value, name=node.name, event="approved", trusted=trusted
-            )
+            self.bus.node(node_id, NodeState.ONLINE.value, name=node.name, event="approved", trusted=trusted)
         live.wake.set()
         return live
 
@@ -318,16 +323,16 @@ class Admission:
     async def set_draining(self, node_id: str, draining: bool) -> LiveNode:
         """Drain (finish what it holds, take no more) or undrain a node."""
         live = self.get(node_id)
-        await self.c.store.set_admission(node_id, draining=draining)
+        await self.store.set_admission(node_id, draining=draining)
         live.node.draining = draining
         live.wake.set()
-        self.c.bus.node(node_id, live.node.state.value, name=live.node.name, draining=draining)
+        self.bus.node(node_id, live.node.state.value, name=live.node.name, draining=draining)
         return live
 
     async def set_trusted(self, node_id: str, trusted: bool) -> LiveNode:
         """Mark a node trusted or untrusted (untrusted results are re-verified); no state change."""
         live = self.get(node_id)
-        await self.c.store.set_admission(node_id, trusted=trusted)
+        await self.store.set_admission(node_id, trusted=trusted)
         live.node.trusted = trusted
         return live
 
@@ -335,7 +340,7 @@ class Admission:
         """Cap (or uncap, with None) how many assignments a node holds at once."""
         live = self.get(node_id)
         self._check_cap_settable(max_jobs, explicit=True)
-        await self.c.store.set_admission(node_id, max_jobs=max_jobs)
+        await self.store.set_admission(node_id, max_jobs=max_jobs)
         live.node.max_jobs = max_jobs
         live.wake.set()
         return live
@@ -350,9 +355,9 @@ class Admission:
     async def _shut_out(self, live: LiveNode, state: NodeState, reason: str) -> None:
         """Refuse a node's RPCs from now on and requeue its open work; it stays listed."""
         node = live.node
-        await self.c.store.set_admission(node.id, state=state)
+        await self.store.set_admission(node.id, state=state)
         node.state = state
-        await self.c._lose(list(live.attempts), f"node {state.value}: {reason}")
+        await self.ledger.lose(list(live.attempts), f"node {state.value}: {reason}")
         live.wake.set()
         log.warning("node %s (%s) %s: %s", node.name, node.id, state.value, reason)
-        self.c.bus.node(node.id, state.value, name=node.name, reason=reason)
+        self.bus.node(node.id, state.value, name=node.name, reason=reason)

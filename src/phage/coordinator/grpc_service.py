@@ -58,7 +58,7 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
     async def Register(
         self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RegisterResponse:
-        reg = await self.c.register(
+        reg = await self.c.nodes.register(
             join_token=request.join_token,
             public_key=request.identity_public_key,
             csr_pem=request.csr_pem,
@@ -80,8 +80,8 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
     async def Heartbeat(
         self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.HeartbeatResponse:
-        live = self.c.authenticate_node(_peer_node_id(context), request.node_id)
-        cancels, unknown = await self.c.heartbeat(
+        live = self.c.nodes.authenticate(_peer_node_id(context), request.node_id)
+        cancels, unknown = await self.c.nodes.heartbeat(
             live, convert.metrics_to_dict(request.metrics), list(request.running_assignment_ids)
         )
         return pb.HeartbeatResponse(
@@ -96,8 +96,8 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
     async def FetchTask(
         self, request: pb.FetchTaskRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.FetchTaskResponse:
-        live = self.c.authenticate_node(_peer_node_id(context), request.node_id)
-        dispatches, cancels = await self.c.fetch(live, request.max_tasks, request.wait_ms)
+        live = self.c.nodes.authenticate(_peer_node_id(context), request.node_id)
+        dispatches, cancels = await self.c.dispatch.fetch(live, request.max_tasks, request.wait_ms)
         return pb.FetchTaskResponse(
             assignments=[convert.dispatch_to_pb(d, self.c.settings.max_output_bytes) for d in dispatches],
             cancel_assignment_ids=cancels,
@@ -107,27 +107,29 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
     async def StartTasks(
         self, request: pb.StartTasksRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.StartTasksResponse:
-        live = self.c.authenticate_node(_peer_node_id(context), request.node_id)
-        cancels = await self.c.start_tasks(live, list(request.assignment_ids))
+        live = self.c.nodes.authenticate(_peer_node_id(context), request.node_id)
+        cancels = await self.c.dispatch.start_tasks(live, list(request.assignment_ids))
         return pb.StartTasksResponse(cancel_assignment_ids=cancels)
 
     @_edge
     async def SubmitResult(
         self, request: pb.TaskResult, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ResultAck:
-        live = self.c.authenticate_node(_peer_node_id(context), request.node_id)
-        outcome = await self.c.submit_result(live, request.assignment_id, convert.result_from_pb(request))
+        live = self.c.nodes.authenticate(_peer_node_id(context), request.node_id)
+        outcome = await self.c.results.submit_one(
+            live, request.assignment_id, convert.result_from_pb(request)
+        )
         return pb.ResultAck(accepted=outcome.accepted, duplicate=outcome.duplicate, message=outcome.message)
 
     @_edge
     async def SubmitResults(
         self, request: pb.ResultBatch, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ResultBatchAck:
-        live = self.c.authenticate_node(_peer_node_id(context), request.node_id)
+        live = self.c.nodes.authenticate(_peer_node_id(context), request.node_id)
         items = [(r.assignment_id, convert.result_from_pb(r)) for r in request.results]
         acks = []
         signature = request.batch_signature or None
-        outcomes = await self.c.submit_results(live, items, signature)
+        outcomes = await self.c.results.submit(live, items, signature)
         for (aid, _), outcome in zip(items, outcomes, strict=True):
             if isinstance(outcome, PhageError):
                 acks.append(
@@ -150,7 +152,7 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
     async def ReportMetrics(
         self, request: pb.MetricsReport, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.MetricsAck:
-        live = self.c.authenticate_node(_peer_node_id(context), request.node_id)
+        live = self.c.nodes.authenticate(_peer_node_id(context), request.node_id)
         live.metrics["samples"] = {s.name: s.value for s in request.samples}
         return pb.MetricsAck()
 
@@ -158,7 +160,7 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
         self, request_iterator: AsyncIterator[pb.BlobChunk], context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.BlobRef:
         try:
-            self.c.authenticate_node(_peer_node_id(context), "")
+            self.c.nodes.authenticate(_peer_node_id(context), "")
             limit = self.c.settings.max_output_bytes
             writer = self.c.blobs.writer(limit)
             expected: str | None = None
@@ -187,16 +189,9 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
         self, request: pb.BlobRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.BlobChunk]:
         try:
-            live = self.c.authenticate_node(_peer_node_id(context), "")
+            live = self.c.nodes.authenticate(_peer_node_id(context), "")
             digest = check_digest(request.sha256)
-            # a node may only read workspaces of tasks it currently holds
-            allowed = False
-            for aid in list(live.attempts):
-                att = self.c.pool.attempts.get(aid)
-                if att is not None and digest == await self._workspace_of(att.task_id):
-                    allowed = True
-                    break
-            if not allowed:
+            if not self.c.dispatch.holds_workspace(live, digest):
                 raise InvalidInput("that blob is not a workspace of any task this node holds", field="sha256")
             path = self.c.blobs.path(digest)
         except PhageError as exc:
@@ -210,7 +205,7 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
         self, request: pb.ChatSubscribe, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.ChatOrder]:
         try:
-            live = self.c.authenticate_node(_peer_node_id(context), request.node_id)
+            live = self.c.nodes.authenticate(_peer_node_id(context), request.node_id)
         except PhageError as exc:
             await context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
             raise
@@ -221,7 +216,7 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
         self, request_iterator: AsyncIterator[pb.ChatChunk], context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ChatStreamAck:
         try:
-            live = self.c.authenticate_node(_peer_node_id(context), "")
+            live = self.c.nodes.authenticate(_peer_node_id(context), "")
             stopped = await self.c.chat.receive(live.node.id, request_iterator)
         except PhageError as exc:
             await context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
@@ -229,7 +224,3 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
         if stopped:  # the client left before the node began: end the call so the node stops
             await context.abort(grpc.StatusCode.CANCELLED, "the chat's client went away")
         return pb.ChatStreamAck(cancelled=stopped)
-
-    async def _workspace_of(self, task_id: str) -> str:
-        task = await self.c.store.get_task(task_id)
-        return str(task.spec.get("workspace", "")) if task else ""

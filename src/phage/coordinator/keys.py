@@ -11,6 +11,7 @@ from phage.domain.ids import new_id
 from phage.errors import PermissionDenied, Unauthenticated
 from phage.store import SqlStore
 from phage.store.base import ApiKeyRecord
+from phage.store.sql_usage import UsageRow
 
 ROLES = ("admin", "user")
 
@@ -87,3 +88,32 @@ class ApiKeys:
         if record is None or record.revoked:
             raise Unauthenticated("API key is not valid", field="Authorization")
         return Principal(record.id, record.name, record.role, record.credit_limit_tokens)
+
+    async def all(self) -> list[ApiKeyRecord]:
+        """Every key, without secrets."""
+        return await self._store.list_api_keys()
+
+    async def set_credit_limit(self, key_id: str, limit: int | None) -> None:
+        """Set (or lift, with None) a key's credit limit in tokens."""
+        await self._store.set_credit_limit(key_id, limit)
+        self.forget()
+
+    async def revoke(self, key_id: str) -> None:
+        """Refuse the key from the next request on."""
+        await self._store.revoke_api_key(key_id)
+        self.forget()
+
+    async def usage(self, key_id: str | None) -> tuple[list[UsageRow], dict[str, ApiKeyRecord]]:
+        """Usage rows (one key's, or everyone's with None) and every key by id."""
+        rows = await self._store.usage_rows(key_id)
+        return rows, {k.id: k for k in await self._store.list_api_keys()}
+
+    async def tokens_used(self, key_id: str) -> int:
+        """Tokens the key has used in all."""
+        return await self._store.tokens_used(key_id)
+
+    async def add_usage(
+        self, key_id: str, model: str, node_id: str, prompt: int, completion: int, now: float
+    ) -> None:
+        """Meter one chat completion against the key."""
+        await self._store.add_usage(key_id, model, node_id, prompt, completion, now)

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 
+from phage.coordinator.bodies import parse_json, read_body
 from phage.coordinator.core import Coordinator
 from phage.coordinator.keys import ROLES, Principal
 from phage.errors import InvalidInput, NotFound
@@ -59,8 +60,6 @@ def install_keys(
     Caller = Annotated[Principal, Depends(principal)]
 
     async def body_of(request: Request) -> dict[str, Any]:
-        from phage.coordinator.http import parse_json, read_body
-
         raw = await read_body(request, c.settings.max_request_bytes)
         data = parse_json(raw) if raw.strip() else {}
         if not isinstance(data, dict):
@@ -86,7 +85,7 @@ def install_keys(
         limit = _limit(body)
         key_id, secret = await c.keys.create(name.strip(), role, c.clock())
         if limit is not None:
-            await c.store.set_credit_limit(key_id, limit)
+            await c.keys.set_credit_limit(key_id, limit)
         return {"id": key_id, "name": name.strip(), "role": role, "credit_limit_tokens": limit, "key": secret}
 
     @app.get("/api/keys", tags=["keys"])
@@ -103,7 +102,7 @@ def install_keys(
                     "revoked": k.revoked,
                     "credit_limit_tokens": k.credit_limit_tokens,
                 }
-                for k in await c.store.list_api_keys()
+                for k in await c.keys.all()
             ]
         }
 
@@ -114,8 +113,7 @@ def install_keys(
         body = await body_of(request)
         if set(body) != {"credit_limit_tokens"}:
             raise InvalidInput('send {"credit_limit_tokens": N or null}', field="credit_limit_tokens")
-        await c.store.set_credit_limit(key_id, _limit(body))
-        c.keys.forget()
+        await c.keys.set_credit_limit(key_id, _limit(body))
         return {"id": key_id, "credit_limit_tokens": body["credit_limit_tokens"]}
 
     @app.delete("/api/keys/{key_id}", tags=["keys"])
@@ -124,8 +122,7 @@ def install_keys(
         who.require_admin()
         if key_id == who.key_id:
             raise InvalidInput("refusing to revoke the key making this request", field="key_id")
-        await c.store.revoke_api_key(key_id)
-        c.keys.forget()
+        await c.keys.revoke(key_id)
         return {"id": key_id, "revoked": True}
 
     @app.get("/api/usage", tags=["keys"])
@@ -135,8 +132,7 @@ def install_keys(
             who.require_admin()
         if not who.is_admin:
             key_id = who.key_id
-        rows = await c.store.usage_rows(key_id)
-        keys = {k.id: k for k in await c.store.list_api_keys()}
+        rows, keys = await c.keys.usage(key_id)
         if key_id is not None and key_id not in keys:
             raise NotFound(f"no API key {key_id!r}", field="key_id")
         by_key: dict[str, list[UsageRow]] = {k: [] for k in ([key_id] if key_id else keys)}

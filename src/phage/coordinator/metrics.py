@@ -84,12 +84,12 @@ class PoolCollector(Collector):
             "phage_open_attempts", "Assignments held by nodes right now", value=len(c.pool.attempts)
         )
         yield CounterMetricFamily(
-            "phage_tasks_submitted", "Tasks accepted by this process", value=c.counters.get("submitted", 0)
+            "phage_tasks_submitted", "Tasks accepted by this process", value=c.counters.submitted
         )
         yield CounterMetricFamily(
             "phage_tasks_requeued",
             "Times a task went back to the queue for another attempt",
-            value=c.counters.get("requeued", 0),
+            value=c.counters.requeued,
         )
         yield CounterMetricFamily(
             "phage_feed_events_dropped",
@@ -235,7 +235,7 @@ class FeedMetrics:
                     continue
                 for att in await self._c.store.attempts_for(task_id):
                     if att.result is not None and att.result.completion_tokens:
-                        model = att.result.model or str((task.spec.get("generate") or {}).get("model", ""))
+                        model = att.result.model or (task.spec.model or "")
                         self.tokens.labels(model).inc(att.result.completion_tokens)
             except Exception:
                 log.exception("could not count the tokens of task %s", task_id)

@@ -79,13 +79,13 @@ class ChatService:
 
     def candidates(self, model: str) -> list[str]:
         """Live, admitted, unquarantined nodes serving ``model``."""
-        return [live.node.id for live in self.c.chat_nodes() if model in self.c.models_of(live)]
+        return [live.node.id for live in self.c.chat_nodes() if model in live.models()]
 
     async def check_credit(self, who: Principal) -> None:
         """402 when the key's credit limit is spent."""
         limit = who.credit_limit_tokens
         if limit is not None:
-            used = await self.c.store.tokens_used(who.key_id)
+            used = await self.c.keys.tokens_used(who.key_id)
             if used >= limit:
                 raise PaymentRequired(
                     f"this API key has used {used} of its {limit} tokens", field="Authorization"
@@ -133,8 +133,8 @@ class ChatService:
         yield Piece(error=last_error)
 
     async def _meter(self, who: Principal, call: ChatCall, prompt: int, completion: int) -> None:
-        self.c.counters["chat_completions"] = self.c.counters.get("chat_completions", 0) + 1
-        await self.c.store.add_usage(who.key_id, call.model, call.node_id, prompt, completion, self.c.clock())
+        self.c.counters.chat_completions += 1
+        await self.c.keys.add_usage(who.key_id, call.model, call.node_id, prompt, completion, self.c.clock())
 
 
 def _sse(obj: dict[str, Any]) -> bytes:
@@ -153,7 +153,7 @@ def install_openai(app: FastAPI, c: Coordinator, read_json: Callable[[Request], 
             await c.keys.authenticate(request.headers.get("authorization"))
         except PhageError as exc:
             return openai_error(exc)
-        served = sorted({m for live in c.chat_nodes() for m in c.models_of(live)})
+        served = sorted({m for live in c.chat_nodes() for m in live.models()})
         data = [
             {"id": m, "object": "model", "created": int(c.started_at), "owned_by": "phage"} for m in served
         ]
@@ -170,7 +170,7 @@ def install_openai(app: FastAPI, c: Coordinator, read_json: Callable[[Request], 
                 default_max_tokens=s.chat_default_max_tokens,
             )
             if not service.candidates(params.model):
-                served = sorted({m for live in c.chat_nodes() for m in c.models_of(live)})
+                served = sorted({m for live in c.chat_nodes() for m in live.models()})
                 raise NotFound(
                     f"the model {params.model!r} does not exist or no live node serves it "
                     f"(served: {', '.join(served) or 'none'})",

@@ -12,14 +12,13 @@ offers.
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
+from phage.coordinator.chat import ChatRouter
+from phage.coordinator.pool import LiveNode, LivePool
 from phage.errors import InvalidInput
+from phage.scheduler import ReadyQueue
 from phage.scheduler.models import describe, estimate_bytes
-
-if TYPE_CHECKING:
-    from phage.coordinator.core import Coordinator
-    from phage.coordinator.pool import LiveNode
 
 GROW_FACTOR = 2
 """A model's queue 'grows' past its nodes when it holds more than this many tasks per serving slot."""
@@ -28,8 +27,16 @@ GROW_FACTOR = 2
 class ModelPlacement:
     """Memory fit, load requests, and the measured sizes nodes report."""
 
-    def __init__(self, coordinator: Coordinator, *, load_timeout_s: float = 600.0) -> None:
-        self.c = coordinator
+    def __init__(
+        self,
+        pool: LivePool,
+        queue: ReadyQueue,
+        chat: ChatRouter,
+        clock: Callable[[], float],
+        *,
+        load_timeout_s: float = 600.0,
+    ) -> None:
+        self.pool, self.queue, self.chat, self.clock = pool, queue, chat, clock
         self.measured: dict[str, int] = {}
         """Model -> bytes, as measured by a node that has it loaded."""
         self.loading: dict[str, tuple[str, float]] = {}
@@ -48,11 +55,11 @@ class ModelPlacement:
         asked = self.loading.get(live.node.id)
         if asked is None:
             return
-        if asked[0] in self.c.models_of(live):
+        if asked[0] in live.models():
             del self.loading[live.node.id]
-        elif self.c.clock() - asked[1] > self.load_timeout_s:
+        elif self.clock() - asked[1] > self.load_timeout_s:
             del self.loading[live.node.id]
-            self.failed[(live.node.id, asked[0])] = self.c.clock()
+            self.failed[(live.node.id, asked[0])] = self.clock()
 
     @staticmethod
     def memory_of(live: LiveNode) -> int | None:
@@ -78,13 +85,13 @@ class ModelPlacement:
 
     def check_submit(self, model: str) -> None:
         """Refuse a model no registered node serves or could load, naming what it needs."""
-        nodes = [n for n in self.c.pool.nodes.values() if n.node.state.value != "removed"]
-        if any(model in self.c.models_of(n) for n in nodes):
+        nodes = [n for n in self.pool.nodes.values() if n.node.state.value != "removed"]
+        if any(model in n.models() for n in nodes):
             return
         loaders = [n for n in nodes if self.can_load(n)]
         if any(self.fits(model, n) for n in loaders):
             return
-        served = ", ".join(sorted({m for n in nodes for m in self.c.models_of(n)})) or "none"
+        served = ", ".join(sorted({m for n in nodes for m in n.models()})) or "none"
         if loaders:
             biggest = max((self.memory_of(n) or 0) for n in loaders)
             raise InvalidInput(
@@ -105,24 +112,24 @@ class ModelPlacement:
         """The model this node should load now, or "" (called on each of its heartbeats)."""
         if not (live.online and self.can_load(live)) or live.node.quarantined or live.node.draining:
             return ""
-        if live.attempts or self.c.chat.active_on(live.node.id):
+        if live.attempts or self.chat.active_on(live.node.id):
             return ""  # busy: a switch would kill its work and its chats
         if live.node.id in self.loading:
             return self.loading[live.node.id][0]  # repeat the ask until it lands
-        demand = self.c.queue.depth_by_model()
+        demand = self.queue.depth_by_model()
         if not demand:
             return ""
-        mine = self.c.models_of(live)
+        mine = live.models()
         if any(demand.get(m) for m in mine):
             return ""  # its own model still has queued work: stay (sticky)
         serving: Counter[str] = Counter()
-        for other in self.c.pool.online_nodes():
+        for other in self.pool.online_nodes():
             if other.node.quarantined or other.node.draining:
                 continue  # takes no work: not capacity
-            for m in self.c.models_of(other):
+            for m in other.models():
                 serving[m] += max(1, other.node.max_concurrency)
         for node_id, (m, _) in list(self.loading.items()):
-            loader = self.c.pool.nodes.get(node_id)
+            loader = self.pool.nodes.get(node_id)
             if loader is None or not loader.online:
                 del self.loading[node_id]  # it died or left while loading
             elif node_id != live.node.id:
@@ -132,9 +139,9 @@ class ModelPlacement:
         for model in ranked:
             starved = serving[model] == 0 or demand[model] > GROW_FACTOR * serving[model]
             failed_at = self.failed.get((live.node.id, model))
-            if failed_at is not None and self.c.clock() - failed_at < self.load_timeout_s:
+            if failed_at is not None and self.clock() - failed_at < self.load_timeout_s:
                 continue  # it could not load this model lately; ask another node
             if starved and self.fits(model, live):
-                self.loading[live.node.id] = (model, self.c.clock())
+                self.loading[live.node.id] = (model, self.clock())
                 return model
         return ""

@@ -10,7 +10,8 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from phage.domain import Node, NodeState
+from phage.domain import Node, NodeState, TaskSpec
+from phage.scheduler import NodeView
 
 
 @dataclass(slots=True)
@@ -22,7 +23,7 @@ class OpenAttempt:
     node_id: str
     lease_expires_at: float
     kind: str = ""
-    spec: dict[str, Any] = field(default_factory=dict)
+    spec: TaskSpec = field(default_factory=TaskSpec)
     input_sha256: str = ""
     """What the node must attest it was given."""
 
@@ -49,6 +50,36 @@ class LiveNode:
     def online(self) -> bool:
         """True while the node is counted alive."""
         return self.node.state is NodeState.ONLINE
+
+    @property
+    def accepts_work(self) -> bool:
+        """True when the node may be handed new work at all."""
+        node = self.node
+        return node.state is NodeState.ONLINE and not node.draining and not node.quarantined
+
+    def models(self) -> list[str]:
+        """Models the node serves now: what its engine reports (at least the loaded one)."""
+        models = self.metrics.get("models") or self.node.hardware.get("models") or []
+        if self.node.loaded_model and self.node.loaded_model not in models:
+            return [self.node.loaded_model, *models]
+        return list(models)
+
+    @property
+    def gpus(self) -> list[dict[str, Any]]:
+        """The node's GPUs with their latest figures (from its heartbeat, else its registration)."""
+        return list(self.metrics.get("gpus") or self.node.hardware.get("gpus", []))
+
+    def vram_bytes(self) -> tuple[int, int]:
+        """(total, used) GPU memory over all its GPUs."""
+        gpus = self.gpus
+        return (
+            sum(int(g.get("vram_total_bytes", 0)) for g in gpus),
+            sum(int(g.get("vram_used_bytes", 0)) for g in gpus),
+        )
+
+    def view(self, slots: int = 1) -> NodeView:
+        """What the scheduler needs to know of this node to match tasks against it."""
+        return NodeView(self.node.id, slots, frozenset(self.node.sandboxes), frozenset(self.models()))
 
 
 class LivePool:

@@ -33,6 +33,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, Response
 from starlette.datastructures import UploadFile
 
+from phage.coordinator.bodies import parse_json
 from phage.coordinator.core import Coordinator
 from phage.coordinator.keys import Principal
 from phage.coordinator.pool import LiveNode
@@ -123,8 +124,6 @@ def worker_public(live: LiveNode | None, endpoint: str, worker_id: str) -> dict[
 
 def install_pool_api(app: FastAPI, coordinator: Coordinator) -> None:
     """Add seed 002's pool routes to the coordinator's HTTP app."""
-    from phage.coordinator.http import parse_json  # http.py installs this module: import late
-
     c = coordinator
     s = c.settings
 
@@ -144,10 +143,13 @@ def install_pool_api(app: FastAPI, coordinator: Coordinator) -> None:
             raise
 
     async def visible(job_id: str, who: Principal) -> tuple[Task, list[Attempt]]:
-        task = await c.store.get_task(job_id)
+        try:
+            task, attempts = await c.ledger.get(job_id)
+        except NotFound:
+            task, attempts = None, []
         if task is None or (not who.is_admin and task.owner != who.key_id):
             raise NotFound(f"no job {job_id!r}", field="job_id")
-        return task, await c.store.attempts_for(job_id)
+        return task, attempts
 
     async def read_form(request: Request) -> tuple[Any, bytes]:
         """The ``manifest`` (parsed JSON) and ``files`` (archive bytes) fields, within the limits."""
@@ -196,7 +198,7 @@ def install_pool_api(app: FastAPI, coordinator: Coordinator) -> None:
                 raise
             # the same check as POST /api/tasks, named after the field this API's clients sent
             raise type(exc)(exc.message, field="files") from None
-        (task,) = await c.submit([req], who)
+        (task,) = await c.intake.submit([req], who)
         return {"job_id": task.id, "status": POOL_STATUS[task.state]}
 
     @app.get("/status/{job_id}", tags=[TAG])
@@ -221,10 +223,10 @@ def install_pool_api(app: FastAPI, coordinator: Coordinator) -> None:
     @app.get("/pool", tags=[TAG])
     async def pool_summary(who: Principal = Depends(caller)) -> dict[str, Any]:
         """Workers (every node the pool admits, plus allowlisted ones not yet joined) and the queue."""
-        counts = await c.store.count_tasks()
+        counts = await c.ledger.counts()
         listed = c.admission.workers.workers if c.admission.mode == "allowlist" else {}
         workers = []
-        for live in c.pool.nodes.values():
+        for live in c.nodes.all():
             if not live.node.state.shut_out:
                 entry = listed.get(live.node.id)
                 workers.append(worker_public(live, entry.endpoint if entry else "", live.node.id))

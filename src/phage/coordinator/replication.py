@@ -3,25 +3,23 @@ it arrives, and what a settled quorum means for its voters (reputation, quaranti
 
 The rules themselves are pure (``domain/quorum.py``); the store counts the votes in the
 transaction that records a result (``store/sql_quorum.py``). This module only feeds them what
-the coordinator alone knows — whether a node is trusted, its live record, a random roll — and
-acts on the verdicts.
+the coordinator alone knows — whether a node is trusted, its live record, a random roll. It
+decides and never acts: what a settled quorum does to its voters is applied by the result
+pipeline (``coordinator/results.py``), in the one place where results settle.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from typing import TYPE_CHECKING, Any
 
 from phage.coordinator.pool import LiveNode, OpenAttempt
 from phage.coordinator.requests import TaskRequest
-from phage.domain import TaskKind
-from phage.domain.quorum import QuorumOutcome, QuorumPolicy, Record, Standing, standing
+from phage.coordinator.tried import TriedNodes
+from phage.domain import QuorumSpec, TaskKind
+from phage.domain.quorum import QuorumPolicy, Record, Standing, standing
 from phage.errors import InvalidInput
 from phage.store import QueuedTask
-
-if TYPE_CHECKING:
-    from phage.coordinator.core import Coordinator
 
 log = logging.getLogger("phage.quorum")
 
@@ -29,16 +27,22 @@ log = logging.getLogger("phage.quorum")
 class Replication:
     """Decides, per job result, whether it stands alone or needs agreeing copies."""
 
-    def __init__(self, coordinator: Coordinator, *, rng: random.Random | None = None) -> None:
-        self.c = coordinator
+    def __init__(
+        self,
+        policy: QuorumPolicy,
+        target_results: int,
+        tried: TriedNodes,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.policy = policy
+        self.target_results = target_results
+        """Copies a job dispatches at once unless it asks otherwise."""
+        self.tried = tried
         self.rng = rng or random.Random()
-        s = coordinator.settings
-        self.policy = QuorumPolicy(s.min_quorum, s.reliable_after, s.spot_check)
-        self._quarantining: set[str] = set()
-        """Nodes whose quarantine is being written: verdicts from other nodes' batches arrive meanwhile."""
 
-    def plan(self, req: TaskRequest) -> tuple[int, int, dict[str, Any] | None]:
-        """A job's (copies to dispatch at once, min_quorum, spec entry); (1, 0, None) for other kinds.
+    def plan(self, req: TaskRequest) -> tuple[int, int, QuorumSpec | None]:
+        """A job's (copies to dispatch at once, min_quorum, quorum spec); (1, 0, None) for other kinds.
 
         A quorum the job asks for must fit in its executions; the coordinator's defaults apply to
         trusted pools too (where they change nothing), so they are fitted rather than refused.
@@ -46,7 +50,7 @@ class Replication:
         if req.kind is not TaskKind.JOB:
             return 1, 0, None
         quorum = req.min_quorum or self.policy.min_quorum
-        target = req.target_results or min(self.c.settings.target_results, req.max_attempts)
+        target = req.target_results or min(self.target_results, req.max_attempts)
         if req.min_quorum is not None and quorum > req.max_attempts:
             raise InvalidInput(
                 f"min_quorum ({quorum}) must not exceed max_attempts ({req.max_attempts}): "
@@ -58,11 +62,11 @@ class Replication:
                 f"target_results ({target}) must not exceed max_attempts ({req.max_attempts})",
                 field="target_results",
             )
-        return target, quorum, {"min_quorum": quorum, "target_results": target}
+        return target, quorum, QuorumSpec(quorum, target)
 
     def standing(self, live: LiveNode, att: OpenAttempt) -> Standing | None:
         """How far this result is believed alone; None when its task is not a quorum job."""
-        if att.kind != TaskKind.JOB.value or not att.spec.get("quorum"):
+        if att.kind != TaskKind.JOB.value or att.spec.quorum is None:
             return None
         return standing(
             trusted=live.node.trusted,
@@ -74,29 +78,11 @@ class Replication:
     def needs_distinct(self, task: QueuedTask) -> bool:
         """Must this job's copies go to distinct nodes? Once it has asked for a second opinion, or
         when it dispatches several copies at once. (A lone job may retry on the node that lost it.)"""
-        quorum = task.spec.get("quorum")
-        if not quorum:
+        quorum = task.spec.quorum
+        if quorum is None:
             return False
-        return task.id in self.c.tried or int(quorum.get("target_results", 1)) > 1
+        return task.id in self.tried or quorum.target_results > 1
 
     def voted(self, task_id: str, node_id: str) -> None:
         """A node's result left its task wanting more copies: they must come from other nodes."""
-        self.c.tried.setdefault(task_id, set()).add(node_id)
-
-    async def settled(self, outcome: QuorumOutcome) -> None:
-        """Mirror the voters' new counters, and quarantine each node the quorum showed wrong."""
-        for node_id, rep in outcome.reputations.items():
-            live = self.c.pool.nodes.get(node_id)
-            if live is not None:
-                live.node.reputation = rep
-        verdict = outcome.verdict
-        for dissent in verdict.dissenting:
-            live = self.c.pool.nodes.get(dissent.node_id)
-            if (live is not None and live.node.quarantined) or dissent.node_id in self._quarantining:
-                continue  # its first proven disagreement is the reason on record; the rest are counted
-            self.c.counters["disagreements"] = self.c.counters.get("disagreements", 0) + 1
-            self._quarantining.add(dissent.node_id)
-            try:
-                await self.c.quarantine(dissent.node_id, verdict.evidence(dissent))
-            finally:
-                self._quarantining.discard(dissent.node_id)
+        self.tried.add(task_id, node_id)

@@ -21,8 +21,10 @@ from phage.coordinator.core import Coordinator
 from phage.coordinator.http import create_app
 from phage.coordinator.request_ids import RequestIds
 from phage.coordinator.settings import CoordinatorSettings
+from phage.coordinator.training_grpc import TrainingServicer
 from phage.pki import CertificateAuthority
 from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
+from phage.protocol.v1 import training_pb2_grpc as tpb_grpc
 
 log = logging.getLogger("phage.coordinator")
 
@@ -100,6 +102,10 @@ class CoordinatorServer:
         from phage.coordinator.grpc_service import PhageCoordinatorServicer
 
         pb_grpc.add_PhageCoordinatorServicer_to_server(PhageCoordinatorServicer(c), self._grpc)  # type: ignore[no-untyped-call]
+        tpb_grpc.add_PhageTrainingServicer_to_server(  # type: ignore[no-untyped-call]
+            TrainingServicer(c.training, lambda peer, claimed: c.nodes.authenticate(peer, claimed).node.id),
+            self._grpc,
+        )
         mtls = grpc.ssl_server_credentials(
             [(server_key, server_cert)], root_certificates=c.ca.cert_pem, require_client_auth=True
         )

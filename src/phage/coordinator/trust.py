@@ -7,22 +7,25 @@ with another key, replays an old attestation, or reports on an assignment it
 was never given is refused — and quarantined. A generate result that claims a
 pass is re-verified in the coordinator's sandbox when the node is not trusted,
 and for a configurable sample of trusted nodes.
+
+This module only judges: each check answers with the refusal (or None). What a
+refusal costs the node (reputation, quarantine) is applied by the result
+pipeline (``coordinator/results.py``).
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 from phage.coordinator.pool import LiveNode, OpenAttempt
 from phage.coordinator.verify import reverify
 from phage.domain import TaskResult
 from phage.errors import PermissionDenied, PhageError
 from phage.pki.attestation import AttestationRecord, output_hash, verify_attestation, verify_batch
-
-if TYPE_CHECKING:
-    from phage.coordinator.core import Coordinator
+from phage.sandbox import Sandbox
+from phage.store.blobs import BlobStore
 
 log = logging.getLogger("phage.trust")
 
@@ -47,8 +50,12 @@ def claimed_record(assignment_id: str, result: TaskResult) -> AttestationRecord:
 class TrustGuard:
     """Vets each result before the store records it."""
 
-    def __init__(self, coordinator: Coordinator) -> None:
-        self.c = coordinator
+    def __init__(self, blobs: BlobStore, verify_dir: Path, reverify_sample: float) -> None:
+        self.blobs = blobs
+        self.verify_dir = verify_dir
+        self.reverify_sample = reverify_sample
+        self.verify_sandbox: Sandbox | None = None
+        """Where claimed passes are re-run; probed when the coordinator starts (None: none works here)."""
         self.rng = random.Random()
 
     def check_attestation(
@@ -100,33 +107,24 @@ class TrustGuard:
                 True  # and without a sandbox, reverify() refuses: untrusted passes are never taken on faith
             )
         # Sampling trusted nodes needs a sandbox to check in; without one the sample is skipped.
-        return self.c.verify_sandbox is not None and self.rng.random() < self.c.settings.reverify_sample
+        return self.verify_sandbox is not None and self.rng.random() < self.reverify_sample
 
     async def reverify(self, att: OpenAttempt, result: TaskResult) -> PhageError | None:
         """The coordinator's own verifier run; a failed claimed pass is a lie."""
-        sandbox = self.c.verify_sandbox
+        sandbox = self.verify_sandbox
         if sandbox is None:
             return PermissionDenied(
                 "this coordinator cannot re-verify (no sandbox) and the node is not trusted"
             )
-        digest = str(att.spec.get("workspace") or "")
-        workspace = self.c.blobs.read(digest) if digest else None
-        verdict = await reverify(
-            sandbox, self.c.dirs.root / "verify", workspace, att.spec["generate"], result.output_text
-        )
+        digest = att.spec.workspace
+        generate = att.spec.generate
+        if generate is None:
+            return PermissionDenied("only generate results are re-verified", field="kind")
+        workspace = self.blobs.read(digest) if digest else None
+        verdict = await reverify(sandbox, self.verify_dir, workspace, generate, result.output_text)
         if not verdict.passed:
             return PermissionDenied(
                 f"claimed pass failed re-verification (verifier exit code {verdict.exit_code})",
                 field="passed",
             )
         return None
-
-    async def punish(self, live: LiveNode, reason: str, counter: str) -> None:
-        """Record a refusal against the node and quarantine it."""
-        # its clean run starts over too: a released node earns single execution again (domain/quorum.py)
-        live.node.reputation = await self.c.store.penalise_node(live.node.id, counter)
-        await self.c.quarantine(live.node.id, reason)
-
-    async def credit(self, live: LiveNode) -> None:
-        """A result passed validation."""
-        live.node.reputation = await self.c.store.credit_node(live.node.id)

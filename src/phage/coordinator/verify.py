@@ -12,9 +12,10 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from phage.domain.generate import GenerateSpec
 from phage.sandbox import Sandbox, SandboxLimits, SandboxRequest
+from phage.sandbox.workdir import unpack_workspace
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,8 +28,6 @@ class Verdict:
 
 
 def _prepare(root: Path, workspace: bytes | None, output_path: str, output_text: str) -> Path:
-    from phage.node.executor import unpack_workspace
-
     workdir = Path(tempfile.mkdtemp(prefix="verify-", dir=root))
     if workspace:
         unpack_workspace(workspace, workdir)
@@ -39,17 +38,17 @@ def _prepare(root: Path, workspace: bytes | None, output_path: str, output_text:
 
 
 async def reverify(
-    sandbox: Sandbox, scratch_root: Path, workspace: bytes | None, generate: dict[str, Any], output_text: str
+    sandbox: Sandbox, scratch_root: Path, workspace: bytes | None, generate: GenerateSpec, output_text: str
 ) -> Verdict:
-    """Run ``generate['verifier']`` against ``output_text`` in the coordinator's sandbox."""
+    """Run ``generate.verifier`` against ``output_text`` in the coordinator's sandbox."""
     scratch_root.mkdir(parents=True, exist_ok=True)
-    workdir = await asyncio.to_thread(_prepare, scratch_root, workspace, generate["output_path"], output_text)
+    workdir = await asyncio.to_thread(_prepare, scratch_root, workspace, generate.output_path, output_text)
     try:
         outcome = await sandbox.run(
             SandboxRequest(
-                argv=["/bin/sh", "-c", generate["verifier"]],
+                argv=["/bin/sh", "-c", generate.verifier],
                 workdir=workdir,
-                limits=SandboxLimits(wall_s=float(generate.get("timeout_s", 60)), log_bytes=8192),
+                limits=SandboxLimits(wall_s=float(generate.timeout_s), log_bytes=8192),
             )
         )
     finally:

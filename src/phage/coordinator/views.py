@@ -14,6 +14,7 @@ from phage.domain.quorum import reputation_view
 
 def task_public(task: Task, attempts: list[Attempt] | None = None) -> dict[str, Any]:
     """A task as clients see it."""
+    spec = task.spec
     out: dict[str, Any] = {
         "id": task.id,
         "kind": task.kind.value,
@@ -26,12 +27,12 @@ def task_public(task: Task, attempts: list[Attempt] | None = None) -> dict[str, 
         "max_attempts": task.max_attempts,
         "error": task.error,
         "labels": task.labels,
-        "isolation": task.spec.get("isolation", "any"),
-        "manifest": task.spec.get("manifest"),
-        "workspace_sha256": task.spec.get("workspace"),
-        "generate": task.spec.get("generate"),
+        "isolation": spec.isolation,
+        "manifest": spec.manifest.to_dict() if spec.manifest is not None else None,
+        "workspace_sha256": spec.workspace or None,
+        "generate": spec.generate.to_dict() if spec.generate is not None else None,
         "replicas": task.replicas,
-        "quorum": task.spec.get("quorum"),
+        "quorum": spec.quorum.to_dict() if spec.quorum is not None else None,
         "result": None,
     }
     if task.result is not None:
@@ -69,7 +70,8 @@ def node_public(live: LiveNode) -> dict[str, Any]:
     """A node with its live figures."""
     n = live.node
     hw = n.hardware
-    gpus = live.metrics.get("gpus") or hw.get("gpus", [])
+    gpus = live.gpus
+    vram_total, vram_used = live.vram_bytes()
     return {
         "id": n.id,
         "name": n.name,
@@ -86,8 +88,8 @@ def node_public(live: LiveNode) -> dict[str, Any]:
         "cpu_count": hw.get("cpu_count", 0),
         "memory_total_bytes": hw.get("memory_total_bytes", 0),
         "gpus": gpus,
-        "vram_total_bytes": sum(int(g.get("vram_total_bytes", 0)) for g in gpus),
-        "vram_used_bytes": sum(int(g.get("vram_used_bytes", 0)) for g in gpus),
+        "vram_total_bytes": vram_total,
+        "vram_used_bytes": vram_used,
         "cpu_percent": live.metrics.get("cpu_percent"),
         "engines": hw.get("engines", []),
         "models": live.metrics.get("models") or hw.get("models", []),

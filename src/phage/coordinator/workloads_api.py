@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from phage.coordinator.bodies import parse_json, read_body
 from phage.coordinator.core import Coordinator
 from phage.coordinator.keys import Principal
 from phage.coordinator.requests import parse_task_request
@@ -62,8 +63,6 @@ def install_workloads_api(
     @app.post("/api/workloads/digest", tags=["workloads"])
     async def digest_of(request: Request, who: Caller) -> dict[str, Any]:
         """The workload digest a task body (as for ``POST /api/tasks``) would have; nothing is submitted."""
-        from phage.coordinator.http import parse_json, read_body
-
         body = parse_json(await read_body(request, c.settings.max_request_bytes))
         req = parse_task_request(
             body,

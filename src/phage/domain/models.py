@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from phage.domain.spec import TaskSpec
+
 
 class TaskKind(enum.StrEnum):
     """What a task asks a node to do."""
@@ -179,8 +181,8 @@ class Task:
     id: str
     kind: TaskKind
     state: TaskState
-    spec: dict[str, Any]
-    """Kind-specific request: for a job, ``{"manifest": {...}, "workspace": sha256 | None}``."""
+    spec: TaskSpec
+    """What it runs: a job's manifest or a generate request, its workspace, isolation and quorum."""
     priority: int = 0
     max_attempts: int = 3
     attempts_made: int = 0
@@ -226,8 +228,48 @@ class Assignment:
     attempt_id: str
     task_id: str
     kind: TaskKind
-    spec: dict[str, Any]
+    spec: TaskSpec
     lease_expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedTask:
+    """The part of a queued task the scheduler needs (the ready queue holds these)."""
+
+    id: str
+    kind: str
+    priority: int
+    created_at: float
+    spec: TaskSpec
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedAssignment:
+    """An assignment as a node received it, converted from the wire once, at the node's edge."""
+
+    assignment_id: str
+    task_id: str
+    kind: str
+    """As sent: a node may be handed a kind it does not know (and says so in its result)."""
+    spec: TaskSpec
+    input_sha256: str
+    """What the node attests it was given, computed from the message it received."""
+    workspace: bytes | None = None
+    """The workspace archive when sent inline; otherwise downloaded by ``spec.workspace``."""
+    max_output_bytes: int = 0
+    problem: str = ""
+    """Why the node will not run it (an invalid manifest); reported as the result's error."""
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """An assignment plus the workspace bytes sent inline with it (if small)."""
+
+    assignment: Assignment
+    workspace: bytes | None
+    workspace_sha256: str
+    workspace_size: int
+    input_sha256: str
 
 
 @dataclass(slots=True)

@@ -18,7 +18,7 @@ import grpc
 import psutil
 
 from phage import __version__
-from phage.domain import JobManifest, TaskResult
+from phage.domain import ReceivedAssignment, TaskResult
 from phage.errors import PhageError
 from phage.node import faults
 from phage.node.attest import attest_result, sign_batch
@@ -34,6 +34,7 @@ from phage.node.connection import (
 )
 from phage.node.engines import Engine, make_engine
 from phage.node.executor import CollectedOutput, JobExecutor
+from phage.node.faults import poison_updates_enabled
 from phage.node.probe import probe_hardware, probe_metrics
 from phage.pki.attestation import AttestationRecord, sandbox_hash
 from phage.pki.identity import NodeIdentity
@@ -61,7 +62,7 @@ RETRYABLE = {
 class Running:
     """An assignment this node holds."""
 
-    assignment: pb.TaskAssignment
+    assignment: ReceivedAssignment
     task: asyncio.Task[None] | None = None
     started: float = field(default_factory=time.monotonic)
     reporting: bool = False
@@ -229,6 +230,11 @@ class NodeAgent:
         self._stub = pb_grpc.PhageCoordinatorStub(self._channel)  # type: ignore[no-untyped-call]
         self.registered.set()
 
+    def _current_channel(self) -> grpc.aio.Channel:
+        """The channel to the coordinator now (it changes when the node reconnects)."""
+        assert self._channel is not None
+        return self._channel
+
     @property
     def stub(self) -> pb_grpc.PhageCoordinatorStub:
         """The coordinator stub (after connect)."""
@@ -250,6 +256,8 @@ class NodeAgent:
         if self.engine is not None:
             self.chat = ChatServer(self.node_id, lambda: self.stub, self.engine)
             loops.append(asyncio.create_task(self.chat.run(), name="phage-node-chat"))
+        if self.config.host_vnodes:
+            loops.append(asyncio.create_task(self._host_vnodes(), name="phage-node-training"))
         try:
             await self._stop.wait()
         finally:
@@ -266,6 +274,21 @@ class NodeAgent:
             if self.engine is not None:  # stop a managed vLLM / llama.cpp server with the node
                 with contextlib.suppress(Exception):
                     await self.engine.close()
+
+    async def _host_vnodes(self) -> None:
+        """Host VNodes of composable networks when this node has torch (the ``training`` extra)."""
+        try:
+            from phage.node.training import VNodeHost
+        except ImportError:
+            log.info("not hosting VNodes: torch, numpy or safetensors is missing (install phage[training])")
+            return
+        host = VNodeHost(
+            self.node_id,
+            self._current_channel,
+            self.config.key_dir / "training-cache",
+            poison_updates=poison_updates_enabled(),
+        )
+        await host.run()
 
     async def _heartbeat_loop(self) -> None:
         backoff = 0.2
@@ -343,7 +366,7 @@ class NodeAgent:
                 continue
             self._cancel(list(resp.cancel_assignment_ids))
             if resp.assignments:
-                await self._begin(list(resp.assignments))
+                await self._begin([convert.assignment_from_pb(a) for a in resp.assignments])
 
     async def _fetch_once(self) -> pb.FetchTaskResponse | None:
         """One long-poll; None when it was cut short because a local slot opened."""
@@ -370,7 +393,7 @@ class NodeAgent:
             await fetched
         return None
 
-    async def _begin(self, assignments: list[pb.TaskAssignment]) -> None:
+    async def _begin(self, assignments: list[ReceivedAssignment]) -> None:
         for a in assignments:
             self.running[a.assignment_id] = Running(a)
         ids = [a.assignment_id for a in assignments]
@@ -401,10 +424,12 @@ class NodeAgent:
 
     # ---- one assignment ----------------------------------------------------
 
-    async def _execute(self, a: pb.TaskAssignment) -> None:
+    async def _execute(self, a: ReceivedAssignment) -> None:
         outputs: list[CollectedOutput] = []
         try:
-            if a.kind == "noop":
+            if a.problem:
+                result = TaskResult(exit_code=-1, error=f"node error: {a.problem}")
+            elif a.kind == "noop":
                 result = TaskResult(exit_code=0)
             elif a.kind == "job":
                 result, outputs = await self._run_job(a)
@@ -429,18 +454,18 @@ class NodeAgent:
                 self.completed += 1
             self._slot_freed.set()
 
-    async def _run_job(self, a: pb.TaskAssignment) -> tuple[TaskResult, list[CollectedOutput]]:
-        manifest = JobManifest.parse(convert.manifest_from_pb(a.manifest))
-        sandbox = self._sandbox_for(a.isolation)
+    async def _run_job(self, a: ReceivedAssignment) -> tuple[TaskResult, list[CollectedOutput]]:
+        manifest = a.spec.manifest
+        if manifest is None:
+            return TaskResult(exit_code=-1, error="node error: the job came without a manifest"), []
+        sandbox = self._sandbox_for(a.spec.isolation)
         if sandbox is None:
             return TaskResult(
                 exit_code=-1,
-                error=f"task requires isolation {a.isolation!r}; "
+                error=f"task requires isolation {a.spec.isolation!r}; "
                 f"this node provides {', '.join(self.sandboxes)}",
             ), []
-        workspace: bytes | None = a.workspace or None
-        if a.workspace_sha256 and not workspace:
-            workspace = await self._download(a.workspace_sha256)
+        workspace = await self._workspace(a)
         result, outputs = await self.executor.run(
             sandbox, a.assignment_id, manifest, workspace, a.max_output_bytes
         )
@@ -448,23 +473,29 @@ class NodeAgent:
             outputs = await asyncio.to_thread(faults.corrupt, result, outputs)
         return result, outputs
 
-    async def _run_generate(self, a: pb.TaskAssignment) -> tuple[TaskResult, list[CollectedOutput]]:
+    async def _run_generate(self, a: ReceivedAssignment) -> tuple[TaskResult, list[CollectedOutput]]:
         if self.engine is None:
             return TaskResult(exit_code=-1, error="this node runs no inference engine"), []
-        gen = convert.generate_from_pb(a.generate)
-        sandbox = self._sandbox_for(a.isolation)
+        gen = a.spec.generate
+        if gen is None:
+            return TaskResult(exit_code=-1, error="node error: the generate task came without its spec"), []
+        sandbox = self._sandbox_for(a.spec.isolation)
         if sandbox is None:
-            return TaskResult(exit_code=-1, error=f"task requires isolation {a.isolation!r}"), []
-        if gen["model"] not in self.engine.models():
+            return TaskResult(exit_code=-1, error=f"task requires isolation {a.spec.isolation!r}"), []
+        if gen.model not in self.engine.models():
             return TaskResult(
-                exit_code=-1, error=f"this node serves {self.engine.model!r}, not {gen['model']!r}"
+                exit_code=-1, error=f"this node serves {self.engine.model!r}, not {gen.model!r}"
             ), []
-        workspace: bytes | None = a.workspace or None
-        if a.workspace_sha256 and not workspace:
-            workspace = await self._download(a.workspace_sha256)
+        workspace = await self._workspace(a)
         return await self.executor.run_generate(
             sandbox, a.assignment_id, gen, workspace, self.engine, a.max_output_bytes
         )
+
+    async def _workspace(self, a: ReceivedAssignment) -> bytes | None:
+        """The assignment's workspace: sent inline when small, else downloaded."""
+        if a.spec.workspace and not a.workspace:
+            return await self._download(a.spec.workspace)
+        return a.workspace
 
     async def _download(self, digest: str) -> bytes:
         chunks = []
@@ -492,9 +523,9 @@ class NodeAgent:
 
         await self._retry(send)
 
-    async def _report(self, a: pb.TaskAssignment, result: TaskResult) -> None:
+    async def _report(self, a: ReceivedAssignment, result: TaskResult) -> None:
         """Queue a result for the sender and wait for the coordinator's acknowledgement."""
-        sandbox = self._sandbox_for(a.isolation) or self.sandbox
+        sandbox = self._sandbox_for(a.spec.isolation) or self.sandbox
         record = attest_result(a, result, sandbox.name, self._sandbox_sha256[sandbox.name])
         msg = convert.result_to_pb(self.node_id, a.assignment_id, a.task_id, result)
         fut: asyncio.Future[pb.ResultAck] = asyncio.get_running_loop().create_future()

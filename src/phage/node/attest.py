@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from phage.domain import TaskResult
+from phage.domain import ReceivedAssignment, TaskResult
 from phage.pki.attestation import AttestationRecord, batch_payload, output_hash
 from phage.pki.identity import NodeIdentity
-from phage.protocol import convert
-from phage.protocol.v1 import phage_pb2 as pb
 
 
 def attest_result(
-    a: pb.TaskAssignment, result: TaskResult, sandbox: str, sandbox_sha256: str
+    a: ReceivedAssignment, result: TaskResult, sandbox: str, sandbox_sha256: str
 ) -> AttestationRecord:
     """Fill in the hashes of ``result`` and return the record the node will sign."""
     result.task_id = a.task_id
     result.sandbox = sandbox
     result.sandbox_sha256 = sandbox_sha256
-    result.input_sha256 = convert.assignment_input_sha256(a)
+    result.input_sha256 = a.input_sha256
     result.output_sha256 = output_hash([(o.path, o.sha256) for o in result.outputs], result.output_text)
     return AttestationRecord(
         assignment_id=a.assignment_id,
@@ -34,7 +32,7 @@ def attest_result(
 
 
 def sign_result(
-    identity: NodeIdentity, a: pb.TaskAssignment, result: TaskResult, sandbox: str, sandbox_sha256: str
+    identity: NodeIdentity, a: ReceivedAssignment, result: TaskResult, sandbox: str, sandbox_sha256: str
 ) -> TaskResult:
     """Fill in the hashes of ``result`` and sign its own attestation; returns the same result."""
     record = attest_result(a, result, sandbox, sandbox_sha256)

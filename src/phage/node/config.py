@@ -68,6 +68,8 @@ class NodeConfig(BaseModel):
     """How long one long-poll for work waits, in milliseconds."""
     max_log_bytes: Bytes = 64 * 1024
     """Largest stdout or stderr kept per attempt (the tail is kept)."""
+    host_vnodes: bool = True
+    """Host VNodes of composable networks (when torch is installed)."""
 
     @property
     def enroll_address(self) -> str:

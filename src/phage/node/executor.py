@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import shutil
-import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from phage.domain import JobManifest, OutputFile, TaskResult
-from phage.domain.generate import extract_output
+from phage.domain.generate import GenerateSpec, extract_output
 from phage.domain.manifest import safe_relative_path
 from phage.node.engines import Engine, GenerationRequest
 from phage.sandbox import Sandbox, SandboxLimits, SandboxRequest
+from phage.sandbox.workdir import unpack_workspace
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,12 +25,6 @@ class CollectedOutput:
     local: Path
     sha256: str
     size: int
-
-
-def unpack_workspace(archive: bytes, dest: Path) -> None:
-    """Extract a workspace archive with the ``data`` filter (no links out, no devices)."""
-    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:*") as tar:
-        tar.extractall(dest, filter="data")
 
 
 def _sha256(path: Path) -> str:
@@ -123,7 +115,7 @@ class JobExecutor:
         self,
         sandbox: Sandbox,
         assignment_id: str,
-        gen: dict[str, Any],
+        gen: GenerateSpec,
         workspace: bytes | None,
         engine: Engine,
         max_output_bytes: int,
@@ -136,29 +128,27 @@ class JobExecutor:
         if workspace:
             await asyncio.to_thread(unpack_workspace, workspace, workdir)
         generation = await engine.generate(
-            GenerationRequest(
-                prompt=gen["prompt"], max_tokens=int(gen["max_tokens"]), temperature=float(gen["temperature"])
-            )
+            GenerationRequest(prompt=gen.prompt, max_tokens=gen.max_tokens, temperature=gen.temperature)
         )
-        text = extract_output(generation.text, gen["extract"])
+        text = extract_output(generation.text, gen.extract)
         data = text.encode()
         if len(data) > max_output_bytes:
             return TaskResult(
                 exit_code=-1, error=f"output is {len(data)} bytes; the limit is {max_output_bytes}"
             ), []
-        target = workdir / gen["output_path"]
+        target = workdir / gen.output_path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
         keep = self.scratch_root / f"{assignment_id}.output"
         keep.write_bytes(data)  # the verifier may change the file; upload what the model wrote
         outcome = await sandbox.run(
             SandboxRequest(
-                argv=["/bin/sh", "-c", gen["verifier"]],
+                argv=["/bin/sh", "-c", gen.verifier],
                 workdir=workdir,
-                limits=SandboxLimits(wall_s=float(gen["timeout_s"]), log_bytes=self.log_bytes),
+                limits=SandboxLimits(wall_s=float(gen.timeout_s), log_bytes=self.log_bytes),
             )
         )
-        output = CollectedOutput(gen["output_path"], keep, hashlib.sha256(data).hexdigest(), len(data))
+        output = CollectedOutput(gen.output_path, keep, hashlib.sha256(data).hexdigest(), len(data))
         result = TaskResult(
             exit_code=outcome.exit_code,
             outputs=[OutputFile(output.path, output.sha256, output.size)],

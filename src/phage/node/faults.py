@@ -51,3 +51,17 @@ def corrupt(result: TaskResult, outputs: list[CollectedOutput]) -> list[Collecte
         changed.append(CollectedOutput(out.path, out.local, hashlib.sha256(data).hexdigest(), len(data)))
     result.outputs = [OutputFile(o.path, o.sha256, o.size) for o in changed]
     return changed
+
+
+POISON_UPDATES_ENV = "PHAGE_TEST_POISON_UPDATES"
+
+
+def poison_updates_enabled(environ: Mapping[str, str] = os.environ) -> bool:
+    """Is the poisoned-training-updates hook on (flipped, scaled gradients in every VNode it hosts)?"""
+    on = environ.get(POISON_UPDATES_ENV) == "1"
+    if on:
+        log.warning(
+            "FAULT INJECTION: %s=1: this node POISONS every training update it makes (tests, benchmarks)",
+            POISON_UPDATES_ENV,
+        )
+    return on

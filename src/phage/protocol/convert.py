@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from phage.domain import OutputFile, TaskResult
+from phage.domain import Dispatch, JobManifest, OutputFile, ReceivedAssignment, TaskResult, TaskSpec
+from phage.domain.spec import generate_from_dict
+from phage.errors import InvalidInput
 from phage.pki.attestation import input_hash
 from phage.protocol.v1 import phage_pb2 as pb
-
-if TYPE_CHECKING:
-    from phage.coordinator.core import Dispatch
 
 
 def gpu_to_dict(g: pb.GpuInfo) -> dict[str, Any]:
@@ -170,6 +169,35 @@ def assignment_input_sha256(msg: pb.TaskAssignment) -> str:
     )
 
 
+def assignment_from_pb(msg: pb.TaskAssignment) -> ReceivedAssignment:
+    """The node's edge: an assignment from the wire as domain types (its manifest validated again)."""
+    problem = ""
+    manifest = None
+    if msg.HasField("manifest"):
+        try:
+            manifest = JobManifest.parse(manifest_from_pb(msg.manifest))
+        except InvalidInput as exc:
+            problem = exc.message
+    generate = generate_from_dict(generate_from_pb(msg.generate)) if msg.HasField("generate") else None
+    spec = TaskSpec(
+        isolation=msg.isolation,
+        manifest=manifest,
+        generate=generate,
+        workspace=msg.workspace_sha256,
+        workspace_size=msg.workspace_size,
+    )
+    return ReceivedAssignment(
+        assignment_id=msg.assignment_id,
+        task_id=msg.task_id,
+        kind=msg.kind,
+        spec=spec,
+        input_sha256=assignment_input_sha256(msg),
+        workspace=msg.workspace or None,
+        max_output_bytes=msg.max_output_bytes,
+        problem=problem,
+    )
+
+
 def dispatch_to_pb(d: Dispatch, max_output_bytes: int) -> pb.TaskAssignment:
     """An assignment on the wire (its input hash is in ``d.input_sha256``)."""
     a = d.assignment
@@ -191,12 +219,12 @@ def _assignment_body(d: Dispatch) -> pb.TaskAssignment:
         kind=a.kind.value,
         workspace_sha256=d.workspace_sha256,
         workspace_size=d.workspace_size,
-        isolation=str(a.spec.get("isolation", "any")),
+        isolation=a.spec.isolation,
     )
-    if "manifest" in a.spec:
-        msg.manifest.CopyFrom(manifest_to_pb(a.spec["manifest"]))
-    if "generate" in a.spec:
-        msg.generate.CopyFrom(generate_to_pb(a.spec["generate"]))
+    if a.spec.manifest is not None:
+        msg.manifest.CopyFrom(manifest_to_pb(a.spec.manifest.to_dict()))
+    if a.spec.generate is not None:
+        msg.generate.CopyFrom(generate_to_pb(a.spec.generate.to_dict()))
     return msg
 
 

@@ -1,4 +1,4 @@
-"""Regenerate the ``phage.v1`` Python code from ``v1/phage.proto``.
+"""Regenerate the ``phage.v1`` Python code from ``v1/*.proto``.
 
 The generated files are committed so a fresh clone needs no protoc; run this
 after editing the ``.proto`` (needs the ``dev`` extra for grpcio-tools).
@@ -15,7 +15,7 @@ def main() -> int:
     from grpc_tools import protoc  # type: ignore[import-untyped]
 
     src = Path(__file__).resolve().parents[2]
-    proto = Path(__file__).resolve().parent / "v1" / "phage.proto"
+    protos = sorted((Path(__file__).resolve().parent / "v1").glob("*.proto"))
     include = Path(protoc.__file__).resolve().parent / "_proto"
     args = [
         "protoc",
@@ -24,7 +24,7 @@ def main() -> int:
         f"--python_out={src}",
         f"--pyi_out={src}",
         f"--grpc_python_out={src}",
-        str(proto.relative_to(src)),
+        *(str(p.relative_to(src)) for p in protos),
     ]
     return int(protoc.main(args))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from phage.store.base import QueuedTask
+from phage.domain.models import QueuedTask
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,8 +30,7 @@ def order_key(task: QueuedTask) -> tuple[int, float, str]:
 
 def required_isolation(task: QueuedTask) -> str:
     """The sandbox backend a task insists on, or ``any``."""
-    value = task.spec.get("isolation", "any")
-    return value if isinstance(value, str) else "any"
+    return task.spec.isolation or "any"
 
 
 def eligible(task: QueuedTask, node: NodeView) -> bool:
@@ -39,10 +38,8 @@ def eligible(task: QueuedTask, node: NodeView) -> bool:
     need = required_isolation(task)
     if task.kind == "noop":
         return True
-    if task.kind == "generate":
-        model = (task.spec.get("generate") or {}).get("model")
-        if model not in node.models:
-            return False
+    if task.kind == "generate" and task.spec.model not in node.models:
+        return False
     if need == "any":
         return bool(node.sandboxes)
     return need in node.sandboxes

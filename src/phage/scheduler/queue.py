@@ -10,8 +10,8 @@ import heapq
 from collections import Counter
 from collections.abc import Callable, Iterable
 
+from phage.domain.models import QueuedTask
 from phage.scheduler.policy import NodeView, eligible, order_key
-from phage.store.base import QueuedTask
 
 MAX_SKIP = 1000  # bound the scan past ineligible work per fetch
 
@@ -74,8 +74,8 @@ class ReadyQueue:
 
     def _count(self, task: QueuedTask, delta: int) -> None:
         if task.kind == "generate":
-            model = (task.spec.get("generate") or {}).get("model")
-            if isinstance(model, str):
+            model = task.spec.model
+            if model is not None:
                 self._models[model] += delta
                 if self._models[model] <= 0:
                     del self._models[model]

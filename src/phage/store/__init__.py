@@ -1,6 +1,7 @@
-"""Durable state: the repository interface, its SQLAlchemy implementation, migrations."""
+"""Durable state: the SQLAlchemy store, the values it returns, migrations."""
 
-from phage.store.base import ApiKeyRecord, FinishOutcome, LostOutcome, QueuedTask, Store
+from phage.domain.models import QueuedTask
+from phage.store.base import ApiKeyRecord, FinishOutcome, LostOutcome
 from phage.store.sql import SqlStore, sqlite_url
 
-__all__ = ["ApiKeyRecord", "FinishOutcome", "LostOutcome", "QueuedTask", "SqlStore", "Store", "sqlite_url"]
+__all__ = ["ApiKeyRecord", "FinishOutcome", "LostOutcome", "QueuedTask", "SqlStore", "sqlite_url"]

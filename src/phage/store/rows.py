@@ -9,7 +9,17 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Row
 
-from phage.domain import Attempt, AttemptState, Node, NodeState, Task, TaskKind, TaskResult, TaskState
+from phage.domain import (
+    Attempt,
+    AttemptState,
+    Node,
+    NodeState,
+    Task,
+    TaskKind,
+    TaskResult,
+    TaskSpec,
+    TaskState,
+)
 from phage.store.schema import attempts, tasks
 
 OPEN = (AttemptState.DISPATCHED.value, AttemptState.RUNNING.value)
@@ -77,7 +87,7 @@ def task_from_row(row: Row[Any]) -> Task:
         id=m["id"],
         kind=TaskKind(m["kind"]),
         state=TaskState(m["state"]),
-        spec=m["spec"],
+        spec=TaskSpec.from_dict(m["spec"]),
         priority=m["priority"],
         max_attempts=m["max_attempts"],
         attempts_made=m["attempts_made"],
@@ -142,7 +152,7 @@ def task_to_row(t: Task) -> dict[str, Any]:
         "kind": t.kind.value,
         "state": t.state.value,
         "priority": t.priority,
-        "spec": t.spec,
+        "spec": t.spec.to_dict(),
         "max_attempts": t.max_attempts,
         "attempts_made": t.attempts_made,
         "created_at": t.created_at,

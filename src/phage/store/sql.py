@@ -16,12 +16,13 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from phage.domain import Attempt, AttemptState, Task, TaskResult, TaskState
+from phage.domain import Attempt, AttemptState, Task, TaskResult, TaskSpec, TaskState
 from phage.domain.ids import new_id
+from phage.domain.models import QueuedTask
 from phage.domain.quorum import QuorumOutcome, Standing
 from phage.domain.settle import Candidate, Counters, Next, choose, next_step
 from phage.errors import Conflict, NotFound, PermissionDenied, PhageError, ProtocolError
-from phage.store.base import FinishOutcome, LostOutcome, QueuedTask
+from phage.store.base import FinishOutcome, LostOutcome
 from phage.store.rows import (
     ADVANCE_TASK,
     BUDGET,
@@ -39,6 +40,7 @@ from phage.store.rows import (
 from phage.store.schema import attempts, tasks
 from phage.store.sql_nodes import NodeRecords
 from phage.store.sql_quorum import QuorumRecords, plan_quorum
+from phage.store.sql_training import TrainingRecords
 from phage.store.sql_usage import UsageRecords
 from phage.store.writer import GroupCommitWriter
 
@@ -59,8 +61,8 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite+aiosqlite:///{path}"
 
 
-class SqlStore(NodeRecords, UsageRecords, QuorumRecords):
-    """:class:`phage.store.base.Store` over SQLAlchemy 2 async."""
+class SqlStore(NodeRecords, UsageRecords, QuorumRecords, TrainingRecords):
+    """The coordinator's durable state over SQLAlchemy 2 async (SQLite or PostgreSQL)."""
 
     def __init__(self, url: str, *, synchronous: str = "NORMAL") -> None:
         self.url = url
@@ -165,7 +167,10 @@ class SqlStore(NodeRecords, UsageRecords, QuorumRecords):
             .order_by(tasks.c.created_at)
         )
         async with self.engine.connect() as conn:
-            return [QueuedTask(r.id, r.kind, r.priority, r.created_at, r.spec) for r in await conn.execute(q)]
+            return [
+                QueuedTask(r.id, r.kind, r.priority, r.created_at, TaskSpec.from_dict(r.spec))
+                for r in await conn.execute(q)
+            ]
 
     async def nodes_tried(self, task_ids: Sequence[str]) -> dict[str, set[str]]:
         """For each task, the nodes that have held an attempt of it (distinct-node placement)."""

@@ -8,6 +8,7 @@ import { ApiError, api, Feed, session } from './api.js';
 import { Chart } from './chart.js';
 import { clear, fmtDuration, fmtGiB, h, toast } from './dom.js';
 import { KeysView } from './keys.js';
+import { NetworksView } from './networks.js';
 import { NodesView } from './nodes.js';
 import { openSubmitDialog } from './submit.js';
 import { TaskDrawer, TasksView } from './tasks.js';
@@ -99,9 +100,10 @@ function start(me) {
   $('keys-card').hidden = !isAdmin; // keys and everyone's usage are for admins
   const keys = isAdmin ? new KeysView($('keys'), $('keys-count'), $('key-create'), { me }) : null;
   const chart = new Chart($('chart'), $('chart-legend'), $('chart-caption'));
+  const networks = new NetworksView($('networks'), $('networks-count'), { nodeName: (id) => nodes.name(id) });
   const feed = new Feed({ onEvent, onStatus });
   ctx = {
-    me, nodes, tasks, drawer, chart, feed, keys, status: null, history: [], interval: 2, timers: [],
+    me, nodes, tasks, drawer, chart, networks, feed, keys, status: null, history: [], interval: 2, timers: [],
     refreshNodesSoon: throttle(() => refreshNodes(), 250),
     refreshStatusSoon: throttle(() => refreshStatus(), 500),
     refreshHistorySoon: throttle(() => refreshHistory(), 1000),
@@ -179,6 +181,7 @@ async function guarded(fn) {
 }
 
 function refreshAll() {
+  refreshNetworks();
   refreshNodes();
   refreshStatus();
   refreshHistory();
@@ -191,8 +194,13 @@ function poll() {
   refreshNodes();
   refreshStatus();
   refreshHistory();
+  refreshNetworks();
   polls += 1;
   if (polls % 5 === 0) refreshKeys(); // usage moves with chat traffic, not with feed events
+}
+
+function refreshNetworks() {
+  return guarded(async () => { if (ctx) await ctx.networks.refresh(); });
 }
 
 function refreshKeys() {

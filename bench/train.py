@@ -1,0 +1,186 @@
+"""Composable networks trained by phage beside end-to-end backprop in one process.
+
+The network is a 4-VNode MLP over scikit-learn's bundled handwritten digits,
+made wide enough (``--width``) that a step is real work on a CPU. Measured, in
+one run:
+
+* **backprop, 1 process, 1 core**: the same VNode bodies trained end to end, the
+  way a user would otherwise train this network; samples/s and test accuracy;
+* **local losses, 1 process**: phage's training rule without the pool (what
+  pipelining across nodes starts from);
+* **phage on 1, 2 and 3 nodes**: real ``phage coordinator`` and ``phage node``
+  processes on loopback (mTLS), VNodes placed by the coordinator, activations
+  relayed by it; samples/s through the last VNode once every VNode is stepping
+  (start-up — process launch, torch import, placement — is left out), test
+  accuracy, and activation bytes moved per step;
+* **phage, checked**: an open pool (every node untrusted) with 5 % of steps
+  recomputed on another node: what checking costs.
+
+    .venv/bin/python bench/train.py              # width 1024, 3 epochs
+    .venv/bin/python bench/train.py --quick      # width 256, 1 epoch (~1 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+from sklearn.datasets import load_digits
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _util import machine_info, wait_for_quiet, write_results
+
+from phage.testing import CoordinatorProcess, NodeProcess, wait_online, wait_until
+from phage.training.data import dataset_bytes, load_dataset
+from phage.training.local import TrainConfig, accuracy, train_backprop, train_local
+from phage.training.spec import parse_spec
+
+console = Console()
+
+
+def spec(width: int) -> dict[str, Any]:
+    """A 4-VNode MLP: three hidden VNodes of ``width`` and a classifier VNode."""
+    hidden = [{"type": "linear", "out_features": width}, {"type": "activation", "fn": "relu"}]
+    return {
+        "name": f"digits-mlp-{width}",
+        "input": {"shape": [64]},
+        "classes": 10,
+        "vnodes": [
+            {"id": "stem", "blocks": hidden},
+            {"id": "mid", "blocks": hidden},
+            {"id": "neck", "blocks": hidden},
+            {"id": "out", "blocks": [{"type": "linear", "out_features": 10}], "objective": {"head": "none"}},
+        ],
+    }
+
+
+def in_process(raw: dict[str, Any], blob: bytes, cfg: TrainConfig, local: bool) -> dict[str, float]:
+    torch.set_num_threads(1)
+    net = parse_spec(raw)
+    data = load_dataset(blob, net.input_shape, net.classes)
+    t = time.perf_counter()
+    rts = train_local(net, data, cfg) if local else train_backprop(net, data, cfg)
+    wall = time.perf_counter() - t
+    return {
+        "samples_per_s": len(data.x) * cfg.epochs / wall,
+        "accuracy": accuracy(net, rts, data.x_test, data.y_test),
+    }
+
+
+def on_pool(
+    raw: dict[str, Any], blob: bytes, cfg: TrainConfig, nodes: int, *, checked: bool, work: Path
+) -> dict[str, float]:
+    env = {"PHAGE_ADMISSION": "open"} if checked else {}
+    coord = CoordinatorProcess(work / "coordinator", heartbeat_s=2.0, env=env).start()
+    procs = [
+        NodeProcess(coord, work / f"node-{i}", name=f"node-{i}", heartbeat_s=2.0).start()
+        for i in range(nodes)
+    ]
+    try:
+        wait_online(coord, nodes, timeout=60)
+        with coord.client() as http:
+            wait_until(
+                lambda: len(http.get("/api/training/hosts").json()["nodes"]) >= nodes, 60, what="hosts"
+            )
+            digest = http.post("/api/datasets", content=blob).json()["sha256"]
+            body = {
+                "spec": raw,
+                "dataset": digest,
+                "training": {
+                    "epochs": cfg.epochs,
+                    "batch_size": cfg.batch_size,
+                    "seed": cfg.seed,
+                    "checkpoint_every": 50,
+                    "check_rate": 0.05 if checked else 0.0,
+                },
+            }
+            net_id = http.post("/api/networks", json=body).json()["id"]
+            start: tuple[float, int] | None = None  # steady state: once every VNode has stepped
+            while True:
+                n = http.get(f"/api/networks/{net_id}").json()
+                out_step = next(v["step"] for v in n["vnodes"] if v["id"] == "out")
+                if start is None and all(v["step"] > 0 for v in n["vnodes"]):
+                    start = (time.perf_counter(), out_step)
+                if n["state"] != "running":
+                    break
+                time.sleep(0.05)
+            assert n["state"] == "completed" and start is not None, n
+            wall = time.perf_counter() - start[0]
+            return {
+                "samples_per_s": (out_step - start[1]) * cfg.batch_size / wall,
+                "accuracy": n["result"]["accuracy"],
+            }
+    finally:
+        for p in procs:
+            p.stop()
+        coord.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--width", type=int, default=1024)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    if args.quick:
+        args.width, args.epochs = 256, 1
+    d = load_digits()
+    blob = dataset_bytes((d.data / 16.0).astype(np.float32), d.target.astype(np.int64))
+    raw = spec(args.width)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=0)
+    frame = args.batch_size * args.width * 4 + args.batch_size * 8
+    bytes_per_step = 3 * frame * 2  # three edges, each through the coordinator's relay (in and out)
+    wait_for_quiet(say=console.print)
+    rows: list[tuple[str, dict[str, float]]] = []
+    rows.append(("backprop, 1 process, 1 core", in_process(raw, blob, cfg, local=False)))
+    rows.append(("local losses, 1 process, 1 core", in_process(raw, blob, cfg, local=True)))
+    work = Path(tempfile.mkdtemp(prefix="phage-bench-train-"))
+    try:
+        for n in (1, 2, 3):
+            rows.append(
+                (
+                    f"phage, {n} node{'s' if n > 1 else ''}",
+                    on_pool(raw, blob, cfg, n, checked=False, work=work / f"p{n}"),
+                )
+            )
+        rows.append(
+            (
+                "phage, 2 untrusted nodes, 5 % checked",
+                on_pool(raw, blob, cfg, 2, checked=True, work=work / "c2"),
+            )
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    base = rows[0][1]["samples_per_s"]
+    table = Table(title=f"digits MLP width {args.width}, {args.epochs} epochs, batch {args.batch_size}")
+    for col in ("run", "samples/s", "× backprop", "test accuracy", "activation bytes/step"):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for name, r in rows:
+        moved = "–" if not name.startswith("phage") else f"{bytes_per_step / 1e6:.2f} MB"
+        table.add_row(
+            name,
+            f"{r['samples_per_s']:.0f}",
+            f"{r['samples_per_s'] / base:.2f}×",
+            f"{r['accuracy']:.4f}",
+            moved,
+        )
+    console.print(table)
+    write_results(
+        "train",
+        {"machine": machine_info(), "args": vars(args), "rows": dict(rows), "bytes_per_step": bytes_per_step},
+    )
+
+
+if __name__ == "__main__":
+    main()

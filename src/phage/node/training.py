@@ -1,0 +1,387 @@
+"""Hosting VNodes on a node: the orders stream, one worker per hosted VNode, and checks of others' steps.
+
+A worker builds its VNode (resuming from a checkpoint when told), then trains it
+on batches: a VNode that reads the dataset makes them itself, any other waits
+for its producers' activation frames. After each step it passes its detached
+output on; every few steps it uploads a checkpoint. For an untrusted node the
+coordinator asks for a share of steps to be handed in (the state before, the
+inputs, the state digest after) so another node can recompute them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from phage.protocol.v1 import phage_pb2 as pb
+from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
+from phage.protocol.v1 import training_pb2 as tpb
+from phage.protocol.v1 import training_pb2_grpc as tpb_grpc
+from phage.training.data import Dataset, load_dataset
+from phage.training.spec import INPUT, NetworkSpec, parse_spec
+from phage.training.vnode import VNodeRuntime
+
+log = logging.getLogger("phage.node.training")
+
+REPORT_EVERY_S = 0.5
+UPLOAD_CHUNK = 1 << 20
+OUT_FRAMES = 8
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN}
+
+
+class _Stale(Exception):
+    """This hosting is over: the coordinator moved the VNode or ended its network."""
+
+
+def pack(tensors: Sequence[torch.Tensor], y: torch.Tensor) -> bytes:
+    """Inputs (or an output) and labels as one safetensors blob."""
+    named = {f"x{i}": t.contiguous() for i, t in enumerate(tensors)}
+    named["y"] = y.contiguous()
+    return st_save(named)
+
+
+def unpack(blob: bytes) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The reverse of :func:`pack`."""
+    named = st_load(blob)
+    xs = [named[f"x{i}"] for i in range(len(named) - 1)]
+    return xs, named["y"]
+
+
+def poison(params: Sequence[torch.nn.Parameter]) -> None:
+    """The poisoning node's fault: flipped, scaled gradients."""
+    for p in params:
+        if p.grad is not None:
+            p.grad.mul_(-4.0)
+
+
+class VNodeHost:
+    """Takes training orders from the coordinator and runs them."""
+
+    def __init__(
+        self,
+        node_id: str,
+        channel: Callable[[], grpc.aio.Channel],
+        cache_dir: Path,
+        *,
+        poison_updates: bool = False,
+    ) -> None:
+        self.node_id = node_id
+        self._channel = channel
+        self.cache_dir = cache_dir
+        self.poison_updates = poison_updates
+        self.workers: dict[tuple[str, str], tuple[int, asyncio.Task[None]]] = {}
+        self.checks_done = 0
+        self._checks: set[asyncio.Task[None]] = set()
+        torch.set_num_threads(1)  # bit-exact recomputation needs one thread's order of sums
+
+    def _stub(self) -> tpb_grpc.PhageTrainingStub:
+        return tpb_grpc.PhageTrainingStub(self._channel())  # type: ignore[no-untyped-call]
+
+    def _core(self) -> pb_grpc.PhageCoordinatorStub:
+        return pb_grpc.PhageCoordinatorStub(self._channel())  # type: ignore[no-untyped-call]
+
+    async def run(self) -> None:
+        """Keep the order stream open (reconnecting with backoff) and act on every order."""
+        backoff = 0.2
+        try:
+            while True:
+                try:
+                    call = self._stub().TrainingOrders(tpb.TrainingSubscribe(node_id=self.node_id))
+                    async for order in call:
+                        backoff = 0.2
+                        self._take(order)
+                except grpc.aio.AioRpcError as exc:
+                    log.debug("training order stream ended: %s", exc.code())
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, 2.0)
+        finally:
+            for _, task in self.workers.values():
+                task.cancel()
+
+    def _take(self, order: tpb.TrainingOrder) -> None:
+        kind = order.WhichOneof("order")
+        if kind == "host":
+            h = order.host
+            key = (h.network_id, h.vnode_id)
+            current = self.workers.get(key)
+            if current is not None and current[0] == h.generation and not current[1].done():
+                return  # the same hosting, sent again after a reconnect
+            if current is not None:
+                current[1].cancel()
+            task = asyncio.create_task(self._host(h), name=f"phage-vnode-{h.vnode_id}")
+            self.workers[key] = (h.generation, task)
+            task.add_done_callback(functools.partial(self._forget, key))
+        elif kind == "drop":
+            current = self.workers.get((order.drop.network_id, order.drop.vnode_id))
+            if current is not None:
+                current[1].cancel()
+        elif kind == "check":
+            task = asyncio.create_task(self._check(order.check), name=f"phage-check-{order.check.check_id}")
+            self._checks.add(task)
+            task.add_done_callback(self._checks.discard)
+
+    def _forget(self, key: tuple[str, str], task: asyncio.Task[None]) -> None:
+        if self.workers.get(key, (0, None))[1] is task:
+            del self.workers[key]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("VNode %s/%s failed", *key, exc_info=task.exception())
+
+    # ---- blobs -----------------------------------------------------------------
+
+    async def blob(self, digest: str) -> bytes:
+        """A blob from the coordinator, cached on disk by digest."""
+        path = self.cache_dir / digest
+        if path.exists():
+            data = path.read_bytes()
+            if hashlib.sha256(data).hexdigest() == digest:
+                return data
+        chunks = [c.data async for c in self._stub().FetchBlob(pb.BlobRequest(sha256=digest), timeout=600)]
+        data = b"".join(chunks)
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise RuntimeError(f"blob {digest[:12]} arrived corrupted")
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        return data
+
+    async def upload(self, data: bytes) -> str:
+        """Store bytes in the coordinator's blob store; returns the digest."""
+        digest = hashlib.sha256(data).hexdigest()
+
+        def chunks() -> Any:
+            for i in range(0, max(len(data), 1), UPLOAD_CHUNK):
+                part = data[i : i + UPLOAD_CHUNK]
+                yield (
+                    pb.BlobChunk(sha256=digest, total_size=len(data), data=part)
+                    if i == 0
+                    else pb.BlobChunk(data=part)
+                )
+
+        await self._core().UploadBlob(chunks(), timeout=600)
+        return digest
+
+    # ---- checks ------------------------------------------------------------------
+
+    async def _check(self, c: tpb.CheckStep) -> None:
+        """Recompute another node's step from the state before it and its inputs; report the digest."""
+        net = parse_spec(json.loads(c.spec_json))
+        before, inputs = await self.blob(c.before_sha256), await self.blob(c.inputs_sha256)
+
+        def recompute() -> str:
+            rt = VNodeRuntime(net, c.vnode_id, seed=0)
+            rt.load_state(before)
+            xs, y = unpack(inputs)
+            if rt.train_step(c.seq, xs, y) is None:
+                return ""
+            return rt.digest()
+
+        digest = await asyncio.to_thread(recompute)
+        await self._stub().ReportVNode(
+            tpb.VNodeReport(node_id=self.node_id, check_id=c.check_id, check_result_digest=digest), timeout=60
+        )
+        self.checks_done += 1
+
+    # ---- hosting -------------------------------------------------------------------
+
+    async def _host(self, h: tpb.HostVNode) -> None:
+        try:
+            await _Worker(self, h).run()
+        except _Stale:
+            log.info("VNode %s/%s moved elsewhere; dropped here", h.network_id, h.vnode_id)
+        except asyncio.CancelledError:
+            raise
+        except grpc.aio.AioRpcError as exc:
+            log.warning("VNode %s/%s lost the coordinator: %s", h.network_id, h.vnode_id, exc.code())
+        except Exception as exc:  # a bad spec or checkpoint: the coordinator fails the network with this
+            log.exception("VNode %s/%s failed", h.network_id, h.vnode_id)
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await self._stub().ReportVNode(
+                    tpb.VNodeReport(
+                        node_id=self.node_id,
+                        network_id=h.network_id,
+                        vnode_id=h.vnode_id,
+                        generation=h.generation,
+                        error=f"{type(exc).__name__}: {exc}",
+                    ),
+                    timeout=30,
+                )
+
+
+class _Worker:
+    """One hosted VNode."""
+
+    def __init__(self, host: VNodeHost, h: tpb.HostVNode) -> None:
+        self.host = host
+        self.h = h
+        self.net: NetworkSpec = parse_spec(json.loads(h.spec_json))
+        self.spec = self.net.vnode(h.vnode_id)
+        self.producers = [s for s in self.spec.inputs if s != INPUT]
+        self.consumers = self.net.consumers(h.vnode_id)
+        self.out: asyncio.Queue[tpb.ActivationFrame | None] = asyncio.Queue(OUT_FRAMES)
+        self.inbox: asyncio.Queue[tpb.ActivationFrame] = asyncio.Queue(OUT_FRAMES * 4)
+        self.rng = random.Random(f"{h.network_id}/{h.vnode_id}/{h.generation}")
+        self.rt: VNodeRuntime | None = None
+        self.data: Dataset | None = None
+        self.samples = 0
+        self.last_report = 0.0
+        self.window: tuple[float, int] = (time.monotonic(), 0)
+        self.loss = 0.0
+
+    async def run(self) -> None:
+        h = self.h
+        if h.dataset_sha256:
+            blob = await self.host.blob(h.dataset_sha256)
+            self.data = await asyncio.to_thread(load_dataset, blob, self.net.input_shape, self.net.classes)
+        rt = await asyncio.to_thread(VNodeRuntime, self.net, h.vnode_id, seed=h.seed)
+        if h.checkpoint_sha256:
+            rt.load_state(await self.host.blob(h.checkpoint_sha256))
+        if self.host.poison_updates:
+            rt.tamper = poison
+        self.rt = rt
+        link = asyncio.create_task(self._link())
+        main = asyncio.create_task(self._consume() if self.producers else self._produce())
+        try:
+            done, _ = await asyncio.wait({link, main}, return_when=asyncio.FIRST_COMPLETED)
+            if main not in done:
+                raise _Stale()  # the coordinator closed this VNode's stream for good
+            main.result()
+            await self.out.put(tpb.ActivationFrame(end=True, seq=-1))
+            await self._report(checkpoint=True, done=True)
+            await self.out.put(None)
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(link), 5)
+        finally:
+            for t in (main, link):
+                t.cancel()
+            await asyncio.gather(main, link, return_exceptions=True)
+
+    async def _link(self) -> None:
+        """Keep this VNode's activation stream open; ends when the coordinator refuses it."""
+        backoff = 0.2
+        while True:
+            call = self.host._stub().Activations(self._frames_up())
+            try:
+                async for f in call:
+                    backoff = 0.2
+                    await self.inbox.put(f)
+                return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in RETRYABLE:
+                    log.info("activation stream of %s refused: %s", self.h.vnode_id, exc.details())
+                    return
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, 2.0)
+
+    async def _frames_up(self) -> AsyncIterator[tpb.ActivationFrame]:
+        h = self.h
+        yield tpb.ActivationFrame(network_id=h.network_id, vnode_id=h.vnode_id, generation=h.generation)
+        while True:
+            f = await self.out.get()
+            if f is None:
+                return
+            yield f
+
+    def _batch(self, seq: int) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.data is not None
+        x, y = self.data.batch(seq, self.h.batch_size, self.h.seed)
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+    async def _produce(self) -> None:
+        assert self.rt is not None and self.data is not None
+        total = self.h.epochs * self.data.batches_per_epoch(self.h.batch_size)
+        for seq in range(self.rt.last_batch + 1, total):
+            x, y = self._batch(seq)
+            await self._step(seq, [x], y)
+
+    async def _consume(self) -> None:
+        assert self.rt is not None
+        ended: set[str] = set()
+        pending: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+        while ended != set(self.producers):
+            f = await self.inbox.get()
+            if f.end:
+                ended.add(f.vnode_id)
+                continue
+            if f.seq <= self.rt.last_batch:
+                continue  # a late or duplicated batch
+            xs, y = unpack(f.tensor)
+            slot = pending.setdefault(f.seq, {})
+            slot[f.vnode_id] = (xs[0], y)
+            if len(slot) < len(self.producers):
+                continue
+            del pending[f.seq]
+            for old in [s for s in pending if s < f.seq]:
+                del pending[old]  # a batch one producer never sent (it was relocating): skip it
+            inputs = []
+            for src in self.spec.inputs:
+                inputs.append(self._batch(f.seq)[0] if src == INPUT else slot[src][0])
+            await self._step(f.seq, inputs, y)
+
+    async def _step(self, seq: int, inputs: list[torch.Tensor], y: torch.Tensor) -> None:
+        rt = self.rt
+        assert rt is not None
+        sampled = self.h.check_rate > 0 and self.rng.random() < self.h.check_rate
+        before = rt.state_bytes() if sampled else b""
+        done = await asyncio.to_thread(rt.train_step, seq, inputs, y)
+        if done is None:
+            return
+        out, self.loss = done
+        self.samples += len(y)
+        if self.consumers:
+            await self.out.put(tpb.ActivationFrame(seq=seq, tensor=pack([out], y)))
+        check: dict[str, Any] = {}
+        if sampled:
+            check = {
+                "check_seq": seq,
+                "check_before_sha256": await self.host.upload(before),
+                "check_inputs_sha256": await self.host.upload(pack(inputs, y)),
+                "check_after_digest": rt.digest(),
+            }
+        due = rt.step % max(1, self.h.checkpoint_every) == 0
+        if due or check or time.monotonic() - self.last_report > REPORT_EVERY_S:
+            await self._report(checkpoint=due, **check)
+
+    async def _report(self, *, checkpoint: bool = False, done: bool = False, **check: Any) -> None:
+        rt = self.rt
+        assert rt is not None
+        h = self.h
+        now = time.monotonic()
+        t0, n0 = self.window
+        rate = (self.samples - n0) / (now - t0) if now > t0 else 0.0
+        self.window = (now, self.samples)
+        digest = await self.host.upload(rt.state_bytes()) if checkpoint else ""
+        ack = await self.host._stub().ReportVNode(
+            tpb.VNodeReport(
+                node_id=self.host.node_id,
+                network_id=h.network_id,
+                vnode_id=h.vnode_id,
+                generation=h.generation,
+                step=rt.step,
+                last_batch=rt.last_batch,
+                loss=self.loss,
+                samples_per_s=rate,
+                samples=self.samples,
+                checkpoint_sha256=digest,
+                done=done,
+                **check,
+            ),
+            timeout=60,
+        )
+        self.last_report = now
+        if ack.stop:
+            raise _Stale()
