@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from phage import __version__
 from phage.coordinator.admission_api import install_admission_api
@@ -59,6 +60,17 @@ def create_app(coordinator: Coordinator) -> FastAPI:
                 "field": field,
             },
             status_code=400,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Starlette's own refusals (no such route, method not allowed) in the documented error shape
+        kind = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
+        message = str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no such endpoint: {request.method} {request.url.path}"
+        return JSONResponse(
+            {"error": kind, "message": message}, status_code=exc.status_code, headers=exc.headers
         )
 
     async def principal(request: Request) -> Principal:
