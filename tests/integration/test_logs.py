@@ -1,4 +1,4 @@
-"""Structured logs: every line JSON when asked, and a request id from the HTTP edge in the records."""
+"""Structured logs: every line JSON when asked, and a request id carried from the HTTP edge to the node."""
 
 from __future__ import annotations
 
@@ -48,6 +48,18 @@ def test_json_logs_carry_the_request_id(tmp_path: Path) -> None:
             lambda: next((r for r in _records(node_log) if r.get("sandbox")), None), 10, what="node record"
         )
         assert started["level"] == "info" and started["node_id"]
+
+        # the id of the request that submitted a task follows it to the node that runs it
+        with coord.client() as c:
+            task_id = c.post("/api/tasks", json={"kind": "noop"}, headers={"X-Request-ID": "trace-7"}).json()[
+                "id"
+            ]
+        ran = wait_until(
+            lambda: next((r for r in _records(node_log) if r.get("task_id") == task_id), None),
+            30,
+            what="the node's record of running the task",
+        )
+        assert ran["request_id"] == "trace-7" and ran["logger"].startswith("phage.node")
     finally:
         node.stop()
         coord.stop()

@@ -249,3 +249,59 @@ class WorkloadDigest(ApiModel):
 
     digest: str | None
     approved: bool
+
+
+class Ref(ApiModel):
+    """An id and a state: a task in a batch answer, or a node just removed."""
+
+    id: str
+    state: str
+
+
+class TaskRefList(ApiModel):
+    """A batch submit's answer."""
+
+    tasks: list[Ref]
+
+
+class NodeList(ApiModel):
+    """``GET /api/nodes``."""
+
+    nodes: list[Node]
+
+
+class KeyList(ApiModel):
+    """``GET /api/keys``."""
+
+    keys: list[ApiKey]
+
+
+class UsageList(ApiModel):
+    """``GET /api/usage``."""
+
+    keys: list[KeyUsage]
+
+
+class ErrorBody(ApiModel):
+    """Every error phage's own routes answer: the kind, a message naming the field and the limit."""
+
+    error: str
+    """The kind (``InvalidInput``, ``NotFound``, ``PermissionDenied``, …)."""
+    message: str
+    field: str | None = None
+    """The request field at fault, when one is."""
+
+
+class OpenAIErrorDetail(ApiModel):
+    """The inside of an OpenAI-style error."""
+
+    message: str
+    type: str | None = None
+    param: str | None = None
+    code: str | int | None = None
+
+
+class OpenAIErrorBody(ApiModel):
+    """Errors on ``/v1``, in OpenAI's shape so its clients read them."""
+
+    error: OpenAIErrorDetail

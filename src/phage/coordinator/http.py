@@ -25,6 +25,7 @@ from phage.coordinator.keys_api import install_keys
 from phage.coordinator.metrics import install_metrics
 from phage.coordinator.nodes_api import install_nodes
 from phage.coordinator.openai_api import install_openai
+from phage.coordinator.openapi_doc import install_openapi
 from phage.coordinator.pool_api import install_pool_api
 from phage.coordinator.tasks_api import install_tasks
 from phage.coordinator.training_api import install_training
@@ -101,4 +102,5 @@ def create_app(coordinator: Coordinator) -> FastAPI:
     install_workloads_api(app, c, principal)
     install_metrics(app, c)
     install_dashboard(app, c)
+    install_openapi(app, s)
     return app

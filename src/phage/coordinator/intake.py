@@ -17,6 +17,7 @@ from phage.coordinator.requests import TaskRequest
 from phage.coordinator.workloads import ApprovedWorkloads
 from phage.domain import Task, TaskSpec, TaskState
 from phage.domain.ids import new_id
+from phage.logs import REQUEST_ID
 from phage.store.blobs import BlobStore
 
 
@@ -54,6 +55,7 @@ class Intake:
                 quorum=quorum,
                 workspace=workspace,
                 workspace_size=len(req.workspace) if req.workspace is not None else 0,
+                request_id=REQUEST_ID.get() or "",
             )
             replicas = copies if quorum is not None else spec.best_of
             for _ in range(req.count):

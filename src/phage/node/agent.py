@@ -20,6 +20,7 @@ import psutil
 from phage import __version__
 from phage.domain import ReceivedAssignment, TaskResult
 from phage.errors import PhageError
+from phage.logs import REQUEST_ID
 from phage.node import faults
 from phage.node.attest import attest_result, sign_batch
 from phage.node.chat import ChatServer
@@ -425,6 +426,11 @@ class NodeAgent:
     # ---- one assignment ----------------------------------------------------
 
     async def _execute(self, a: ReceivedAssignment) -> None:
+        # every record made while running it carries the id of the request that submitted it
+        REQUEST_ID.set(a.spec.request_id or None)
+        log.info(
+            "running %s task %s", a.kind, a.task_id, extra={"task_id": a.task_id, "attempt": a.assignment_id}
+        )
         outputs: list[CollectedOutput] = []
         try:
             if a.problem:
