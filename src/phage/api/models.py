@@ -305,3 +305,53 @@ class OpenAIErrorBody(ApiModel):
     """Errors on ``/v1``, in OpenAI's shape so its clients read them."""
 
     error: OpenAIErrorDetail
+
+
+class ModelCard(ApiModel):
+    """A model a live node serves, in OpenAI's shape."""
+
+    id: str
+    object: str = "model"
+    created: int | None = None
+    owned_by: str = "phage"
+
+
+class ModelList(ApiModel):
+    """``GET /v1/models``."""
+
+    object: str = "list"
+    data: list[ModelCard]
+
+
+class ChatUsage(ApiModel):
+    """Tokens a chat completion used."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatChoiceMessage(ApiModel):
+    """The assistant's answer."""
+
+    role: str
+    content: str | None = None
+
+
+class ChatChoice(ApiModel):
+    """One choice of a completion."""
+
+    index: int
+    message: ChatChoiceMessage
+    finish_reason: str | None = None
+
+
+class ChatCompletion(ApiModel):
+    """A non-streamed chat completion (``stream: true`` answers with server-sent chunks instead)."""
+
+    id: str
+    object: str = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: ChatUsage

@@ -52,6 +52,8 @@ RESPONSE_BODIES: dict[tuple[str, str], list[type[BaseModel]]] = {
     ("get", "/api/workloads"): [m.WorkloadList],
     ("post", "/api/workloads"): [m.WorkloadApproval],
     ("post", "/api/workloads/digest"): [m.WorkloadDigest],
+    ("get", "/v1/models"): [m.ModelList],
+    ("post", "/v1/chat/completions"): [m.ChatCompletion],
 }
 """Answers a route builds as plain JSON: the model each success body follows."""
 
@@ -93,6 +95,23 @@ def complete(schema: dict[str, Any], settings: CoordinatorSettings) -> dict[str,
                 }
             }
         op["requestBody"] = {"required": True, "content": content}
+    submit = paths.get("/submit", {}).get("post")
+    if submit is not None:  # the sandrun-compatible upload
+        submit["requestBody"] = {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "files": {"type": "string", "format": "binary", "description": "A .tar.gz."},
+                            "manifest": {"type": "string", "description": "The manifest as JSON."},
+                        },
+                        "required": ["manifest"],
+                    }
+                }
+            },
+        }
     # the batch limit is the coordinator's own setting
     task_create = comps.schemas.get("TaskCreate", {}).get("properties", {})
     if "count" in task_create:
