@@ -8,17 +8,14 @@ The public front for scripts is small::
 
 ``AsyncClient`` is the same over asyncio; answers are the frozen models below; every error phage
 raises on purpose is a :class:`PhageError`. Everything else is internal.
+
+The names are loaded on first use (``__init__.pyi`` declares them for type checkers), so that
+importing any part of phage — a node, the coordinator — never imports the client.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 __version__ = "0.1.0"
-
-if TYPE_CHECKING:
-    from phage.api.models import ApiKey, KeyUsage, NewApiKey, Node, PoolStatus, Task, TaskPage, TaskRef
-    from phage.client import Client, PhageClientError
-    from phage.client import PhageClient as AsyncClient
-    from phage.errors import PhageError
 
 __all__ = [
     "ApiKey",

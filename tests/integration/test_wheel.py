@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -34,20 +35,14 @@ def client_venv(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[st
     tmp = tmp_path_factory.mktemp("wheel")
     # the checkout must not leak in: no PYTHONPATH, no editable install on the path
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    built = _run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-w",
-            str(tmp),
-            str(ROOT),
-        ],
-        env,
-    )
+    # build from a copy of what a release holds, so the checkout gets no build/ or egg-info
+    source = tmp / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
+    built = _run([*pip_wheel, "-w", str(tmp), str(source)], env)
     assert built.returncode == 0, built.stderr[-3000:]
     (wheel,) = tmp.glob("phage-*.whl")
     target = tmp / "venv"
@@ -73,6 +68,11 @@ def test_base_install_is_client_only(client_venv: tuple[Path, dict[str, str]]) -
     extras = {f["check"]: f for f in json.loads(doctor.stdout)}
     assert extras["coordinator extra"]["level"] == "warn"
     assert extras["coordinator extra"]["fix"] == "pip install 'phage[coordinator]'"
+    stub = _run(
+        [py, "-c", "import phage, pathlib; print(pathlib.Path(phage.__file__).with_suffix('.pyi').exists())"],
+        env,
+    )
+    assert stub.stdout.strip() == "True"  # the typed front ships with the wheel
     assert (ROOT / "LICENSE").read_text().startswith("\n                                 Apache License")
 
 

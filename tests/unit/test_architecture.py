@@ -19,6 +19,9 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "phage"
 PACKAGE_RANK = {
     "phage": 0,
     "errors": 0,
+    "api": 1,
+    "config": 1,
+    "logs": 1,
     "domain": 1,
     "pki": 2,
     "sandbox": 2,
@@ -54,7 +57,7 @@ COORDINATOR_RANK = {
         0,
     ),
     # policies: they decide, and hold no service
-    **dict.fromkeys(["placement", "replication", "trust", "training_eval"], 1),
+    **dict.fromkeys(["placement", "replication", "trust", "training_eval", "workloads"], 1),
     "ledger": 2,
     **dict.fromkeys(["admission", "intake", "overview"], 3),
     "nodes": 4,

@@ -256,7 +256,7 @@ def register(app: typer.Typer) -> None:
         """
         from rich.table import Table
 
-        from phage.doctor import Context, Finding, Level, diagnose
+        from phage.client.doctor import Context, Finding, Level, diagnose
 
         findings: list[Finding] = []
         ports: list[tuple[str, str, int]] = []
