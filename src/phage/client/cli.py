@@ -86,7 +86,7 @@ def coordinator(
         Path | None,
         typer.Option(
             envvar="PHAGE_WORKERS_FILE",
-            help="Allowlist mode: seed 002's workers.json, re-read on change "
+            help="Allowlist mode: a sandrun-style workers.json of node keys, re-read on change "
             "(default: DATA_DIR/workers.json).",
         ),
     ] = None,
@@ -94,7 +94,7 @@ def coordinator(
         bool,
         typer.Option(
             envvar="PHAGE_POOL_API_OPEN",
-            help="Serve seed 002's pool API (/submit, /status, /outputs, /pool) without an API key.",
+            help="Serve the sandrun-compatible pool API (/submit, /status, /outputs, /pool) without a key.",
         ),
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
