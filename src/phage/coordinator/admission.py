@@ -6,13 +6,13 @@ Four modes (``--admission``, ``PHAGE_ADMISSION``):
 mode       who gets in                                            trust of a new node
 =========  =====================================================  =========================
 token      anyone with the join token (the default)               trusted
-allowlist  node ids listed in seed 002's ``workers.json``         trusted
+allowlist  node ids listed in sandrun's ``workers.json``         trusted
 approval   anyone with the join token, ``pending`` until an       as the admin decides
-           admin approves (seed 004)
+           admin approves
 open       anyone, no token                                       untrusted
 =========  =====================================================  =========================
 
-Why allowlist mode needs no join token: seed 002's workers are admitted by their Ed25519 key
+Why allowlist mode needs no join token: sandrun's workers are admitted by their Ed25519 key
 alone, and Register already proves the node holds that key (it signs its CSR with it), so a
 token would add a second secret to distribute without keeping anyone else out. A token the
 node sends anyway is ignored.
@@ -65,12 +65,12 @@ class AdmissionMode(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class WorkerEntry:
-    """One allowlisted worker, as seed 002's ``workers.json`` lists it."""
+    """One allowlisted worker, as sandrun's ``workers.json`` lists it."""
 
     worker_id: str
     """Base64 of the raw Ed25519 public key: phage's node id."""
     endpoint: str = ""
-    """Seed 002's worker URL; phage nodes dial out, so it is only shown (``/pool``)."""
+    """sandrun's worker URL; phage nodes dial out, so it is only shown (``/pool``)."""
     max_concurrent_jobs: int | None = None
     """Caps the node's concurrent assignments; None: the node's own ``--concurrency``."""
 
@@ -85,7 +85,7 @@ def check_max_jobs(value: Any, field: str) -> int | None:
 
 
 def parse_workers(data: Any) -> dict[str, WorkerEntry]:
-    """Seed 002's ``workers.json`` (a list of ``{worker_id, endpoint?, max_concurrent_jobs?}``), checked."""
+    """sandrun's ``workers.json`` (a list of ``{worker_id, endpoint?, max_concurrent_jobs?}``), checked."""
     if not isinstance(data, list):
         raise InvalidInput("workers file must be a JSON list of workers", field="workers")
     out: dict[str, WorkerEntry] = {}

@@ -98,10 +98,10 @@ class CoordinatorSettings(BaseSettings):
     """Who may join (``coordinator/admission.py``): token holders (trusted), the keys in the workers
     file (trusted, no token needed), token holders once an admin approves them, or anyone (untrusted)."""
     workers_file: Path | None = None
-    """Allowlist mode: seed 002's ``workers.json``, re-read when it changes (default in ``data_dir``)."""
+    """Allowlist mode: sandrun's ``workers.json``, re-read when it changes (default in ``data_dir``)."""
     pool_api_open: bool = False
-    """Serve seed 002's pool API (``/submit``, ``/status``, ``/outputs``, ``/pool``) to callers without an
-    API key, as seed 002's clients send none. Off by default: anyone reaching the HTTP port could submit."""
+    """Serve the sandrun-compatible pool API (``/submit``, ``/status``, ``/outputs``, ``/pool``) to callers without an
+    API key, as sandrun's clients send none. Off by default: anyone reaching the HTTP port could submit."""
 
     # ---- retention (coordinator/retention.py) ------------------------------
     task_retention_s: float = Field(default=30 * 86400.0, ge=0)

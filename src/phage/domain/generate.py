@@ -1,4 +1,4 @@
-"""Generate tasks (seed 000): a prompt for a model, a verifier, best-of-N.
+"""Generate tasks: a prompt for a model, a verifier, best-of-N.
 
 The model's output is written into the task's workspace at ``output_path`` and
 the ``verifier`` shell command runs there in a sandbox; exit 0 is a pass. With

@@ -1,4 +1,4 @@
-"""The job manifest (seed 002): what to run in a workspace and what to collect.
+"""The job manifest: what to run in a workspace and what to collect.
 
 Validation lives here, not at the HTTP edge, so every entry point (REST, the
 seed-002 pool API, the CLI) refuses the same things with the same words.
