@@ -18,6 +18,7 @@ if [ "${PHAGE_SETUP_EXTRAS:-}" = "test" ]; then
   # the store and integration tests also run on a real PostgreSQL server (phage.testing_postgres)
   { command -v initdb && command -v pg_ctl; } >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
     || need_apt+=(postgresql)
+  command -v certutil >/dev/null || need_apt+=(libnss3-tools)  # the dashboard test trusts the pool CA in Chromium
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -64,6 +65,13 @@ def _phage_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "phage.client.cli", *args]
 
 
+def phage_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run ``phage ARGS`` to completion (text output captured); ``env`` replaces the environment."""
+    return subprocess.run(_phage_argv(*args), env=env, capture_output=True, text=True, timeout=timeout)
+
+
 @dataclass
 class CoordinatorProcess:
     """A ``phage coordinator`` subprocess with fixed ports (so it can be restarted in place)."""
@@ -78,11 +86,28 @@ class CoordinatorProcess:
     enroll_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    args: tuple[str, ...] = ()
+    """Further ``phage coordinator`` options (``--https``, TLS files)."""
+
+    @property
+    def https(self) -> bool:
+        """True when started to serve HTTPS."""
+        return any(a in ("--https", "--tls-cert-file") for a in self.args)
 
     @property
     def url(self) -> str:
-        """HTTP base URL."""
-        return f"http://127.0.0.1:{self.http_port}"
+        """HTTP(S) base URL."""
+        return f"{'https' if self.https else 'http'}://127.0.0.1:{self.http_port}"
+
+    @property
+    def ca_file(self) -> Path:
+        """The pool CA's certificate (what clients pin for HTTPS from the pool's own CA)."""
+        return self.data_dir / "pki" / "ca.pem"
+
+    def _verify(self) -> ssl.SSLContext | bool:
+        if "--tls-cert-file" in self.args:
+            return ssl.create_default_context(cafile=self.args[self.args.index("--tls-cert-file") + 1])
+        return ssl.create_default_context(cafile=str(self.ca_file)) if self.https else True
 
     @property
     def grpc_address(self) -> str:
@@ -111,6 +136,7 @@ class CoordinatorProcess:
             str(self.enroll_port),
             "--heartbeat",
             str(self.heartbeat_s),
+            *self.args,
         )
         if self.database_url:
             argv += ["--database-url", self.database_url]
@@ -123,7 +149,7 @@ class CoordinatorProcess:
     def _healthy(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise RuntimeError(f"coordinator exited with {self.proc.returncode}; log: {self.log_path}")
-        ok = httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
+        ok = httpx.get(f"{self.url}/healthz", timeout=2, verify=self._verify()).status_code == 200
         return ok and (self.data_dir / "coordinator.json").exists()
 
     @property
@@ -140,7 +166,10 @@ class CoordinatorProcess:
     def client(self, key: str | None = None) -> httpx.Client:
         """A synchronous HTTP client with the admin key."""
         return httpx.Client(
-            base_url=self.url, headers={"Authorization": f"Bearer {key or self.admin_key}"}, timeout=30
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {key or self.admin_key}"},
+            timeout=30,
+            verify=self._verify(),
         )
 
     def kill(self) -> None:

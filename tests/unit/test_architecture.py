@@ -19,6 +19,9 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "phage"
 PACKAGE_RANK = {
     "phage": 0,
     "errors": 0,
+    "api": 1,
+    "config": 1,
+    "logs": 1,
     "domain": 1,
     "pki": 2,
     "sandbox": 2,
@@ -45,6 +48,7 @@ COORDINATOR_RANK = {
             "counters",
             "feed",
             "keys",
+            "key_rates",
             "pool",
             "ratelimit",
             "requests",
@@ -57,7 +61,9 @@ COORDINATOR_RANK = {
         0,
     ),
     # policies: they decide, and hold no service
-    **dict.fromkeys(["placement", "replication", "trust", "training_eval", "quotas", "sharded"], 1),
+    **dict.fromkeys(
+        ["placement", "replication", "trust", "training_eval", "quotas", "sharded", "workloads"], 1
+    ),
     "sharded_chat": 2,
     "replicas": 1,
     # chat's metering and checking: they hold the router or the store's usage records, no service

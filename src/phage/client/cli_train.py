@@ -9,8 +9,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from phage.client.cli_common import KeyOpt, UrlOpt, api_key, console, run
-from phage.client.sdk import PhageClient
+from phage.client.cli_common import KeyOpt, UrlOpt, connect, console, run
 
 
 def progress_table(net: dict[str, Any]) -> Table:
@@ -63,7 +62,7 @@ def register(app: typer.Typer) -> None:
         """Train a network across the pool's nodes, each VNode on its own local loss."""
 
         async def main() -> int:
-            async with PhageClient(url, api_key(key), timeout=600) as client:
+            async with connect(url, key, timeout=600) as client:
                 digest = await client.upload_dataset(data.read_bytes())
                 net = await client.train(
                     spec.read_text(),
@@ -99,7 +98,7 @@ def register(app: typer.Typer) -> None:
         """Training jobs, or one of them in detail."""
 
         async def main() -> None:
-            async with PhageClient(url, api_key(key)) as client:
+            async with connect(url, key) as client:
                 if network_id:
                     console.print(progress_table(await client.network(network_id)))
                     return

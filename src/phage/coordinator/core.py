@@ -49,6 +49,8 @@ from phage.coordinator.state import DataDir
 from phage.coordinator.training import HostFacts, TrainingService
 from phage.coordinator.tried import TriedNodes
 from phage.coordinator.trust import TrustGuard
+from phage.coordinator.workloads import FILE_NAME as WORKLOADS_FILE
+from phage.coordinator.workloads import ApprovedWorkloads
 from phage.domain import NodeState
 from phage.domain.quorum import QuorumPolicy
 from phage.errors import SandboxError, StoreUnavailable
@@ -100,6 +102,9 @@ class Coordinator:
         self.ledger = TaskLedger(
             self.store, self.queue, self.pool, self.bus, self.counters, self.tried, clock
         )
+        self.workloads = ApprovedWorkloads(
+            self.dirs.root / WORKLOADS_FILE, enforced=s.approved_workloads_only
+        )
         quotas = SubmitQuotas(
             UserLimits(
                 s.user_max_priority, s.user_max_attempts, s.user_max_tasks_per_request, s.user_max_open_tasks
@@ -112,6 +117,7 @@ class Coordinator:
             self.placement,
             self.replication,
             quotas,
+            self.workloads,
             clock,
             self.meter.require_credit,
         )

@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from phage import __version__
 from phage.coordinator.admission_api import install_admission_api
@@ -25,10 +26,12 @@ from phage.coordinator.keys_api import install_keys
 from phage.coordinator.metrics import install_metrics
 from phage.coordinator.nodes_api import install_nodes
 from phage.coordinator.openai_api import install_openai
+from phage.coordinator.openapi_doc import install_openapi
 from phage.coordinator.pool_api import install_pool_api
 from phage.coordinator.sharded_api import install_sharded_api
 from phage.coordinator.tasks_api import install_tasks
 from phage.coordinator.training_api import install_training
+from phage.coordinator.workloads_api import install_workloads_api
 from phage.errors import PhageError, Unauthenticated
 
 log = logging.getLogger("phage.http")
@@ -64,6 +67,17 @@ def create_app(coordinator: Coordinator) -> FastAPI:
             status_code=400,
         )
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Starlette's own refusals (no such route, method not allowed) in the documented error shape
+        kind = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError")
+        message = str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no such endpoint: {request.method} {request.url.path}"
+        return JSONResponse(
+            {"error": kind, "message": message}, status_code=exc.status_code, headers=exc.headers
+        )
+
     async def principal(request: Request) -> Principal:
         return await c.keys.authenticate(request.headers.get("authorization"))
 
@@ -89,6 +103,7 @@ def create_app(coordinator: Coordinator) -> FastAPI:
     install_training(app, c.training, principal, read_json)
     install_admission_api(app, c)
     install_pool_api(app, c)
+    install_workloads_api(app, c, principal)
     install_metrics(app, c)
     install_dashboard(app, c)
     live_nodes = c.pool.nodes
@@ -99,4 +114,5 @@ def create_app(coordinator: Coordinator) -> FastAPI:
         c.sharded_usage,
         lambda node_id: live_nodes[node_id].node.name if node_id in live_nodes else "",
     )
+    install_openapi(app, s)
     return app

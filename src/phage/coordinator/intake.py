@@ -1,7 +1,8 @@
 """Intake: turning checked submissions into stored, queued tasks.
 
-A submission is refused as a whole before anything is written: a generate task for a model no
-node serves or could load (unless it may wait), or a quorum that does not fit its executions.
+A submission is refused as a whole before anything is written: a workload the pool has not
+approved (when it runs approved workloads only), a generate task for a model no node serves or
+could load (unless it may wait), or a quorum that does not fit its executions.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from phage.coordinator.placement import ModelPlacement
 from phage.coordinator.quotas import SubmitQuotas
 from phage.coordinator.replication import Replication
 from phage.coordinator.requests import TaskRequest
+from phage.coordinator.workloads import ApprovedWorkloads
 from phage.domain import Task, TaskSpec, TaskState
 from phage.domain.ids import new_id
+from phage.logs import REQUEST_ID
 from phage.store.blobs import BlobStore
 
 
@@ -29,6 +32,7 @@ class Intake:
         placement: ModelPlacement,
         replication: Replication,
         quotas: SubmitQuotas,
+        workloads: ApprovedWorkloads,
         clock: Callable[[], float],
         credit: Callable[[Principal], Awaitable[None]] | None = None,
     ) -> None:
@@ -37,10 +41,12 @@ class Intake:
         """Generate tasks: raises PaymentRequired when the submitting key's credit is spent."""
         self.placement, self.replication = placement, replication
         self.quotas = quotas
+        self.workloads = workloads
         self.clock = clock
 
     async def submit(self, requests: Sequence[TaskRequest], principal: Principal) -> list[Task]:
-        """Store and queue tasks; nothing is written unless all of them are valid and within quota."""
+        """Store and queue tasks; nothing is written unless all are valid, approved and within quota."""
+        self.workloads.check(requests)
         await self.quotas.check(requests, principal)
         now = self.clock()
         if self.credit is not None and any(req.generate is not None for req in requests):
@@ -58,6 +64,7 @@ class Intake:
                 quorum=quorum,
                 workspace=workspace,
                 workspace_size=len(req.workspace) if req.workspace is not None else 0,
+                request_id=REQUEST_ID.get() or "",
             )
             replicas = copies if quorum is not None else spec.best_of
             for _ in range(req.count):

@@ -1,4 +1,4 @@
-"""The sandrun-compatible pool API, kept compatible so its clients and documented ``curl`` commands work unchanged.
+"""The sandrun-compatible pool API: sandrun's clients and documented ``curl`` commands work unchanged.
 
 =============================  ==============================================================
 ``POST /submit``               multipart ``files`` (the project ``.tar.gz``) + ``manifest`` (JSON)

@@ -8,20 +8,25 @@ import dataclasses
 import json
 import logging
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import uvicorn
 
+from phage.config import ConfigError
 from phage.coordinator.auth_limit import AuthFailureLimit
 from phage.coordinator.core import Coordinator
 from phage.coordinator.enrollment import EnrollmentServicer, enrollment_options
 from phage.coordinator.http import create_app
 from phage.coordinator.http_guard import HttpLimits, guarded_protocol
 from phage.coordinator.ratelimit import Rate, RateLimiter
+from phage.coordinator.request_ids import RequestIds
 from phage.coordinator.settings import CoordinatorSettings
 from phage.coordinator.training_grpc import TrainingServicer
+from phage.pki import CertificateAuthority
 from phage.pki.ca import write_private
 from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
 from phage.protocol.v1 import training_pb2_grpc as tpb_grpc
@@ -61,6 +66,28 @@ class ServerInfo:
             f"PHAGE_JOIN_TOKEN={self.join_token} phage node --coordinator {self.grpc_address} "
             f"--enroll {self.enroll_address} --ca-fingerprint {self.ca_fingerprint}"
         )
+
+    def node_command_lines(self, width: int = 80) -> str:
+        """The join line broken with shell continuations so that no line is wider than ``width``.
+
+        Printed bare (no panel, no terminal wrapping), it pastes into a shell as one command.
+        """
+        words = self.node_command().split(" ")
+        start = words.index("node") + 1  # the environment assignment stays before the command
+        rest = words[start:]
+        parts = [" ".join(words[:start])] + [
+            f"{flag} {value}" for flag, value in zip(rest[::2], rest[1::2], strict=True)
+        ]
+        lines: list[str] = []
+        for part in parts:
+            if lines and len(lines[-1]) + 1 + len(part) + 2 <= width:
+                lines[-1] += " " + part
+            elif len("  " + part) + 2 <= width or not lines:
+                lines.append(("  " if lines else "") + part)
+            else:  # too wide even alone (the fingerprint): the value gets a line of its own
+                flag, value = part.split(" ", 1)
+                lines += ["  " + flag, "    " + value]
+        return " \\\n".join(lines)
 
 
 class CoordinatorServer:
@@ -107,8 +134,9 @@ class CoordinatorServer:
         enroll_port = self._enroll.add_secure_port(f"{s.grpc_host}:{s.enrollment_port}", enroll)
         await self._enroll.start()
 
+        tls = https_files(s, c.ca, c.dirs.pki) if s.serves_https else None
         app = AuthFailureLimit(
-            create_app(c),
+            RequestIds(create_app(c)),
             RateLimiter(Rate(s.auth_failures_burst, s.auth_failures_per_s), "failed API keys"),
         )
         config = uvicorn.Config(
@@ -124,6 +152,8 @@ class CoordinatorServer:
             ws_ping_interval=20,
             ws_max_size=1024 * 1024,
             timeout_graceful_shutdown=2,
+            ssl_certfile=str(tls[0]) if tls else None,
+            ssl_keyfile=str(tls[1]) if tls else None,
         )
         self._http = uvicorn.Server(config)
         self._http.install_signal_handlers = lambda: None  # type: ignore[attr-defined]
@@ -137,7 +167,7 @@ class CoordinatorServer:
         if http_port == 0:
             http_port = self._http.servers[0].sockets[0].getsockname()[1]
         self.info = ServerInfo(
-            http_url=f"http://{_fmt_host(s.http_host)}:{http_port}",
+            http_url=f"{'https' if tls else 'http'}://{_fmt_host(s.http_host)}:{http_port}",
             grpc_address=f"{_fmt_host(host)}:{grpc_port}",
             enroll_address=f"{_fmt_host(host)}:{enroll_port}",
             join_token=c.join_token,
@@ -166,6 +196,28 @@ class CoordinatorServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._http_task, 5)
         await self.coordinator.stop()
+
+
+def https_files(s: CoordinatorSettings, ca: CertificateAuthority, pki_dir: Path) -> tuple[Path, Path]:
+    """The HTTPS certificate and key files: the operator's, or a certificate from the pool's CA.
+
+    The CA-issued certificate is made fresh at every start (cheap, and it follows changes to the
+    names) and written with the CA certificate after it, so clients that pin the CA by fingerprint
+    can verify the chain.
+    """
+    if s.tls_cert_file is not None and s.tls_key_file is not None:
+        for path, option in ((s.tls_cert_file, "tls_cert_file"), (s.tls_key_file, "tls_key_file")):
+            if not path.is_file():
+                raise ConfigError(f"{option} {path} does not exist", field=option)
+        return s.tls_cert_file, s.tls_key_file
+    names = [s.http_host, s.advertise_host or "", socket.gethostname()]
+    names += [n.strip() for n in s.https_names.split(",") if n.strip()]
+    cert, key = ca.issue_server_cert([n for n in names if n and n not in ("0.0.0.0", "::")])
+    cert_path, key_path = pki_dir / "https-cert.pem", pki_dir / "https-key.pem"
+    key_path.touch(mode=0o600)
+    key_path.write_bytes(key)
+    cert_path.write_bytes(cert + ca.cert_pem)
+    return cert_path, key_path
 
 
 def _fmt_host(host: str) -> str:

@@ -23,6 +23,7 @@ from phage.dataplane import TLSIdentity
 from phage.domain import ReceivedAssignment, TaskResult
 from phage.domain.blocks import BlockOffer
 from phage.errors import PhageError, SandboxError
+from phage.logs import REQUEST_ID
 from phage.node import faults
 from phage.node.attest import attest_result, sign_batch
 from phage.node.blocks import BlockServer
@@ -548,6 +549,11 @@ class NodeAgent:
     # ---- one assignment ----------------------------------------------------
 
     async def _execute(self, a: ReceivedAssignment, started: asyncio.Future[set[str]]) -> None:
+        # every record made while running it carries the id of the request that submitted it
+        REQUEST_ID.set(a.spec.request_id or None)
+        log.info(
+            "running %s task %s", a.kind, a.task_id, extra={"task_id": a.task_id, "attempt": a.assignment_id}
+        )
         outputs: list[CollectedOutput] = []
         claimed = began = time.monotonic()
         try:

@@ -187,6 +187,7 @@ def assignment_from_pb(msg: pb.TaskAssignment) -> ReceivedAssignment:
         generate=generate,
         workspace=msg.workspace_sha256,
         workspace_size=msg.workspace_size,
+        request_id=msg.request_id,
     )
     return ReceivedAssignment(
         assignment_id=msg.assignment_id,
@@ -208,6 +209,7 @@ def dispatch_to_pb(d: Dispatch, max_output_bytes: int) -> pb.TaskAssignment:
     msg.lease_expires_unix_ms = int(a.lease_expires_at * 1000)
     msg.max_output_bytes = max_output_bytes
     msg.input_sha256 = d.input_sha256
+    msg.request_id = a.spec.request_id  # metadata for logs, outside what the input hash covers
     if d.workspace is not None:
         msg.workspace = d.workspace
     return msg

@@ -171,7 +171,7 @@ class JobManifest(_message.Message):
     def __init__(self, entrypoint: _Optional[str] = ..., interpreter: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., outputs: _Optional[_Iterable[str]] = ..., timeout_s: _Optional[int] = ...) -> None: ...
 
 class TaskAssignment(_message.Message):
-    __slots__ = ("assignment_id", "task_id", "kind", "manifest", "workspace", "workspace_sha256", "workspace_size", "lease_expires_unix_ms", "max_output_bytes", "isolation", "generate", "input_sha256")
+    __slots__ = ("assignment_id", "task_id", "kind", "manifest", "workspace", "workspace_sha256", "workspace_size", "lease_expires_unix_ms", "max_output_bytes", "isolation", "generate", "input_sha256", "request_id")
     ASSIGNMENT_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -184,6 +184,7 @@ class TaskAssignment(_message.Message):
     ISOLATION_FIELD_NUMBER: _ClassVar[int]
     GENERATE_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     assignment_id: str
     task_id: str
     kind: str
@@ -196,7 +197,8 @@ class TaskAssignment(_message.Message):
     isolation: str
     generate: GenerateSpec
     input_sha256: str
-    def __init__(self, assignment_id: _Optional[str] = ..., task_id: _Optional[str] = ..., kind: _Optional[str] = ..., manifest: _Optional[_Union[JobManifest, _Mapping]] = ..., workspace: _Optional[bytes] = ..., workspace_sha256: _Optional[str] = ..., workspace_size: _Optional[int] = ..., lease_expires_unix_ms: _Optional[int] = ..., max_output_bytes: _Optional[int] = ..., isolation: _Optional[str] = ..., generate: _Optional[_Union[GenerateSpec, _Mapping]] = ..., input_sha256: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, assignment_id: _Optional[str] = ..., task_id: _Optional[str] = ..., kind: _Optional[str] = ..., manifest: _Optional[_Union[JobManifest, _Mapping]] = ..., workspace: _Optional[bytes] = ..., workspace_sha256: _Optional[str] = ..., workspace_size: _Optional[int] = ..., lease_expires_unix_ms: _Optional[int] = ..., max_output_bytes: _Optional[int] = ..., isolation: _Optional[str] = ..., generate: _Optional[_Union[GenerateSpec, _Mapping]] = ..., input_sha256: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class GenerateSpec(_message.Message):
     __slots__ = ("prompt", "model", "verifier", "max_tokens", "temperature", "output_path", "extract", "timeout_s")
