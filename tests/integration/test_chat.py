@@ -215,6 +215,16 @@ def test_chat_errors_are_openai_shaped(chat_pool: CoordinatorProcess) -> None:
     client = openai.OpenAI(base_url=f"{chat_pool.url}/v1", api_key=chat_pool.admin_key, max_retries=0)
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "x"}])
+    # Tools sent to an engine that cannot call them: the client raises BadRequestError naming ``tools``,
+    # rather than getting a plain answer that silently ignored them.
+    with pytest.raises(openai.BadRequestError) as no_tools:
+        client.chat.completions.create(
+            model="tiny-llama",
+            messages=[{"role": "user", "content": "weather in Lyon?"}],
+            tools=[{"type": "function", "function": {"name": "get_weather", "parameters": {}}}],
+        )
+    assert no_tools.value.status_code == 400 and "tools" in no_tools.value.message
+    assert isinstance(no_tools.value.body, dict) and no_tools.value.body.get("param") == "tools"
 
 
 def test_keys_credit_limits_and_revocation(chat_pool: CoordinatorProcess) -> None:
