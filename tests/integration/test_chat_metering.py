@@ -149,10 +149,22 @@ def test_a_stream_cut_short_is_charged_for_what_it_delivered(
 
 
 def test_concurrent_requests_cannot_overspend_a_limit(pool: Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rounds of 8 concurrent requests against a 50-token limit spend at most ``max_tokens`` past it.
+
+    The limit counts prompt and completion tokens. A request holds the most it can cost
+    (its prompt's bound plus ``max_tokens``) while it runs, so concurrent requests are
+    refused until it settles, and it is admitted only while the credit left covers its
+    prompt's estimate (about 4 bytes a token, plus 4 a message: 9 for this prompt). So one
+    request at most crosses the limit, and the spend is at most
+    ``limit - estimate + prompt + max_tokens``; the stand-in counts this prompt as 5 tokens
+    (one a word), under its estimate, so here the bound is exactly ``limit + max_tokens``.
+    A prompt counted above its estimate would add the difference: the coordinator cannot
+    count a prompt before a node does.
+    """
     monkeypatch.setenv("PHAGE_STANDIN_TOKEN_DELAY_MS", "5")
     coord = pool.start()
-    key_id, secret = _new_key(coord, "spender", limit=50)
-    max_tokens = 30
+    limit, max_tokens = 50, 30
+    key_id, secret = _new_key(coord, "spender", limit=limit)
     statuses: list[int] = []
     usages: list[dict[str, int]] = []
     gate = threading.Barrier(8)
@@ -168,22 +180,33 @@ def test_concurrent_requests_cannot_overspend_a_limit(pool: Pool, monkeypatch: p
         statuses.append(r.status_code)
         if r.status_code == 200:
             usages.append(r.json()["usage"])
+        else:
+            assert r.status_code == 402 and "tokens" in r.json()["error"]["message"], r.text
 
-    threads = [threading.Thread(target=ask) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(set(statuses)) == [200, 402], statuses
+    for _ in range(6):  # rounds until the key is spent: each round, at most one request is served
+        before = len(statuses)
+        threads = [threading.Thread(target=ask) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        served_now = statuses[before:].count(200)
+        assert served_now <= 1, ("concurrent requests were admitted together", statuses[before:])
+        if not served_now:
+            break
+    assert statuses[-8:] == [402] * 8, ("the key was never spent", statuses)
     served = statuses.count(200)
-    _log(coord, key_id, served)
+    assert served >= 2, ("no request crossed the limit: the test proves nothing", usages)
+    rows = _log(coord, key_id, served)
     with coord.client() as c:
         (mine,) = c.get("/api/usage", params={"key_id": key_id}).json()["keys"]
-    one_request = max(u["total_tokens"] for u in usages)
-    assert one_request <= max_tokens + 16
+    assert all(u["prompt_tokens"] == 5 and u["completion_tokens"] <= max_tokens for u in usages), usages
     assert mine["total_tokens"] == sum(u["total_tokens"] for u in usages)
-    assert mine["total_tokens"] <= 50 + one_request, (mine, usages)
-    assert mine["credit_left_tokens"] == max(0, 50 - mine["total_tokens"])
+    # Only the last request crossed the limit; the ones before it ended inside it.
+    ordered = sorted(rows, key=lambda r: r["started_at"])
+    assert sum(r["total_tokens"] for r in ordered[:-1]) < limit, ordered
+    assert limit < mine["total_tokens"] <= limit + max_tokens, (mine, usages)
+    assert mine["credit_left_tokens"] == 0
     # a top-up opens the key again
     with coord.client() as c:
         up = c.post(f"/api/keys/{key_id}/topup", json={"tokens": 1000})

@@ -132,17 +132,23 @@ class Meter:
     async def begin(
         self, who: Principal, kind: str, model: str, max_tokens: int, prompt_bytes: int, messages: int
     ) -> Ticket:
-        """Admit a request: 429 over a rate or concurrency limit, 402 when the credit is spent.
+        """Admit a request: 429 over a rate or concurrency limit, 402 when the credit left is too small.
 
         Keys with a credit limit hold the most this request can cost (its prompt's bound
-        plus ``max_tokens``) until it settles.
+        plus ``max_tokens``) until it settles, so a concurrent request sees that credit as
+        taken. A request is admitted only while the credit left (after those holds) covers
+        its prompt's estimate: the prompt is charged even when the answer is cut short,
+        and admitting on any credit left would let a key with one token left push a
+        whole context's worth of prompt through. So at most one request crosses the limit,
+        by at most its ``max_tokens`` plus what its prompt counts beyond the estimate.
         """
         now = self._clock()
         self.rates.admit(who.key_id, self.defaults.for_key(who))
         ticket = Ticket(new_id("r"), who.key_id, kind, model, max_tokens, prompt_bytes, messages, now)
         if who.credit_limit_tokens is None:
             return ticket
-        hold = Hold(new_id("h"), who.key_id, prompt_bound(prompt_bytes, messages) + max_tokens)
+        needs = prompt_estimate(prompt_bytes, messages)
+        hold = Hold(new_id("h"), who.key_id, prompt_bound(prompt_bytes, messages) + max_tokens, needs)
         try:
             refused = await self._store.hold_credit(hold, now, now + HOLD_TTL_S)
         except BaseException:
@@ -150,9 +156,11 @@ class Meter:
             raise
         if refused is not None:
             self.rates.done(who.key_id, 0)
+            left = max(0, refused.limit - refused.used)
             raise PaymentRequired(
                 f"this API key has used {refused.used} of its {refused.limit} tokens "
-                "(including requests in flight); an admin can top it up",
+                f"(including requests in flight); {left} left, and this request's prompt needs "
+                f"about {needs}; an admin can top it up",
                 field="Authorization",
             )
         ticket.hold_id = hold.id

@@ -89,13 +89,17 @@ class Hold:
     id: str
     key_id: str
     tokens: int
+    """The most the request can cost: held so that no concurrent request can spend it too."""
+    needs: int = 1
+    """Credit that must be left (after other holds) to admit the request at all."""
 
 
 @dataclass(frozen=True, slots=True)
 class HoldRefused:
-    """The key's credit is spent: nothing was held."""
+    """The key's credit left cannot cover what the request needs: nothing was held."""
 
     used: int
+    """Tokens charged plus tokens held by requests in flight."""
     limit: int
 
 
@@ -151,13 +155,17 @@ class UsageRecords:
     _writer: GroupCommitWriter
 
     async def hold_credit(self, hold: Hold, now: float, expires_at: float) -> HoldRefused | None:
-        """Hold ``hold.tokens`` of the key's credit, unless it is spent (then nothing is held)."""
+        """Hold ``hold.tokens`` of the key's credit if ``hold.needs`` of it is left (else hold nothing).
+
+        Check and hold are one conditional UPDATE, so concurrent requests see each
+        other's holds: while one request holds the credit, the next is refused.
+        """
 
         def op(conn: Connection) -> HoldRefused | None:
             _release_expired(conn, hold.key_id, now)
             k = api_keys.c
             room = k.credit_limit_tokens.is_(None) | (
-                k.used_tokens + k.reserved_tokens < k.credit_limit_tokens
+                k.used_tokens + k.reserved_tokens + hold.needs <= k.credit_limit_tokens
             )
             done = conn.execute(
                 api_keys.update()
