@@ -1,14 +1,15 @@
-"""Admin work in the dashboard (Chromium): approve and drain nodes, make and revoke API keys."""
+"""Admin work in the dashboard (Chromium): approve and drain nodes, API keys, node earnings."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from phage.testing import CoordinatorProcess, NodeProcess, wait_until
+from phage.testing import CoordinatorProcess, NodeProcess, free_port, wait_online, wait_until
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 from playwright.sync_api import Browser, Page, expect  # noqa: E402
@@ -89,6 +90,78 @@ def test_approve_drain_and_keys(tmp_path: Path, page: Page) -> None:
         expect(admin_row).to_have_count(1)
         expect(admin_row.locator("button[data-action=revoke]")).to_have_count(0)
         shot(page, "32-keys-and-usage")
+    finally:
+        node.stop()
+        coord.stop()
+
+
+def test_node_earnings_are_shown_to_admins(tmp_path: Path, page: Page) -> None:
+    """The tokens each node served, credited to its owner (what ``phage usage --nodes`` prints)."""
+    coord = CoordinatorProcess(tmp_path / "coordinator", heartbeat_s=0.5).start()
+    model = "standin-7b"
+    node = NodeProcess(
+        coord,
+        tmp_path / "node",
+        name="lender",
+        engine="vllm",
+        model=model,
+        args=(
+            "--engine-command",
+            f"{sys.executable} -m phage.node.engines.standin",
+            "--engine-port",
+            str(free_port()),
+        ),
+    ).start()
+    try:
+        wait_online(coord, 1, timeout=90)
+
+        def chat(tokens: int) -> None:
+            with coord.client() as c:
+                body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": tokens}
+                r = c.post("/v1/chat/completions", json=body)
+                assert r.status_code == 200, r.text
+
+        def served() -> bool:
+            with coord.client() as c:
+                return model in [m["id"] for m in c.get("/v1/models").json()["data"]]
+
+        wait_until(served, 60, what="the model listed")
+        chat(7)
+        chat(5)
+
+        def account() -> dict[str, int]:
+            with coord.client() as c:
+                (acct,) = c.get("/api/usage/nodes").json()["nodes"]
+                return dict(acct)
+
+        wait_until(lambda: account()["requests"] == 2, 30, what="both chats credited")
+        acct = account()
+        sign_in(page, coord)
+        card = page.locator("#earnings-card")
+        expect(card).to_be_visible()
+        row = page.locator("#earnings-table tr[data-node-name=lender]")
+        expect(row).to_have_attribute("data-node-id", acct["node_id"], timeout=10_000)
+        cells = row.locator("td.num")
+        expect(cells).to_have_text(
+            [f"{acct[k]:,}" for k in ("requests", "prompt_tokens", "completion_tokens", "credited_tokens")]
+        )
+        assert acct["completion_tokens"] == 12 and acct["credited_tokens"] > 12
+        expect(page.locator("#earnings-count")).to_have_text(f"{acct['credited_tokens']:,} tokens to 1 node")
+        shot(page, "33-node-earnings")
+        # a new chat shows up with the next usage refresh, without reloading the page
+        chat(3)
+        expect(row.locator("[data-credited=tokens]")).to_have_text(
+            f"{account()['credited_tokens']:,}", timeout=20_000
+        )
+        # a user key sees neither the keys nor the earnings
+        with coord.client() as c:
+            user = c.post("/api/keys", json={"name": "reader"}).json()["key"]
+        page.click("#signout")
+        page.fill("#signin-key", user)
+        page.click("#signin-submit")
+        expect(page.locator("#app")).to_be_visible()
+        expect(card).to_be_hidden()
+        expect(page.locator("#keys-card")).to_be_hidden()
     finally:
         node.stop()
         coord.stop()

@@ -7,6 +7,7 @@
 import { ApiError, api, Feed, session } from './api.js';
 import { Chart } from './chart.js';
 import { clear, fmtDuration, fmtGiB, h, toast } from './dom.js';
+import { EarningsView } from './earnings.js';
 import { KeysView } from './keys.js';
 import { NetworksView } from './networks.js';
 import { NodesView } from './nodes.js';
@@ -100,12 +101,14 @@ function start(me) {
   const isAdmin = me.role === 'admin';
   $('keys-card').hidden = !isAdmin; // keys and everyone's usage are for admins
   const keys = isAdmin ? new KeysView($('keys'), $('keys-count'), $('key-create'), { me }) : null;
+  $('earnings-card').hidden = !isAdmin; // what each node's owner has earned, likewise
+  const earnings = isAdmin ? new EarningsView($('earnings'), $('earnings-count'), { nodeName: (id) => nodes.name(id) }) : null;
   const chart = new Chart($('chart'), $('chart-legend'), $('chart-caption'));
   const sharded = new ShardedView($('sharded-card'), $('sharded'), $('sharded-count'));
   const networks = new NetworksView($('networks'), $('networks-count'), { nodeName: (id) => nodes.name(id) });
   const feed = new Feed({ onEvent, onStatus });
   ctx = {
-    me, nodes, tasks, drawer, chart, sharded, networks, feed, keys, status: null, history: [], interval: 2, timers: [],
+    me, nodes, tasks, drawer, chart, sharded, networks, feed, keys, earnings, status: null, history: [], interval: 2, timers: [],
     refreshNodesSoon: throttle(() => refreshNodes(), 250),
     refreshStatusSoon: throttle(() => refreshStatus(), 500),
     refreshHistorySoon: throttle(() => refreshHistory(), 1000),
@@ -126,6 +129,7 @@ function stop() {
   clear($('nodes'));
   clear($('tasks'));
   clear($('keys'));
+  clear($('earnings'));
   clear($('drawer-root'));
   ctx = null;
 }
@@ -215,7 +219,9 @@ function refreshSharded() {
 }
 
 function refreshKeys() {
-  return guarded(async () => { if (ctx && ctx.keys) await ctx.keys.load(); });
+  return guarded(async () => {
+    if (ctx && ctx.keys) await Promise.all([ctx.keys.load(), ctx.earnings.load()]);
+  });
 }
 
 function refreshNodes() {
