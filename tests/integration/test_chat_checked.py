@@ -8,6 +8,7 @@ Others lie about their answers' shape (truncated, padded) through the node's fau
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import httpx
 import pytest
 
 from phage.node.engines.tinymodel import make_tiny_model
-from phage.testing import CoordinatorProcess, NodeProcess, wait_online, wait_until
+from phage.testing import CoordinatorProcess, NodeProcess, free_port, wait_online, wait_until
 
 MODEL = "tiny-llama"
 OPEN_POOL = {"PHAGE_ADMISSION": "open", "PHAGE_CHAT_UNTRUSTED_NODES": "1", "PHAGE_CHAT_CHECK_UNTRUSTED": "1"}
@@ -189,3 +190,79 @@ def test_honest_nodes_are_never_flagged_greedy_or_sampled(checked: CheckedPool, 
     ]
     assert all(r["checked"] is None for r in rows if r["node_id"] == checked.ids["checker"])
     assert not checked.node("honest")["quarantined"]
+
+
+def test_an_open_pool_that_did_not_opt_in_never_sends_a_prompt_to_an_untrusted_node(
+    checked: CheckedPool,
+) -> None:
+    """Open admission without ``chat_untrusted_nodes``: untrusted nodes never see a prompt.
+
+    While only untrusted nodes serve the model, a chat gets a 503 that says why (not a
+    404 that suggests a typo); once a trusted node serves it, every chat goes there.
+    Nodes run the stand-in OpenAI-compatible server (fast, counts what it served).
+    """
+    coord = CoordinatorProcess(
+        checked.tmp_path / "coordinator", heartbeat_s=0.5, env={"PHAGE_ADMISSION": "open"}
+    ).start()
+    checked.started.append(coord)
+    model, ports = "standin-7b", {"keeper": free_port(), "stranger": free_port()}
+    for name, port in ports.items():
+        node = NodeProcess(
+            coord,
+            checked.tmp_path / name,
+            name=name,
+            concurrency=4,
+            engine="vllm",
+            model=model,
+            args=(
+                "--engine-command",
+                f"{sys.executable} -m phage.node.engines.standin",
+                "--engine-port",
+                str(port),
+            ),
+        )
+        checked.started.append(node.start())
+    ids = {n["name"]: n["id"] for n in wait_online(coord, 2, timeout=90)}
+    url = f"{coord.url}/v1/chat/completions"
+    auth = {"Authorization": f"Bearer {coord.admin_key}", "X-Phage-Extensions": "1"}
+    body = {"model": model, "messages": [{"role": "user", "content": "a private prompt"}], "max_tokens": 4}
+    refusal: dict[str, Any] = {}
+
+    def refused_with_reason() -> bool:
+        r = httpx.post(url, json=body, headers=auth, timeout=30)
+        assert r.status_code in (404, 503), ("an untrusted node served a chat", r.text)
+        refusal.update(r.json()["error"])
+        return r.status_code == 503  # 404 only until the nodes' chat streams are open
+
+    wait_until(refused_with_reason, 60, what="the chat refused because only untrusted nodes serve it")
+    assert refusal["param"] == "model" and "untrusted" in refusal["message"], refusal
+    with coord.client() as c:
+        assert c.get("/v1/models").json()["data"] == [], "a model only strangers serve is not offered"
+        assert c.post(f"/api/nodes/{ids['keeper']}", json={"trusted": True}).status_code == 200
+
+    def listed() -> bool:
+        with coord.client() as c:
+            return [m["id"] for m in c.get("/v1/models").json()["data"]] == [model]
+
+    wait_until(listed, 30, what="the model offered once a trusted node serves it")
+    served_by: list[str] = []
+    lock = threading.Lock()
+
+    def ask() -> None:
+        for _ in range(6):
+            r = httpx.post(url, json=body, headers=auth, timeout=30)
+            assert r.status_code == 200, r.text
+            with lock:
+                served_by.append(r.json()["phage"]["node_id"])
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert served_by == [ids["keeper"]] * 24, "busy or not, the trusted node served every chat"
+    stranger = httpx.get(f"http://127.0.0.1:{ports['stranger']}/stats", timeout=10).json()
+    assert stranger["requests"] == 0, ("the untrusted node's engine saw a prompt", stranger)
+    with coord.client() as c:
+        earned = {a["node_id"] for a in c.get("/api/usage/nodes").json()["nodes"]}
+    assert earned == {ids["keeper"]}

@@ -346,7 +346,22 @@ class Coordinator:
         return live is not None and live.online and not live.node.quarantined and not live.node.state.shut_out
 
     def chat_nodes(self) -> list[LiveNode]:
-        """Nodes that may take chat now: online, not quarantined, holding a chat order stream."""
+        """Nodes that may take chat now: online, not quarantined, holding a chat order stream.
+
+        Untrusted nodes only when the pool opted in (``chat_untrusted_nodes``): a stranger's
+        machine sees every prompt it serves.
+        """
+        return [
+            live for live in self._chat_ready() if live.node.trusted or self.settings.chat_untrusted_nodes
+        ]
+
+    def chat_withheld_models(self) -> set[str]:
+        """Models untrusted nodes serve that this pool keeps prompts away from (it did not opt in)."""
+        if self.settings.chat_untrusted_nodes:
+            return set()
+        return {m for live in self._chat_ready() if not live.node.trusted for m in live.models()}
+
+    def _chat_ready(self) -> list[LiveNode]:
         subscribed = self.chat.subscribed()
         return [
             live
@@ -355,7 +370,6 @@ class Coordinator:
             and not live.node.quarantined
             and not live.node.draining
             and live.node.id in subscribed
-            and (live.node.trusted or self.settings.chat_untrusted_nodes)
         ]
 
     def _chat_checkers(self, model: str, checked_node: str) -> list[str]:

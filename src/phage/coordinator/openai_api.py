@@ -352,6 +352,13 @@ def install_openai(app: FastAPI, c: Coordinator, read_json: Callable[[Request], 
             if served_now:  # the first served model answers; the rest are its fallbacks, in order
                 params = dataclasses.replace(params, model=served_now[0], fallbacks=tuple(served_now[1:]))
             elif not sharded:
+                if set(named) & c.chat_withheld_models():
+                    raise Unavailable(
+                        f"only untrusted nodes serve {params.model!r} now, and this pool does not send "
+                        "prompts to untrusted nodes (a stranger's machine would see them); try again when "
+                        "a trusted node serves it, or an operator can opt in with chat_untrusted_nodes",
+                        field="model",
+                    )
                 served = sorted({m for live in c.chat_nodes() for m in live.models()})
                 raise NotFound(
                     f"the model {params.model!r} does not exist or no live node serves it "
