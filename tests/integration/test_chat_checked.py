@@ -155,38 +155,63 @@ def test_a_node_that_truncates_or_pads_answers_is_caught(
     assert "checked chat" in reason and ("text" in reason or "truncated" in reason), reason
 
 
+HONEST_CHATS = 200
+"""Checked answers the untrusted honest node must serve (half greedy, half sampled with seeds)."""
+
+
 def test_honest_nodes_are_never_flagged_greedy_or_sampled(checked: CheckedPool, tiny_model: Path) -> None:
+    """200 answers from the untrusted honest node, every one checked, none flagged.
+
+    The trusted checker serves chats too (the least busy node gets each), so clients keep
+    asking, 8 at a time, until the untrusted node alone has served 200; the checker's own
+    answers are not checked (it is trusted).
+    """
     coord = checked.start(tiny_model, {"honest": (tiny_model, {})})
-    ids: list[str] = []
+    honest_id = checked.ids["honest"]
+    from_honest: dict[str, bool] = {}  # request id -> greedy, for the untrusted node's answers
+    failures: list[str] = []  # a thread's assertion would only print: collect, assert after
+    asked = 0
     lock = threading.Lock()
 
-    def worker(offset: int) -> None:
-        for i in range(offset, 200, 4):
+    def worker() -> None:
+        nonlocal asked
+        while True:
+            with lock:
+                if len(from_honest) >= HONEST_CHATS or asked >= 4 * HONEST_CHATS:
+                    return
+                i, asked = asked, asked + 1
             greedy = i % 2 == 0
             r = _chat(coord, i, temperature=0 if greedy else 0.8, seed=None if greedy else i)
-            assert r.status_code == 200, r.text
+            ext = r.json().get("phage", {}) if r.status_code == 200 else {}
             with lock:
-                ids.append(r.json()["phage"]["request_id"])
+                if not ext or (ext["node_id"] == honest_id and ext["check"] != "pending"):
+                    failures.append(r.text)
+                    return
+                if ext["node_id"] == honest_id:
+                    from_honest[ext["request_id"]] = greedy
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    threads = [threading.Thread(target=worker) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert len(ids) == 200
+    assert not failures, failures[:3]
+    assert len(from_honest) >= HONEST_CHATS, (len(from_honest), asked)
+    greedy_answers = sum(from_honest.values())
+    assert min(greedy_answers, len(from_honest) - greedy_answers) >= HONEST_CHATS // 4, "both kinds, many"
     with coord.client() as c:
 
         def all_checked() -> list[dict[str, Any]]:
             rows = c.get("/api/usage/requests", params={"limit": 1000}).json()["requests"]
-            done = [r for r in rows if r["checked"] in ("pass", "fail")]
-            untrusted = [r for r in rows if r["node_id"] == checked.ids["honest"]]
-            return rows if len(done) == len(untrusted) and untrusted else []
+            untrusted = [r for r in rows if r["node_id"] == honest_id]
+            done = [r for r in untrusted if r["checked"] in ("pass", "fail")]
+            return rows if len(done) == len(untrusted) >= HONEST_CHATS else []
 
         rows = wait_until(all_checked, 120, what="every untrusted answer checked")
-    from_honest = [r for r in rows if r["node_id"] == checked.ids["honest"]]
-    assert len(from_honest) >= 40, "enough answers came from the untrusted node to mean something"
-    assert all(r["checked"] == "pass" for r in from_honest), [
-        r for r in from_honest if r["checked"] != "pass"
+    checked_rows = [r for r in rows if r["node_id"] == honest_id]
+    assert {r["id"] for r in checked_rows} >= set(from_honest)
+    assert all(r["checked"] == "pass" for r in checked_rows), [
+        r for r in checked_rows if r["checked"] != "pass"
     ]
     assert all(r["checked"] is None for r in rows if r["node_id"] == checked.ids["checker"])
     assert not checked.node("honest")["quarantined"]
