@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
+from rich.table import Table
 
 from phage.client import _calls as api
 from phage.client.cli_common import (
     DEFAULT_URL,
+    JsonOpt,
     KeyOpt,
     UrlOpt,
     connect,
@@ -119,12 +122,28 @@ def register_workloads(app: typer.Typer) -> None:
     app.add_typer(workloads, name="workloads")
 
     @workloads.command("list")
-    def workloads_list(url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
-        """Approved workloads (and whether this pool runs only those), as JSON."""
+    def workloads_list(as_json: JsonOpt = False, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
+        """Approved workloads, and whether this pool runs only those."""
 
         async def main() -> None:
             async with connect(url, key) as client:
-                emit_json((await client.call(api.list_workloads())).model_dump(mode="json"))
+                listed = await client.call(api.list_workloads())
+            if as_json:
+                emit_json(listed.model_dump(mode="json"))
+                return
+            table = Table("digest", "name", "approved", "by")
+            for w in listed.workloads:
+                when = (
+                    ""
+                    if w.approved_at is None
+                    else time.strftime("%Y-%m-%d %H:%M", time.localtime(w.approved_at))
+                )
+                table.add_row(w.digest, escape(w.name), when, escape(w.approved_by))
+            console.print(table)
+            rule = (
+                "only approved workloads" if listed.enforced else "any workload (approvals are not enforced)"
+            )
+            console.print(f"this pool runs {rule}")
 
         run_reporting(main())
 
