@@ -38,8 +38,20 @@ DataDirOpt = Annotated[
 ]
 
 
-def _settings(config: Path | None, data_dir: Path | None) -> CoordinatorSettings:
-    settings = resolve(COORDINATOR.role, flags={"data_dir": data_dir}, config=config).settings
+DatabaseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="The coordinator's database: sqlite+aiosqlite:///… or postgresql+asyncpg://… "
+        "[default: as phage coordinator resolves it; SQLite in the data directory]. "
+        "PostgreSQL needs pg_dump/pg_restore (postgresql-client) at least the server's version.",
+    ),
+]
+
+
+def _settings(config: Path | None, data_dir: Path | None, database_url: str | None) -> CoordinatorSettings:
+    flags = {"data_dir": data_dir, "database_url": database_url}
+    settings = resolve(COORDINATOR.role, flags=flags, config=config).settings
     assert isinstance(settings, CoordinatorSettings)
     return settings
 
@@ -57,6 +69,7 @@ def register(app: typer.Typer) -> None:
     def backup(
         out: Annotated[Path, typer.Argument(help="Archive to write (.tar.gz, mode 0600).")],
         data_dir: DataDirOpt = None,
+        database_url: DatabaseOpt = None,
         config: ConfigOpt = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     ) -> None:
@@ -64,7 +77,7 @@ def register(app: typer.Typer) -> None:
         from phage.coordinator.backup import backup as make_backup
 
         try:
-            settings = _settings(config, data_dir)
+            settings = _settings(config, data_dir, database_url)
             report = make_backup(settings.data_dir, settings.db_url, out)
         except PhageError as exc:
             raise _fail(exc) from None
@@ -87,9 +100,14 @@ def register(app: typer.Typer) -> None:
     def restore(
         archive: Annotated[Path, typer.Argument(help="An archive made by phage backup.")],
         data_dir: DataDirOpt = None,
+        database_url: DatabaseOpt = None,
         config: ConfigOpt = None,
         force: Annotated[
-            bool, typer.Option("--force", help="Replace the state of an existing (stopped) coordinator.")
+            bool,
+            typer.Option(
+                "--force",
+                help="Replace the state (data directory, database) of an existing, stopped coordinator.",
+            ),
         ] = False,
         check: Annotated[
             bool, typer.Option("--check", help="Only verify the archive; change nothing.")
@@ -104,7 +122,7 @@ def register(app: typer.Typer) -> None:
                 manifest = verify(archive)
                 console.print(f"{archive}: intact ({manifest['tasks']} tasks, {manifest['blobs']} blobs)")
                 return
-            settings = _settings(config, data_dir)
+            settings = _settings(config, data_dir, database_url)
             manifest = put_back(archive, settings.data_dir, settings.db_url, force=force)
         except PhageError as exc:
             raise _fail(exc) from None
