@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -36,6 +37,13 @@ def page() -> Iterator[Page]:
 def test_approve_drain_and_keys(tmp_path: Path, page: Page) -> None:
     coord = CoordinatorProcess(tmp_path / "coordinator", env={"PHAGE_ADMISSION": "approval"}).start()
     node = NodeProcess(coord, tmp_path / "node", name="newcomer").start()
+    stranger = NodeProcess(coord, tmp_path / "stranger", name="stranger").start()
+
+    def by_name(name: str) -> dict[str, Any]:
+        with coord.client() as c:
+            (found,) = [n for n in c.get("/api/nodes").json()["nodes"] if n["name"] == name]
+        return dict(found)
+
     try:
         sign_in(page, coord)
         row = page.locator("#nodes-table tr[data-node-name=newcomer]")
@@ -43,16 +51,25 @@ def test_approve_drain_and_keys(tmp_path: Path, page: Page) -> None:
         expect(row.locator("button[data-action=reject]")).to_be_visible()
         expect(row.locator("button[data-action=drain]")).to_have_count(0)  # not before it is admitted
         shot(page, "30-node-pending")
+
+        # reject the stranger: the dialog warns it is for good; once confirmed the pool refuses it
+        other = page.locator("#nodes-table tr[data-node-name=stranger]")
+        other.locator("button[data-action=reject]").click(timeout=20_000)
+        expect(page.locator("#dialog")).to_contain_text("can never join the pool again")
+        page.locator("#dialog button[type=submit]").click()
+        wait_until(lambda: by_name("stranger")["state"] == "rejected", 10, what="the stranger rejected")
+        expect(other).to_have_attribute("data-state", "rejected", timeout=10_000)
+        expect(other.locator("button[data-action=approve]")).to_have_count(0)
+        expect(other.locator("button[data-action=reject]")).to_have_count(0)
+
         row.locator("button[data-action=approve]").click()
         expect(row).to_have_attribute("data-state", "online", timeout=20_000)
-        with coord.client() as c:
-            assert c.get("/api/nodes").json()["nodes"][0]["admission"] == "admitted"
+        assert by_name("newcomer")["admission"] == "admitted"
 
         row.locator("button[data-action=drain]").click()
         expect(row).to_have_attribute("data-draining", "true", timeout=10_000)
         expect(row.locator(".badge.s-draining")).to_be_visible()
-        with coord.client() as c:
-            assert c.get("/api/nodes").json()["nodes"][0]["draining"] is True
+        assert by_name("newcomer")["draining"] is True
         row.locator("button[data-action=undrain]").click()
         expect(row).to_have_attribute("data-draining", "false", timeout=10_000)
 
@@ -91,6 +108,7 @@ def test_approve_drain_and_keys(tmp_path: Path, page: Page) -> None:
         expect(admin_row.locator("button[data-action=revoke]")).to_have_count(0)
         shot(page, "32-keys-and-usage")
     finally:
+        stranger.stop()
         node.stop()
         coord.stop()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -13,24 +14,21 @@ from pathlib import Path
 import pytest
 
 from phage.testing import CoordinatorProcess, NodeProcess, phage_cli, wait_online, wait_tasks_final
+from phage.testing_postgres import PostgresServer
 from tests.integration.conftest import job
 
 Pool = Callable[..., tuple[CoordinatorProcess, list[NodeProcess]]]
 
 
 def _phage(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PHAGE_")}
+    """The CLI as an operator runs it: only the database URL comes from the environment (PostgreSQL)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PHAGE_") or k == "PHAGE_DATABASE_URL"}
     return phage_cli(*args, env=env)
 
 
-@pytest.fixture(autouse=True)
-def _sqlite_only(backend: str) -> None:
-    """``phage backup`` copies the SQLite store; a PostgreSQL pool is not covered yet (pg_dump)."""
-    if backend == "postgresql":
-        pytest.skip("phage backup/restore does not cover a PostgreSQL-backed coordinator yet")
-
-
-def test_backup_live_wipe_restore(pool: Pool, tmp_path: Path) -> None:
+def test_backup_live_wipe_restore(
+    pool: Pool, tmp_path: Path, backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
     coord, (node,) = pool(nodes=1)
     wait_online(coord, 1)
     with coord.client() as c:
@@ -49,16 +47,27 @@ def test_backup_live_wipe_restore(pool: Pool, tmp_path: Path) -> None:
     assert oct(archive.stat().st_mode & 0o777) == "0o600"  # it holds the CA key
     with tarfile.open(archive) as tar:
         names = set(tar.getnames())
-    assert {"manifest.json", "database/phage.db", "pki/ca-key.pem", "admin-key", "join-token"} <= names
+        manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+    dump = "database/phage.db" if backend == "sqlite" else "database/phage.pgdump"
+    assert {"manifest.json", dump, "pki/ca-key.pem", "admin-key", "join-token"} <= names
+    assert manifest["database"] == backend and manifest["tasks"] >= len(before)
     assert _phage("restore", str(archive), "--check").returncode == 0
 
-    # disaster: the coordinator and its whole data directory are gone
+    # disaster: the coordinator, its whole data directory and (on PostgreSQL) its database are gone
     coord.stop()
     shutil.rmtree(coord.data_dir)
+    if backend == "postgresql":
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        monkeypatch.setenv("PHAGE_DATABASE_URL", server.create_database())  # a new, empty one
     restored = _phage("restore", str(archive), "--data-dir", str(coord.data_dir))
     assert restored.returncode == 0, restored.stderr  # an empty (missing) directory needs no --force
     again = _phage("restore", str(archive), "--data-dir", str(coord.data_dir))
     assert again.returncode == 1 and "--force" in again.stderr  # never over a coordinator's state by accident
+    if backend == "postgresql":  # nor over a database that holds a pool, even from a new data directory
+        elsewhere = _phage("restore", str(archive), "--data-dir", str(tmp_path / "elsewhere"))
+        assert elsewhere.returncode == 1 and "already holds a phage pool" in elsewhere.stderr, (
+            elsewhere.stderr
+        )
 
     coord.start()
     with coord.client() as c:

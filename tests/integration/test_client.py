@@ -130,3 +130,39 @@ def test_cli_wait_exit_status_and_json(pool: Pool, tmp_path: Path) -> None:
 
     missing = _cli(coord, "download", ids[0], "nothing.txt", "-O", str(tmp_path / "n.txt"))
     assert missing.returncode == 1 and "404" in missing.stderr and not (tmp_path / "n.txt").exists()
+
+
+def test_every_listing_prints_json(pool: Pool, tmp_path: Path) -> None:
+    """``--json`` on the listings and detail views scripts read: workloads, sharded models, networks."""
+    np = pytest.importorskip("numpy")
+    from phage.training.data import dataset_bytes
+
+    coord, _ = pool(nodes=0)
+    with coord.client() as c:
+        assert c.post("/api/workloads", json={"digest": "sha256:" + "ab" * 32, "name": "nightly"}).is_success
+    workloads = json.loads(_cli(coord, "workloads", "list", "--json").stdout)
+    assert workloads["enforced"] is False and workloads["workloads"][0]["name"] == "nightly"
+    table = _cli(coord, "workloads", "list")
+    assert table.returncode == 0 and "nightly" in table.stdout and "any workload" in table.stdout
+
+    declared = _cli(
+        coord, "models", "declare", "shards", "--checkpoint", str(tmp_path / "elsewhere"),
+        "--blocks", "4", "--bytes-per-block", "1KiB",
+    )  # fmt: skip
+    assert declared.returncode == 0, declared.stderr
+    (model,) = json.loads(_cli(coord, "models", "--json").stdout)
+    assert model["name"] == "shards" and model["num_blocks"] == 4
+    coverage = json.loads(_cli(coord, "models", "coverage", "shards", "--json").stdout)
+    assert coverage["per_block"] == [0, 0, 0, 0] and coverage["servers"] == []
+
+    rng = np.random.default_rng(0)
+    blob = dataset_bytes(rng.random((40, 64), dtype=np.float32), rng.integers(0, 10, 40))
+    spec = (Path(__file__).parents[2] / "examples" / "digits.yaml").read_text()
+    with coord.client() as c:
+        digest = c.post("/api/datasets", content=blob).json()["sha256"]
+        made = c.post("/api/networks", json={"spec": spec, "dataset": digest})
+        assert made.status_code == 201, made.text
+    (listed,) = json.loads(_cli(coord, "networks", "--json").stdout)
+    assert listed["id"] == made.json()["id"] and listed["name"] == "digits-mlp"
+    one = json.loads(_cli(coord, "networks", listed["id"], "--json").stdout)
+    assert [v["id"] for v in one["vnodes"]] == ["stem", "mid", "neck", "out"]

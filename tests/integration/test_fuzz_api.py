@@ -13,10 +13,12 @@ against their documented schemas where the document declares one.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
@@ -26,6 +28,7 @@ from schemathesis import checks  # noqa: E402
 from phage.testing import CoordinatorProcess  # noqa: E402
 
 EXAMPLES = int(os.environ.get("PHAGE_FUZZ_EXAMPLES", "25"))
+JSON = "application/json"
 
 
 @pytest.fixture(scope="module")
@@ -85,10 +88,48 @@ def _fuzz(op: Any, label: str, cases: dict[str, int], live: CoordinatorProcess) 
     return run
 
 
+BODYLESS = {
+    "POST /api/gc",
+    "POST /api/feed/ticket",
+    *(
+        f"POST /api/nodes/{{node_id}}/{action}"
+        for action in ("release", "quarantine", "approve", "reject", "drain", "undrain")
+    ),
+}
+"""Operations that take no body: their input is the path and the query."""
+
+
+def test_every_body_is_described(live: CoordinatorProcess) -> None:
+    """Every operation that reads a body documents it, so the fuzzer draws bodies from a schema."""
+    doc = httpx.get(live.url + "/openapi.json").json()
+    undescribed = sorted(
+        f"{method.upper()} {path}"
+        for path, item in doc["paths"].items()
+        for method, op in item.items()
+        if method in ("post", "put", "patch") and "requestBody" not in op
+    )
+    assert set(undescribed) <= BODYLESS, set(undescribed) - BODYLESS
+    for path in ("/api/keys/{key_id}/topup", "/api/networks", "/api/networks/{network_id}/forward"):
+        content = doc["paths"][path]["post"]["requestBody"]["content"]
+        assert "$ref" in content["application/json"]["schema"], path
+    assert "$ref" in doc["paths"]["/v1/completions"]["post"]["requestBody"]["content"][JSON]["schema"]
+    dataset = doc["paths"]["/api/datasets"]["post"]["requestBody"]["content"]
+    assert dataset["application/octet-stream"]["schema"]["format"] == "binary"
+
+
 def test_every_operation(live: CoordinatorProcess, tmp_path: Path) -> None:
     """Every operation in the document, EXAMPLES generated cases each; all failures reported together."""
     api = schemathesis.openapi.from_url(live.url + "/openapi.json")
     operations = [result.ok() for result in api.get_all_operations()]
+    fuzzed = {f"{op.method.upper()} {op.path}" for op in operations}
+    for must in (
+        "POST /api/keys/{key_id}/topup",
+        "POST /v1/completions",
+        "POST /api/networks",
+        "POST /api/networks/{network_id}/forward",
+        "POST /api/datasets",
+    ):
+        assert must in fuzzed, must
     cases: dict[str, int] = {}
     failures: dict[str, str] = {}
     for op in operations:
@@ -98,7 +139,15 @@ def test_every_operation(live: CoordinatorProcess, tmp_path: Path) -> None:
             _fuzz(op, label, cases, live)()
         except (Exception, BaseExceptionGroup) as exc:  # keep going: report every failing operation
             failures[label] = f"{type(exc).__name__}: {str(exc)[:800]}"
-    summary = f"operations {len(operations)}\ncases {sum(cases.values())}\n"
+    summary = f"operations {len(operations)}\ncases {sum(cases.values())}\n" + "".join(
+        f"  {n:4d}  {label}\n" for label, n in sorted(cases.items())
+    )
     Path(os.environ.get("PHAGE_FUZZ_SUMMARY", tmp_path / "fuzz-summary.txt")).write_text(summary)
     print(summary)
     assert not failures, "\n".join(f"{k}: {v}" for k, v in failures.items())
+
+
+def test_the_document_names_things_by_what_they_are(live: CoordinatorProcess) -> None:
+    """No design-document numbers ("seed 002") in what users read: the API's own description."""
+    text = httpx.get(live.url + "/openapi.json").text
+    assert re.search(r"seed[- _]?0\d\d", text, re.IGNORECASE) is None

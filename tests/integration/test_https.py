@@ -16,7 +16,10 @@ import pytest
 from phage import Client
 from phage.client.pinning import pinned_ca, tls_context
 from phage.pki import CertificateAuthority
-from phage.testing import CoordinatorProcess, NodeProcess, phage_cli, wait_online
+from phage.testing import CoordinatorProcess, NodeProcess, free_port, phage_cli, wait_online, wait_until
+
+MODEL = "standin-7b"
+STANDIN = f"{sys.executable} -m phage.node.engines.standin"
 
 
 @pytest.fixture
@@ -77,10 +80,33 @@ def test_sdk_and_openai_client_over_tls(tls_pool: CoordinatorProcess, tmp_path: 
 
     http = httpx.Client(verify=tls_context(ca_file))
     ai = openai.OpenAI(base_url=coord.url + "/v1", api_key=coord.admin_key, http_client=http)
-    assert list(ai.models.list()) == []  # no engine in this pool: an empty list, over verified TLS
+    assert list(ai.models.list()) == []  # no engine in this pool yet: an empty list, over verified TLS
     with pytest.raises(openai.APIStatusError) as err:
         ai.chat.completions.create(model="nothing-serves-this", messages=[{"role": "user", "content": "hi"}])
     assert err.value.status_code in (404, 503)
+
+    # a node with an engine joins: one real chat completion through the pool, over verified TLS
+    engine_node = NodeProcess(
+        coord,
+        tmp_path / "engine-node",
+        name="gpu-0",
+        engine="vllm",
+        model=MODEL,
+        args=("--engine-command", STANDIN, "--engine-port", str(free_port())),
+    ).start()
+    try:
+        wait_until(lambda: MODEL in [m.id for m in ai.models.list()], 90, what=f"{MODEL} listed")
+        answer = ai.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "say hello"}], max_tokens=8
+        )
+        assert answer.choices[0].message.content, answer
+        assert answer.model == MODEL and answer.usage is not None and answer.usage.completion_tokens > 0
+        streamed = ai.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "say hello"}], max_tokens=8, stream=True
+        )
+        assert "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices)
+    finally:
+        engine_node.stop()
     with pytest.raises(openai.APIConnectionError):  # without the CA, the official client refuses the pool
         openai.OpenAI(base_url=coord.url + "/v1", api_key=coord.admin_key, max_retries=0).models.list()
 

@@ -262,9 +262,9 @@ def test_bad_training_input_is_refused_and_starts_nothing(
         r = http.post("/api/networks", json={"spec": SPEC, "dataset": "0" * 64})
         assert r.status_code == 404 and r.json()["field"] == "dataset", r.text
         r = http.post("/api/networks", json={"spec": SPEC, "dataset": digest, "training": {"epochs": 0}})
-        assert r.status_code == 400 and r.json()["field"] == "epochs", r.text
+        assert r.status_code == 400 and r.json()["field"] == "training.epochs", r.text
         r = http.post("/api/networks", json={"spec": SPEC, "dataset": digest, "training": {"lr": 1}})
-        assert r.status_code == 400 and r.json()["field"] == "lr", r.text
+        assert r.status_code == 400 and r.json()["field"] == "training.lr", r.text
         assert http.post("/api/datasets", content=b"").status_code == 400
         assert http.get("/api/networks").json()["networks"] == []
 

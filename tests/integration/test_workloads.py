@@ -64,7 +64,7 @@ def test_only_approved_workloads_run(tmp_path: Path) -> None:
 
             approved = phage_cli("workloads", "approve", digest, "--name", "hello script", env=env)
             assert approved.returncode == 0, approved.stderr
-            listed = json.loads(phage_cli("workloads", "list", env=env).stdout)
+            listed = json.loads(phage_cli("workloads", "list", "--json", env=env).stdout)
             assert listed["enforced"] is True and listed["workloads"][0]["name"] == "hello script"
 
             ok = c.post("/api/tasks", json=hello)

@@ -8,11 +8,15 @@ step by sending bodies drawn from these schemas and requiring that none is a ser
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from phage.domain.networks import MAX_BATCH, MAX_EPOCHS
+
 MAX_TIMEOUT_S = 7 * 24 * 3600
+MAX_FORWARD_ROWS = 4096
+"""Input rows one ``/api/networks/{id}/forward`` call may run."""
 
 
 class Body(BaseModel):
@@ -80,9 +84,20 @@ class KeyCreate(Body):
 
 
 class KeyUpdate(Body):
-    """A key's credit limit (null lifts it)."""
+    """A key's credit limit (null lifts it), or any of its rate limits (null lifts each)."""
 
     credit_limit_tokens: int | None = Field(default=None, ge=0, le=10**15)
+    requests_per_minute: int | None = Field(default=None, ge=1, le=10**12)
+    tokens_per_minute: int | None = Field(default=None, ge=1, le=10**12)
+    max_concurrent: int | None = Field(default=None, ge=1, le=10**12)
+
+
+class KeyTopUp(Body):
+    """Tokens added to a key's credit balance."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    tokens: int = Field(ge=1, le=10**15)
 
 
 class ChatMessage(BaseModel):
@@ -103,3 +118,59 @@ class ChatCompletionCreate(BaseModel):
     top_p: float | None = Field(default=None, gt=0, le=1)
     stop: str | list[str] | None = None
     seed: int | None = None
+
+
+class CompletionCreate(BaseModel):
+    """An OpenAI-compatible text completion request: one raw prompt, the sampling settings of chat."""
+
+    model: str
+    prompt: str | list[str] = Field(min_length=1)
+    """One prompt (a list must hold exactly one)."""
+    stream: bool = False
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = Field(default=1, ge=1, le=8)
+    echo: bool | None = None
+    """Only ``false``: the prompt is never echoed."""
+    suffix: str | None = None
+    """Only empty: no insertion."""
+    best_of: int | None = None
+    """Only 1."""
+
+
+class TrainingSettings(Body):
+    """How a network is trained (every setting optional)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    epochs: int = Field(default=10, ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(default=32, ge=1, le=MAX_BATCH)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    checkpoint_every: int = Field(default=20, ge=1, le=1_000_000)
+    """Optimizer steps between a VNode's checkpoints."""
+    check_rate: float = Field(default=0.05, ge=0, le=1)
+    """Share of an untrusted node's steps recomputed on another node."""
+
+
+class NetworkCreate(Body):
+    """A training job: the network, the uploaded dataset it learns from, and how."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    spec: dict[str, Any] | str
+    """The network as an object, or as JSON/YAML text."""
+    dataset: str = Field(pattern="^[0-9a-f]{64}$")
+    """The sha256 ``POST /api/datasets`` answered."""
+    training: TrainingSettings = Field(default_factory=lambda: TrainingSettings())
+    """How to train."""
+
+
+class NetworkForward(Body):
+    """Input rows for a trained network, each of the network's input shape."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    inputs: list[Any] = Field(min_length=1, max_length=MAX_FORWARD_ROWS)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
+from rich.table import Table
 
 from phage.client import _calls as api
 from phage.client.cli_common import (
     DEFAULT_URL,
+    JsonOpt,
     KeyOpt,
     UrlOpt,
     connect,
@@ -35,8 +38,20 @@ DataDirOpt = Annotated[
 ]
 
 
-def _settings(config: Path | None, data_dir: Path | None) -> CoordinatorSettings:
-    settings = resolve(COORDINATOR.role, flags={"data_dir": data_dir}, config=config).settings
+DatabaseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="The coordinator's database: sqlite+aiosqlite:///… or postgresql+asyncpg://… "
+        "[default: as phage coordinator resolves it; SQLite in the data directory]. "
+        "PostgreSQL needs pg_dump/pg_restore (postgresql-client) at least the server's version.",
+    ),
+]
+
+
+def _settings(config: Path | None, data_dir: Path | None, database_url: str | None) -> CoordinatorSettings:
+    flags = {"data_dir": data_dir, "database_url": database_url}
+    settings = resolve(COORDINATOR.role, flags=flags, config=config).settings
     assert isinstance(settings, CoordinatorSettings)
     return settings
 
@@ -54,6 +69,7 @@ def register(app: typer.Typer) -> None:
     def backup(
         out: Annotated[Path, typer.Argument(help="Archive to write (.tar.gz, mode 0600).")],
         data_dir: DataDirOpt = None,
+        database_url: DatabaseOpt = None,
         config: ConfigOpt = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     ) -> None:
@@ -61,7 +77,7 @@ def register(app: typer.Typer) -> None:
         from phage.coordinator.backup import backup as make_backup
 
         try:
-            settings = _settings(config, data_dir)
+            settings = _settings(config, data_dir, database_url)
             report = make_backup(settings.data_dir, settings.db_url, out)
         except PhageError as exc:
             raise _fail(exc) from None
@@ -84,9 +100,14 @@ def register(app: typer.Typer) -> None:
     def restore(
         archive: Annotated[Path, typer.Argument(help="An archive made by phage backup.")],
         data_dir: DataDirOpt = None,
+        database_url: DatabaseOpt = None,
         config: ConfigOpt = None,
         force: Annotated[
-            bool, typer.Option("--force", help="Replace the state of an existing (stopped) coordinator.")
+            bool,
+            typer.Option(
+                "--force",
+                help="Replace the state (data directory, database) of an existing, stopped coordinator.",
+            ),
         ] = False,
         check: Annotated[
             bool, typer.Option("--check", help="Only verify the archive; change nothing.")
@@ -101,7 +122,7 @@ def register(app: typer.Typer) -> None:
                 manifest = verify(archive)
                 console.print(f"{archive}: intact ({manifest['tasks']} tasks, {manifest['blobs']} blobs)")
                 return
-            settings = _settings(config, data_dir)
+            settings = _settings(config, data_dir, database_url)
             manifest = put_back(archive, settings.data_dir, settings.db_url, force=force)
         except PhageError as exc:
             raise _fail(exc) from None
@@ -119,12 +140,28 @@ def register_workloads(app: typer.Typer) -> None:
     app.add_typer(workloads, name="workloads")
 
     @workloads.command("list")
-    def workloads_list(url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
-        """Approved workloads (and whether this pool runs only those), as JSON."""
+    def workloads_list(as_json: JsonOpt = False, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
+        """Approved workloads, and whether this pool runs only those."""
 
         async def main() -> None:
             async with connect(url, key) as client:
-                emit_json((await client.call(api.list_workloads())).model_dump(mode="json"))
+                listed = await client.call(api.list_workloads())
+            if as_json:
+                emit_json(listed.model_dump(mode="json"))
+                return
+            table = Table("digest", "name", "approved", "by")
+            for w in listed.workloads:
+                when = (
+                    ""
+                    if w.approved_at is None
+                    else time.strftime("%Y-%m-%d %H:%M", time.localtime(w.approved_at))
+                )
+                table.add_row(w.digest, escape(w.name), when, escape(w.approved_by))
+            console.print(table)
+            rule = (
+                "only approved workloads" if listed.enforced else "any workload (approvals are not enforced)"
+            )
+            console.print(f"this pool runs {rule}")
 
         run_reporting(main())
 

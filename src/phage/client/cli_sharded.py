@@ -5,7 +5,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from phage.client.cli_common import KeyOpt, UrlOpt, api_key, console, parse_size, run
+from phage.client.cli_common import JsonOpt, KeyOpt, UrlOpt, api_key, console, emit_json, parse_size, run
 from phage.client.sdk import PhageClient
 
 
@@ -35,14 +35,23 @@ def register(app: typer.Typer) -> None:
         console.print(table)
 
     @models_app.callback(invoke_without_command=True)
-    def models_list(ctx: typer.Context, url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None) -> None:
+    def models_list(
+        ctx: typer.Context,
+        as_json: JsonOpt = False,
+        url: UrlOpt = "http://127.0.0.1:8080",
+        key: KeyOpt = None,
+    ) -> None:
         """Every sharded model, its blocks as a bar, coverage and gaps."""
         if ctx.invoked_subcommand is not None:
             return
 
         async def main() -> None:
             async with PhageClient(url, api_key(key)) as client:
-                show(await client.sharded_models())
+                models = await client.sharded_models()
+            if as_json:
+                emit_json(models)
+            else:
+                show(models)
 
         run(main())
 
@@ -74,12 +83,17 @@ def register(app: typer.Typer) -> None:
         run(main())
 
     @models_app.command("coverage")
-    def coverage(name: str, url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None) -> None:
+    def coverage(
+        name: str, as_json: JsonOpt = False, url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None
+    ) -> None:
         """Who holds each block of one model."""
 
         async def main() -> None:
             async with PhageClient(url, api_key(key)) as client:
                 cov = await client.coverage(name)
+            if as_json:
+                emit_json(cov)
+                return
             table = Table("node", "blocks", "standby", "tokens/s")
             for s in cov["servers"]:
                 table.add_row(

@@ -9,7 +9,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from phage.client.cli_common import KeyOpt, UrlOpt, connect, console, run
+from phage.client.cli_common import JsonOpt, KeyOpt, UrlOpt, connect, console, emit_json, run
 
 
 def progress_table(net: dict[str, Any]) -> Table:
@@ -92,6 +92,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def networks(
         network_id: Annotated[str | None, typer.Argument(help="One network's VNodes and progress.")] = None,
+        as_json: JsonOpt = False,
         url: UrlOpt = "http://127.0.0.1:8080",
         key: KeyOpt = None,
     ) -> None:
@@ -100,10 +101,18 @@ def register(app: typer.Typer) -> None:
         async def main() -> None:
             async with connect(url, key) as client:
                 if network_id:
-                    console.print(progress_table(await client.network(network_id)))
+                    net = await client.network(network_id)
+                    if as_json:
+                        emit_json(net)
+                    else:
+                        console.print(progress_table(net))
+                    return
+                nets = await client.networks()
+                if as_json:
+                    emit_json(nets)
                     return
                 table = Table("id", "name", "state", "test accuracy")
-                for n in await client.networks():
+                for n in nets:
                     acc = (n.get("result") or {}).get("accuracy")
                     table.add_row(n["id"], n["name"], n["state"], "–" if acc is None else f"{acc:.4f}")
                 console.print(table)

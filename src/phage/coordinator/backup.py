@@ -1,7 +1,8 @@
 """``phage backup`` / ``phage restore``: the database, the CA, the secrets and the blobs in one archive.
 
 Online and consistent: SQLite is copied with its backup API (a transactionally consistent snapshot
-while the coordinator keeps writing; WAL included), PostgreSQL with ``pg_dump``. Blobs are copied
+while the coordinator keeps writing; WAL included), PostgreSQL with ``pg_dump`` in one snapshot
+(:mod:`phage.coordinator.backup_pg`), restored with ``pg_restore`` in one transaction. Blobs are copied
 after the database snapshot: they are immutable and written before any row names them, so every
 blob the snapshot references is already on disk. The archive carries a manifest with the SHA-256
 of every member, and blobs are named by their own digest, so ``restore`` checks everything it
@@ -20,7 +21,6 @@ import json
 import os
 import shutil
 import sqlite3
-import subprocess
 import tarfile
 import tempfile
 import time
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from phage import __version__
+from phage.coordinator import backup_pg
 from phage.errors import Conflict, InvalidInput, StoreError
 
 FORMAT = 1
@@ -56,12 +57,6 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _libpq_url(db_url: str) -> str:
-    """``postgresql+asyncpg://…`` → ``postgresql://…`` (what pg_dump understands)."""
-    scheme, _, rest = db_url.partition("://")
-    return "postgresql://" + rest if scheme.startswith("postgres") else db_url
-
-
 def _sqlite_path(db_url: str) -> Path:
     return Path(db_url.split(":///", 1)[1])
 
@@ -83,15 +78,8 @@ def _snapshot_database(db_url: str, into: Path) -> tuple[str, Path, int]:
             src.close()
         return "sqlite", target, tasks
     if db_url.startswith("postgres"):
-        if shutil.which("pg_dump") is None:
-            raise StoreError(
-                "backing up PostgreSQL needs pg_dump on PATH (apt-get install postgresql-client)"
-            )
         target = into / "phage.pgdump"
-        subprocess.run(
-            ["pg_dump", "--format=custom", "--no-owner", f"--file={target}", _libpq_url(db_url)], check=True
-        )
-        return "postgresql", target, -1
+        return "postgresql", target, backup_pg.dump(db_url, target)
     raise InvalidInput(f"cannot back up a database at {db_url.split(':', 1)[0]}", field="database_url")
 
 
@@ -175,6 +163,8 @@ def _unpacked(archive: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
                 db.close()
             if verdict != "ok":
                 raise StoreError(f"{archive}: the database fails its integrity check: {verdict}")
+        else:
+            backup_pg.check(root / "database" / "phage.pgdump")
         yield root, manifest
 
 
@@ -195,6 +185,18 @@ def restore(archive: Path, data_dir: Path, db_url: str, *, force: bool = False) 
             field="data_dir",
         )
     with _unpacked(archive) as (root, manifest):
+        if manifest["database"] == "sqlite" and not db_url.startswith("sqlite"):
+            raise InvalidInput(
+                "this backup holds a SQLite database; restore it with SQLite", field="database_url"
+            )
+        if manifest["database"] == "postgresql":
+            if not db_url.startswith("postgres"):
+                raise InvalidInput(
+                    "this backup holds a PostgreSQL database; restore it into PostgreSQL "
+                    "(database_url, PHAGE_DATABASE_URL)",
+                    field="database_url",
+                )
+            backup_pg.refuse_overwrite(db_url, force)  # before anything is written
         data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(data_dir, 0o700)
         (data_dir / "pki").mkdir(exist_ok=True)
@@ -207,30 +209,11 @@ def restore(archive: Path, data_dir: Path, db_url: str, *, force: bool = False) 
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(blob, target)
         if manifest["database"] == "sqlite":
-            if not db_url.startswith("sqlite"):
-                raise InvalidInput(
-                    "this backup holds a SQLite database; restore it with SQLite", field="database_url"
-                )
             target_db = _sqlite_path(db_url)
             for suffix in ("-wal", "-shm"):  # a stale log must not be replayed over the restored file
                 Path(f"{target_db}{suffix}").unlink(missing_ok=True)
             shutil.copyfile(root / "database" / "phage.db", target_db)
             os.chmod(target_db, 0o600)
         else:
-            if shutil.which("pg_restore") is None:
-                raise StoreError(
-                    "restoring PostgreSQL needs pg_restore on PATH (apt-get install postgresql-client)"
-                )
-            dump = root / "database" / "phage.pgdump"
-            subprocess.run(
-                [
-                    "pg_restore",
-                    "--clean",
-                    "--if-exists",
-                    "--no-owner",
-                    f"--dbname={_libpq_url(db_url)}",
-                    str(dump),
-                ],
-                check=True,
-            )
+            backup_pg.restore(db_url, root / "database" / "phage.pgdump")
     return manifest

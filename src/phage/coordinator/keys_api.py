@@ -10,7 +10,8 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
 
-from phage.coordinator.bodies import parse_json, read_body
+from phage.api.requests import KeyTopUp
+from phage.coordinator.bodies import parse_json, read_body, validated
 from phage.coordinator.core import Coordinator
 from phage.coordinator.keys import ROLES, Principal
 from phage.errors import InvalidInput, NotFound
@@ -164,12 +165,7 @@ def install_keys(
     async def top_up(key_id: str, request: Request, who: Caller) -> dict[str, Any]:
         """Add tokens to a key's credit balance (admin)."""
         who.require_admin()
-        body = await body_of(request)
-        tokens = body.get("tokens")
-        if set(body) != {"tokens"} or isinstance(tokens, bool) or not isinstance(tokens, int):
-            raise InvalidInput('send {"tokens": N}, N from 1 to 10^15', field="tokens")
-        if not 1 <= tokens <= 10**15:
-            raise InvalidInput(f"tokens must be from 1 to 10^15; got {tokens}", field="tokens")
+        tokens = validated(KeyTopUp, await body_of(request)).tokens
         limit, used = await c.keys.top_up(key_id, tokens)
         return {"id": key_id, "credit_limit_tokens": limit, "credit_left_tokens": max(0, limit - used)}
 

@@ -27,9 +27,18 @@ REQUEST_BODIES: dict[tuple[str, str], list[type[BaseModel]]] = {
     ("post", "/api/workloads/digest"): [rq.TaskCreate],
     ("post", "/api/keys"): [rq.KeyCreate],
     ("post", "/api/keys/{key_id}"): [rq.KeyUpdate],
+    ("post", "/api/keys/{key_id}/topup"): [rq.KeyTopUp],
+    ("post", "/api/networks"): [rq.NetworkCreate],
+    ("post", "/api/networks/{network_id}/forward"): [rq.NetworkForward],
     ("post", "/v1/chat/completions"): [rq.ChatCompletionCreate],
+    ("post", "/v1/completions"): [rq.CompletionCreate],
 }
 """Bodies a route parses itself: the JSON it accepts, one model or any of several."""
+
+RAW_BODIES: dict[tuple[str, str], str] = {
+    ("post", "/api/datasets"): "The dataset file itself: an .npz or safetensors file holding x and y.",
+}
+"""Bodies that are a file's bytes, streamed to storage as they arrive (no JSON to model)."""
 
 RESPONSE_BODIES: dict[tuple[str, str], list[type[BaseModel]]] = {
     ("post", "/api/tasks"): [m.Task, m.TaskRefList],
@@ -95,6 +104,12 @@ def complete(schema: dict[str, Any], settings: CoordinatorSettings) -> dict[str,
                 }
             }
         op["requestBody"] = {"required": True, "content": content}
+    for (method, path), description in RAW_BODIES.items():
+        op = paths.get(path, {}).get(method)
+        if op is not None:
+            binary = {"type": "string", "format": "binary", "description": description}
+            content = {"application/octet-stream": {"schema": binary}}
+            op["requestBody"] = {"required": True, "content": content}
     submit = paths.get("/submit", {}).get("post")
     if submit is not None:  # the sandrun-compatible upload
         submit["requestBody"] = {

@@ -42,7 +42,7 @@ def install_tasks(
         """Submit one task (a JSON object), many (``{"tasks": [...]}``), or multipart with a workspace.
 
         Multipart fields: ``task`` (JSON) or ``manifest`` (JSON), and ``workspace``
-        (a ``.tar.gz``; ``files`` is accepted as its seed-002 name).
+        (a ``.tar.gz``; ``files``, its name in the sandrun-compatible pool API, is accepted too).
         """
         ctype = request.headers.get("content-type", "")
         reqs: list[TaskRequest]

@@ -10,13 +10,12 @@ import numpy as np
 import torch
 from safetensors.torch import save as st_save
 
+from phage.api.requests import MAX_FORWARD_ROWS
 from phage.errors import InvalidInput
 from phage.training.data import load_dataset
 from phage.training.local import accuracy, forward_network
 from phage.training.spec import NetworkSpec
 from phage.training.vnode import VNodeRuntime
-
-MAX_FORWARD_ROWS = 4096
 
 
 def load_runtimes(net: NetworkSpec, checkpoints: Mapping[str, bytes]) -> dict[str, VNodeRuntime]:

@@ -37,7 +37,7 @@ from phage.node.connection import (
     save_credentials,
     secure_key_dir,
 )
-from phage.node.endpoints import Backoff, Endpoints
+from phage.node.endpoints import Backoff, Endpoints, fetch_backoff, heartbeat_backoff
 from phage.node.engines import Engine, make_engine
 from phage.node.executor import CollectedOutput, JobExecutor
 from phage.node.faults import poison_updates_enabled
@@ -389,8 +389,7 @@ class NodeAgent:
         await host.run()
 
     async def _heartbeat_loop(self) -> None:
-        # at most one interval between tries: three missed heartbeats and the pool calls us dead
-        backoff = Backoff(base_s=min(0.2, self.heartbeat_interval / 4), cap_s=self.heartbeat_interval)
+        backoff = heartbeat_backoff(self.heartbeat_interval)
         missed = 0
         while True:
             try:
@@ -458,7 +457,7 @@ class NodeAgent:
                 await self._open(await self._enroll())
 
     async def _fetch_loop(self) -> None:
-        backoff = Backoff(cap_s=2.0)
+        backoff = fetch_backoff()
         while True:
             try:
                 resp = await self._fetch_once()

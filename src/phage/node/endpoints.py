@@ -157,3 +157,17 @@ class Backoff:
     def reset(self) -> None:
         """A try succeeded: start small again."""
         self.failures = 0
+
+
+FETCH_BACKOFF_CAP_S = 2.0
+"""Longest wait between a node's tries to reopen its task long-poll."""
+
+
+def heartbeat_backoff(interval_s: float, rng: random.Random | None = None) -> Backoff:
+    """The heartbeat loop's retries: never more than one interval apart (three missed and a node is dead)."""
+    return Backoff(base_s=min(0.2, interval_s / 4), cap_s=interval_s, rng=rng or random.Random())
+
+
+def fetch_backoff(rng: random.Random | None = None) -> Backoff:
+    """The task long-poll's retries (it breaks on every node at once when the coordinator goes)."""
+    return Backoff(cap_s=FETCH_BACKOFF_CAP_S, rng=rng or random.Random())
