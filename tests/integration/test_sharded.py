@@ -370,3 +370,41 @@ def test_the_cli_declares_and_shows_sharded_models(sharded_pool: Any, model8: Pa
     assert run("delete", "tiny8").returncode == 0
     with coord.client() as c:
         assert c.get("/api/models/sharded").json()["models"] == []
+
+
+def test_a_client_hanging_up_ends_the_session_on_every_hop(sharded_pool: Any, model8: Path) -> None:
+    coordinator, node = sharded_pool
+    coord = coordinator()
+    declare(coord, model8)
+    slow = {"PHAGE_TEST_STAGE_DELAY_MS": "60"}  # 200 tokens would take over half a minute
+    for i, r in enumerate(["0:3", "3:6", "6:8"]):
+        node(coord, r, i, **slow)
+    wait_ready(coord)
+    c = coord.client()
+
+    def sessions() -> list[int]:
+        return [w["active_sessions"] for w in sorted(c.get("/workers").json(), key=lambda w: w["nickname"])]
+
+    body = {"model": "tiny8", "messages": MESSAGES, "max_tokens": 200, "temperature": 0, "stream": True}
+    seen_open = False
+    with (
+        httpx.Client(timeout=60) as client,
+        client.stream(
+            "POST",
+            f"{coord.url}/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {coord.admin_key}"},
+        ) as r,
+    ):
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            # every hop reports the session's cache in its heartbeat while the stream runs
+            if line.startswith("data: {") and sessions() == [1, 1, 1]:
+                seen_open = True
+                break  # hang up mid-generation
+    assert seen_open, "the stream ended before every hop reported its session"
+    hung_up = time.monotonic()
+    wait_until(lambda: sessions() == [0, 0, 0], 10, 0.05, "every hop to drop the session")
+    assert time.monotonic() - hung_up < 4 * 0.5 + 1.0  # a few heartbeats, not the 200 tokens' half minute
+    assert c.get("/api/models/sharded/usage").json() == []  # the generation never finished
+    c.close()

@@ -18,7 +18,6 @@ is retried. The caller sees one uninterrupted sequence of tokens.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
@@ -27,7 +26,7 @@ from typing import Any
 
 from phage.dataplane.checks import Checker, CheckPolicy, Mismatch
 from phage.dataplane.tensors import tensor_from_pb, tensor_to_pb
-from phage.dataplane.transport import Peer, TLSIdentity
+from phage.dataplane.transport import Peer, TLSIdentity, close_peers
 from phage.domain.blocks import BlockRange
 from phage.errors import Unavailable
 from phage.protocol.v1 import dataplane_pb2 as dp
@@ -111,10 +110,9 @@ class ChainSession:
         """Replace hops ``index``… by a fresh route from that hop's first block, replaying their inputs."""
         start = self._hops[index].hop.start if self._hops else 0
         history = self._hops[index].sent if self._hops else []
-        for live in self._hops[index:]:
-            with contextlib.suppress(Exception):
-                await live.peer.close()
+        leaving = [live.peer for live in self._hops[index:]]
         del self._hops[index:]
+        await close_peers(leaving)
         hops = await self.route(start, self.failed)
         if not hops:
             raise Unavailable(f"no chain of live nodes covers blocks {start}: of {self.model!r}")
@@ -158,11 +156,10 @@ class ChainSession:
         return x
 
     async def close(self) -> None:
-        """End every hop's conversation (each drops the session's cache)."""
-        for live in self._hops:
-            with contextlib.suppress(Exception):
-                await live.peer.close()
+        """End every hop's conversation (each drops the session's cache), even when cancelled."""
+        peers = [live.peer for live in self._hops]
         self._hops.clear()
+        await close_peers(peers)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from phage.dataplane.tensors import tensor_from_pb, tensor_to_pb
-from phage.dataplane.transport import Peer, TLSIdentity
+from phage.dataplane.transport import Peer, TLSIdentity, close_peers
 from phage.domain.blocks import BlockRange
 from phage.errors import PhageError
 from phage.protocol.v1 import dataplane_pb2 as dp
@@ -139,7 +139,7 @@ class Checker:
         try:
             reply = await peer.request(frame)
         finally:
-            await peer.close()
+            await close_peers([peer])
         self.checked += 1
         return tensor_from_pb(reply.tensors[-1])
 

@@ -212,6 +212,32 @@ class Peer:
         await self._channel.close(None)
 
 
+async def close_peers(peers: list[Peer]) -> None:
+    """End these conversations, even when the caller is being cancelled.
+
+    A client hanging up cancels the task that drives a chain, and under Starlette (anyio)
+    every later ``await`` of that task is cancelled again: closing peers one by one in it
+    would stop at the first, leaving the others holding a cache for a session nobody will
+    finish. So the closing runs in a task of its own, shielded from the caller's cancellation.
+    """
+    if not peers:
+        return
+    closing = asyncio.get_running_loop().create_task(_close_each(peers), name="phage-dataplane-close")
+    _CLOSING.add(closing)
+    closing.add_done_callback(_CLOSING.discard)
+    await asyncio.shield(closing)
+
+
+_CLOSING: set[asyncio.Task[None]] = set()
+"""Closings under way (the event loop keeps only weak references to tasks)."""
+
+
+async def _close_each(peers: list[Peer]) -> None:
+    for peer in peers:
+        with contextlib.suppress(Exception):
+            await peer.close()
+
+
 def issue_identity(ca: Any, identity: Any) -> TLSIdentity:
     """A data-plane identity for ``identity`` (a NodeIdentity) signed by ``ca`` (a CertificateAuthority).
 
