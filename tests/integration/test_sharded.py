@@ -408,3 +408,79 @@ def test_a_client_hanging_up_ends_the_session_on_every_hop(sharded_pool: Any, mo
     assert time.monotonic() - hung_up < 4 * 0.5 + 1.0  # a few heartbeats, not the 200 tokens' half minute
     assert c.get("/api/models/sharded/usage").json() == []  # the generation never finished
     c.close()
+
+
+def test_in_approval_mode_a_node_gets_its_blocks_only_once_approved(
+    sharded_pool: Any, model8: Path, whole_text: str
+) -> None:
+    coordinator, node = sharded_pool
+    coord = coordinator(PHAGE_ADMISSION="approval")
+    declare(coord, model8)
+    first, second = node(coord, "auto", 0, memory_blocks=4), node(coord, "auto", 1, memory_blocks=4)
+    c = coord.client()
+
+    def state(n: Any) -> str:
+        return str(next(x for x in c.get("/api/nodes").json()["nodes"] if x["id"] == n.node_id)["state"])
+
+    wait_until(lambda: state(first) == "pending" and state(second) == "pending", 60, what="both pending")
+    # Pending nodes heartbeat with their offers, but no range is assigned and no block counts.
+    deadline = time.monotonic() + 3 * 0.5
+    while time.monotonic() < deadline:
+        assert c.get("/workers").json() == [] and c.get("/network/info").json()["coverage_percent"] == 0.0
+        time.sleep(0.1)
+    assert c.post(f"/api/nodes/{first.node_id}/approve").status_code == 200
+    wait_until(
+        lambda: (
+            [(w["worker_id"], w["layers_start"]) for w in c.get("/workers").json()] == [(first.node_id, 0)]
+        ),
+        90,
+        what="the approved node holding blocks 0:4",
+    )
+    info = c.get("/network/info").json()
+    assert info["coverage_percent"] == 50.0 and info["missing_layers"] == ["4:8"]
+    assert state(second) == "pending"
+    assert c.post(f"/api/nodes/{second.node_id}/approve").status_code == 200
+    wait_until(lambda: c.get("/network/info").json()["ready_for_inference"], 90, what="both halves held")
+    workers = {w["worker_id"]: w for w in c.get("/workers").json()}
+    assert (workers[second.node_id]["layers_start"], workers[second.node_id]["layers_end"]) == (4, 8)
+    c.close()
+    assert chat(coord)["choices"][0]["message"]["content"] == whole_text
+
+
+def test_a_token_pool_node_marked_untrusted_has_its_activations_checked(
+    sharded_pool: Any, model8: Path, whole_text: str
+) -> None:
+    coordinator, node = sharded_pool
+    coord = coordinator(PHAGE_SHARDED_CHECK_RATE="1")  # a token pool: every node joins trusted
+    declare(coord, model8)
+    node(coord, "0:4", 0)
+    liar = node(coord, "4:8", 1, PHAGE_TEST_NOISY_ACTIVATIONS="0.01")
+    wait_ready(coord)
+    honest = node(coord, "4:8", 2)
+    c = coord.client()
+    wait_until(
+        lambda: c.get("/api/models/tiny8/coverage").json()["per_block"] == [1] * 4 + [2] * 4,
+        90,
+        what="a second node holding 4:8",
+    )
+
+    def quarantined() -> dict[str, str]:
+        return {
+            n["id"]: n["quarantine_reason"] for n in c.get("/api/nodes").json()["nodes"] if n["quarantined"]
+        }
+
+    since = {w["worker_id"]: w["serving_since"] for w in c.get("/workers").json()}
+    # A trusted node's activations are taken as they come: nothing is recomputed.
+    chat(coord)
+    assert quarantined() == {}
+    # The first chat loads the tokenizer off the coordinator's event loop: no node's lease lapsed meanwhile.
+    assert {w["worker_id"]: w["serving_since"] for w in c.get("/workers").json()} == since
+    # The admin marks it untrusted: from the next chat on, its steps are recomputed by the trusted node.
+    r = c.post(f"/api/nodes/{liar.node_id}", json={"trusted": False})
+    assert r.status_code == 200 and r.json()["trusted"] is False
+    assert chat(coord)["choices"][0]["message"]["content"] == whole_text
+    caught = quarantined()
+    assert list(caught) == [liar.node_id]
+    assert "activations of blocks 4:8" in caught[liar.node_id]
+    assert honest.node_id[:16] in caught[liar.node_id]  # the witness: the trusted node holding 4:8
+    c.close()

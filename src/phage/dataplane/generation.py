@@ -63,11 +63,14 @@ class ShardedGenerator:
         self._tokenizer: Any = None
 
     async def start(self) -> None:
-        """Load the tokenizer (the only part of the model kept here)."""
-        if self._tokenizer is None:
-            from transformers import AutoTokenizer
+        """Load the tokenizer (the only part of the model kept here).
 
-            self._tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, self.checkpoint)
+        torch and transformers are imported in the worker thread too: importing them takes
+        seconds of CPU, and on the event loop that would stall every heartbeat the
+        coordinator answers meanwhile — long enough for the nodes' leases to lapse.
+        """
+        if self._tokenizer is None:
+            self._tokenizer = await asyncio.to_thread(_load_tokenizer, self.checkpoint)
 
     async def stream(self, request: TextRequest) -> AsyncIterator[TextDelta]:
         """Text deltas as tokens come through the chain, then the final delta."""
@@ -102,3 +105,10 @@ class ShardedGenerator:
                     yield TextDelta(tail[sent:])
             chain = tuple(h.node_id for h in session.hops)
         yield TextDelta("", finish, len(prompt), len(ids), chain)
+
+
+def _load_tokenizer(checkpoint: str) -> Any:
+    import torch  # noqa: F401  (the chain's tensors need it; imported here, off the event loop)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(checkpoint)
