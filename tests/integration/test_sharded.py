@@ -8,6 +8,7 @@ whole model's greedy text exactly.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ pytest.importorskip("torch")
 
 from phage.node.engines.base import ChatMessage, GenerationRequest
 from phage.node.engines.tinymodel import make_tiny_model
-from phage.testing import CoordinatorProcess, NodeProcess, wait_until
+from phage.testing import CoordinatorProcess, NodeProcess, wait_tasks_final, wait_until
 
 MESSAGES = [{"role": "user", "content": "def add(a, b):"}]
 MAX_TOKENS = 32
@@ -483,4 +484,103 @@ def test_a_token_pool_node_marked_untrusted_has_its_activations_checked(
     assert list(caught) == [liar.node_id]
     assert "activations of blocks 4:8" in caught[liar.node_id]
     assert honest.node_id[:16] in caught[liar.node_id]  # the witness: the trusted node holding 4:8
+    c.close()
+
+
+PROMPT = "def add(a, b):"
+
+
+@pytest.fixture(scope="module")
+def whole_completion(model8: Path) -> str:
+    """The whole model's greedy continuation of the raw ``PROMPT`` (what a generate task asks for)."""
+    from phage.node.engines.transformers import TransformersEngine
+
+    async def run() -> str:
+        engine = TransformersEngine(str(model8))
+        request = GenerationRequest(prompt=PROMPT, max_tokens=MAX_TOKENS, temperature=0.0)
+        return (await engine.generate(request)).text
+
+    return asyncio.run(run())
+
+
+def generate_task(expected: str, **extra: Any) -> dict[str, Any]:
+    """A generate task for tiny8 whose verifier passes only on the whole model's exact text."""
+    return {
+        "kind": "generate",
+        "prompt": PROMPT,
+        "model": "tiny8",
+        "verifier": "cmp output.txt expected.txt",
+        "files": {"expected.txt": expected},
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0,
+        **extra,
+    }
+
+
+def test_a_generate_task_on_a_sharded_model_runs_through_a_chain_and_its_verifier(
+    sharded_pool: Any, model8: Path, whole_completion: str
+) -> None:
+    coordinator, node = sharded_pool
+    coord = coordinator()
+    declare(coord, model8)
+    c = coord.client()
+    # Not ready: refused with the blocks nobody holds, unless the task may wait for them.
+    early = c.post("/api/tasks", json=generate_task(whole_completion))
+    assert early.status_code == 503 and "0:8" in early.json()["message"], early.text
+    waiting = c.post("/api/tasks", json=generate_task(whole_completion, wait_for_model=True))
+    assert waiting.status_code == 201, waiting.text
+    # check_every_stage is for sharded models only
+    whole = c.post(
+        "/api/tasks", json=generate_task(whole_completion, model="tiny-llama", check_every_stage=True)
+    )
+    assert whole.status_code == 400 and whole.json()["field"] == "check_every_stage"
+    node(coord, "0:4", 0)
+    node(coord, "4:8", 1)
+    (done,) = wait_tasks_final(coord, [waiting.json()["id"]], timeout=120)
+    assert done["state"] == "verified", done
+    (attempt,) = done["attempts"]
+    assert attempt["passed"] and "through 2 hops" in attempt["verifier_log"]
+    assert done["result"]["output_text"] == whole_completion  # token for token the whole model's
+    assert done["result"]["engine"] == "sharded" and done["result"]["completion_tokens"] > 0
+    assert c.get(f"/api/tasks/{done['id']}/outputs/output.txt").text == whole_completion
+    (used,) = c.get("/api/models/sharded/usage").json()
+    assert len(used["worker_ids"]) == 2
+    # A verifier that fails: the task fails, with the verifier's exit code and its log.
+    bad = c.post(
+        "/api/tasks", json=generate_task(whole_completion, verifier="echo not this; exit 3", max_attempts=1)
+    )
+    assert bad.status_code == 201, bad.text
+    (failed,) = wait_tasks_final(coord, [bad.json()["id"]], timeout=120)
+    assert failed["state"] == "failed" and "exit code 3" in failed["error"], failed
+    assert "not this" in failed["attempts"][0]["verifier_log"]
+    c.close()
+
+
+def test_check_every_stage_catches_a_trusted_node_the_pool_would_not_sample(
+    sharded_pool: Any, model8: Path, whole_completion: str
+) -> None:
+    coordinator, node = sharded_pool
+    coord = coordinator(PHAGE_SHARDED_CHECK_RATE="0")  # a token pool that checks nothing by itself
+    declare(coord, model8)
+    node(coord, "0:4", 0)
+    liar = node(coord, "4:8", 1, PHAGE_TEST_NOISY_ACTIVATIONS="0.01")
+    wait_ready(coord)
+    node(coord, "4:8", 2)
+    node(coord, "4:8", 3)  # with every hop unproven, a disagreement needs a referee
+    c = coord.client()
+    wait_until(
+        lambda: c.get("/api/models/tiny8/coverage").json()["per_block"] == [1] * 4 + [3] * 4,
+        90,
+        what="three nodes holding 4:8",
+    )
+    made = c.post("/api/tasks", json=generate_task(whole_completion, check_every_stage=True))
+    assert made.status_code == 201, made.text
+    (done,) = wait_tasks_final(coord, [made.json()["id"]], timeout=120)
+    assert done["state"] == "verified", done
+    assert done["result"]["output_text"] == whole_completion  # the liar's steps were replaced by replay
+    checked = re.search(r"(\d+) steps recomputed on other nodes", done["attempts"][0]["verifier_log"])
+    assert checked is not None and int(checked.group(1)) >= done["result"]["completion_tokens"]
+    nodes = {n["id"]: n for n in c.get("/api/nodes").json()["nodes"]}
+    assert [n["id"] for n in nodes.values() if n["quarantined"]] == [liar.node_id]
+    assert "activations of blocks 4:8" in nodes[liar.node_id]["quarantine_reason"]
     c.close()

@@ -41,6 +41,8 @@ class TextDelta:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     chain: tuple[str, ...] = ()
+    checked: int = 0
+    """Steps recomputed on other nodes during the generation (checked activations)."""
 
 
 class ShardedGenerator:
@@ -72,8 +74,14 @@ class ShardedGenerator:
         if self._tokenizer is None:
             self._tokenizer = await asyncio.to_thread(_load_tokenizer, self.checkpoint)
 
-    async def stream(self, request: TextRequest) -> AsyncIterator[TextDelta]:
-        """Text deltas as tokens come through the chain, then the final delta."""
+    async def stream(
+        self, request: TextRequest, *, checks: CheckPolicy | None = None
+    ) -> AsyncIterator[TextDelta]:
+        """Text deltas as tokens come through the chain, then the final delta.
+
+        ``checks`` replaces the generator's policy for this one session (a task that asks for
+        every stage to be checked).
+        """
         await self.start()
         tok = self._tokenizer
         prompt = [int(t) for t in tok(prompt_text(tok, request.prompt, request.messages))["input_ids"]]
@@ -87,7 +95,8 @@ class ShardedGenerator:
         ids: list[int] = []
         sent = 0
         finish = "length"
-        async with ChainSession(self.name, self.identity, self.route, checks=self.checks) as session:
+        policy = checks if checks is not None else self.checks
+        async with ChainSession(self.name, self.identity, self.route, checks=policy) as session:
             async for token in generate_tokens(session, prompt, sampling):
                 ids.append(token)
                 cut, hit = apply_stops(tok.decode(ids, skip_special_tokens=True), request.stop)
@@ -104,7 +113,8 @@ class ShardedGenerator:
                 if len(tail) > sent:
                     yield TextDelta(tail[sent:])
             chain = tuple(h.node_id for h in session.hops)
-        yield TextDelta("", finish, len(prompt), len(ids), chain)
+            checked = session.checker.checked if session.checker is not None else 0
+        yield TextDelta("", finish, len(prompt), len(ids), chain, checked)
 
 
 def _load_tokenizer(checkpoint: str) -> Any:
