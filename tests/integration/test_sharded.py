@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -263,6 +264,7 @@ def test_bad_input_is_refused_clearly(sharded_pool: Any, model8: Path) -> None:
 
 
 def test_coverage_grows_as_nodes_join_and_a_standby_takes_a_gap(sharded_pool: Any, model8: Path) -> None:
+    heartbeat = 0.5  # the pool's heartbeat interval (sharded_pool)
     coordinator, node = sharded_pool
     coord = coordinator()
     declare(coord, model8)
@@ -271,13 +273,23 @@ def test_coverage_grows_as_nodes_join_and_a_standby_takes_a_gap(sharded_pool: An
     def workers() -> dict[str, dict[str, Any]]:
         return {w["nickname"]: w for w in c.get("/workers").json()}
 
+    def network_info() -> dict[str, Any]:
+        """``/network/info``, whose model fields are right whatever the coverage."""
+        got: dict[str, Any] = c.get("/network/info").json()
+        assert (got["model_name"], got["total_layers"]) == ("tiny8", 8), got
+        return got
+
     def info_when(what: str, check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
         def probe() -> dict[str, Any] | None:
-            got: dict[str, Any] = c.get("/network/info").json()
+            got = network_info()
             return got if check(got) else None
 
         return wait_until(probe, 90, 0.05, what)
 
+    info = network_info()  # declared, nobody serving yet
+    assert (
+        info["coverage_percent"] == 0.0 and info["missing_layers"] == ["0:8"] and info["online_workers"] == 0
+    )
     nodes = []
     # Each node has memory for half the blocks: Petals' rule puts the first at 0:4 …
     nodes.append(node(coord, "auto", 0, memory_blocks=4))
@@ -298,18 +310,31 @@ def test_coverage_grows_as_nodes_join_and_a_standby_takes_a_gap(sharded_pool: An
         lambda: workers().get("node-2", {}).get("layers_start") is not None, 90, what="the standby loaded"
     )
     assert workers()["node-2"]["is_idle"]
-    info = c.get("/network/info").json()
-    assert info["online_workers"] == 3 and info["ready_for_inference"]
-    # The node holding 4:8 leaves: coverage drops, and the standby is moved to the gap within a heartbeat.
-    nodes[1].stop()
-    info = info_when("coverage to drop", lambda i: not i["ready_for_inference"] or i["online_workers"] == 2)
-    dropped = time.monotonic()
-    wait_until(lambda: workers()["node-2"]["assigned_start"] == 4, 10, 0.02, "the standby moved to 4:8")
-    assert (
-        time.monotonic() - dropped <= 2 * 0.5 + 0.5
-    )  # a heartbeat (0.5 s here), with room for a loaded machine
+    info = network_info()
+    assert info["online_workers"] == 3 and info["ready_for_inference"] and info["coverage_percent"] == 100.0
+    # The node holding 4:8 leaves (its last heartbeat says so): coverage drops, and the standby's next
+    # heartbeat, at most one interval later, moves it to the gap. The node takes a while to exit, and
+    # the tiny model loads in moments, so both are watched while it stops.
+    leaving = threading.Thread(target=nodes[1].stop)
+    leaving.start()
+    gap_at = moved_at = None
+    deadline = time.monotonic() + 30
+    while moved_at is None and time.monotonic() < deadline:
+        info = network_info()
+        now = time.monotonic()
+        if gap_at is None and not info["ready_for_inference"]:
+            gap_at = now
+            assert info["coverage_percent"] == 50.0 and info["missing_layers"] == ["4:8"], info
+        if gap_at is not None and workers()["node-2"]["assigned_start"] == 4:
+            moved_at = now
+        time.sleep(0.02)
+    leaving.join()
+    assert gap_at is not None and moved_at is not None, "the gap was never seen, or never filled"
+    took = moved_at - gap_at
+    assert took <= heartbeat + 0.3, f"the standby was moved {took:.2f} s after the gap opened"
     info = info_when("every block served again", lambda i: i["ready_for_inference"])
-    assert info["online_workers"] == 2 and info["coverage_percent"] == 100.0
+    assert info["online_workers"] == 2 and info["coverage_percent"] == 100.0 and info["missing_layers"] == []
+    assert (workers()["node-2"]["layers_start"], workers()["node-2"]["layers_end"]) == (4, 8)
     health = c.get("/network/health").json()
     assert [layer["workers"] for layer in health["layers"]] == [1] * 8
     c.close()
