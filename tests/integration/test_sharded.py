@@ -62,13 +62,18 @@ def sharded_pool(tmp_path: Path) -> Iterator[Callable[..., Any]]:
         return coord
 
     def node(
-        coord: CoordinatorProcess, serve: str, i: int, memory_blocks: int = 8, **env: str
+        coord: CoordinatorProcess,
+        serve: str,
+        i: int,
+        memory_blocks: int = 8,
+        extra: tuple[str, ...] = (),
+        **env: str,
     ) -> NodeProcess:
         n = NodeProcess(
             coord,
             tmp_path / f"node-{i}",
             name=f"node-{i}",
-            args=("--serve-blocks", serve, "--block-memory", str(memory_blocks * BLOCK)),
+            args=("--serve-blocks", serve, "--block-memory", str(memory_blocks * BLOCK), *extra),
             env=env,
         ).start()
         started.append(n)
@@ -608,4 +613,36 @@ def test_check_every_stage_catches_a_trusted_node_the_pool_would_not_sample(
     nodes = {n["id"]: n for n in c.get("/api/nodes").json()["nodes"]}
     assert [n["id"] for n in nodes.values() if n["quarantined"]] == [liar.node_id]
     assert "activations of blocks 4:8" in nodes[liar.node_id]["quarantine_reason"]
+    c.close()
+
+
+def test_a_node_that_cannot_accept_connections_serves_its_blocks_through_the_relay(
+    sharded_pool: Any, model8: Path, whole_text: str
+) -> None:
+    coordinator, node = sharded_pool
+    coord = coordinator(PHAGE_SHARDED_CHECK_RATE="1", PHAGE_ADMISSION="open")  # every hop's steps checked
+    declare(coord, model8)
+    node(coord, "0:3", 0)
+    node(coord, "3:6", 1, extra=("--dataplane-relay",))  # the middle of the chain, and …
+    node(coord, "6:8", 2, extra=("--dataplane-relay",))
+    wait_ready(coord)
+    node(coord, "6:8", 3)  # … the verifier of the last hop is dialled directly while the hop is relayed
+    c = coord.client()
+    wait_until(
+        lambda: c.get("/api/models/tiny8/coverage").json()["per_block"] == [1] * 6 + [2] * 2,
+        90,
+        what="every node holding its blocks",
+    )
+    workers = {w["nickname"]: w for w in c.get("/workers").json()}
+    assert [workers[f"node-{i}"]["address"] for i in (1, 2)] == ["relay", "relay"]
+    assert ":" in workers["node-0"]["address"]
+    answer = chat(coord)
+    assert answer["choices"][0]["message"]["content"] == whole_text
+    (used,) = c.get("/api/models/sharded/usage").json()  # node-3 is the standby, node-2's verifier
+    assert used["worker_ids"] == [workers[f"node-{i}"]["worker_id"] for i in (0, 1, 2)]
+    # the relayed sessions ended with the chat, and no node was quarantined over a relayed step
+    wait_until(
+        lambda: all(w["active_sessions"] == 0 for w in c.get("/workers").json()), 10, what="sessions closed"
+    )
+    assert not [n for n in c.get("/api/nodes").json()["nodes"] if n["quarantined"]]
     c.close()

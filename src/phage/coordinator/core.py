@@ -52,6 +52,7 @@ from phage.coordinator.tried import TriedNodes
 from phage.coordinator.trust import TrustGuard
 from phage.coordinator.workloads import FILE_NAME as WORKLOADS_FILE
 from phage.coordinator.workloads import ApprovedWorkloads
+from phage.dataplane.relay import RelayHub
 from phage.domain import NodeState
 from phage.domain.quorum import QuorumPolicy
 from phage.errors import SandboxError, StoreUnavailable
@@ -232,6 +233,8 @@ class Coordinator:
         self.admin_key = ""
         self.started_at = 0.0
         self.sharded_usage = UsageLog()
+        self.relay = RelayHub()
+        """Streams of nodes that serve their blocks through the coordinator (``--dataplane-relay``)."""
         self.sharded_chat: ShardedChat | None = None
         self.sharded_tasks: ShardedTasks | None = None
         self._loops: list[asyncio.Task[None]] = []
@@ -251,6 +254,7 @@ class Coordinator:
             check_rate=self.settings.sharded_check_rate,
             trusted=self._trusted,
             quarantine=self.nodes.quarantine,
+            relay=self.relay,
         )
         self.sharded_tasks = ShardedTasks(
             driver_id=self.sharded_chat.identity.node_id,

@@ -18,6 +18,7 @@ from phage.coordinator.sharded import ShardedModels, UsageEntry, UsageLog
 from phage.dataplane.chain import Hop
 from phage.dataplane.checks import CheckPolicy, Evidence, Verifier
 from phage.dataplane.generation import ShardedGenerator, TextDelta, TextRequest
+from phage.dataplane.relay import RelayHub
 from phage.dataplane.transport import TLSIdentity, issue_identity
 from phage.domain.blocks import BlockRange
 from phage.errors import Unavailable
@@ -71,6 +72,7 @@ class ShardedChat:
         check_rate: float,
         trusted: Callable[[str], bool],
         quarantine: Callable[[str, str], Awaitable[None]],
+        relay: RelayHub | None = None,
     ) -> None:
         self.sharded = sharded
         self.identity = identity
@@ -78,6 +80,8 @@ class ShardedChat:
         self.check_rate = check_rate
         self.trusted = trusted
         self.quarantine = quarantine
+        self.dial = (relay or RelayHub()).dialler(identity)
+        """Hops and verifiers are dialled directly, or through the relay for nodes that asked for it."""
         self._engines: dict[str, ShardedGenerator] = {}
 
     def engine(self, model: str) -> ShardedGenerator:
@@ -102,7 +106,9 @@ class ShardedChat:
                 find_verifier=find,
                 report=report,
             )
-            engine = ShardedGenerator(model, declared.checkpoint, self.identity, route, checks=checks)
+            engine = ShardedGenerator(
+                model, declared.checkpoint, self.identity, route, checks=checks, dial=self.dial
+            )
             self._engines[model] = engine
         return engine
 

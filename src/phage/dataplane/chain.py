@@ -26,7 +26,7 @@ from typing import Any
 
 from phage.dataplane.checks import Checker, CheckPolicy, Mismatch
 from phage.dataplane.tensors import tensor_from_pb, tensor_to_pb
-from phage.dataplane.transport import Peer, TLSIdentity, close_peers
+from phage.dataplane.transport import Dial, RemoteConversation, TLSIdentity, close_peers, direct
 from phage.domain.blocks import BlockRange
 from phage.errors import Unavailable
 from phage.protocol.v1 import dataplane_pb2 as dp
@@ -51,7 +51,7 @@ Router = Callable[[int, Collection[str]], Awaitable[list[Hop]]]
 @dataclass
 class _Live:
     hop: Hop
-    peer: Peer
+    peer: RemoteConversation
     sent: list[Any] = field(default_factory=list)
     """Every input chunk this hop has run for the session, in order (replayed on failover)."""
 
@@ -67,9 +67,12 @@ class ChainSession:
         *,
         max_failovers: int = 4,
         checks: CheckPolicy | None = None,
+        dial: Dial | None = None,
     ) -> None:
         self.model = model
-        self.checker = Checker(checks, identity, model) if checks is not None else None
+        self.dial = dial or direct(identity)
+        """How a hop (or a verifier) is reached: directly, or through the coordinator's relay."""
+        self.checker = Checker(checks, self.dial, model) if checks is not None else None
         self.identity = identity
         self.route = route
         self.max_failovers = max_failovers
@@ -90,8 +93,8 @@ class ChainSession:
         """The chain in use now."""
         return [h.hop for h in self._hops]
 
-    def _peer(self, hop: Hop) -> Peer:
-        return Peer(self.identity, hop.address, hop.node_id)
+    def _peer(self, hop: Hop) -> RemoteConversation:
+        return self.dial(hop.address, hop.node_id)
 
     async def _request(self, live: _Live, chunks: list[Any]) -> list[Any]:
         frame = dp.Frame(

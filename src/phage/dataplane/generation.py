@@ -15,7 +15,7 @@ from typing import Any
 
 from phage.dataplane.chain import ChainSession, Router, Sampling, generate_tokens
 from phage.dataplane.checks import CheckPolicy
-from phage.dataplane.transport import TLSIdentity
+from phage.dataplane.transport import Dial, TLSIdentity
 from phage.domain.text import apply_stops, prompt_text, safe_prefix
 
 
@@ -56,12 +56,14 @@ class ShardedGenerator:
         route: Router,
         *,
         checks: CheckPolicy | None = None,
+        dial: Dial | None = None,
     ) -> None:
         self.name = name
         self.checkpoint = checkpoint
         self.identity = identity
         self.route = route
         self.checks = checks
+        self.dial = dial
         self._tokenizer: Any = None
 
     async def start(self) -> None:
@@ -96,7 +98,8 @@ class ShardedGenerator:
         sent = 0
         finish = "length"
         policy = checks if checks is not None else self.checks
-        async with ChainSession(self.name, self.identity, self.route, checks=policy) as session:
+        session = ChainSession(self.name, self.identity, self.route, checks=policy, dial=self.dial)
+        async with session:
             async for token in generate_tokens(session, prompt, sampling):
                 ids.append(token)
                 cut, hit = apply_stops(tok.decode(ids, skip_special_tokens=True), request.stop)
