@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -54,6 +54,7 @@ class Pool:
     model: ShardedModel
     client: TLSIdentity
     servers: dict[str, tuple[DataPlaneServer, Server]]
+    handlers: dict[str, StageHandler] = field(default_factory=dict)
 
     async def route(self, start: int, avoid: Collection[str]) -> list[Hop]:
         live = [s for _, s in self.servers.values()]
@@ -70,13 +71,15 @@ async def start_pool(
 ) -> Pool:
     model = ShardedModel(name="tiny8", checkpoint=str(model8), num_blocks=8, bytes_per_block=1)
     servers: dict[str, tuple[DataPlaneServer, Server]] = {}
+    handlers: dict[str, StageHandler] = {}
     for a, b, standby in ranges:
         ident = issue_identity(ca, NodeIdentity.generate())
         stage = StageModel(model8, BlockRange(a, b))
-        server = DataPlaneServer(ident, {"stage": StageHandler({"tiny8": stage}, output_hook=hook)})  # type: ignore[arg-type]
+        handler = handlers[ident.node_id] = StageHandler({"tiny8": stage}, output_hook=hook)  # type: ignore[arg-type]
+        server = DataPlaneServer(ident, {"stage": handler})
         await server.start()
         servers[ident.node_id] = (server, Server(ident.node_id, BlockRange(a, b), standby=standby))
-    return Pool(model, issue_identity(ca, NodeIdentity.generate()), servers)
+    return Pool(model, issue_identity(ca, NodeIdentity.generate()), servers, handlers)
 
 
 async def stop_pool(pool: Pool) -> None:
@@ -240,5 +243,34 @@ async def test_a_lying_verifier_is_outvoted_by_a_referee(
             assert session.failovers == 0 and session.hops[-1].node_id == honest_hop
         assert tokens == reference
         assert [e.node_id for e in caught] == [liar_id]  # the liar, caught while verifying an honest hop
+    finally:
+        await stop_pool(pool)
+
+
+async def test_a_cancelled_session_ends_on_every_hop_even_under_anyio(
+    ca: CertificateAuthority, model8: Path
+) -> None:
+    """A client hanging up cancels the chain's task through anyio, which cancels every later await too."""
+    import asyncio
+
+    import anyio
+
+    pool = await start_pool(ca, model8, [(0, 3, False), (3, 6, False), (6, 8, False)])
+    handlers = list(pool.handlers.values())
+    try:
+        async with anyio.create_task_group() as group:
+
+            async def run() -> None:
+                async with ChainSession("tiny8", pool.client, pool.route) as session:
+                    async for _t in generate_tokens(session, PROMPT, Sampling(max_tokens=STEPS * 100)):
+                        if all(h.open_sessions == 1 for h in handlers):
+                            group.cancel_scope.cancel()  # as Starlette does when the client leaves
+
+            group.start_soon(run)
+        for _ in range(100):
+            if all(h.open_sessions == 0 for h in handlers):
+                break
+            await asyncio.sleep(0.05)
+        assert [h.open_sessions for h in handlers] == [0, 0, 0]
     finally:
         await stop_pool(pool)

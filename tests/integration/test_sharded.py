@@ -8,6 +8,8 @@ whole model's greedy text exactly.
 from __future__ import annotations
 
 import asyncio
+import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +22,7 @@ pytest.importorskip("torch")
 
 from phage.node.engines.base import ChatMessage, GenerationRequest
 from phage.node.engines.tinymodel import make_tiny_model
-from phage.testing import CoordinatorProcess, NodeProcess, wait_until
+from phage.testing import CoordinatorProcess, NodeProcess, wait_tasks_final, wait_until
 
 MESSAGES = [{"role": "user", "content": "def add(a, b):"}]
 MAX_TOKENS = 32
@@ -60,13 +62,18 @@ def sharded_pool(tmp_path: Path) -> Iterator[Callable[..., Any]]:
         return coord
 
     def node(
-        coord: CoordinatorProcess, serve: str, i: int, memory_blocks: int = 8, **env: str
+        coord: CoordinatorProcess,
+        serve: str,
+        i: int,
+        memory_blocks: int = 8,
+        extra: tuple[str, ...] = (),
+        **env: str,
     ) -> NodeProcess:
         n = NodeProcess(
             coord,
             tmp_path / f"node-{i}",
             name=f"node-{i}",
-            args=("--serve-blocks", serve, "--block-memory", str(memory_blocks * BLOCK)),
+            args=("--serve-blocks", serve, "--block-memory", str(memory_blocks * BLOCK), *extra),
             env=env,
         ).start()
         started.append(n)
@@ -262,6 +269,7 @@ def test_bad_input_is_refused_clearly(sharded_pool: Any, model8: Path) -> None:
 
 
 def test_coverage_grows_as_nodes_join_and_a_standby_takes_a_gap(sharded_pool: Any, model8: Path) -> None:
+    heartbeat = 0.5  # the pool's heartbeat interval (sharded_pool)
     coordinator, node = sharded_pool
     coord = coordinator()
     declare(coord, model8)
@@ -270,13 +278,23 @@ def test_coverage_grows_as_nodes_join_and_a_standby_takes_a_gap(sharded_pool: An
     def workers() -> dict[str, dict[str, Any]]:
         return {w["nickname"]: w for w in c.get("/workers").json()}
 
+    def network_info() -> dict[str, Any]:
+        """``/network/info``, whose model fields are right whatever the coverage."""
+        got: dict[str, Any] = c.get("/network/info").json()
+        assert (got["model_name"], got["total_layers"]) == ("tiny8", 8), got
+        return got
+
     def info_when(what: str, check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
         def probe() -> dict[str, Any] | None:
-            got: dict[str, Any] = c.get("/network/info").json()
+            got = network_info()
             return got if check(got) else None
 
         return wait_until(probe, 90, 0.05, what)
 
+    info = network_info()  # declared, nobody serving yet
+    assert (
+        info["coverage_percent"] == 0.0 and info["missing_layers"] == ["0:8"] and info["online_workers"] == 0
+    )
     nodes = []
     # Each node has memory for half the blocks: Petals' rule puts the first at 0:4 …
     nodes.append(node(coord, "auto", 0, memory_blocks=4))
@@ -297,18 +315,31 @@ def test_coverage_grows_as_nodes_join_and_a_standby_takes_a_gap(sharded_pool: An
         lambda: workers().get("node-2", {}).get("layers_start") is not None, 90, what="the standby loaded"
     )
     assert workers()["node-2"]["is_idle"]
-    info = c.get("/network/info").json()
-    assert info["online_workers"] == 3 and info["ready_for_inference"]
-    # The node holding 4:8 leaves: coverage drops, and the standby is moved to the gap within a heartbeat.
-    nodes[1].stop()
-    info = info_when("coverage to drop", lambda i: not i["ready_for_inference"] or i["online_workers"] == 2)
-    dropped = time.monotonic()
-    wait_until(lambda: workers()["node-2"]["assigned_start"] == 4, 10, 0.02, "the standby moved to 4:8")
-    assert (
-        time.monotonic() - dropped <= 2 * 0.5 + 0.5
-    )  # a heartbeat (0.5 s here), with room for a loaded machine
+    info = network_info()
+    assert info["online_workers"] == 3 and info["ready_for_inference"] and info["coverage_percent"] == 100.0
+    # The node holding 4:8 leaves (its last heartbeat says so): coverage drops, and the standby's next
+    # heartbeat, at most one interval later, moves it to the gap. The node takes a while to exit, and
+    # the tiny model loads in moments, so both are watched while it stops.
+    leaving = threading.Thread(target=nodes[1].stop)
+    leaving.start()
+    gap_at = moved_at = None
+    deadline = time.monotonic() + 30
+    while moved_at is None and time.monotonic() < deadline:
+        info = network_info()
+        now = time.monotonic()
+        if gap_at is None and not info["ready_for_inference"]:
+            gap_at = now
+            assert info["coverage_percent"] == 50.0 and info["missing_layers"] == ["4:8"], info
+        if gap_at is not None and workers()["node-2"]["assigned_start"] == 4:
+            moved_at = now
+        time.sleep(0.02)
+    leaving.join()
+    assert gap_at is not None and moved_at is not None, "the gap was never seen, or never filled"
+    took = moved_at - gap_at
+    assert took <= heartbeat + 0.3, f"the standby was moved {took:.2f} s after the gap opened"
     info = info_when("every block served again", lambda i: i["ready_for_inference"])
-    assert info["online_workers"] == 2 and info["coverage_percent"] == 100.0
+    assert info["online_workers"] == 2 and info["coverage_percent"] == 100.0 and info["missing_layers"] == []
+    assert (workers()["node-2"]["layers_start"], workers()["node-2"]["layers_end"]) == (4, 8)
     health = c.get("/network/health").json()
     assert [layer["workers"] for layer in health["layers"]] == [1] * 8
     c.close()
@@ -370,3 +401,248 @@ def test_the_cli_declares_and_shows_sharded_models(sharded_pool: Any, model8: Pa
     assert run("delete", "tiny8").returncode == 0
     with coord.client() as c:
         assert c.get("/api/models/sharded").json()["models"] == []
+
+
+def test_a_client_hanging_up_ends_the_session_on_every_hop(sharded_pool: Any, model8: Path) -> None:
+    coordinator, node = sharded_pool
+    coord = coordinator()
+    declare(coord, model8)
+    slow = {"PHAGE_TEST_STAGE_DELAY_MS": "60"}  # 200 tokens would take over half a minute
+    for i, r in enumerate(["0:3", "3:6", "6:8"]):
+        node(coord, r, i, **slow)
+    wait_ready(coord)
+    c = coord.client()
+
+    def sessions() -> list[int]:
+        return [w["active_sessions"] for w in sorted(c.get("/workers").json(), key=lambda w: w["nickname"])]
+
+    body = {"model": "tiny8", "messages": MESSAGES, "max_tokens": 200, "temperature": 0, "stream": True}
+    seen_open = False
+    with (
+        httpx.Client(timeout=60) as client,
+        client.stream(
+            "POST",
+            f"{coord.url}/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {coord.admin_key}"},
+        ) as r,
+    ):
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            # every hop reports the session's cache in its heartbeat while the stream runs
+            if line.startswith("data: {") and sessions() == [1, 1, 1]:
+                seen_open = True
+                break  # hang up mid-generation
+    assert seen_open, "the stream ended before every hop reported its session"
+    hung_up = time.monotonic()
+    wait_until(lambda: sessions() == [0, 0, 0], 10, 0.05, "every hop to drop the session")
+    assert time.monotonic() - hung_up < 4 * 0.5 + 1.0  # a few heartbeats, not the 200 tokens' half minute
+    assert c.get("/api/models/sharded/usage").json() == []  # the generation never finished
+    c.close()
+
+
+def test_in_approval_mode_a_node_gets_its_blocks_only_once_approved(
+    sharded_pool: Any, model8: Path, whole_text: str
+) -> None:
+    coordinator, node = sharded_pool
+    coord = coordinator(PHAGE_ADMISSION="approval")
+    declare(coord, model8)
+    first, second = node(coord, "auto", 0, memory_blocks=4), node(coord, "auto", 1, memory_blocks=4)
+    c = coord.client()
+
+    def state(n: Any) -> str:
+        return str(next(x for x in c.get("/api/nodes").json()["nodes"] if x["id"] == n.node_id)["state"])
+
+    wait_until(lambda: state(first) == "pending" and state(second) == "pending", 60, what="both pending")
+    # Pending nodes heartbeat with their offers, but no range is assigned and no block counts.
+    deadline = time.monotonic() + 3 * 0.5
+    while time.monotonic() < deadline:
+        assert c.get("/workers").json() == [] and c.get("/network/info").json()["coverage_percent"] == 0.0
+        time.sleep(0.1)
+    assert c.post(f"/api/nodes/{first.node_id}/approve").status_code == 200
+    wait_until(
+        lambda: (
+            [(w["worker_id"], w["layers_start"]) for w in c.get("/workers").json()] == [(first.node_id, 0)]
+        ),
+        90,
+        what="the approved node holding blocks 0:4",
+    )
+    info = c.get("/network/info").json()
+    assert info["coverage_percent"] == 50.0 and info["missing_layers"] == ["4:8"]
+    assert state(second) == "pending"
+    assert c.post(f"/api/nodes/{second.node_id}/approve").status_code == 200
+    wait_until(lambda: c.get("/network/info").json()["ready_for_inference"], 90, what="both halves held")
+    workers = {w["worker_id"]: w for w in c.get("/workers").json()}
+    assert (workers[second.node_id]["layers_start"], workers[second.node_id]["layers_end"]) == (4, 8)
+    c.close()
+    assert chat(coord)["choices"][0]["message"]["content"] == whole_text
+
+
+def test_a_token_pool_node_marked_untrusted_has_its_activations_checked(
+    sharded_pool: Any, model8: Path, whole_text: str
+) -> None:
+    coordinator, node = sharded_pool
+    coord = coordinator(PHAGE_SHARDED_CHECK_RATE="1")  # a token pool: every node joins trusted
+    declare(coord, model8)
+    node(coord, "0:4", 0)
+    liar = node(coord, "4:8", 1, PHAGE_TEST_NOISY_ACTIVATIONS="0.01")
+    wait_ready(coord)
+    honest = node(coord, "4:8", 2)
+    c = coord.client()
+    wait_until(
+        lambda: c.get("/api/models/tiny8/coverage").json()["per_block"] == [1] * 4 + [2] * 4,
+        90,
+        what="a second node holding 4:8",
+    )
+
+    def quarantined() -> dict[str, str]:
+        return {
+            n["id"]: n["quarantine_reason"] for n in c.get("/api/nodes").json()["nodes"] if n["quarantined"]
+        }
+
+    since = {w["worker_id"]: w["serving_since"] for w in c.get("/workers").json()}
+    # A trusted node's activations are taken as they come: nothing is recomputed.
+    chat(coord)
+    assert quarantined() == {}
+    # The first chat loads the tokenizer off the coordinator's event loop: no node's lease lapsed meanwhile.
+    assert {w["worker_id"]: w["serving_since"] for w in c.get("/workers").json()} == since
+    # The admin marks it untrusted: from the next chat on, its steps are recomputed by the trusted node.
+    r = c.post(f"/api/nodes/{liar.node_id}", json={"trusted": False})
+    assert r.status_code == 200 and r.json()["trusted"] is False
+    assert chat(coord)["choices"][0]["message"]["content"] == whole_text
+    caught = quarantined()
+    assert list(caught) == [liar.node_id]
+    assert "activations of blocks 4:8" in caught[liar.node_id]
+    assert honest.node_id[:16] in caught[liar.node_id]  # the witness: the trusted node holding 4:8
+    c.close()
+
+
+PROMPT = "def add(a, b):"
+
+
+@pytest.fixture(scope="module")
+def whole_completion(model8: Path) -> str:
+    """The whole model's greedy continuation of the raw ``PROMPT`` (what a generate task asks for)."""
+    from phage.node.engines.transformers import TransformersEngine
+
+    async def run() -> str:
+        engine = TransformersEngine(str(model8))
+        request = GenerationRequest(prompt=PROMPT, max_tokens=MAX_TOKENS, temperature=0.0)
+        return (await engine.generate(request)).text
+
+    return asyncio.run(run())
+
+
+def generate_task(expected: str, **extra: Any) -> dict[str, Any]:
+    """A generate task for tiny8 whose verifier passes only on the whole model's exact text."""
+    return {
+        "kind": "generate",
+        "prompt": PROMPT,
+        "model": "tiny8",
+        "verifier": "cmp output.txt expected.txt",
+        "files": {"expected.txt": expected},
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0,
+        **extra,
+    }
+
+
+def test_a_generate_task_on_a_sharded_model_runs_through_a_chain_and_its_verifier(
+    sharded_pool: Any, model8: Path, whole_completion: str
+) -> None:
+    coordinator, node = sharded_pool
+    coord = coordinator()
+    declare(coord, model8)
+    c = coord.client()
+    # Not ready: refused with the blocks nobody holds, unless the task may wait for them.
+    early = c.post("/api/tasks", json=generate_task(whole_completion))
+    assert early.status_code == 503 and "0:8" in early.json()["message"], early.text
+    waiting = c.post("/api/tasks", json=generate_task(whole_completion, wait_for_model=True))
+    assert waiting.status_code == 201, waiting.text
+    # check_every_stage is for sharded models only
+    whole = c.post(
+        "/api/tasks", json=generate_task(whole_completion, model="tiny-llama", check_every_stage=True)
+    )
+    assert whole.status_code == 400 and whole.json()["field"] == "check_every_stage"
+    node(coord, "0:4", 0)
+    node(coord, "4:8", 1)
+    (done,) = wait_tasks_final(coord, [waiting.json()["id"]], timeout=120)
+    assert done["state"] == "verified", done
+    (attempt,) = done["attempts"]
+    assert attempt["passed"] and "through 2 hops" in attempt["verifier_log"]
+    assert done["result"]["output_text"] == whole_completion  # token for token the whole model's
+    assert done["result"]["engine"] == "sharded" and done["result"]["completion_tokens"] > 0
+    assert c.get(f"/api/tasks/{done['id']}/outputs/output.txt").text == whole_completion
+    (used,) = c.get("/api/models/sharded/usage").json()
+    assert len(used["worker_ids"]) == 2
+    # A verifier that fails: the task fails, with the verifier's exit code and its log.
+    bad = c.post(
+        "/api/tasks", json=generate_task(whole_completion, verifier="echo not this; exit 3", max_attempts=1)
+    )
+    assert bad.status_code == 201, bad.text
+    (failed,) = wait_tasks_final(coord, [bad.json()["id"]], timeout=120)
+    assert failed["state"] == "failed" and "exit code 3" in failed["error"], failed
+    assert "not this" in failed["attempts"][0]["verifier_log"]
+    c.close()
+
+
+def test_check_every_stage_catches_a_trusted_node_the_pool_would_not_sample(
+    sharded_pool: Any, model8: Path, whole_completion: str
+) -> None:
+    coordinator, node = sharded_pool
+    coord = coordinator(PHAGE_SHARDED_CHECK_RATE="0")  # a token pool that checks nothing by itself
+    declare(coord, model8)
+    node(coord, "0:4", 0)
+    liar = node(coord, "4:8", 1, PHAGE_TEST_NOISY_ACTIVATIONS="0.01")
+    wait_ready(coord)
+    node(coord, "4:8", 2)
+    node(coord, "4:8", 3)  # with every hop unproven, a disagreement needs a referee
+    c = coord.client()
+    wait_until(
+        lambda: c.get("/api/models/tiny8/coverage").json()["per_block"] == [1] * 4 + [3] * 4,
+        90,
+        what="three nodes holding 4:8",
+    )
+    made = c.post("/api/tasks", json=generate_task(whole_completion, check_every_stage=True))
+    assert made.status_code == 201, made.text
+    (done,) = wait_tasks_final(coord, [made.json()["id"]], timeout=120)
+    assert done["state"] == "verified", done
+    assert done["result"]["output_text"] == whole_completion  # the liar's steps were replaced by replay
+    checked = re.search(r"(\d+) steps recomputed on other nodes", done["attempts"][0]["verifier_log"])
+    assert checked is not None and int(checked.group(1)) >= done["result"]["completion_tokens"]
+    nodes = {n["id"]: n for n in c.get("/api/nodes").json()["nodes"]}
+    assert [n["id"] for n in nodes.values() if n["quarantined"]] == [liar.node_id]
+    assert "activations of blocks 4:8" in nodes[liar.node_id]["quarantine_reason"]
+    c.close()
+
+
+def test_a_node_that_cannot_accept_connections_serves_its_blocks_through_the_relay(
+    sharded_pool: Any, model8: Path, whole_text: str
+) -> None:
+    coordinator, node = sharded_pool
+    coord = coordinator(PHAGE_SHARDED_CHECK_RATE="1", PHAGE_ADMISSION="open")  # every hop's steps checked
+    declare(coord, model8)
+    node(coord, "0:3", 0)
+    node(coord, "3:6", 1, extra=("--dataplane-relay",))  # the middle of the chain, and …
+    node(coord, "6:8", 2, extra=("--dataplane-relay",))
+    wait_ready(coord)
+    node(coord, "6:8", 3)  # … the verifier of the last hop is dialled directly while the hop is relayed
+    c = coord.client()
+    wait_until(
+        lambda: c.get("/api/models/tiny8/coverage").json()["per_block"] == [1] * 6 + [2] * 2,
+        90,
+        what="every node holding its blocks",
+    )
+    workers = {w["nickname"]: w for w in c.get("/workers").json()}
+    assert [workers[f"node-{i}"]["address"] for i in (1, 2)] == ["relay", "relay"]
+    assert ":" in workers["node-0"]["address"]
+    answer = chat(coord)
+    assert answer["choices"][0]["message"]["content"] == whole_text
+    (used,) = c.get("/api/models/sharded/usage").json()  # node-3 is the standby, node-2's verifier
+    assert used["worker_ids"] == [workers[f"node-{i}"]["worker_id"] for i in (0, 1, 2)]
+    # the relayed sessions ended with the chat, and no node was quarantined over a relayed step
+    wait_until(
+        lambda: all(w["active_sessions"] == 0 for w in c.get("/workers").json()), 10, what="sessions closed"
+    )
+    assert not [n for n in c.get("/api/nodes").json()["nodes"] if n["quarantined"]]
+    c.close()

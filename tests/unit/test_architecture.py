@@ -69,7 +69,7 @@ COORDINATOR_RANK = {
     # chat's metering and checking: they hold the router or the store's usage records, no service
     **dict.fromkeys(["metering", "chat_check"], 1),
     "ledger": 2,
-    **dict.fromkeys(["admission", "intake", "overview", "retention"], 3),
+    **dict.fromkeys(["admission", "intake", "overview", "retention", "sharded_tasks"], 3),
     "nodes": 4,
     **dict.fromkeys(["dispatch", "liveness", "training"], 5),
     "results": 6,

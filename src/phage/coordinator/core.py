@@ -45,12 +45,14 @@ from phage.coordinator.retention import Collector
 from phage.coordinator.settings import CoordinatorSettings
 from phage.coordinator.sharded import ShardedModels, UsageLog
 from phage.coordinator.sharded_chat import ShardedChat, coordinator_identity
+from phage.coordinator.sharded_tasks import ShardedTasks
 from phage.coordinator.state import DataDir
 from phage.coordinator.training import HostFacts, TrainingService
 from phage.coordinator.tried import TriedNodes
 from phage.coordinator.trust import TrustGuard
 from phage.coordinator.workloads import FILE_NAME as WORKLOADS_FILE
 from phage.coordinator.workloads import ApprovedWorkloads
+from phage.dataplane.relay import RelayHub
 from phage.domain import NodeState
 from phage.domain.quorum import QuorumPolicy
 from phage.errors import SandboxError, StoreUnavailable
@@ -98,6 +100,12 @@ class Coordinator:
         policy = QuorumPolicy(s.min_quorum, s.reliable_after, s.spot_check)
         self.replication = Replication(policy, s.target_results, self.tried)
         self.placement = ModelPlacement(self.pool, self.queue, self.chat, clock)
+        self.sharded = ShardedModels(
+            self.dirs.root / "sharded-models.json",
+            lease_s=s.lease_s,
+            clock=clock,
+            allowed=self._may_serve_blocks,
+        )
         # use cases
         self.ledger = TaskLedger(
             self.store, self.queue, self.pool, self.bus, self.counters, self.tried, clock
@@ -120,6 +128,8 @@ class Coordinator:
             self.workloads,
             clock,
             self.meter.require_credit,
+            sharded=self.sharded,
+            can_verify=lambda: self.trust.verify_sandbox is not None,
         )
         self.collector = Collector(
             store=self.store,
@@ -222,14 +232,11 @@ class Coordinator:
         self.join_token = ""
         self.admin_key = ""
         self.started_at = 0.0
-        self.sharded = ShardedModels(
-            self.dirs.root / "sharded-models.json",
-            lease_s=s.lease_s,
-            clock=clock,
-            allowed=self._may_serve_blocks,
-        )
         self.sharded_usage = UsageLog()
+        self.relay = RelayHub()
+        """Streams of nodes that serve their blocks through the coordinator (``--dataplane-relay``)."""
         self.sharded_chat: ShardedChat | None = None
+        self.sharded_tasks: ShardedTasks | None = None
         self._loops: list[asyncio.Task[None]] = []
 
     # ---- lifecycle ---------------------------------------------------------
@@ -247,7 +254,28 @@ class Coordinator:
             check_rate=self.settings.sharded_check_rate,
             trusted=self._trusted,
             quarantine=self.nodes.quarantine,
+            relay=self.relay,
         )
+        self.sharded_tasks = ShardedTasks(
+            driver_id=self.sharded_chat.identity.node_id,
+            queue=self.queue,
+            store=self.store,
+            blobs=self.blobs,
+            ledger=self.ledger,
+            bus=self.bus,
+            counters=self.counters,
+            tried=self.tried,
+            sharded=self.sharded,
+            chat=self.sharded_chat,
+            sandbox=lambda: self.trust.verify_sandbox,
+            scratch=self.dirs.root / "verify",
+            charge=self.meter.charge_generation,
+            lease_s=self.settings.lease_s,
+            poll_s=self.settings.heartbeat_interval_s,
+            max_output_bytes=self.settings.max_output_bytes,
+            clock=self.clock,
+        )
+        self.ledger.on_queued = self.sharded_tasks.wake.set
         try:
             # probing a backend runs it once (gVisor: about a second): keep the loop free meanwhile
             self.trust.verify_sandbox = await asyncio.to_thread(make_sandbox, self.settings.verify_sandbox)
@@ -268,6 +296,7 @@ class Coordinator:
             ),
             asyncio.create_task(self.admission.watch(), name="phage-admission"),
             asyncio.create_task(_every(self.settings.gc_period_s, self._sweep, "gc sweep"), name="phage-gc"),
+            asyncio.create_task(self.sharded_tasks.run(), name="phage-sharded-tasks"),
         ]
 
     async def _sweep(self) -> None:

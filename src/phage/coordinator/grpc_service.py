@@ -1,4 +1,4 @@
-"""The gRPC edge: ``phage.v1.PhageCoordinator`` over the coordinator's use cases.
+"""The gRPC edge: ``phage.v1.PhageCoordinator`` (and ``PhageRelay``) over the coordinator's use cases.
 
 Validates and converts, then delegates to :class:`Coordinator`; maps
 :class:`PhageError` to status codes here and nowhere else.
@@ -15,9 +15,12 @@ import grpc
 
 from phage.coordinator.core import Coordinator
 from phage.coordinator.ratelimit import Rate, RateLimiter
+from phage.dataplane.relay import RelayHub
 from phage.domain import NodeState
 from phage.errors import InvalidInput, PayloadTooLarge, PermissionDenied, PhageError
 from phage.protocol import convert
+from phage.protocol.v1 import dataplane_pb2 as dp
+from phage.protocol.v1 import dataplane_pb2_grpc as dp_grpc
 from phage.protocol.v1 import phage_pb2 as pb
 from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
 from phage.store.blobs import check_digest
@@ -239,3 +242,23 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
         if stopped:  # the client left before the node began: end the call so the node stops
             await context.abort(grpc.StatusCode.CANCELLED, "the chat's client went away")
         return pb.ChatStreamAck(cancelled=stopped)
+
+
+class RelayServicer(dp_grpc.PhageRelayServicer):
+    """``phage.v1.PhageRelay``: a node that cannot accept connections serves its blocks through here."""
+
+    def __init__(self, hub: RelayHub, authenticate: Callable[[str | None], str]) -> None:
+        self.hub = hub
+        self.authenticate = authenticate
+        """The node id its certificate names, if it is a member of the pool (else raises)."""
+
+    async def Serve(
+        self, request_iterator: AsyncIterator[dp.RelayFrame], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[dp.RelayFrame]:
+        try:
+            node_id = self.authenticate(_peer_node_id(context))
+        except PhageError as exc:
+            await context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
+            raise
+        async for down in self.hub.serve(node_id, request_iterator):
+            yield down

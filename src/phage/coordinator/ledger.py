@@ -51,6 +51,8 @@ class TaskLedger:
         self.counters = counters
         self.tried = tried
         self.clock = clock
+        self.on_queued: Callable[[], None] | None = None
+        """Called whenever tasks are queued: wakes the coordinator's own worker (sharded generate tasks)."""
 
     async def add(self, tasks: list[Task]) -> None:
         """Store new tasks (all or none), queue them and wake nodes that can take them."""
@@ -102,6 +104,8 @@ class TaskLedger:
         wanted = len(tasks)
         if not wanted:
             return
+        if self.on_queued is not None:
+            self.on_queued()
         sample = tasks[:WAKE_SAMPLE]
         for node_id in list(self.pool.waiting):
             live = self.pool.nodes.get(node_id)

@@ -28,6 +28,7 @@ from phage.coordinator.settings import CoordinatorSettings
 from phage.coordinator.training_grpc import TrainingServicer
 from phage.pki import CertificateAuthority
 from phage.pki.ca import write_private
+from phage.protocol.v1 import dataplane_pb2_grpc as dp_grpc
 from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
 from phage.protocol.v1 import training_pb2_grpc as tpb_grpc
 
@@ -111,9 +112,12 @@ class CoordinatorServer:
         host = s.advertise_host or s.grpc_host
         server_cert, server_key = c.ca.issue_server_cert([host, s.grpc_host])
         self._grpc = grpc.aio.server(options=GRPC_OPTIONS)
-        from phage.coordinator.grpc_service import PhageCoordinatorServicer
+        from phage.coordinator.grpc_service import PhageCoordinatorServicer, RelayServicer
 
         pb_grpc.add_PhageCoordinatorServicer_to_server(PhageCoordinatorServicer(c), self._grpc)  # type: ignore[no-untyped-call]
+        dp_grpc.add_PhageRelayServicer_to_server(  # type: ignore[no-untyped-call]
+            RelayServicer(c.relay, lambda peer: c.nodes.authenticate(peer, "").node.id), self._grpc
+        )
         tpb_grpc.add_PhageTrainingServicer_to_server(  # type: ignore[no-untyped-call]
             TrainingServicer(c.training, lambda peer, claimed: c.nodes.authenticate(peer, claimed).node.id),
             self._grpc,

@@ -18,7 +18,6 @@ is retried. The caller sees one uninterrupted sequence of tokens.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
@@ -27,7 +26,7 @@ from typing import Any
 
 from phage.dataplane.checks import Checker, CheckPolicy, Mismatch
 from phage.dataplane.tensors import tensor_from_pb, tensor_to_pb
-from phage.dataplane.transport import Peer, TLSIdentity
+from phage.dataplane.transport import Dial, RemoteConversation, TLSIdentity, close_peers, direct
 from phage.domain.blocks import BlockRange
 from phage.errors import Unavailable
 from phage.protocol.v1 import dataplane_pb2 as dp
@@ -52,7 +51,7 @@ Router = Callable[[int, Collection[str]], Awaitable[list[Hop]]]
 @dataclass
 class _Live:
     hop: Hop
-    peer: Peer
+    peer: RemoteConversation
     sent: list[Any] = field(default_factory=list)
     """Every input chunk this hop has run for the session, in order (replayed on failover)."""
 
@@ -68,9 +67,12 @@ class ChainSession:
         *,
         max_failovers: int = 4,
         checks: CheckPolicy | None = None,
+        dial: Dial | None = None,
     ) -> None:
         self.model = model
-        self.checker = Checker(checks, identity, model) if checks is not None else None
+        self.dial = dial or direct(identity)
+        """How a hop (or a verifier) is reached: directly, or through the coordinator's relay."""
+        self.checker = Checker(checks, self.dial, model) if checks is not None else None
         self.identity = identity
         self.route = route
         self.max_failovers = max_failovers
@@ -91,8 +93,8 @@ class ChainSession:
         """The chain in use now."""
         return [h.hop for h in self._hops]
 
-    def _peer(self, hop: Hop) -> Peer:
-        return Peer(self.identity, hop.address, hop.node_id)
+    def _peer(self, hop: Hop) -> RemoteConversation:
+        return self.dial(hop.address, hop.node_id)
 
     async def _request(self, live: _Live, chunks: list[Any]) -> list[Any]:
         frame = dp.Frame(
@@ -111,10 +113,9 @@ class ChainSession:
         """Replace hops ``index``… by a fresh route from that hop's first block, replaying their inputs."""
         start = self._hops[index].hop.start if self._hops else 0
         history = self._hops[index].sent if self._hops else []
-        for live in self._hops[index:]:
-            with contextlib.suppress(Exception):
-                await live.peer.close()
+        leaving = [live.peer for live in self._hops[index:]]
         del self._hops[index:]
+        await close_peers(leaving)
         hops = await self.route(start, self.failed)
         if not hops:
             raise Unavailable(f"no chain of live nodes covers blocks {start}: of {self.model!r}")
@@ -158,11 +159,10 @@ class ChainSession:
         return x
 
     async def close(self) -> None:
-        """End every hop's conversation (each drops the session's cache)."""
-        for live in self._hops:
-            with contextlib.suppress(Exception):
-                await live.peer.close()
+        """End every hop's conversation (each drops the session's cache), even when cancelled."""
+        peers = [live.peer for live in self._hops]
         self._hops.clear()
+        await close_peers(peers)
 
 
 @dataclass(frozen=True, slots=True)

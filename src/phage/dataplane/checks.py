@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from phage.dataplane.tensors import tensor_from_pb, tensor_to_pb
-from phage.dataplane.transport import Peer, TLSIdentity
+from phage.dataplane.transport import Dial, close_peers
 from phage.domain.blocks import BlockRange
 from phage.errors import PhageError
 from phage.protocol.v1 import dataplane_pb2 as dp
@@ -112,9 +112,9 @@ def compare(
 class Checker:
     """Decides which steps to check and checks them; one per chain session."""
 
-    def __init__(self, policy: CheckPolicy, identity: TLSIdentity, model: str) -> None:
+    def __init__(self, policy: CheckPolicy, dial: Dial, model: str) -> None:
         self.policy = policy
-        self.identity = identity
+        self.dial = dial
         self.model = model
         self.rng = policy.rng or random.Random()
         self.checked = 0
@@ -135,11 +135,11 @@ class Checker:
             ints={"start": start, "end": verifier.blocks.end},
             strings={"model": self.model},
         )
-        peer = Peer(self.identity, verifier.address, verifier.node_id)
+        peer = self.dial(verifier.address, verifier.node_id)
         try:
             reply = await peer.request(frame)
         finally:
-            await peer.close()
+            await close_peers([peer])
         self.checked += 1
         return tensor_from_pb(reply.tensors[-1])
 

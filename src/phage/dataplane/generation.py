@@ -15,7 +15,7 @@ from typing import Any
 
 from phage.dataplane.chain import ChainSession, Router, Sampling, generate_tokens
 from phage.dataplane.checks import CheckPolicy
-from phage.dataplane.transport import TLSIdentity
+from phage.dataplane.transport import Dial, TLSIdentity
 from phage.domain.text import apply_stops, prompt_text, safe_prefix
 
 
@@ -41,6 +41,8 @@ class TextDelta:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     chain: tuple[str, ...] = ()
+    checked: int = 0
+    """Steps recomputed on other nodes during the generation (checked activations)."""
 
 
 class ShardedGenerator:
@@ -54,23 +56,34 @@ class ShardedGenerator:
         route: Router,
         *,
         checks: CheckPolicy | None = None,
+        dial: Dial | None = None,
     ) -> None:
         self.name = name
         self.checkpoint = checkpoint
         self.identity = identity
         self.route = route
         self.checks = checks
+        self.dial = dial
         self._tokenizer: Any = None
 
     async def start(self) -> None:
-        """Load the tokenizer (the only part of the model kept here)."""
+        """Load the tokenizer (the only part of the model kept here).
+
+        torch and transformers are imported in the worker thread too: importing them takes
+        seconds of CPU, and on the event loop that would stall every heartbeat the
+        coordinator answers meanwhile — long enough for the nodes' leases to lapse.
+        """
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
+            self._tokenizer = await asyncio.to_thread(_load_tokenizer, self.checkpoint)
 
-            self._tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, self.checkpoint)
+    async def stream(
+        self, request: TextRequest, *, checks: CheckPolicy | None = None
+    ) -> AsyncIterator[TextDelta]:
+        """Text deltas as tokens come through the chain, then the final delta.
 
-    async def stream(self, request: TextRequest) -> AsyncIterator[TextDelta]:
-        """Text deltas as tokens come through the chain, then the final delta."""
+        ``checks`` replaces the generator's policy for this one session (a task that asks for
+        every stage to be checked).
+        """
         await self.start()
         tok = self._tokenizer
         prompt = [int(t) for t in tok(prompt_text(tok, request.prompt, request.messages))["input_ids"]]
@@ -84,7 +97,9 @@ class ShardedGenerator:
         ids: list[int] = []
         sent = 0
         finish = "length"
-        async with ChainSession(self.name, self.identity, self.route, checks=self.checks) as session:
+        policy = checks if checks is not None else self.checks
+        session = ChainSession(self.name, self.identity, self.route, checks=policy, dial=self.dial)
+        async with session:
             async for token in generate_tokens(session, prompt, sampling):
                 ids.append(token)
                 cut, hit = apply_stops(tok.decode(ids, skip_special_tokens=True), request.stop)
@@ -101,4 +116,12 @@ class ShardedGenerator:
                 if len(tail) > sent:
                     yield TextDelta(tail[sent:])
             chain = tuple(h.node_id for h in session.hops)
-        yield TextDelta("", finish, len(prompt), len(ids), chain)
+            checked = session.checker.checked if session.checker is not None else 0
+        yield TextDelta("", finish, len(prompt), len(ids), chain, checked)
+
+
+def _load_tokenizer(checkpoint: str) -> Any:
+    import torch  # noqa: F401  (the chain's tensors need it; imported here, off the event loop)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(checkpoint)

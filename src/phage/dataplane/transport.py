@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -95,24 +95,35 @@ class _Servicer(dp_grpc.PhageDataPlaneServicer):
         open_: dict[str, Conversation] = {}
         try:
             async for frame in request_iterator:
-                handler = self.handlers.get(frame.service)
-                if handler is None:
-                    yield error_frame(frame.seq, errors.NotFound(f"this node serves no {frame.service!r}"))
-                    continue
-                conversation = open_.get(frame.service)
-                if conversation is None:
-                    conversation = open_[frame.service] = handler.open(peer)
-                try:
-                    reply = await conversation.handle(frame)
-                except PhageError as exc:
-                    yield error_frame(frame.seq, exc)
-                    continue
-                reply.seq = frame.seq
-                yield reply
+                yield await answer(self.handlers, open_, peer, frame)
         finally:
-            for conversation in open_.values():
-                with contextlib.suppress(Exception):
-                    await conversation.close()
+            await close_conversations(open_)
+
+
+async def answer(
+    handlers: Mapping[str, Handler], open_: dict[str, Conversation], peer: str, frame: dp.Frame
+) -> dp.Frame:
+    """The reply to one request frame of a conversation (``open_``: its handlers' state, by service)."""
+    handler = handlers.get(frame.service)
+    if handler is None:
+        return error_frame(frame.seq, errors.NotFound(f"this node serves no {frame.service!r}"))
+    conversation = open_.get(frame.service)
+    if conversation is None:
+        conversation = open_[frame.service] = handler.open(peer)
+    try:
+        reply = await conversation.handle(frame)
+    except PhageError as exc:
+        return error_frame(frame.seq, exc)
+    reply.seq = frame.seq
+    return reply
+
+
+async def close_conversations(open_: dict[str, Conversation]) -> None:
+    """The conversation ended: every handler drops what it kept for it."""
+    for conversation in open_.values():
+        with contextlib.suppress(Exception):
+            await conversation.close()
+    open_.clear()
 
 
 class DataPlaneServer:
@@ -152,6 +163,25 @@ class DataPlaneServer:
     async def stop(self, grace: float = 0.5) -> None:
         """Stop listening; open conversations end."""
         await self._server.stop(grace)
+
+
+class RemoteConversation(Protocol):
+    """The caller's end of a conversation with one node, direct (:class:`Peer`) or relayed."""
+
+    async def request(self, frame: dp.Frame, wait_s: float = 60.0) -> dp.Frame:
+        """Send ``frame`` and wait for its reply; a dead or unreachable node: Unavailable."""
+
+    async def close(self) -> None:
+        """End the conversation (the node drops what it kept for it)."""
+
+
+Dial = Callable[[str, str], RemoteConversation]
+"""``dial(address, node_id)``: a new conversation with the node ``node_id`` at ``address``."""
+
+
+def direct(identity: TLSIdentity) -> Dial:
+    """Dial nodes directly, over mutual TLS as ``identity``."""
+    return lambda address, node_id: Peer(identity, address, node_id)
 
 
 class Peer:
@@ -210,6 +240,32 @@ class Peer:
                 await self._call.done_writing()
         self._call = None
         await self._channel.close(None)
+
+
+async def close_peers(peers: Sequence[RemoteConversation]) -> None:
+    """End these conversations, even when the caller is being cancelled.
+
+    A client hanging up cancels the task that drives a chain, and under Starlette (anyio)
+    every later ``await`` of that task is cancelled again: closing peers one by one in it
+    would stop at the first, leaving the others holding a cache for a session nobody will
+    finish. So the closing runs in a task of its own, shielded from the caller's cancellation.
+    """
+    if not peers:
+        return
+    closing = asyncio.get_running_loop().create_task(_close_each(peers), name="phage-dataplane-close")
+    _CLOSING.add(closing)
+    closing.add_done_callback(_CLOSING.discard)
+    await asyncio.shield(closing)
+
+
+_CLOSING: set[asyncio.Task[None]] = set()
+"""Closings under way (the event loop keeps only weak references to tasks)."""
+
+
+async def _close_each(peers: Sequence[RemoteConversation]) -> None:
+    for peer in peers:
+        with contextlib.suppress(Exception):
+            await peer.close()
 
 
 def issue_identity(ca: Any, identity: Any) -> TLSIdentity:

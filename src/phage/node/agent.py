@@ -145,6 +145,7 @@ class NodeAgent:
                 port=config.dataplane_port,
                 advertise=config.dataplane_advertise,
                 requested_model=config.sharded_model,
+                relay=config.dataplane_relay,
             )
         self._loading: asyncio.Task[None] | None = None
         if self.engine is None and config.engine:
@@ -335,7 +336,8 @@ class NodeAgent:
             await self.blocks.start(
                 TLSIdentity(
                     self.node_id, self.identity.tls_key_pem(), self._creds.cert_pem, self._creds.ca_pem
-                )
+                ),
+                self._current_channel,
             )
         if self.engine is not None:
             self.chat = ChatServer(self.node_id, lambda: self.stub, self.engine, faults.chat_fault())

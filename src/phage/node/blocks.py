@@ -5,16 +5,22 @@ for, and the memory it gives them); the coordinator answers with a range. Loadin
 happens in the background and only then does the heartbeat report the range as held,
 so a model counts as covered only when a chain could really run through it. Peers
 reach the blocks over the data plane (:mod:`phage.dataplane`), which this node
-listens for with its pool certificate.
+listens for with its pool certificate — or, with ``relay``, through the coordinator
+(:mod:`phage.dataplane.relay`), for a node that cannot accept connections.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
+import grpc
+
 from phage.dataplane import DataPlaneServer, TLSIdentity
+from phage.dataplane.relay import RELAY_ADDRESS, RelayServer
 from phage.domain.blocks import BlockAssignment, BlockOffer, BlockRange
 from phage.errors import PhageError
 from phage.node import faults
@@ -36,6 +42,7 @@ class BlockServer:
         port: int = 0,
         advertise: str = "",
         requested_model: str = "",
+        relay: bool = False,
     ) -> None:
         if serve_blocks != "auto":
             BlockRange.parse(serve_blocks)  # refuse a malformed range before joining
@@ -45,17 +52,25 @@ class BlockServer:
         self.port = port
         self.advertise = advertise
         self.requested_model = requested_model
+        self.relay = relay
+        """Serve through the coordinator's relay instead of listening."""
         self.stages: dict[str, StageModel] = {}
         self.handler = StageHandler(
             self.stages, delay_s=faults.stage_delay_s(), output_hook=faults.activation_noise()
         )
         self._server: DataPlaneServer | None = None
+        self._relaying: asyncio.Task[None] | None = None
         self._want: BlockAssignment = BlockAssignment()
         self._loading: asyncio.Task[None] | None = None
         self.error = ""
 
-    async def start(self, identity: TLSIdentity) -> None:
-        """Listen for peers (with this node's pool certificate)."""
+    async def start(self, identity: TLSIdentity, channel: Callable[[], grpc.aio.Channel]) -> None:
+        """Listen for peers (with this node's pool certificate), or open the relay on ``channel``."""
+        if self.relay:
+            relay = RelayServer(channel, {"stage": self.handler})
+            self._relaying = asyncio.get_running_loop().create_task(relay.run(), name="phage-node-relay")
+            log.info("serving blocks through the coordinator's relay")
+            return
         self._server = DataPlaneServer(identity, {"stage": self.handler}, host=self.host, port=self.port)
         self.port = await self._server.start()
         log.info("serving blocks to peers on %s:%d", self.host, self.port)
@@ -64,13 +79,17 @@ class BlockServer:
         """Stop listening and loading."""
         if self._loading is not None:
             self._loading.cancel()
+        if self._relaying is not None:
+            self._relaying.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._relaying
         if self._server is not None:
             await self._server.stop(0)
 
     @property
     def address(self) -> str:
-        """Where peers reach this node's blocks."""
-        return f"{self.advertise or self.host}:{self.port}"
+        """Where peers reach this node's blocks (``relay``: through the coordinator)."""
+        return RELAY_ADDRESS if self.relay else f"{self.advertise or self.host}:{self.port}"
 
     def offer(self) -> BlockOffer:
         """What the next heartbeat says: what this node wants and what it holds."""

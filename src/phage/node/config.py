@@ -85,6 +85,8 @@ class NodeConfig(BaseModel):
     """Port for that listener (0: a free one)."""
     dataplane_advertise: str = ""
     """Host peers should dial, when it differs from ``dataplane_host`` (NAT, 0.0.0.0)."""
+    dataplane_relay: bool = False
+    """Serve blocks through the coordinator instead of listening (a node that cannot accept connections)."""
     fetch_wait_ms: int = Field(default=20_000, ge=0)
     """How long one long-poll for work waits, in milliseconds."""
     max_log_bytes: Bytes = 64 * 1024

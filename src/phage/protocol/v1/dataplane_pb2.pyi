@@ -6,6 +6,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class RelayFrame(_message.Message):
+    __slots__ = ("conversation", "frame", "close")
+    CONVERSATION_FIELD_NUMBER: _ClassVar[int]
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_FIELD_NUMBER: _ClassVar[int]
+    conversation: str
+    frame: Frame
+    close: bool
+    def __init__(self, conversation: _Optional[str] = ..., frame: _Optional[_Union[Frame, _Mapping]] = ..., close: _Optional[bool] = ...) -> None: ...
+
 class Tensor(_message.Message):
     __slots__ = ("name", "dtype", "shape", "data")
     NAME_FIELD_NUMBER: _ClassVar[int]

@@ -98,3 +98,79 @@ class PhageDataPlane:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class PhageRelayStub:
+    """Served by the coordinator, on its control-plane port.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Serve = channel.stream_stream(
+                '/phage.v1.PhageRelay/Serve',
+                request_serializer=phage_dot_protocol_dot_v1_dot_dataplane__pb2.RelayFrame.SerializeToString,
+                response_deserializer=phage_dot_protocol_dot_v1_dot_dataplane__pb2.RelayFrame.FromString,
+                _registered_method=True)
+
+
+class PhageRelayServicer:
+    """Served by the coordinator, on its control-plane port.
+    """
+
+    def Serve(self, request_iterator, context):
+        """The node's end of every relayed conversation: requests come down, replies go up.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_PhageRelayServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Serve': grpc.stream_stream_rpc_method_handler(
+                    servicer.Serve,
+                    request_deserializer=phage_dot_protocol_dot_v1_dot_dataplane__pb2.RelayFrame.FromString,
+                    response_serializer=phage_dot_protocol_dot_v1_dot_dataplane__pb2.RelayFrame.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'phage.v1.PhageRelay', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('phage.v1.PhageRelay', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class PhageRelay:
+    """Served by the coordinator, on its control-plane port.
+    """
+
+    @staticmethod
+    def Serve(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/phage.v1.PhageRelay/Serve',
+            phage_dot_protocol_dot_v1_dot_dataplane__pb2.RelayFrame.SerializeToString,
+            phage_dot_protocol_dot_v1_dot_dataplane__pb2.RelayFrame.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
