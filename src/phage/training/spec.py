@@ -105,6 +105,14 @@ class NetworkSpec:
         """VNodes that read ``vnode_id``'s output."""
         return [v.id for v in self.vnodes if vnode_id in v.inputs]
 
+    def ancestors(self, vnode_id: str) -> list[str]:
+        """VNodes whose output reaches ``vnode_id``, in the spec's (topological) order."""
+        wanted = {s for s in self.vnode(vnode_id).inputs if s != INPUT}
+        for v in reversed(self.vnodes):
+            if v.id in wanted:
+                wanted.update(s for s in v.inputs if s != INPUT)
+        return [v.id for v in self.vnodes if v.id in wanted]
+
 
 def load_spec_text(text: str) -> NetworkSpec:
     """Parse a spec from JSON or YAML text."""
