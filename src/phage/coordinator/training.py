@@ -207,8 +207,6 @@ class TrainingService:
                 if v.done:
                     live.ended.add(v.vnode_id)
             self.live[rec.id] = live
-        if self.live:
-            self._warm_eval()
         self._task = asyncio.create_task(self._reconcile_loop(), name="phage-training")
         self._holdout_task = asyncio.create_task(self._holdout_loop(), name="phage-training-holdout")
 
@@ -244,15 +242,15 @@ class TrainingService:
         )
         await self.store.add_network(rec, [v.id for v in net.vnodes])
         self.live[rec.id] = _Live(rec, net, {v.id: VNodeState(rec.id, v.id) for v in net.vnodes})
-        self._warm_eval()
         self._changed.set()
         return rec
 
     def _warm_eval(self) -> None:
-        """Import torch for the held-out check now, off the loop, not when the first checkpoint waits on it.
+        """Load torch for the held-out check, off the loop, once an untrusted node could host a VNode.
 
-        On a busy machine the import takes tens of seconds; paid at the first
-        checkpoint it would leave a node poisoning its updates unjudged meanwhile.
+        On a busy machine that takes tens of seconds; paid at the first checkpoint
+        it would leave a node poisoning its updates unjudged meanwhile. A pool of
+        trusted nodes never pays it here (only when a network completes).
         """
         if self._warming is None:
             self._warming = asyncio.create_task(asyncio.to_thread(_import_eval), name="phage-training-warm")
@@ -289,7 +287,6 @@ class TrainingService:
     async def subscribe(self, node_id: str) -> AsyncIterator[Order]:
         """Orders for one node, for as long as it listens."""
         queue: asyncio.Queue[Order] = asyncio.Queue()
-        self._warm_eval()  # a pool with a training host is one that may train: be ready to judge
         old = self.subscribers.get(node_id)
         self.subscribers[node_id] = queue
         if old is not None:
@@ -624,9 +621,12 @@ class TrainingService:
         out = []
         for node_id in self.subscribers:
             facts = self.facts(node_id)
-            # an untrusted host placed before its checkpoints can be judged would train unwatched
-            if facts is not None and facts.usable and (facts.trusted or self.can_judge):
-                out.append(facts)
+            if facts is None or not facts.usable:
+                continue
+            if not facts.trusted and not self.can_judge:
+                self._warm_eval()  # placed before its checkpoints can be judged, it would train unwatched
+                continue
+            out.append(facts)
         return out
 
     async def _reconcile_loop(self) -> None:
