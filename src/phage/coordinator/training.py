@@ -640,14 +640,21 @@ class TrainingService:
                 log.exception("training reconcile failed")
 
     async def reconcile(self) -> None:
-        """Give every hostless VNode a host and every waiting check a checker."""
+        """Give every hostless VNode a host and every waiting check a checker.
+
+        Nodes are balanced by the work their VNodes do (multiply-adds per row, see
+        :meth:`NetworkSpec.cost`), the costliest VNode placed first: by count, two
+        wide VNodes could share one node while another hosts two thin ones, and the
+        pipeline would run at the pace of the crowded node.
+        """
         now = self.clock()
         candidates = self._candidates()
         load: dict[str, int] = {c.node_id: 0 for c in candidates}
         for live in self.live.values():
             for v in live.states.values():
                 if v.node_id in load and not v.done:
-                    load[v.node_id] += 1
+                    load[v.node_id] += live.net.cost(v.vnode_id)
+        hostless: list[tuple[_Live, str]] = []
         for live in list(self.live.values()):
             for vid, v in list(live.states.items()):
                 if v.done:
@@ -663,14 +670,15 @@ class TrainingService:
                     v = replace(v, node_id="", generation=v.generation + 1)
                     live.states[vid] = v
                     live.lost_since.pop(vid, None)
-                if not candidates:
-                    continue
-                pick = min(candidates, key=lambda c: (not c.trusted, load[c.node_id], random.random()))
-                load[pick.node_id] += 1
-                v = replace(v, node_id=pick.node_id, generation=v.generation + 1)
-                live.states[vid] = v
-                await self.store.save_vnode(v)
-                self.subscribers[pick.node_id].put_nowait(self._host_order(live, v))
+                hostless.append((live, vid))
+        for live, vid in sorted(hostless, key=lambda lv: -lv[0].net.cost(lv[1])) if candidates else []:
+            cost = live.net.cost(vid)
+            pick = min(candidates, key=lambda c: (not c.trusted, load[c.node_id] + cost, random.random()))
+            load[pick.node_id] += cost
+            v = replace(live.states[vid], node_id=pick.node_id, generation=live.states[vid].generation + 1)
+            live.states[vid] = v
+            await self.store.save_vnode(v)
+            self.subscribers[pick.node_id].put_nowait(self._host_order(live, v))
         for check in self.checks.values():
             if check.checker and check.checker in self.subscribers:
                 continue
