@@ -56,6 +56,7 @@ COORDINATOR_RANK = {
             "state",
             "tried",
             "training_relay",
+            "training_types",
             "uploads",
             "verify",
         ],

@@ -18,7 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 datasets = pytest.importorskip("sklearn.datasets")
 
-from phage.coordinator.training import HostFacts, Report, TrainingService  # noqa: E402
+from phage.coordinator.training import TrainingService  # noqa: E402
 from phage.coordinator.training_checks import (  # noqa: E402
     HoldoutJob,
     HoldoutQueue,
@@ -26,6 +26,7 @@ from phage.coordinator.training_checks import (  # noqa: E402
     judge_holdout,
 )
 from phage.coordinator.training_eval import holdout_losses  # noqa: E402
+from phage.coordinator.training_types import HostFacts, Report  # noqa: E402
 from phage.domain.networks import TrainingConfig  # noqa: E402
 from phage.node.training import poison  # noqa: E402
 from phage.store import SqlStore, sqlite_url  # noqa: E402

@@ -32,6 +32,7 @@ from phage.coordinator.training_checks import (
     reason,
 )
 from phage.coordinator.training_relay import Frame, Inbox
+from phage.coordinator.training_types import CheckOrder, DropOrder, HostFacts, HostOrder, Order, Report
 from phage.domain.ids import new_id
 from phage.domain.networks import (
     NetworkRecord,
@@ -48,77 +49,6 @@ from phage.training.spec import INPUT, NetworkSpec, parse_spec
 log = logging.getLogger("phage.training")
 
 RECONCILE_S = 0.2
-
-
-@dataclass(frozen=True, slots=True)
-class HostFacts:
-    """What placement needs to know of a node."""
-
-    node_id: str
-    trusted: bool
-    usable: bool
-    """Online, admitted, not quarantined, not draining."""
-    online: bool = True
-    """Counted alive by heartbeats (a node that misses a few gets a grace period, not a move)."""
-
-
-@dataclass(frozen=True, slots=True)
-class HostOrder:
-    """Host (or resume) one VNode."""
-
-    network_id: str
-    vnode_id: str
-    spec: Mapping[str, Any]
-    dataset: str
-    checkpoint: str
-    config: TrainingConfig
-    check_rate: float
-    generation: int
-
-
-@dataclass(frozen=True, slots=True)
-class DropOrder:
-    """Stop hosting a VNode."""
-
-    network_id: str
-    vnode_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class CheckOrder:
-    """Recompute one step another node made."""
-
-    check_id: str
-    network_id: str
-    vnode_id: str
-    spec: Mapping[str, Any]
-    before: str
-    inputs: str
-    seq: int
-
-
-Order = HostOrder | DropOrder | CheckOrder
-
-
-@dataclass(frozen=True, slots=True)
-class Report:
-    """What a host says of its VNode."""
-
-    network_id: str
-    vnode_id: str
-    generation: int
-    step: int
-    last_batch: int
-    loss: float
-    samples_per_s: float
-    samples: int
-    checkpoint: str = ""
-    done: bool = False
-    error: str = ""
-    check_seq: int = -1
-    check_before: str = ""
-    check_inputs: str = ""
-    check_after: str = ""
 
 
 @dataclass(slots=True)
