@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
-from phage.coordinator.training import HostFacts, Order, TrainingService
+from phage.coordinator.training import TrainingService
+from phage.coordinator.training_types import HostFacts, Order
 from phage.domain.networks import TrainingConfig
+from phage.scheduler.segments import segments
 from phage.store import SqlStore, sqlite_url
 from phage.store.blobs import BlobStore
 from phage.training.spec import parse_spec
@@ -29,6 +31,15 @@ def wide(width: int) -> dict[str, Any]:
             {"id": "out", "blocks": [{"type": "linear", "out_features": 10}], "objective": {"head": "none"}},
         ],
     }
+
+
+def test_a_pipeline_is_cut_into_contiguous_segments_of_nearly_equal_work() -> None:
+    assert segments([75, 1060, 1060, 10], 2) == [0, 0, 1, 1]
+    assert segments([75, 1060, 1060, 10], 3) == [0, 1, 2, 2]
+    assert segments([5, 5, 5, 5], 1) == [0, 0, 0, 0]
+    assert segments([1, 2], 5) == [0, 1]  # more nodes than VNodes: some stay idle
+    assert segments([9, 1, 1, 1, 1, 1, 1, 1, 1, 1], 2) == [0, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+    assert segments([], 3) == []
 
 
 def test_a_vnode_costs_its_blocks_multiply_adds_and_its_head() -> None:
@@ -62,6 +73,7 @@ async def test_the_two_wide_vnodes_go_to_different_nodes(tmp_path: Path) -> None
             await svc.reconcile()
             hosts = {v.vnode_id: v.node_id for v in svc.live[rec.id].states.values()}
             assert hosts["mid"] != hosts["neck"], hosts
+            assert hosts["stem"] == hosts["mid"] and hosts["neck"] == hosts["out"], hosts  # contiguous
             await svc.cancel(rec.id)
     finally:
         await store.close()

@@ -42,6 +42,7 @@ from phage.domain.networks import (
     thin_history,
 )
 from phage.errors import Conflict, InvalidInput, NotFound, PermissionDenied, Unavailable
+from phage.scheduler.segments import segments
 from phage.store.blobs import BlobStore
 from phage.store.sql_training import TrainingRecords
 from phage.training.spec import INPUT, NetworkSpec, parse_spec
@@ -573,9 +574,12 @@ class TrainingService:
         """Give every hostless VNode a host and every waiting check a checker.
 
         Nodes are balanced by the work their VNodes do (multiply-adds per row, see
-        :meth:`NetworkSpec.cost`), the costliest VNode placed first: by count, two
-        wide VNodes could share one node while another hosts two thin ones, and the
-        pipeline would run at the pace of the crowded node.
+        :meth:`NetworkSpec.cost`): by count, two wide VNodes could share one node
+        while another hosts two thin ones, and the pipeline would run at the pace of
+        the crowded node. A network placed whole is cut into contiguous segments of
+        its pipeline, one per node (:func:`segments`), so neighbours share a node and
+        their activations pass inside it; single VNodes (relocations) go to the
+        least loaded node, the costliest first.
         """
         now = self.clock()
         candidates = self._candidates()
@@ -601,6 +605,7 @@ class TrainingService:
                     live.states[vid] = v
                     live.lost_since.pop(vid, None)
                 hostless.append((live, vid))
+        hostless = await self._place_whole(hostless, candidates, load)
         for live, vid in sorted(hostless, key=lambda lv: -lv[0].net.cost(lv[1])) if candidates else []:
             cost = live.net.cost(vid)
             pick = min(candidates, key=lambda c: (not c.trusted, load[c.node_id] + cost, random.random()))
@@ -631,6 +636,32 @@ class TrainingService:
                     check.seq,
                 )
             )
+
+    async def _place_whole(
+        self, hostless: list[tuple[_Live, str]], candidates: list[HostFacts], load: dict[str, int]
+    ) -> list[tuple[_Live, str]]:
+        """Place every network none of whose VNodes has a host as contiguous segments; returns the rest."""
+        rest = []
+        by_net: dict[str, list[str]] = {}
+        for live, vid in hostless:
+            by_net.setdefault(live.record.id, []).append(vid)
+        for live, vid in hostless:
+            todo = [v.id for v in live.net.vnodes if not live.states[v.id].done]
+            if not candidates or by_net.get(live.record.id) != todo:
+                rest.append((live, vid))
+                continue
+            del by_net[live.record.id]  # placed once, below
+            pool = [c for c in candidates if c.trusted] or candidates
+            pool.sort(key=lambda c: (load[c.node_id], random.random()))
+            costs = [live.net.cost(v) for v in todo]
+            for v_id, part, cost in zip(todo, segments(costs, len(pool)), costs, strict=True):
+                node = pool[part].node_id
+                load[node] += cost
+                v = replace(live.states[v_id], node_id=node, generation=live.states[v_id].generation + 1)
+                live.states[v_id] = v
+                await self.store.save_vnode(v)
+                self.subscribers[node].put_nowait(self._host_order(live, v))
+        return [(lv, vid) for lv, vid in rest if not lv.states[vid].node_id]
 
     async def _complete(self, live: _Live) -> None:
         result: dict[str, Any] = {
