@@ -192,9 +192,15 @@ def test_a_killed_node_s_vnodes_resume_elsewhere_from_their_checkpoints(
     assert done["result"]["accuracy"] >= backprop_accuracy - 0.02, done["result"]
 
 
+@pytest.mark.parametrize(
+    ("check_rate", "caught_by"),
+    [(0.25, "training update"), (0.0, "held-out rows")],
+    ids=["recomputed-steps", "held-out-loss-alone"],
+)
 def test_a_node_that_poisons_its_updates_is_caught_and_its_vnodes_rolled_back(
-    tmp_path: Path, digits_blob: bytes, backprop_accuracy: float
+    tmp_path: Path, digits_blob: bytes, backprop_accuracy: float, check_rate: float, caught_by: str
 ) -> None:
+    """Caught by whichever check sees it first; with no steps sampled, by the held-out loss alone."""
     coord = CoordinatorProcess(tmp_path / "coordinator", heartbeat_s=1.0, env={"PHAGE_ADMISSION": "open"})
     coord.start()
     nodes = [
@@ -212,7 +218,7 @@ def test_a_node_that_poisons_its_updates_is_caught_and_its_vnodes_rolled_back(
             n.start()
         wait_online(coord, 3)
         wait_hosts(coord, 3)
-        network_id = start_training(coord, digits_blob, checkpoint_every=10, check_rate=0.25)
+        network_id = start_training(coord, digits_blob, checkpoint_every=10, check_rate=check_rate)
         liar = nodes[0].node_id
         done = wait_finished(coord, network_id, timeout=300)
         assert done["state"] == "completed", done
@@ -220,6 +226,7 @@ def test_a_node_that_poisons_its_updates_is_caught_and_its_vnodes_rolled_back(
             listed = {n["id"]: n for n in http.get("/api/nodes").json()["nodes"]}
         assert listed[liar]["quarantined"], listed[liar]
         assert "training update" in listed[liar]["quarantine_reason"]
+        assert caught_by in listed[liar]["quarantine_reason"], listed[liar]["quarantine_reason"]
         assert not any(n["quarantined"] for nid, n in listed.items() if nid != liar)
         assert all(v["node_id"] != liar for v in done["vnodes"])
         assert done["result"]["accuracy"] >= backprop_accuracy - 0.02, done["result"]

@@ -55,6 +55,8 @@ COORDINATOR_RANK = {
             "settings",
             "state",
             "tried",
+            "training_relay",
+            "training_types",
             "uploads",
             "verify",
         ],
@@ -62,7 +64,17 @@ COORDINATOR_RANK = {
     ),
     # policies: they decide, and hold no service
     **dict.fromkeys(
-        ["placement", "replication", "trust", "training_eval", "quotas", "sharded", "workloads"], 1
+        [
+            "placement",
+            "replication",
+            "trust",
+            "training_checks",
+            "training_eval",
+            "quotas",
+            "sharded",
+            "workloads",
+        ],
+        1,
     ),
     "sharded_chat": 2,
     "replicas": 1,

@@ -53,6 +53,13 @@ def register(app: typer.Typer) -> None:
         check_rate: Annotated[
             float, typer.Option("--check-rate", help="Share of untrusted nodes' steps recomputed elsewhere.")
         ] = 0.05,
+        holdout_bound: Annotated[
+            float,
+            typer.Option(
+                "--holdout-bound",
+                help="How far an untrusted node's checkpoint may raise its VNode's held-out loss.",
+            ),
+        ] = 0.5,
         wait: Annotated[
             bool, typer.Option("--wait/--no-wait", help="Show live progress until it ends.")
         ] = True,
@@ -72,6 +79,7 @@ def register(app: typer.Typer) -> None:
                     seed=seed,
                     checkpoint_every=checkpoint_every,
                     check_rate=check_rate,
+                    holdout_bound=holdout_bound,
                 )
                 if not wait:
                     console.print(net["id"])

@@ -47,7 +47,8 @@ from phage.coordinator.sharded import ShardedModels, UsageLog
 from phage.coordinator.sharded_chat import ShardedChat, coordinator_identity
 from phage.coordinator.sharded_tasks import ShardedTasks
 from phage.coordinator.state import DataDir
-from phage.coordinator.training import HostFacts, TrainingService
+from phage.coordinator.training import TrainingService
+from phage.coordinator.training_types import HostFacts
 from phage.coordinator.tried import TriedNodes
 from phage.coordinator.trust import TrustGuard
 from phage.coordinator.workloads import FILE_NAME as WORKLOADS_FILE

@@ -14,15 +14,9 @@ from typing import Any
 
 import grpc
 
-from phage.coordinator.training import (
-    CheckOrder,
-    DropOrder,
-    Frame,
-    HostOrder,
-    Order,
-    Report,
-    TrainingService,
-)
+from phage.coordinator.training import TrainingService
+from phage.coordinator.training_relay import Frame
+from phage.coordinator.training_types import CheckOrder, DropOrder, HostOrder, Order, Report
 from phage.errors import InvalidInput, PermissionDenied, PhageError
 from phage.protocol.v1 import phage_pb2 as pb
 from phage.protocol.v1 import training_pb2 as tpb

@@ -3,7 +3,9 @@
 A worker builds its VNode (resuming from a checkpoint when told), then trains it
 on batches: a VNode that reads the dataset makes them itself, any other waits
 for its producers' activation frames. After each step it passes its detached
-output on; every few steps it uploads a checkpoint. For an untrusted node the
+output on: straight into the consumer's worker when that VNode is hosted here
+too, otherwise through the coordinator's relay; every few steps it uploads a
+checkpoint. For an untrusted node the
 coordinator asks for a share of steps to be handed in (the state before, the
 inputs, the state digest after) so another node can recompute them.
 """
@@ -84,6 +86,10 @@ class VNodeHost:
         self.cache_dir = cache_dir
         self.poison_updates = poison_updates
         self.workers: dict[tuple[str, str], tuple[int, asyncio.Task[None]]] = {}
+        self.hosted: dict[tuple[str, str], _Worker] = {}
+        """The worker of each VNode hosted here now: local consumers of a producer's frames."""
+        self.frames_local = 0
+        self.frames_relayed = 0
         self.checks_done = 0
         self._checks: set[asyncio.Task[None]] = set()
         torch.set_num_threads(1)  # bit-exact recomputation needs one thread's order of sums
@@ -199,8 +205,12 @@ class VNodeHost:
     # ---- hosting -------------------------------------------------------------------
 
     async def _host(self, h: tpb.HostVNode) -> None:
+        key = (h.network_id, h.vnode_id)
+        worker: _Worker | None = None
         try:
-            await _Worker(self, h).run()
+            worker = _Worker(self, h)
+            self.hosted[key] = worker
+            await worker.run()
         except _Stale:
             log.info("VNode %s/%s moved elsewhere; dropped here", h.network_id, h.vnode_id)
         except asyncio.CancelledError:
@@ -220,6 +230,11 @@ class VNodeHost:
                     ),
                     timeout=30,
                 )
+        finally:
+            if worker is not None:
+                worker.finished.set()
+                if self.hosted.get(key) is worker:
+                    del self.hosted[key]
 
 
 class _Worker:
@@ -234,6 +249,8 @@ class _Worker:
         self.consumers = self.net.consumers(h.vnode_id)
         self.out: asyncio.Queue[tpb.ActivationFrame | None] = asyncio.Queue(OUT_FRAMES)
         self.inbox: asyncio.Queue[tpb.ActivationFrame] = asyncio.Queue(OUT_FRAMES * 4)
+        self.finished = asyncio.Event()
+        """Set when this hosting ends: a producer on this node stops handing it frames."""
         self.rng = random.Random(f"{h.network_id}/{h.vnode_id}/{h.generation}")
         self.rt: VNodeRuntime | None = None
         self.data: Dataset | None = None
@@ -343,7 +360,7 @@ class _Worker:
         out, self.loss = done
         self.samples += len(y)
         if self.consumers:
-            await self.out.put(tpb.ActivationFrame(seq=seq, tensor=pack([out], y)))
+            await self._pass_on(tpb.ActivationFrame(seq=seq, tensor=pack([out], y)))
         check: dict[str, Any] = {}
         if sampled:
             check = {
@@ -355,6 +372,40 @@ class _Worker:
         due = rt.step % max(1, self.h.checkpoint_every) == 0
         if due or check or time.monotonic() - self.last_report > REPORT_EVERY_S:
             await self._report(checkpoint=due, **check)
+
+    async def _pass_on(self, frame: tpb.ActivationFrame) -> None:
+        """Hand a frame to consumers hosted here; through the relay when any is elsewhere (or gone).
+
+        The relay delivers to every consumer, so a local one may get the frame
+        twice: the second copy is a duplicate batch, dropped like any other.
+        """
+        relay = False
+        for consumer in self.consumers:
+            local = self.host.hosted.get((self.h.network_id, consumer))
+            if local is None:
+                relay = True
+                continue
+            frame.vnode_id = self.h.vnode_id
+            if await local.deliver(frame):
+                self.host.frames_local += 1
+            else:
+                relay = True
+        if relay:
+            self.host.frames_relayed += 1
+            await self.out.put(tpb.ActivationFrame(seq=frame.seq, tensor=frame.tensor))
+
+    async def deliver(self, frame: tpb.ActivationFrame) -> bool:
+        """Take a frame from a producer on this node (waiting for room); False once this hosting ended."""
+        if self.finished.is_set():
+            return False
+        put = asyncio.ensure_future(self.inbox.put(frame))
+        ended = asyncio.ensure_future(self.finished.wait())
+        done, _ = await asyncio.wait({put, ended}, return_when=asyncio.FIRST_COMPLETED)
+        ended.cancel()
+        if put in done:
+            return True
+        put.cancel()
+        return False
 
     async def _report(self, *, checkpoint: bool = False, done: bool = False, **check: Any) -> None:
         rt = self.rt
