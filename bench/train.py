@@ -10,7 +10,7 @@ one run:
   pipelining across nodes starts from);
 * **phage on 1, 2 and 3 nodes**: real ``phage coordinator`` and ``phage node``
   processes on loopback (mTLS), VNodes placed by the coordinator, activations
-  relayed by it; samples/s through the last VNode from when every VNode is
+  between nodes relayed by it (between VNodes on one node, in memory); samples/s through the last VNode from when every VNode is
   stepping to the last VNode's last step (start-up — process launch, torch
   import, placement — and the coordinator's final evaluation are left out), test
   accuracy, and activation bytes moved between processes per step;
