@@ -10,10 +10,12 @@ one run:
   pipelining across nodes starts from);
 * **phage on 1, 2 and 3 nodes**: real ``phage coordinator`` and ``phage node``
   processes on loopback (mTLS), VNodes placed by the coordinator, activations
-  relayed by it; samples/s through the last VNode from when every VNode is
-  stepping to the last VNode's last step (start-up — process launch, torch
-  import, placement — and the coordinator's final evaluation are left out), test
-  accuracy, and activation bytes moved between processes per step;
+  between nodes relayed by it (between VNodes on one node, in memory);
+  samples/s through the last VNode from when every VNode is stepping to the
+  last VNode's last step (start-up — process launch, torch import, placement —
+  and the coordinator's final evaluation are left out), samples per CPU-second
+  of all its processes, test accuracy, and activation bytes moved between
+  processes per step;
 * **phage, checked**: an open pool (every node untrusted) with 5 % of steps
   recomputed on another node: what checking costs.
 

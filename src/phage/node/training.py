@@ -20,7 +20,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,10 @@ REPORT_EVERY_S = 0.5
 UPLOAD_CHUNK = 1 << 20
 OUT_FRAMES = 8
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN}
+
+
+_CLOSE = tpb.ActivationFrame(seq=-2)
+"""Put on a worker's outgoing queue after its last frame: ends the stream (never sent)."""
 
 
 class _Stale(Exception):
@@ -247,7 +251,9 @@ class _Worker:
         self.spec = self.net.vnode(h.vnode_id)
         self.producers = [s for s in self.spec.inputs if s != INPUT]
         self.consumers = self.net.consumers(h.vnode_id)
-        self.out: asyncio.Queue[tpb.ActivationFrame | None] = asyncio.Queue(OUT_FRAMES)
+        self.out: asyncio.Queue[tpb.ActivationFrame] = asyncio.Queue(OUT_FRAMES)
+        self.unsent: tpb.ActivationFrame | None = None
+        """A frame taken from ``out`` whose write has not returned yet (sent again by the next call)."""
         self.inbox: asyncio.Queue[tpb.ActivationFrame] = asyncio.Queue(OUT_FRAMES * 4)
         self.finished = asyncio.Event()
         """Set when this hosting ends: a producer on this node stops handing it frames."""
@@ -279,7 +285,7 @@ class _Worker:
             main.result()
             await self.out.put(tpb.ActivationFrame(end=True, seq=-1))
             await self._report(checkpoint=True, done=True)
-            await self.out.put(None)
+            await self.out.put(_CLOSE)
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(asyncio.shield(link), 5)
         finally:
@@ -291,7 +297,8 @@ class _Worker:
         """Keep this VNode's activation stream open; ends when the coordinator refuses it."""
         backoff = 0.2
         while True:
-            call = self.host._stub().Activations(self._frames_up())
+            call = self.host._stub().Activations()
+            pump = asyncio.create_task(self._frames_up(call))
             try:
                 async for f in call:
                     backoff = 0.2
@@ -301,17 +308,32 @@ class _Worker:
                 if exc.code() not in RETRYABLE:
                     log.info("activation stream of %s refused: %s", self.h.vnode_id, exc.details())
                     return
+            finally:
+                pump.cancel()
+                await asyncio.gather(pump, return_exceptions=True)
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, 2.0)
 
-    async def _frames_up(self) -> AsyncIterator[tpb.ActivationFrame]:
+    async def _frames_up(self, call: Any) -> None:
+        """Write this VNode's outgoing frames into one call, until the last (``None``) or the call's end.
+
+        One writer per call, and a frame taken from the queue stays in ``unsent``
+        until a write of it returned: a call that broke mid-way loses nothing, and
+        the next call sends it first. (A request iterator per call could be left
+        parked on the queue by a dead call and swallow the next frame — the end
+        marker, when nothing else was left to send.)
+        """
         h = self.h
-        yield tpb.ActivationFrame(network_id=h.network_id, vnode_id=h.vnode_id, generation=h.generation)
+        header = tpb.ActivationFrame(network_id=h.network_id, vnode_id=h.vnode_id, generation=h.generation)
+        await call.write(header)
         while True:
-            f = await self.out.get()
-            if f is None:
+            if self.unsent is None:
+                self.unsent = await self.out.get()
+            if self.unsent is _CLOSE:
+                await call.done_writing()
                 return
-            yield f
+            await call.write(self.unsent)
+            self.unsent = None
 
     def _batch(self, seq: int) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.data is not None
