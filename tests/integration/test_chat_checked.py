@@ -20,6 +20,9 @@ import pytest
 from phage.node.engines.tinymodel import make_tiny_model
 from phage.testing import CoordinatorProcess, NodeProcess, free_port, wait_online, wait_until
 
+# checks between nodes; quarantine in the store is tested on both backends elsewhere
+pytestmark = pytest.mark.backend_neutral
+
 MODEL = "tiny-llama"
 OPEN_POOL = {"PHAGE_ADMISSION": "open", "PHAGE_CHAT_UNTRUSTED_NODES": "1", "PHAGE_CHAT_CHECK_UNTRUSTED": "1"}
 

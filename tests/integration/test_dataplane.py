@@ -24,6 +24,8 @@ from phage.pki.identity import NodeIdentity  # noqa: E402
 from phage.protocol.v1 import dataplane_pb2 as dp  # noqa: E402
 from phage.scheduler.blocks import chain  # noqa: E402
 
+pytestmark = pytest.mark.backend_neutral  # stage servers over mutual TLS; no coordinator store
+
 PROMPT = [5, 6, 7, 8, 9, 10]
 STEPS = 24
 

@@ -20,6 +20,7 @@ from phage.node.engines.standin import Standin
 from phage.node.engines.transformers import TransformersEngine
 from phage.testing import CoordinatorProcess, NodeProcess, wait_online, wait_until
 
+pytestmark = pytest.mark.backend_neutral  # context limits in the engine; the store is not what is tested
 pytest.importorskip("transformers")
 
 

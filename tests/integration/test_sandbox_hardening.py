@@ -35,6 +35,8 @@ from tests.integration.test_sandbox import REAL, Node
 from tests.integration.test_sandbox import node as node
 from tests.integration.test_sandbox import sandbox as sandbox
 
+pytestmark = pytest.mark.backend_neutral  # sandbox limits on a node; the store is not what is tested
+
 GiB = 1024**3
 
 

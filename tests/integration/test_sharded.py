@@ -24,6 +24,10 @@ from phage.node.engines.base import ChatMessage, GenerationRequest
 from phage.node.engines.tinymodel import make_tiny_model
 from phage.testing import CoordinatorProcess, NodeProcess, wait_tasks_final, wait_until
 
+# Chains run node to node over mutual TLS: the database is incidental here, so these run once;
+# declarations, coverage, approval and generate tasks below run on both backends.
+NEUTRAL = pytest.mark.backend_neutral
+
 MESSAGES = [{"role": "user", "content": "def add(a, b):"}]
 MAX_TOKENS = 32
 BLOCK = 1000  # bytes per block as declared; nodes are given memory in these units
@@ -114,6 +118,7 @@ def chat(coord: CoordinatorProcess, **extra: Any) -> dict[str, Any]:
         return dict(r.json())
 
 
+@NEUTRAL
 @pytest.mark.parametrize(
     "ranges",
     [["0:8"], ["0:4", "4:8"], ["0:3", "3:8"], ["0:2", "2:5", "5:8"], ["0:1", "1:4", "4:6", "6:8"]],
@@ -141,6 +146,7 @@ def test_a_chain_of_node_processes_gives_the_whole_models_text(
         assert (workers[f"node-{i}"]["layers_start"], workers[f"node-{i}"]["layers_end"]) == (start, end)
 
 
+@NEUTRAL
 def test_the_openai_client_streams_from_a_sharded_model(
     sharded_pool: Any, model8: Path, whole_text: str
 ) -> None:
@@ -187,6 +193,7 @@ def test_the_openai_client_streams_from_a_sharded_model(
     assert a["choices"][0]["message"]["content"] == b["choices"][0]["message"]["content"]
 
 
+@NEUTRAL
 def test_kill_9_of_the_middle_node_mid_generation_changes_nothing(
     sharded_pool: Any, model8: Path, whole_text: str
 ) -> None:
@@ -403,6 +410,7 @@ def test_the_cli_declares_and_shows_sharded_models(sharded_pool: Any, model8: Pa
         assert c.get("/api/models/sharded").json()["models"] == []
 
 
+@NEUTRAL
 def test_a_client_hanging_up_ends_the_session_on_every_hop(sharded_pool: Any, model8: Path) -> None:
     coordinator, node = sharded_pool
     coord = coordinator()
@@ -586,6 +594,7 @@ def test_a_generate_task_on_a_sharded_model_runs_through_a_chain_and_its_verifie
     c.close()
 
 
+@NEUTRAL
 def test_check_every_stage_catches_a_trusted_node_the_pool_would_not_sample(
     sharded_pool: Any, model8: Path, whole_completion: str
 ) -> None:
@@ -616,6 +625,7 @@ def test_check_every_stage_catches_a_trusted_node_the_pool_would_not_sample(
     c.close()
 
 
+@NEUTRAL
 def test_a_node_that_cannot_accept_connections_serves_its_blocks_through_the_relay(
     sharded_pool: Any, model8: Path, whole_text: str
 ) -> None:
