@@ -15,6 +15,9 @@ import pytest
 
 from phage.testing import CoordinatorProcess, NodeProcess, wait_online, wait_until
 
+# chats are routed in memory; their metering in the store runs on both backends in test_chat_metering
+pytestmark = pytest.mark.backend_neutral
+
 Pool = Callable[..., tuple[CoordinatorProcess, list[NodeProcess]]]
 
 

@@ -18,6 +18,9 @@ from phage import AsyncClient, Client, Node, PoolStatus, Task
 from phage.testing import CoordinatorProcess, NodeProcess, phage_cli, wait_online
 from tests.integration.conftest import job
 
+# the command-line client and SDK over HTTP; the store behind the API is tested on both elsewhere
+pytestmark = pytest.mark.backend_neutral
+
 Pool = Callable[..., tuple[CoordinatorProcess, list[NodeProcess]]]
 
 

@@ -11,8 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from phage.testing import free_port, wait_until
+
+# configuration layering at start-up; the store is not what is tested
+pytestmark = pytest.mark.backend_neutral
 
 
 def _phage(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:

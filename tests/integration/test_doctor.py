@@ -10,7 +10,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from phage.sandbox.registry import STRONGEST_FIRST, available_backends
+
+# checks of the host a node runs on; the store is not what is tested
+pytestmark = pytest.mark.backend_neutral
 
 
 def _doctor(tmp_path: Path, *args: str, **env: str) -> tuple[int, list[dict[str, Any]], str]:

@@ -18,6 +18,9 @@ from phage.client.pinning import pinned_ca, tls_context
 from phage.pki import CertificateAuthority
 from phage.testing import CoordinatorProcess, NodeProcess, free_port, phage_cli, wait_online, wait_until
 
+# TLS on the HTTP edge; the store behind it is tested on both backends elsewhere
+pytestmark = pytest.mark.backend_neutral
+
 MODEL = "standin-7b"
 STANDIN = f"{sys.executable} -m phage.node.engines.standin"
 

@@ -7,8 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from phage.testing import CoordinatorProcess, NodeProcess, wait_online, wait_until
+
+pytestmark = pytest.mark.backend_neutral  # log lines and request ids; the store is not what is tested
 
 
 def _records(path: Path) -> list[dict[str, Any]]:

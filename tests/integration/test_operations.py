@@ -8,8 +8,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from phage.testing import CoordinatorProcess, NodeProcess, wait_online, wait_tasks_final, wait_until
 from tests.integration.conftest import job
+
+# node sandboxes and start-up lines; the store is not what is tested
+pytestmark = pytest.mark.backend_neutral
 
 
 def _alive(pid: int) -> bool:

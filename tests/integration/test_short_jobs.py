@@ -14,6 +14,9 @@ import pytest
 from phage.sandbox import available_backends
 from phage.testing import CoordinatorProcess, NodeProcess, wait_online, wait_tasks_final
 
+# the node-side claim window and workspace cache; the store is not what is tested
+pytestmark = pytest.mark.backend_neutral
+
 OVERLAP_JOB = "import time\nprint('span', time.time())\ntime.sleep(0.3)\nprint('span', time.time())\n"
 
 

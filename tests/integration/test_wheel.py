@@ -21,6 +21,8 @@ import pytest
 
 from phage.testing import CoordinatorProcess, NodeProcess, wait_online
 
+pytestmark = pytest.mark.backend_neutral  # installing the package; the store is not what is tested
+
 ROOT = Path(__file__).resolve().parents[2]
 Pool = Callable[..., tuple[CoordinatorProcess, list[NodeProcess]]]
 
