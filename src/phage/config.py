@@ -17,6 +17,7 @@ The file is ``--config PATH`` (or ``PHAGE_CONFIG``); without either, ``$XDG_CONF
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import tomllib
@@ -114,10 +115,39 @@ def file_values(role: Role, path: Path | None) -> dict[str, Any]:
     return dict(table)
 
 
-def env_values(role: Role, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The role's options set in the environment (an empty variable counts as unset)."""
+def env_values(role: Role, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The role's options set in the environment (an empty variable counts as unset).
+
+    A variable for a table or list option (model aliases, say) holds JSON: an environment
+    variable is a string, and the option's type cannot be read from one any other way.
+    """
     env = os.environ if environ is None else environ
-    return {key: env[role.env(key)] for key in role.model.model_fields if env.get(role.env(key))}
+    out: dict[str, Any] = {}
+    for key, spec in role.model.model_fields.items():
+        raw = env.get(role.env(key))
+        if not raw:
+            continue
+        if _structured(spec.annotation):
+            try:
+                out[key] = json.loads(raw)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"{role.name} option {role.env(key)} (from environment): not valid JSON ({exc})",
+                    field=key,
+                ) from None
+        else:
+            out[key] = raw
+    return out
+
+
+def _structured(annotation: Any) -> bool:
+    """True for dict and list types, also inside ``X | None``."""
+    origin = get_origin(annotation)
+    if origin in (dict, list, tuple) or annotation in (dict, list, tuple):
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_structured(arg) for arg in get_args(annotation) if arg is not type(None))
+    return False
 
 
 @dataclass(frozen=True)

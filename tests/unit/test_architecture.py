@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "phage"
 PACKAGE_RANK = {
     "phage": 0,
     "errors": 0,
-    "api": 1,
+    "api": 2,
     "config": 1,
     "logs": 1,
     "domain": 1,
@@ -35,6 +35,7 @@ PACKAGE_RANK = {
     "coordinator": 5,
     "node": 5,
     "client": 6,
+    "testing_swarm": 6,
 }
 """Layers of ``phage``: a package may import only from a lower layer (or from itself)."""
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from phage.domain.networks import MAX_BATCH, MAX_EPOCHS
+from phage.domain.networks import MAX_BATCH, MAX_EPOCHS, MAX_HOLDOUT_BOUND
 
 MAX_TIMEOUT_S = 7 * 24 * 3600
 MAX_FORWARD_ROWS = 4096
@@ -153,6 +153,8 @@ class TrainingSettings(Body):
     """Optimizer steps between a VNode's checkpoints."""
     check_rate: float = Field(default=0.05, ge=0, le=1)
     """Share of an untrusted node's steps recomputed on another node."""
+    holdout_bound: float = Field(default=0.5, ge=0, le=MAX_HOLDOUT_BOUND)
+    """How far an untrusted node's checkpoint may raise its VNode's local loss on held-out rows."""
 
 
 class NetworkCreate(Body):
