@@ -155,3 +155,13 @@ def test_the_shipped_service_configuration_is_valid() -> None:
             for role in (COORDINATOR.role, NODE.role)
         )
         assert known, f"{variable} is not an option"
+
+
+def test_a_table_option_from_the_environment_is_json(tmp_path: Path) -> None:
+    aliases = '{"gpt-4o": ["qwen-72b", "standin-7b"]}'
+    got = resolve(COORDINATOR.role, flags={}, config=None, environ={"PHAGE_CHAT_ALIASES": aliases})
+    assert isinstance(got.settings, CoordinatorSettings)
+    assert got.settings.chat_aliases == {"gpt-4o": ["qwen-72b", "standin-7b"]}
+    with pytest.raises(ConfigError, match="PHAGE_CHAT_ALIASES.*not valid JSON") as bad:
+        resolve(COORDINATOR.role, flags={}, config=None, environ={"PHAGE_CHAT_ALIASES": "{gpt-4o"})
+    assert bad.value.field == "chat_aliases"
