@@ -162,6 +162,6 @@ def test_a_table_option_from_the_environment_is_json(tmp_path: Path) -> None:
     got = resolve(COORDINATOR.role, flags={}, config=None, environ={"PHAGE_CHAT_ALIASES": aliases})
     assert isinstance(got.settings, CoordinatorSettings)
     assert got.settings.chat_aliases == {"gpt-4o": ["qwen-72b", "standin-7b"]}
-    with pytest.raises(ConfigError, match="PHAGE_CHAT_ALIASES.*not valid JSON") as bad:
+    with pytest.raises(ConfigError, match=r"PHAGE_CHAT_ALIASES.*not valid JSON") as bad:
         resolve(COORDINATOR.role, flags={}, config=None, environ={"PHAGE_CHAT_ALIASES": "{gpt-4o"})
     assert bad.value.field == "chat_aliases"
