@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from phage.testing import CoordinatorProcess, NodeProcess, wait_online, wait_until
+from phage.testing import CoordinatorProcess, NodeProcess, stop_all, wait_online, wait_until
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 from playwright.sync_api import Browser, Page, expect  # noqa: E402
@@ -373,9 +373,7 @@ def test_generate_task_shows_every_attempt_with_its_verifier_log(
         drawer.screenshot(path=str(SHOTS / "09-generate-attempts.png"))
     finally:
         page.goto("about:blank")  # stop the page polling before its coordinator goes away
-        for node in nodes:
-            node.stop()
-        coordinator.stop()
+        stop_all([*nodes, coordinator])
 
 
 def test_sharded_models_are_drawn_as_block_bars(coordinator: CoordinatorProcess, page: Page) -> None:
@@ -450,5 +448,4 @@ def test_training_jobs_show_their_vnode_graph_and_loss_curves(
         assert net.locator("polyline.loss").count() == 4
         shot(page, "10-training")
     finally:
-        for n in nodes:
-            n.stop()
+        stop_all(nodes)

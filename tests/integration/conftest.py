@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import websockets
 
-from phage.testing import CoordinatorProcess, NodeProcess
+from phage.testing import CoordinatorProcess, NodeProcess, stop_all
 from phage.testing_postgres import PostgresServer
 from tests.conftest import selected_backends
 
@@ -92,8 +92,7 @@ def pool(tmp_path: Path) -> Iterator[Callable[..., tuple[CoordinatorProcess, lis
         return coord, made
 
     yield make
-    for proc in reversed(started):
-        proc.stop()
+    stop_all(started)
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from phage.node.engines.tinymodel import make_tiny_model
-from phage.testing import CoordinatorProcess, NodeProcess, free_port, wait_online, wait_until
+from phage.testing import CoordinatorProcess, NodeProcess, free_port, stop_all, wait_online, wait_until
 
 # checks between nodes; quarantine in the store is tested on both backends elsewhere
 pytestmark = pytest.mark.backend_neutral
@@ -74,8 +74,7 @@ class CheckedPool:
         return dict(next(n for n in nodes if n["id"] == self.ids[name]))
 
     def stop(self) -> None:
-        for p in reversed(self.started):
-            p.stop()
+        stop_all(self.started)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from phage.testing import CoordinatorProcess, NodeProcess, free_port, wait_online, wait_until
+from phage.testing import CoordinatorProcess, NodeProcess, free_port, stop_all, wait_online, wait_until
 from tests.integration.conftest import job
 
 pytestmark = pytest.mark.backend_neutral  # a node dying mid-stream: the chat router, in memory
@@ -75,8 +75,7 @@ def _body(max_tokens: int, stream: bool) -> dict[str, Any]:
 def stopper() -> Any:
     started: list[Any] = []
     yield started
-    for p in reversed(started):
-        p.stop()
+    stop_all(started)
 
 
 def test_client_disconnect_stops_generation_on_the_node(

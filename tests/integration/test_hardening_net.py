@@ -31,6 +31,10 @@ from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
 from phage.testing import CoordinatorProcess, wait_until
 from tests.integration.conftest import job
 
+# Guards and throttles act on sockets before the store is reached: they run once. Keyset paging is
+# SQL and runs on both backends.
+NEUTRAL = pytest.mark.backend_neutral
+
 MB = 1024 * 1024
 
 
@@ -59,6 +63,7 @@ def _closed_by_peer(sock: socket.socket) -> bytes | None:
     return data or b"<closed>"
 
 
+@NEUTRAL
 def test_unfinished_header_blocks_hold_no_memory(coord: CoordinatorProcess) -> None:
     """300 connections each push ~800 KB of headers that never end: memory stays flat, all are closed."""
     base = _rss(coord)
@@ -93,6 +98,7 @@ def test_unfinished_header_blocks_hold_no_memory(coord: CoordinatorProcess) -> N
     assert httpx.get(f"{coord.url}/healthz").status_code == 200
 
 
+@NEUTRAL
 def test_slow_or_silent_connections_are_closed(tmp_path: Path) -> None:
     """A head sent a byte at a time, or nothing at all, is cut off at the header deadline."""
     c = CoordinatorProcess(tmp_path / "c", env={"PHAGE_HTTP_HEADER_TIMEOUT_S": "1.5"}).start()
@@ -130,6 +136,7 @@ async def _register_raw(coord: CoordinatorProcess, request: pb.RegisterRequest) 
     return grpc.StatusCode.OK
 
 
+@NEUTRAL
 async def test_oversized_register_is_refused_before_it_is_buffered(coord: CoordinatorProcess) -> None:
     """Eight 16 MB Registers at once: refused by size, and the coordinator does not hold them."""
     base = _rss(coord)
@@ -160,6 +167,7 @@ async def _outcome(coord: CoordinatorProcess, token: str, identity: NodeIdentity
     return "ok"
 
 
+@NEUTRAL
 async def test_join_token_guessing_is_throttled_per_source(tmp_path: Path) -> None:
     """After a burst of wrong tokens, the source is refused even with the right one, for a while."""
     env = {"PHAGE_JOIN_FAILURES_BURST": "5", "PHAGE_JOIN_FAILURES_PER_S": "0.01"}
@@ -173,6 +181,7 @@ async def test_join_token_guessing_is_throttled_per_source(tmp_path: Path) -> No
         c.stop()
 
 
+@NEUTRAL
 async def test_open_mode_registration_is_throttled_per_source(tmp_path: Path) -> None:
     """Open mode admits anyone, but one address cannot mint node identities without end."""
     env = {"PHAGE_ADMISSION": "open", "PHAGE_NEW_NODES_BURST": "4", "PHAGE_NEW_NODES_PER_S": "0.01"}
@@ -188,6 +197,7 @@ async def test_open_mode_registration_is_throttled_per_source(tmp_path: Path) ->
         c.stop()
 
 
+@NEUTRAL
 async def test_register_attempts_are_throttled_per_source(tmp_path: Path) -> None:
     """Any Register counts against the source's attempt budget, whatever its outcome."""
     env = {"PHAGE_REGISTER_BURST": "3", "PHAGE_REGISTER_PER_S": "0.01"}
@@ -199,6 +209,7 @@ async def test_register_attempts_are_throttled_per_source(tmp_path: Path) -> Non
         c.stop()
 
 
+@NEUTRAL
 def test_api_key_guessing_is_throttled_per_source(tmp_path: Path) -> None:
     """Wrong API keys spend the source's budget; then every request from it gets 429 for a while."""
     env = {"PHAGE_AUTH_FAILURES_BURST": "5", "PHAGE_AUTH_FAILURES_PER_S": "0.01"}
@@ -243,6 +254,7 @@ def test_paging_lists_every_task_of_a_batch_exactly_once(coord: CoordinatorProce
         assert bad.status_code == 400 and bad.json()["field"] == "cursor"
 
 
+@NEUTRAL
 def test_secrets_are_private_and_the_join_token_never_in_argv(
     coord: CoordinatorProcess, tmp_path: Path
 ) -> None:
@@ -310,6 +322,7 @@ def _online(coord: CoordinatorProcess) -> int:
         return sum(n["state"] == "online" for n in c.get("/api/nodes").json()["nodes"])
 
 
+@NEUTRAL
 def test_guard_keeps_ordinary_http_working(coord: CoordinatorProcess) -> None:
     """Big-but-allowed headers pass; pipelined requests on one connection all get answers."""
     with httpx.Client(base_url=coord.url) as client:
@@ -329,6 +342,7 @@ def test_guard_keeps_ordinary_http_working(coord: CoordinatorProcess) -> None:
             data += chunk
 
 
+@NEUTRAL
 def test_connections_past_the_cap_are_closed_at_once(tmp_path: Path) -> None:
     """With ``http_max_connections`` open, a new connection is closed at once, not queued."""
     env = {"PHAGE_HTTP_MAX_CONNECTIONS": "16", "PHAGE_HTTP_HEADER_TIMEOUT_S": "60"}

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from phage.testing import CoordinatorProcess, NodeProcess, wait_online, wait_tasks_final, wait_until
+from phage.testing import CoordinatorProcess, NodeProcess, stop_all, wait_online, wait_tasks_final, wait_until
 from phage.testing_postgres import PostgresServer
 from tests.conftest import selected_backends
 
@@ -164,5 +164,4 @@ def test_postgres_outage_under_load_loses_nothing(tmp_path: Path) -> None:
                 f"slowest answer {max(t for _, t, _ in load.answers):.2f}s; {len(final)} tasks verified"
             )
         finally:
-            for proc in reversed(started):
-                proc.stop()
+            stop_all(started)

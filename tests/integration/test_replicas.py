@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from phage.testing import CoordinatorProcess, NodeProcess, wait_online, wait_tasks_final, wait_until
+from phage.testing import CoordinatorProcess, NodeProcess, stop_all, wait_online, wait_tasks_final, wait_until
 from phage.testing_postgres import PostgresServer
 from tests.conftest import selected_backends
 from tests.integration.conftest import collect_feed, job
@@ -61,8 +61,7 @@ class Replicas:
         return node
 
     def close(self) -> None:
-        for proc in [*reversed(self.nodes), *reversed(self.coordinators)]:
-            proc.stop()
+        stop_all([*self.nodes, *self.coordinators])
 
 
 @pytest.fixture

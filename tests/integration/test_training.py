@@ -14,10 +14,14 @@ import pytest
 torch = pytest.importorskip("torch")
 datasets = pytest.importorskip("sklearn.datasets")
 
-from phage.testing import CoordinatorProcess, NodeProcess, wait_online, wait_until  # noqa: E402
+from phage.testing import CoordinatorProcess, NodeProcess, stop_all, wait_online, wait_until  # noqa: E402
 from phage.training.data import dataset_bytes, load_dataset  # noqa: E402
 from phage.training.local import TrainConfig, accuracy, train_backprop  # noqa: E402
 from phage.training.spec import load_spec_text  # noqa: E402
+
+# Training state that must outlive a coordinator lives in the store: the restart test runs on both
+# backends; the others exercise nodes and checks, where the database is incidental, and run once.
+NEUTRAL = pytest.mark.backend_neutral
 
 SPEC = (Path(__file__).parents[2] / "examples" / "digits.yaml").read_text()
 EPOCHS = 15
@@ -75,6 +79,7 @@ def wait_finished(coord: CoordinatorProcess, network_id: str, timeout: float = 2
     )
 
 
+@NEUTRAL
 def test_digits_across_three_nodes_matches_backprop(
     pool: Pool, tmp_path: Path, digits_blob: bytes, backprop_accuracy: float
 ) -> None:
@@ -157,6 +162,7 @@ def hosts_of(coord: CoordinatorProcess, network_id: str) -> dict[str, str]:
     return {v["id"]: v["node_id"] for v in network(coord, network_id)["vnodes"]}
 
 
+@NEUTRAL
 def test_a_killed_node_s_vnodes_resume_elsewhere_from_their_checkpoints(
     pool: Pool, digits_blob: bytes, backprop_accuracy: float
 ) -> None:
@@ -197,6 +203,7 @@ def test_a_killed_node_s_vnodes_resume_elsewhere_from_their_checkpoints(
     [(0.25, "training update"), (0.0, "held-out rows")],
     ids=["recomputed-steps", "held-out-loss-alone"],
 )
+@NEUTRAL
 def test_a_node_that_poisons_its_updates_is_caught_and_its_vnodes_rolled_back(
     tmp_path: Path, digits_blob: bytes, backprop_accuracy: float, check_rate: float, caught_by: str
 ) -> None:
@@ -231,9 +238,7 @@ def test_a_node_that_poisons_its_updates_is_caught_and_its_vnodes_rolled_back(
         assert all(v["node_id"] != liar for v in done["vnodes"])
         assert done["result"]["accuracy"] >= backprop_accuracy - 0.02, done["result"]
     finally:
-        for n in nodes:
-            n.stop()
-        coord.stop()
+        stop_all([*nodes, coord])
 
 
 BAD_SPECS = [
