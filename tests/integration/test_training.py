@@ -190,11 +190,10 @@ def test_a_killed_node_s_vnodes_resume_elsewhere_from_their_checkpoints(
     done = wait_finished(coord, network_id)
     assert done["state"] == "completed", done
     batches = EPOCHS * ((1347 + 31) // 32)
-    by_id = {v["id"]: v for v in done["vnodes"]}
-    # the first VNode reads the data itself: resumed from its checkpoint, it applies every batch exactly once
-    assert by_id["stem"]["step"] == batches and by_id["stem"]["last_batch"] == batches - 1
+    # resumed from checkpoints, with the producers replaying what their consumers' checkpoints lack,
+    # every VNode applies every batch exactly once: nothing in flight was lost with the node
     for v in done["vnodes"]:
-        assert v["step"] <= batches and v["last_batch"] == batches - 1, v
+        assert v["step"] == batches and v["last_batch"] == batches - 1, v
     assert done["result"]["accuracy"] >= backprop_accuracy - 0.02, done["result"]
 
 
@@ -298,6 +297,8 @@ def test_a_restarted_coordinator_picks_training_up_from_its_checkpoints(
     done = wait_finished(coord, network_id)
     assert done["state"] == "completed", done
     batches = EPOCHS * ((1347 + 31) // 32)
-    by_id = {v["id"]: v for v in done["vnodes"]}
-    assert by_id["stem"]["step"] == batches
+    # frames in flight died with the coordinator; every VNode restarted from its checkpoint and the
+    # producers replayed what their consumers' checkpoints lacked: every batch applied exactly once
+    for v in done["vnodes"]:
+        assert v["step"] == batches and v["last_batch"] == batches - 1, v
     assert done["result"]["accuracy"] >= backprop_accuracy - 0.02, done["result"]

@@ -45,6 +45,7 @@ from phage.errors import Conflict, InvalidInput, NotFound, PermissionDenied, Una
 from phage.scheduler.segments import segments
 from phage.store.blobs import BlobStore
 from phage.store.sql_training import TrainingRecords
+from phage.training.checkpoint import checkpoint_last_batch
 from phage.training.spec import INPUT, NetworkSpec, parse_spec
 
 log = logging.getLogger("phage.training")
@@ -123,6 +124,7 @@ class TrainingService:
         self._holdout_task: asyncio.Task[None] | None = None
         self._warming: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        self._checkpoint_batches: dict[str, int] = {}
 
     # ---- lifecycle -----------------------------------------------------------------
 
@@ -132,8 +134,14 @@ class TrainingService:
             states = {v.vnode_id: v for v in await self.store.vnode_states(rec.id)}
             live = _Live(rec, parse_spec(rec.spec), states)
             now = self.clock()
-            for v in states.values():
+            for vid, v in list(states.items()):
                 if v.node_id and not v.done:
+                    # Frames in flight died with the old coordinator, and its hosts' workers may or
+                    # may not have outlived it: every VNode restarts from its checkpoint under a new
+                    # generation, so producers replay what their consumers' checkpoints lack.
+                    v = replace(v, generation=v.generation + 1)
+                    states[vid] = v
+                    await self.store.save_vnode(v)
                     live.lost_since[v.vnode_id] = now  # hosts get one grace period to resubscribe
                 if v.done:
                     live.ended.add(v.vnode_id)
@@ -546,7 +554,51 @@ class TrainingService:
             config=live.record.config,
             check_rate=0.0 if facts is not None and facts.trusted else live.record.config.check_rate,
             generation=v.generation,
+            replay_from=self._replay_from(live, v.vnode_id),
         )
+
+    def _replay_from(self, live: _Live, vnode_id: str) -> int:
+        """The first batch a (re)started VNode must pass on: the oldest any VNode downstream lacks.
+
+        A consumer resumes from its own checkpoint, which may be far behind what its
+        producer's checkpoint already applied (frames in flight, buffered in the relay and
+        the streams); replaying from the oldest checkpoint downstream loses none of those
+        batches. Replaying more than needed costs only forward passes: a consumer drops a
+        batch it already applied.
+        """
+        downstream = [d.id for d in live.net.vnodes if vnode_id in live.net.ancestors(d.id)]
+        resume = [self._checkpoint_batch(live.states[d].checkpoint) + 1 for d in downstream]
+        return min(resume, default=0)
+
+    def _checkpoint_batch(self, digest: str) -> int:
+        """The last batch a checkpoint applied (-1 for fresh weights); read once per checkpoint."""
+        if not digest:
+            return -1
+        known = self._checkpoint_batches.get(digest)
+        if known is None:
+            known = checkpoint_last_batch(self.blobs.read(digest)) if self.blobs.exists(digest) else -1
+            if len(self._checkpoint_batches) > 4096:
+                self._checkpoint_batches.clear()
+            self._checkpoint_batches[digest] = known
+        return known
+
+    async def _restart_upstream(self, live: _Live, moved: set[str]) -> None:
+        """Restart the hosted producers of relocated VNodes from their checkpoints, replaying.
+
+        A relocated VNode resumes from its checkpoint; producers that kept running would go
+        on from where they are and the batches in between would never reach it.
+        """
+        upstream = {a for vid in moved for a in live.net.ancestors(vid)} - moved
+        for aid in sorted(upstream):
+            a = live.states[aid]
+            if a.done or not a.node_id:
+                continue
+            a = replace(a, generation=a.generation + 1)
+            live.states[aid] = a
+            await self.store.save_vnode(a)
+            queue = self.subscribers.get(a.node_id)
+            if queue is not None:
+                queue.put_nowait(self._host_order(live, a))
 
     def _candidates(self) -> list[HostFacts]:
         out = []
@@ -590,6 +642,7 @@ class TrainingService:
                     load[v.node_id] += live.net.cost(v.vnode_id)
         hostless: list[tuple[_Live, str]] = []
         for live in list(self.live.values()):
+            moved: set[str] = set()
             for vid, v in list(live.states.items()):
                 if v.done:
                     continue
@@ -604,7 +657,10 @@ class TrainingService:
                     v = replace(v, node_id="", generation=v.generation + 1)
                     live.states[vid] = v
                     live.lost_since.pop(vid, None)
+                    moved.add(vid)
                 hostless.append((live, vid))
+            if moved:
+                await self._restart_upstream(live, moved)
         hostless = await self._place_whole(hostless, candidates, load)
         for live, vid in sorted(hostless, key=lambda lv: -lv[0].net.cost(lv[1])) if candidates else []:
             cost = live.net.cost(vid)

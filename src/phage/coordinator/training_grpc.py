@@ -51,6 +51,7 @@ def order_to_pb(order: Order) -> tpb.TrainingOrder:
                 checkpoint_every=c.checkpoint_every,
                 check_rate=order.check_rate,
                 generation=order.generation,
+                replay_from=order.replay_from,
             )
         )
     if isinstance(order, CheckOrder):

@@ -37,6 +37,9 @@ class HostOrder:
     config: TrainingConfig
     check_rate: float
     generation: int
+    replay_from: int = 0
+    """The first batch to pass on again: those its checkpoint already applied are forwarded only,
+    so consumers resuming from older checkpoints of their own lose no batch."""
 
 
 @dataclass(frozen=True, slots=True)

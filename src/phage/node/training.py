@@ -259,8 +259,12 @@ class _Worker:
         """Set when this hosting ends: a producer on this node stops handing it frames."""
         self.rng = random.Random(f"{h.network_id}/{h.vnode_id}/{h.generation}")
         self.rt: VNodeRuntime | None = None
+        self.resumed_at = -1
+        """The last batch the checkpoint this hosting resumed from applied: batches from
+        ``h.replay_from`` up to it are passed on again, forward only (consumers may lack them)."""
         self.data: Dataset | None = None
         self.samples = 0
+        self.replayed = 0
         self.last_report = 0.0
         self.window: tuple[float, int] = (time.monotonic(), 0)
         self.loss = 0.0
@@ -273,6 +277,7 @@ class _Worker:
         rt = await asyncio.to_thread(VNodeRuntime, self.net, h.vnode_id, seed=h.seed)
         if h.checkpoint_sha256:
             rt.load_state(await self.host.blob(h.checkpoint_sha256))
+        self.resumed_at = rt.last_batch
         if self.host.poison_updates:
             rt.tamper = poison
         self.rt = rt
@@ -343,9 +348,15 @@ class _Worker:
     async def _produce(self) -> None:
         assert self.rt is not None and self.data is not None
         total = self.h.epochs * self.data.batches_per_epoch(self.h.batch_size)
-        for seq in range(self.rt.last_batch + 1, total):
+        start = self.rt.last_batch + 1
+        if self.consumers:
+            start = min(start, max(0, self.h.replay_from))
+        for seq in range(start, total):
             x, y = self._batch(seq)
-            await self._step(seq, [x], y)
+            if seq <= self.rt.last_batch:
+                await self._replay(seq, [x], y)
+            else:
+                await self._step(seq, [x], y)
 
     async def _consume(self) -> None:
         assert self.rt is not None
@@ -356,7 +367,7 @@ class _Worker:
             if f.end:
                 ended.add(f.vnode_id)
                 continue
-            if f.seq <= self.rt.last_batch:
+            if f.seq <= self.rt.last_batch and not self._replays(f.seq):
                 continue  # a late or duplicated batch
             xs, y = unpack(f.tensor)
             slot = pending.setdefault(f.seq, {})
@@ -369,7 +380,22 @@ class _Worker:
             inputs = []
             for src in self.spec.inputs:
                 inputs.append(self._batch(f.seq)[0] if src == INPUT else slot[src][0])
-            await self._step(f.seq, inputs, y)
+            if f.seq <= self.rt.last_batch:
+                await self._replay(f.seq, inputs, y)
+            else:
+                await self._step(f.seq, inputs, y)
+
+    def _replays(self, seq: int) -> bool:
+        """Is ``seq`` a batch this hosting passes on again (applied by its checkpoint, lacked downstream)?"""
+        return bool(self.consumers) and self.h.replay_from <= seq <= self.resumed_at
+
+    async def _replay(self, seq: int, inputs: list[torch.Tensor], y: torch.Tensor) -> None:
+        """Pass a batch the checkpoint already applied on again: forward only, no step, no report."""
+        rt = self.rt
+        assert rt is not None
+        out = await asyncio.to_thread(rt.forward, inputs)
+        self.replayed += 1
+        await self._pass_on(tpb.ActivationFrame(seq=seq, tensor=pack([out], y)))
 
     async def _step(self, seq: int, inputs: list[torch.Tensor], y: torch.Tensor) -> None:
         rt = self.rt
