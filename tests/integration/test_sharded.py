@@ -120,8 +120,8 @@ def chat(coord: CoordinatorProcess, **extra: Any) -> dict[str, Any]:
 @NEUTRAL
 @pytest.mark.parametrize(
     "ranges",
-    # one node, an uneven pair, and four uneven hops: the shapes a chain can take (more would only cost time)
-    [["0:8"], ["0:3", "3:8"], ["0:1", "1:4", "4:6", "6:8"]],
+    # whole on one node, then over 2, 3 and 4 nodes with uneven ranges
+    [["0:8"], ["0:3", "3:8"], ["0:2", "2:5", "5:8"], ["0:1", "1:4", "4:6", "6:8"]],
     ids=lambda r: "+".join(r),
 )
 def test_a_chain_of_node_processes_gives_the_whole_models_text(
