@@ -15,6 +15,7 @@ what each proxy adds over direct::
 
     python bench/chat_proxy.py                  # the full run (a few minutes)
     python bench/chat_proxy.py --quick          # a short smoke run
+    python bench/chat_proxy.py --check-rates 0,0.05,1   # checked chat: its cost and client latency
 """
 
 from __future__ import annotations
@@ -83,10 +84,12 @@ class Run:
         }
 
 
-async def one_stream(session: aiohttp.ClientSession, url: str, key: str, max_tokens: int) -> Sample:
+async def one_stream(
+    session: aiohttp.ClientSession, url: str, key: str, max_tokens: int, model: str = MODEL
+) -> Sample:
     """POST a streamed chat and time its chunks as they arrive."""
     body = {
-        "model": MODEL,
+        "model": model,
         "messages": [{"role": "user", "content": "benchmark"}],
         "max_tokens": max_tokens,
         "stream": True,
@@ -112,7 +115,9 @@ async def one_stream(session: aiohttp.ClientSession, url: str, key: str, max_tok
     return Sample(arrivals[0] - start, gaps, len(arrivals), time.perf_counter() - start)
 
 
-async def drive(system: str, url: str, key: str, concurrency: int, streams: int, max_tokens: int) -> Run:
+async def drive(
+    system: str, url: str, key: str, concurrency: int, streams: int, max_tokens: int, model: str = MODEL
+) -> Run:
     """``streams`` streams, ``concurrency`` at a time, over one connection pool."""
     run = Run(system, concurrency)
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
@@ -120,7 +125,7 @@ async def drive(system: str, url: str, key: str, concurrency: int, streams: int,
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         for _ in range(min(concurrency, 4)):  # warm connections and caches
             with contextlib.suppress(Exception):
-                await one_stream(session, url, key, 4)
+                await one_stream(session, url, key, 4, model)
         left = streams
 
         async def worker() -> None:
@@ -128,7 +133,7 @@ async def drive(system: str, url: str, key: str, concurrency: int, streams: int,
             while left > 0:
                 left -= 1
                 try:
-                    run.samples.append(await one_stream(session, url, key, max_tokens))
+                    run.samples.append(await one_stream(session, url, key, max_tokens, model))
                 except Exception as exc:  # counted, and the first few shown
                     run.errors += 1
                     if run.errors <= 3:
@@ -225,7 +230,17 @@ def main() -> None:
     ap.add_argument("--token-delay-ms", type=float, default=5.0, help="the engine's pace per token")
     ap.add_argument("--systems", default="direct,phage,litellm")
     ap.add_argument("--quick", action="store_true", help="a short smoke run")
+    ap.add_argument(
+        "--check-rates",
+        default="",
+        help="instead: checked-chat rows at these check rates (e.g. 0,0.05,1), on a tiny local model",
+    )
     args = ap.parse_args()
+    if args.check_rates:
+        from chat_check import check_rows
+
+        check_rows([float(x) for x in args.check_rates.split(",")], args)
+        return
     levels = [int(x) for x in args.concurrency.split(",")]
     systems = args.systems.split(",")
     if args.quick:

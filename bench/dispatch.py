@@ -227,17 +227,17 @@ def _wait_final(client: httpx.Client, total: int, timeout: float, interval: floa
 def _all_tasks(client: httpx.Client) -> list[dict[str, Any]]:
     """Every task (newest first), paging through GET /api/tasks."""
     out: list[dict[str, Any]] = []
-    before: float | None = None
+    cursor: str | None = None
     while True:
         params: dict[str, Any] = {"limit": 1000}
-        if before is not None:
-            params["before"] = before
+        if cursor is not None:
+            params["cursor"] = cursor
         resp = client.get("/api/tasks", params=params)
         resp.raise_for_status()
         body = resp.json()
         out.extend(body["tasks"])
-        before = body.get("next_before")
-        if before is None:
+        cursor = body.get("next_cursor")
+        if cursor is None:
             return out
 
 
@@ -254,9 +254,13 @@ def _dispatch_latencies(client: httpx.Client, ids: list[str]) -> list[float]:
     return out
 
 
-def run_phage(args: argparse.Namespace, nodes: int, sync: str) -> RunResult:
-    """Coordinator + ``nodes`` node processes; ``args.tasks`` no-op tasks end to end."""
-    config = f"{nodes} node{'s' if nodes > 1 else ''} × {args.concurrency}"
+def run_phage(args: argparse.Namespace, nodes: int, sync: str, default: bool = False) -> RunResult:
+    """Coordinator + ``nodes`` node processes; ``args.tasks`` no-op tasks end to end.
+
+    ``default``: nodes as ``phage node`` starts them (no ``--concurrency``), not ``args.concurrency``.
+    """
+    concurrency = None if default else args.concurrency
+    config = f"{nodes} node{'s' if nodes > 1 else ''} × {concurrency or 'default slots'}"
     if sync != "NORMAL":
         config += f", sync={sync}"
     t_begin = time.monotonic()
@@ -271,7 +275,7 @@ def run_phage(args: argparse.Namespace, nodes: int, sync: str) -> RunResult:
                         coord,
                         tmp / f"node{i}",
                         name=f"bench{i}",
-                        concurrency=args.concurrency,
+                        concurrency=concurrency,
                         sandbox="none",
                         heartbeat_s=10.0,
                     ).start()
@@ -327,7 +331,7 @@ def run_phage(args: argparse.Namespace, nodes: int, sync: str) -> RunResult:
                 e2e_loaded=latency_summary(e2e),
                 extra={
                     "nodes": nodes,
-                    "concurrency": args.concurrency,
+                    "concurrency": concurrency,
                     "sqlite_synchronous": sync,
                     "setup_s": round(setup_s, 2),
                     "run_wall_s": round(time.monotonic() - t_begin, 2),
@@ -684,6 +688,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tasks", type=int, default=None, help="phage tasks per run (default 5000)")
     p.add_argument("--peer-jobs", type=int, default=None, help="huey/arq jobs per run (default: --tasks)")
     p.add_argument("--concurrency", type=int, default=256, help="tasks per node at once (default 256)")
+    p.add_argument(
+        "--default-nodes", default="2",
+        help="also run phage with default nodes (no --concurrency) at these node counts (default 2; '' none)",
+    )  # fmt: skip
     p.add_argument("--batch", type=int, default=500, help="tasks per POST /api/tasks (and arq gather)")
     p.add_argument("--warmup", type=int, default=200, help="jobs run before each timed window")
     p.add_argument("--rounds", type=int, default=None, help="rounds over all systems (default 3)")
@@ -717,6 +725,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.nodes = [int(n) for n in (args.nodes or ("1,2" if quick else "1,2,4")).split(",")]
     args.tasks = args.tasks or (2000 if quick else 5000)
     args.peer_jobs = args.peer_jobs or args.tasks
+    args.default_nodes = [int(n) for n in args.default_nodes.split(",") if n.strip()]
     args.rounds = args.rounds or (1 if quick else 3)
     args.idle_probes = args.idle_probes if args.idle_probes is not None else (20 if quick else 30)
     args.systems = {s.strip() for s in args.systems.split(",") if s.strip()}
@@ -734,6 +743,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, Any]]:
             steps.append(("phage", (n, "NORMAL")))
             if args.full_sync == "all" or (args.full_sync == "first" and i == 0):
                 steps.append(("phage", (n, "FULL")))
+        steps += [("phage", (n, "NORMAL", True)) for n in args.default_nodes]
     if "huey" in args.systems:
         steps += [("huey", "default"), ("huey", "normal")]
     if "arq" in args.systems:

@@ -656,7 +656,12 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     stopped: str | None = None
     tmp = Path(tempfile.mkdtemp(prefix="phage-hb-bench-"))
-    coord_env = dict(kv.split("=", 1) for kv in args.coordinator_env)
+    # every simulated node enrolls from this one address: lift the per-source enrollment budgets
+    coord_env = {
+        "PHAGE_REGISTER_BURST": "1000000",
+        "PHAGE_NEW_NODES_BURST": "1000000",
+        **dict(kv.split("=", 1) for kv in args.coordinator_env),
+    }
     coord = CoordinatorProcess(tmp / "coord", heartbeat_s=args.interval, env=coord_env)
     pool: Pool | None = None
     try:

@@ -12,7 +12,9 @@ routes, gRPC servicer, CLI) translate without knowing every case::
     ├── NotFound                the task, node, output or key does not exist (404)
     ├── Conflict                the request is valid but the state forbids it (409)
     ├── PaymentRequired         the API key's credit limit is spent (402)
+    ├── RateLimited             too many attempts from one source, or a key over its quota (429)
     ├── Unavailable             nothing can serve this now: no node has the model, a node died (503)
+    │   └── StoreUnavailable    the database cannot be reached; retry after a moment (503 + Retry-After)
     ├── EngineError             an inference engine failed to start, load a model or generate
     ├── SandboxError            the node cannot isolate a task as it requires
     ├── ProtocolError           a peer broke the node protocol (bad result, replay)
@@ -29,6 +31,8 @@ class PhageError(Exception):
 
     http_status: ClassVar[int] = 500
     grpc_code: ClassVar[str] = "INTERNAL"
+    retry_after_s: float | None = None
+    """When set, the HTTP edge sends ``Retry-After``: the same request may well succeed then."""
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
@@ -98,6 +102,12 @@ class Unavailable(PhageError):
     grpc_code = "UNAVAILABLE"
 
 
+class StoreUnavailable(Unavailable):
+    """The database cannot be reached (down, restarting, unreachable): the request was not carried out."""
+
+    retry_after_s = 2
+
+
 class EngineError(PhageError):
     """An inference engine could not start, load a model, or generate."""
 
@@ -120,3 +130,14 @@ class ProtocolError(PhageError):
 
 class StoreError(PhageError):
     """The durable store failed or returned something inconsistent."""
+
+
+class RateLimited(PhageError):
+    """A source or key sent more than its share: too many attempts, or over a quota (429)."""
+
+    http_status = 429
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, *, field: str | None = None, retry_after_s: float = 1.0) -> None:
+        super().__init__(message, field=field)
+        self.retry_after_s = retry_after_s

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from phage.testing import CoordinatorProcess, NodeProcess, wait_online, wait_until
+from phage.testing import CoordinatorProcess, NodeProcess, stop_all, wait_online, wait_until
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 from playwright.sync_api import Browser, Page, expect  # noqa: E402
@@ -373,9 +373,46 @@ def test_generate_task_shows_every_attempt_with_its_verifier_log(
         drawer.screenshot(path=str(SHOTS / "09-generate-attempts.png"))
     finally:
         page.goto("about:blank")  # stop the page polling before its coordinator goes away
-        for node in nodes:
-            node.stop()
-        coordinator.stop()
+        stop_all([*nodes, coordinator])
+
+
+def test_sharded_models_are_drawn_as_block_bars(coordinator: CoordinatorProcess, page: Page) -> None:
+    coord = coordinator
+    with coord.client() as c:
+        body = {"name": "big", "checkpoint": "/models/big", "num_blocks": 8, "bytes_per_block": 1000}
+        assert c.post("/api/models/sharded", json=body).status_code == 201
+    sign_in(page, coord)
+    card = page.locator("#sharded-card")
+    expect(card).to_be_visible()
+    expect(card.locator(".block.gap")).to_have_count(8)  # declared, nobody serves it yet
+    expect(card).to_contain_text("not ready")
+    expect(card).to_contain_text("gaps 0:8")
+
+    # Partly served (as /api/models/sharded answers while nodes join): held blocks, a thin one, a gap.
+    def coverage(route: Any) -> None:
+        per_block = [2, 2, 2, 1, 0, 0, 1, 1]
+        servers = [
+            {"node_id": "nodeA" * 8, "blocks": "0:4", "standby": False, "throughput": 0},
+            {"node_id": "nodeB" * 8, "blocks": "0:3", "standby": True, "throughput": 0},
+            {"node_id": "nodeC" * 8, "blocks": "6:8", "standby": False, "throughput": 0},
+        ]
+        cov = {
+            "per_block": per_block,
+            "coverage_percent": 75.0,
+            "ready_for_inference": False,
+            "gaps": ["4:6"],
+            "servers": servers,
+        }
+        model = {**body, "redundancy": 2, "edge_bytes": 0, "coverage": cov}
+        route.fulfill(json={"models": [model]})
+
+    page.route("**/api/models/sharded", coverage)
+    expect(card.locator(".block.full")).to_have_count(3, timeout=10_000)
+    expect(card.locator(".block.thin")).to_have_count(3)
+    expect(card.locator(".block.gap")).to_have_count(2)
+    expect(card).to_contain_text("75% of 8 blocks")
+    expect(card).to_contain_text("standby")
+    shot(page, "sharded-models")
 
 
 def test_training_jobs_show_their_vnode_graph_and_loss_curves(
@@ -411,5 +448,4 @@ def test_training_jobs_show_their_vnode_graph_and_loss_curves(
         assert net.locator("polyline.loss").count() == 4
         shot(page, "10-training")
     finally:
-        for n in nodes:
-            n.stop()
+        stop_all(nodes)

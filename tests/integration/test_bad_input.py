@@ -24,6 +24,8 @@ import pytest
 
 from phage.testing import CoordinatorProcess
 
+pytestmark = pytest.mark.backend_neutral  # bad requests are refused at the HTTP edge, before the store
+
 MAX_WORKSPACE = 64 * 1024
 MAX_REQUEST = 16 * 1024
 TIMEOUT_LIMIT = 7 * 24 * 3600

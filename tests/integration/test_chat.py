@@ -15,6 +15,9 @@ import pytest
 
 from phage.testing import CoordinatorProcess, NodeProcess, wait_online, wait_until
 
+# chats are routed in memory; their metering in the store runs on both backends in test_chat_metering
+pytestmark = pytest.mark.backend_neutral
+
 Pool = Callable[..., tuple[CoordinatorProcess, list[NodeProcess]]]
 
 
@@ -163,7 +166,35 @@ def test_chat_errors_are_openai_shaped(chat_pool: CoordinatorProcess) -> None:
             400,
             "temperature",
         ),
-        ({"model": "tiny-llama", "messages": [{"role": "user", "content": "x"}], "n": 2}, 400, "n"),
+        ({"model": "tiny-llama", "messages": [{"role": "user", "content": "x"}], "n": 9}, 400, "n"),
+        (
+            {"model": "tiny-llama", "messages": [{"role": "user", "content": "x"}], "n": 2, "stream": True},
+            400,
+            "n",
+        ),
+        (
+            {
+                "model": "tiny-llama",
+                "messages": [{"role": "user", "content": "x"}],
+                "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+            },
+            400,
+            "tools",
+        ),
+        (
+            {
+                "model": "tiny-llama",
+                "messages": [{"role": "user", "content": "x"}],
+                "response_format": {"type": "json_object"},
+            },
+            400,
+            "response_format",
+        ),
+        (
+            {"model": "tiny-llama", "messages": [{"role": "user", "content": "x"}], "logprobs": True},
+            400,
+            "logprobs",
+        ),
         ({"model": "tiny-llama", "messages": [{"role": "user", "content": "x"}], "bogus": 1}, 400, "bogus"),
         (
             {"model": "tiny-llama", "messages": [{"role": "user", "content": "x"}], "stop": ["a"] * 5},
@@ -187,6 +218,16 @@ def test_chat_errors_are_openai_shaped(chat_pool: CoordinatorProcess) -> None:
     client = openai.OpenAI(base_url=f"{chat_pool.url}/v1", api_key=chat_pool.admin_key, max_retries=0)
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "x"}])
+    # Tools sent to an engine that cannot call them: the client raises BadRequestError naming ``tools``,
+    # rather than getting a plain answer that silently ignored them.
+    with pytest.raises(openai.BadRequestError) as no_tools:
+        client.chat.completions.create(
+            model="tiny-llama",
+            messages=[{"role": "user", "content": "weather in Lyon?"}],
+            tools=[{"type": "function", "function": {"name": "get_weather", "parameters": {}}}],
+        )
+    assert no_tools.value.status_code == 400 and "tools" in no_tools.value.message
+    assert isinstance(no_tools.value.body, dict) and no_tools.value.body.get("param") == "tools"
 
 
 def test_keys_credit_limits_and_revocation(chat_pool: CoordinatorProcess) -> None:
@@ -232,3 +273,30 @@ def test_keys_credit_limits_and_revocation(chat_pool: CoordinatorProcess) -> Non
         assert bad.status_code == 400 and bad.json()["field"] == "role"
     with pytest.raises(openai.AuthenticationError):
         alice.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "x"}])
+
+
+def test_text_completions_through_the_openai_client(chat_pool: CoordinatorProcess) -> None:
+    client = openai.OpenAI(base_url=f"{chat_pool.url}/v1", api_key=chat_pool.admin_key, max_retries=0)
+    done = client.completions.create(model="tiny-llama", prompt="def add(a, b):", max_tokens=6, temperature=0)
+    assert done.object == "text_completion" and done.id.startswith("cmpl-")
+    assert isinstance(done.choices[0].text, str) and done.choices[0].finish_reason in ("stop", "length")
+    assert done.usage is not None and 0 < done.usage.completion_tokens <= 6 and done.usage.prompt_tokens > 0
+    streamed = client.completions.create(
+        model="tiny-llama", prompt="def add(a, b):", max_tokens=6, temperature=0, stream=True
+    )
+    chunks = list(streamed)
+    assert all(c.object == "text_completion" for c in chunks)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == done.choices[0].text
+    two = client.chat.completions.create(
+        model="tiny-llama", messages=[{"role": "user", "content": "hi"}], max_tokens=4, n=2, seed=7
+    )
+    assert [c.index for c in two.choices] == [0, 1] and all(
+        c.message.content is not None for c in two.choices
+    )
+    assert two.usage is not None and 0 < two.usage.completion_tokens <= 8
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.completions.create(model="tiny-llama", prompt="x", echo=True)
+    assert "echo" in bad.value.message
+    with chat_pool.client() as c:
+        log = c.get("/api/usage/requests", params={"limit": 5}).json()["requests"]
+    assert [r["kind"] for r in log[:4]] == ["chat", "chat", "completion", "completion"]

@@ -25,6 +25,8 @@ from phage.node.engines.base import ChatMessage, GenerationRequest
 from phage.node.engines.managed import ManagedServerEngine, free_port
 from phage.node.engines.openai_compat import OpenAIEngine
 
+pytestmark = pytest.mark.backend_neutral  # engine servers supervised on a node; the store is not involved
+
 STANDIN = [sys.executable, "-m", "phage.node.engines.standin"]
 CHAT = GenerationRequest(messages=(ChatMessage("user", "say something"),), max_tokens=5)
 

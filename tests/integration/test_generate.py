@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
+import pytest
+
 from phage.testing import CoordinatorProcess, NodeProcess, wait_online, wait_tasks_final
+
+# Metering holds credit in the store and runs on both backends; picking among attempts and
+# refusing unknown models happens in the coordinator's memory, so those run once.
+NEUTRAL = pytest.mark.backend_neutral
 
 Pool = Callable[..., tuple[CoordinatorProcess, list[NodeProcess]]]
 
@@ -23,6 +30,7 @@ def _generate(**extra: object) -> dict[str, object]:
     }
 
 
+@NEUTRAL
 def test_best_of_n_keeps_the_passing_attempt_with_fewest_tokens(pool: Pool, tiny_model: Path) -> None:
     coord, _nodes = pool(nodes=3, concurrency=1, engine="transformers", model=str(tiny_model))
     wait_online(coord, 3, timeout=90)
@@ -49,6 +57,7 @@ def test_best_of_n_keeps_the_passing_attempt_with_fewest_tokens(pool: Pool, tiny
         assert body.status_code == 200 and body.text == result["output_text"]
 
 
+@NEUTRAL
 def test_generate_fails_with_reasons_when_no_attempt_passes(pool: Pool, tiny_model: Path) -> None:
     coord, _ = pool(nodes=2, concurrency=1, engine="transformers", model=str(tiny_model))
     wait_online(coord, 2, timeout=90)
@@ -61,6 +70,7 @@ def test_generate_fails_with_reasons_when_no_attempt_passes(pool: Pool, tiny_mod
         assert all("checking" in a["verifier_log"] for a in task["attempts"])
 
 
+@NEUTRAL
 def test_unknown_model_is_refused_at_submit_unless_asked_to_wait(pool: Pool, tiny_model: Path) -> None:
     coord, _ = pool(nodes=1, engine="transformers", model=str(tiny_model))
     wait_online(coord, 1, timeout=90)
@@ -71,3 +81,27 @@ def test_unknown_model_is_refused_at_submit_unless_asked_to_wait(pool: Pool, tin
         waiting = c.post("/api/tasks", json=_generate(model="no-such-model", wait_for_model=True))
         assert waiting.status_code == 201
         assert c.get(f"/api/tasks/{waiting.json()['id']}").json()["state"] == "queued"
+
+
+def test_generate_tasks_are_metered_and_refused_when_the_credit_is_spent(
+    pool: Pool, tiny_model: Path
+) -> None:
+    coord, _ = pool(nodes=1, concurrency=1, engine="transformers", model=str(tiny_model))
+    wait_online(coord, 1, timeout=90)
+    with coord.client() as c:
+        made = c.post("/api/keys", json={"name": "batch", "credit_limit_tokens": 5}).json()
+    user = httpx.Client(base_url=coord.url, headers={"Authorization": f"Bearer {made['key']}"}, timeout=60)
+    with user:
+        first = user.post("/api/tasks", json=_generate(max_tokens=8))
+        assert first.status_code == 201, first.text
+        (task,) = wait_tasks_final(coord, [first.json()["id"]], timeout=120)
+        (attempt,) = task["attempts"]
+        log = user.get("/api/usage/requests").json()["requests"]
+        assert [r["kind"] for r in log] == ["generate"]
+        assert log[0]["model"] == "tiny-llama" and log[0]["node_id"] == attempt["node_id"]
+        assert 0 < log[0]["completion_tokens"] <= 8 and log[0]["prompt_tokens"] > 0
+        (mine,) = user.get("/api/usage").json()["keys"]
+        assert mine["total_tokens"] == log[0]["total_tokens"] and mine["credit_left_tokens"] == 0
+        spent = user.post("/api/tasks", json=_generate())
+        assert spent.status_code == 402, spent.text
+        assert spent.json()["error"] == "PaymentRequired" and "tokens" in spent.json()["message"]

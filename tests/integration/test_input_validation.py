@@ -19,6 +19,8 @@ import pytest
 
 from phage.testing import CoordinatorProcess
 
+pytestmark = pytest.mark.backend_neutral  # bad requests are refused at the HTTP edge, before the store
+
 WORKSPACE_LIMIT = 64 * 1024
 REQUEST_LIMIT = 32 * 1024
 MANIFEST = {"entrypoint": "main.py", "outputs": ["out.txt"]}

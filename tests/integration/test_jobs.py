@@ -2,35 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import threading
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-import websockets
-
 from phage.testing import CoordinatorProcess, NodeProcess, wait_online, wait_tasks_final, wait_until
-from tests.integration.conftest import job
-
-
-def _collect_feed(
-    coord: CoordinatorProcess, events: list[dict[str, Any]], stop: threading.Event, ready: threading.Event
-) -> None:
-    async def main() -> None:
-        url = coord.url.replace("http://", "ws://") + "/api/feed"
-        async with websockets.connect(
-            url, additional_headers={"Authorization": f"Bearer {coord.admin_key}"}
-        ) as ws:
-            ready.set()
-            while not stop.is_set():
-                try:
-                    events.append(json.loads(await asyncio.wait_for(ws.recv(), 0.2)))
-                except TimeoutError:
-                    continue
-
-    asyncio.run(main())
+from tests.integration.conftest import collect_feed, job
 
 
 def test_200_jobs_on_3_nodes_all_verified_with_outputs_and_feed(
@@ -39,9 +17,8 @@ def test_200_jobs_on_3_nodes_all_verified_with_outputs_and_feed(
     coord, _nodes = pool(nodes=3, concurrency=4)
     wait_online(coord, 3)
     events: list[dict[str, Any]] = []
-    stop, ready = threading.Event(), threading.Event()
-    feeder = threading.Thread(target=_collect_feed, args=(coord, events, stop, ready), daemon=True)
-    feeder.start()
+    stop = threading.Event()
+    feeder, ready = collect_feed(coord, events, stop)
     assert ready.wait(10)
 
     with coord.client() as c:

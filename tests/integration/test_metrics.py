@@ -14,6 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from phage.testing import CoordinatorProcess, NodeProcess, wait_online, wait_tasks_final, wait_until
 from tests.integration.conftest import job
 
+pytestmark = pytest.mark.backend_neutral  # the exposition format and counters, kept in memory
+
 Pool = Callable[..., tuple[CoordinatorProcess, list[NodeProcess]]]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -8,8 +8,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from phage.testing import CoordinatorProcess, NodeProcess, wait_online, wait_tasks_final, wait_until
 from tests.integration.conftest import job
+
+# node sandboxes and start-up lines; the store is not what is tested
+pytestmark = pytest.mark.backend_neutral
 
 
 def _alive(pid: int) -> bool:
@@ -143,8 +148,6 @@ def test_node_picks_real_sandboxes_and_honours_required_isolation(tmp_path: Path
             coord.grpc_address,
             "--enroll",
             coord.enroll_address,
-            "--token",
-            info["join_token"],
             "--ca-fingerprint",
             info["ca_fingerprint"],
             "--key-dir",
@@ -155,6 +158,7 @@ def test_node_picks_real_sandboxes_and_honours_required_isolation(tmp_path: Path
         stdout=sp.DEVNULL,
         stderr=sp.DEVNULL,
         start_new_session=True,
+        env={**os.environ, "PHAGE_JOIN_TOKEN": info["join_token"]},
     )
     try:
         (node,) = wait_online(coord, 1)
@@ -170,7 +174,9 @@ def test_node_picks_real_sandboxes_and_honours_required_isolation(tmp_path: Path
             final = wait_tasks_final(coord, ids, timeout=60)
             assert [t["state"] for t in final] == ["verified"] * len(ids)
             assert [t["result"]["sandbox"] for t in final[1:]] == node["sandboxes"]
-            assert final[0]["result"]["sandbox"] == node["sandboxes"][0], "any = the strongest"
+            assert final[0]["result"]["sandbox"] == node["sandboxes"][0], (
+                "any = the node's default, listed first"
+            )
             assert c.get(f"/api/tasks/{unisolated}").json()["state"] == "queued", "never run unisolated"
     finally:
         os.killpg(proc.pid, 9)

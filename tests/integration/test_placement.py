@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
-from phage.testing import CoordinatorProcess, NodeProcess, wait_online, wait_tasks_final
+from phage.testing import CoordinatorProcess, NodeProcess, stop_all, wait_online, wait_tasks_final
+
+pytestmark = pytest.mark.backend_neutral  # model placement decides from live node memory, not the store
 
 SMALL = "Qwen/Qwen2.5-0.5B-Instruct"
 CODER = "Qwen/Qwen2.5-Coder-7B-Instruct"
@@ -48,8 +50,7 @@ def gpus(tmp_path: Path) -> Any:
         started.append(nodes[name])
     wait_online(coord, 3, timeout=90)
     yield coord, {n.node_id: name for name, n in nodes.items()}
-    for p in reversed(started):
-        p.stop()
+    stop_all(started)
 
 
 def _run(coord: CoordinatorProcess, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from phage.testing import CoordinatorProcess, NodeProcess, wait_online, wait_tasks_final
+from phage.testing import CoordinatorProcess, NodeProcess, stop_all, wait_online, wait_tasks_final
 from tests.integration.conftest import job
 
 JOBS = 100
@@ -36,9 +36,7 @@ def open_pool(tmp_path: Path) -> Iterator[tuple[CoordinatorProcess, list[NodePro
             nodes.append(NodeProcess(coord, tmp_path / name, name=name, concurrency=2, env=env).start())
         yield coord, nodes
     finally:
-        for node in nodes:
-            node.stop()
-        coord.stop()
+        stop_all([*nodes, coord])
 
 
 def _sha256(text: str) -> str:

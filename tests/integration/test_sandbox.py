@@ -37,6 +37,8 @@ from phage.pki.identity import IDENTITY_FILE, NodeIdentity
 from phage.sandbox.base import KillReason, Sandbox, SandboxLimits, SandboxOutcome, SandboxRequest
 from phage.sandbox.registry import BACKENDS
 
+pytestmark = pytest.mark.backend_neutral  # jobs run in a sandbox directly; no coordinator, no store
+
 REAL = {"bwrap": "bwrap", "gvisor": "runsc"}
 LIMITS = SandboxLimits(
     wall_s=60,

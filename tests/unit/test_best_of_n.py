@@ -125,6 +125,7 @@ def test_extract_code_falls_back_to_text() -> None:
         ("output_path", "../escape.txt", ".."),
         ("extract", "json", "extract"),
         ("distinct", "never", "distinct"),
+        ("check_every_stage", "yes", "true or false"),
     ],
 )
 def test_generate_spec_rejections_name_the_field(field: str, value: object, words: str) -> None:
@@ -132,3 +133,11 @@ def test_generate_spec_rejections_name_the_field(field: str, value: object, word
     with pytest.raises(InvalidInput) as err:
         GenerateSpec.parse(data)
     assert err.value.field == field and words in err.value.message
+
+
+def test_check_every_stage_is_kept_only_when_asked() -> None:
+    """A whole model's stored spec (and so its input hash) is unchanged by the sharded-only option."""
+    plain = GenerateSpec.parse({"prompt": "p", "model": "m", "verifier": "true"})
+    assert "check_every_stage" not in plain.to_dict()
+    asked = GenerateSpec.parse({"prompt": "p", "model": "m", "verifier": "true", "check_every_stage": True})
+    assert asked.check_every_stage and asked.to_dict()["check_every_stage"] is True

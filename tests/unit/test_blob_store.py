@@ -38,10 +38,28 @@ def test_put_stores_by_sha256(store: BlobStore) -> None:
 
 def test_put_is_idempotent(store: BlobStore) -> None:
     first = store.put(b"same")
-    mtime = store.path(first).stat().st_mtime_ns
+    old = store.path(first).stat()
+    os.utime(store.path(first), ns=(old.st_atime_ns, old.st_mtime_ns - 10**12))
     assert store.put(b"same") == first
-    assert store.path(first).stat().st_mtime_ns == mtime
+    again = store.path(first).stat()
+    assert again.st_ino == old.st_ino  # not rewritten
+    assert again.st_mtime_ns >= old.st_mtime_ns  # but fresh again, so a sweep running now keeps it
     assert len(files_under(store.root)) == 1
+
+
+def test_sweep_keeps_referenced_and_fresh_blobs(store: BlobStore) -> None:
+    import time
+
+    kept, orphan, fresh = store.put(b"kept"), store.put(b"orphan"), store.put(b"fresh")
+    for digest in (kept, orphan):
+        os.utime(store.path(digest), (time.time() - 7200, time.time() - 7200))
+    stale_tmp = store.root / "tmp" / "upload-left-over"
+    stale_tmp.write_bytes(b"x" * 10)
+    os.utime(stale_tmp, (time.time() - 7200, time.time() - 7200))
+    deleted, freed = store.sweep({kept}, older_than=time.time() - 3600)
+    assert (deleted, freed) == (2, len(b"orphan") + 10)
+    assert store.exists(kept) and store.exists(fresh) and not store.exists(orphan)
+    assert not stale_tmp.exists()
 
 
 def test_empty_blob(store: BlobStore) -> None:

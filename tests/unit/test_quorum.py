@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -34,7 +33,7 @@ from phage.domain.quorum import (
     reputation_view,
     standing,
 )
-from phage.store import FinishOutcome, SqlStore, sqlite_url
+from phage.store import FinishOutcome, SqlStore
 
 POLICY = QuorumPolicy(min_quorum=2, reliable_after=10, spot_check=0.1)
 GOOD, BAD, WORSE = "a" * 64, "b" * 64, "c" * 64
@@ -206,8 +205,8 @@ def test_evidence_lists_every_vote_in_order() -> None:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqlStore]:
-    s = SqlStore(sqlite_url(tmp_path / "phage.db"))
+async def store(database_url: str) -> AsyncIterator[SqlStore]:
+    s = SqlStore(database_url)
     await s.open()
     try:
         for name in ("n1", "n2", "n3"):

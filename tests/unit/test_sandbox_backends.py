@@ -111,14 +111,19 @@ def test_gvisor_spec_is_read_only_unprivileged_and_offline(stage: Stage) -> None
     assert "RLIMIT_AS" not in rlimits
 
 
-def test_strongest_first_and_none_is_never_automatic(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bwrap_is_the_default_and_none_is_never_automatic(monkeypatch: pytest.MonkeyPatch) -> None:
     assert registry.STRONGEST_FIRST == ("gvisor", "bwrap")
-    assert "none" not in registry.STRONGEST_FIRST
-    reasons = {"gvisor": "runsc is not installed", "bwrap": None, "none": None}
+    assert registry.DEFAULT_FIRST == ("bwrap", "gvisor")
+    assert "none" not in registry.DEFAULT_FIRST
+    reasons: dict[str, str | None] = {"gvisor": None, "bwrap": None, "none": None}
     for name, cls in registry.BACKENDS.items():
         monkeypatch.setattr(cls, "unavailable_reason", classmethod(lambda c, n=name: reasons[n]))
+    assert registry.make_sandbox(None).name == "bwrap", "bwrap first where both work"
+    reasons["gvisor"] = "runsc is not installed"
     assert registry.make_sandbox(None).name == "bwrap"
-    reasons["bwrap"] = "missing bwrap"
+    reasons["gvisor"], reasons["bwrap"] = None, "missing bwrap"
+    assert registry.make_sandbox(None).name == "gvisor", "gVisor where bwrap does not work"
+    reasons["gvisor"] = "runsc is not installed"
     with pytest.raises(SandboxError, match="no isolating sandbox backend"):
         registry.make_sandbox(None)
     with pytest.raises(SandboxError, match="runsc is not installed"):

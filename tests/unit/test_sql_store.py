@@ -1,10 +1,9 @@
-"""SqlStore against a real SQLite file: claims are compare-and-set, results settle once, nothing is lost."""
+"""SqlStore against real SQLite and PostgreSQL: compare-and-set claims, results settle once, nothing lost."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -20,7 +19,7 @@ from phage.domain import (
 )
 from phage.domain.ids import new_id
 from phage.errors import Conflict, NotFound, PermissionDenied, ProtocolError
-from phage.store import SqlStore, sqlite_url
+from phage.store import SqlStore
 
 NOW = 1_000_000.0
 LEASE = 30.0
@@ -53,13 +52,8 @@ def ok(exit_code: int = 0) -> TaskResult:
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "phage.db"
-
-
-@pytest.fixture
-async def store(db_path: Path) -> AsyncIterator[SqlStore]:
-    s = SqlStore(sqlite_url(db_path))
+async def store(database_url: str) -> AsyncIterator[SqlStore]:
+    s = SqlStore(database_url)
     await s.open()
     try:
         yield s
@@ -67,11 +61,10 @@ async def store(db_path: Path) -> AsyncIterator[SqlStore]:
         await s.close()
 
 
-async def test_add_and_read_tasks(store: SqlStore, db_path: Path) -> None:
+async def test_add_and_read_tasks(store: SqlStore) -> None:
     old = make_task(created_at=NOW - 10, priority=2)
     new = make_task(created_at=NOW)
     await store.add_tasks([old, new])
-    assert db_path.exists()
     got = await store.get_task(old.id)
     assert got is not None
     assert (got.state, got.priority, got.owner, got.labels) == (
@@ -303,8 +296,8 @@ async def test_cancel_of_a_finished_or_missing_task_is_refused(store: SqlStore) 
     assert exc.value.field == "id"
 
 
-async def test_everything_survives_closing_and_reopening(db_path: Path) -> None:
-    first = SqlStore(sqlite_url(db_path))
+async def test_everything_survives_closing_and_reopening(database_url: str) -> None:
+    first = SqlStore(database_url)
     await first.open()
     done, running, queued = make_task(), make_task(created_at=NOW + 1), make_task(created_at=NOW + 2)
     await first.add_tasks([done, running, queued])
@@ -314,7 +307,7 @@ async def test_everything_survives_closing_and_reopening(db_path: Path) -> None:
     await first.finish("node-a", a_done.id, ok(), NOW + 2)
     await first.close()
 
-    second = SqlStore(sqlite_url(db_path))
+    second = SqlStore(database_url)
     await second.open()  # migrations run again on an up-to-date schema: a no-op
     try:
         got = await second.get_task(done.id)

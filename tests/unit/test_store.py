@@ -1,4 +1,4 @@
-"""The SQL store against a real SQLite file: compare-and-set claims, idempotent results, durability."""
+"""The SQL store on real SQLite and PostgreSQL: compare-and-set claims, idempotent results, durability."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from phage.domain import Node, NodeState, Task, TaskKind, TaskResult, TaskSpec, TaskState
 from phage.errors import Conflict, PermissionDenied, ProtocolError
-from phage.store import SqlStore, sqlite_url
+from phage.store import SqlStore
 from phage.store.blobs import BlobStore
 
 
@@ -26,8 +26,8 @@ def _task(tid: str, **kw: object) -> Task:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqlStore]:
-    s = SqlStore(sqlite_url(tmp_path / "phage.db"))
+async def store(database_url: str) -> AsyncIterator[SqlStore]:
+    s = SqlStore(database_url)
     await s.open()
     yield s
     await s.close()
@@ -90,8 +90,8 @@ async def test_cancel_returns_open_attempts_and_refuses_finished_tasks(store: Sq
         await store.cancel_task("t2", 3.0)
 
 
-async def test_everything_survives_reopening(tmp_path: Path) -> None:
-    url = sqlite_url(tmp_path / "phage.db")
+async def test_everything_survives_reopening(database_url: str) -> None:
+    url = database_url
     s = SqlStore(url)
     await s.open()
     await s.add_tasks([_task("t1"), _task("t2")])

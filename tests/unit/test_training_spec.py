@@ -169,7 +169,7 @@ def test_registry_is_extensible() -> None:
 
 
 def test_who_is_wrong_about_a_step() -> None:
-    from phage.coordinator.training import judge
+    from phage.coordinator.training_checks import judge
 
     trusted = {"T"}.__contains__
     assert judge("a", {"T": "a"}, trusted) == ([], "a")

@@ -1,5 +1,7 @@
-"""Talking to a coordinator: the Python SDK and the ``phage`` command line."""
+"""Talking to a coordinator: the Python SDK (async and blocking) and the ``phage`` command line."""
 
-from phage.client.sdk import PhageClient, PhageClientError
+from phage.client._calls import PhageClientError
+from phage.client.sdk import PhageClient
+from phage.client.sync import Client
 
-__all__ = ["PhageClient", "PhageClientError"]
+__all__ = ["Client", "PhageClient", "PhageClientError"]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
-import logging
+import os
 import re
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,19 +17,26 @@ import typer
 from rich.panel import Panel
 
 from phage import __version__
+from phage.api.models import TaskRef
 from phage.client.cli_ai import register as register_ai_verbs
 from phage.client.cli_common import (
-    DataDirOpt,
+    DEFAULT_URL,
+    JsonOpt,
     KeyOpt,
     UrlOpt,
-    api_key,
+    connect,
     console,
+    emit_json,
     err_console,
-    run,
+    run_reporting,
+    transfer_progress,
+    wait_for,
 )
+from phage.client.cli_ops import register as register_ops
+from phage.client.cli_roles import register as register_roles
+from phage.client.cli_sharded import register as register_sharded_verbs
 from phage.client.cli_train import register as register_train_verbs
 from phage.client.render import nodes_table, state_text, tasks_table
-from phage.client.sdk import PhageClient
 
 app = typer.Typer(
     name="phage",
@@ -37,192 +44,38 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+_run = run_reporting
 
 
-def parse_size(text: str, option: str) -> int:
-    """``24GiB``, ``16GB``, ``512M`` or a byte count, as bytes."""
-    units = {
-        "": 1,
-        "k": 10**3,
-        "m": 10**6,
-        "g": 10**9,
-        "t": 10**12,
-        "ki": 2**10,
-        "mi": 2**20,
-        "gi": 2**30,
-        "ti": 2**40,
-    }
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*", text, re.IGNORECASE)
-    if m is None:
-        raise typer.BadParameter(f"{text!r} is not a size like 24GiB or 16GB", param_hint=option)
-    return int(float(m.group(1)) * units[(m.group(2) or "").lower()])
-
-
-def _logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+@app.callback()
+def main_options(
+    ca_cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-cert", envvar="PHAGE_CA_CERT", help="Trust this CA file for an https:// coordinator URL."
+        ),
+    ] = None,
+    ca_fingerprint: Annotated[
+        str | None,
+        typer.Option(
+            "--ca-fingerprint",
+            envvar="PHAGE_CA_FINGERPRINT",
+            help="Pin the pool's own CA (sha256:…, as in the join line) for an https:// URL.",
+        ),
+    ] = None,
+) -> None:
+    """Turn machines contributed by many owners into one dependable service for AI work."""
+    # The global options are shorthands for the variables every client verb reads (cli_common.connect).
+    if ca_cert is not None:
+        os.environ["PHAGE_CA_CERT"] = str(ca_cert)
+    if ca_fingerprint:
+        os.environ["PHAGE_CA_FINGERPRINT"] = ca_fingerprint
 
 
 @app.command()
 def version() -> None:
     """Print phage's version."""
     console.print(__version__)
-
-
-@app.command()
-def coordinator(
-    data_dir: DataDirOpt = Path.home() / ".phage",
-    http: Annotated[str, typer.Option(help="HTTP listen address host:port.")] = "127.0.0.1:8080",
-    grpc: Annotated[str, typer.Option(help="gRPC (mTLS) listen address host:port.")] = "127.0.0.1:9090",
-    enroll_port: Annotated[int | None, typer.Option(help="Enrollment port (default: gRPC port + 1).")] = None,
-    advertise: Annotated[
-        str | None, typer.Option(help="Host nodes should dial (default: the gRPC host).")
-    ] = None,
-    heartbeat: Annotated[float, typer.Option(help="Heartbeat interval in seconds.")] = 10.0,
-    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy async URL (default: SQLite).")] = None,
-    admission: Annotated[
-        str,
-        typer.Option(
-            envvar="PHAGE_ADMISSION",
-            help="Who may join: token (join token, trusted), allowlist (keys in the workers file), "
-            "approval (join token, then an admin approves), open (anyone, untrusted).",
-        ),
-    ] = "token",
-    workers_file: Annotated[
-        Path | None,
-        typer.Option(
-            envvar="PHAGE_WORKERS_FILE",
-            help="Allowlist mode: a sandrun-style workers.json of node keys, re-read on change "
-            "(default: DATA_DIR/workers.json).",
-        ),
-    ] = None,
-    pool_api_open: Annotated[
-        bool,
-        typer.Option(
-            envvar="PHAGE_POOL_API_OPEN",
-            help="Serve the sandrun-compatible pool API (/submit, /status, /outputs, /pool) without a key.",
-        ),
-    ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
-) -> None:
-    """Run a coordinator: queue, placement, node protocol, HTTP API."""
-    from phage.coordinator.server import ServerInfo, run_forever
-    from phage.coordinator.settings import CoordinatorSettings
-
-    _logging(verbose)
-    hh, _, hp = http.rpartition(":")
-    gh, _, gp = grpc.rpartition(":")
-    settings = CoordinatorSettings(
-        data_dir=data_dir,
-        http_host=hh,
-        http_port=int(hp),
-        grpc_host=gh,
-        grpc_port=int(gp),
-        enroll_port=enroll_port,
-        advertise_host=advertise,
-        heartbeat_interval_s=heartbeat,
-        database_url=database_url,
-        admission=admission,  # type: ignore[arg-type]  # pydantic checks the choice
-        workers_file=workers_file,
-        pool_api_open=pool_api_open,
-    )
-
-    def ready(info: ServerInfo) -> None:
-        console.print(
-            Panel.fit(
-                f"[bold]phage coordinator[/] {__version__}\n"
-                f"HTTP API   {info.http_url}   (docs: {info.http_url}/docs)\n"
-                f"node gRPC  {info.grpc_address} (mTLS)   enrollment {info.enroll_address}\n"
-                f"data       {info.data_dir}\n"
-                f"admin key  {info.data_dir}/admin-key\n\n"
-                f"Join a node with:\n[bold cyan]{info.node_command()}[/]",
-                title="ready",
-            )
-        )
-
-    asyncio.run(run_forever(settings, ready))
-
-
-@app.command()
-def node(
-    coordinator: Annotated[str, typer.Option(help="Coordinator gRPC address host:port.")] = "127.0.0.1:9090",
-    enroll: Annotated[str | None, typer.Option(help="Enrollment address (default: port + 1).")] = None,
-    token: Annotated[str | None, typer.Option(envvar="PHAGE_JOIN_TOKEN", help="Join token.")] = None,
-    ca_fingerprint: Annotated[str | None, typer.Option(help="Pinned CA fingerprint sha256:….")] = None,
-    key_dir: Annotated[Path, typer.Option(help="Node identity and certificate directory.")] = (
-        Path.home() / ".phage" / "node"
-    ),
-    name: Annotated[str, typer.Option(help="Display name.")] = "",
-    concurrency: Annotated[int, typer.Option(help="Tasks run at once.")] = 4,
-    sandbox: Annotated[
-        str | None, typer.Option(help="Sandbox backend (default: strongest available).")
-    ] = None,
-    engine: Annotated[
-        str | None, typer.Option(help="Inference engine: transformers|vllm|llamacpp|openai|auto.")
-    ] = None,
-    model: Annotated[str | None, typer.Option(help="Model path or id for the engine.")] = None,
-    model_name: Annotated[str | None, typer.Option(help="Name tasks use for the model.")] = None,
-    engine_url: Annotated[
-        str | None, typer.Option(help="OpenAI-compatible server URL (--engine openai).")
-    ] = None,
-    engine_port: Annotated[
-        int | None, typer.Option(help="Port for the vllm/llamacpp server (default: free).")
-    ] = None,
-    gpu_memory_utilization: Annotated[
-        float | None, typer.Option(help="Share of GPU memory vLLM may take.")
-    ] = None,
-    max_model_len: Annotated[int | None, typer.Option(help="Context length (vllm, llamacpp).")] = None,
-    engine_command: Annotated[
-        str | None, typer.Option(help="Command replacing `vllm` / `llama-server`.")
-    ] = None,
-    model_memory: Annotated[
-        str | None,
-        typer.Option(help="Memory a model may use here, e.g. 24GiB (default: free VRAM, or RAM)."),
-    ] = None,
-    heartbeat: Annotated[float | None, typer.Option(help="Heartbeat interval override (s).")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
-) -> None:
-    """Run a node: join the pool, pull work, run it sandboxed."""
-    import signal
-
-    from phage.node import NodeAgent, NodeConfig
-
-    _logging(verbose)
-    config = NodeConfig(
-        coordinator=coordinator,
-        enroll=enroll,
-        join_token=token,
-        ca_fingerprint=ca_fingerprint,
-        key_dir=key_dir,
-        name=name,
-        max_concurrency=concurrency,
-        sandbox=sandbox,
-        heartbeat_interval_s=heartbeat,
-        engine=engine,
-        model=model,
-        model_name=model_name,
-        engine_url=engine_url,
-        engine_port=engine_port,
-        gpu_memory_utilization=gpu_memory_utilization,
-        max_model_len=max_model_len,
-        engine_command=engine_command,
-        model_memory_bytes=parse_size(model_memory, "--model-memory") if model_memory else None,
-    )
-
-    async def main() -> None:
-        agent = NodeAgent(config)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, agent.stop)
-        err_console.print(
-            f"node {agent.node_id} · sandbox [bold]{agent.sandbox.name}[/] · coordinator {coordinator}"
-        )
-        await agent.run()
-
-    run(main())
 
 
 @app.command()
@@ -241,14 +94,13 @@ def keygen(
     console.print(identity.node_id)
 
 
-def _pack_dir(path: Path) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+def _pack_dir(path: Path, into: Path) -> None:
+    """Tar and gzip a directory into a file (not memory: workspaces may be large)."""
+    with tarfile.open(into, mode="w:gz") as tar:
         for item in sorted(path.rglob("*")):
             if item.is_symlink():
                 raise typer.BadParameter(f"{item} is a symlink; workspaces may not contain links")
             tar.add(item, arcname=item.relative_to(path).as_posix(), recursive=False)
-    return buf.getvalue()
 
 
 @app.command()
@@ -269,13 +121,16 @@ def submit(
     priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
     count: Annotated[int, typer.Option(help="Submit this many copies.")] = 1,
     noop: Annotated[bool, typer.Option(help="Submit a no-op task (tests the queue only).")] = False,
-    wait: Annotated[bool, typer.Option(help="Wait for the task to finish.")] = False,
-    url: UrlOpt = "http://127.0.0.1:8080",
+    wait: Annotated[
+        bool, typer.Option(help="Wait for the tasks to finish; exit 1 if any failed or was cancelled.")
+    ] = False,
+    as_json: JsonOpt = False,
+    url: UrlOpt = DEFAULT_URL,
     key: KeyOpt = None,
 ) -> None:
-    """Submit a job: a workspace (directory or files) and how to run it."""
+    """Submit a job: a workspace (directory or files) and how to run it. Prints the task ids."""
     task: dict[str, Any]
-    archive: bytes | None = None
+    workspace: Path | None = None
     if noop:
         task = {"kind": "noop", "priority": priority, "count": count}
     else:
@@ -293,88 +148,143 @@ def submit(
         task = {"kind": "job", "manifest": manifest, "priority": priority, "count": count}
         paths = paths or []
         if len(paths) == 1 and paths[0].is_dir():
-            archive = _pack_dir(paths[0])
+            workspace = paths[0]
         elif paths:
             task["files"] = {p.name: p.read_text() for p in paths}
 
-    async def main() -> None:
-        async with PhageClient(url, api_key(key)) as client:
-            if archive is not None:
-                t = await client.submit_archive(
-                    archive, task.pop("manifest"), **{k: v for k, v in task.items() if k != "kind"}
-                )
+    async def main() -> int:
+        async with connect(url, key) as client:
+            if workspace is not None:
+                with tempfile.TemporaryDirectory(prefix="phage-submit-") as tmp:
+                    archive = Path(tmp) / "workspace.tar.gz"
+                    _pack_dir(workspace, archive)
+                    with transfer_progress("upload", enabled=not as_json) as progress:
+                        extra = {k: v for k, v in task.items() if k not in ("kind", "manifest")}
+                        refs = await client.submit_archive(
+                            archive, task["manifest"], progress=progress, **extra
+                        )
             else:
-                t = await client.submit(task)
-            ids = [t["id"]] if "id" in t else [x["id"] for x in t["tasks"]]
-            for tid in ids:
-                console.print(tid)
-            if wait:
-                for tid in ids:
-                    while (cur := await client.get(tid))["state"] not in ("verified", "failed", "cancelled"):
-                        await asyncio.sleep(0.3)
-                    console.print(tasks_table([cur], title=tid))
+                refs = await client.submit_many([task])
+            ids = [r.id for r in refs]
+            if not as_json:
+                print(*ids, sep="\n", flush=True)
+            if not wait:
+                if as_json:
+                    emit_json([r.model_dump(mode="json") for r in refs])
+                return 0
+            final = await wait_for(client, ids, show=not as_json)
+            if as_json:
+                emit_json([t.model_dump(mode="json") for t in final])
+            else:
+                console.print(tasks_table(final, title="finished"))
+            return 0 if all(t.succeeded for t in final) else 1
 
-    run(main())
+    raise typer.Exit(_run(main()))
 
 
 @app.command()
 def status(
     task_id: Annotated[str | None, typer.Argument(help="Task id; omit for the pool summary.")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-    url: UrlOpt = "http://127.0.0.1:8080",
+    as_json: JsonOpt = False,
+    url: UrlOpt = DEFAULT_URL,
     key: KeyOpt = None,
 ) -> None:
     """Show a task (state, attempts, result) or the pool."""
 
     async def main() -> None:
-        async with PhageClient(url, api_key(key)) as client:
+        async with connect(url, key) as client:
             if task_id is None:
                 data = await client.status()
-                console.print_json(json.dumps(data)) if as_json else console.print(
+                if as_json:
+                    emit_json(data.model_dump(mode="json"))
+                    return
+                console.print(
                     Panel.fit(
-                        f"nodes online {data['nodes']['online']}/{data['nodes']['total']} · "
-                        f"slots busy {data['slots']['busy']}/{data['slots']['total']} · "
-                        f"queue {data['queue']['depth']} · tasks {data['tasks']}",
+                        f"nodes online {data.nodes.online}/{data.nodes.total} · "
+                        f"slots busy {data.slots.busy}/{data.slots.total} · "
+                        f"queue {data.queue.depth} · tasks {data.tasks}",
                         title="pool",
                     )
                 )
                 return
             t = await client.get(task_id)
             if as_json:
-                console.print_json(json.dumps(t))
+                emit_json(t.model_dump(mode="json"))
                 return
             console.print(tasks_table([t], title=task_id))
-            for a in t.get("attempts", []):
+            for a in t.attempts or []:
                 console.print(
-                    f"  attempt {a['id']} on {a['node_id'][:12]}… ",
-                    state_text(a["state"]),
-                    f" {a['error']}" if a["error"] else "",
+                    f"  attempt {a.id} on {a.node_id[:12]}… ",
+                    state_text(a.state),
+                    f" {a.error}" if a.error else "",
                 )
-            result = t.get("result") or {}
-            if result.get("stdout_tail"):
-                console.print(Panel(result["stdout_tail"][-2000:], title="stdout (tail)"))
-            if result.get("stderr_tail"):
-                console.print(Panel(result["stderr_tail"][-2000:], title="stderr (tail)"))
-            for o in result.get("outputs", []):
-                console.print(f"  output {o['path']} ({o['size']} bytes) → {url}{o['url']}")
+            result = t.result
+            if result is not None and result.stdout_tail:
+                console.print(Panel(result.stdout_tail[-2000:], title="stdout (tail)"))
+            if result is not None and result.stderr_tail:
+                console.print(Panel(result.stderr_tail[-2000:], title="stderr (tail)"))
+            for o in result.outputs if result else []:
+                console.print(f"  output {o.path} ({o.size} bytes) → {url}{o.url}")
 
-    run(main())
+    _run(main())
 
 
 @app.command()
 def tasks(
     state: Annotated[str | None, typer.Option(help="Only this state.")] = None,
+    kind: Annotated[str | None, typer.Option(help="Only this kind (job, generate, noop).")] = None,
     limit: Annotated[int, typer.Option(help="How many.")] = 20,
-    url: UrlOpt = "http://127.0.0.1:8080",
+    as_json: JsonOpt = False,
+    url: UrlOpt = DEFAULT_URL,
     key: KeyOpt = None,
 ) -> None:
-    """List recent tasks."""
+    """List recent tasks, newest first."""
 
     async def main() -> None:
-        async with PhageClient(url, api_key(key)) as client:
-            console.print(tasks_table((await client.list_tasks(state=state, limit=limit))["tasks"]))
+        async with connect(url, key) as client:
+            page = await client.list_tasks(state=state, kind=kind, limit=limit)
+        if as_json:
+            emit_json(page.model_dump(mode="json"))
+        else:
+            console.print(tasks_table(page.tasks))
 
-    run(main())
+    _run(main())
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str, option: str) -> float:
+    """``90``, ``30m``, ``12h``, ``7d`` → seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if m is None:
+        raise typer.BadParameter("give a duration such as 3600, 30m, 12h or 7d", param_hint=option)
+    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+@app.command()
+def gc(
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            help="Delete tasks finished longer ago than this (e.g. 7d; default: the coordinator's)."
+        ),
+    ] = None,
+    url: UrlOpt = DEFAULT_URL,
+    key: KeyOpt = None,
+) -> None:
+    """Delete finished tasks past retention, then every blob nothing refers to (admin)."""
+    retention = parse_duration(older_than, "--older-than") if older_than is not None else None
+
+    async def main() -> None:
+        async with connect(url, key) as client:
+            r = await client.gc(retention)
+            console.print(
+                f"{r['tasks_deleted']} finished tasks deleted; "
+                f"{r['blobs_deleted']} blobs deleted, {r['bytes_freed']} bytes freed"
+            )
+
+    _run(main())
 
 
 nodes_app = typer.Typer(help="List the pool's nodes, or act on one (admin).", no_args_is_help=False)
@@ -382,35 +292,44 @@ app.add_typer(nodes_app, name="nodes")
 
 
 @nodes_app.callback(invoke_without_command=True)
-def nodes(ctx: typer.Context, url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None) -> None:
+def nodes(
+    ctx: typer.Context, as_json: JsonOpt = False, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None
+) -> None:
     """List the pool's nodes (state, trust, quarantine, load)."""
     if ctx.invoked_subcommand is not None:
         return
 
     async def main() -> None:
-        async with PhageClient(url, api_key(key)) as client:
-            console.print(nodes_table(await client.nodes()))
+        async with connect(url, key) as client:
+            found = await client.nodes()
+        if as_json:
+            emit_json([n.model_dump(mode="json") for n in found])
+        else:
+            console.print(nodes_table(found))
 
-    run(main())
+    _run(main())
 
 
 def _node_action(node_id: str, url: str, key: str | None, action: str, **params: str) -> None:
     async def main() -> None:
-        async with PhageClient(url, api_key(key)) as client:
+        async with connect(url, key) as client:
             node = await client.node_action(node_id, action, **params)
-            console.print(
-                node.get("name", node_id),
-                state_text(node.get("state", "")),
-                "quarantined: " + node["quarantine_reason"] if node.get("quarantined") else "",
-                "draining" if node.get("draining") else "",
-                "" if node.get("trusted", True) else "untrusted",
-            )
+        if isinstance(node, TaskRef):
+            console.print(node.id, state_text(node.state))
+            return
+        console.print(
+            node.name or node_id,
+            state_text(node.state),
+            "quarantined: " + (node.quarantine_reason or "") if node.quarantined else "",
+            "draining" if node.draining else "",
+            "" if node.trusted else "untrusted",
+        )
 
-    run(main())
+    _run(main())
 
 
 @nodes_app.command("remove")
-def nodes_remove(node_id: str, url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None) -> None:
+def nodes_remove(node_id: str, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
     """Remove a node: its certificate is refused from now on and its work goes elsewhere."""
     _node_action(node_id, url, key, "remove")
 
@@ -419,7 +338,7 @@ def nodes_remove(node_id: str, url: UrlOpt = "http://127.0.0.1:8080", key: KeyOp
 def nodes_quarantine(
     node_id: str,
     reason: Annotated[str, typer.Option(help="Shown in the API and dashboard.")] = "quarantined by an admin",
-    url: UrlOpt = "http://127.0.0.1:8080",
+    url: UrlOpt = DEFAULT_URL,
     key: KeyOpt = None,
 ) -> None:
     """Quarantine a node: it gets no work until released."""
@@ -427,7 +346,7 @@ def nodes_quarantine(
 
 
 @nodes_app.command("release")
-def nodes_release(node_id: str, url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None) -> None:
+def nodes_release(node_id: str, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
     """Release a node from quarantine."""
     _node_action(node_id, url, key, "release")
 
@@ -437,7 +356,7 @@ def nodes_approve(
     node_id: str,
     untrusted: Annotated[bool, typer.Option(help="Admit it untrusted: its results are re-verified.")] = False,
     max_jobs: Annotated[int | None, typer.Option(help="Cap on its concurrent jobs.")] = None,
-    url: UrlOpt = "http://127.0.0.1:8080",
+    url: UrlOpt = DEFAULT_URL,
     key: KeyOpt = None,
 ) -> None:
     """Approve a pending node (approval mode): it starts taking work."""
@@ -448,7 +367,7 @@ def nodes_approve(
 
 
 @nodes_app.command("reject")
-def nodes_reject(node_id: str, url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None) -> None:
+def nodes_reject(node_id: str, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
     """Reject a node for good: it can never rejoin with this identity."""
     _node_action(node_id, url, key, "reject")
 
@@ -457,7 +376,7 @@ def nodes_reject(node_id: str, url: UrlOpt = "http://127.0.0.1:8080", key: KeyOp
 def nodes_drain(
     node_id: str,
     undo: Annotated[bool, typer.Option("--undo", help="Take work again (undrain).")] = False,
-    url: UrlOpt = "http://127.0.0.1:8080",
+    url: UrlOpt = DEFAULT_URL,
     key: KeyOpt = None,
 ) -> None:
     """Drain a node: it finishes what it holds and takes no more work."""
@@ -465,44 +384,50 @@ def nodes_drain(
 
 
 @app.command()
-def cancel(task_id: str, url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None) -> None:
+def cancel(task_id: str, as_json: JsonOpt = False, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
     """Cancel a task."""
 
     async def main() -> None:
-        async with PhageClient(url, api_key(key)) as client:
+        async with connect(url, key) as client:
             t = await client.cancel(task_id)
-            console.print(task_id, state_text(t["state"]))
+        if as_json:
+            emit_json(t.model_dump(mode="json"))
+        else:
+            console.print(task_id, state_text(t.state))
 
-    run(main())
+    _run(main())
 
 
 @app.command()
 def download(
     task_id: str,
     path: str,
-    dest: Annotated[Path | None, typer.Option("-O")] = None,
-    url: UrlOpt = "http://127.0.0.1:8080",
+    dest: Annotated[Path | None, typer.Option("-O", help="Where to write it (default: its name).")] = None,
+    url: UrlOpt = DEFAULT_URL,
     key: KeyOpt = None,
 ) -> None:
-    """Download one output file of a task."""
+    """Download one output file of a task (streamed to disk, checked against its SHA-256)."""
 
     async def main() -> None:
-        async with PhageClient(url, api_key(key)) as client:
-            data = await client.download(task_id, path)
-            target = dest or Path(Path(path).name)
-            target.write_bytes(data)
-            err_console.print(f"wrote {target} ({len(data)} bytes)")
+        target = dest or Path(Path(path).name)
+        async with connect(url, key) as client:
+            with transfer_progress(f"download {path}") as progress:
+                written = await client.download(task_id, path, target, progress=progress)
+        err_console.print(f"wrote {written} ({written.stat().st_size} bytes)")
 
-    run(main())
+    _run(main())
 
 
 @app.command()
-def watch(url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None) -> None:
+def watch(as_json: JsonOpt = False, url: UrlOpt = DEFAULT_URL, key: KeyOpt = None) -> None:
     """Follow the live feed: every task and node state change."""
 
     async def main() -> None:
-        async with PhageClient(url, api_key(key)) as client:
+        async with connect(url, key) as client:
             async for ev in client.feed():
+                if as_json:  # one JSON document per line, for scripts that follow the pool
+                    print(json.dumps(ev), flush=True)
+                    continue
                 kind = ev.get("type")
                 if kind in ("task", "node"):
                     extra = " ".join(
@@ -513,7 +438,7 @@ def watch(url: UrlOpt = "http://127.0.0.1:8080", key: KeyOpt = None) -> None:
                     console.print(f"[dim]{ev}[/]")
 
     with contextlib.suppress(KeyboardInterrupt):
-        run(main())
+        _run(main())
 
 
 @app.command()
@@ -532,7 +457,10 @@ def demo(
     raise typer.Exit(code)
 
 
+register_roles(app)
+register_ops(app)
 register_ai_verbs(app)
+register_sharded_verbs(app)
 register_train_verbs(app)
 
 

@@ -9,8 +9,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from phage.client.cli_common import KeyOpt, UrlOpt, api_key, console, run
-from phage.client.sdk import PhageClient
+from phage.client.cli_common import JsonOpt, KeyOpt, UrlOpt, connect, console, emit_json, run
 
 
 def progress_table(net: dict[str, Any]) -> Table:
@@ -54,6 +53,13 @@ def register(app: typer.Typer) -> None:
         check_rate: Annotated[
             float, typer.Option("--check-rate", help="Share of untrusted nodes' steps recomputed elsewhere.")
         ] = 0.05,
+        holdout_bound: Annotated[
+            float,
+            typer.Option(
+                "--holdout-bound",
+                help="How far an untrusted node's checkpoint may raise its VNode's held-out loss.",
+            ),
+        ] = 0.5,
         wait: Annotated[
             bool, typer.Option("--wait/--no-wait", help="Show live progress until it ends.")
         ] = True,
@@ -63,7 +69,7 @@ def register(app: typer.Typer) -> None:
         """Train a network across the pool's nodes, each VNode on its own local loss."""
 
         async def main() -> int:
-            async with PhageClient(url, api_key(key), timeout=600) as client:
+            async with connect(url, key, timeout=600) as client:
                 digest = await client.upload_dataset(data.read_bytes())
                 net = await client.train(
                     spec.read_text(),
@@ -73,6 +79,7 @@ def register(app: typer.Typer) -> None:
                     seed=seed,
                     checkpoint_every=checkpoint_every,
                     check_rate=check_rate,
+                    holdout_bound=holdout_bound,
                 )
                 if not wait:
                     console.print(net["id"])
@@ -93,18 +100,27 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def networks(
         network_id: Annotated[str | None, typer.Argument(help="One network's VNodes and progress.")] = None,
+        as_json: JsonOpt = False,
         url: UrlOpt = "http://127.0.0.1:8080",
         key: KeyOpt = None,
     ) -> None:
         """Training jobs, or one of them in detail."""
 
         async def main() -> None:
-            async with PhageClient(url, api_key(key)) as client:
+            async with connect(url, key) as client:
                 if network_id:
-                    console.print(progress_table(await client.network(network_id)))
+                    net = await client.network(network_id)
+                    if as_json:
+                        emit_json(net)
+                    else:
+                        console.print(progress_table(net))
+                    return
+                nets = await client.networks()
+                if as_json:
+                    emit_json(nets)
                     return
                 table = Table("id", "name", "state", "test accuracy")
-                for n in await client.networks():
+                for n in nets:
                     acc = (n.get("result") or {}).get("accuracy")
                     table.add_row(n["id"], n["name"], n["state"], "–" if acc is None else f"{acc:.4f}")
                 console.print(table)

@@ -21,6 +21,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
 
+from phage.api.models import Task
 from phage.client.render import tasks_table
 from phage.client.sdk import PhageClient
 from phage.errors import PhageError
@@ -136,7 +137,7 @@ def generate_task() -> dict[str, Any]:
 
 
 def pick_sandbox() -> tuple[str, str]:
-    """(backend, note): the strongest real sandbox here, or ``none`` with the reason."""
+    """(backend, note): the default real sandbox here (bwrap, else gVisor), or ``none`` with the reason."""
     from phage.errors import SandboxError
     from phage.sandbox import make_sandbox
 
@@ -163,34 +164,35 @@ async def _spawn_node(
     argv = [
         sys.executable, "-m", "phage.client.cli", "node",
         "--coordinator", info.grpc_address, "--enroll", info.enroll_address,
-        "--token", info.join_token, "--ca-fingerprint", info.ca_fingerprint,
+        "--ca-fingerprint", info.ca_fingerprint,
         "--key-dir", str(root / f"node-{i}"), "--name", f"demo-node-{i}",
         "--sandbox", sandbox, "--concurrency", "2", "--heartbeat", str(heartbeat),
     ]  # fmt: skip
     if model is not None:
         argv += ["--engine", "transformers", "--model", str(model)]
     log = (root / f"node-{i}.log").open("wb")
-    return await asyncio.create_subprocess_exec(*argv, stdout=log, stderr=log, start_new_session=True)
+    env = {**os.environ, "PHAGE_JOIN_TOKEN": info.join_token}  # never in argv
+    return await asyncio.create_subprocess_exec(
+        *argv, stdout=log, stderr=log, start_new_session=True, env=env
+    )
 
 
-def _describe(t: dict[str, Any], title: str, base_url: str) -> str:
-    result = t.get("result") or {}
-    lines = [f"[bold]{title}[/] · {t['state']}"]
-    if t["kind"] == "generate":
-        for a in t.get("attempts", []):
-            mark = "★ kept" if a["id"] == result.get("attempt_id") else ""
-            verdict = "pass" if a.get("passed") else "fail"
-            lines.append(
-                f"  attempt on {a['node_id'][:10]}…  {a.get('completion_tokens')} tokens  {verdict}  {mark}"
-            )
-        if result:
-            lines.append(f"  output: {result.get('output_text', '')!r}")
-    else:
-        lines[0] += f" · exit {result.get('exit_code')}"
-        if result.get("stdout_tail"):
-            lines.append("  " + result["stdout_tail"].strip()[-300:])
-    for o in result.get("outputs", []):
-        lines.append(f"  ↳ {o['path']} ({o['size']} bytes)  {base_url}{o['url']}")
+def _describe(t: Task, title: str, base_url: str) -> str:
+    result = t.result
+    lines = [f"[bold]{title}[/] · {t.state}"]
+    if t.kind == "generate":
+        for a in t.attempts or []:
+            mark = "★ kept" if result is not None and a.id == result.attempt_id else ""
+            verdict = "pass" if a.passed else "fail"
+            lines.append(f"  attempt on {a.node_id[:10]}…  {a.completion_tokens} tokens  {verdict}  {mark}")
+        if result is not None:
+            lines.append(f"  output: {result.output_text or ''!r}")
+    elif result is not None:
+        lines[0] += f" · exit {result.exit_code}"
+        if result.stdout_tail:
+            lines.append("  " + result.stdout_tail.strip()[-300:])
+    for o in result.outputs if result else []:
+        lines.append(f"  ↳ {o.path} ({o.size} bytes)  {base_url}{o.url}")
     return "\n".join(lines)
 
 
@@ -269,7 +271,7 @@ async def run_demo(console: Console, *, nodes: int = 2, keep: bool = False, http
         async with PhageClient(info.http_url, info.admin_key) as client:
             with console.status(f"waiting for {nodes} nodes to join…"):
                 deadline = time.monotonic() + 90
-                while len([n for n in await client.nodes() if n["state"] == "online"]) < nodes:
+                while len([n for n in await client.nodes() if n.state == "online"]) < nodes:
                     if time.monotonic() > deadline:
                         console.print("[red]nodes did not join; see their logs in[/]", root)
                         return 1
@@ -281,35 +283,35 @@ async def run_demo(console: Console, *, nodes: int = 2, keep: bool = False, http
             ids: list[tuple[str, str]] = []
             for title, task in work:
                 made = await client.submit_many([task])
-                ids.extend((title, t["id"]) for t in made)
+                ids.extend((title, t.id) for t in made)
             start = time.monotonic()
-            final: list[dict[str, Any]] = []
+            final: list[Task] = []
             with Live(console=console, refresh_per_second=8) as live:
                 while True:
                     final = [await client.get(tid) for _, tid in ids]
-                    shown = [t for t in final if t["kind"] != "noop"]
-                    noops = [t for t in final if t["kind"] == "noop"]
-                    done_noop = sum(t["state"] == "verified" for t in noops)
+                    shown = [t for t in final if t.kind != "noop"]
+                    noops = [t for t in final if t.kind == "noop"]
+                    done_noop = sum(t.succeeded for t in noops)
                     live.update(
                         Group(
                             tasks_table(shown, title=f"tasks · {time.monotonic() - start:.1f}s"),
                             f"no-op tasks verified: {done_noop}/{len(noops)}",
                         )
                     )
-                    if all(t["state"] in ("verified", "failed", "cancelled") for t in final):
+                    if all(t.final for t in final):
                         break
                     await asyncio.sleep(0.2)
             titles = {tid: title for title, tid in ids}
             for t in final:
-                if t["kind"] != "noop":
-                    console.print(_describe(t, titles[t["id"]], info.http_url))
-            ok = all(t["state"] == "verified" for t in final if t["kind"] != "generate")
-            verified = sum(t["state"] == "verified" for t in final)
+                if t.kind != "noop":
+                    console.print(_describe(t, titles[t.id], info.http_url))
+            ok = all(t.succeeded for t in final if t.kind != "generate")
+            verified = sum(t.succeeded for t in final)
             console.print(
                 f"\n[bold {'green' if ok else 'red'}]{verified}/{len(final)} tasks verified[/] "
                 f"in {time.monotonic() - start:.1f}s"
             )
-            if any(t["kind"] == "generate" and t["state"] != "verified" for t in final):
+            if any(t.kind == "generate" and not t.succeeded for t in final):
                 console.print(
                     "[yellow]the tiny model writes random text: this time no attempt passed its "
                     "verifier, which phage reports as a failed task with every attempt kept[/]"

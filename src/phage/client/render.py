@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from rich.table import Table
 from rich.text import Text
+
+from phage.api.models import Node, Task
 
 STATE_STYLE = {
     "submitted": "white",
@@ -48,25 +51,25 @@ def ago(ts: float | None) -> str:
     return f"{d:.1f}s ago" if d < 120 else f"{d / 60:.0f}m ago"
 
 
-def tasks_table(tasks: list[dict[str, Any]], title: str = "tasks") -> Table:
+def tasks_table(tasks: Sequence[Task], title: str = "tasks") -> Table:
     """One row per task."""
     table = Table(title=title, expand=False)
     for col in ("id", "kind", "state", "attempts", "node", "exit", "outputs", "age"):
         table.add_column(col)
     for t in tasks:
-        result = t.get("result") or {}
-        attempts = t.get("attempts") or []
-        node = attempts[-1]["node_id"][:10] if attempts else ""
-        outputs = ", ".join(o["path"] for o in result.get("outputs", []))
+        result = t.result
+        node = t.attempts[-1].node_id[:10] if t.attempts else ""
+        outputs = ", ".join(o.path for o in result.outputs) if result else ""
+        exit_code = result.exit_code if result else None
         table.add_row(
-            t["id"],
-            t["kind"],
-            state_text(t["state"]),
-            f"{t['attempts_made']}/{t['max_attempts']}",
+            t.id,
+            t.kind,
+            state_text(t.state),
+            f"{t.attempts_made}/{t.max_attempts}",
             node,
-            str(result.get("exit_code", "")),
+            "" if exit_code is None else str(exit_code),
             outputs[:40],
-            ago(t.get("created_at")),
+            ago(t.created_at),
         )
     return table
 
@@ -90,7 +93,7 @@ def record_text(reputation: dict[str, Any]) -> Text:
     return out + Text(f" · run {int(reputation.get('streak', 0) or 0)}", style="dim")
 
 
-def nodes_table(nodes: list[dict[str, Any]]) -> Table:
+def nodes_table(nodes: Sequence[Node]) -> Table:
     """One row per node."""
     table = Table(title="nodes")
     for col in (
@@ -109,24 +112,24 @@ def nodes_table(nodes: list[dict[str, Any]]) -> Table:
     ):
         table.add_column(col)
     for n in nodes:
-        gpus = ", ".join(g.get("model", "") for g in n.get("gpus", [])) or "-"
+        gpus = ", ".join(str(g.get("model", "")) for g in n.gpus) or "-"
         trust = (
-            Text("quarantined: " + n.get("quarantine_reason", ""), style="bold red")
-            if n.get("quarantined")
-            else Text("trusted" if n.get("trusted", True) else "untrusted")
+            Text("quarantined: " + (n.quarantine_reason or ""), style="bold red")
+            if n.quarantined
+            else Text("trusted" if n.trusted else "untrusted")
         )
         table.add_row(
-            n["name"],
-            n["id"][:12] + "…",
-            state_text(n["state"]) + (Text(" draining", style="yellow") if n.get("draining") else ""),
+            n.name,
+            n.id[:12] + "…",
+            state_text(n.state) + (Text(" draining", style="yellow") if n.draining else ""),
             trust,
-            record_text(n.get("reputation") or {}),
-            ",".join(n.get("sandboxes", [])),
-            n.get("loaded_model") or "-",
-            f"{n['active_tasks']}/{n.get('max_concurrent_jobs', n['max_concurrency'])}",
-            str(n.get("cpu_count", "")),
-            human_bytes(n.get("memory_total_bytes", 0)),
+            record_text(n.reputation),
+            ",".join(n.sandboxes),
+            n.loaded_model or "-",
+            f"{n.active_tasks}/{n.max_concurrent_jobs or n.max_concurrency}",
+            str(n.cpu_count),
+            human_bytes(n.memory_total_bytes),
             gpus,
-            ago(n.get("last_heartbeat")),
+            ago(n.last_heartbeat),
         )
     return table

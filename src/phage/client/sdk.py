@@ -1,28 +1,43 @@
-"""A small async SDK over the coordinator's HTTP API (httpx + websockets)."""
+"""The async SDK over the coordinator's HTTP API (httpx + websockets); answers are typed models.
+
+``async with PhageClient(url, key) as c: task = await c.wait((await c.submit({...})).id)``.
+The blocking twin is :class:`phage.client.sync.Client`; both send the calls of :mod:`._calls`.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+import ssl
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
-from phage.errors import PhageError
+from phage.api.models import (
+    ApiKey,
+    KeyUsage,
+    NewApiKey,
+    Node,
+    PoolStatus,
+    Task,
+    TaskPage,
+    TaskRef,
+    WorkloadApproval,
+    WorkloadDigest,
+    WorkloadList,
+)
+from phage.client import _calls as api
+from phage.client._calls import Call, DownloadSink, PhageClientError, Progress, ProgressReader
 
+R = TypeVar("R")
 
-class PhageClientError(PhageError):
-    """The coordinator answered with an error."""
-
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
-        super().__init__(str(body.get("message", body)), field=body.get("field"))
-        self.status = status
-        self.body = body
+__all__ = ["PhageClient", "PhageClientError"]
 
 
 class PhageClient:
-    """``async with PhageClient(url, key) as c: await c.submit({...})``."""
+    """Async client: ``async with PhageClient(url, key) as c: await c.submit({...})``."""
 
     def __init__(
         self,
@@ -30,16 +45,15 @@ class PhageClient:
         api_key: str,
         *,
         timeout: float | None = 30.0,
+        verify: ssl.SSLContext | bool = True,
+        ca_fingerprint: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.api_key = api_key
-        self._http = httpx.AsyncClient(
-            base_url=self.url,
-            headers={"Authorization": f"Bearer {api_key}"},
-            timeout=timeout,
-            transport=transport,
-        )
+        options = api.http_options(url, api_key, timeout, verify, ca_fingerprint)
+        self._verify: ssl.SSLContext | bool = options["verify"]
+        self._http = httpx.AsyncClient(**options, transport=transport)
 
     async def __aenter__(self) -> PhageClient:
         return self
@@ -51,83 +65,110 @@ class PhageClient:
         """Close the connection pool."""
         await self._http.aclose()
 
-    async def _json(self, response: httpx.Response) -> Any:
-        if response.status_code >= 400:
-            try:
-                body = response.json()
-            except ValueError:
-                body = {"message": response.text}
-            if isinstance(body.get("error"), dict):  # OpenAI's error shape, from /v1
-                body = {"message": body["error"].get("message", ""), "field": body["error"].get("param")}
-            raise PhageClientError(response.status_code, body)
-        return response.json()
+    async def call(self, call: Call[R]) -> R:
+        """Send one call and parse its answer."""
+        response = await self._http.send(call.request(self._http))
+        api.raise_for_error(response)
+        return call.parse(response.json())
 
-    async def submit(self, task: dict[str, Any]) -> dict[str, Any]:
+    # ---- tasks -------------------------------------------------------------
+
+    async def submit(self, task: dict[str, Any]) -> Task:
         """Submit one task (JSON)."""
-        return dict(await self._json(await self._http.post("/api/tasks", json=task)))
+        return await self.call(api.submit(task))
 
-    async def submit_many(self, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def submit_many(self, tasks: list[dict[str, Any]]) -> list[TaskRef]:
         """Submit several tasks in one request (one transaction)."""
-        body = await self._json(await self._http.post("/api/tasks", json={"tasks": tasks}))
-        return list(body["tasks"]) if "tasks" in body else [body]
+        return await self.call(api.submit_many(tasks))
 
-    async def submit_archive(self, archive: bytes, manifest: dict[str, Any], **task: Any) -> dict[str, Any]:
-        """Submit a job whose workspace is a ``.tar.gz``."""
-        spec = {"kind": "job", "manifest": manifest, **task}
-        files = {"workspace": ("workspace.tar.gz", archive, "application/gzip")}
-        resp = await self._http.post("/api/tasks", data={"task": json.dumps(spec)}, files=files)
-        return dict(await self._json(resp))
+    async def submit_archive(
+        self, archive: Path, manifest: dict[str, Any], *, progress: Progress | None = None, **task: Any
+    ) -> list[TaskRef]:
+        """Submit a job (``count=N`` for N copies) whose workspace is a ``.tar.gz`` file, streamed."""
+        with archive.open("rb") as raw:
+            return await self.call(api.submit_archive(ProgressReader(raw, progress), manifest, task))  # type: ignore[arg-type]
 
-    async def get(self, task_id: str) -> dict[str, Any]:
+    async def get(self, task_id: str) -> Task:
         """A task with attempts and result."""
-        return dict(await self._json(await self._http.get(f"/api/tasks/{task_id}")))
+        return await self.call(api.get(task_id))
 
-    async def list_tasks(self, **params: Any) -> dict[str, Any]:
-        """Tasks, newest first (filters: state, kind, limit, before)."""
-        clean = {k: v for k, v in params.items() if v is not None}
-        return dict(await self._json(await self._http.get("/api/tasks", params=clean)))
+    async def list_tasks(
+        self,
+        *,
+        state: str | None = None,
+        kind: str | None = None,
+        limit: int = 50,
+        before: float | None = None,
+    ) -> TaskPage:
+        """Tasks, newest first."""
+        return await self.call(api.list_tasks(state, kind, limit, before))
 
-    async def cancel(self, task_id: str) -> dict[str, Any]:
+    async def gc(self, retention_s: float | None = None) -> dict[str, Any]:
+        """Sweep now (admin): finished tasks past retention, then unreferenced blobs."""
+        params = {} if retention_s is None else {"retention_s": retention_s}
+        return dict(await self._json(await self._http.post("/api/gc", params=params)))
+
+    async def cancel(self, task_id: str) -> Task:
         """Cancel a task."""
-        return dict(await self._json(await self._http.delete(f"/api/tasks/{task_id}")))
+        return await self.call(api.cancel(task_id))
 
-    async def download(self, task_id: str, path: str, dest: Path | None = None) -> bytes:
-        """An output file's bytes (also written to ``dest`` if given)."""
-        resp = await self._http.get(f"/api/tasks/{task_id}/outputs/{path}")
-        if resp.status_code >= 400:
-            await self._json(resp)
-        if dest is not None:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(resp.content)
-        return resp.content
+    async def wait(
+        self, task_id: str, *, poll_s: float = 0.5, on_change: Callable[[Task], None] | None = None
+    ) -> Task:
+        """Poll until the task is final (bound it with ``asyncio.timeout``)."""
+        last = ""
+        while True:
+            task = await self.get(task_id)
+            if on_change is not None and task.state != last:
+                on_change(task)
+            last = task.state
+            if task.final:
+                return task
+            await asyncio.sleep(poll_s)
 
-    async def status(self) -> dict[str, Any]:
+    async def download(
+        self, task_id: str, path: str, dest: Path, *, progress: Progress | None = None
+    ) -> Path:
+        """Stream one output file to ``dest`` (checked against its SHA-256; never held in memory)."""
+        async with self._http.stream("GET", api.output_path(task_id, path)) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                api.raise_for_error(response)
+            sink = DownloadSink(dest, response, progress)
+            try:
+                async for chunk in response.aiter_bytes(1 << 16):
+                    sink.write(chunk)
+            except BaseException:
+                sink.abort()
+                raise
+        return sink.finish()
+
+    # ---- pool --------------------------------------------------------------
+
+    async def status(self) -> PoolStatus:
         """Pool summary."""
-        return dict(await self._json(await self._http.get("/api/status")))
+        return await self.call(api.status())
 
-    async def nodes(self) -> list[dict[str, Any]]:
+    async def nodes(self) -> list[Node]:
         """Every node."""
-        return list((await self._json(await self._http.get("/api/nodes")))["nodes"])
+        return await self.call(api.nodes())
 
-    async def remove_node(self, node_id: str) -> dict[str, Any]:
-        """Remove a node (admin)."""
-        return dict(await self._json(await self._http.delete(f"/api/nodes/{node_id}")))
-
-    async def node_action(self, node_id: str, action: str, **params: str) -> dict[str, Any]:
+    async def node_action(self, node_id: str, action: str, **params: str) -> Node | TaskRef:
         """An admin action on a node: ``remove``, ``quarantine`` (reason=…), ``release``,
         ``approve`` (trusted=…, max_concurrent_jobs=…), ``reject``, ``drain``, ``undrain``."""
-        if action == "remove":
-            return await self.remove_node(node_id)
-        resp = await self._http.post(f"/api/nodes/{node_id}/{action}", params=params)
-        return dict(await self._json(resp))
+        return await self.call(api.node_action(node_id, action, params))
 
     async def feed(self) -> AsyncIterator[dict[str, Any]]:
         """Live events from ``WS /api/feed``."""
         import websockets
 
         ws_url = self.url.replace("http://", "ws://").replace("https://", "wss://") + "/api/feed"
+        context = self._verify if isinstance(self._verify, ssl.SSLContext) else None
         async with websockets.connect(
-            ws_url, additional_headers={"Authorization": f"Bearer {self.api_key}"}, max_size=2**22
+            ws_url,
+            additional_headers={"Authorization": f"Bearer {self.api_key}"},
+            max_size=2**22,
+            ssl=context,
         ) as ws:
             async for message in ws:
                 yield json.loads(message)
@@ -136,34 +177,98 @@ class PhageClient:
 
     async def create_key(
         self, name: str, role: str = "user", credit_limit_tokens: int | None = None
-    ) -> dict[str, Any]:
+    ) -> NewApiKey:
         """A new API key (admin); the answer holds its secret, shown once."""
-        body: dict[str, Any] = {"name": name, "role": role, "credit_limit_tokens": credit_limit_tokens}
-        return dict(await self._json(await self._http.post("/api/keys", json=body)))
+        return await self.call(api.create_key(name, role, credit_limit_tokens))
 
-    async def list_keys(self) -> list[dict[str, Any]]:
+    async def list_keys(self) -> list[ApiKey]:
         """Every key (admin), without secrets."""
-        return list((await self._json(await self._http.get("/api/keys")))["keys"])
+        return await self.call(api.list_keys())
 
     async def revoke_key(self, key_id: str) -> dict[str, Any]:
         """Revoke a key (admin)."""
-        return dict(await self._json(await self._http.delete(f"/api/keys/{key_id}")))
+        return await self.call(api.revoke_key(key_id))
 
     async def set_key_limit(self, key_id: str, credit_limit_tokens: int | None) -> dict[str, Any]:
         """Set (or lift, with None) a key's credit limit in tokens (admin)."""
-        body = {"credit_limit_tokens": credit_limit_tokens}
+        return await self.call(api.set_key_limit(key_id, credit_limit_tokens))
+
+    async def top_up_key(self, key_id: str, tokens: int) -> dict[str, Any]:
+        """Add tokens to a key's credit balance (admin)."""
+        body = {"tokens": tokens}
+        return dict(await self._json(await self._http.post(f"/api/keys/{key_id}/topup", json=body)))
+
+    async def set_key_rates(
+        self,
+        key_id: str,
+        requests_per_minute: int | None,
+        tokens_per_minute: int | None,
+        max_concurrent: int | None,
+    ) -> dict[str, Any]:
+        """Set a key's own rate limits (None: the coordinator's default) (admin)."""
+        body = {
+            "requests_per_minute": requests_per_minute,
+            "tokens_per_minute": tokens_per_minute,
+            "max_concurrent": max_concurrent,
+        }
         return dict(await self._json(await self._http.post(f"/api/keys/{key_id}", json=body)))
 
-    async def usage(self, key_id: str | None = None) -> list[dict[str, Any]]:
+    async def usage_requests(self, key_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """The per-request usage log, newest first."""
+        params: dict[str, Any] = {"limit": limit, **({"key_id": key_id} if key_id else {})}
+        return list(
+            (await self._json(await self._http.get("/api/usage/requests", params=params)))["requests"]
+        )
+
+    async def node_accounts(self) -> list[dict[str, Any]]:
+        """Tokens each node served (its owner's account) (admin)."""
+        return list((await self._json(await self._http.get("/api/usage/nodes")))["nodes"])
+
+    async def usage(self, key_id: str | None = None) -> list[KeyUsage]:
         """Token usage per key, by model and by node."""
-        params = {"key_id": key_id} if key_id else {}
-        return list((await self._json(await self._http.get("/api/usage", params=params)))["keys"])
+        return await self.call(api.usage(key_id))
+
+    # ---- approved workloads ------------------------------------------------
+
+    async def list_workloads(self) -> WorkloadList:
+        """Approved workloads, and whether the pool runs only those."""
+        return await self.call(api.list_workloads())
+
+    async def approve_workload(self, digest: str, name: str = "") -> WorkloadApproval:
+        """Approve a workload by its digest (admin)."""
+        return await self.call(api.approve_workload(digest, name))
+
+    async def revoke_workload(self, digest: str) -> dict[str, Any]:
+        """Withdraw an approval (admin)."""
+        return await self.call(api.revoke_workload(digest))
+
+    async def workload_digest(self, task: dict[str, Any]) -> WorkloadDigest:
+        """The digest a task would have, without submitting it."""
+        return await self.call(api.workload_digest(task))
+
+    # ---- sharded models ------------------------------------------------------
+
+    async def declare_sharded_model(self, **model: Any) -> dict[str, Any]:
+        """Declare a model served in block ranges (admin): name, checkpoint, num_blocks, bytes_per_block…"""
+        return dict(await self._json(await self._http.post("/api/models/sharded", json=model)))
+
+    async def sharded_models(self) -> list[dict[str, Any]]:
+        """Every sharded model with its coverage."""
+        return list((await self._json(await self._http.get("/api/models/sharded")))["models"])
+
+    async def coverage(self, name: str) -> dict[str, Any]:
+        """Who holds each block of ``name`` now."""
+        return dict(await self._json(await self._http.get(f"/api/models/{name}/coverage")))
+
+    async def delete_sharded_model(self, name: str) -> dict[str, Any]:
+        """Stop serving a sharded model (admin)."""
+        return dict(await self._json(await self._http.delete(f"/api/models/sharded/{name}")))
 
     # ---- chat --------------------------------------------------------------
 
     async def models(self) -> list[str]:
         """Models live nodes serve."""
-        return [m["id"] for m in (await self._json(await self._http.get("/v1/models")))["data"]]
+        return await self.call(api.models())
 
     async def chat_stream(
         self, model: str, messages: list[dict[str, str]], **params: Any
@@ -173,7 +278,7 @@ class PhageClient:
         async with self._http.stream("POST", "/v1/chat/completions", json=body, timeout=None) as resp:
             if resp.status_code >= 400:
                 await resp.aread()
-                await self._json(resp)
+                api.raise_for_error(resp)
             async for line in resp.aiter_lines():
                 if not line.startswith("data: "):
                     continue
@@ -184,6 +289,10 @@ class PhageClient:
                 if isinstance(chunk.get("error"), dict):
                     raise PhageClientError(503, {"message": chunk["error"].get("message", "chat failed")})
                 yield chunk
+
+    async def _json(self, response: httpx.Response) -> Any:
+        api.raise_for_error(response)
+        return response.json()
 
     # ---- composable networks ---------------------------------------------------------
 

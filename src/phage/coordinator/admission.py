@@ -6,13 +6,13 @@ Four modes (``--admission``, ``PHAGE_ADMISSION``):
 mode       who gets in                                            trust of a new node
 =========  =====================================================  =========================
 token      anyone with the join token (the default)               trusted
-allowlist  node ids listed in seed 002's ``workers.json``         trusted
+allowlist  node ids listed in sandrun's ``workers.json``         trusted
 approval   anyone with the join token, ``pending`` until an       as the admin decides
-           admin approves (seed 004)
+           admin approves
 open       anyone, no token                                       untrusted
 =========  =====================================================  =========================
 
-Why allowlist mode needs no join token: seed 002's workers are admitted by their Ed25519 key
+Why allowlist mode needs no join token: sandrun's workers are admitted by their Ed25519 key
 alone, and Register already proves the node holds that key (it signs its CSR with it), so a
 token would add a second secret to distribute without keeping anyone else out. A token the
 node sends anyway is ignored.
@@ -44,6 +44,7 @@ from phage.coordinator.feed import EventBus
 from phage.coordinator.ledger import TaskLedger
 from phage.coordinator.pool import LiveNode, LivePool
 from phage.domain import Node, NodeState
+from phage.domain.models import MAX_HELD_ASSIGNMENTS
 from phage.errors import Conflict, InvalidInput, NotFound, PermissionDenied, Unauthenticated
 from phage.store import SqlStore
 
@@ -64,12 +65,12 @@ class AdmissionMode(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class WorkerEntry:
-    """One allowlisted worker, as seed 002's ``workers.json`` lists it."""
+    """One allowlisted worker, as sandrun's ``workers.json`` lists it."""
 
     worker_id: str
     """Base64 of the raw Ed25519 public key: phage's node id."""
     endpoint: str = ""
-    """Seed 002's worker URL; phage nodes dial out, so it is only shown (``/pool``)."""
+    """sandrun's worker URL; phage nodes dial out, so it is only shown (``/pool``)."""
     max_concurrent_jobs: int | None = None
     """Caps the node's concurrent assignments; None: the node's own ``--concurrency``."""
 
@@ -84,7 +85,7 @@ def check_max_jobs(value: Any, field: str) -> int | None:
 
 
 def parse_workers(data: Any) -> dict[str, WorkerEntry]:
-    """Seed 002's ``workers.json`` (a list of ``{worker_id, endpoint?, max_concurrent_jobs?}``), checked."""
+    """sandrun's ``workers.json`` (a list of ``{worker_id, endpoint?, max_concurrent_jobs?}``), checked."""
     if not isinstance(data, list):
         raise InvalidInput("workers file must be a JSON list of workers", field="workers")
     out: dict[str, WorkerEntry] = {}
@@ -269,8 +270,12 @@ class Admission:
         """How many more assignments this node may be handed now (0: none).
 
         A draining node takes nothing new. A capped node (workers file or admin) never holds
-        more than its cap; otherwise the node may hold up to twice its concurrency, since results
-        it is still reporting hold no slot on its side.
+        more than its cap. A trusted node decides (its slots, plus as many short tasks queued
+        beside them as it expects to finish soon: ``phage.node.window``), up to
+        ``MAX_HELD_ASSIGNMENTS`` or twice its concurrency, whichever is more. An untrusted node
+        holds at most twice its concurrency: whether its work needs a second copy is decided as
+        it is claimed, from the node's record so far, and a node that took a pool's whole queue
+        at once would have every task copied before its first result could earn it any trust.
         """
         node = live.node
         if node.draining or node.state is not NodeState.ONLINE:
@@ -278,7 +283,10 @@ class Admission:
         held = len(live.attempts)
         if node.max_jobs is not None:
             return max(0, min(max_tasks, node.max_jobs - held))
-        return min(max_tasks, max(0, 2 * node.max_concurrency - held))
+        cap = 2 * node.max_concurrency
+        if node.trusted:
+            cap = max(cap, MAX_HELD_ASSIGNMENTS)
+        return min(max_tasks, max(0, cap - held))
 
     # ---- admin -------------------------------------------------------------
 

@@ -14,14 +14,17 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from phage.errors import ProtocolError, Unavailable
+from phage.errors import InvalidInput, ProtocolError, Unavailable
 from phage.protocol.v1 import phage_pb2 as pb
 
 BUFFER_CHUNKS = 32
+RTT_WEIGHT = 0.2
+"""Weight of the newest round-trip sample in a node's moving average."""
 """Chunks buffered per request between the node's stream and the HTTP client."""
 
 
@@ -42,6 +45,10 @@ class ChatCall:
     """The node sent its final chunk (or its error): nothing to cancel there."""
     handler: asyncio.Task[Any] | None = None
     """The ChatStream handler feeding this call; cancelled to end the node's call."""
+    taken: int = 0
+    """Chunks with text taken off the buffer (what metering counts as delivered tokens)."""
+    sent_at: float | None = None
+    """When the order went out, for a round-trip measurement (None: do not measure this call)."""
 
     def fail(self, message: str) -> None:
         """End the call with an error the HTTP side reports (or retries on)."""
@@ -67,7 +74,10 @@ class ChatCall:
             texts: list[str] = []
             while isinstance(item, pb.ChatChunk) and not item.error and not item.finish_reason:
                 texts.append(item.text)
+                self.taken += bool(item.text)
                 item = self.chunks.get_nowait() if not self.chunks.empty() else None
+            if isinstance(item, pb.ChatChunk) and item.finish_reason and not item.error:
+                self.taken += bool(item.text)
             if texts:
                 if isinstance(item, pb.ChatChunk) and item.finish_reason and not item.error:
                     final = pb.ChatChunk()
@@ -81,6 +91,8 @@ class ChatCall:
             if isinstance(item, Unavailable):
                 raise item
             if item.error:
+                if item.error_code == InvalidInput.grpc_code:  # the request itself: no node would serve it
+                    raise InvalidInput(item.error, field="messages")
                 raise Unavailable(f"node {self.node_id[:12]}… could not serve the chat: {item.error}")
             yield item
             if item.finish_reason:
@@ -95,6 +107,12 @@ class ChatRouter:
         self.calls: dict[str, ChatCall] = {}
         self._ids = itertools.count(1)
         self._prefix = f"chat-{random.getrandbits(32):08x}-"
+        self.rtt: dict[str, float] = {}
+        """Per node: a moving average of the time from sending an order to the node's stream opening."""
+
+    def _measured(self, node_id: str, seconds: float) -> None:
+        old = self.rtt.get(node_id)
+        self.rtt[node_id] = seconds if old is None else old + RTT_WEIGHT * (seconds - old)
 
     # ---- node side ---------------------------------------------------------
 
@@ -125,6 +143,8 @@ class ChatRouter:
         if call.node_id != node_id:
             raise ProtocolError("chat stream for a request assigned to another node")
         call.opened.set()
+        if call.sent_at is not None:
+            self._measured(node_id, time.monotonic() - call.sent_at)
         call.handler = asyncio.current_task()
         try:
             async for chunk in chunks:
@@ -157,12 +177,17 @@ class ChatRouter:
         return sum(1 for c in self.calls.values() if c.node_id == node_id and not c.finished)
 
     def pick(self, candidates: Iterable[str], exclude: set[str]) -> str:
-        """The subscribed candidate with the fewest chats in flight (random among equals)."""
+        """The subscribed candidate with the fewest chats in flight; among equals, the nearest.
+
+        Nearest is the lowest measured round trip (local-first: a node on the
+        coordinator's LAN answers before one across the world); a node not measured yet
+        counts as nearest, so every node gets measured. Ties left are broken at random.
+        """
         ready = [n for n in candidates if n in self._outboxes and n not in exclude]
         if not ready:
             raise Unavailable("no live node can take this chat now", field="model")
         random.shuffle(ready)
-        return min(ready, key=self.active_on)
+        return min(ready, key=lambda n: (self.active_on(n), round(self.rtt.get(n, 0.0), 3)))
 
     def open(self, node_id: str, model: str, order: pb.ChatOrder) -> ChatCall:
         """Send an order to a node and track its call."""
@@ -171,6 +196,8 @@ class ChatRouter:
             raise Unavailable("the chosen node has no chat stream open", field="model")
         rid = self._prefix + str(next(self._ids))
         call = ChatCall(rid, node_id, model)
+        if not order.check:  # a check order scores before it opens: no round trip to learn from
+            call.sent_at = time.monotonic()
         self.calls[rid] = call
         order.request_id = rid
         order.model = model

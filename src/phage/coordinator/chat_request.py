@@ -2,12 +2,15 @@
 
 OpenAI clients send many optional parameters; phage honours the ones that change
 what the engine does (``max_tokens``, ``temperature``, ``top_p``, ``stop``,
-``seed``, ``stream``), accepts the rest of OpenAI's documented names without
+``seed``, ``stream``, ``n``), refuses those it cannot honour when they ask for
+something (``tools``, ``response_format``, ``logprobs``: a silent plain-text answer
+would mislead an agent), accepts the rest of OpenAI's documented names without
 acting on them, and refuses anything else naming the field, as OpenAI does.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,17 +20,29 @@ from phage.protocol.v1 import phage_pb2 as pb
 ROLES = {"system", "user", "assistant", "tool", "developer"}
 MAX_MESSAGES = 1024
 MAX_STOPS = 4
+MAX_N = 8
+"""Choices one request may ask for (each is generated, and charged, separately)."""
+PASS_THROUGH: dict[str, tuple[Any, ...]] = {
+    "tools": (None, []),
+    "tool_choice": (None, "none", "auto"),
+    "response_format": (None, {"type": "text"}),
+}
+"""Parameters handed to engines that honour them (OpenAI-compatible servers: vLLM, llama.cpp), with
+the values that ask for nothing special. A request that asks for something goes only to such nodes,
+or is refused with a 400 naming the parameter: silently ignoring a tool list or a JSON schema would
+hand an agent a plain-text answer it cannot tell from a real one."""
+UNSUPPORTED: dict[str, tuple[Any, ...]] = {
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+}
+"""Parameters no engine path carries yet: refused when they ask for anything."""
+MAX_TOOLS = 128
 IGNORED = {
+    "parallel_tool_calls",
     "frequency_penalty",
     "presence_penalty",
     "logit_bias",
-    "logprobs",
-    "top_logprobs",
     "user",
-    "response_format",
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
     "metadata",
     "store",
     "service_tier",
@@ -35,19 +50,24 @@ IGNORED = {
     "reasoning_effort",
 }
 """OpenAI parameters accepted and not acted on (engines here do not support them)."""
-KNOWN = {
-    "model",
-    "messages",
-    "stream",
-    "stream_options",
-    "max_tokens",
-    "max_completion_tokens",
-    "temperature",
-    "top_p",
-    "stop",
-    "seed",
-    "n",
-} | IGNORED
+KNOWN = (
+    {
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "seed",
+        "n",
+    }
+    | IGNORED
+    | set(UNSUPPORTED)
+    | set(PASS_THROUGH)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +79,12 @@ class ChatParams:
     stream: bool
     include_usage: bool
     max_tokens: int
+    kind: str = "chat"
+    """``chat`` (/v1/chat/completions) or ``completion`` (/v1/completions: a raw prompt)."""
+    n: int = 1
+    """Choices to generate (non-streaming only)."""
+    fallbacks: tuple[str, ...] = ()
+    """Models to try, in order, when no node of ``model`` can take the request (an alias's list)."""
 
 
 def _number(body: dict[str, Any], name: str, lo: float, hi: float) -> float | None:
@@ -120,12 +146,28 @@ def parse_chat(body: Any, *, max_tokens_limit: int, default_max_tokens: int) -> 
         if role not in ROLES:
             raise InvalidInput(f"{where}.role must be one of {sorted(ROLES)}", field=f"{where}.role")
         order.messages.add(role=role, content=_content(m.get("content"), where))
+    for name, plain in UNSUPPORTED.items():
+        if body.get(name) not in plain:
+            raise InvalidInput(
+                f"{name} is not supported: the engines serving this pool's chats cannot honour it",
+                field=name,
+            )
+    extras = {k: body[k] for k in PASS_THROUGH if body.get(k) not in PASS_THROUGH[k]}
+    tools = extras.get("tools")
+    if tools is not None and (not isinstance(tools, list) or len(tools) > MAX_TOOLS):
+        raise InvalidInput(f"tools must be a list of at most {MAX_TOOLS} tools", field="tools")
+    if extras:
+        if "parallel_tool_calls" in body:
+            extras["parallel_tool_calls"] = body["parallel_tool_calls"]
+        order.extras_json = json.dumps(extras, separators=(",", ":"))
     n = body.get("n", 1)
-    if n != 1:
-        raise InvalidInput("n must be 1 (ask again for more choices)", field="n")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidInput("stream must be true or false", field="stream")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
+        raise InvalidInput(f"n must be an integer from 1 to {MAX_N}", field="n")
+    if n > 1 and stream:
+        raise InvalidInput("n > 1 needs stream: false (streamed answers carry one choice)", field="n")
     opts = body.get("stream_options") or {}
     if not isinstance(opts, dict):
         raise InvalidInput("stream_options must be an object", field="stream_options")
@@ -159,4 +201,56 @@ def parse_chat(body: Any, *, max_tokens_limit: int, default_max_tokens: int) -> 
         if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**63:
             raise InvalidInput("seed must be a 64-bit integer", field="seed")
         order.has_seed, order.seed = True, seed
-    return ChatParams(model.strip(), order, stream, include_usage, max_tokens)
+    return ChatParams(model.strip(), order, stream, include_usage, max_tokens, n=n)
+
+
+COMPLETION_KNOWN = {
+    "model",
+    "prompt",
+    "stream",
+    "stream_options",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "n",
+    "user",
+    "echo",
+    "logprobs",
+    "suffix",
+    "best_of",
+    "frequency_penalty",
+    "presence_penalty",
+    "logit_bias",
+}
+
+
+def parse_completion(body: Any, *, max_tokens_limit: int, default_max_tokens: int) -> ChatParams:
+    """Validate a ``/v1/completions`` body: one prompt string, the same sampling settings as chat."""
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object", field="body")
+    unknown = sorted(set(body) - COMPLETION_KNOWN)
+    if unknown:
+        raise InvalidInput(f"unknown parameter {unknown[0]!r}", field=unknown[0])
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or not prompt:
+        raise InvalidInput("prompt must be a non-empty string (one prompt per request)", field="prompt")
+    for name, allowed in (("echo", (None, False)), ("suffix", (None, "")), ("best_of", (None, 1))):
+        if body.get(name) not in allowed:
+            raise InvalidInput(f"{name} is not supported by this pool", field=name)
+    if body.get("logprobs") is not None:
+        raise InvalidInput("logprobs is not supported by this pool's engines", field="logprobs")
+    chat_body = {
+        k: v for k, v in body.items() if k not in ("prompt", "echo", "suffix", "best_of", "logprobs")
+    }
+    chat_body["messages"] = [{"role": "user", "content": prompt}]
+    params = parse_chat(chat_body, max_tokens_limit=max_tokens_limit, default_max_tokens=default_max_tokens)
+    order = params.order
+    del order.messages[:]
+    order.prompt = prompt
+    return ChatParams(
+        params.model, order, params.stream, params.include_usage, params.max_tokens, "completion"
+    )

@@ -75,6 +75,13 @@ class Dispatcher:
         self.clock = clock
         self._read_small_blob = lru_cache(maxsize=256)(blobs.read)
 
+    async def adopt(self, live: LiveNode) -> None:
+        """A node moved here from another replica: take over the assignments it holds, from the store."""
+        lease = self.clock() + self.lease_s
+        for att, task in await self.store.open_attempts_of(live.node.id):
+            if att.id not in self.pool.attempts:
+                self.pool.add_attempt(open_attempt(att, task.kind.value, task.spec, lease))
+
     async def fetch(self, live: LiveNode, max_tasks: int, wait_ms: int) -> tuple[list[Dispatch], list[str]]:
         """Long-poll: assignments for this node, or cancellations, or nothing at the deadline."""
         await self.nodes.seen(live)

@@ -2,7 +2,9 @@
 
 Subscribers get a bounded queue; one that falls behind loses its oldest
 events and is told how many (``{"type": "lagged"}``) rather than slowing the
-coordinator down.
+coordinator down. With several coordinator replicas each bus hands its own
+events to a relay (``coordinator/replicas.py``) and takes the other replicas'
+events from it, so a subscriber on any replica sees every event.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -47,29 +49,37 @@ class EventBus:
         self._subs: set[Subscription] = set()
         self._queue_size = queue_size
         self.published = 0
+        self.relay: Callable[[Event], None] | None = None
+        """Other replicas' subscribers: every local event is handed here too (None: one coordinator)."""
 
     @property
     def has_subscribers(self) -> bool:
         """Skip building events nobody will read."""
-        return bool(self._subs)
+        return bool(self._subs) or self.relay is not None
 
     def publish(self, event: Event) -> None:
-        """Send to every subscriber."""
+        """Send to every subscriber, here and (through the relay) on the other replicas."""
         self.published += 1
-        if not self._subs:
+        if not self.has_subscribers:
             return
         event.setdefault("ts", time.time())
+        if self.relay is not None:
+            self.relay(event)
+        self.deliver(event)
+
+    def deliver(self, event: Event) -> None:
+        """Send to this replica's subscribers only (an event another replica published)."""
         for sub in self._subs:
             sub.offer(event)
 
     def task(self, task_id: str, state: str, **extra: Any) -> None:
         """A task changed state."""
-        if self._subs:
+        if self.has_subscribers:
             self.publish({"type": "task", "id": task_id, "state": state, **extra})
 
     def node(self, node_id: str, state: str, **extra: Any) -> None:
         """A node changed state."""
-        if self._subs:
+        if self.has_subscribers:
             self.publish({"type": "node", "id": node_id, "state": state, **extra})
 
     @asynccontextmanager

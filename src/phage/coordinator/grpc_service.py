@@ -1,4 +1,4 @@
-"""The gRPC edge: ``phage.v1.PhageCoordinator`` over the coordinator's use cases.
+"""The gRPC edge: ``phage.v1.PhageCoordinator`` (and ``PhageRelay``) over the coordinator's use cases.
 
 Validates and converts, then delegates to :class:`Coordinator`; maps
 :class:`PhageError` to status codes here and nowhere else.
@@ -14,8 +14,13 @@ from typing import Any, TypeVar
 import grpc
 
 from phage.coordinator.core import Coordinator
-from phage.errors import InvalidInput, PayloadTooLarge, PhageError
+from phage.coordinator.ratelimit import Rate, RateLimiter
+from phage.dataplane.relay import RelayHub
+from phage.domain import NodeState
+from phage.errors import InvalidInput, PayloadTooLarge, PermissionDenied, PhageError
 from phage.protocol import convert
+from phage.protocol.v1 import dataplane_pb2 as dp
+from phage.protocol.v1 import dataplane_pb2_grpc as dp_grpc
 from phage.protocol.v1 import phage_pb2 as pb
 from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
 from phage.store.blobs import check_digest
@@ -53,6 +58,9 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
 
     def __init__(self, coordinator: Coordinator) -> None:
         self.c = coordinator
+        per_hour = coordinator.settings.node_upload_bytes_per_hour
+        self.uploads = RateLimiter(Rate(per_hour, per_hour / 3600), "uploaded bytes")
+        """Per node: with the blob sweep, bounds the disk a node can fill with blobs nothing uses."""
 
     @_edge
     async def Register(
@@ -84,13 +92,18 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
         cancels, unknown = await self.c.nodes.heartbeat(
             live, convert.metrics_to_dict(request.metrics), list(request.running_assignment_ids)
         )
-        return pb.HeartbeatResponse(
+        response = pb.HeartbeatResponse(
             load_model=self.c.placement.load_hint(live),
             cancel_assignment_ids=cancels,
             unknown_assignment_ids=unknown,
             heartbeat_interval_s=self.c.settings.heartbeat_interval_s,
             node_state=live.node.state.value,
         )
+        if request.HasField("blocks"):
+            offer = convert.block_offer_from_pb(request.blocks)
+            assigned = self.c.sharded.heartbeat(live.node.id, offer)
+            response.blocks.CopyFrom(convert.block_assignment_to_pb(assigned))
+        return response
 
     @_edge
     async def FetchTask(
@@ -160,7 +173,10 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
         self, request_iterator: AsyncIterator[pb.BlobChunk], context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.BlobRef:
         try:
-            self.c.nodes.authenticate(_peer_node_id(context), "")
+            live = self.c.nodes.authenticate(_peer_node_id(context), "")
+            if live.node.state is NodeState.PENDING or live.node.quarantined:
+                why = "quarantined" if live.node.quarantined else live.node.state.value
+                raise PermissionDenied(f"node is {why}: it may not upload", field="node_id")
             limit = self.c.settings.max_output_bytes
             writer = self.c.blobs.writer(limit)
             expected: str | None = None
@@ -174,7 +190,9 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
                                 f"output of {chunk.total_size} bytes exceeds the limit of {limit}",
                                 field="total_size",
                             )
+                        self.uploads.check(live.node.id, chunk.total_size)  # refuse at once if declared
                         first = False
+                    self.uploads.take(live.node.id, len(chunk.data))
                     writer.write(chunk.data)
                 digest = writer.commit(expected)
             except BaseException:
@@ -224,3 +242,23 @@ class PhageCoordinatorServicer(pb_grpc.PhageCoordinatorServicer):
         if stopped:  # the client left before the node began: end the call so the node stops
             await context.abort(grpc.StatusCode.CANCELLED, "the chat's client went away")
         return pb.ChatStreamAck(cancelled=stopped)
+
+
+class RelayServicer(dp_grpc.PhageRelayServicer):
+    """``phage.v1.PhageRelay``: a node that cannot accept connections serves its blocks through here."""
+
+    def __init__(self, hub: RelayHub, authenticate: Callable[[str | None], str]) -> None:
+        self.hub = hub
+        self.authenticate = authenticate
+        """The node id its certificate names, if it is a member of the pool (else raises)."""
+
+    async def Serve(
+        self, request_iterator: AsyncIterator[dp.RelayFrame], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[dp.RelayFrame]:
+        try:
+            node_id = self.authenticate(_peer_node_id(context))
+        except PhageError as exc:
+            await context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
+            raise
+        async for down in self.hub.serve(node_id, request_iterator):
+            yield down

@@ -18,7 +18,7 @@ from phage.coordinator.tried import TriedNodes
 from phage.domain import Attempt, Task, TaskState
 from phage.errors import NotFound
 from phage.scheduler import ReadyQueue, eligible
-from phage.store import QueuedTask, SqlStore
+from phage.store import LostOutcome, PageCursor, QueuedTask, SqlStore
 
 log = logging.getLogger("phage.coordinator")
 
@@ -51,6 +51,8 @@ class TaskLedger:
         self.counters = counters
         self.tried = tried
         self.clock = clock
+        self.on_queued: Callable[[], None] | None = None
+        """Called whenever tasks are queued: wakes the coordinator's own worker (sharded generate tasks)."""
 
     async def add(self, tasks: list[Task]) -> None:
         """Store new tasks (all or none), queue them and wake nodes that can take them."""
@@ -58,7 +60,7 @@ class TaskLedger:
         items = [queued(t) for t in tasks]
         for task, item in zip(tasks, items, strict=True):
             self.queue.push(item)
-            self.bus.task(task.id, TaskState.QUEUED.value, kind=task.kind.value)
+            self.bus.task(task.id, TaskState.QUEUED.value, kind=task.kind.value, owner=task.owner)
         self.counters.submitted += len(tasks)
         self.wake_for(items)
 
@@ -77,9 +79,17 @@ class TaskLedger:
         owner: str | None = None,
         limit: int = 50,
         before: float | None = None,
+        after: PageCursor | None = None,
     ) -> list[Task]:
-        """Tasks, newest first (``owner``: only that key's); page with ``before``."""
-        return await self.store.list_tasks(state=state, kind=kind, owner=owner, limit=limit, before=before)
+        """Tasks, newest first (``owner``: only that key's); ``after`` continues a page."""
+        return await self.store.list_tasks(
+            state=state, kind=kind, owner=owner, limit=limit, before=before, after=after
+        )
+
+    async def owner_of(self, task_id: str) -> str | None:
+        """The key that submitted a task, or None when there is no such task."""
+        task = await self.store.get_task(task_id)
+        return task.owner if task is not None else None
 
     async def counts(self) -> dict[str, int]:
         """How many tasks are in each state."""
@@ -94,6 +104,8 @@ class TaskLedger:
         wanted = len(tasks)
         if not wanted:
             return
+        if self.on_queued is not None:
+            self.on_queued()
         sample = tasks[:WAKE_SAMPLE]
         for node_id in list(self.pool.waiting):
             live = self.pool.nodes.get(node_id)
@@ -127,7 +139,12 @@ class TaskLedger:
         outcomes = await self.store.fail_lost(list(attempt_ids), reason, self.clock())
         for aid in attempt_ids:
             self.pool.drop_attempt(aid)
+        await self.lost(outcomes, reason)
+
+    async def lost(self, outcomes: Sequence[LostOutcome], reason: str) -> None:
+        """Attempts the store already recorded as lost (here, or by the leader's sweep): forget, requeue."""
         for out in outcomes:
+            self.pool.drop_attempt(out.attempt_id)
             self.bus.task(out.task_id, out.task_state.value, reason=reason, attempt=out.attempt_id)
         await self.requeue([out.task_id for out in outcomes if out.requeued])
 

@@ -8,7 +8,7 @@ per heartbeat.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +62,9 @@ class NodeRegistry:
         """Signs node certificates; loaded from the data directory when the coordinator starts."""
         self._renewed: set[str] = set()
         """Attempts whose lease was renewed since the last flush to the store."""
+        self.on_arrival: Callable[[LiveNode], Awaitable[None]] | None = None
+        """Several replicas: a node that was talking to another replica now talks to this one (its open
+        assignments are taken over from the store: ``Dispatcher.adopt``)."""
 
     # ---- enrollment and identity -------------------------------------------
 
@@ -112,9 +115,10 @@ class NodeRegistry:
         await self.store.upsert_node(node)
         live = self.pool.nodes.get(node_id)
         if live is None:
-            self.pool.nodes[node_id] = LiveNode(node=node, last_seen=now)
+            live = self.pool.nodes[node_id] = LiveNode(node=node, last_seen=now, here=False)
         else:
             live.node, live.last_seen = node, now
+        await self._arrived(live)
         self.bus.node(node_id, node.state.value, name=node.name, event="registered")
         log.info("node %s (%s) registered", node.name, node_id)
         status = "pending" if node.state is NodeState.PENDING else "accepted"
@@ -149,10 +153,53 @@ class NodeRegistry:
         """The node spoke: it is alive (a node declared dead comes back)."""
         live.last_seen = self.clock()
         live.dirty = True
+        await self._arrived(live)
         if live.node.state is NodeState.DEAD:
             live.node.state = NodeState.ONLINE
             await self.store.set_node_state(live.node.id, NodeState.ONLINE)
             self.bus.node(live.node.id, NodeState.ONLINE.value, name=live.node.name, event="revived")
+
+    async def _arrived(self, live: LiveNode) -> None:
+        if not live.here:
+            # its assignments are taken over before any request of it is judged here (adoption skips
+            # the ones already held, so two requests arriving together are harmless)
+            if self.on_arrival is not None:
+                await self.on_arrival(live)
+            live.here = True
+
+    async def apply_rows(self, rows: Sequence[Node]) -> None:
+        """Several replicas: the node rows as the store has them now, after any replica's changes.
+
+        Nodes connected elsewhere are mirrored as they are. For a node connected here, what an
+        admin changed through another replica takes effect: quarantine and removal take its work
+        away as they would here; drain, trust, caps and approval apply to its next request.
+        """
+        for row in rows:
+            live = self.pool.nodes.get(row.id)
+            if row.state is NodeState.REMOVED:
+                if live is not None and live.node.state is not NodeState.REMOVED:
+                    await self.remove_here(row.id)
+                continue
+            if live is None:
+                self.pool.nodes[row.id] = LiveNode(node=row, last_seen=row.last_heartbeat, here=False)
+                continue
+            if not live.here:
+                live.node, live.last_seen = row, max(live.last_seen, row.last_heartbeat)
+                continue
+            newly_quarantined = row.quarantined and not live.node.quarantined
+            node = live.node
+            node.quarantined, node.quarantine_reason = row.quarantined, row.quarantine_reason
+            node.draining, node.trusted, node.max_jobs = row.draining, row.trusted, row.max_jobs
+            node.reputation = row.reputation
+            if row.state.shut_out or (node.state is NodeState.PENDING and row.state is NodeState.ONLINE):
+                node.state = row.state
+            elif row.state is NodeState.DEAD and node.state is NodeState.ONLINE:
+                # the leader's sweep buried it while it talks to us (its heartbeats reached the store
+                # late): its next request revives it, in the store too, as for any node back from the dead
+                node.state = NodeState.DEAD
+            if newly_quarantined:
+                await self.ledger.lose(list(live.attempts), f"node quarantined: {row.quarantine_reason}")
+            live.wake.set()
 
     # ---- heartbeats ----------------------------------------------------------
 
@@ -189,7 +236,14 @@ class NodeRegistry:
                 beats.append((live.node.id, live.last_seen, live.node.loaded_model))
         leases = [(a.id, a.lease_expires_at) for aid in self._renewed if (a := self.pool.attempts.get(aid))]
         self._renewed.clear()
-        await self.store.record_heartbeats(beats, leases)
+        try:
+            await self.store.record_heartbeats(beats, leases)
+        except Exception:  # the database is away: keep them for the next flush
+            for node_id, _, _ in beats:
+                if node_id in self.pool.nodes:
+                    self.pool.nodes[node_id].dirty = True
+            self._renewed.update(aid for aid, _ in leases)
+            raise
 
     # ---- admin ---------------------------------------------------------------
 
@@ -218,8 +272,12 @@ class NodeRegistry:
     async def remove(self, node_id: str) -> None:
         """Shut a node out: its certificate is refused from now on and its work requeued."""
         await self.store.set_node_state(node_id, NodeState.REMOVED)
+        await self.remove_here(node_id)
+        self.bus.node(node_id, NodeState.REMOVED.value)
+
+    async def remove_here(self, node_id: str) -> None:
+        """Forget a removed node in this replica's memory, requeueing the work it held here."""
         live = self.pool.nodes.pop(node_id, None)
         if live is not None:
             await self.ledger.lose(list(live.attempts), "node removed by an admin")
             live.wake.set()
-        self.bus.node(node_id, NodeState.REMOVED.value)

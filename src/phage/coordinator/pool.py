@@ -40,6 +40,9 @@ class LiveNode:
     metrics: dict[str, Any] = field(default_factory=dict)
     dirty: bool = False
     """Heartbeat not yet flushed to the store."""
+    here: bool = True
+    """The node talks to this replica. With several coordinators on one database a replica also
+    knows the nodes connected to the others (from the store), and judges only its own."""
 
     @property
     def free_slots(self) -> int:

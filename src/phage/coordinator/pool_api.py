@@ -1,4 +1,4 @@
-"""Seed 002's pool API, kept compatible so its clients and documented ``curl`` commands work unchanged.
+"""The sandrun-compatible pool API: sandrun's clients and documented ``curl`` commands work unchanged.
 
 =============================  ==============================================================
 ``POST /submit``               multipart ``files`` (the project ``.tar.gz``) + ``manifest`` (JSON)
@@ -13,16 +13,16 @@
 A job here is an ordinary phage job: the same validation as ``POST /api/tasks`` (same 4xx errors,
 naming the field), the same queue, attempts and sandboxes; ``job_id`` is the phage task id, so
 ``/api/tasks/{job_id}`` shows the full record. A manifest without ``outputs`` collects every file
-the job leaves in its workspace, as seed 002's workers do (their default is ``["*"]``, everything).
+the job leaves in its workspace, as sandrun's workers do (their default is ``["*"]``, everything).
 
-Auth: seed 002's commands carry no API key. phage still requires one here (``Authorization:
+Auth: sandrun's commands carry no API key. phage still requires one here (``Authorization:
 Bearer …``, any role; a user sees only its own jobs) unless the coordinator is started with
 ``--pool-api-open`` (``PHAGE_POOL_API_OPEN=1``), which serves callers without a key as one
 shared anonymous user — for a private network only, since anyone who reaches the HTTP port can
 then submit jobs. A key that is sent is always checked.
 
-Status vocabulary: phage's task states map onto seed 002's ``queued | dispatched | running |
-completed | failed``; a cancelled job reads ``failed`` (seed 002 has no cancel), and
+Status vocabulary: phage's task states map onto sandrun's ``queued | dispatched | running |
+completed | failed``; a cancelled job reads ``failed`` (sandrun has no cancel), and
 ``worker_status.status`` and ``state`` give phage's own word.
 """
 # No ``from __future__ import annotations``: FastAPI resolves the routes' annotations at runtime.
@@ -43,11 +43,11 @@ from phage.domain import Attempt, AttemptState, NodeState, Task, TaskState
 from phage.domain.manifest import safe_relative_path
 from phage.errors import InvalidInput, NotFound, PayloadTooLarge, Unauthenticated
 
-TAG = "pool API (seed 002)"
+TAG = "sandrun-compatible pool API"
 ANONYMOUS = Principal("pool-api", "pool API caller without a key", "user")
 """Who a keyless caller is when ``pool_api_open`` is set: one shared user."""
 DEFAULT_OUTPUTS = ["**/*"]
-"""Seed 002's workers collect everything when a manifest names no outputs."""
+"""sandrun's workers collect everything when a manifest names no outputs."""
 
 POOL_STATUS = {
     TaskState.SUBMITTED: "queued",
@@ -69,7 +69,7 @@ WORKER_STATUS = {
 
 
 def job_status(task: Task, attempts: list[Attempt]) -> dict[str, Any]:
-    """A task in seed 002's ``/status`` shape, plus phage's own state and output paths."""
+    """A task in sandrun's ``/status`` shape, plus phage's own state and output paths."""
     kept = task.result.attempt_id if task.result else ""
     attempt = next((a for a in attempts if a.id == kept), attempts[-1] if attempts else None)
     worker_status: dict[str, Any] | None = None
@@ -96,7 +96,7 @@ def job_status(task: Task, attempts: list[Attempt]) -> dict[str, Any]:
 
 
 def worker_public(live: LiveNode | None, endpoint: str, worker_id: str) -> dict[str, Any]:
-    """A node in seed 002's ``/pool`` ``workers[]`` shape (an allowlisted worker not yet joined: None)."""
+    """A node in sandrun's ``/pool`` ``workers[]`` shape (an allowlisted worker not yet joined: None)."""
     if live is None:
         return {
             "worker_id": worker_id,
@@ -123,7 +123,7 @@ def worker_public(live: LiveNode | None, endpoint: str, worker_id: str) -> dict[
 
 
 def install_pool_api(app: FastAPI, coordinator: Coordinator) -> None:
-    """Add seed 002's pool routes to the coordinator's HTTP app."""
+    """Add sandrun's pool routes to the coordinator's HTTP app."""
     c = coordinator
     s = c.settings
 
@@ -137,7 +137,7 @@ def install_pool_api(app: FastAPI, coordinator: Coordinator) -> None:
             if header is None:
                 raise Unauthenticated(
                     f"{exc.message} (or start the coordinator with --pool-api-open to serve "
-                    "seed 002's pool API without keys)",
+                    "the sandrun-compatible pool API without keys)",
                     field="Authorization",
                 ) from None
             raise
@@ -203,7 +203,7 @@ def install_pool_api(app: FastAPI, coordinator: Coordinator) -> None:
 
     @app.get("/status/{job_id}", tags=[TAG])
     async def pool_status(job_id: str, who: Principal = Depends(caller)) -> dict[str, Any]:
-        """A job's state in seed 002's words, with the worker that ran it."""
+        """A job's state in sandrun's words, with the worker that ran it."""
         return job_status(*await visible(job_id, who))
 
     @app.get("/outputs/{job_id}/{path:path}", tags=[TAG])

@@ -31,6 +31,7 @@ _GENERATE = {
     "distinct",
     "timeout_s",
     "wait_for_model",
+    "check_every_stage",
 }
 
 

@@ -19,7 +19,7 @@ only places where a result's checks change anything.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from phage.coordinator.counters import Counters
@@ -31,6 +31,7 @@ from phage.coordinator.replication import Replication
 from phage.coordinator.tried import TriedNodes
 from phage.coordinator.trust import TrustGuard
 from phage.domain import TaskResult, TaskState
+from phage.domain.generate import GenerateSpec
 from phage.domain.quorum import QuorumOutcome, Standing
 from phage.errors import PermissionDenied, PhageError, ProtocolError
 from phage.store import FinishOutcome, SqlStore
@@ -167,8 +168,11 @@ class ResultPipeline:
         tried: TriedNodes,
         counters: Counters,
         clock: Callable[[], float],
+        charge: Callable[[str, GenerateSpec, str, TaskResult], Awaitable[None]] | None = None,
     ) -> None:
         self.store, self.pool, self.blobs, self.bus = store, pool, blobs, bus
+        self.charge = charge
+        """Generate results: charge the task's owner (task owner, spec, node, result)."""
         self.nodes, self.ledger = nodes, ledger
         self.trust, self.replication, self.tried = trust, replication, tried
         self.counters = counters
@@ -199,11 +203,34 @@ class ResultPipeline:
             recorded = list(
                 await self.store.finish_many(live.node.id, valid, self.clock(), standing=judgement.standings)
             )
+        if self.charge is not None:
+            await self._charge(live.node.id, valid, recorded)
         settled = settlement(
             items, judgement.refusals, recorded, judgement.standings, quarantined=live.node.quarantined
         )
         await self._apply_settlement(live, settled)
         return list(settled.outcomes)
+
+    async def _charge(
+        self,
+        node_id: str,
+        valid: Sequence[tuple[str, TaskResult]],
+        recorded: Sequence[FinishOutcome | PhageError],
+    ) -> None:
+        """Each generation recorded for the first time is charged to its task's owner."""
+        assert self.charge is not None
+        for (attempt_id, result), outcome in zip(valid, recorded, strict=True):
+            att = self.pool.attempts.get(attempt_id)
+            if (
+                isinstance(outcome, PhageError)
+                or outcome.duplicate
+                or att is None
+                or att.spec.generate is None
+            ):
+                continue
+            task = await self.store.get_task(att.task_id)
+            if task is not None:
+                await self.charge(task.owner, att.spec.generate, node_id, result)
 
     # ---- deciding -----------------------------------------------------------
 

@@ -17,13 +17,23 @@ class DataDir:
         self.blobs = self.root / "blobs"
         self.admin_key_file = self.root / "admin-key"
         self.join_token_file = self.root / "join-token"
+        self.info_file = self.root / "coordinator.json"
+        """Addresses, join token and CA fingerprint, for tools and tests (a secret: it holds the token)."""
+
+    @property
+    def secret_files(self) -> tuple[Path, ...]:
+        """Files only the coordinator's user may read."""
+        return (self.admin_key_file, self.join_token_file, self.info_file)
 
     def prepare(self) -> None:
-        """Create the directory (mode 0700: it holds the CA key)."""
+        """Create the directory (mode 0700: it holds the CA key); make older secret files private."""
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
         self.pki.mkdir(exist_ok=True)
         self.blobs.mkdir(exist_ok=True)
+        for path in self.secret_files:
+            if path.exists():
+                os.chmod(path, 0o600)
 
     def join_token(self) -> str:
         """The pool's join token, generated on first start."""

@@ -5,6 +5,7 @@ with a workspace archive. A caller sees only its own key's tasks; admins see eve
 """
 # No ``from __future__ import annotations``: FastAPI resolves the routes' annotations at runtime.
 
+import dataclasses
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
@@ -20,6 +21,7 @@ from phage.coordinator.views import task_public
 from phage.domain import Attempt, Task, TaskState
 from phage.domain.manifest import safe_relative_path
 from phage.errors import InvalidInput, NotFound
+from phage.store import PageCursor
 
 
 def install_tasks(
@@ -40,7 +42,7 @@ def install_tasks(
         """Submit one task (a JSON object), many (``{"tasks": [...]}``), or multipart with a workspace.
 
         Multipart fields: ``task`` (JSON) or ``manifest`` (JSON), and ``workspace``
-        (a ``.tar.gz``; ``files`` is accepted as its seed-002 name).
+        (a ``.tar.gz``; ``files``, its name in the sandrun-compatible pool API, is accepted too).
         """
         ctype = request.headers.get("content-type", "")
         reqs: list[TaskRequest]
@@ -107,15 +109,36 @@ def install_tasks(
         kind: Annotated[str | None, Query(max_length=32)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
         before: Annotated[float | None, Query()] = None,
+        cursor: Annotated[str | None, Query(max_length=128)] = None,
     ) -> dict[str, Any]:
-        """Tasks, newest first. Page with ``before`` = the last item's ``created_at``."""
+        """Tasks, newest first. Next page: pass the answer's ``next_cursor`` as ``cursor``.
+
+        ``before`` (a Unix time) only filters: tasks created strictly earlier.
+        """
         items = await c.ledger.find(
-            state=state, kind=kind, owner=None if who.is_admin else who.key_id, limit=limit, before=before
+            state=state,
+            kind=kind,
+            owner=None if who.is_admin else who.key_id,
+            limit=limit,
+            before=before,
+            after=PageCursor.decode(cursor) if cursor is not None else None,
         )
+        last = items[-1] if len(items) == limit else None
         return {
             "tasks": [task_public(t) for t in items],
-            "next_before": items[-1].created_at if len(items) == limit else None,
+            "next_cursor": PageCursor(last.created_at, last.id).encode() if last else None,
         }
+
+    @app.post("/api/gc", tags=["tasks"])
+    async def gc(
+        who: Caller, retention_s: Annotated[float | None, Query(ge=0, le=10 * 365 * 86400)] = None
+    ) -> dict[str, Any]:
+        """Sweep now (admin): delete finished tasks past retention, then blobs nothing refers to.
+
+        ``retention_s`` overrides the configured retention for this sweep (0: delete no task).
+        """
+        who.require_admin()
+        return dataclasses.asdict(await c.collector.sweep(retention_s))
 
     @app.get("/api/tasks/{task_id}", tags=["tasks"])
     async def get_task(task_id: str, who: Caller) -> dict[str, Any]:

@@ -12,7 +12,6 @@ a VNode with no live host gets one, resuming from its last checkpoint it can tru
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import random
@@ -21,6 +20,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from phage.coordinator.training_checks import (
+    HOLDOUT_ROWS,
+    KEPT_PASSES,
+    HoldoutJob,
+    HoldoutQueue,
+    HoldoutVerdict,
+    Passes,
+    evidence,
+    judge,
+    reason,
+)
+from phage.coordinator.training_relay import Frame, Inbox
+from phage.coordinator.training_types import CheckOrder, DropOrder, HostFacts, HostOrder, Order, Report
 from phage.domain.ids import new_id
 from phage.domain.networks import (
     NetworkRecord,
@@ -30,146 +42,15 @@ from phage.domain.networks import (
     thin_history,
 )
 from phage.errors import Conflict, InvalidInput, NotFound, PermissionDenied, Unavailable
+from phage.scheduler.segments import segments
 from phage.store.blobs import BlobStore
 from phage.store.sql_training import TrainingRecords
+from phage.training.checkpoint import checkpoint_last_batch
 from phage.training.spec import INPUT, NetworkSpec, parse_spec
 
 log = logging.getLogger("phage.training")
 
-INBOX_FRAMES = 32
-"""Activation frames buffered per consumer before its producer is held back."""
 RECONCILE_S = 0.2
-
-
-@dataclass(frozen=True, slots=True)
-class HostFacts:
-    """What placement needs to know of a node."""
-
-    node_id: str
-    trusted: bool
-    usable: bool
-    """Online, admitted, not quarantined, not draining."""
-    online: bool = True
-    """Counted alive by heartbeats (a node that misses a few gets a grace period, not a move)."""
-
-
-@dataclass(frozen=True, slots=True)
-class HostOrder:
-    """Host (or resume) one VNode."""
-
-    network_id: str
-    vnode_id: str
-    spec: Mapping[str, Any]
-    dataset: str
-    checkpoint: str
-    config: TrainingConfig
-    check_rate: float
-    generation: int
-
-
-@dataclass(frozen=True, slots=True)
-class DropOrder:
-    """Stop hosting a VNode."""
-
-    network_id: str
-    vnode_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class CheckOrder:
-    """Recompute one step another node made."""
-
-    check_id: str
-    network_id: str
-    vnode_id: str
-    spec: Mapping[str, Any]
-    before: str
-    inputs: str
-    seq: int
-
-
-Order = HostOrder | DropOrder | CheckOrder
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """An activation frame as relayed: opaque tensor bytes."""
-
-    vnode_id: str
-    seq: int
-    tensor: bytes
-    end: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Report:
-    """What a host says of its VNode."""
-
-    network_id: str
-    vnode_id: str
-    generation: int
-    step: int
-    last_batch: int
-    loss: float
-    samples_per_s: float
-    samples: int
-    checkpoint: str = ""
-    done: bool = False
-    error: str = ""
-    check_seq: int = -1
-    check_before: str = ""
-    check_inputs: str = ""
-    check_after: str = ""
-
-
-class Inbox:
-    """Frames bound for one VNode, kept across its hosts: a relocated VNode's new host drains them.
-
-    Bounded, so a VNode that is slow or being moved holds its producers back rather
-    than losing batches or piling up memory; only the reader of the current
-    placement generation may take frames (a stale host's stream gets ``None``).
-    """
-
-    def __init__(self, capacity: int = INBOX_FRAMES) -> None:
-        self.frames: collections.deque[Frame] = collections.deque()
-        self.capacity = capacity
-        self.generation = -1
-        self.closed = False
-        self._cond = asyncio.Condition()
-
-    async def put(self, frame: Frame, *, force: bool = False) -> None:
-        """Add a frame, waiting for room (``force``: an end marker, never held back)."""
-        async with self._cond:
-            if not force:
-                await self._cond.wait_for(lambda: self.closed or len(self.frames) < self.capacity)
-            if not self.closed:
-                self.frames.append(frame)
-                self._cond.notify_all()
-
-    async def get(self, generation: int) -> Frame | None:
-        """The next frame for the reader of ``generation``; None once that reader is stale."""
-        async with self._cond:
-            await self._cond.wait_for(
-                lambda: self.closed or self.generation != generation or bool(self.frames)
-            )
-            if self.closed or self.generation != generation:
-                return None
-            frame = self.frames.popleft()
-            self._cond.notify_all()
-            return frame
-
-    async def attach(self, generation: int) -> None:
-        """Make ``generation``'s reader the only one (older readers end)."""
-        async with self._cond:
-            self.generation = generation
-            self._cond.notify_all()
-
-    async def close(self) -> None:
-        """Release every waiting producer and reader for good."""
-        async with self._cond:
-            self.closed = True
-            self.frames.clear()
-            self._cond.notify_all()
 
 
 @dataclass(slots=True)
@@ -204,6 +85,14 @@ class _Live:
     lost_since: dict[str, float] = field(default_factory=dict)
     rates: dict[str, float] = field(default_factory=dict)
     samples: dict[str, int] = field(default_factory=dict)
+    passes: dict[tuple[str, str], Passes] = field(default_factory=dict)
+    """Checks passed so far by each (VNode, checkpoint) of an untrusted host not yet validated."""
+    references: dict[str, str] = field(default_factory=dict)
+    """Per VNode, the checkpoint its next held-out check compares with ("": initial weights);
+    absent: its validated checkpoint."""
+    rebase: set[str] = field(default_factory=set)
+    """VNodes whose upstream was rolled back: their next checkpoint becomes the reference, unjudged."""
+    rollbacks: int = 0
 
 
 class TrainingService:
@@ -230,8 +119,12 @@ class TrainingService:
         self.checks: dict[str, _Check] = {}
         self.caught: list[dict[str, Any]] = []
         """Evidence of every node caught, newest last (also in the quarantine reason)."""
+        self.holdout = HoldoutQueue()
         self._task: asyncio.Task[None] | None = None
+        self._holdout_task: asyncio.Task[None] | None = None
+        self._warming: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        self._checkpoint_batches: dict[str, int] = {}
 
     # ---- lifecycle -----------------------------------------------------------------
 
@@ -241,20 +134,28 @@ class TrainingService:
             states = {v.vnode_id: v for v in await self.store.vnode_states(rec.id)}
             live = _Live(rec, parse_spec(rec.spec), states)
             now = self.clock()
-            for v in states.values():
+            for vid, v in list(states.items()):
                 if v.node_id and not v.done:
+                    # Frames in flight died with the old coordinator, and its hosts' workers may or
+                    # may not have outlived it: every VNode restarts from its checkpoint under a new
+                    # generation, so producers replay what their consumers' checkpoints lack.
+                    v = replace(v, generation=v.generation + 1)
+                    states[vid] = v
+                    await self.store.save_vnode(v)
                     live.lost_since[v.vnode_id] = now  # hosts get one grace period to resubscribe
                 if v.done:
                     live.ended.add(v.vnode_id)
             self.live[rec.id] = live
         self._task = asyncio.create_task(self._reconcile_loop(), name="phage-training")
+        self._holdout_task = asyncio.create_task(self._holdout_loop(), name="phage-training-holdout")
 
     async def stop(self) -> None:
-        """Stop placing."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Stop placing and judging."""
+        for task in (self._task, self._holdout_task, self._warming):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     # ---- the user's side -------------------------------------------------------------
 
@@ -282,6 +183,22 @@ class TrainingService:
         self.live[rec.id] = _Live(rec, net, {v.id: VNodeState(rec.id, v.id) for v in net.vnodes})
         self._changed.set()
         return rec
+
+    def _warm_eval(self) -> None:
+        """Load torch for the held-out check, off the loop, once an untrusted node could host a VNode.
+
+        On a busy machine that takes tens of seconds; paid at the first checkpoint
+        it would leave a node poisoning its updates unjudged meanwhile. A pool of
+        trusted nodes never pays it here (only when a network completes).
+        """
+        if self._warming is None:
+            self._warming = asyncio.create_task(asyncio.to_thread(_import_eval), name="phage-training-warm")
+            self._warming.add_done_callback(lambda _: self._changed.set())  # untrusted hosts may be placed
+
+    @property
+    def can_judge(self) -> bool:
+        """Is the held-out check ready (torch imported)? Untrusted nodes get no VNode before it is."""
+        return self._warming is not None and self._warming.done()
 
     async def get(self, network_id: str) -> tuple[NetworkRecord, list[VNodeState]]:
         """A training job and its VNodes (live figures where the network runs)."""
@@ -402,6 +319,10 @@ class TrainingService:
             v = replace(v, checkpoint=r.checkpoint, checkpoint_step=r.step)
             if trusted:
                 v = replace(v, validated_checkpoint=r.checkpoint)
+            else:
+                self._await_checks(
+                    live, HoldoutJob(r.network_id, r.vnode_id, node_id, r.generation, r.checkpoint, r.step)
+                )
         live.states[r.vnode_id] = v
         live.rates[r.vnode_id] = r.samples_per_s
         live.samples[r.vnode_id] = r.samples
@@ -446,9 +367,7 @@ class TrainingService:
         guilty = [check.host if g == "host" else g for g in verdict[0]]
         honest_digest = verdict[1]
         if not guilty:
-            v = live.states.get(check.vnode_id)
-            if v is not None and v.node_id == check.host and check.checkpoint:
-                live.states[check.vnode_id] = replace(v, validated_checkpoint=check.checkpoint)
+            self._passed(live, check.vnode_id, check.host, check.checkpoint, recompute=True)
             return
         for culprit in guilty:
             evidence = {
@@ -470,6 +389,112 @@ class TrainingService:
             log.warning("quarantining %s: %s", culprit[:12], reason)
             await self.quarantine(culprit, reason)
             await self._roll_back(culprit)
+
+    # ---- the held-out check (see training_checks) --------------------------------------
+
+    def _await_checks(self, live: _Live, job: HoldoutJob) -> None:
+        """Keep an untrusted checkpoint unvalidated until its checks pass; queue its held-out check."""
+        live.passes[(job.vnode_id, job.checkpoint)] = Passes(job.step)
+        mine = sorted((p.step, key) for key, p in live.passes.items() if key[0] == job.vnode_id)
+        for _, key in mine[:-KEPT_PASSES]:
+            del live.passes[key]
+        self.holdout.put(job)
+
+    def _passed(
+        self, live: _Live, vnode_id: str, host: str, checkpoint: str, *, recompute: bool = False
+    ) -> None:
+        """Note a passed check; a checkpoint that passed all it needs becomes the validated one."""
+        p = live.passes.get((vnode_id, checkpoint))
+        if p is None:
+            return
+        if recompute:
+            p.recompute = True
+        else:
+            p.holdout = True
+        v = live.states.get(vnode_id)
+        if v is None or v.node_id != host or not p.complete(live.record.config.check_rate > 0):
+            return
+        live.states[vnode_id] = replace(v, validated_checkpoint=checkpoint)
+        for key in [k for k, q in live.passes.items() if k[0] == vnode_id and q.step <= p.step]:
+            del live.passes[key]  # older checkpoints can no longer become the validated one
+
+    async def _holdout_loop(self) -> None:
+        while True:
+            rank = {(nid, v.id): i for nid, live in self.live.items() for i, v in enumerate(live.net.vnodes)}
+            job = await self.holdout.take(rank)
+            try:
+                await self.judge_holdout(job)
+            except Exception:
+                log.exception("held-out check of %s/%s failed to run", job.network_id, job.vnode_id)
+
+    async def judge_holdout(self, job: HoldoutJob) -> HoldoutVerdict | None:
+        """Judge one untrusted checkpoint on held-out rows; quarantine and roll back its host if it regressed.
+
+        The reference is the VNode's last checkpoint that passed this check (at
+        first its validated checkpoint, or its initial weights): it only ever moves
+        to a checkpoint no worse than itself. None when the checkpoint cannot be
+        judged: an ancestor has no checkpoint to make the inputs from yet, or an
+        ancestor was rolled back since (the VNode's next checkpoint is judged instead).
+        """
+        live = self.live.get(job.network_id)
+        if live is None or job.vnode_id not in live.states:
+            return None
+        upstream: dict[str, str] = {}
+        for a in live.net.ancestors(job.vnode_id):
+            upstream[a] = live.states[a].checkpoint
+            if not upstream[a]:
+                return None
+        if job.vnode_id in live.rebase:
+            # it trained on inputs from a VNode since rolled back: measured on the inputs of the
+            # rolled-back lineage it would look worse through no fault of its own (and be judged
+            # on nothing it did), so it only sets the bar for its next checkpoints
+            live.rebase.discard(job.vnode_id)
+            live.references[job.vnode_id] = job.checkpoint
+            return None
+        reference = live.references.get(job.vnode_id, live.states[job.vnode_id].validated_checkpoint)
+        rollbacks = live.rollbacks
+        cfg = live.record.config
+
+        def losses() -> tuple[float, float]:
+            from phage.coordinator.training_eval import holdout_losses
+
+            return holdout_losses(
+                live.net,
+                self.blobs.read(live.record.dataset),
+                job.vnode_id,
+                seed=cfg.seed,
+                upstream={a: self.blobs.read(d) for a, d in upstream.items()},
+                reference=self.blobs.read(reference) if reference else None,
+                candidate=self.blobs.read(job.checkpoint),
+                rows=HOLDOUT_ROWS,
+            )
+
+        verdict = HoldoutVerdict(*await asyncio.to_thread(losses), bound=cfg.holdout_bound)
+        log.debug(
+            "held-out loss of %s/%s at step %d on %s: %.4g (reference %.4g)",
+            job.network_id,
+            job.vnode_id,
+            job.step,
+            job.host[:12],
+            verdict.loss,
+            verdict.reference_loss,
+        )
+        if live.rollbacks != rollbacks:
+            return None  # a VNode was rolled back meanwhile: the inputs may belong to a lineage now gone
+        v = live.states[job.vnode_id]
+        if verdict.improved and (v.node_id, v.generation) == (job.host, job.generation):
+            live.references[job.vnode_id] = job.checkpoint
+            self._passed(live, job.vnode_id, job.host, job.checkpoint)
+        if not verdict.regressed:
+            return verdict
+        if any(e["node"] == job.host for e in self.caught):
+            return verdict  # caught already (by this check or a recomputation): once is enough
+        self.caught.append(evidence(job, reference, verdict, HOLDOUT_ROWS))
+        why = reason(job, verdict, HOLDOUT_ROWS)
+        log.warning("quarantining %s: %s", job.host[:12], why)
+        await self.quarantine(job.host, why)
+        await self._roll_back(job.host)
+        return verdict
 
     def _trusted(self, node_id: str) -> bool:
         facts = self.facts(node_id)
@@ -503,6 +528,12 @@ class TrainingService:
                         step=0 if not v.validated_checkpoint else v.step,
                     )
                     live.states[vid] = rolled
+                    for key in [k for k in live.passes if k[0] == vid]:
+                        del live.passes[key]
+                    live.references[vid] = rolled.checkpoint
+                    live.rebase.discard(vid)
+                    live.rebase.update(d.id for d in live.net.vnodes if vid in live.net.ancestors(d.id))
+                    live.rollbacks += 1
                     await self.store.save_vnode(rolled)
                     queue = self.subscribers.get(node_id)
                     if queue is not None:
@@ -523,14 +554,62 @@ class TrainingService:
             config=live.record.config,
             check_rate=0.0 if facts is not None and facts.trusted else live.record.config.check_rate,
             generation=v.generation,
+            replay_from=self._replay_from(live, v.vnode_id),
         )
+
+    def _replay_from(self, live: _Live, vnode_id: str) -> int:
+        """The first batch a (re)started VNode must pass on: the oldest any VNode downstream lacks.
+
+        A consumer resumes from its own checkpoint, which may be far behind what its
+        producer's checkpoint already applied (frames in flight, buffered in the relay and
+        the streams); replaying from the oldest checkpoint downstream loses none of those
+        batches. Replaying more than needed costs only forward passes: a consumer drops a
+        batch it already applied.
+        """
+        downstream = [d.id for d in live.net.vnodes if vnode_id in live.net.ancestors(d.id)]
+        resume = [self._checkpoint_batch(live.states[d].checkpoint) + 1 for d in downstream]
+        return min(resume, default=0)
+
+    def _checkpoint_batch(self, digest: str) -> int:
+        """The last batch a checkpoint applied (-1 for fresh weights); read once per checkpoint."""
+        if not digest:
+            return -1
+        known = self._checkpoint_batches.get(digest)
+        if known is None:
+            known = checkpoint_last_batch(self.blobs.read(digest)) if self.blobs.exists(digest) else -1
+            if len(self._checkpoint_batches) > 4096:
+                self._checkpoint_batches.clear()
+            self._checkpoint_batches[digest] = known
+        return known
+
+    async def _restart_upstream(self, live: _Live, moved: set[str]) -> None:
+        """Restart the hosted producers of relocated VNodes from their checkpoints, replaying.
+
+        A relocated VNode resumes from its checkpoint; producers that kept running would go
+        on from where they are and the batches in between would never reach it.
+        """
+        upstream = {a for vid in moved for a in live.net.ancestors(vid)} - moved
+        for aid in sorted(upstream):
+            a = live.states[aid]
+            if a.done or not a.node_id:
+                continue
+            a = replace(a, generation=a.generation + 1)
+            live.states[aid] = a
+            await self.store.save_vnode(a)
+            queue = self.subscribers.get(a.node_id)
+            if queue is not None:
+                queue.put_nowait(self._host_order(live, a))
 
     def _candidates(self) -> list[HostFacts]:
         out = []
         for node_id in self.subscribers:
             facts = self.facts(node_id)
-            if facts is not None and facts.usable:
-                out.append(facts)
+            if facts is None or not facts.usable:
+                continue
+            if not facts.trusted and not self.can_judge:
+                self._warm_eval()  # placed before its checkpoints can be judged, it would train unwatched
+                continue
+            out.append(facts)
         return out
 
     async def _reconcile_loop(self) -> None:
@@ -544,15 +623,26 @@ class TrainingService:
                 log.exception("training reconcile failed")
 
     async def reconcile(self) -> None:
-        """Give every hostless VNode a host and every waiting check a checker."""
+        """Give every hostless VNode a host and every waiting check a checker.
+
+        Nodes are balanced by the work their VNodes do (multiply-adds per row, see
+        :meth:`NetworkSpec.cost`): by count, two wide VNodes could share one node
+        while another hosts two thin ones, and the pipeline would run at the pace of
+        the crowded node. A network placed whole is cut into contiguous segments of
+        its pipeline, one per node (:func:`segments`), so neighbours share a node and
+        their activations pass inside it; single VNodes (relocations) go to the
+        least loaded node, the costliest first.
+        """
         now = self.clock()
         candidates = self._candidates()
         load: dict[str, int] = {c.node_id: 0 for c in candidates}
         for live in self.live.values():
             for v in live.states.values():
                 if v.node_id in load and not v.done:
-                    load[v.node_id] += 1
+                    load[v.node_id] += live.net.cost(v.vnode_id)
+        hostless: list[tuple[_Live, str]] = []
         for live in list(self.live.values()):
+            moved: set[str] = set()
             for vid, v in list(live.states.items()):
                 if v.done:
                     continue
@@ -567,14 +657,19 @@ class TrainingService:
                     v = replace(v, node_id="", generation=v.generation + 1)
                     live.states[vid] = v
                     live.lost_since.pop(vid, None)
-                if not candidates:
-                    continue
-                pick = min(candidates, key=lambda c: (not c.trusted, load[c.node_id], random.random()))
-                load[pick.node_id] += 1
-                v = replace(v, node_id=pick.node_id, generation=v.generation + 1)
-                live.states[vid] = v
-                await self.store.save_vnode(v)
-                self.subscribers[pick.node_id].put_nowait(self._host_order(live, v))
+                    moved.add(vid)
+                hostless.append((live, vid))
+            if moved:
+                await self._restart_upstream(live, moved)
+        hostless = await self._place_whole(hostless, candidates, load)
+        for live, vid in sorted(hostless, key=lambda lv: -lv[0].net.cost(lv[1])) if candidates else []:
+            cost = live.net.cost(vid)
+            pick = min(candidates, key=lambda c: (not c.trusted, load[c.node_id] + cost, random.random()))
+            load[pick.node_id] += cost
+            v = replace(live.states[vid], node_id=pick.node_id, generation=live.states[vid].generation + 1)
+            live.states[vid] = v
+            await self.store.save_vnode(v)
+            self.subscribers[pick.node_id].put_nowait(self._host_order(live, v))
         for check in self.checks.values():
             if check.checker and check.checker in self.subscribers:
                 continue
@@ -597,6 +692,32 @@ class TrainingService:
                     check.seq,
                 )
             )
+
+    async def _place_whole(
+        self, hostless: list[tuple[_Live, str]], candidates: list[HostFacts], load: dict[str, int]
+    ) -> list[tuple[_Live, str]]:
+        """Place every network none of whose VNodes has a host as contiguous segments; returns the rest."""
+        rest = []
+        by_net: dict[str, list[str]] = {}
+        for live, vid in hostless:
+            by_net.setdefault(live.record.id, []).append(vid)
+        for live, vid in hostless:
+            todo = [v.id for v in live.net.vnodes if not live.states[v.id].done]
+            if not candidates or by_net.get(live.record.id) != todo:
+                rest.append((live, vid))
+                continue
+            del by_net[live.record.id]  # placed once, below
+            pool = [c for c in candidates if c.trusted] or candidates
+            pool.sort(key=lambda c: (load[c.node_id], random.random()))
+            costs = [live.net.cost(v) for v in todo]
+            for v_id, part, cost in zip(todo, segments(costs, len(pool)), costs, strict=True):
+                node = pool[part].node_id
+                load[node] += cost
+                v = replace(live.states[v_id], node_id=node, generation=live.states[v_id].generation + 1)
+                live.states[v_id] = v
+                await self.store.save_vnode(v)
+                self.subscribers[node].put_nowait(self._host_order(live, v))
+        return [(lv, vid) for lv, vid in rest if not lv.states[vid].node_id]
 
     async def _complete(self, live: _Live) -> None:
         result: dict[str, Any] = {
@@ -630,6 +751,15 @@ class TrainingService:
                 queue.put_nowait(DropOrder(network_id, v.vnode_id))
         for cid in [c.id for c in self.checks.values() if c.network_id == network_id]:
             del self.checks[cid]
+        self.holdout.drop_network(network_id)
+
+
+def _import_eval() -> None:
+    try:
+        from phage.coordinator.training_eval import warm
+    except ImportError:  # without torch nothing is judged; completing a network will fail loudly
+        return
+    warm()
 
 
 def check_dataset(blob: bytes, net: NetworkSpec) -> None:
@@ -641,25 +771,3 @@ def check_dataset(blob: bytes, net: NetworkSpec) -> None:
             "training needs numpy, torch and safetensors on the coordinator: install phage[training]"
         ) from None
     load_dataset(blob, net.input_shape, net.classes)
-
-
-def judge(
-    claimed: str, results: Mapping[str, str], trusted: Callable[[str], bool]
-) -> tuple[list[str], str] | None:
-    """Who is wrong about a step: ``(guilty nodes, the state agreed on)``, or None while undecided.
-
-    One trusted checker decides alone. Untrusted checkers must be two that agree:
-    the host is guilty when two agree against its claim; a checker is guilty when
-    it disagrees with a state that the host and another checker agree on.
-    """
-    for node, digest in results.items():
-        if trusted(node):
-            return ([] if digest == claimed else ["host"], digest)
-    agree = [n for n, d in results.items() if d == claimed]
-    if agree:
-        return ([n for n, d in results.items() if d != claimed], claimed)
-    digests = list(results.values())
-    for d in set(digests):
-        if digests.count(d) >= 2:
-            return (["host"] + [n for n, x in results.items() if x != d], d)
-    return None

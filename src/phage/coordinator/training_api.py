@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request, Response
 
+from phage.api.requests import NetworkCreate, NetworkForward
+from phage.coordinator.bodies import validated
 from phage.coordinator.keys import Principal
 from phage.coordinator.training import TrainingService
 from phage.domain.networks import NetworkRecord, NetworkState, TrainingConfig, VNodeState
@@ -113,26 +115,10 @@ def install_training(
     @app.post("/api/networks", status_code=201, tags=["training"])
     async def submit_network(request: Request, who: Caller) -> dict[str, Any]:
         """Train a network: ``{"spec": {...} or YAML text, "dataset": sha256, "training": {...}}``."""
-        body = await read_json(request)
-        if not isinstance(body, dict):
-            raise InvalidInput("the body must be a JSON object", field="body")
-        unknown = sorted(set(body) - {"spec", "dataset", "training"})
-        if unknown:
-            raise InvalidInput(f"unknown field {unknown[0]!r}", field=unknown[0])
-        raw = body.get("spec")
-        if isinstance(raw, str):
-            spec = dict(load_spec_text(raw).raw)
-        elif isinstance(raw, dict):
-            spec = raw
-        else:
-            raise InvalidInput("spec must be an object or JSON/YAML text", field="spec")
-        dataset = body.get("dataset")
-        if not isinstance(dataset, str) or len(dataset) != 64:
-            raise InvalidInput("dataset must be the sha256 of an uploaded dataset", field="dataset")
-        cfg = body.get("training", {})
-        if not isinstance(cfg, dict):
-            raise InvalidInput("training must be an object", field="training")
-        rec = await training.submit(spec, dataset, TrainingConfig.parse(cfg), who.key_id)
+        body = validated(NetworkCreate, await read_json(request))
+        spec = dict(load_spec_text(body.spec).raw) if isinstance(body.spec, str) else body.spec
+        config = TrainingConfig.parse(body.training.model_dump(exclude_unset=True))
+        rec = await training.submit(spec, body.dataset, config, who.key_id)
         rec, vnodes = await training.get(rec.id)
         return network_view(rec, vnodes, {})
 
@@ -175,13 +161,11 @@ def install_training(
     @app.post("/api/networks/{network_id}/forward", tags=["training"])
     async def forward(network_id: str, request: Request, who: Caller) -> dict[str, Any]:
         """Run a trained network: ``{"inputs": [[...], ...]}`` → logits and classes."""
+        body = validated(NetworkForward, await read_json(request))
         net, rts = await runtimes(network_id, who)
-        body = await read_json(request)
-        if not isinstance(body, dict) or "inputs" not in body:
-            raise InvalidInput('the body must be {"inputs": [rows]}', field="inputs")
         from phage.coordinator import training_eval
 
-        return await asyncio.to_thread(training_eval.forward, net, rts, body["inputs"])
+        return await asyncio.to_thread(training_eval.forward, net, rts, body.inputs)
 
     @app.get("/api/networks/{network_id}/weights", tags=["training"])
     async def weights(network_id: str, who: Caller) -> Response:

@@ -14,15 +14,9 @@ from typing import Any
 
 import grpc
 
-from phage.coordinator.training import (
-    CheckOrder,
-    DropOrder,
-    Frame,
-    HostOrder,
-    Order,
-    Report,
-    TrainingService,
-)
+from phage.coordinator.training import TrainingService
+from phage.coordinator.training_relay import Frame
+from phage.coordinator.training_types import CheckOrder, DropOrder, HostOrder, Order, Report
 from phage.errors import InvalidInput, PermissionDenied, PhageError
 from phage.protocol.v1 import phage_pb2 as pb
 from phage.protocol.v1 import training_pb2 as tpb
@@ -57,6 +51,7 @@ def order_to_pb(order: Order) -> tpb.TrainingOrder:
                 checkpoint_every=c.checkpoint_every,
                 check_rate=order.check_rate,
                 generation=order.generation,
+                replay_from=order.replay_from,
             )
         )
     if isinstance(order, CheckOrder):

@@ -1,6 +1,6 @@
 """Multipart uploads within the limits, for every HTTP edge that takes a workspace archive.
 
-``POST /api/tasks`` (field ``workspace``) and seed 002's ``POST /submit`` (field
+``POST /api/tasks`` (field ``workspace``) and sandrun's ``POST /submit`` (field
 ``files``) read the same kind of body; the limits and the refusals live here once,
 each error naming the field the caller actually sent.
 """

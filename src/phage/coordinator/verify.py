@@ -3,18 +3,23 @@
 The candidate output is written into a fresh copy of the task's workspace and
 the verifier runs there in the coordinator's own sandbox, exactly as the node
 should have run it. A claimed pass that fails here means the node lied.
+
+The workspace is a scratch volume of the job's cap where the coordinator can make
+one (it runs as root): the verifier is the user's command, and the coordinator's
+disk holds its database.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from phage.domain.generate import GenerateSpec
 from phage.sandbox import Sandbox, SandboxLimits, SandboxRequest
+from phage.sandbox.scratch import ScratchVolumes
 from phage.sandbox.workdir import unpack_workspace
 
 
@@ -27,8 +32,20 @@ class Verdict:
     log_tail: str
 
 
-def _prepare(root: Path, workspace: bytes | None, output_path: str, output_text: str) -> Path:
-    workdir = Path(tempfile.mkdtemp(prefix="verify-", dir=root))
+def _volumes() -> ScratchVolumes | None:
+    found = ScratchVolumes.detect()
+    return found if isinstance(found, ScratchVolumes) else None
+
+
+def _prepare(
+    root: Path, workspace: bytes | None, output_path: str, output_text: str, limits: SandboxLimits
+) -> Path:
+    workdir = root / f"verify-{secrets.token_hex(8)}"
+    volumes = _volumes()
+    if volumes is not None and limits.scratch_bytes is not None:
+        volumes.create(workdir, limits.scratch_bytes)
+    else:
+        workdir.mkdir(mode=0o700)
     if workspace:
         unpack_workspace(workspace, workdir)
     target = workdir / output_path
@@ -42,17 +59,24 @@ async def reverify(
 ) -> Verdict:
     """Run ``generate.verifier`` against ``output_text`` in the coordinator's sandbox."""
     scratch_root.mkdir(parents=True, exist_ok=True)
-    workdir = await asyncio.to_thread(_prepare, scratch_root, workspace, generate.output_path, output_text)
+    limits = SandboxLimits(wall_s=float(generate.timeout_s), log_bytes=8192)
+    workdir = await asyncio.to_thread(
+        _prepare, scratch_root, workspace, generate.output_path, output_text, limits
+    )
     try:
         outcome = await sandbox.run(
-            SandboxRequest(
-                argv=["/bin/sh", "-c", generate.verifier],
-                workdir=workdir,
-                limits=SandboxLimits(wall_s=float(generate.timeout_s), log_bytes=8192),
-            )
+            SandboxRequest(argv=["/bin/sh", "-c", generate.verifier], workdir=workdir, limits=limits)
         )
     finally:
-        await asyncio.to_thread(shutil.rmtree, workdir, True)
+        await asyncio.to_thread(_remove, workdir)
     return Verdict(
         outcome.exit_code == 0, outcome.exit_code, (outcome.stdout_tail + outcome.stderr_tail)[-2000:]
     )
+
+
+def _remove(workdir: Path) -> None:
+    volumes = _volumes()
+    if volumes is not None:
+        volumes.release(workdir)
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)

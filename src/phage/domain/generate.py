@@ -1,9 +1,13 @@
-"""Generate tasks (seed 000): a prompt for a model, a verifier, best-of-N.
+"""Generate tasks: a prompt for a model, a verifier, best-of-N.
 
 The model's output is written into the task's workspace at ``output_path`` and
 the ``verifier`` shell command runs there in a sandbox; exit 0 is a pass. With
 ``n`` > 1 the task goes to N nodes and the passing result with the fewest
 completion tokens is kept.
+
+A generate task for a *sharded* model runs through a chain of nodes driven by the
+coordinator (``coordinator/sharded_tasks.py``); ``check_every_stage`` then asks for
+every step of every hop to be recomputed on another node holding the same blocks.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ class GenerateSpec:
     fewer than N are alive."""
     timeout_s: int = 60
     """Wall-clock limit of the verifier run."""
+    check_every_stage: bool = False
+    """Sharded models only: recompute every step of every hop elsewhere (trusted hops too), not a sample
+    of the untrusted ones'."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (stored in the task spec)."""
@@ -56,6 +63,8 @@ class GenerateSpec:
             "extract": self.extract,
             "distinct": self.distinct,
             "timeout_s": self.timeout_s,
+            # only when asked: a whole model's spec (and what nodes are sent) stays as it was
+            **({"check_every_stage": True} if self.check_every_stage else {}),
         }
 
     @classmethod
@@ -87,6 +96,9 @@ class GenerateSpec:
         extract = data.get("extract", "text")
         if extract not in ("text", "code"):
             raise InvalidInput("extract must be 'text' or 'code'", field="extract")
+        check_every_stage = data.get("check_every_stage", False)
+        if not isinstance(check_every_stage, bool):
+            raise InvalidInput("check_every_stage must be true or false", field="check_every_stage")
         distinct = data.get("distinct", "wait")
         if distinct not in DISTINCT_CHOICES:
             raise InvalidInput(f"distinct must be one of: {', '.join(DISTINCT_CHOICES)}", field="distinct")
@@ -101,6 +113,7 @@ class GenerateSpec:
             extract=extract,
             distinct=distinct,
             timeout_s=_int(data, "timeout_s", 60, 1, 3600),
+            check_every_stage=check_every_stage,
         )
 
 

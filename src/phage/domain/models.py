@@ -58,6 +58,11 @@ class AttemptState(enum.StrEnum):
         return self in (AttemptState.DISPATCHED, AttemptState.RUNNING)
 
 
+MAX_HELD_ASSIGNMENTS = 256
+"""Most assignments one node holds at once: its slots plus the short tasks it keeps queued
+beside them (``phage.node.window``). The node asks for fewer whenever its tasks are long."""
+
+
 class NodeState(enum.StrEnum):
     """Where a node stands with the coordinator."""
 

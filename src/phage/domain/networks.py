@@ -11,6 +11,7 @@ from phage.errors import InvalidInput
 
 MAX_EPOCHS = 1000
 MAX_BATCH = 65536
+MAX_HOLDOUT_BOUND = 1000.0
 HISTORY_POINTS = 400
 """Loss-curve points kept per VNode (older ones are thinned out, never the ends)."""
 
@@ -35,11 +36,14 @@ class TrainingConfig:
     """Optimizer steps between a VNode's checkpoints."""
     check_rate: float = 0.05
     """Share of an untrusted node's steps recomputed on another node."""
+    holdout_bound: float = 0.5
+    """How far (in units of the VNode's loss) an untrusted node's checkpoint may raise its
+    VNode's local loss on held-out rows above the last validated checkpoint's."""
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> TrainingConfig:
         """Validate a request's training settings; every error names its field."""
-        known = {"epochs", "batch_size", "seed", "checkpoint_every", "check_rate"}
+        known = {"epochs", "batch_size", "seed", "checkpoint_every", "check_rate", "holdout_bound"}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise InvalidInput(f"unknown training setting {unknown[0]!r}", field=unknown[0])
@@ -58,7 +62,16 @@ class TrainingConfig:
         rate = raw.get("check_rate", out.check_rate)
         if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate <= 1:
             raise InvalidInput("check_rate must be a number from 0 to 1", field="check_rate")
-        return cls(check_rate=float(rate), **values)
+        bound = raw.get("holdout_bound", out.holdout_bound)
+        if (
+            not isinstance(bound, int | float)
+            or isinstance(bound, bool)
+            or not 0 <= bound <= MAX_HOLDOUT_BOUND
+        ):
+            raise InvalidInput(
+                f"holdout_bound must be a number from 0 to {MAX_HOLDOUT_BOUND}", field="holdout_bound"
+            )
+        return cls(check_rate=float(rate), holdout_bound=float(bound), **values)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (store and API)."""
@@ -68,6 +81,7 @@ class TrainingConfig:
             "seed": self.seed,
             "checkpoint_every": self.checkpoint_every,
             "check_rate": self.check_rate,
+            "holdout_bound": self.holdout_bound,
         }
 
 

@@ -63,6 +63,8 @@ class TaskSpec:
     workspace: str = ""
     """SHA-256 of the workspace archive in the blob store; empty: none."""
     workspace_size: int = 0
+    request_id: str = ""
+    """The HTTP request that submitted the task: carried to the node's logs (never attested)."""
 
     @property
     def model(self) -> str | None:
@@ -87,6 +89,8 @@ class TaskSpec:
         if self.workspace:
             out["workspace"] = self.workspace
             out["workspace_size"] = self.workspace_size
+        if self.request_id:
+            out["request_id"] = self.request_id
         return out
 
     @classmethod
@@ -100,4 +104,5 @@ class TaskSpec:
             quorum=QuorumSpec.from_dict(quorum) if quorum else None,
             workspace=str(data.get("workspace") or ""),
             workspace_size=int(data.get("workspace_size") or 0),
+            request_id=str(data.get("request_id") or ""),
         )

@@ -19,10 +19,14 @@ import grpc
 import psutil
 
 from phage import __version__
+from phage.dataplane import TLSIdentity
 from phage.domain import ReceivedAssignment, TaskResult
-from phage.errors import PhageError
+from phage.domain.blocks import BlockOffer
+from phage.errors import PhageError, SandboxError
+from phage.logs import REQUEST_ID
 from phage.node import faults
 from phage.node.attest import attest_result, sign_batch
+from phage.node.blocks import BlockServer
 from phage.node.chat import ChatServer
 from phage.node.config import NodeConfig
 from phage.node.connection import (
@@ -33,22 +37,28 @@ from phage.node.connection import (
     save_credentials,
     secure_key_dir,
 )
+from phage.node.endpoints import Backoff, Endpoints, fetch_backoff, heartbeat_backoff
 from phage.node.engines import Engine, make_engine
 from phage.node.executor import CollectedOutput, JobExecutor
 from phage.node.faults import poison_updates_enabled
 from phage.node.probe import probe_hardware, probe_metrics
+from phage.node.window import ClaimWindow
+from phage.node.workspaces import WorkspaceCache
 from phage.pki.attestation import AttestationRecord, sandbox_hash
 from phage.pki.identity import NodeIdentity
 from phage.protocol import convert
 from phage.protocol.v1 import phage_pb2 as pb
 from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
 from phage.sandbox import Sandbox, available_backends, make_sandbox
-from phage.sandbox.registry import STRONGEST_FIRST
+from phage.sandbox.registry import DEFAULT_FIRST
+from phage.sandbox.scratch import ScratchVolumes
 
 log = logging.getLogger("phage.node")
 
 UPLOAD_CHUNK = 256 * 1024
 RESULT_BATCH = 256
+FAILOVER_AFTER = 2
+"""Consecutive heartbeats a replica may miss before the node moves to the next one."""
 RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -66,6 +76,8 @@ class Running:
     assignment: ReceivedAssignment
     task: asyncio.Task[None] | None = None
     started: float = field(default_factory=time.monotonic)
+    in_slot_since: float | None = None
+    """When it took a slot (None: waiting for one, or a task that takes none)."""
     reporting: bool = False
     """Finished executing; its result is on the way. It no longer holds a slot, but is still
     listed in heartbeats so its lease lives until the coordinator has the result."""
@@ -85,11 +97,28 @@ def _pick_sandboxes(given: Sandbox | None, name: str | None) -> dict[str, Sandbo
         return {chosen.name: chosen}
     found: dict[str, Sandbox] = {}
     for backend, reason in available_backends().items():
-        if backend in STRONGEST_FIRST and reason is None:
+        if backend in DEFAULT_FIRST and reason is None:
             found[backend] = make_sandbox(backend)
     if not found:
         make_sandbox(None)  # raises, saying why and what to do
-    return dict(sorted(found.items(), key=lambda kv: STRONGEST_FIRST.index(kv[0])))
+    return dict(sorted(found.items(), key=lambda kv: DEFAULT_FIRST.index(kv[0])))
+
+
+def _scratch_volumes(sandboxes: dict[str, Sandbox], polled_ok: bool) -> ScratchVolumes | None:
+    """Per-workspace volumes for isolating backends; refuse to start without them unless told."""
+    if set(sandboxes) <= {"none"}:
+        return None  # unisolated by the operator's choice: nothing to enforce
+    found = ScratchVolumes.detect()
+    if isinstance(found, ScratchVolumes):
+        return found
+    if polled_ok:
+        log.warning("scratch caps are only polled on this node (%s): a job can overshoot them", found)
+        return None
+    raise SandboxError(
+        f"the kernel cannot enforce scratch caps here: {found}; pass --polled-scratch to accept "
+        "a cap the node only polls (a job can then overshoot it by preallocating disk)",
+        field="polled_scratch",
+    )
 
 
 class NodeAgent:
@@ -100,23 +129,50 @@ class NodeAgent:
     ) -> None:
         self.config = config
         self.sandboxes = _pick_sandboxes(sandbox, config.sandbox)
-        """Every backend this node offers, strongest first; the first runs tasks that ask for ``any``."""
+        """Every backend this node offers, default first (``DEFAULT_FIRST``); the first runs tasks
+        that ask for ``any``, the others only tasks that require them."""
         self.sandbox = next(iter(self.sandboxes.values()))
         self._sandbox_sha256 = {name: sandbox_hash(sb.describe()) for name, sb in self.sandboxes.items()}
         self.engine = engine
         self.chat: ChatServer | None = None
+        self.blocks: BlockServer | None = None
+        if config.serve_blocks:
+            memory = config.block_memory_bytes or config.model_memory_bytes
+            self.blocks = BlockServer(
+                config.serve_blocks,
+                memory or int(psutil.virtual_memory().available),
+                host=config.dataplane_host,
+                port=config.dataplane_port,
+                advertise=config.dataplane_advertise,
+                requested_model=config.sharded_model,
+                relay=config.dataplane_relay,
+            )
         self._loading: asyncio.Task[None] | None = None
         if self.engine is None and config.engine:
             self.engine = make_engine(
                 config.engine, config.model or "", model_name=config.model_name, **config.engine_options()
             )
         secure_key_dir(config.key_dir)
+        self.endpoints = Endpoints(config.coordinator, config.enroll)
+        """The coordinator replicas; the node talks to ``endpoints.current`` and moves on when it dies."""
+        self._creds: Credentials | None = None
         self.identity = NodeIdentity.load_or_create(config.key_dir)
-        self.executor = JobExecutor(config.scratch_root, config.max_log_bytes)
+        self.executor = JobExecutor(
+            config.scratch_root,
+            config.max_log_bytes,
+            _scratch_volumes(self.sandboxes, config.polled_scratch),
+        )
+        self.workspaces = WorkspaceCache(config.key_dir / "workspaces")
+        """Streamed workspace archives kept by digest, so tasks sharing one download it once."""
         self._corrupt_outputs = faults.corrupt_outputs_enabled()
         """Fault injection for tests and benchmarks (node/faults.py): report wrong job outputs."""
         self.running: dict[str, Running] = {}
         self.completed = 0
+        self._slots = asyncio.Semaphore(config.max_concurrency)
+        """The cap on real work: jobs and generate tasks run at most this many at once."""
+        self.window = ClaimWindow(config.max_concurrency)
+        """How many assignments to hold at once: the slots plus a short look-ahead (node/window.py)."""
+        self._confirming: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
         self._stop = asyncio.Event()
         self._channel: grpc.aio.Channel | None = None
@@ -134,7 +190,7 @@ class NodeAgent:
 
     @property
     def executing(self) -> int:
-        """Assignments holding a slot (running, not yet reporting)."""
+        """Assignments held and not finished (running or waiting for a slot, not yet reporting)."""
         return sum(1 for r in self.running.values() if not r.reporting)
 
     def _done_executing(self, assignment_id: str) -> None:
@@ -197,7 +253,7 @@ class NodeAgent:
         cfg = self.config
         creds = load_credentials(cfg.key_dir, cfg.ca_fingerprint)
         if creds is None:
-            creds = await self._enroll()
+            creds = await self._first_enroll()
         else:
             # Re-register with the saved identity so the coordinator has fresh hardware facts;
             # tolerate a coordinator that is down (the saved certificate still works later).
@@ -206,16 +262,35 @@ class NodeAgent:
                     creds = await self._enroll()
         await self._open(creds)
 
+    async def _first_enroll(self) -> Credentials:
+        """Enroll through the first replica that answers (each is tried once, with backoff between)."""
+        backoff = Backoff()
+        for attempt in range(len(self.endpoints.all)):
+            try:
+                return await self._enroll()
+            except (grpc.aio.AioRpcError, OSError) as exc:
+                if attempt == len(self.endpoints.all) - 1:
+                    raise
+                log.warning(
+                    "enrollment at %s failed (%s); trying the next coordinator",
+                    self.endpoints.current.enroll,
+                    exc,
+                )
+                self.endpoints.advance()
+                await backoff.wait()
+        raise AssertionError("unreachable")
+
     async def _enroll(self) -> Credentials:
         cfg = self.config
         if not cfg.ca_fingerprint:
             # the token may be left out: open and allowlist pools admit without one
             raise PhageError(
-                "this node has no certificate yet: give --ca-fingerprint (and --token, which most pools need)"
+                "this node has no certificate yet: give --ca-fingerprint (and the join token, which most "
+                "pools need: PHAGE_JOIN_TOKEN or --token-file)"
             )
         creds = await enroll(
             self.identity,
-            enroll_address=cfg.enroll_address,
+            enroll_address=self.endpoints.current.enroll,
             join_token=cfg.join_token or "",
             ca_fingerprint=cfg.ca_fingerprint,
             info=self.info(),
@@ -227,7 +302,9 @@ class NodeAgent:
     async def _open(self, creds: Credentials) -> None:
         if self._channel is not None:
             await self._channel.close(None)
-        self._channel = open_channel(self.config.coordinator, self.identity, creds)
+        self._creds = creds
+        here = self.endpoints.current
+        self._channel = open_channel(here.target, self.identity, creds, tls_name=here.tls_name)
         self._stub = pb_grpc.PhageCoordinatorStub(self._channel)  # type: ignore[no-untyped-call]
         self.registered.set()
 
@@ -254,27 +331,48 @@ class NodeAgent:
             asyncio.create_task(self._fetch_loop(), name="phage-node-fetch"),
             asyncio.create_task(self._result_loop(), name="phage-node-results"),
         ]
+        if self.blocks is not None:
+            assert self._creds is not None
+            await self.blocks.start(
+                TLSIdentity(
+                    self.node_id, self.identity.tls_key_pem(), self._creds.cert_pem, self._creds.ca_pem
+                ),
+                self._current_channel,
+            )
         if self.engine is not None:
-            self.chat = ChatServer(self.node_id, lambda: self.stub, self.engine)
+            self.chat = ChatServer(self.node_id, lambda: self.stub, self.engine, faults.chat_fault())
             loops.append(asyncio.create_task(self.chat.run(), name="phage-node-chat"))
         if self.config.host_vnodes:
             loops.append(asyncio.create_task(self._host_vnodes(), name="phage-node-training"))
         try:
             await self._stop.wait()
         finally:
-            for t in loops:
+            tasks = [*loops, *self._confirming, *(r.task for r in self.running.values() if r.task)]
+            for t in tasks:
                 t.cancel()
-            for r in list(self.running.values()):
-                if r.task is not None:
-                    r.task.cancel()
-            await asyncio.gather(
-                *loops, *(r.task for r in self.running.values() if r.task), return_exceptions=True
-            )
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self.blocks is not None:
+                await self._leave_blocks()
+                await self.blocks.stop()
             if self._channel is not None:
                 await self._channel.close(None)
             if self.engine is not None:  # stop a managed vLLM / llama.cpp server with the node
                 with contextlib.suppress(Exception):
                     await self.engine.close()
+
+    async def _failover(self) -> None:
+        """The replica in use stopped answering: move to the next one, keeping identity and work.
+
+        The running assignments stay as they are; the next heartbeat lists them to the new
+        replica, which shares the database and so knows them. A replica that has not seen this
+        node yet refuses it once, and the node re-enrolls there with the same identity.
+        """
+        if len(self.endpoints.all) < 2 or self._creds is None:
+            return
+        gone = self.endpoints.current
+        here = self.endpoints.advance()
+        log.warning("coordinator %s is not answering; moving to %s", gone.target, here.target)
+        await self._open(self._creds)
 
     async def _host_vnodes(self) -> None:
         """Host VNodes of composable networks when this node has torch (the ``training`` extra)."""
@@ -293,22 +391,26 @@ class NodeAgent:
         await host.run()
 
     async def _heartbeat_loop(self) -> None:
-        backoff = 0.2
+        backoff = heartbeat_backoff(self.heartbeat_interval)
+        missed = 0
         while True:
             try:
                 metrics = probe_metrics()
                 metrics["active_tasks"] = len(self.running) + len(self.chat.active if self.chat else ())
                 metrics.update(self._engine_facts(metrics))
                 metrics.pop("can_load_models", None)
-                resp = await self.stub.Heartbeat(
-                    pb.HeartbeatRequest(
-                        node_id=self.node_id,
-                        metrics=convert.metrics_from_dict(metrics),
-                        running_assignment_ids=list(self.running),
-                    ),
-                    timeout=10,
+                request = pb.HeartbeatRequest(
+                    node_id=self.node_id,
+                    metrics=convert.metrics_from_dict(metrics),
+                    running_assignment_ids=list(self.running),
                 )
-                backoff = 0.2
+                if self.blocks is not None:
+                    request.blocks.CopyFrom(convert.block_offer_to_pb(self.blocks.offer()))
+                resp = await self.stub.Heartbeat(request, timeout=max(2.0, self.heartbeat_interval))
+                if self.blocks is not None and resp.HasField("blocks"):
+                    self.blocks.apply(convert.block_assignment_from_pb(resp.blocks))
+                backoff.reset()
+                missed = 0
                 if not self.config.heartbeat_interval_s and resp.heartbeat_interval_s > 0:
                     self.heartbeat_interval = resp.heartbeat_interval_s
                 self._cancel(list(resp.cancel_assignment_ids) + list(resp.unknown_assignment_ids))
@@ -318,8 +420,19 @@ class NodeAgent:
             except grpc.aio.AioRpcError as exc:
                 log.debug("heartbeat failed: %s", exc.code())
                 await self._handle_rpc_error(exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    missed += 1
+                    if missed >= FAILOVER_AFTER:
+                        missed = 0
+                        await self._failover()
+                await backoff.wait()
+
+    async def _leave_blocks(self) -> None:
+        """Tell the coordinator this node's blocks are going, so a standby takes them at once."""
+        request = pb.HeartbeatRequest(node_id=self.node_id)
+        request.blocks.CopyFrom(convert.block_offer_to_pb(BlockOffer(serve_blocks="")))
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.TimeoutError, AssertionError):
+            await self.stub.Heartbeat(request, timeout=2)
 
     def _load_model(self, model: str) -> None:
         """Switch the engine to ``model`` in the background (the coordinator asked: queued work needs it)."""
@@ -346,23 +459,21 @@ class NodeAgent:
                 await self._open(await self._enroll())
 
     async def _fetch_loop(self) -> None:
-        backoff = 0.2
+        backoff = fetch_backoff()
         while True:
             try:
                 resp = await self._fetch_once()
-                backoff = 0.2
+                backoff.reset()
             except grpc.aio.AioRpcError as exc:
                 log.debug("fetch failed: %s %s", exc.code(), exc.details())
                 await self._handle_rpc_error(exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                await backoff.wait()
                 continue
             except asyncio.CancelledError:
                 raise
             except Exception:  # never let the work loop die silently
                 log.exception("fetch loop error")
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                await backoff.wait()
                 continue
             if resp is None:
                 continue
@@ -372,7 +483,9 @@ class NodeAgent:
 
     async def _fetch_once(self) -> pb.FetchTaskResponse | None:
         """One long-poll; None when it was cut short because a local slot opened."""
-        free = self.config.max_concurrency - self.executing
+        now = time.monotonic()
+        in_slots = [r.in_slot_since for r in self.running.values() if r.in_slot_since and not r.reporting]
+        free = self.window.size(running_for=now - min(in_slots, default=now)) - self.executing
         self._slot_freed.clear()
         request = pb.FetchTaskRequest(
             node_id=self.node_id, max_tasks=max(free, 0), wait_ms=self.config.fetch_wait_ms
@@ -396,9 +509,22 @@ class NodeAgent:
         return None
 
     async def _begin(self, assignments: list[ReceivedAssignment]) -> None:
+        """Start the assignments at once and tell the coordinator in the background.
+
+        Each run overlaps the StartTasks round trip; its result waits for the answer
+        (so the coordinator hears "started" before "finished"), and one the coordinator
+        no longer wants is cancelled, killing its sandbox.
+        """
+        answer: asyncio.Future[set[str]] = asyncio.get_running_loop().create_future()
         for a in assignments:
-            self.running[a.assignment_id] = Running(a)
-        ids = [a.assignment_id for a in assignments]
+            r = self.running[a.assignment_id] = Running(a)
+            r.task = asyncio.create_task(self._execute(a, answer), name=f"phage-task-{a.assignment_id}")
+        confirm = asyncio.create_task(self._confirm([a.assignment_id for a in assignments], answer))
+        self._confirming.add(confirm)
+        confirm.add_done_callback(self._confirming.discard)
+
+    async def _confirm(self, ids: list[str], answer: asyncio.Future[set[str]]) -> None:
+        unwanted: set[str] = set()
         try:
             resp = await self._retry(
                 lambda: self.stub.StartTasks(
@@ -407,54 +533,80 @@ class NodeAgent:
             )
             unwanted = set(resp.cancel_assignment_ids)
         except grpc.aio.AioRpcError:
-            unwanted = set()
-        for a in assignments:
-            if a.assignment_id in unwanted:
-                self.running.pop(a.assignment_id, None)
-                continue
-            r = self.running[a.assignment_id]
-            r.task = asyncio.create_task(self._execute(a), name=f"phage-task-{a.assignment_id}")
+            pass  # refused outright: run them anyway; the result's own checks decide
+        finally:
+            self._cancel([aid for aid in ids if aid in unwanted])
+            if not answer.done():
+                answer.set_result(unwanted)
 
     def _cancel(self, assignment_ids: list[str]) -> None:
         for aid in assignment_ids:
             r = self.running.pop(aid, None)
             if r is not None and r.task is not None:
                 log.info("stopping %s (cancelled)", aid)
-                r.task.cancel()
-                self.executor.cleanup(aid)
+                r.task.cancel()  # its own cleanup removes the workspace
                 self._slot_freed.set()
 
     # ---- one assignment ----------------------------------------------------
 
-    async def _execute(self, a: ReceivedAssignment) -> None:
+    async def _execute(self, a: ReceivedAssignment, started: asyncio.Future[set[str]]) -> None:
+        # every record made while running it carries the id of the request that submitted it
+        REQUEST_ID.set(a.spec.request_id or None)
+        log.info(
+            "running %s task %s", a.kind, a.task_id, extra={"task_id": a.task_id, "attempt": a.assignment_id}
+        )
         outputs: list[CollectedOutput] = []
+        claimed = began = time.monotonic()
         try:
             if a.problem:
                 result = TaskResult(exit_code=-1, error=f"node error: {a.problem}")
             elif a.kind == "noop":
                 result = TaskResult(exit_code=0)
-            elif a.kind == "job":
-                result, outputs = await self._run_job(a)
-            elif a.kind == "generate":
-                result, outputs = await self._run_generate(a)
+                self.window.record(0.0)
             else:
-                result = TaskResult(exit_code=-1, error=f"this node does not know task kind {a.kind!r}")
+                async with self._slots:  # the per-node cap on real work; held tasks wait here
+                    began = time.monotonic()
+                    if (held := self.running.get(a.assignment_id)) is not None:
+                        held.in_slot_since = began
+                    result, outputs = await self._run(a)
+                    self.window.record(time.monotonic() - began)
             self._done_executing(a.assignment_id)
-            for out in outputs:
-                await self._upload(out)
+            ran = time.monotonic()
+            await started  # StartTasks answered (a task it refused was cancelled, not reported)
+            await asyncio.gather(*(self._upload(out) for out in outputs))  # side by side, not in turn
+            uploaded = time.monotonic()
             await self._report(a, result)
+            if log.isEnabledFor(logging.DEBUG):  # the per-task trace BENCHMARKS.md breaks down
+                log.debug(
+                    "%s: waited for a slot %.1f ms, ran %.1f ms (job %.1f), upload %.1f ms, report %.1f ms",
+                    a.assignment_id,
+                    (began - claimed) * 1000,
+                    (ran - began) * 1000,
+                    result.wall_time_s * 1000,
+                    (uploaded - ran) * 1000,
+                    (time.monotonic() - uploaded) * 1000,
+                )
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # report node-side failures so the task is retried elsewhere
             log.exception("assignment %s failed on this node", a.assignment_id)
             with contextlib.suppress(Exception):
+                await started
                 await self._report(a, TaskResult(exit_code=-1, error=f"node error: {exc}"))
         finally:
-            if a.kind != "noop":
-                self.executor.cleanup(a.assignment_id)
+            if a.kind != "noop":  # unmounting a scratch volume takes tens of ms: off the event loop
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(asyncio.to_thread(self.executor.cleanup, a.assignment_id))
             if self.running.pop(a.assignment_id, None) is not None:
                 self.completed += 1
             self._slot_freed.set()
+
+    async def _run(self, a: ReceivedAssignment) -> tuple[TaskResult, list[CollectedOutput]]:
+        if a.kind == "job":
+            return await self._run_job(a)
+        if a.kind == "generate":
+            return await self._run_generate(a)
+        return TaskResult(exit_code=-1, error=f"this node does not know task kind {a.kind!r}"), []
 
     async def _run_job(self, a: ReceivedAssignment) -> tuple[TaskResult, list[CollectedOutput]]:
         manifest = a.spec.manifest
@@ -500,10 +652,16 @@ class NodeAgent:
         return a.workspace
 
     async def _download(self, digest: str) -> bytes:
+        """A streamed workspace: from the node's cache, else from the coordinator (then kept)."""
+        cached = await asyncio.to_thread(self.workspaces.get, digest)
+        if cached is not None:
+            return cached
         chunks = []
         async for chunk in self.stub.DownloadBlob(pb.BlobRequest(sha256=digest), timeout=600):
             chunks.append(chunk.data)
-        return b"".join(chunks)
+        data = b"".join(chunks)
+        await asyncio.to_thread(self.workspaces.put, digest, data)  # checks it against the digest
+        return data
 
     async def _upload(self, out: CollectedOutput) -> None:
         async def send() -> pb.BlobRef:
@@ -563,13 +721,12 @@ class NodeAgent:
 
     async def _retry(self, call: Any, attempts: int = 1_000_000) -> Any:
         """Retry an RPC while the coordinator is unreachable; give up on a definite refusal."""
-        backoff = 0.1
+        backoff = Backoff(base_s=0.1, cap_s=2.0)
         for _ in range(attempts):
             try:
                 return await call()
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in RETRYABLE:
                     raise
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                await backoff.wait()
         raise RuntimeError("unreachable")

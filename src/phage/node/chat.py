@@ -19,7 +19,9 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from phage.errors import PhageError
+from phage.node.endpoints import Backoff
 from phage.node.engines.base import ChatMessage, Delta, Engine, GenerationRequest
+from phage.node.faults import lie
 from phage.protocol.v1 import phage_pb2 as pb
 from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
 
@@ -36,6 +38,7 @@ def order_to_request(order: pb.ChatOrder) -> GenerationRequest:
         stop=list(order.stop),
         seed=order.seed if order.has_seed else None,
         top_p=order.top_p if order.has_top_p else None,
+        extras_json=order.extras_json,
     )
 
 
@@ -47,8 +50,11 @@ class ChatServer:
         node_id: str,
         stub: Callable[[], pb_grpc.PhageCoordinatorStub],
         engine: Engine,
+        fault: str = "",
     ) -> None:
         self.node_id = node_id
+        self.fault = fault
+        """A chat fault to inject (``node/faults.py``; tests only)."""
         self._stub = stub
         self.engine = engine
         self.active: dict[str, asyncio.Task[None]] = {}
@@ -57,17 +63,16 @@ class ChatServer:
 
     async def run(self) -> None:
         """Keep the order stream open (reconnecting with backoff) and serve every order."""
-        backoff = 0.2
+        backoff = Backoff(cap_s=2.0)
         while True:
             try:
                 call = self._stub().ChatOrders(pb.ChatSubscribe(node_id=self.node_id))
                 async for order in call:
-                    backoff = 0.2
+                    backoff.reset()
                     self._take(order)
             except grpc.aio.AioRpcError as exc:
                 log.debug("chat order stream ended: %s", exc.code())
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+            await backoff.wait()
 
     def _take(self, order: pb.ChatOrder) -> None:
         if order.cancel:
@@ -88,6 +93,9 @@ class ChatServer:
         """Stream one order's tokens back on a ChatStream call of its own."""
         rid = order.request_id
         served = not order.model or order.model in self.engine.models()
+        if order.check and served:
+            await self._check(order)
+            return
         # Start the engine first and let its request go out; opening the gRPC call
         # (about a millisecond of CPU) then overlaps the engine's time to first token.
         deltas = self.engine.stream(order_to_request(order)) if served else None
@@ -105,7 +113,7 @@ class ChatServer:
                     )
                 )
             else:
-                await self._pump(rid, call, deltas, first)
+                await self._pump(rid, call, deltas, first, self.fault)
             await call.done_writing()
             await call
             self.served += 1
@@ -120,11 +128,43 @@ class ChatServer:
         except PhageError as exc:
             if call is not None:
                 with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
-                    await call.write(pb.ChatChunk(request_id=rid, error=exc.message))
+                    await call.write(
+                        pb.ChatChunk(request_id=rid, error=exc.message, error_code=exc.grpc_code)
+                    )
                     await call.done_writing()
                 call.cancel()
         finally:
             await _close(deltas, first)
+
+    async def _check(self, order: pb.ChatOrder) -> None:
+        """Re-score another node's answer (checked chat) and send the scores back as one chunk."""
+        rid = order.request_id
+        try:
+            sc = await self.engine.score(order_to_request(order), list(order.check_token_ids))
+            chunk = pb.ChatChunk(
+                request_id=rid,
+                node_id=self.node_id,
+                finish_reason="checked",
+                score=pb.ChatScore(
+                    greedy_gap=sc.greedy_gap,
+                    logprob=sc.logprob,
+                    entropy=sc.entropy,
+                    variance=sc.variance,
+                    decoded=sc.decoded,
+                    eos_token_id=sc.eos_token_id or 0,
+                    has_eos=sc.eos_token_id is not None,
+                ),
+            )
+        except PhageError as exc:
+            chunk = pb.ChatChunk(request_id=rid, node_id=self.node_id, error=exc.message)
+        call = self._stub().ChatStream()
+        try:
+            await call.write(pb.ChatChunk(request_id=rid, node_id=self.node_id))  # opens the stream
+            await call.write(chunk)
+            await call.done_writing()
+            await call
+        except grpc.aio.AioRpcError as exc:
+            log.debug("check %s not delivered: %s", rid, exc.code())
 
     @staticmethod
     async def _pump(
@@ -132,11 +172,14 @@ class ChatServer:
         call: grpc.aio.StreamUnaryCall[pb.ChatChunk, pb.ChatStreamAck],
         deltas: AsyncIterator[Delta],
         first: asyncio.Future[Delta | None],
+        fault: str = "",
     ) -> None:
         """Copy the engine's deltas onto the call; a failed write closes the engine stream."""
         try:
             d = await first
             while d is not None:
+                if fault and d.final:
+                    d = lie(fault, d)
                 if d.final:
                     await call.write(
                         pb.ChatChunk(
@@ -145,6 +188,8 @@ class ChatServer:
                             finish_reason=d.finish_reason or "stop",
                             prompt_tokens=d.prompt_tokens,
                             completion_tokens=d.completion_tokens,
+                            token_ids=d.token_ids,
+                            tool_calls_json=d.tool_calls_json,
                         )
                     )
                 elif d.text:

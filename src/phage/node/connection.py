@@ -100,14 +100,21 @@ async def enroll(
     return Credentials(response.client_certificate_pem, ca_pem)
 
 
-def open_channel(address: str, identity: NodeIdentity, creds: Credentials) -> grpc.aio.Channel:
-    """The mutual-TLS channel every RPC but Register uses."""
+def open_channel(
+    address: str, identity: NodeIdentity, creds: Credentials, *, tls_name: str | None = None
+) -> grpc.aio.Channel:
+    """The mutual-TLS channel every RPC but Register uses.
+
+    ``tls_name``: check the coordinator's certificate against this name rather than ``address``
+    (an address that a name resolved to; see node/endpoints.py).
+    """
     channel_creds = grpc.ssl_channel_credentials(
         root_certificates=creds.ca_pem,
         private_key=identity.tls_key_pem(),
         certificate_chain=creds.cert_pem,
     )
-    return grpc.aio.secure_channel(address, channel_creds, options=CHANNEL_OPTIONS)
+    options = [*CHANNEL_OPTIONS, *([("grpc.ssl_target_name_override", tls_name)] if tls_name else [])]
+    return grpc.aio.secure_channel(address, channel_creds, options=options)
 
 
 def secure_key_dir(key_dir: Path) -> None:

@@ -4,70 +4,65 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from phage.domain import JobManifest, OutputFile, TaskResult
 from phage.domain.generate import GenerateSpec, extract_output
-from phage.domain.manifest import safe_relative_path
 from phage.node.engines import Engine, GenerationRequest
+from phage.node.outputs import CollectedOutput, collect_outputs
 from phage.sandbox import Sandbox, SandboxLimits, SandboxRequest
+from phage.sandbox.scratch import ScratchVolumes, remove_entries
 from phage.sandbox.workdir import unpack_workspace
 
-
-@dataclass(frozen=True, slots=True)
-class CollectedOutput:
-    """An output file found after a run."""
-
-    path: str
-    local: Path
-    sha256: str
-    size: int
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1024 * 1024):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def collect_outputs(
-    workdir: Path, patterns: tuple[str, ...], max_bytes: int
-) -> tuple[list[CollectedOutput], str]:
-    """Regular files matching the globs, inside the workdir; returns (outputs, problem)."""
-    root = workdir.resolve()
-    found: dict[str, CollectedOutput] = {}
-    for pattern in patterns:
-        for path in sorted(workdir.glob(pattern)):
-            if path.is_symlink() or not path.is_file():
-                continue
-            real = path.resolve()
-            if not real.is_relative_to(root):
-                continue
-            rel = real.relative_to(root).as_posix()
-            safe_relative_path(rel, "output")
-            size = real.stat().st_size
-            if size > max_bytes:
-                return [], f"output {rel!r} is {size} bytes; the limit is {max_bytes}"
-            found[rel] = CollectedOutput(rel, real, _sha256(real), size)
-    return list(found.values()), ""
+__all__ = ["CollectedOutput", "JobExecutor", "collect_outputs"]
+log = logging.getLogger(__name__)
 
 
 class JobExecutor:
-    """Runs job assignments in per-assignment scratch directories."""
+    """Runs job assignments in per-assignment scratch directories.
 
-    def __init__(self, scratch_root: Path, log_bytes: int) -> None:
+    With ``volumes`` each directory is its own filesystem of the scratch cap (the
+    kernel enforces it); without, the sandbox's guard polls the directory's size.
+    Whatever is in a ``scratch_root`` the executor made (it holds ``MARK``) when
+    the executor starts is a crashed run's leftover, and is removed first; a
+    directory the executor did not make is never emptied.
+    """
+
+    MARK = ".phage-scratch"
+
+    def __init__(self, scratch_root: Path, log_bytes: int, volumes: ScratchVolumes | None = None) -> None:
         self.scratch_root = scratch_root
         self.log_bytes = log_bytes
+        self.volumes = volumes
         scratch_root.mkdir(parents=True, exist_ok=True)
+        mark = scratch_root / self.MARK
+        if mark.is_file():
+            left = (
+                volumes.sweep(scratch_root, keep=self.MARK)
+                if volumes
+                else remove_entries(scratch_root, self.MARK)
+            )
+            if left:
+                log.info("removed %d workspaces left by an earlier run of this node", len(left))
+        elif not any(scratch_root.iterdir()):
+            mark.touch()
 
     def workdir(self, assignment_id: str) -> Path:
         """The scratch directory of one assignment."""
         return self.scratch_root / assignment_id
+
+    def _fresh(self, assignment_id: str, limits: SandboxLimits) -> Path:
+        """An empty workspace for the assignment (a volume of its scratch cap where there are volumes)."""
+        self.cleanup(assignment_id)
+        workdir = self.workdir(assignment_id)
+        if self.volumes is not None and limits.scratch_bytes is not None:
+            self.volumes.create(workdir, limits.scratch_bytes)
+        else:
+            workdir.mkdir(parents=True)
+        return workdir
 
     async def run(
         self,
@@ -79,21 +74,24 @@ class JobExecutor:
     ) -> tuple[TaskResult, list[CollectedOutput]]:
         """Run the job; returns its result and the output files to upload."""
         started = time.monotonic()
-        workdir = self.workdir(assignment_id)
-        shutil.rmtree(workdir, ignore_errors=True)
-        workdir.mkdir(parents=True)
+        limits = SandboxLimits(wall_s=float(manifest.timeout_s), log_bytes=self.log_bytes)
+        workdir = await asyncio.to_thread(self._fresh, assignment_id, limits)
         if workspace:
             await asyncio.to_thread(unpack_workspace, workspace, workdir)
+        unpacked = time.monotonic()
         outcome = await sandbox.run(
-            SandboxRequest(
-                argv=manifest.command(),
-                workdir=workdir,
-                env=dict(manifest.env),
-                limits=SandboxLimits(wall_s=float(manifest.timeout_s), log_bytes=self.log_bytes),
-            )
+            SandboxRequest(argv=manifest.command(), workdir=workdir, env=dict(manifest.env), limits=limits)
         )
+        ran = time.monotonic()
         outputs, problem = await asyncio.to_thread(
             collect_outputs, workdir, manifest.outputs, max_output_bytes
+        )
+        log.debug(
+            "%s: workspace %.1f ms, sandbox %.1f ms, outputs %.1f ms",
+            assignment_id,
+            (unpacked - started) * 1000,
+            (ran - unpacked) * 1000,
+            (time.monotonic() - ran) * 1000,
         )
         exit_code = outcome.exit_code
         stderr = outcome.stderr_tail
@@ -122,9 +120,8 @@ class JobExecutor:
     ) -> tuple[TaskResult, list[CollectedOutput]]:
         """Generate with the engine, write the output into the workspace, run the verifier sandboxed."""
         started = time.monotonic()
-        workdir = self.workdir(assignment_id)
-        shutil.rmtree(workdir, ignore_errors=True)
-        workdir.mkdir(parents=True)
+        limits = SandboxLimits(wall_s=float(gen.timeout_s), log_bytes=self.log_bytes)
+        workdir = await asyncio.to_thread(self._fresh, assignment_id, limits)
         if workspace:
             await asyncio.to_thread(unpack_workspace, workspace, workdir)
         generation = await engine.generate(
@@ -145,7 +142,7 @@ class JobExecutor:
             SandboxRequest(
                 argv=["/bin/sh", "-c", gen.verifier],
                 workdir=workdir,
-                limits=SandboxLimits(wall_s=float(gen.timeout_s), log_bytes=self.log_bytes),
+                limits=limits,
             )
         )
         output = CollectedOutput(gen.output_path, keep, hashlib.sha256(data).hexdigest(), len(data))
@@ -165,6 +162,10 @@ class JobExecutor:
         return result, [output]
 
     def cleanup(self, assignment_id: str) -> None:
-        """Remove an assignment's scratch directory."""
-        shutil.rmtree(self.workdir(assignment_id), ignore_errors=True)
+        """Remove an assignment's scratch directory (and its volume)."""
+        workdir = self.workdir(assignment_id)
+        if self.volumes is not None:
+            self.volumes.release(workdir)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
         (self.scratch_root / f"{assignment_id}.output").unlink(missing_ok=True)

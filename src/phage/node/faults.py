@@ -18,12 +18,20 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
 
 from phage.domain import OutputFile, TaskResult
+from phage.node.engines.base import Delta
 from phage.node.executor import CollectedOutput
 
 CORRUPT_OUTPUTS_ENV = "PHAGE_TEST_CORRUPT_OUTPUTS"
+CHAT_FAULT_ENV = "PHAGE_TEST_CHAT_FAULT"
+CHAT_FAULTS = ("inflate_usage", "truncate", "pad")
+"""How a lying node answers chats: bills 4 billion tokens for each answer, cuts each answer to
+half its tokens while claiming it finished, or appends tokens the model never chose."""
+INFLATED_TOKENS = 4_000_000_000
 
 log = logging.getLogger("phage.node")
 
@@ -53,6 +61,38 @@ def corrupt(result: TaskResult, outputs: list[CollectedOutput]) -> list[Collecte
     return changed
 
 
+def chat_fault(environ: Mapping[str, str] = os.environ) -> str:
+    """The chat fault this node injects (``PHAGE_TEST_CHAT_FAULT``), or ""; logs a warning when one is on."""
+    fault = environ.get(CHAT_FAULT_ENV, "")
+    if fault not in CHAT_FAULTS:
+        return ""
+    log.warning(
+        "FAULT INJECTION: %s=%s: this node LIES about its chat answers (tests)", CHAT_FAULT_ENV, fault
+    )
+    return fault
+
+
+def lie(fault: str, final: Delta) -> Delta:
+    """The last delta of an answer, as a lying node reports it.
+
+    ``inflate_usage`` bills billions of tokens; ``truncate`` drops the second half of the
+    answer's token ids and claims the model stopped (the text already streamed stays, as a
+    node cutting answers short would send less text too — what the check sees is ids that
+    do not decode to the text, or a stop without end-of-text); ``pad`` appends text the
+    model never produced.
+    """
+    if fault == "inflate_usage":
+        return replace(final, prompt_tokens=INFLATED_TOKENS, completion_tokens=INFLATED_TOKENS)
+    if fault == "truncate":
+        keep = final.token_ids[: max(1, len(final.token_ids) // 2)]
+        if keep and keep[-1] == final.token_ids[-1] and len(final.token_ids) > 1:
+            keep = keep[:-1]
+        return replace(final, finish_reason="stop", completion_tokens=len(keep), token_ids=keep)
+    if fault == "pad":
+        return replace(final, text=final.text + " and that is all")
+    return final
+
+
 POISON_UPDATES_ENV = "PHAGE_TEST_POISON_UPDATES"
 
 
@@ -65,3 +105,44 @@ def poison_updates_enabled(environ: Mapping[str, str] = os.environ) -> bool:
             POISON_UPDATES_ENV,
         )
     return on
+
+
+STAGE_DELAY_ENV = "PHAGE_TEST_STAGE_DELAY_MS"
+
+
+def stage_delay_s(environ: Mapping[str, str] = os.environ) -> float:
+    """Extra seconds each sharded-model stage step takes (``PHAGE_TEST_STAGE_DELAY_MS``; 0 when unset).
+
+    Slows a real node's blocks down so a test can kill it mid-generation; logs a warning when on.
+    """
+    raw = environ.get(STAGE_DELAY_ENV, "")
+    delay = int(raw) / 1000 if raw.isdigit() else 0.0
+    if delay:
+        log.warning("FAULT INJECTION: %s=%s: every stage step here is slowed down", STAGE_DELAY_ENV, raw)
+    return delay
+
+
+NOISY_ACTIVATIONS_ENV = "PHAGE_TEST_NOISY_ACTIVATIONS"
+
+
+def activation_noise(environ: Mapping[str, str] = os.environ) -> Callable[[Any], Any] | None:
+    """A hook adding small noise to every activation a stage sends (``PHAGE_TEST_NOISY_ACTIVATIONS``).
+
+    The value is the noise's size relative to the output's largest magnitude (``0.01``: 1 %): a node
+    that corrupts its sharded-model activations subtly, which checked activations must catch.
+    """
+    raw = environ.get(NOISY_ACTIVATIONS_ENV, "")
+    try:
+        scale = float(raw) if raw else 0.0
+    except ValueError:
+        scale = 0.0
+    if scale <= 0:
+        return None
+    log.warning("FAULT INJECTION: %s=%s: this node sends WRONG activations", NOISY_ACTIVATIONS_ENV, raw)
+
+    def add_noise(output: Any) -> Any:
+        import torch
+
+        return output + torch.randn_like(output) * scale * output.abs().max()
+
+    return add_noise

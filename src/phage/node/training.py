@@ -3,7 +3,9 @@
 A worker builds its VNode (resuming from a checkpoint when told), then trains it
 on batches: a VNode that reads the dataset makes them itself, any other waits
 for its producers' activation frames. After each step it passes its detached
-output on; every few steps it uploads a checkpoint. For an untrusted node the
+output on: straight into the consumer's worker when that VNode is hosted here
+too, otherwise through the coordinator's relay; every few steps it uploads a
+checkpoint. For an untrusted node the
 coordinator asks for a share of steps to be handed in (the state before, the
 inputs, the state digest after) so another node can recompute them.
 """
@@ -18,7 +20,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,10 @@ REPORT_EVERY_S = 0.5
 UPLOAD_CHUNK = 1 << 20
 OUT_FRAMES = 8
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN}
+
+
+_CLOSE = tpb.ActivationFrame(seq=-2)
+"""Put on a worker's outgoing queue after its last frame: ends the stream (never sent)."""
 
 
 class _Stale(Exception):
@@ -84,6 +90,10 @@ class VNodeHost:
         self.cache_dir = cache_dir
         self.poison_updates = poison_updates
         self.workers: dict[tuple[str, str], tuple[int, asyncio.Task[None]]] = {}
+        self.hosted: dict[tuple[str, str], _Worker] = {}
+        """The worker of each VNode hosted here now: local consumers of a producer's frames."""
+        self.frames_local = 0
+        self.frames_relayed = 0
         self.checks_done = 0
         self._checks: set[asyncio.Task[None]] = set()
         torch.set_num_threads(1)  # bit-exact recomputation needs one thread's order of sums
@@ -199,8 +209,12 @@ class VNodeHost:
     # ---- hosting -------------------------------------------------------------------
 
     async def _host(self, h: tpb.HostVNode) -> None:
+        key = (h.network_id, h.vnode_id)
+        worker: _Worker | None = None
         try:
-            await _Worker(self, h).run()
+            worker = _Worker(self, h)
+            self.hosted[key] = worker
+            await worker.run()
         except _Stale:
             log.info("VNode %s/%s moved elsewhere; dropped here", h.network_id, h.vnode_id)
         except asyncio.CancelledError:
@@ -220,6 +234,11 @@ class VNodeHost:
                     ),
                     timeout=30,
                 )
+        finally:
+            if worker is not None:
+                worker.finished.set()
+                if self.hosted.get(key) is worker:
+                    del self.hosted[key]
 
 
 class _Worker:
@@ -232,12 +251,20 @@ class _Worker:
         self.spec = self.net.vnode(h.vnode_id)
         self.producers = [s for s in self.spec.inputs if s != INPUT]
         self.consumers = self.net.consumers(h.vnode_id)
-        self.out: asyncio.Queue[tpb.ActivationFrame | None] = asyncio.Queue(OUT_FRAMES)
+        self.out: asyncio.Queue[tpb.ActivationFrame] = asyncio.Queue(OUT_FRAMES)
+        self.unsent: tpb.ActivationFrame | None = None
+        """A frame taken from ``out`` whose write has not returned yet (sent again by the next call)."""
         self.inbox: asyncio.Queue[tpb.ActivationFrame] = asyncio.Queue(OUT_FRAMES * 4)
+        self.finished = asyncio.Event()
+        """Set when this hosting ends: a producer on this node stops handing it frames."""
         self.rng = random.Random(f"{h.network_id}/{h.vnode_id}/{h.generation}")
         self.rt: VNodeRuntime | None = None
+        self.resumed_at = -1
+        """The last batch the checkpoint this hosting resumed from applied: batches from
+        ``h.replay_from`` up to it are passed on again, forward only (consumers may lack them)."""
         self.data: Dataset | None = None
         self.samples = 0
+        self.replayed = 0
         self.last_report = 0.0
         self.window: tuple[float, int] = (time.monotonic(), 0)
         self.loss = 0.0
@@ -250,6 +277,7 @@ class _Worker:
         rt = await asyncio.to_thread(VNodeRuntime, self.net, h.vnode_id, seed=h.seed)
         if h.checkpoint_sha256:
             rt.load_state(await self.host.blob(h.checkpoint_sha256))
+        self.resumed_at = rt.last_batch
         if self.host.poison_updates:
             rt.tamper = poison
         self.rt = rt
@@ -262,7 +290,7 @@ class _Worker:
             main.result()
             await self.out.put(tpb.ActivationFrame(end=True, seq=-1))
             await self._report(checkpoint=True, done=True)
-            await self.out.put(None)
+            await self.out.put(_CLOSE)
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(asyncio.shield(link), 5)
         finally:
@@ -274,7 +302,8 @@ class _Worker:
         """Keep this VNode's activation stream open; ends when the coordinator refuses it."""
         backoff = 0.2
         while True:
-            call = self.host._stub().Activations(self._frames_up())
+            call = self.host._stub().Activations()
+            pump = asyncio.create_task(self._frames_up(call))
             try:
                 async for f in call:
                     backoff = 0.2
@@ -284,17 +313,32 @@ class _Worker:
                 if exc.code() not in RETRYABLE:
                     log.info("activation stream of %s refused: %s", self.h.vnode_id, exc.details())
                     return
+            finally:
+                pump.cancel()
+                await asyncio.gather(pump, return_exceptions=True)
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, 2.0)
 
-    async def _frames_up(self) -> AsyncIterator[tpb.ActivationFrame]:
+    async def _frames_up(self, call: Any) -> None:
+        """Write this VNode's outgoing frames into one call, until the last (``None``) or the call's end.
+
+        One writer per call, and a frame taken from the queue stays in ``unsent``
+        until a write of it returned: a call that broke mid-way loses nothing, and
+        the next call sends it first. (A request iterator per call could be left
+        parked on the queue by a dead call and swallow the next frame — the end
+        marker, when nothing else was left to send.)
+        """
         h = self.h
-        yield tpb.ActivationFrame(network_id=h.network_id, vnode_id=h.vnode_id, generation=h.generation)
+        header = tpb.ActivationFrame(network_id=h.network_id, vnode_id=h.vnode_id, generation=h.generation)
+        await call.write(header)
         while True:
-            f = await self.out.get()
-            if f is None:
+            if self.unsent is None:
+                self.unsent = await self.out.get()
+            if self.unsent is _CLOSE:
+                await call.done_writing()
                 return
-            yield f
+            await call.write(self.unsent)
+            self.unsent = None
 
     def _batch(self, seq: int) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.data is not None
@@ -304,9 +348,15 @@ class _Worker:
     async def _produce(self) -> None:
         assert self.rt is not None and self.data is not None
         total = self.h.epochs * self.data.batches_per_epoch(self.h.batch_size)
-        for seq in range(self.rt.last_batch + 1, total):
+        start = self.rt.last_batch + 1
+        if self.consumers:
+            start = min(start, max(0, self.h.replay_from))
+        for seq in range(start, total):
             x, y = self._batch(seq)
-            await self._step(seq, [x], y)
+            if seq <= self.rt.last_batch:
+                await self._replay(seq, [x], y)
+            else:
+                await self._step(seq, [x], y)
 
     async def _consume(self) -> None:
         assert self.rt is not None
@@ -317,7 +367,7 @@ class _Worker:
             if f.end:
                 ended.add(f.vnode_id)
                 continue
-            if f.seq <= self.rt.last_batch:
+            if f.seq <= self.rt.last_batch and not self._replays(f.seq):
                 continue  # a late or duplicated batch
             xs, y = unpack(f.tensor)
             slot = pending.setdefault(f.seq, {})
@@ -330,7 +380,22 @@ class _Worker:
             inputs = []
             for src in self.spec.inputs:
                 inputs.append(self._batch(f.seq)[0] if src == INPUT else slot[src][0])
-            await self._step(f.seq, inputs, y)
+            if f.seq <= self.rt.last_batch:
+                await self._replay(f.seq, inputs, y)
+            else:
+                await self._step(f.seq, inputs, y)
+
+    def _replays(self, seq: int) -> bool:
+        """Is ``seq`` a batch this hosting passes on again (applied by its checkpoint, lacked downstream)?"""
+        return bool(self.consumers) and self.h.replay_from <= seq <= self.resumed_at
+
+    async def _replay(self, seq: int, inputs: list[torch.Tensor], y: torch.Tensor) -> None:
+        """Pass a batch the checkpoint already applied on again: forward only, no step, no report."""
+        rt = self.rt
+        assert rt is not None
+        out = await asyncio.to_thread(rt.forward, inputs)
+        self.replayed += 1
+        await self._pass_on(tpb.ActivationFrame(seq=seq, tensor=pack([out], y)))
 
     async def _step(self, seq: int, inputs: list[torch.Tensor], y: torch.Tensor) -> None:
         rt = self.rt
@@ -343,7 +408,7 @@ class _Worker:
         out, self.loss = done
         self.samples += len(y)
         if self.consumers:
-            await self.out.put(tpb.ActivationFrame(seq=seq, tensor=pack([out], y)))
+            await self._pass_on(tpb.ActivationFrame(seq=seq, tensor=pack([out], y)))
         check: dict[str, Any] = {}
         if sampled:
             check = {
@@ -355,6 +420,40 @@ class _Worker:
         due = rt.step % max(1, self.h.checkpoint_every) == 0
         if due or check or time.monotonic() - self.last_report > REPORT_EVERY_S:
             await self._report(checkpoint=due, **check)
+
+    async def _pass_on(self, frame: tpb.ActivationFrame) -> None:
+        """Hand a frame to consumers hosted here; through the relay when any is elsewhere (or gone).
+
+        The relay delivers to every consumer, so a local one may get the frame
+        twice: the second copy is a duplicate batch, dropped like any other.
+        """
+        relay = False
+        for consumer in self.consumers:
+            local = self.host.hosted.get((self.h.network_id, consumer))
+            if local is None:
+                relay = True
+                continue
+            frame.vnode_id = self.h.vnode_id
+            if await local.deliver(frame):
+                self.host.frames_local += 1
+            else:
+                relay = True
+        if relay:
+            self.host.frames_relayed += 1
+            await self.out.put(tpb.ActivationFrame(seq=frame.seq, tensor=frame.tensor))
+
+    async def deliver(self, frame: tpb.ActivationFrame) -> bool:
+        """Take a frame from a producer on this node (waiting for room); False once this hosting ended."""
+        if self.finished.is_set():
+            return False
+        put = asyncio.ensure_future(self.inbox.put(frame))
+        ended = asyncio.ensure_future(self.finished.wait())
+        done, _ = await asyncio.wait({put, ended}, return_when=asyncio.FIRST_COMPLETED)
+        ended.cancel()
+        if put in done:
+            return True
+        put.cancel()
+        return False
 
     async def _report(self, *, checkpoint: bool = False, done: bool = False, **check: Any) -> None:
         rt = self.rt

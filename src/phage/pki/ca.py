@@ -46,6 +46,16 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
+def write_private(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text``, readable by this user only from its first byte on."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a leftover file
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
 def _save(path: Path, data: bytes, private: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
@@ -179,11 +189,28 @@ class CertificateAuthority:
             .serial_number(serial)
             .not_valid_before(_now() - dt.timedelta(minutes=5))
             .not_valid_after(_now() + dt.timedelta(days=NODE_CERT_DAYS))
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            # Server use too: nodes serving sharded-model stages accept data-plane connections from
+            # other nodes, which check the name below, a name only this CA gives to this node id.
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]),
+                critical=False,
+            )
+            .add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(node_dns_name(node_id))]), critical=False
+            )
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .sign(self.key, hashes.SHA256())
         )
         return cert.public_bytes(serialization.Encoding.PEM), format(serial, "x")
+
+
+def node_dns_name(node_id: str) -> str:
+    """The DNS name in a node's certificate: a hash of its id (ids hold ``+/=``, which names cannot).
+
+    A data-plane client sets this as the TLS target name, so the handshake succeeds only
+    with the node it meant to reach.
+    """
+    return f"n{hashlib.sha256(node_id.encode()).hexdigest()[:40]}.node.phage"
 
 
 def make_csr(tls_key: ec.EllipticCurvePrivateKey, node_id: str) -> bytes:

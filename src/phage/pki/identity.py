@@ -25,7 +25,7 @@ TLS_KEY_FILE = "tls-key.pem"
 
 
 def node_id_from_public_key(raw: bytes) -> str:
-    """The node id: standard base64 of the raw 32-byte Ed25519 public key (seed 002's worker_id)."""
+    """The node id: standard base64 of the raw 32-byte Ed25519 public key (sandrun's worker_id)."""
     if len(raw) != 32:
         raise InvalidInput("identity_public_key must be 32 raw bytes", field="identity_public_key")
     return base64.b64encode(raw).decode("ascii")

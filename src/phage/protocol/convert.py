@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from phage.domain import Dispatch, JobManifest, OutputFile, ReceivedAssignment, TaskResult, TaskSpec
+from phage.domain.blocks import BlockAssignment, BlockOffer, BlockRange
 from phage.domain.spec import generate_from_dict
 from phage.errors import InvalidInput
 from phage.pki.attestation import input_hash
+from phage.protocol.v1 import blocks_pb2 as blocks_pb
 from phage.protocol.v1 import phage_pb2 as pb
 
 
@@ -185,6 +187,7 @@ def assignment_from_pb(msg: pb.TaskAssignment) -> ReceivedAssignment:
         generate=generate,
         workspace=msg.workspace_sha256,
         workspace_size=msg.workspace_size,
+        request_id=msg.request_id,
     )
     return ReceivedAssignment(
         assignment_id=msg.assignment_id,
@@ -206,6 +209,7 @@ def dispatch_to_pb(d: Dispatch, max_output_bytes: int) -> pb.TaskAssignment:
     msg.lease_expires_unix_ms = int(a.lease_expires_at * 1000)
     msg.max_output_bytes = max_output_bytes
     msg.input_sha256 = d.input_sha256
+    msg.request_id = a.spec.request_id  # metadata for logs, outside what the input hash covers
     if d.workspace is not None:
         msg.workspace = d.workspace
     return msg
@@ -277,3 +281,52 @@ def result_to_pb(node_id: str, assignment_id: str, task_id: str, r: TaskResult) 
         output_sha256=r.output_sha256,
         attestation=bytes.fromhex(r.attestation),
     )
+
+
+def block_offer_from_pb(msg: blocks_pb.BlockOffer) -> BlockOffer:
+    """A heartbeat's block offer as a domain value."""
+    return BlockOffer(
+        serve_blocks=msg.serve_blocks,
+        dataplane_address=msg.dataplane_address,
+        memory_bytes=int(msg.memory_bytes),
+        model=msg.model,
+        start=int(msg.start),
+        end=int(msg.end),
+        throughput=float(msg.throughput),
+        requested_model=msg.requested_model,
+        active_sessions=int(msg.active_sessions),
+    )
+
+
+def block_offer_to_pb(offer: BlockOffer) -> blocks_pb.BlockOffer:
+    """A node's block offer for its heartbeat."""
+    return blocks_pb.BlockOffer(
+        serve_blocks=offer.serve_blocks,
+        dataplane_address=offer.dataplane_address,
+        memory_bytes=offer.memory_bytes,
+        model=offer.model,
+        start=offer.start,
+        end=offer.end,
+        throughput=offer.throughput,
+        requested_model=offer.requested_model,
+        active_sessions=offer.active_sessions,
+    )
+
+
+def block_assignment_to_pb(a: BlockAssignment) -> blocks_pb.BlockAssignment:
+    """The range a node should hold, for its heartbeat response."""
+    blocks = a.blocks or BlockRange(0, 1)
+    return blocks_pb.BlockAssignment(
+        model=a.model,
+        checkpoint=a.checkpoint,
+        start=blocks.start if a.blocks else 0,
+        end=blocks.end if a.blocks else 0,
+        standby=a.standby,
+        error=a.error,
+    )
+
+
+def block_assignment_from_pb(msg: blocks_pb.BlockAssignment) -> BlockAssignment:
+    """A heartbeat response's block assignment as a domain value."""
+    blocks = BlockRange(msg.start, msg.end) if msg.model and msg.end > msg.start >= 0 else None
+    return BlockAssignment(msg.model, msg.checkpoint, blocks, msg.standby, msg.error)

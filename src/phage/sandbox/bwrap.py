@@ -43,6 +43,7 @@ from phage.sandbox.cgroups import CgroupLimits, Cgroups, RunCgroup
 from phage.sandbox.limits import LimitGuard, nproc_args, ulimit_script
 from phage.sandbox.process import run_process
 from phage.sandbox.rootfs import SANDBOX_GID, SANDBOX_UID, WORKSPACE, Stage, grant_workspace, stage
+from phage.sandbox.scratch import scratch_mechanism
 from phage.sandbox.seccomp import DENIED_X86_64, native_filter
 
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
@@ -266,7 +267,7 @@ class BwrapSandbox(Sandbox):
             "memory": "cgroup" if "memory" in has else "rlimit-as",
             "pids": "cgroup" if "pids" in has else ("rlimit-nproc" if tools.privileged else "none"),
             "cpu": "cgroup" if "cpu" in has else "none",
-            "scratch": "rlimit-fsize + watch",
+            "scratch": scratch_mechanism(),
             "output": "cap + kill",
         }
 

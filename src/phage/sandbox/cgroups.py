@@ -127,14 +127,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _sweep(group: Path) -> None:
-    """Remove empty run groups left by processes that died (a node killed -9)."""
+def _sweep(group: Path, version: int) -> None:
+    """Kill and remove run groups left by processes that died (a node killed -9).
+
+    A run's processes normally die with their node (bwrap ``--die-with-parent``,
+    runsc under a parent-death signal); whatever still lives in the group of a
+    dead node is a leftover, found here when the next node on this machine starts.
+    """
     with contextlib.suppress(OSError):
         for child in group.iterdir():
             parts = child.name.split("-")
             if len(parts) >= 3 and parts[0] == "run" and parts[1].isdigit() and not _alive(int(parts[1])):
-                with contextlib.suppress(OSError):
-                    child.rmdir()
+                RunCgroup(version, {"pids": child}).remove_blocking(grace_s=2.0)
 
 
 class Cgroups:
@@ -227,7 +231,7 @@ def _try_v1(group: Path, controller: str) -> bool:
     finally:
         with contextlib.suppress(OSError):
             probe.rmdir()
-        _sweep(group)
+        _sweep(group, 1)
 
 
 def _prepare_v2(base: Path) -> dict[str, Path] | str:
@@ -254,7 +258,7 @@ def _prepare_v2(base: Path) -> dict[str, Path] | str:
         _write(group / "cgroup.subtree_control", enable)
     except OSError as exc:
         return f"cgroup v2 at {base} is not delegated to this process: {exc.strerror or exc}"
-    _sweep(group)
+    _sweep(group, 2)
     return dict.fromkeys(wanted, group)
 
 

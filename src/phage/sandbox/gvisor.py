@@ -11,8 +11,8 @@ only through its Gofer. A run gets:
 - an OCI bundle whose read-only root is the shared stage (``rootfs``: mount points,
   the host's ``/bin``/``/lib*`` links, the synthesised ``/etc``), with ``/usr`` bound
   read-only, gVisor's own ``/proc``, ``/dev``, ``/sys``, a size-limited tmpfs
-  ``/tmp`` (Sentry memory, so inside the memory limit), and ``/workspace`` bound
-  read-write;
+  ``/tmp`` and ``/dev/shm`` (Sentry memory, so inside the memory limit), and
+  ``/workspace`` bound read-write;
 - limits: the wrapper joins a cgroup before exec'ing runsc (``--ignore-cgroups``:
   runsc leaves cgroups alone), so Sentry, Gofer and everything they start are in
   it. The memory limit covers the whole sandbox, gVisor included, with
@@ -58,6 +58,7 @@ from phage.sandbox.rootfs import (
     private_dir,
     stage,
 )
+from phage.sandbox.scratch import scratch_mechanism
 
 PLATFORM = "ptrace"
 MEMORY_OVERHEAD = 64 * 1024**2
@@ -79,6 +80,7 @@ class RunscHost:
 
     runsc: str
     sh: str
+    setpriv: str
     version: str
     cgroups: Cgroups | None
 
@@ -88,8 +90,11 @@ def runsc_host() -> RunscHost | str:
     """runsc and cgroups here, or what is missing."""
     runsc = shutil.which("runsc", path=WRAPPER_ENV["PATH"])
     sh = shutil.which("sh", path=WRAPPER_ENV["PATH"])
+    setpriv = shutil.which("setpriv", path=WRAPPER_ENV["PATH"])
     if runsc is None or sh is None:
         return "runsc is not installed (Debian: apt-get install runsc)"
+    if setpriv is None:
+        return "setpriv is not installed (Debian: apt-get install util-linux)"
     if os.geteuid() != 0:
         return "runsc needs root to build its sandbox (this node runs as an unprivileged user)"
     try:
@@ -98,7 +103,7 @@ def runsc_host() -> RunscHost | str:
         return f"runsc --version failed: {exc}"
     version = done.stdout.strip().splitlines()[0] if done.stdout.strip() else "unknown"
     detected = Cgroups.detect()
-    return RunscHost(runsc, sh, version, detected if isinstance(detected, Cgroups) else None)
+    return RunscHost(runsc, sh, setpriv, version, detected if isinstance(detected, Cgroups) else None)
 
 
 def host_limits(limits: SandboxLimits) -> CgroupLimits:
@@ -136,12 +141,16 @@ def oci_spec(request: SandboxRequest, *, stage: Stage, cgroup: RunCgroup | None)
             "source": "sysfs",
             "options": ["nosuid", "noexec", "nodev", "ro"],
         },
-        {
-            "destination": "/tmp",
-            "type": "tmpfs",
-            "source": "tmpfs",
-            "options": ["nosuid", "nodev", "mode=1777", f"size={limits.tmp_bytes}"],
-        },
+        *(
+            {
+                "destination": where,
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": ["nosuid", "nodev", "mode=1777", f"size={limits.tmp_bytes}"],
+            }
+            # /dev/shm: POSIX semaphores and shared memory (Python's multiprocessing needs them)
+            for where in ("/tmp", "/dev/shm")
+        ),
         {"destination": "/usr", "type": "bind", "source": "/usr", "options": ro},
     ]
     mounts += [
@@ -182,8 +191,16 @@ def oci_spec(request: SandboxRequest, *, stage: Stage, cgroup: RunCgroup | None)
 def runsc_argv(
     host: RunscHost, *, state: Path, bundle: Path, cid: str, cgroup: RunCgroup | None
 ) -> list[str]:
-    """Join the cgroup, then exec ``runsc run``."""
+    """Join the cgroup, then exec ``runsc run`` under a parent-death signal.
+
+    ``runsc run`` is the node's own child (the wrapper shell and ``setpriv`` exec
+    into it) and dies with the node, even of ``kill -9`` (strictly, with the thread that started it:
+    runs start from the node's event-loop thread, which lives as long as the node); its ``--attached``
+    sandbox and Gofer die with it. Without that they would outlive the node,
+    running a task the coordinator has meanwhile given to another node.
+    """
     runsc = [
+        host.setpriv, "--pdeathsig", "KILL", "--",
         host.runsc, "--root", str(state), "--network=none", "--ignore-cgroups", f"--platform={PLATFORM}",
         "run", "--bundle", str(bundle), cid,
     ]  # fmt: skip
@@ -253,13 +270,13 @@ class GvisorSandbox(Sandbox):
             "network": "none",
             "uid": SANDBOX_UID,
             "root": "stage, read-only",
-            "writable": [WORKSPACE, "/tmp (tmpfs)"],
+            "writable": [WORKSPACE, "/tmp (tmpfs)", "/dev/shm (tmpfs)"],
             **stage().describe(),
             "cgroups": cg.describe() if cg is not None else None,
             "memory": f"cgroup (+{MEMORY_OVERHEAD} for gVisor)" if "memory" in has else "rlimit-as",
             "pids": "rlimit-nproc" + (" + watch" if "pids" in has else ""),
             "cpu": "cgroup" if "cpu" in has else "none",
-            "scratch": "rlimit-fsize + watch",
+            "scratch": scratch_mechanism(),
             "output": "cap + kill",
         }
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from phage.sandbox.base import KillReason, SandboxLimits
 from phage.sandbox.cgroups import RunCgroup
 from phage.sandbox.process import Breach, Guard
+from phage.sandbox.scratch import is_volume, volume_full
 
 EVENT_POLL_S = 0.05
 """How often the guard reads the run's cgroup events."""
@@ -105,6 +106,10 @@ class LimitGuard(Guard):
     async def _scratch(self) -> Breach | None:
         cap = self.limits.scratch_bytes
         if cap is None:
+            return None
+        if is_volume(self.workdir):  # the kernel holds the cap; only say when it was reached
+            if volume_full(self.workdir):
+                return Breach(KillReason.SCRATCH, f"scratch space reached its cap of {cap} bytes")
             return None
         used = await asyncio.to_thread(scratch_usage, self.workdir, cap)
         if used >= cap:

@@ -12,12 +12,21 @@ BACKENDS: dict[str, type[Sandbox]] = {"gvisor": GvisorSandbox, "bwrap": BwrapSan
 STRONGEST_FIRST: tuple[str, ...] = ("gvisor", "bwrap")
 """Real isolation backends, strongest first; ``none`` is never picked automatically.
 
-gVisor comes first: a task's system calls reach a user-space kernel, so a host
-kernel bug reachable from the task is not enough to escape, where under bwrap
-the task talks to the host kernel directly (namespaces, not a kernel boundary).
-Its price — about 0.2 s more to start and slower system calls — is small
-against the tasks phage runs. bwrap is the fallback wherever runsc is missing or
-cannot run (no root, no ptrace), and the backend for work gVisor cannot do.
+gVisor is the stronger: a task's system calls reach a user-space kernel, so a
+host kernel bug reachable from the task is not enough to escape, where under
+bwrap the task talks to the host kernel directly (namespaces and a seccomp
+filter, not a kernel boundary).
+"""
+DEFAULT_FIRST: tuple[str, ...] = ("bwrap", "gvisor")
+"""The order a node prefers backends in for tasks that ask for ``any``: bwrap, then gVisor.
+
+bwrap (namespaces, seccomp, cgroups, a read-only minimal root) starts a run in
+about 20 ms; gVisor on this platform (ptrace; Debian's runsc has no systrap and
+KVM hangs in nested VMs) costs about 150 ms more per run and slows every system
+call, which made a short job four times slower end to end (BENCHMARKS.md, "Short
+jobs"). So bwrap is the default and gVisor stays on offer, next to it, for
+tasks that require it (``isolation: "gvisor"``); gVisor is the default only
+where bwrap does not work.
 """
 
 
@@ -27,9 +36,9 @@ def available_backends() -> dict[str, str | None]:
 
 
 def make_sandbox(name: str | None) -> Sandbox:
-    """The named backend, or the strongest working one when ``name`` is None."""
+    """The named backend, or the default working one (``DEFAULT_FIRST``) when ``name`` is None."""
     if name is None:
-        for candidate in STRONGEST_FIRST:
+        for candidate in DEFAULT_FIRST:
             if BACKENDS[candidate].unavailable_reason() is None:
                 return BACKENDS[candidate]()
         raise SandboxError(

@@ -15,12 +15,16 @@ from __future__ import annotations
 import atexit
 import contextlib
 import hashlib
+import logging
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 SANDBOX_UID = 65534
 SANDBOX_GID = 65534
@@ -166,8 +170,35 @@ _lock = threading.Lock()
 _stage: Stage | None = None
 
 
+STAGE_TMPFS_BYTES = 64 * 1024**2
+"""Size of the tmpfs a root node builds its stage on (the copied /etc takes about 1 MiB)."""
+
+
 def _remove(path: Path) -> None:
+    if os.path.ismount(path):  # a stage on its own tmpfs (root nodes)
+        subprocess.run(["umount", "--lazy", str(path)], capture_output=True, timeout=30, check=False)
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _own_filesystem(root: Path) -> None:
+    """Root nodes: put the stage on its own tmpfs, so the sandbox's ``mountinfo`` shows
+    ``/rootfs/etc`` as the source of its ``/etc``, not a path on the host."""
+    if os.geteuid() != 0:
+        return
+    options = f"size={STAGE_TMPFS_BYTES},mode=0755,nosuid,nodev"
+    try:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "phage-stage", str(root)],
+            capture_output=True,
+            timeout=30,
+            check=False,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        )
+        problem = "" if done.returncode == 0 else done.stderr.decode(errors="replace").strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        problem = str(exc)
+    if problem:  # the stage still works from the directory; only its path shows in mountinfo
+        log.warning("the sandbox stage stays a plain directory: %s", problem)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -202,6 +233,7 @@ def stage() -> Stage:
             root = private_dir("sandbox")
             os.chmod(root, 0o755)
             try:
+                _own_filesystem(root)
                 _stage = Stage(root)
             except BaseException:
                 _remove(root)

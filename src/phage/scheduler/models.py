@@ -2,7 +2,7 @@
 
 Placement must not send a model to a node it cannot fit. Before any node has
 loaded a model, the coordinator only has its name: known models come from the
-table (seed 000's figures, weights plus a working margin for the KV cache);
+table (published figures, weights plus a working margin for the KV cache);
 other names are sized from their parameter count ("7B", "0.5B", "8x7B") at two
 bytes a parameter (half that for 4-bit AWQ/GPTQ/GGUF-Q4 names) plus 20 %. Once
 a node has the model loaded it reports the measured figure, which wins.

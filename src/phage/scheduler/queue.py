@@ -28,6 +28,9 @@ class ReadyQueue:
     def __len__(self) -> int:
         return len(self._live)
 
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._live
+
     def push(self, task: QueuedTask) -> None:
         """Add (or re-add) a queued task."""
         old = self._live.get(task.id)

@@ -47,7 +47,9 @@ class BlobStore:
     def put(self, data: bytes) -> str:
         """Store ``data``; returns its digest."""
         digest = hashlib.sha256(data).hexdigest()
-        if not self.exists(digest):
+        try:
+            os.utime(self.path(digest))  # fresh again: a sweep running now must not take it (see sweep)
+        except FileNotFoundError:
             writer = self.writer(limit=len(data))
             writer.write(data)
             writer.commit(digest)
@@ -56,6 +58,31 @@ class BlobStore:
     def read(self, digest: str) -> bytes:
         """The whole blob."""
         return self.path(digest).read_bytes()
+
+    def sweep(self, keep: set[str], older_than: float) -> tuple[int, int]:
+        """Delete blobs not in ``keep`` last written before ``older_than`` (a Unix time), and stale
+        temp files; returns (files deleted, bytes freed).
+
+        Why the age matters: a blob is written before the row that refers to it (a workspace
+        before its task, an output before its result), and :meth:`put` refreshes the time of a
+        blob it finds already stored. Take ``older_than`` before reading ``keep``, and any blob
+        referred to by a row written since is younger than it, so is kept.
+        """
+        deleted = freed = 0
+        for sub in self.root.iterdir():
+            if not sub.is_dir():
+                continue
+            for path in sub.iterdir():
+                try:
+                    st = path.stat()
+                except FileNotFoundError:
+                    continue
+                if st.st_mtime >= older_than:
+                    continue
+                if sub == self._tmp or (_SHA256.fullmatch(path.name) and path.name not in keep):
+                    path.unlink(missing_ok=True)
+                    deleted, freed = deleted + 1, freed + st.st_size
+        return deleted, freed
 
     def writer(self, limit: int) -> BlobWriter:
         """A streaming writer that refuses more than ``limit`` bytes."""

@@ -82,6 +82,11 @@ api_keys = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("revoked", sa.Boolean, nullable=False, default=False),
     sa.Column("credit_limit_tokens", sa.BigInteger, nullable=True),
+    sa.Column("used_tokens", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("reserved_tokens", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("requests_per_minute", sa.Integer, nullable=True),
+    sa.Column("tokens_per_minute", sa.BigInteger, nullable=True),
+    sa.Column("max_concurrent", sa.Integer, nullable=True),
 )
 
 usage = sa.Table(
@@ -89,6 +94,46 @@ usage = sa.Table(
     metadata,
     sa.Column("key_id", sa.String(32), primary_key=True),
     sa.Column("model", sa.String(255), primary_key=True),
+    sa.Column("node_id", sa.String(64), primary_key=True),
+    sa.Column("requests", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("prompt_tokens", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("completion_tokens", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+credit_holds = sa.Table(
+    "credit_holds",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("key_id", sa.String(32), nullable=False),
+    sa.Column("tokens", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Index("ix_credit_holds_key", "key_id"),
+)
+
+usage_requests = sa.Table(
+    "usage_requests",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("key_id", sa.String(32), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("model", sa.String(255), nullable=False),
+    sa.Column("node_id", sa.String(64), nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("duration_s", sa.Float, nullable=False),
+    sa.Column("ttft_s", sa.Float, nullable=True),
+    sa.Column("prompt_tokens", sa.BigInteger, nullable=False),
+    sa.Column("completion_tokens", sa.BigInteger, nullable=False),
+    sa.Column("reported_tokens", sa.BigInteger, nullable=False),
+    sa.Column("outcome", sa.String(32), nullable=False),
+    sa.Column("checked", sa.String(16), nullable=False, server_default=""),
+    sa.Index("ix_usage_requests_key_time", "key_id", "started_at"),
+    sa.Index("ix_usage_requests_time", "started_at"),
+)
+
+node_accounts = sa.Table(
+    "node_accounts",
+    metadata,
     sa.Column("node_id", sa.String(64), primary_key=True),
     sa.Column("requests", sa.BigInteger, nullable=False, server_default=sa.text("0")),
     sa.Column("prompt_tokens", sa.BigInteger, nullable=False, server_default=sa.text("0")),

@@ -7,6 +7,7 @@ reads use the async driver. Claims are compare-and-set updates (``WHERE state =
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ from phage.domain.models import QueuedTask
 from phage.domain.quorum import QuorumOutcome, Standing
 from phage.domain.settle import Candidate, Counters, Next, choose, next_step
 from phage.errors import Conflict, NotFound, PermissionDenied, PhageError, ProtocolError
-from phage.store.base import FinishOutcome, LostOutcome
+from phage.store.base import FinishOutcome, LostOutcome, PageCursor
+from phage.store.outage import reports_outages
 from phage.store.rows import (
     ADVANCE_TASK,
     BUDGET,
@@ -40,20 +42,17 @@ from phage.store.rows import (
 from phage.store.schema import attempts, tasks
 from phage.store.sql_nodes import NodeRecords
 from phage.store.sql_quorum import QuorumRecords, plan_quorum
+from phage.store.sql_replicas import ReplicaRecords
+from phage.store.sql_retention import RetentionRecords
 from phage.store.sql_training import TrainingRecords
 from phage.store.sql_usage import UsageRecords
+from phage.store.urls import database_urls, redact
 from phage.store.writer import GroupCommitWriter
 
+log = logging.getLogger("phage.store")
 
-def sync_url(url: str) -> str:
-    """The synchronous driver's URL for an async one (the writer thread uses it)."""
-    for async_driver, sync_driver in (
-        ("sqlite+aiosqlite", "sqlite"),
-        ("postgresql+asyncpg", "postgresql+psycopg"),
-    ):
-        if url.startswith(async_driver + ":"):
-            return sync_driver + url[len(async_driver) :]
-    return url
+PG_TIMEOUT_S = 10.0
+"""Longest a PostgreSQL connect or statement may take before the call fails instead of waiting."""
 
 
 def sqlite_url(path: Path) -> str:
@@ -61,18 +60,31 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite+aiosqlite:///{path}"
 
 
-class SqlStore(NodeRecords, UsageRecords, QuorumRecords, TrainingRecords):
+@reports_outages
+class SqlStore(NodeRecords, UsageRecords, QuorumRecords, ReplicaRecords, TrainingRecords, RetentionRecords):
     """The coordinator's durable state over SQLAlchemy 2 async (SQLite or PostgreSQL)."""
 
     def __init__(self, url: str, *, synchronous: str = "NORMAL") -> None:
         self.url = url
-        self.is_sqlite = url.startswith("sqlite")
-        kwargs: dict[str, Any] = {}
+        urls = database_urls(url)
+        self.is_sqlite = not urls.postgres
+        self.dsn = urls.dsn
+        """PostgreSQL: the plain URL replica signals connect with (``store/signals.py``)."""
         if self.is_sqlite:
-            kwargs["connect_args"] = {"timeout": 30}
-        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+            read_kw: dict[str, Any] = {"connect_args": {"timeout": 30}}
+            write_kw: dict[str, Any] = read_kw
+        else:
+            # pre_ping: after a PostgreSQL restart the pooled connections are dead; each is
+            # tested before use and replaced, so the store recovers without a coordinator restart.
+            # Timeouts bound every call, so an unreachable database fails a request, never hangs it.
+            read_kw = {
+                "pool_pre_ping": True,
+                "connect_args": {"timeout": PG_TIMEOUT_S, "command_timeout": PG_TIMEOUT_S},
+            }
+            write_kw = {"pool_pre_ping": True, "pool_size": 1, "connect_args": {"connect_timeout": 5}}
+        self.engine: AsyncEngine = create_async_engine(urls.async_url, **read_kw)
         """Reads: async, so they never block the event loop."""
-        self.sync_engine: Engine = create_engine(sync_url(url), **kwargs)
+        self.sync_engine: Engine = create_engine(urls.sync_url, **write_kw)
         """Writes: run by the group-commit writer's own thread."""
         if self.is_sqlite:
             self._install_sqlite_pragmas(self.engine.sync_engine, synchronous)
@@ -104,6 +116,7 @@ class SqlStore(NodeRecords, UsageRecords, QuorumRecords, TrainingRecords):
         async with self.engine.begin() as conn:
             await conn.run_sync(upgrade)
         self._writer.start()
+        log.info("store open: %s", redact(self.url))
 
     async def close(self) -> None:
         """Drain the writer and dispose of connections."""
@@ -135,8 +148,9 @@ class SqlStore(NodeRecords, UsageRecords, QuorumRecords, TrainingRecords):
         owner: str | None = None,
         limit: int = 50,
         before: float | None = None,
+        after: PageCursor | None = None,
     ) -> list[Task]:
-        """Newest first, filtered; page with ``before`` = the last row's created_at."""
+        """Newest first, filtered; ``after`` (the last row's cursor) continues a page (keyset)."""
         q = tasks.select().order_by(tasks.c.created_at.desc(), tasks.c.id.desc()).limit(limit)
         if state is not None:
             q = q.where(tasks.c.state == state.value)
@@ -146,8 +160,23 @@ class SqlStore(NodeRecords, UsageRecords, QuorumRecords, TrainingRecords):
             q = q.where(tasks.c.owner == owner)
         if before is not None:
             q = q.where(tasks.c.created_at < before)
+        if after is not None:
+            q = q.where(
+                sa.or_(
+                    tasks.c.created_at < after.created_at,
+                    sa.and_(tasks.c.created_at == after.created_at, tasks.c.id < after.id),
+                )
+            )
         async with self.engine.connect() as conn:
             return [task_from_row(r) for r in await conn.execute(q)]
+
+    async def count_open_tasks(self, owner: str) -> int:
+        """Tasks of one key that are not finished yet (what a per-key quota counts)."""
+        q = sa.select(sa.func.count()).where(
+            tasks.c.owner == owner, tasks.c.state.not_in([s.value for s in TaskState if s.terminal])
+        )
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(q)).scalar_one())
 
     async def count_tasks(self) -> dict[str, int]:
         """Tasks per state."""
@@ -319,8 +348,13 @@ class SqlStore(NodeRecords, UsageRecords, QuorumRecords, TrainingRecords):
         def op(conn: Connection) -> list[FinishOutcome | PhageError]:
             ids = [aid for aid, _ in items]
             found: dict[str, Attempt] = {}
-            for chunk in chunks(ids):
-                for row in conn.execute(attempts.select().where(attempts.c.id.in_(chunk))):
+            for chunk in chunks(sorted(ids)):  # rows locked in one order everywhere: no deadlock
+                q = attempts.select().where(attempts.c.id.in_(chunk))
+                if not self.is_sqlite:
+                    # another replica may be losing these attempts right now (its sweep, its liveness):
+                    # lock them, so a result and a loss are decided one after the other, never both
+                    q = q.with_for_update()
+                for row in conn.execute(q):
                     found[row.id] = attempt_from_row(row)
             out: list[FinishOutcome | PhageError] = []
             events: list[Event] = []
@@ -384,23 +418,27 @@ class SqlStore(NodeRecords, UsageRecords, QuorumRecords, TrainingRecords):
         """Open attempts → lost; their tasks are offered again while the attempt budget lasts."""
 
         def op(conn: Connection) -> list[LostOutcome]:
-            events: list[Event] = []
-            for chunk in chunks(attempt_ids):
-                res = conn.execute(
-                    attempts.update()
-                    .where(attempts.c.id.in_(chunk), attempts.c.state.in_(OPEN))
-                    .values(state=AttemptState.LOST.value, finished_at=now, error=reason)
-                    .returning(attempts.c.id, attempts.c.task_id)
-                )
-                events.extend(
-                    Event(len(events), r.task_id, r.id, completed=False, reason=reason) for r in res
-                )
-            return [
-                LostOutcome(ev.attempt_id, ev.task_id, state, requeued)
-                for ev, (state, requeued, _) in self._advance(conn, events, now)
-            ]
+            return self._lose_in(conn, attempt_ids, reason, now)
 
         return await self._writer.run(op)
+
+    def _lose_in(
+        self, conn: Connection, attempt_ids: Sequence[str], reason: str, now: float
+    ) -> list[LostOutcome]:
+        """Inside a write: open attempts → lost, and their tasks moved on."""
+        events: list[Event] = []
+        for chunk in chunks(sorted(attempt_ids)):  # lock order as in finish_many
+            res = conn.execute(
+                attempts.update()
+                .where(attempts.c.id.in_(chunk), attempts.c.state.in_(OPEN))
+                .values(state=AttemptState.LOST.value, finished_at=now, error=reason)
+                .returning(attempts.c.id, attempts.c.task_id)
+            )
+            events.extend(Event(len(events), r.task_id, r.id, completed=False, reason=reason) for r in res)
+        return [
+            LostOutcome(ev.attempt_id, ev.task_id, state, requeued)
+            for ev, (state, requeued, _) in self._advance(conn, events, now)
+        ]
 
     def _advance(
         self,

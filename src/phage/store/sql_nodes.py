@@ -168,15 +168,26 @@ class NodeRecords:
         """Look a key up by its hash."""
         async with self.engine.connect() as conn:
             r = (await conn.execute(api_keys.select().where(api_keys.c.secret_hash == secret_hash))).first()
-        if r is None:
-            return None
-        return ApiKeyRecord(r.id, r.name, r.role, r.created_at, bool(r.revoked), r.credit_limit_tokens)
+        return None if r is None else key_record(r)
 
     async def list_api_keys(self) -> list[ApiKeyRecord]:
         """All keys."""
         async with self.engine.connect() as conn:
             rows = await conn.execute(api_keys.select().order_by(api_keys.c.created_at))
-            return [
-                ApiKeyRecord(r.id, r.name, r.role, r.created_at, bool(r.revoked), r.credit_limit_tokens)
-                for r in rows
-            ]
+            return [key_record(r) for r in rows]
+
+
+def key_record(r: sa.Row[Any]) -> ApiKeyRecord:
+    """An ``api_keys`` row as a record."""
+    return ApiKeyRecord(
+        r.id,
+        r.name,
+        r.role,
+        r.created_at,
+        bool(r.revoked),
+        r.credit_limit_tokens,
+        int(r.used_tokens),
+        r.requests_per_minute,
+        r.tokens_per_minute,
+        r.max_concurrent,
+    )

@@ -43,6 +43,15 @@ class BlockType:
     out_shape: Callable[[Shape, Params, str], Shape]
     """Output shape for an input shape; raises :class:`InvalidInput` naming the field."""
     build: Callable[[Shape, Params], nn.Module]
+    cost: Callable[[Shape, Shape, Params], int] | None = None
+    """Multiply-adds per input row, from the input and output shapes (None: one per output
+    element): what placement balances nodes by, so that it needs no torch."""
+
+    def row_cost(self, in_shape: Shape, out_shape: Shape, params: Params) -> int:
+        """Multiply-adds one row costs through this block (an estimate, for placement)."""
+        if self.cost is not None:
+            return self.cost(in_shape, out_shape, params)
+        return math.prod(out_shape)
 
     def resolve(self, raw: Mapping[str, Any], where: str) -> dict[str, Any]:
         """Check ``raw`` against the declared parameters and fill in defaults."""
@@ -136,6 +145,23 @@ def _linear(s: Shape, p: Params) -> nn.Module:
     from torch import nn
 
     return nn.Linear(s[0], p["out_features"], bias=p["bias"])
+
+
+def _matmul_cost(s: Shape, out: Shape, p: Params) -> int:
+    return math.prod(s[:-1]) * s[-1] * out[-1]
+
+
+def _conv_cost(s: Shape, out: Shape, p: Params) -> int:
+    return math.prod(out) * s[0] * int(p["kernel"]) ** 2
+
+
+def _residual_cost(s: Shape, out: Shape, p: Params) -> int:
+    return 2 * s[0] * int(p["hidden"])
+
+
+def _transformer_cost(s: Shape, out: Shape, p: Params) -> int:
+    seq, d = s
+    return seq * (4 * d * d + 2 * d * (p["ff"] or 4 * d)) + 2 * seq * seq * d
 
 
 def _same_shape(s: Shape, p: Params, where: str) -> Shape:
@@ -253,6 +279,7 @@ register_block(
         },
         _linear_shape,
         _linear,
+        _matmul_cost,
     )
 )
 register_block(
@@ -277,12 +304,19 @@ register_block(
         },
         _conv_shape,
         _conv,
+        _conv_cost,
     )
 )
 register_block(BlockType("flatten", {}, _flatten_shape, _flatten))
 register_block(BlockType("reshape", {"shape": Param(list, required=True)}, _reshape_shape, _reshape))
 register_block(
-    BlockType("residual_mlp", {"hidden": Param(int, required=True, minimum=1)}, _residual_shape, _residual)
+    BlockType(
+        "residual_mlp",
+        {"hidden": Param(int, required=True, minimum=1)},
+        _residual_shape,
+        _residual,
+        _residual_cost,
+    )
 )
 register_block(
     BlockType(
@@ -290,5 +324,6 @@ register_block(
         {"heads": Param(int, default=1, minimum=1), "ff": Param(int, minimum=1)},
         _transformer_shape,
         _transformer,
+        _transformer_cost,
     )
 )

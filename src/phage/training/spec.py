@@ -105,6 +105,21 @@ class NetworkSpec:
         """VNodes that read ``vnode_id``'s output."""
         return [v.id for v in self.vnodes if vnode_id in v.inputs]
 
+    def cost(self, vnode_id: str) -> int:
+        """Multiply-adds per row through a VNode's blocks and head: an estimate, to balance placement."""
+        v = self.vnode(vnode_id)
+        body = sum(block_type(b.type, "type").row_cost(b.in_shape, b.out_shape, b.params) for b in v.blocks)
+        head = v.out_shape[-1] * self.classes if v.objective.head == "linear" else 0
+        return body + head
+
+    def ancestors(self, vnode_id: str) -> list[str]:
+        """VNodes whose output reaches ``vnode_id``, in the spec's (topological) order."""
+        wanted = {s for s in self.vnode(vnode_id).inputs if s != INPUT}
+        for v in reversed(self.vnodes):
+            if v.id in wanted:
+                wanted.update(s for s in v.inputs if s != INPUT)
+        return [v.id for v in self.vnodes if v.id in wanted]
+
 
 def load_spec_text(text: str) -> NetworkSpec:
     """Parse a spec from JSON or YAML text."""

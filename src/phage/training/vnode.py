@@ -20,6 +20,7 @@ from torch import nn
 
 from phage.errors import InvalidInput
 from phage.training.blocks import block_type
+from phage.training.checkpoint import checkpoint_metadata
 from phage.training.modules import PoolHead
 from phage.training.spec import NetworkSpec, VNodeSpec
 
@@ -136,7 +137,7 @@ class VNodeRuntime:
         """Restore from :meth:`state_bytes` (of a VNode with the same spec)."""
         try:
             tensors = st_load(blob)
-            meta = _metadata(blob)
+            meta = checkpoint_metadata(blob)
         except Exception as exc:
             raise InvalidInput(
                 f"checkpoint is not a valid safetensors blob: {exc}", field="checkpoint"
@@ -182,11 +183,3 @@ class VNodeRuntime:
         if self.head is not None:
             out.update({f"{self.spec.id}.head.{k}": v for k, v in self.head.state_dict().items()})
         return out
-
-
-def _metadata(blob: bytes) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors blob (header is 8 bytes of length, then JSON)."""
-    n = int.from_bytes(blob[:8], "little")
-    header = json.loads(blob[8 : 8 + n])
-    meta = header.get("__metadata__") or {}
-    return {str(k): str(v) for k, v in meta.items()}

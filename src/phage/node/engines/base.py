@@ -17,6 +17,7 @@ import abc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from phage.domain.chatcheck import Scores
 from phage.errors import EngineError
 
 
@@ -39,6 +40,8 @@ class GenerationRequest:
     seed: int | None = None
     messages: tuple[ChatMessage, ...] = ()
     top_p: float | None = None
+    extras_json: str = ""
+    """OpenAI parameters for engines that hand them to a server (tools, tool_choice, response_format)."""
 
     @property
     def is_chat(self) -> bool:
@@ -54,6 +57,10 @@ class Delta:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    token_ids: tuple[int, ...] = ()
+    """On the last delta, where the engine knows them: the completion's token ids (checked chat)."""
+    tool_calls_json: str = ""
+    """On the last delta: the tool calls the model made (OpenAI's shape, as JSON)."""
 
     @property
     def final(self) -> bool:
@@ -104,6 +111,14 @@ class Engine(abc.ABC):
         return Generation(
             "".join(parts), last.prompt_tokens, last.completion_tokens, last.finish_reason or "stop"
         )
+
+    async def score(self, request: GenerationRequest, token_ids: list[int]) -> Scores:
+        """Rate each of ``token_ids`` as a continuation of the request's prompt (checked chat).
+
+        One forward pass over prompt + completion (teacher forcing); engines that cannot
+        see logits say so, and such a node is not asked to check others.
+        """
+        raise EngineError(f"the {self.name} engine cannot re-score answers")
 
     async def health(self) -> bool:
         """True when the engine can serve now."""

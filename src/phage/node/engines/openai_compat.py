@@ -24,7 +24,7 @@ try:
 except ImportError:  # pragma: no cover - a dependency; httpx serves alone without it
     aiohttp = None  # type: ignore[assignment]
 
-from phage.errors import EngineError
+from phage.errors import EngineError, InvalidInput, PhageError
 from phage.node.engines.base import Delta, Engine, GenerationRequest
 
 
@@ -82,6 +82,8 @@ class ChunkReader:
         self.prompt_tokens: int | None = None
         self.completion_tokens: int | None = None
         self.deltas = 0
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+        """Tool calls being assembled from their streamed fragments, by index."""
 
     def feed(self, chunk: dict[str, Any]) -> str:
         """The text of one parsed chunk ("" when it has none); records finish reason and usage."""
@@ -100,15 +102,38 @@ class ChunkReader:
         if choice.get("finish_reason"):
             self.finish_reason = str(choice["finish_reason"])
         source = (choice.get("delta") or {}) if self.chat else choice
+        for frag in source.get("tool_calls") or [] if self.chat else []:
+            self._tool_fragment(frag)
         text = source.get("content" if self.chat else "text") or ""
         if text:
             self.deltas += 1
         return str(text)
 
+    def _tool_fragment(self, frag: Any) -> None:
+        """Merge one streamed tool-call fragment: id, name and type once, arguments appended."""
+        if not isinstance(frag, dict):
+            return
+        call = self.tool_calls.setdefault(
+            int(frag.get("index") or 0),
+            {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+        )
+        call["id"] = frag.get("id") or call["id"]
+        call["type"] = frag.get("type") or call["type"]
+        fn = frag.get("function") or {}
+        call["function"]["name"] = fn.get("name") or call["function"]["name"]
+        call["function"]["arguments"] += fn.get("arguments") or ""
+
     def final(self) -> Delta:
         """The closing delta: finish reason (``stop`` when the server sent none) and token counts."""
         completion = self.completion_tokens if self.completion_tokens is not None else self.deltas
-        return Delta("", self.finish_reason or "stop", self.prompt_tokens or 0, completion)
+        calls = json.dumps([self.tool_calls[i] for i in sorted(self.tool_calls)]) if self.tool_calls else ""
+        return Delta(
+            "", self.finish_reason or "stop", self.prompt_tokens or 0, completion, tool_calls_json=calls
+        )
+
+
+PASS_THROUGH = ("tools", "tool_choice", "response_format", "parallel_tool_calls")
+"""OpenAI parameters handed to the server as the client sent them."""
 
 
 def request_body(request: GenerationRequest, model: str) -> dict[str, Any]:
@@ -130,6 +155,10 @@ def request_body(request: GenerationRequest, model: str) -> dict[str, Any]:
         body["seed"] = request.seed
     if request.top_p is not None:
         body["top_p"] = request.top_p
+    if request.extras_json and request.is_chat:
+        extras = json.loads(request.extras_json)
+        if isinstance(extras, dict):
+            body.update({k: v for k, v in extras.items() if k in PASS_THROUGH})
     return body
 
 
@@ -302,9 +331,7 @@ class OpenAIEngine(Engine):
             try:
                 async with self._aiohttp().post(self.url + path, json=body) as resp:
                     if resp.status != 200:
-                        raise EngineError(
-                            f"{path} answered {resp.status}: {_error_text(await resp.read())}", field="model"
-                        )
+                        raise _refusal(path, resp.status, await resp.read())
                     async for raw in resp.content.iter_any():
                         yield raw
             except aiohttp.ClientError as exc:
@@ -313,10 +340,7 @@ class OpenAIEngine(Engine):
         try:
             async with self.http().stream("POST", path, json=body) as response:
                 if response.status_code != 200:
-                    raise EngineError(
-                        f"{path} answered {response.status_code}: {_error_text(await response.aread())}",
-                        field="model",
-                    )
+                    raise _refusal(path, response.status_code, await response.aread())
                 async for raw in response.aiter_raw():
                     yield raw
         except httpx.HTTPError as exc:
@@ -342,6 +366,14 @@ class OpenAIEngine(Engine):
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _refusal(path: str, status: int, body: bytes) -> PhageError:
+    """A non-200 answer as an error: 400/413 say the request itself is bad (a prompt longer than the
+    model's context: vLLM and llama.cpp check before any work), so it is not worth another node."""
+    if status in (400, 413):
+        return InvalidInput(f"the model's server refused the request: {_error_text(body)}", field="messages")
+    return EngineError(f"{path} answered {status}: {_error_text(body)}", field="model")
 
 
 def _texts(reader: ChunkReader, events: list[bytes]) -> tuple[str, bool]:

@@ -13,6 +13,10 @@ Environment knobs (all optional):
 ``PHAGE_STANDIN_STARTUP_DELAY_MS``  pause before listening (a model that takes time to load)
 ``PHAGE_STANDIN_CRASH_AFTER``       exit abruptly (code 3) once this many completions are served
 ``PHAGE_STANDIN_REPLY``             the reply's text, one token per word (cut by ``max_tokens``)
+With ``tools`` in a chat request (and ``tool_choice`` not ``none``) it answers with one call of
+the named (else the first) tool, its arguments ``{"query": <the last user message>}``.
+
+``PHAGE_STANDIN_TOKEN_PAD``         characters of padding on each generated token (a fast, bulky stream)
 ``PHAGE_STANDIN_FAIL_MODEL``        exit at once (code 1) when asked to serve this model (a bad download)
 
 It is a bare ASGI app on uvicorn (uvloop and httptools where installed): the
@@ -77,8 +81,9 @@ def _held_back(text: str, stops: list[str]) -> int:
 class Reply:
     """The deterministic completion: yields text deltas token by token, honouring stop strings."""
 
-    def __init__(self, max_tokens: int, stop: list[str], words: list[str]) -> None:
+    def __init__(self, max_tokens: int, stop: list[str], words: list[str], pad: int = 0) -> None:
         self.max_tokens = max_tokens
+        self.pad = "x" * pad
         self.stop = stop
         self.words = words
         self.tokens = 0
@@ -88,7 +93,7 @@ class Reply:
         """The i-th token's text (with its leading space), or None past the reply's end."""
         if self.words:
             return None if i >= len(self.words) else (" " if i else "") + self.words[i]
-        return f" token{i}" if i else "token0"
+        return (f" token{i}" if i else "token0") + self.pad
 
     def deltas(self) -> Iterator[str]:
         """Text as it may be shown: never a piece that might turn out to begin a stop string."""
@@ -124,6 +129,7 @@ class Standin:
         crash = os.environ.get("PHAGE_STANDIN_CRASH_AFTER", "").strip()
         self.crash_after = int(crash) if crash else None
         self.words = os.environ.get("PHAGE_STANDIN_REPLY", "").split()
+        self.pad = int(_env_float("PHAGE_STANDIN_TOKEN_PAD"))
         self.stats = {"requests": 0, "started": 0, "finished": 0, "cancelled": 0, "tokens": 0}
         self.created = int(time.time())
 
@@ -180,10 +186,23 @@ class Standin:
             int(req.get("max_tokens") or req.get("max_completion_tokens") or 16),
             [stop] if isinstance(stop, str) else list(stop),
             self.words,
+            self.pad,
         )
         prompt_tokens = _words(req.get("messages") if chat else req.get("prompt", ""))
+        if prompt_tokens >= self.max_model_len:  # refused before any work, in vLLM's words
+            message = (
+                f"This model's maximum context length is {self.max_model_len} tokens. However, "
+                f"your request has {prompt_tokens} input tokens. Please reduce the length of the input."
+            )
+            await self._json(
+                send, 400, {"error": {"message": message, "type": "BadRequestError", "code": 400}}
+            )
+            return
+        call = _tool_call(req) if chat else None
         try:
-            if req.get("stream"):
+            if call is not None:
+                await self._tool_answer(send, req, call, prompt_tokens)
+            elif req.get("stream"):
                 include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
                 await self._stream(receive, send, reply, chat, prompt_tokens, include_usage)
             else:
@@ -198,6 +217,30 @@ class Standin:
             if self.crash_after is not None and self.stats["requests"] >= self.crash_after:
                 # Let the transport flush what was written, then die as a crashing server does.
                 asyncio.get_running_loop().call_later(0.05, os._exit, 3)
+
+    async def _tool_answer(self, send: Send, req: dict[str, Any], call: dict[str, Any], prompt: int) -> None:
+        """Answer with a call of the tool asked for (streamed in two fragments, as vLLM does)."""
+        self.stats["tokens"] += 1
+        if not req.get("stream"):
+            message = {"role": "assistant", "content": None, "tool_calls": [call]}
+            choice = {"index": 0, "message": message, "finish_reason": "tool_calls"}
+            await self._json(send, 200, self._envelope(True, False, [choice], prompt, 1))
+            return
+        name_part = {**call, "index": 0, "function": {"name": call["function"]["name"], "arguments": ""}}
+        args_part = {"index": 0, "function": {"arguments": call["function"]["arguments"]}}
+        events = [
+            self._envelope(
+                True, True, [{"index": 0, "delta": {"role": "assistant", "tool_calls": [name_part]}}], 0, None
+            ),
+            self._envelope(True, True, [{"index": 0, "delta": {"tool_calls": [args_part]}}], 0, None),
+            self._envelope(True, True, [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}], 0, None),
+        ]
+        if (req.get("stream_options") or {}).get("include_usage"):
+            events.append(self._envelope(True, True, [], prompt, 1))
+        body = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE})
+        await send({"type": "http.response.body", "body": body})
+        self.stats["finished"] += 1
 
     def _envelope(
         self, chat: bool, chunk: bool, choices: list[dict[str, Any]], prompt: int, completion: int | None
@@ -271,6 +314,25 @@ class Standin:
                 delta["content"] = text
             return {"index": 0, "delta": delta, "finish_reason": finish}
         return {"index": 0, "text": text, "finish_reason": finish}
+
+
+def _tool_call(req: dict[str, Any]) -> dict[str, Any] | None:
+    """The tool call a request with ``tools`` gets: the tool ``tool_choice`` names, else the first.
+
+    Its arguments echo the last user message, so a test can see what went in came back.
+    """
+    tools = [t for t in req.get("tools") or [] if isinstance(t, dict) and isinstance(t.get("function"), dict)]
+    choice = req.get("tool_choice")
+    if not tools or choice == "none":
+        return None
+    name = tools[0]["function"].get("name", "")
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name", name)
+    said = [
+        m.get("content") for m in req.get("messages") or [] if isinstance(m, dict) and m.get("role") == "user"
+    ]
+    args = json.dumps({"query": said[-1] if said else ""})
+    return {"id": "call_standin_0", "type": "function", "function": {"name": name, "arguments": args}}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

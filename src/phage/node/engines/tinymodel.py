@@ -19,8 +19,22 @@ TRAINING_TEXT = [
 ]
 
 
-def make_tiny_model(path: Path, *, seed: int = 0, vocab_size: int = 384, name: str = "tiny-llama") -> Path:
-    """Write a tiny causal LM + tokenizer to ``path`` (a Hugging Face model directory)."""
+def make_tiny_model(
+    path: Path,
+    *,
+    seed: int = 0,
+    vocab_size: int = 384,
+    name: str = "tiny-llama",
+    layers: int = 2,
+    hidden_size: int = 32,
+    intermediate_size: int = 64,
+) -> Path:
+    """Write a tiny causal LM + tokenizer to ``path`` (a Hugging Face model directory).
+
+    ``layers`` is the number of decoder blocks (sharded-model tests split 8 over
+    several nodes); ``hidden_size`` and ``intermediate_size`` size the benchmark's
+    larger variant.
+    """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -44,9 +58,9 @@ def make_tiny_model(path: Path, *, seed: int = 0, vocab_size: int = 384, name: s
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=fast.vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=512,

@@ -1,3 +1,4 @@
+from phage.protocol.v1 import blocks_pb2 as _blocks_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -109,28 +110,32 @@ class NodeMetrics(_message.Message):
     def __init__(self, gpus: _Optional[_Iterable[_Union[GpuInfo, _Mapping]]] = ..., active_tasks: _Optional[int] = ..., loaded_model: _Optional[str] = ..., cpu_percent: _Optional[float] = ..., memory_used_bytes: _Optional[int] = ..., models: _Optional[_Iterable[str]] = ..., model_memory_bytes: _Optional[int] = ..., loaded_model_bytes: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("node_id", "metrics", "running_assignment_ids")
+    __slots__ = ("node_id", "metrics", "running_assignment_ids", "blocks")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     RUNNING_ASSIGNMENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     metrics: NodeMetrics
     running_assignment_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, node_id: _Optional[str] = ..., metrics: _Optional[_Union[NodeMetrics, _Mapping]] = ..., running_assignment_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    blocks: _blocks_pb2.BlockOffer
+    def __init__(self, node_id: _Optional[str] = ..., metrics: _Optional[_Union[NodeMetrics, _Mapping]] = ..., running_assignment_ids: _Optional[_Iterable[str]] = ..., blocks: _Optional[_Union[_blocks_pb2.BlockOffer, _Mapping]] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("load_model", "cancel_assignment_ids", "unknown_assignment_ids", "heartbeat_interval_s", "node_state")
+    __slots__ = ("load_model", "cancel_assignment_ids", "unknown_assignment_ids", "heartbeat_interval_s", "node_state", "blocks")
     LOAD_MODEL_FIELD_NUMBER: _ClassVar[int]
     CANCEL_ASSIGNMENT_IDS_FIELD_NUMBER: _ClassVar[int]
     UNKNOWN_ASSIGNMENT_IDS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     NODE_STATE_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
     load_model: str
     cancel_assignment_ids: _containers.RepeatedScalarFieldContainer[str]
     unknown_assignment_ids: _containers.RepeatedScalarFieldContainer[str]
     heartbeat_interval_s: float
     node_state: str
-    def __init__(self, load_model: _Optional[str] = ..., cancel_assignment_ids: _Optional[_Iterable[str]] = ..., unknown_assignment_ids: _Optional[_Iterable[str]] = ..., heartbeat_interval_s: _Optional[float] = ..., node_state: _Optional[str] = ...) -> None: ...
+    blocks: _blocks_pb2.BlockAssignment
+    def __init__(self, load_model: _Optional[str] = ..., cancel_assignment_ids: _Optional[_Iterable[str]] = ..., unknown_assignment_ids: _Optional[_Iterable[str]] = ..., heartbeat_interval_s: _Optional[float] = ..., node_state: _Optional[str] = ..., blocks: _Optional[_Union[_blocks_pb2.BlockAssignment, _Mapping]] = ...) -> None: ...
 
 class FetchTaskRequest(_message.Message):
     __slots__ = ("node_id", "max_tasks", "wait_ms")
@@ -166,7 +171,7 @@ class JobManifest(_message.Message):
     def __init__(self, entrypoint: _Optional[str] = ..., interpreter: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., outputs: _Optional[_Iterable[str]] = ..., timeout_s: _Optional[int] = ...) -> None: ...
 
 class TaskAssignment(_message.Message):
-    __slots__ = ("assignment_id", "task_id", "kind", "manifest", "workspace", "workspace_sha256", "workspace_size", "lease_expires_unix_ms", "max_output_bytes", "isolation", "generate", "input_sha256")
+    __slots__ = ("assignment_id", "task_id", "kind", "manifest", "workspace", "workspace_sha256", "workspace_size", "lease_expires_unix_ms", "max_output_bytes", "isolation", "generate", "input_sha256", "request_id")
     ASSIGNMENT_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -179,6 +184,7 @@ class TaskAssignment(_message.Message):
     ISOLATION_FIELD_NUMBER: _ClassVar[int]
     GENERATE_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     assignment_id: str
     task_id: str
     kind: str
@@ -191,7 +197,8 @@ class TaskAssignment(_message.Message):
     isolation: str
     generate: GenerateSpec
     input_sha256: str
-    def __init__(self, assignment_id: _Optional[str] = ..., task_id: _Optional[str] = ..., kind: _Optional[str] = ..., manifest: _Optional[_Union[JobManifest, _Mapping]] = ..., workspace: _Optional[bytes] = ..., workspace_sha256: _Optional[str] = ..., workspace_size: _Optional[int] = ..., lease_expires_unix_ms: _Optional[int] = ..., max_output_bytes: _Optional[int] = ..., isolation: _Optional[str] = ..., generate: _Optional[_Union[GenerateSpec, _Mapping]] = ..., input_sha256: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, assignment_id: _Optional[str] = ..., task_id: _Optional[str] = ..., kind: _Optional[str] = ..., manifest: _Optional[_Union[JobManifest, _Mapping]] = ..., workspace: _Optional[bytes] = ..., workspace_sha256: _Optional[str] = ..., workspace_size: _Optional[int] = ..., lease_expires_unix_ms: _Optional[int] = ..., max_output_bytes: _Optional[int] = ..., isolation: _Optional[str] = ..., generate: _Optional[_Union[GenerateSpec, _Mapping]] = ..., input_sha256: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class GenerateSpec(_message.Message):
     __slots__ = ("prompt", "model", "verifier", "max_tokens", "temperature", "output_path", "extract", "timeout_s")
@@ -389,7 +396,7 @@ class ChatMessage(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class ChatOrder(_message.Message):
-    __slots__ = ("request_id", "model", "messages", "max_tokens", "temperature", "stop", "has_seed", "seed", "cancel", "has_top_p", "top_p", "prompt")
+    __slots__ = ("request_id", "model", "messages", "max_tokens", "temperature", "stop", "has_seed", "seed", "cancel", "has_top_p", "top_p", "prompt", "check", "check_token_ids", "extras_json")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
@@ -402,6 +409,9 @@ class ChatOrder(_message.Message):
     HAS_TOP_P_FIELD_NUMBER: _ClassVar[int]
     TOP_P_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
+    CHECK_FIELD_NUMBER: _ClassVar[int]
+    CHECK_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    EXTRAS_JSON_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
@@ -414,10 +424,13 @@ class ChatOrder(_message.Message):
     has_top_p: bool
     top_p: float
     prompt: str
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., has_seed: _Optional[bool] = ..., seed: _Optional[int] = ..., cancel: _Optional[bool] = ..., has_top_p: _Optional[bool] = ..., top_p: _Optional[float] = ..., prompt: _Optional[str] = ...) -> None: ...
+    check: bool
+    check_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    extras_json: str
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., has_seed: _Optional[bool] = ..., seed: _Optional[int] = ..., cancel: _Optional[bool] = ..., has_top_p: _Optional[bool] = ..., top_p: _Optional[float] = ..., prompt: _Optional[str] = ..., check: _Optional[bool] = ..., check_token_ids: _Optional[_Iterable[int]] = ..., extras_json: _Optional[str] = ...) -> None: ...
 
 class ChatChunk(_message.Message):
-    __slots__ = ("request_id", "node_id", "text", "finish_reason", "prompt_tokens", "completion_tokens", "error")
+    __slots__ = ("request_id", "node_id", "text", "finish_reason", "prompt_tokens", "completion_tokens", "error", "token_ids", "score", "tool_calls_json", "error_code")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -425,6 +438,10 @@ class ChatChunk(_message.Message):
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALLS_JSON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     node_id: str
     text: str
@@ -432,7 +449,29 @@ class ChatChunk(_message.Message):
     prompt_tokens: int
     completion_tokens: int
     error: str
-    def __init__(self, request_id: _Optional[str] = ..., node_id: _Optional[str] = ..., text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    score: ChatScore
+    tool_calls_json: str
+    error_code: str
+    def __init__(self, request_id: _Optional[str] = ..., node_id: _Optional[str] = ..., text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., error: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., score: _Optional[_Union[ChatScore, _Mapping]] = ..., tool_calls_json: _Optional[str] = ..., error_code: _Optional[str] = ...) -> None: ...
+
+class ChatScore(_message.Message):
+    __slots__ = ("greedy_gap", "logprob", "entropy", "variance", "decoded", "eos_token_id", "has_eos")
+    GREEDY_GAP_FIELD_NUMBER: _ClassVar[int]
+    LOGPROB_FIELD_NUMBER: _ClassVar[int]
+    ENTROPY_FIELD_NUMBER: _ClassVar[int]
+    VARIANCE_FIELD_NUMBER: _ClassVar[int]
+    DECODED_FIELD_NUMBER: _ClassVar[int]
+    EOS_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    HAS_EOS_FIELD_NUMBER: _ClassVar[int]
+    greedy_gap: _containers.RepeatedScalarFieldContainer[float]
+    logprob: _containers.RepeatedScalarFieldContainer[float]
+    entropy: _containers.RepeatedScalarFieldContainer[float]
+    variance: _containers.RepeatedScalarFieldContainer[float]
+    decoded: str
+    eos_token_id: int
+    has_eos: bool
+    def __init__(self, greedy_gap: _Optional[_Iterable[float]] = ..., logprob: _Optional[_Iterable[float]] = ..., entropy: _Optional[_Iterable[float]] = ..., variance: _Optional[_Iterable[float]] = ..., decoded: _Optional[str] = ..., eos_token_id: _Optional[int] = ..., has_eos: _Optional[bool] = ...) -> None: ...
 
 class ChatStreamAck(_message.Message):
     __slots__ = ("cancelled",)

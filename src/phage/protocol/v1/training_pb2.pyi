@@ -13,7 +13,7 @@ class TrainingSubscribe(_message.Message):
     def __init__(self, node_id: _Optional[str] = ...) -> None: ...
 
 class HostVNode(_message.Message):
-    __slots__ = ("network_id", "vnode_id", "spec_json", "dataset_sha256", "checkpoint_sha256", "epochs", "batch_size", "seed", "checkpoint_every", "check_rate", "generation")
+    __slots__ = ("network_id", "vnode_id", "spec_json", "dataset_sha256", "checkpoint_sha256", "epochs", "batch_size", "seed", "checkpoint_every", "check_rate", "generation", "replay_from")
     NETWORK_ID_FIELD_NUMBER: _ClassVar[int]
     VNODE_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,7 @@ class HostVNode(_message.Message):
     CHECKPOINT_EVERY_FIELD_NUMBER: _ClassVar[int]
     CHECK_RATE_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_FROM_FIELD_NUMBER: _ClassVar[int]
     network_id: str
     vnode_id: str
     spec_json: str
@@ -36,7 +37,8 @@ class HostVNode(_message.Message):
     checkpoint_every: int
     check_rate: float
     generation: int
-    def __init__(self, network_id: _Optional[str] = ..., vnode_id: _Optional[str] = ..., spec_json: _Optional[str] = ..., dataset_sha256: _Optional[str] = ..., checkpoint_sha256: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., check_rate: _Optional[float] = ..., generation: _Optional[int] = ...) -> None: ...
+    replay_from: int
+    def __init__(self, network_id: _Optional[str] = ..., vnode_id: _Optional[str] = ..., spec_json: _Optional[str] = ..., dataset_sha256: _Optional[str] = ..., checkpoint_sha256: _Optional[str] = ..., epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., seed: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., check_rate: _Optional[float] = ..., generation: _Optional[int] = ..., replay_from: _Optional[int] = ...) -> None: ...
 
 class DropVNode(_message.Message):
     __slots__ = ("network_id", "vnode_id")

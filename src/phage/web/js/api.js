@@ -62,8 +62,10 @@ export async function download(path, filename) {
 }
 
 /**
- * WS /api/feed with reconnection. Browsers cannot set headers on a WebSocket, so the key
- * travels as ?key=. `onStatus` gets 'connecting' | 'live' | 'offline' | 'unauthorized'.
+ * WS /api/feed with reconnection. Browsers cannot set headers on a WebSocket, and a key in a
+ * URL ends up in logs, so each connection first asks for a single-use ticket (with the key in
+ * the header) and opens the socket with ?ticket=. A socket closed with 4401 means the key is
+ * no longer accepted (revoked). `onStatus` gets 'connecting' | 'live' | 'offline' | 'unauthorized'.
  */
 export class Feed {
   constructor({ onEvent, onStatus }) {
@@ -75,13 +77,23 @@ export class Feed {
     this.closed = false;
   }
 
-  open() {
+  async open() {
     this.closed = false;
     clearTimeout(this.timer);
-    const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-    const ws = new WebSocket(`${scheme}://${location.host}/api/feed?key=${encodeURIComponent(session.key)}`);
-    this.ws = ws;
     this.onStatus('connecting');
+    let ticket;
+    try {
+      ticket = (await api('/api/feed/ticket', { method: 'POST' })).ticket;
+    } catch (err) {
+      if (this.closed) return;
+      if (err.status === 401) { this.onStatus('unauthorized'); return; }
+      this.retryLater();
+      return;
+    }
+    if (this.closed) return;
+    const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+    const ws = new WebSocket(`${scheme}://${location.host}/api/feed?ticket=${encodeURIComponent(ticket)}`);
+    this.ws = ws;
     ws.onopen = () => { this.retries = 0; this.onStatus('live'); };
     ws.onmessage = (msg) => {
       let event;
@@ -91,10 +103,14 @@ export class Feed {
     ws.onclose = (ev) => {
       if (this.ws !== ws || this.closed) return;
       if (ev.code === 4401) { this.onStatus('unauthorized'); return; }
-      this.onStatus('offline');
-      const delay = Math.min(15_000, 500 * 2 ** this.retries++);
-      this.timer = setTimeout(() => this.open(), delay);
+      this.retryLater();
     };
+  }
+
+  retryLater() {
+    this.onStatus('offline');
+    const delay = Math.min(15_000, 500 * 2 ** this.retries++);
+    this.timer = setTimeout(() => this.open(), delay);
   }
 
   close() {

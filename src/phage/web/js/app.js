@@ -7,8 +7,11 @@
 import { ApiError, api, Feed, session } from './api.js';
 import { Chart } from './chart.js';
 import { clear, fmtDuration, fmtGiB, h, toast } from './dom.js';
+import { EarningsView } from './earnings.js';
+import { KeysView } from './keys.js';
 import { NetworksView } from './networks.js';
 import { NodesView } from './nodes.js';
+import { ShardedView } from './sharded.js';
 import { openSubmitDialog } from './submit.js';
 import { TaskDrawer, TasksView } from './tasks.js';
 
@@ -95,11 +98,17 @@ function start(me) {
     nodeName: (id) => nodes.name(id),
     onClose: () => { tasks.select(null); history.replaceState(null, '', location.pathname); },
   });
+  const isAdmin = me.role === 'admin';
+  $('keys-card').hidden = !isAdmin; // keys and everyone's usage are for admins
+  const keys = isAdmin ? new KeysView($('keys'), $('keys-count'), $('key-create'), { me }) : null;
+  $('earnings-card').hidden = !isAdmin; // what each node's owner has earned, likewise
+  const earnings = isAdmin ? new EarningsView($('earnings'), $('earnings-count'), { nodeName: (id) => nodes.name(id) }) : null;
   const chart = new Chart($('chart'), $('chart-legend'), $('chart-caption'));
+  const sharded = new ShardedView($('sharded-card'), $('sharded'), $('sharded-count'));
   const networks = new NetworksView($('networks'), $('networks-count'), { nodeName: (id) => nodes.name(id) });
   const feed = new Feed({ onEvent, onStatus });
   ctx = {
-    me, nodes, tasks, drawer, chart, networks, feed, status: null, history: [], interval: 2, timers: [],
+    me, nodes, tasks, drawer, chart, sharded, networks, feed, keys, earnings, status: null, history: [], interval: 2, timers: [],
     refreshNodesSoon: throttle(() => refreshNodes(), 250),
     refreshStatusSoon: throttle(() => refreshStatus(), 500),
     refreshHistorySoon: throttle(() => refreshHistory(), 1000),
@@ -119,6 +128,8 @@ function stop() {
   clear($('task-filters'));
   clear($('nodes'));
   clear($('tasks'));
+  clear($('keys'));
+  clear($('earnings'));
   clear($('drawer-root'));
   ctx = null;
 }
@@ -176,22 +187,41 @@ async function guarded(fn) {
 }
 
 function refreshAll() {
+  refreshSharded();
   refreshNetworks();
   refreshNodes();
   refreshStatus();
   refreshHistory();
+  refreshKeys();
   if (ctx) ctx.tasks.load();
 }
 
+let polls = 0;
 function poll() {
+  refreshSharded();
   refreshNodes();
   refreshStatus();
   refreshHistory();
   refreshNetworks();
+  polls += 1;
+  if (polls % 5 === 0) refreshKeys(); // usage moves with chat traffic, not with feed events
 }
 
 function refreshNetworks() {
   return guarded(async () => { if (ctx) await ctx.networks.refresh(); });
+}
+
+function refreshSharded() {
+  return guarded(async () => {
+    const data = await api('/api/models/sharded');
+    if (ctx) ctx.sharded.set(data.models);
+  });
+}
+
+function refreshKeys() {
+  return guarded(async () => {
+    if (ctx && ctx.keys) await Promise.all([ctx.keys.load(), ctx.earnings.load()]);
+  });
 }
 
 function refreshNodes() {

@@ -46,13 +46,48 @@ async function remove(node) {
   });
 }
 
-/**
- * Admin actions on a node: `when(node)` says whether the action is offered for that node.
- * Approving or rejecting a `pending` node (the approval admission mode) and draining a node
- * are one more entry each, once the coordinator has those endpoints.
- */
+async function approve(node) {
+  const done = await api(nodePath(node, 'approve'), { method: 'POST', query: { trusted: 'true' } });
+  toast(`${node.name} approved: it takes work now`, 'ok');
+  return done;
+}
+
+async function reject(node) {
+  return openDialog({
+    title: `Reject ${node.name}?`,
+    text: 'The node is refused for good: this identity can never join the pool again.',
+    submitLabel: 'Reject node',
+    submitClass: 'danger',
+    narrow: true,
+    submit: async () => {
+      const done = await api(nodePath(node, 'reject'), { method: 'POST' });
+      toast(`${node.name} rejected`, 'warn');
+      return done;
+    },
+  });
+}
+
+async function drain(node) {
+  const done = await api(nodePath(node, 'drain'), { method: 'POST' });
+  toast(`${node.name} is draining: it finishes what it holds and takes no more work`, 'warn');
+  return done;
+}
+
+async function undrain(node) {
+  const done = await api(nodePath(node, 'undrain'), { method: 'POST' });
+  toast(`${node.name} takes work again`, 'ok');
+  return done;
+}
+
+const pending = (n) => n.admission === 'pending';
+
+/** Admin actions on a node: `when(node)` says whether the action is offered for that node. */
 export const NODE_ACTIONS = [
-  { id: 'quarantine', label: 'Quarantine', tone: 'warn', when: (n) => !n.quarantined, run: quarantine },
+  { id: 'approve', label: 'Approve', tone: 'ok', when: pending, run: approve },
+  { id: 'reject', label: 'Reject', tone: 'danger', when: pending, run: reject },
+  { id: 'drain', label: 'Drain', tone: 'warn', when: (n) => !pending(n) && n.state === 'online' && !n.draining, run: drain },
+  { id: 'undrain', label: 'Undrain', tone: 'ok', when: (n) => n.draining, run: undrain },
+  { id: 'quarantine', label: 'Quarantine', tone: 'warn', when: (n) => !pending(n) && !n.quarantined, run: quarantine },
   { id: 'release', label: 'Release', tone: 'ok', when: (n) => n.quarantined, run: release },
   { id: 'remove', label: 'Remove', tone: 'danger', when: () => true, run: remove },
 ];
@@ -180,7 +215,8 @@ export class NodesView {
       h('div', { class: 'primary-text' }, n.name),
       h('div', { class: 'secondary mono', title: n.id }, shortId(n.id, 10),
         n.hostname && n.hostname !== n.name ? ` · ${n.hostname}` : ''));
-    const state = h('td', {}, h('div', { class: 'badge-stack' }, badge(n.state), n.quarantined ? badge('quarantined') : null),
+    const state = h('td', {}, h('div', { class: 'badge-stack' }, badge(n.state), n.quarantined ? badge('quarantined') : null,
+      n.draining ? badge('draining') : null),
       n.quarantined && n.quarantine_reason ? h('div', { class: 'reason', title: n.quarantine_reason }, n.quarantine_reason) : null);
     const cells = [
       name,
@@ -209,7 +245,7 @@ export class NodesView {
         },
       }, a.label))));
     }
-    return h('tr', { dataset: { nodeId: n.id, nodeName: n.name, state: n.state, quarantined: String(n.quarantined) } }, cells);
+    return h('tr', { dataset: { nodeId: n.id, nodeName: n.name, state: n.state, quarantined: String(n.quarantined), draining: String(n.draining) } }, cells);
   }
 
   /** Heartbeat ages move every second; only that cell is touched. */

@@ -53,7 +53,7 @@ export class TasksView {
     this.onOpen = onOpen;
     this.state = '';
     this.tasks = [];
-    this.nextBefore = null;
+    this.nextCursor = null;
     this.rows = new Map();
     this.selected = null;
     this.refreshSoon = debounce(() => this.load(), 300);
@@ -80,7 +80,7 @@ export class TasksView {
     try {
       const page = await api('/api/tasks', { query: { state: this.state, limit } });
       this.tasks = page.tasks;
-      this.nextBefore = page.next_before;
+      this.nextCursor = page.next_cursor;
       this.render();
     } catch (err) {
       toast(`Could not load tasks: ${err.message}`, 'error');
@@ -88,10 +88,10 @@ export class TasksView {
   }
 
   async loadMore() {
-    if (!this.nextBefore) return;
-    const page = await api('/api/tasks', { query: { state: this.state, limit: PAGE, before: this.nextBefore } });
+    if (!this.nextCursor) return;
+    const page = await api('/api/tasks', { query: { state: this.state, limit: PAGE, cursor: this.nextCursor } });
     this.tasks = this.tasks.concat(page.tasks);
-    this.nextBefore = page.next_before;
+    this.nextCursor = page.next_cursor;
     this.render();
   }
 
@@ -112,8 +112,8 @@ export class TasksView {
   }
 
   render() {
-    this.countEl.textContent = this.tasks.length ? `${this.tasks.length}${this.nextBefore ? '+' : ''} shown` : '';
-    this.moreEl.hidden = !this.nextBefore;
+    this.countEl.textContent = this.tasks.length ? `${this.tasks.length}${this.nextCursor ? '+' : ''} shown` : '';
+    this.moreEl.hidden = !this.nextCursor;
     if (!this.tasks.length) {
       this.rows.clear();
       clear(this.el).append(h('div', { class: 'empty' },

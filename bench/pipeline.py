@@ -1,0 +1,173 @@
+"""One model through a chain of nodes: what the data plane costs beside running the model whole.
+
+A Llama-architecture model is made locally (random weights; 12 blocks of width 1024, so a
+whole-model decode step takes well over 20 ms on this machine's CPU) and split into stages,
+each behind its own data-plane server (gRPC + mutual TLS on loopback, certificates from a
+throwaway CA), exactly as nodes serve them. torch runs one thread per process, so the
+numbers are the pipeline's and not the thread pool's. It measures, for greedy decoding:
+
+* **tokens/s, one session**: the whole model in process with no network (the baseline), then
+  the same model through a chain of 1, 2 and 3 stage servers;
+* **added per hop**: per decode step, (chain step time − median baseline step time) / hops,
+  p50 and p99 — serialisation, TLS, gRPC and the event loop, the price of splitting;
+* **8 sessions**: tokens/s summed over 8 concurrent sessions through 2 stages;
+* **checked activations**: tokens/s through 2 stages, every node untrusted and a second node
+  holding each range, with 5 % and with 100 % of steps recomputed (``dataplane/checks.py``).
+
+    .venv/bin/python bench/pipeline.py            # 48 tokens per run
+    .venv/bin/python bench/pipeline.py --quick    # 16 tokens per run, smaller model
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _util import fmt_ms, percentile
+
+PROMPT = list(range(5, 21))
+
+
+async def main(quick: bool) -> None:
+    import torch
+
+    from phage.dataplane import DataPlaneServer
+    from phage.dataplane.chain import ChainSession, Hop
+    from phage.dataplane.checks import CheckPolicy, Evidence, Verifier
+    from phage.dataplane.transport import issue_identity
+    from phage.domain.blocks import BlockRange, Server, ShardedModel
+    from phage.node.engines.tinymodel import make_tiny_model
+    from phage.node.stage import StageModel
+    from phage.node.stage_service import StageHandler
+    from phage.pki.ca import CertificateAuthority
+    from phage.pki.identity import NodeIdentity
+    from phage.scheduler.blocks import chain
+
+    torch.set_num_threads(1)
+    tokens = 16 if quick else 48
+    blocks = 12
+    width = 512 if quick else 1024
+    tmp = Path(tempfile.mkdtemp(prefix="phage-bench-pipeline-"))
+    path = make_tiny_model(
+        tmp / "model", layers=blocks, hidden_size=width, intermediate_size=width * 11 // 4, name="bench"
+    )
+    ca = CertificateAuthority.load_or_create(tmp / "pki")
+    client = issue_identity(ca, NodeIdentity.generate())
+    model = ShardedModel(name="bench", checkpoint=str(path), num_blocks=blocks, bytes_per_block=1)
+
+    servers: list[tuple[DataPlaneServer, Server]] = []
+
+    async def serve(ranges: list[tuple[int, int]], standby: bool = False) -> None:
+        for a, b in ranges:
+            ident = issue_identity(ca, NodeIdentity.generate())
+            stage = StageModel(path, BlockRange(a, b))
+            server = DataPlaneServer(ident, {"stage": StageHandler({"bench": stage})})
+            await server.start()
+            servers.append((server, Server(ident.node_id, BlockRange(a, b), standby=standby)))
+
+    async def route(start: int, avoid: Collection[str]) -> list[Hop]:
+        address = {s.node_id: srv.address for srv, s in servers}
+        hops, pos = [], start
+        for s in chain(model, [s for _, s in servers], avoid=avoid, start=start):
+            hops.append(Hop(s.node_id, address[s.node_id], s.blocks, pos))
+            pos = s.blocks.end
+        return hops
+
+    async def find(b: BlockRange, start: int, avoid: Collection[str]) -> Verifier | None:
+        for srv, s in servers:
+            if s.node_id not in avoid and s.blocks.start <= start and s.blocks.end == b.end:
+                return Verifier(s.node_id, srv.address, s.blocks)
+        return None
+
+    async def report(e: Evidence) -> None:
+        raise AssertionError(f"an honest node was flagged: {e.describe()}")
+
+    def checked(rate: float) -> CheckPolicy:
+        return CheckPolicy(rate=rate, untrusted=lambda _n: True, find_verifier=find, report=report)
+
+    # The machine is shared, so its speed drifts: every configuration is timed step by step,
+    # interleaved with the same step of the whole model in process, and reported as a ratio.
+    whole = StageModel(path, BlockRange(0, blocks))
+
+    async def race(name: str, policies: list[CheckPolicy | None]) -> tuple[float, list[float], list[float]]:
+        """Decode ``tokens`` steps in lockstep: the whole model, then one session per policy."""
+        sessions = [ChainSession("bench", client, route, checks=p) for p in policies]
+        base_t: list[float] = []
+        chain_t: list[float] = []
+        x: Any = torch.tensor(PROMPT)
+        ids = [PROMPT] * len(sessions)
+        for step in range(tokens + 1):
+            t0 = time.perf_counter()
+            logits = whole.forward(name, x)
+            t1 = time.perf_counter()
+            outs = await asyncio.gather(*(s.forward(i) for s, i in zip(sessions, ids, strict=True)))
+            t2 = time.perf_counter()
+            if step:  # the prompt's prefill is not a decode step
+                base_t.append(t1 - t0)
+                chain_t.append(t2 - t1)
+            token = int(logits.argmax())
+            assert all(int(o.argmax()) == token for o in outs), "a chain disagreed with the whole model"
+            x, ids = torch.tensor([token]), [[token]] * len(sessions)
+        overheads = [o for s in sessions for o in s.hop_overheads]
+        for s in sessions:
+            await s.close()
+        return sum(base_t) / sum(chain_t) * len(sessions), chain_t, overheads
+
+    async def stop_all() -> None:
+        for srv, _ in servers:
+            await srv.stop(0)
+        servers.clear()
+
+    rows: list[tuple[str, float, float, str, str]] = []
+    splits = {1: [(0, blocks)], 2: [(0, 6), (6, blocks)], 3: [(0, 4), (4, 8), (8, blocks)]}
+    for hops, ranges in splits.items():
+        await serve(ranges)
+        await race(f"warm{hops}", [None])  # channels and TLS sessions up, caches warm
+        ratio, steps, overheads = await race(f"h{hops}", [None])
+        p50, p99 = percentile(overheads, 50) * 1000, percentile(overheads, 99) * 1000
+        label = f"{hops} stage server{'s' if hops > 1 else ''}, one session"
+        rows.append((label, ratio, 1 / statistics.median(steps), fmt_ms(p50), fmt_ms(p99)))
+        print(rows[-1], flush=True)
+        if hops == 2:
+            ratio, steps, overheads = await race("c8", [None] * 8)
+            p50, p99 = percentile(overheads, 50) * 1000, percentile(overheads, 99) * 1000
+            rows.append(
+                ("2 stage servers, 8 sessions", ratio, 8 / statistics.median(steps), fmt_ms(p50), fmt_ms(p99))
+            )
+            print(rows[-1], flush=True)
+            await serve(ranges, standby=True)  # a second node for each range: the verifiers
+            for rate in (0.05, 1.0):
+                ratio, steps, _ = await race(f"k{rate}", [checked(rate)])
+                label = f"2 stage servers, {rate:.0%} of steps checked"
+                rows.append((label, ratio, 1 / statistics.median(steps), "-", "-"))
+                print(rows[-1], flush=True)
+        await stop_all()
+
+    print()
+    print(f"model: {blocks} blocks, width {width}; {tokens} greedy tokens per run; torch threads 1")
+    columns = [
+        "configuration",
+        "tokens/s ÷ whole model's (interleaved)",
+        "tokens/s (median step)",
+        "added per hop p50 ms",
+        "p99 ms",
+    ]
+    print("| " + " | ".join(columns) + " |")
+    print("|---|---|---|---|---|")
+    for label, ratio, rate, p50, p99 in rows:
+        print(f"| {label} | {ratio:.2f} | {rate:.1f} | {p50} | {p99} |")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller model, fewer tokens")
+    asyncio.run(main(parser.parse_args().quick))

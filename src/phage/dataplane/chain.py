@@ -1,0 +1,205 @@
+"""Generation through a chain of nodes that together hold every block of a sharded model.
+
+The caller (like Petals' client) drives the chain: each step sends the new
+token ids to the first hop, each hop's output to the next, and samples the next
+token from the last hop's logits. Each hop keeps its blocks' attention cache for
+the session (one data-plane conversation per hop).
+
+Checked activations: with a :class:`CheckPolicy`, a sample of untrusted hops'
+steps is recomputed elsewhere (:mod:`phage.dataplane.checks`); a mismatch counts as a
+failure of that hop, after the evidence is reported.
+
+Failover: the session remembers every input it sent each hop. When a hop fails,
+the rest of the chain is routed again from that hop's first block, avoiding the
+failed node, and the remembered inputs are replayed onto the new hops in the same
+chunks as the first time — which rebuilds their caches exactly — before the step
+is retried. The caller sees one uninterrupted sequence of tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+from phage.dataplane.checks import Checker, CheckPolicy, Mismatch
+from phage.dataplane.tensors import tensor_from_pb, tensor_to_pb
+from phage.dataplane.transport import Dial, RemoteConversation, TLSIdentity, close_peers, direct
+from phage.domain.blocks import BlockRange
+from phage.errors import Unavailable
+from phage.protocol.v1 import dataplane_pb2 as dp
+
+log = logging.getLogger("phage.chain")
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """One node of a chain: where to reach it, the blocks it holds, and the block it starts at."""
+
+    node_id: str
+    address: str
+    blocks: BlockRange
+    start: int
+
+
+Router = Callable[[int, Collection[str]], Awaitable[list[Hop]]]
+"""``route(start, avoid)``: hops covering blocks ``start`` to the model's end, not using ``avoid``."""
+
+
+@dataclass
+class _Live:
+    hop: Hop
+    peer: RemoteConversation
+    sent: list[Any] = field(default_factory=list)
+    """Every input chunk this hop has run for the session, in order (replayed on failover)."""
+
+
+class ChainSession:
+    """One generation session through a chain; ``async with`` closes every hop's conversation."""
+
+    def __init__(
+        self,
+        model: str,
+        identity: TLSIdentity,
+        route: Router,
+        *,
+        max_failovers: int = 4,
+        checks: CheckPolicy | None = None,
+        dial: Dial | None = None,
+    ) -> None:
+        self.model = model
+        self.dial = dial or direct(identity)
+        """How a hop (or a verifier) is reached: directly, or through the coordinator's relay."""
+        self.checker = Checker(checks, self.dial, model) if checks is not None else None
+        self.identity = identity
+        self.route = route
+        self.max_failovers = max_failovers
+        self.failed: set[str] = set()
+        self.failovers = 0
+        self._hops: list[_Live] = []
+        self.hop_overheads: list[float] = []
+        """Per request: round-trip time minus the hop's own compute time (serialisation, TLS, gRPC)."""
+
+    async def __aenter__(self) -> ChainSession:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    @property
+    def hops(self) -> list[Hop]:
+        """The chain in use now."""
+        return [h.hop for h in self._hops]
+
+    def _peer(self, hop: Hop) -> RemoteConversation:
+        return self.dial(hop.address, hop.node_id)
+
+    async def _request(self, live: _Live, chunks: list[Any]) -> list[Any]:
+        frame = dp.Frame(
+            service="stage",
+            op="forward",
+            tensors=[tensor_to_pb(c) for c in chunks],
+            ints={"start": live.hop.start, "end": live.hop.blocks.end},
+            strings={"model": self.model},
+        )
+        t0 = time.perf_counter()
+        reply = await live.peer.request(frame)
+        self.hop_overheads.append(time.perf_counter() - t0 - reply.ints.get("compute_us", 0) / 1e6)
+        return [tensor_from_pb(t) for t in reply.tensors]
+
+    async def _reroute(self, index: int) -> None:
+        """Replace hops ``index``… by a fresh route from that hop's first block, replaying their inputs."""
+        start = self._hops[index].hop.start if self._hops else 0
+        history = self._hops[index].sent if self._hops else []
+        leaving = [live.peer for live in self._hops[index:]]
+        del self._hops[index:]
+        await close_peers(leaving)
+        hops = await self.route(start, self.failed)
+        if not hops:
+            raise Unavailable(f"no chain of live nodes covers blocks {start}: of {self.model!r}")
+        fresh = [_Live(h, self._peer(h)) for h in hops]
+        self._hops.extend(fresh)
+        chunks = list(history)
+        for live in fresh:
+            if not chunks:
+                break
+            live.sent = list(chunks)
+            chunks = await self._request(live, chunks)
+
+    async def forward(self, token_ids: list[int]) -> Any:
+        """Run new positions through the chain; the logits of the last one."""
+        import torch
+
+        if not self._hops:
+            await self._reroute(0)
+        x: Any = torch.tensor(token_ids, dtype=torch.int64)
+        i = 0
+        while i < len(self._hops):
+            live = self._hops[i]
+            try:
+                (out,) = await self._request(live, [x])
+                if self.checker is not None and self.checker.wants(live.hop.node_id):
+                    hop = live.hop
+                    await self.checker.check(
+                        hop.node_id, hop.blocks, hop.start, live.sent, x, out, avoid=self.failed
+                    )
+            except (Unavailable, Mismatch) as exc:
+                if self.failovers >= self.max_failovers:
+                    raise
+                self.failovers += 1
+                self.failed.add(live.hop.node_id)
+                log.warning("hop %s failed (%s); rerouting blocks %s:", live.hop.node_id, exc, live.hop.start)
+                await self._reroute(i)
+                continue  # the new hop i has its cache back; send this step again
+            live.sent.append(x)
+            x = out
+            i += 1
+        return x
+
+    async def close(self) -> None:
+        """End every hop's conversation (each drops the session's cache), even when cancelled."""
+        peers = [live.peer for live in self._hops]
+        self._hops.clear()
+        await close_peers(peers)
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """How the next token is picked: greedy at temperature 0, else seeded sampling."""
+
+    max_tokens: int = 256
+    temperature: float = 0.0
+    seed: int | None = None
+    top_p: float | None = None
+    eos_token_id: int | None = None
+
+
+async def generate_tokens(session: ChainSession, prompt: list[int], sampling: Sampling) -> AsyncIterator[int]:
+    """Yield generated token ids until ``max_tokens`` or the end-of-sequence token."""
+    import torch
+
+    generator = torch.Generator()
+    generator.manual_seed(sampling.seed if sampling.seed is not None else torch.seed())
+    logits = await session.forward(prompt)
+    for _ in range(sampling.max_tokens):
+        token = pick(logits, sampling, generator)
+        if sampling.eos_token_id is not None and token == sampling.eos_token_id:
+            return
+        yield token
+        logits = await session.forward([token])
+
+
+def pick(logits: Any, sampling: Sampling, generator: Any) -> int:
+    """The next token from one position's logits."""
+    import torch
+
+    if sampling.temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+    if sampling.top_p is not None and sampling.top_p < 1:
+        ordered, index = torch.sort(probs, descending=True)
+        keep = torch.cumsum(ordered, dim=-1) - ordered < sampling.top_p
+        probs = torch.zeros_like(probs).scatter(0, index[keep], ordered[keep])
+    return int(torch.multinomial(probs, 1, generator=generator))

@@ -1,0 +1,279 @@
+"""Frames node to node: a gRPC server each serving node runs, and a client conversation with a peer.
+
+Both ends present certificates from the pool's CA. The server reads the caller's
+node id from the TLS session (the certificate's common name, which only the CA
+sets) and hands it to the handler, so state a handler keeps belongs to the node
+that opened the conversation. The client names the node it means to reach: the
+TLS target name is that node's certificate name (:func:`phage.pki.ca.node_dns_name`),
+so the handshake fails with any other node, even one of the same pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+
+from phage import errors
+from phage.errors import PermissionDenied, PhageError, Unavailable
+from phage.pki.ca import node_dns_name
+from phage.protocol.v1 import dataplane_pb2 as dp
+from phage.protocol.v1 import dataplane_pb2_grpc as dp_grpc
+
+log = logging.getLogger("phage.dataplane")
+
+OPTIONS = [
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+    ("grpc.max_send_message_length", 256 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class TLSIdentity:
+    """What one end needs for mutual TLS: its node id, TLS key and certificate, and the pool's CA."""
+
+    node_id: str
+    key_pem: bytes
+    cert_pem: bytes
+    ca_pem: bytes
+
+
+class Conversation(Protocol):
+    """A handler's state for one stream: answers frames in order, released when the stream ends."""
+
+    async def handle(self, frame: dp.Frame) -> dp.Frame:
+        """The reply to one request frame (raise a PhageError to refuse it)."""
+
+    async def close(self) -> None:
+        """The stream ended (the caller finished, hung up or died)."""
+
+
+class Handler(Protocol):
+    """A service on the data plane (``stage`` for sharded models)."""
+
+    def open(self, peer_node_id: str) -> Conversation:
+        """A conversation with the node ``peer_node_id``, which the TLS session proved."""
+
+
+def error_frame(seq: int, exc: PhageError) -> dp.Frame:
+    """A reply saying why a request failed."""
+    return dp.Frame(seq=seq, error=exc.message, error_kind=type(exc).__name__)
+
+
+def raise_for_error(frame: dp.Frame) -> dp.Frame:
+    """``frame`` unless it reports an error, which is raised as the phage error it names."""
+    if not frame.error:
+        return frame
+    kind = getattr(errors, frame.error_kind, PhageError)
+    if not (isinstance(kind, type) and issubclass(kind, PhageError)):
+        kind = PhageError
+    raise kind(frame.error)
+
+
+class _Servicer(dp_grpc.PhageDataPlaneServicer):
+    def __init__(self, handlers: Mapping[str, Handler], allow: Callable[[str], bool]) -> None:
+        self.handlers = handlers
+        self.allow = allow
+
+    async def Open(
+        self, request_iterator: AsyncIterator[dp.Frame], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[dp.Frame]:
+        names = list(context.auth_context().get("x509_common_name", ()))
+        peer = names[0].decode() if names else ""
+        if not peer or not self.allow(peer):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"node {peer or '?'} may not use this node"
+            )
+        open_: dict[str, Conversation] = {}
+        try:
+            async for frame in request_iterator:
+                yield await answer(self.handlers, open_, peer, frame)
+        finally:
+            await close_conversations(open_)
+
+
+async def answer(
+    handlers: Mapping[str, Handler], open_: dict[str, Conversation], peer: str, frame: dp.Frame
+) -> dp.Frame:
+    """The reply to one request frame of a conversation (``open_``: its handlers' state, by service)."""
+    handler = handlers.get(frame.service)
+    if handler is None:
+        return error_frame(frame.seq, errors.NotFound(f"this node serves no {frame.service!r}"))
+    conversation = open_.get(frame.service)
+    if conversation is None:
+        conversation = open_[frame.service] = handler.open(peer)
+    try:
+        reply = await conversation.handle(frame)
+    except PhageError as exc:
+        return error_frame(frame.seq, exc)
+    reply.seq = frame.seq
+    return reply
+
+
+async def close_conversations(open_: dict[str, Conversation]) -> None:
+    """The conversation ended: every handler drops what it kept for it."""
+    for conversation in open_.values():
+        with contextlib.suppress(Exception):
+            await conversation.close()
+    open_.clear()
+
+
+class DataPlaneServer:
+    """The data-plane listener of one node; ``allow`` decides which peers may open conversations."""
+
+    def __init__(
+        self,
+        identity: TLSIdentity,
+        handlers: Mapping[str, Handler],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        allow: Callable[[str], bool] = lambda _peer: True,
+    ) -> None:
+        self.identity = identity
+        self.host = host
+        self.port = port
+        self._server = grpc.aio.server(options=OPTIONS)
+        dp_grpc.add_PhageDataPlaneServicer_to_server(_Servicer(handlers, allow), self._server)  # type: ignore[no-untyped-call]
+
+    async def start(self) -> int:
+        """Listen; returns the port (a free one when 0 was asked)."""
+        creds = grpc.ssl_server_credentials(
+            [(self.identity.key_pem, self.identity.cert_pem)],
+            root_certificates=self.identity.ca_pem,
+            require_client_auth=True,
+        )
+        self.port = self._server.add_secure_port(f"{self.host}:{self.port}", creds)
+        await self._server.start()
+        return self.port
+
+    @property
+    def address(self) -> str:
+        """``host:port`` peers dial."""
+        return f"{self.host}:{self.port}"
+
+    async def stop(self, grace: float = 0.5) -> None:
+        """Stop listening; open conversations end."""
+        await self._server.stop(grace)
+
+
+class RemoteConversation(Protocol):
+    """The caller's end of a conversation with one node, direct (:class:`Peer`) or relayed."""
+
+    async def request(self, frame: dp.Frame, wait_s: float = 60.0) -> dp.Frame:
+        """Send ``frame`` and wait for its reply; a dead or unreachable node: Unavailable."""
+
+    async def close(self) -> None:
+        """End the conversation (the node drops what it kept for it)."""
+
+
+Dial = Callable[[str, str], RemoteConversation]
+"""``dial(address, node_id)``: a new conversation with the node ``node_id`` at ``address``."""
+
+
+def direct(identity: TLSIdentity) -> Dial:
+    """Dial nodes directly, over mutual TLS as ``identity``."""
+    return lambda address, node_id: Peer(identity, address, node_id)
+
+
+class Peer:
+    """A conversation with one remote node: requests answered in order."""
+
+    def __init__(self, identity: TLSIdentity, address: str, node_id: str) -> None:
+        self.address = address
+        self.node_id = node_id
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=identity.ca_pem,
+            private_key=identity.key_pem,
+            certificate_chain=identity.cert_pem,
+        )
+        options = [*OPTIONS, ("grpc.ssl_target_name_override", node_dns_name(node_id))]
+        self._channel = grpc.aio.secure_channel(address, creds, options=options)
+        self._call: Any = None
+        self._seq = 0
+        self._lock = asyncio.Lock()
+
+    async def request(self, frame: dp.Frame, wait_s: float = 60.0) -> dp.Frame:
+        """Send ``frame``, wait up to ``wait_s`` for the reply; a dead or unreachable peer: Unavailable."""
+        async with self._lock:
+            try:
+                if self._call is None:
+                    stub = dp_grpc.PhageDataPlaneStub(self._channel)  # type: ignore[no-untyped-call]
+                    self._call = stub.Open()
+                self._seq += 1
+                frame.seq = self._seq
+                async with asyncio.timeout(wait_s):
+                    await self._call.write(frame)
+                    reply = await self._call.read()
+            except (
+                TimeoutError,
+                grpc.aio.AioRpcError,
+                asyncio.InvalidStateError,
+                grpc.aio.UsageError,
+            ) as exc:
+                self._call = None
+                code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else None
+                if code is grpc.StatusCode.PERMISSION_DENIED:
+                    raise PermissionDenied(f"node {self.node_id} refused this node: {exc}") from None
+                raise Unavailable(
+                    f"node {self.node_id} at {self.address} is unreachable ({code or exc!r})"
+                ) from None
+            if reply is grpc.aio.EOF:  # type: ignore[attr-defined]
+                self._call = None
+                raise Unavailable(f"node {self.node_id} at {self.address} ended the conversation")
+        if reply.seq != frame.seq:
+            raise errors.ProtocolError(f"node {self.node_id} answered request {reply.seq}, not {frame.seq}")
+        return raise_for_error(reply)
+
+    async def close(self) -> None:
+        """End the conversation (the peer drops what it kept for it) and the channel."""
+        if self._call is not None:
+            with contextlib.suppress(Exception):
+                await self._call.done_writing()
+        self._call = None
+        await self._channel.close(None)
+
+
+async def close_peers(peers: Sequence[RemoteConversation]) -> None:
+    """End these conversations, even when the caller is being cancelled.
+
+    A client hanging up cancels the task that drives a chain, and under Starlette (anyio)
+    every later ``await`` of that task is cancelled again: closing peers one by one in it
+    would stop at the first, leaving the others holding a cache for a session nobody will
+    finish. So the closing runs in a task of its own, shielded from the caller's cancellation.
+    """
+    if not peers:
+        return
+    closing = asyncio.get_running_loop().create_task(_close_each(peers), name="phage-dataplane-close")
+    _CLOSING.add(closing)
+    closing.add_done_callback(_CLOSING.discard)
+    await asyncio.shield(closing)
+
+
+_CLOSING: set[asyncio.Task[None]] = set()
+"""Closings under way (the event loop keeps only weak references to tasks)."""
+
+
+async def _close_each(peers: Sequence[RemoteConversation]) -> None:
+    for peer in peers:
+        with contextlib.suppress(Exception):
+            await peer.close()
+
+
+def issue_identity(ca: Any, identity: Any) -> TLSIdentity:
+    """A data-plane identity for ``identity`` (a NodeIdentity) signed by ``ca`` (a CertificateAuthority).
+
+    For tests, benchmarks and a coordinator that drives chains itself; nodes get theirs at Register.
+    """
+    from phage.pki.ca import make_csr
+
+    cert_pem, _serial = ca.sign_node_csr(make_csr(identity.tls_key, identity.node_id), identity.node_id)
+    return TLSIdentity(identity.node_id, identity.tls_key_pem(), cert_pem, ca.cert_pem)
