@@ -1,4 +1,4 @@
-"""Sandbox start-up: how long ``/bin/true`` takes from start to exit in each way of running it.
+"""Sandbox start-up: how long ``/bin/true`` (or ``--command``) takes from start to exit, per way to run it.
 
 Every variant runs through the same harness (``phage.sandbox.process.run_process``:
 an asyncio subprocess with piped stdout/stderr), in one process, interleaved
@@ -19,6 +19,7 @@ The workspace sits where a node keeps it (``<key dir>/work/<id>``, key dir 0700)
     .venv/bin/python bench/sandbox.py               # 50 runs each
     .venv/bin/python bench/sandbox.py --runs 200 --markdown
     .venv/bin/python bench/sandbox.py --only "bwrap (phage)"   # without the others' wake
+    .venv/bin/python bench/sandbox.py --command "/usr/bin/python3 -c pass"   # a real program's start
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -52,8 +54,8 @@ Runner = Callable[[], Awaitable[SandboxOutcome]]
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 
 
-def _variants(workdir: Path, console: Console) -> dict[str, Runner]:
-    request = SandboxRequest(["/bin/true"], workdir, limits=SandboxLimits(wall_s=60))
+def _variants(workdir: Path, console: Console, command: list[str]) -> dict[str, Runner]:
+    request = SandboxRequest(command, workdir, limits=SandboxLimits(wall_s=60))
     plain = NoneSandbox()
     variants: dict[str, Runner] = {"plain": lambda: plain.run(request)}
     bwrap = shutil.which("bwrap")
@@ -66,7 +68,7 @@ def _variants(workdir: Path, console: Console) -> dict[str, Runner]:
         bare += ["--ro-bind", str(st.etc), "/etc", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
         bare += ["--bind", str(workdir), "/workspace", "--chdir", "/workspace", "--remount-ro", "/"]
         bare += ["--clearenv"] + [a for k, v in sandbox_env(request).items() for a in ("--setenv", k, v)]
-        bare += ["--", "/bin/true"]
+        bare += ["--", *command]
         variants["bwrap (bare)"] = lambda: run_process(bare, cwd="/", env=ENV, wall_s=60, log_bytes=4096)
     for name, cls in (("bwrap (phage)", BwrapSandbox), ("gvisor (phage)", GvisorSandbox)):
         reason = cls.unavailable_reason()
@@ -77,7 +79,7 @@ def _variants(workdir: Path, console: Console) -> dict[str, Runner]:
             console.print(f"[yellow]{name}: skipped, {reason}[/]")
     firejail = shutil.which("firejail")
     if firejail is not None:
-        argv = [firejail, "--quiet", "--noprofile", "--net=none", "/bin/true"]
+        argv = [firejail, "--quiet", "--noprofile", "--net=none", *command]
         variants["firejail"] = lambda: run_process(argv, cwd=str(workdir), env=ENV, wall_s=60, log_bytes=4096)
     else:
         console.print("[yellow]firejail: skipped, not installed (apt-get install firejail)[/]")
@@ -97,7 +99,7 @@ async def measure(variants: dict[str, Runner], runs: int, warmup: int) -> dict[s
             elapsed = time.perf_counter() - started
             if outcome.exit_code != 0:
                 raise RuntimeError(
-                    f"{name}: /bin/true exited {outcome.exit_code}: {outcome.stderr_tail[-500:]}"
+                    f"{name}: the command exited {outcome.exit_code}: {outcome.stderr_tail[-500:]}"
                 )
             times[name].append(elapsed)
     return times
@@ -124,7 +126,7 @@ def summarise(times: dict[str, list[float]]) -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]]) -> Table:
     """The rich table of a summary."""
-    t = Table(title="/bin/true, start to exit")
+    t = Table(title="start to exit")
     for col in ("variant", "runs", "p50 ms", "p95 ms", "mean ms", "p50 over plain"):
         t.add_column(col, justify="left" if col == "variant" else "right")
     for r in rows:
@@ -162,6 +164,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--command", default="/bin/true", help="what each variant runs (default /bin/true)")
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     parser.add_argument(
         "--only", action="append", default=[], help="measure only these variants (and plain); repeatable"
@@ -177,7 +180,7 @@ def main() -> None:
         workdir = key_dir / "work" / "a-1"
         workdir.mkdir(parents=True)
         key_dir.chmod(0o700)
-        variants = _variants(workdir, console)
+        variants = _variants(workdir, console, shlex.split(args.command))
         if args.only:
             variants = {k: v for k, v in variants.items() if k == "plain" or k in args.only}
         times = asyncio.run(measure(variants, args.runs, args.warmup))
