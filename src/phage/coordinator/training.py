@@ -583,10 +583,12 @@ class TrainingService:
         return known
 
     async def _restart_upstream(self, live: _Live, moved: set[str]) -> None:
-        """Restart the hosted producers of relocated VNodes from their checkpoints, replaying.
+        """Restart the hosted producers of VNodes being placed again from their checkpoints, replaying.
 
-        A relocated VNode resumes from its checkpoint; producers that kept running would go
-        on from where they are and the batches in between would never reach it.
+        A VNode that lost its host, or was rolled back to its validated checkpoint, resumes
+        from that checkpoint; producers that kept running would go on from where they are and
+        the batches in between would never reach it. (A network placed whole has no hosted
+        producer: nothing restarts.)
         """
         upstream = {a for vid in moved for a in live.net.ancestors(vid)} - moved
         for aid in sorted(upstream):
@@ -642,7 +644,6 @@ class TrainingService:
                     load[v.node_id] += live.net.cost(v.vnode_id)
         hostless: list[tuple[_Live, str]] = []
         for live in list(self.live.values()):
-            moved: set[str] = set()
             for vid, v in list(live.states.items()):
                 if v.done:
                     continue
@@ -657,10 +658,10 @@ class TrainingService:
                     v = replace(v, node_id="", generation=v.generation + 1)
                     live.states[vid] = v
                     live.lost_since.pop(vid, None)
-                    moved.add(vid)
                 hostless.append((live, vid))
-            if moved:
-                await self._restart_upstream(live, moved)
+        if candidates:  # a VNode placed now resumes from its checkpoint: what feeds it must replay
+            for live in {id(lv): lv for lv, _ in hostless}.values():
+                await self._restart_upstream(live, {vid for lv, vid in hostless if lv is live})
         hostless = await self._place_whole(hostless, candidates, load)
         for live, vid in sorted(hostless, key=lambda lv: -lv[0].net.cost(lv[1])) if candidates else []:
             cost = live.net.cost(vid)
