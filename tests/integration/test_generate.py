@@ -89,9 +89,14 @@ def test_generate_tasks_are_metered_and_refused_when_the_credit_is_spent(
     coord, _ = pool(nodes=1, concurrency=1, engine="transformers", model=str(tiny_model))
     wait_online(coord, 1, timeout=90)
     with coord.client() as c:
-        made = c.post("/api/keys", json={"name": "batch", "credit_limit_tokens": 5}).json()
+        # the prompt is estimated at 7 tokens; a task's worst case (its prompt's bound + max_tokens) is held
+        made = c.post("/api/keys", json={"name": "batch", "credit_limit_tokens": 8}).json()
     user = httpx.Client(base_url=coord.url, headers={"Authorization": f"Bearer {made['key']}"}, timeout=60)
     with user:
+        batch = user.post("/api/tasks", json=_generate(max_tokens=8, count=2))
+        assert batch.status_code == 402, batch.text  # the first task's hold leaves too little for the second
+        assert "generate tasks in flight" in batch.json()["message"]
+        assert user.get("/api/tasks").json()["tasks"] == [], "a refused batch creates nothing"
         first = user.post("/api/tasks", json=_generate(max_tokens=8))
         assert first.status_code == 201, first.text
         (task,) = wait_tasks_final(coord, [first.json()["id"]], timeout=120)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 
 from phage.coordinator.keys import Principal
-from phage.coordinator.metering import Meter, RateDefaults, prompt_estimate
+from phage.coordinator.metering import Meter, RateDefaults, prompt_bound, prompt_estimate
+from phage.domain import Task, TaskKind, TaskSpec, TaskState
+from phage.domain.generate import GenerateSpec
+from phage.domain.ids import new_id
 from phage.errors import PaymentRequired
 from phage.store import SqlStore
 
@@ -55,3 +58,61 @@ async def test_credit_left_must_cover_the_prompt_estimate(sql_store: SqlStore) -
         await meter.begin(who, "chat", "m", 30, PROMPT_BYTES, 1)
     small = await meter.begin(who, "chat", "m", 30, 8, 1)  # a shorter prompt (estimate 6) still fits
     assert small.hold_id is not None
+
+
+def _generate(replicas: int = 1, max_tokens: int = 30) -> Task:
+    gen = GenerateSpec(
+        prompt="x" * PROMPT_BYTES, model="m", verifier="true", n=replicas, max_tokens=max_tokens
+    )
+    return Task(
+        id=new_id("t"),
+        kind=TaskKind.GENERATE,
+        state=TaskState.QUEUED,
+        spec=TaskSpec(generate=gen),
+        priority=0,
+        max_attempts=3,
+        created_at=100.0,
+        updated_at=100.0,
+        owner="k1",
+        labels={},
+        replicas=replicas,
+    )
+
+
+async def test_a_batch_of_generate_tasks_holds_its_worst_case_all_or_none(sql_store: SqlStore) -> None:
+    meter, who = await _meter(sql_store, 300)
+    worst = prompt_bound(PROMPT_BYTES, 1) + 30  # 20 + 64 + 16 template + 30 = 130 per attempt
+    assert worst == 130
+    # three tasks: the third finds 260 held and 40 left, more than its estimate (9): at most one crosses
+    await meter.hold_tasks(who, [_generate(), _generate(), _generate()])
+    with pytest.raises(PaymentRequired, match="generate tasks in flight"):
+        await meter.hold_tasks(who, [_generate()])  # 390 held of 300: refused, nothing held
+    with pytest.raises(PaymentRequired) as chat:
+        await meter.begin(who, "chat", "m", 30, PROMPT_BYTES, 1)  # a chat sees the tasks' holds too
+    assert chat.value.field == "Authorization"
+
+
+async def test_a_refused_batch_holds_nothing(sql_store: SqlStore) -> None:
+    meter, who = await _meter(sql_store, 200)
+    with pytest.raises(PaymentRequired):
+        await meter.hold_tasks(who, [_generate(replicas=2), _generate()])  # 260, then 9 more over 200
+    await meter.hold_tasks(who, [_generate()])  # nothing of the refused batch was kept
+
+
+async def test_a_generate_task_s_hold_ends_with_the_task(sql_store: SqlStore) -> None:
+    clock = [100.0]
+    await sql_store.add_api_key("k1", "hash", "spender", "user", 0.0)
+    await sql_store.set_credit_limit("k1", 135)
+    meter = Meter(sql_store, lambda: clock[0], RateDefaults())
+    who = Principal("k1", "spender", "user", credit_limit_tokens=135)
+    running, never_written = _generate(), _generate()
+    await sql_store.add_tasks([running])
+    await meter.hold_tasks(who, [running])  # holds 130 of 135
+    with pytest.raises(PaymentRequired):
+        await meter.hold_tasks(who, [never_written])  # 130 + its estimate 9 > 135
+    await sql_store.cancel_task(running.id, clock[0])
+    await meter.hold_tasks(who, [never_written])  # the cancelled task's hold was given back
+    with pytest.raises(PaymentRequired):
+        await meter.hold_tasks(who, [_generate()])  # a task not yet in the store keeps its hold at first
+    clock[0] += 120  # past the grace for a submit still being written: that task never was
+    await meter.hold_tasks(who, [_generate()])

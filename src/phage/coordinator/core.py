@@ -128,7 +128,7 @@ class Coordinator:
             quotas,
             self.workloads,
             clock,
-            self.meter.require_credit,
+            self.meter.hold_tasks,
             sharded=self.sharded,
             can_verify=lambda: self.trust.verify_sandbox is not None,
         )

@@ -39,13 +39,13 @@ class Intake:
         quotas: SubmitQuotas,
         workloads: ApprovedWorkloads,
         clock: Callable[[], float],
-        credit: Callable[[Principal], Awaitable[None]] | None = None,
+        credit: Callable[[Principal, Sequence[Task]], Awaitable[None]] | None = None,
         sharded: ShardedModels | None = None,
         can_verify: Callable[[], bool] = lambda: False,
     ) -> None:
         self.ledger, self.blobs = ledger, blobs
         self.credit = credit
-        """Generate tasks: raises PaymentRequired when the submitting key's credit is spent."""
+        """Generate tasks: holds their worst case against the key's credit (PaymentRequired if short)."""
         self.placement, self.replication = placement, replication
         self.quotas = quotas
         self.workloads = workloads
@@ -59,8 +59,6 @@ class Intake:
         self.workloads.check(requests)
         await self.quotas.check(requests, principal)
         now = self.clock()
-        if self.credit is not None and any(req.generate is not None for req in requests):
-            await self.credit(principal)
         made: list[Task] = []
         for req in requests:
             if req.generate is not None:
@@ -94,6 +92,8 @@ class Intake:
                         min_quorum=min_quorum,
                     )
                 )
+        if self.credit is not None and any(t.spec.generate is not None for t in made):
+            await self.credit(principal, made)  # a hold whose task is never written is given back
         await self.ledger.add(made)
         return made
 

@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from phage.coordinator.key_rates import KeyRates, Limits
 from phage.coordinator.keys import Principal
-from phage.domain import TaskResult
+from phage.domain import Task, TaskResult
 from phage.domain.generate import GenerateSpec
 from phage.domain.ids import new_id
 from phage.errors import PaymentRequired
-from phage.store.sql_usage import Hold, RequestRecord, UsageRecords
+from phage.store.sql_usage import Hold, RequestRecord, UsageRecords, task_hold_id
 
 log = logging.getLogger("phage.usage")
 
@@ -203,16 +203,34 @@ class Meter:
         except Exception:
             log.exception("could not record the usage of request %s (key %s)", rec.id, rec.key_id)
 
-    async def require_credit(self, who: Principal) -> None:
-        """402 when the key's credit is spent (generate tasks: checked at submit, charged per result)."""
-        limit = who.credit_limit_tokens
-        if limit is not None:
-            used = await self._store.tokens_used(who.key_id)
-            if used >= limit:
-                raise PaymentRequired(
-                    f"this API key has used {used} of its {limit} tokens; an admin can top it up",
-                    field="Authorization",
-                )
+    async def hold_tasks(self, who: Principal, tasks: Sequence[Task]) -> None:
+        """Hold each generate task's worst case until it ends; 402, holding nothing, if one does not fit.
+
+        A generate task can cost each attempt its prompt's bound plus ``max_tokens``; that is
+        held from submit until the task is terminal (each attempt is charged as it reports),
+        so concurrent submits and batches on one key see each other's tasks as spent, like
+        concurrent chats. A task is admitted while the credit left covers its prompt's
+        estimate: at most one task of a batch crosses the limit.
+        """
+        if who.credit_limit_tokens is None:
+            return
+        holds = []
+        for task in tasks:
+            gen = task.spec.generate
+            if gen is None:
+                continue
+            prompt = len(gen.prompt.encode())
+            worst = max(1, task.replicas) * (prompt_bound(prompt, 1) + gen.max_tokens)
+            holds.append(Hold(task_hold_id(task.id), who.key_id, worst, prompt_estimate(prompt, 1)))
+        refused = await self._store.hold_task_credit(holds, self._clock())
+        if refused is not None:
+            left = max(0, refused.limit - refused.used)
+            raise PaymentRequired(
+                f"this API key has used {refused.used} of its {refused.limit} tokens (including requests "
+                f"and generate tasks in flight); {left} left is too little for these generate tasks; "
+                "an admin can top it up",
+                field="Authorization",
+            )
 
     async def charge_generation(
         self, owner: str, gen: GenerateSpec, node_id: str, result: TaskResult

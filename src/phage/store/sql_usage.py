@@ -25,8 +25,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from phage.domain.models import TaskState
 from phage.errors import InvalidInput, NotFound
-from phage.store.schema import api_keys, credit_holds, node_accounts, usage, usage_requests
+from phage.store.schema import api_keys, credit_holds, node_accounts, tasks, usage, usage_requests
 from phage.store.writer import GroupCommitWriter
 
 
@@ -114,13 +115,45 @@ def _bump(conn: Connection, table: sa.Table, keys: dict[str, str], now: float, *
         conn.execute(table.insert().values(updated_at=now, **keys, **add))
 
 
+TASK_HOLD_PREFIX = "g-"
+"""A generate task's hold is named after its task (``g-<task id>``), so the task's state says when it ends."""
+
+TASK_HOLD_TTL_S = 7 * 86400.0
+"""A generate task's hold outlives any queue wait; it ends with its task (or this long after its submit)."""
+
+TASK_HOLD_GRACE_S = 60.0
+"""A task hold whose task is not in the store yet is its submit still being written: kept this long."""
+
+
+def task_hold_id(task_id: str) -> str:
+    """The id of the credit hold of a generate task."""
+    return TASK_HOLD_PREFIX + task_id
+
+
 def _release_expired(conn: Connection, key_id: str, now: float) -> None:
-    """Give back the holds of requests a dead coordinator never settled."""
-    stale = conn.execute(
-        sa.select(credit_holds.c.id, credit_holds.c.tokens).where(
-            (credit_holds.c.key_id == key_id) & (credit_holds.c.expires_at < now)
+    """Give back the holds of requests a dead coordinator never settled, and of generate tasks that ended.
+
+    A generate task holds its worst case from submit until it is terminal; each of its
+    attempts is charged as it reports. Releasing here, by the task's state in the same
+    transaction, holds after a coordinator restart too, and costs the dispatch path nothing.
+    """
+    held = conn.execute(
+        sa.select(credit_holds.c.id, credit_holds.c.tokens, credit_holds.c.expires_at).where(
+            credit_holds.c.key_id == key_id
         )
     ).all()
+    stale = [h for h in held if h.expires_at < now]
+    task_ids = {h.id[len(TASK_HOLD_PREFIX) :]: h for h in held if h.id.startswith(TASK_HOLD_PREFIX)}
+    if task_ids:
+        states = dict(
+            conn.execute(sa.select(tasks.c.id, tasks.c.state).where(tasks.c.id.in_(list(task_ids)))).all()
+        )
+        for tid, h in task_ids.items():
+            state = states.get(tid)
+            submitted = h.expires_at - TASK_HOLD_TTL_S
+            gone = state is None and now - submitted > TASK_HOLD_GRACE_S  # deleted, or never written
+            if (gone or (state is not None and TaskState(state).terminal)) and h not in stale:
+                stale.append(h)
     if stale:
         conn.execute(credit_holds.delete().where(credit_holds.c.id.in_([h.id for h in stale])))
         conn.execute(
@@ -187,6 +220,46 @@ class UsageRecords:
                 credit_holds.insert().values(
                     id=hold.id, key_id=hold.key_id, tokens=hold.tokens, expires_at=expires_at
                 )
+            )
+            return None
+
+        return await self._writer.run(op)
+
+    async def hold_task_credit(self, holds: list[Hold], now: float) -> HoldRefused | None:
+        """Hold each generate task's worst case, all or none (``hold.id`` is :func:`task_hold_id`).
+
+        Each is admitted like a chat request (while the credit left after the holds before
+        it covers its ``needs``), so of a batch on a key with little left at most one task
+        crosses the limit; when one is refused, none is held and nothing is written.
+        """
+
+        def op(conn: Connection) -> HoldRefused | None:
+            if not holds:
+                return None
+            key_id = holds[0].key_id
+            _release_expired(conn, key_id, now)
+            k = api_keys.c
+            row = conn.execute(
+                sa.select(k.used_tokens, k.reserved_tokens, k.credit_limit_tokens).where(k.id == key_id)
+            ).first()
+            if row is None:
+                raise NotFound(f"no API key {key_id!r}", field="key_id")
+            used, reserved = int(row.used_tokens), int(row.reserved_tokens)
+            limit = row.credit_limit_tokens
+            taken = 0
+            for hold in holds:
+                if limit is not None and used + reserved + taken + hold.needs > int(limit):
+                    return HoldRefused(used + reserved + taken, int(limit))
+                taken += hold.tokens
+            conn.execute(
+                api_keys.update().where(k.id == key_id).values(reserved_tokens=k.reserved_tokens + taken)
+            )
+            conn.execute(
+                credit_holds.insert(),
+                [
+                    {"id": h.id, "key_id": h.key_id, "tokens": h.tokens, "expires_at": now + TASK_HOLD_TTL_S}
+                    for h in holds
+                ],
             )
             return None
 
