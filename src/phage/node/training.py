@@ -264,7 +264,6 @@ class _Worker:
         ``h.replay_from`` up to it are passed on again, forward only (consumers may lack them)."""
         self.data: Dataset | None = None
         self.samples = 0
-        self.replayed = 0
         self.last_report = 0.0
         self.window: tuple[float, int] = (time.monotonic(), 0)
         self.loss = 0.0
@@ -394,7 +393,6 @@ class _Worker:
         rt = self.rt
         assert rt is not None
         out = await asyncio.to_thread(rt.forward, inputs)
-        self.replayed += 1
         await self._pass_on(tpb.ActivationFrame(seq=seq, tensor=pack([out], y)))
 
     async def _step(self, seq: int, inputs: list[torch.Tensor], y: torch.Tensor) -> None:
