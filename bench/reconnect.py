@@ -42,12 +42,8 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     lifted = {"PHAGE_REGISTER_BURST": "1000000", "PHAGE_NEW_NODES_BURST": "1000000"}  # one source address
     coord = CoordinatorProcess(tmp / "coordinator", heartbeat_s=args.interval, env=lifted)
     await asyncio.to_thread(coord.start, 60.0)
-    info = coord.info
-    swarm = Swarm(
-        grpc_address=coord.grpc_address,
-        enroll_address=coord.enroll_address,
-        join_token=info["join_token"],
-        ca_fingerprint=info["ca_fingerprint"],
+    swarm = Swarm.joining(
+        coord,
         interval_s=args.interval,
         enroll_concurrency=args.enroll_concurrency,
         seed=args.seed,

@@ -101,6 +101,19 @@ class Swarm:
         """(when, how late) a 50 ms tick of this process's event loop ran: the swarm's own lag."""
         self._ticker: asyncio.Task[None] | None = None
 
+    @classmethod
+    def joining(cls, coord: CoordinatorProcess, *, interval_s: float, **options: Any) -> Swarm:
+        """Simulated nodes for a running coordinator process: its addresses, join token and CA pin."""
+        info = coord.info
+        return cls(
+            grpc_address=coord.grpc_address,
+            enroll_address=coord.enroll_address,
+            join_token=info["join_token"],
+            ca_fingerprint=info["ca_fingerprint"],
+            interval_s=interval_s,
+            **options,
+        )
+
     def _rng(self, index: int, stream: int) -> random.Random:
         return random.Random(self.seed * 1_000_003 + index * 2 + stream) if self.jitter else _Ceiling()
 
@@ -291,19 +304,22 @@ async def wait_all_online(coord: CoordinatorProcess, count: int, *, since: float
 
 
 async def restart_and_reconnect(
-    coord: CoordinatorProcess, swarm: Swarm, *, within_s: float
+    coord: CoordinatorProcess, swarm: Swarm, *, within_s: float, down_s: float = 0.0
 ) -> ReconnectReport:
     """Restart the coordinator under a running swarm and measure how its nodes come back.
 
     Nodes must be enrolled, started and online. The coordinator is stopped (SIGTERM: every long-poll
     breaks at once) and started again on the same ports, data and database; then this waits until
     every node has a successful heartbeat and the coordinator counts them all online again. Times
-    are taken on the nodes' side, from when each attempt was sent.
+    are taken on the nodes' side, from when each attempt was sent. ``down_s`` keeps the coordinator
+    stopped at least that long: on a quiet machine it restarts within a second or two, too soon to
+    see the nodes' retries while it is down.
     """
     nodes = len(swarm.nodes)
     t_stop = time.monotonic()
     await asyncio.to_thread(coord.stop)
     t_down, wall_down = time.monotonic(), time.time()
+    await asyncio.sleep(down_s)
     await asyncio.to_thread(coord.start, 60.0)
     t_up = time.monotonic()
     deadline = t_up + within_s

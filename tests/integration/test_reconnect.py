@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from phage.node.endpoints import FETCH_BACKOFF_CAP_S
 from phage.testing import CoordinatorProcess, wait_online
 from phage.testing_swarm import ReconnectReport, Swarm, restart_and_reconnect
 
@@ -26,20 +27,16 @@ INTERVAL_S = 2.0
 
 
 async def _scenario(coord: CoordinatorProcess) -> ReconnectReport:
-    info = coord.info
-    swarm = Swarm(
-        grpc_address=coord.grpc_address,
-        enroll_address=coord.enroll_address,
-        join_token=info["join_token"],
-        ca_fingerprint=info["ca_fingerprint"],
-        interval_s=INTERVAL_S,
-    )
+    swarm = Swarm.joining(coord, interval_s=INTERVAL_S)
     try:
         await swarm.enroll(NODES)
         assert len(swarm.nodes) == NODES, swarm.enroll_failures
         swarm.start()
         await asyncio.to_thread(wait_online, coord, NODES, 60.0)
-        return await restart_and_reconnect(coord, swarm, within_s=10 * INTERVAL_S)
+        # down for two retry ceilings at least, so that every node's retries while it is down can be seen
+        return await restart_and_reconnect(
+            coord, swarm, within_s=10 * INTERVAL_S, down_s=2 * FETCH_BACKOFF_CAP_S
+        )
     finally:
         await swarm.close()
 
