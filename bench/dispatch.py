@@ -39,218 +39,27 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-import psutil
-from rich.console import Console
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import dispatch_pg
 from _util import (
     BENCH_DIR,
-    busy_cpu_seconds,
     clean_nan,
-    latency_summary,
     machine_info,
     median,
     wait_for_quiet,
     write_results,
 )
+from dispatch_parts import CpuMeter, RunResult, console, keep_logs, measure_phage, stop_process, tempdir
 from dispatch_report import markdown, print_table, ratios
 
 from phage.testing import CoordinatorProcess, NodeProcess, free_port, wait_online, wait_until
-
-console = Console(width=max(170, shutil.get_terminal_size((170, 40)).columns))
-
-FINAL = ("verified", "failed", "cancelled")
-
-
-@dataclass
-class RunResult:
-    """One measured run of one system."""
-
-    system: str
-    config: str
-    jobs: int
-    seconds: float
-    enqueue_seconds: float
-    failed: int = 0
-    cpu_s: dict[str, float] = field(default_factory=dict)
-    dispatch_loaded: dict[str, float] = field(default_factory=dict)
-    dispatch_idle: dict[str, float] = field(default_factory=dict)
-    e2e_loaded: dict[str, float] = field(default_factory=dict)
-    background_pct: float = 0.0
-    """CPU share (of the whole machine) other processes used during the window."""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def rate(self) -> float:
-        """Jobs per second over the whole window."""
-        return self.jobs / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def key(self) -> tuple[str, str]:
-        """Which row of the table this run belongs to."""
-        return self.system, self.config
-
-    def to_json(self) -> dict[str, Any]:
-        """Everything, for the results file."""
-        return {
-            "system": self.system,
-            "config": self.config,
-            "jobs": self.jobs,
-            "seconds": self.seconds,
-            "jobs_per_s": self.rate,
-            "enqueue_seconds": self.enqueue_seconds,
-            "enqueue_per_s": self.jobs / self.enqueue_seconds if self.enqueue_seconds > 0 else None,
-            "failed": self.failed,
-            "cpu_s": self.cpu_s,
-            "cpu_ms_per_job": 1000 * sum(self.cpu_s.values()) / self.jobs if self.jobs else None,
-            "dispatch_latency_loaded": self.dispatch_loaded,
-            "dispatch_latency_idle": self.dispatch_idle,
-            "e2e_latency_loaded": self.e2e_loaded,
-            "background_cpu_pct": self.background_pct,
-            **self.extra,
-        }
-
-
-# ---- CPU accounting --------------------------------------------------------------------------
-
-
-class CpuMeter:
-    """User+system CPU seconds of named processes (and their children) over a window."""
-
-    def __init__(self, procs: dict[str, int]) -> None:
-        self.procs = {name: psutil.Process(pid) for name, pid in procs.items()}
-        self.start = self._sample()
-        self.machine_start = busy_cpu_seconds()
-        self.t0 = time.monotonic()
-        self.background_pct = 0.0
-        """Share of the machine's CPU spent by other processes during the window."""
-
-    @staticmethod
-    def _cpu(proc: psutil.Process) -> float:
-        total = 0.0
-        with contextlib.suppress(psutil.Error):
-            t = proc.cpu_times()
-            total += t.user + t.system
-            for child in proc.children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    ct = child.cpu_times()
-                    total += ct.user + ct.system
-        return total
-
-    def _sample(self) -> dict[str, float]:
-        out = {name: self._cpu(p) for name, p in self.procs.items()}
-        me = psutil.Process().cpu_times()
-        out["bench client"] = me.user + me.system
-        return out
-
-    def stop(self) -> dict[str, float]:
-        """CPU seconds spent by each since the meter was made."""
-        end = self._sample()
-        ours = {name: round(end[name] - self.start.get(name, 0.0), 3) for name in end}
-        elapsed = time.monotonic() - self.t0
-        others = busy_cpu_seconds() - self.machine_start - sum(ours.values())
-        self.background_pct = round(max(0.0, 100 * others / (elapsed * (os.cpu_count() or 1))), 1)
-        return ours
-
-
-def _stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 10) -> None:
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, sig)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def _keep_logs(tmp: Path, label: str) -> None:
-    """Copy the logs of a failed run to bench/results/failed-<label>-<time>/ before the temp dir goes."""
-    dest = BENCH_DIR / "results" / f"failed-{label}-{time.strftime('%Y%m%d-%H%M%S')}"
-    for log in tmp.rglob("*.log"):
-        dest.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(OSError):
-            shutil.copy(log, dest / log.name)
-    if dest.exists():
-        console.print(f"[red]run failed; logs kept in {dest}[/]")
-
-
-@contextlib.contextmanager
-def _tempdir(prefix: str) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-# ---- phage -----------------------------------------------------------------------------------
-
-
-def _submit(client: httpx.Client, count: int) -> list[str]:
-    resp = client.post("/api/tasks", json={"tasks": [{"kind": "noop", "count": count}]})
-    resp.raise_for_status()
-    body = resp.json()
-    return [t["id"] for t in body["tasks"]] if "tasks" in body else [body["id"]]
-
-
-def _counts(client: httpx.Client) -> dict[str, int]:
-    resp = client.get("/api/status")
-    resp.raise_for_status()
-    tasks: dict[str, int] = resp.json()["tasks"]
-    return tasks
-
-
-def _wait_final(client: httpx.Client, total: int, timeout: float, interval: float = 0.05) -> dict[str, int]:
-    deadline = time.monotonic() + timeout
-    while True:
-        counts = _counts(client)
-        if sum(counts.get(s, 0) for s in FINAL) >= total:
-            return counts
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"phage: only {counts} of {total} tasks final after {timeout:.0f}s")
-        time.sleep(interval)
-
-
-def _all_tasks(client: httpx.Client) -> list[dict[str, Any]]:
-    """Every task (newest first), paging through GET /api/tasks."""
-    out: list[dict[str, Any]] = []
-    cursor: str | None = None
-    while True:
-        params: dict[str, Any] = {"limit": 1000}
-        if cursor is not None:
-            params["cursor"] = cursor
-        resp = client.get("/api/tasks", params=params)
-        resp.raise_for_status()
-        body = resp.json()
-        out.extend(body["tasks"])
-        cursor = body.get("next_cursor")
-        if cursor is None:
-            return out
-
-
-def _dispatch_latencies(client: httpx.Client, ids: list[str]) -> list[float]:
-    """created_at → first attempt's dispatched_at, in seconds, for each task id."""
-    out = []
-    for tid in ids:
-        resp = client.get(f"/api/tasks/{tid}")
-        resp.raise_for_status()
-        task = resp.json()
-        dispatched = [a["dispatched_at"] for a in task.get("attempts", []) if a.get("dispatched_at")]
-        if dispatched:
-            out.append(min(dispatched) - task["created_at"])
-    return out
+from phage.testing_postgres import PostgresServer
 
 
 def run_phage(args: argparse.Namespace, nodes: int, sync: str, default: bool = False) -> RunResult:
@@ -263,7 +72,7 @@ def run_phage(args: argparse.Namespace, nodes: int, sync: str, default: bool = F
     if sync != "NORMAL":
         config += f", sync={sync}"
     t_begin = time.monotonic()
-    with _tempdir("phage-bench-") as tmp:
+    with tempdir("phage-bench-") as tmp:
         coord = CoordinatorProcess(tmp / "coord", heartbeat_s=10.0, env={"PHAGE_SQLITE_SYNCHRONOUS": sync})
         node_procs: list[NodeProcess] = []
         try:
@@ -282,62 +91,14 @@ def run_phage(args: argparse.Namespace, nodes: int, sync: str, default: bool = F
             wait_online(coord, nodes, timeout=60)
             setup_s = time.monotonic() - t_begin
             with coord.client() as client:
-                warm = args.warmup
-                if warm:
-                    _submit(client, warm)
-                    _wait_final(client, warm, timeout=60)
-                meter = CpuMeter(
-                    {
-                        "coordinator": coord.proc.pid,
-                        **{f"node{i}": n.proc.pid for i, n in enumerate(node_procs)},
-                    }  # type: ignore[union-attr]
-                )
-                ids: list[str] = []
-                t0 = time.time()
-                remaining = args.tasks
-                while remaining > 0:
-                    n = min(args.batch, remaining)
-                    ids += _submit(client, n)
-                    remaining -= n
-                t_enq = time.time()
-                counts = _wait_final(client, warm + args.tasks, timeout=max(120.0, args.tasks / 50))
-                cpu = meter.stop()
-                timed = set(ids)
-                tasks = [t for t in _all_tasks(client) if t["id"] in timed]
-                verified = [t for t in tasks if t["state"] == "verified"]
-                end = max(t["finished_at"] for t in verified) if verified else time.time()
-                e2e = [t["finished_at"] - t["created_at"] for t in verified]
-                sample = random.sample(ids, min(args.latency_samples, len(ids)))
-                loaded = _dispatch_latencies(client, sample)
-                # idle: the queue is empty and the nodes wait in their long-poll; one task at a time
-                idle_ids = []
-                for _ in range(args.idle_probes):
-                    idle_ids += _submit(client, 1)
-                    time.sleep(1.0 / args.idle_rate)
-                _wait_final(client, warm + args.tasks + args.idle_probes, timeout=60)
-                idle = _dispatch_latencies(client, idle_ids)
-            return RunResult(
-                "phage",
-                config,
-                jobs=len(verified),
-                seconds=end - t0,
-                enqueue_seconds=t_enq - t0,
-                failed=counts.get("failed", 0),
-                cpu_s=cpu,
-                background_pct=meter.background_pct,
-                dispatch_loaded=latency_summary(loaded),
-                dispatch_idle=latency_summary(idle),
-                e2e_loaded=latency_summary(e2e),
-                extra={
-                    "nodes": nodes,
-                    "concurrency": concurrency,
-                    "sqlite_synchronous": sync,
-                    "setup_s": round(setup_s, 2),
-                    "run_wall_s": round(time.monotonic() - t_begin, 2),
-                },
-            )
+                pids = {"coordinator": coord.proc.pid}  # type: ignore[union-attr]
+                pids |= {f"node{i}": n.proc.pid for i, n in enumerate(node_procs)}  # type: ignore[union-attr]
+                extra = {"nodes": nodes, "concurrency": concurrency, "sqlite_synchronous": sync}
+                result = measure_phage(args, [client], pids, config, extra)
+            result.extra |= {"setup_s": round(setup_s, 2), "run_wall_s": round(time.monotonic() - t_begin, 2)}
+            return result
         except BaseException:
-            _keep_logs(tmp, f"phage-{nodes}-{sync}")
+            keep_logs(tmp, f"phage-{nodes}-{sync}")
             raise
         finally:
             for n in node_procs:
@@ -359,7 +120,7 @@ def run_huey(args: argparse.Namespace, sync: str) -> RunResult:
 
     label = "sync=FULL (huey default)" if sync == "default" else "sync=NORMAL (as phage)"
     config = f"{args.huey_workers} {args.huey_worker_type}, {label}"
-    with _tempdir("huey-bench-") as tmp:
+    with tempdir("huey-bench-") as tmp:
         db = tmp / "huey.db"
         app, noop = _peers.make_huey(str(db), sync)
         argv = [
@@ -415,7 +176,7 @@ def run_huey(args: argparse.Namespace, sync: str) -> RunResult:
                 extra={"huey_sync": sync, "workers": args.huey_workers, "worker_type": args.huey_worker_type},
             )
         finally:
-            _stop_process(consumer, signal.SIGINT)
+            stop_process(consumer, signal.SIGINT)
             app.storage.close()
 
 
@@ -458,7 +219,7 @@ def redis_server(tmp: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
         wait_until(up, 15, 0.05, "redis-server")
         yield port, proc
     finally:
-        _stop_process(proc)
+        stop_process(proc)
 
 
 def run_arq(args: argparse.Namespace) -> RunResult:
@@ -466,7 +227,7 @@ def run_arq(args: argparse.Namespace) -> RunResult:
     import _peers
 
     config = f"{args.arq_workers} worker × max_jobs {args.arq_max_jobs}, AOF everysec"
-    with _tempdir("arq-bench-") as tmp, redis_server(tmp) as (port, redis_proc):
+    with tempdir("arq-bench-") as tmp, redis_server(tmp) as (port, redis_proc):
         env = _peer_env(
             **{
                 _peers.ARQ_PORT_ENV: str(port),
@@ -490,7 +251,7 @@ def run_arq(args: argparse.Namespace) -> RunResult:
             result = asyncio.run(_arq_drive(args, port, workers, redis_proc))
         finally:
             for w in workers:
-                _stop_process(w, signal.SIGINT)
+                stop_process(w, signal.SIGINT)
         result.config = config
         return result
 
@@ -623,7 +384,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--arq-workers", type=int, default=1)
     p.add_argument("--arq-max-jobs", type=int, default=10)
     p.add_argument(
-        "--systems", default="phage,huey,arq", help="comma-separated subset of phage,huey,arq to run"
+        "--systems", default="phage,huey,arq,phage-pg,procrastinate,skip-locked",
+        help="comma-separated subset of phage,huey,arq (SQLite, Redis) and "
+        "phage-pg,procrastinate,skip-locked (PostgreSQL) to run (default: all)",
+    )  # fmt: skip
+    p.add_argument(
+        "--pg-coordinators",
+        default="1,2",
+        help="phage on PostgreSQL: coordinator replicas per run (default 1,2)",
+    )
+    p.add_argument(
+        "--pg-nodes", type=int, default=2, help="phage on PostgreSQL: nodes, spread over the replicas"
+    )
+    p.add_argument("--pg-workers", type=int, default=2, help="procrastinate / SKIP LOCKED worker processes")
+    p.add_argument(
+        "--procrastinate-concurrency", default="1,16",
+        help="procrastinate jobs at once per worker, one run each (default 1,16; 1 is its default)",
+    )  # fmt: skip
+    p.add_argument(
+        "--skip-locked-batch", type=int, default=1, help="jobs the plain loop claims per statement"
     )
     p.add_argument(
         "--quiet-threshold", type=float, default=25.0,
@@ -645,6 +424,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.rounds = args.rounds or (1 if quick else 3)
     args.idle_probes = args.idle_probes if args.idle_probes is not None else (20 if quick else 30)
     args.systems = {s.strip() for s in args.systems.split(",") if s.strip()}
+    args.pg_coordinators = [int(n) for n in args.pg_coordinators.split(",") if n.strip()]
+    args.procrastinate_concurrency = [int(n) for n in args.procrastinate_concurrency.split(",") if n.strip()]
     if quick:
         args.latency_samples = min(args.latency_samples, 100)
         args.warmup = min(args.warmup, 100)
@@ -664,11 +445,16 @@ def plan(args: argparse.Namespace) -> list[tuple[str, Any]]:
         steps += [("huey", "default"), ("huey", "normal")]
     if "arq" in args.systems:
         steps.append(("arq", None))
-    return steps
+    return steps + dispatch_pg.plan(args)
 
 
 def run_one(
-    args: argparse.Namespace, label: str, system: str, param: Any, failures: list[dict[str, str]]
+    args: argparse.Namespace,
+    label: str,
+    system: str,
+    param: Any,
+    failures: list[dict[str, str]],
+    server: PostgresServer | None,
 ) -> RunResult | None:
     """One run, after waiting for the machine to quieten; None (and a recorded failure) if it fails."""
     if args.quiet_threshold < 100:
@@ -679,8 +465,11 @@ def run_one(
                 result = run_phage(args, *param)
             elif system == "huey":
                 result = run_huey(args, param)
-            else:
+            elif system == "arq":
                 result = run_arq(args)
+            else:
+                assert server is not None
+                result = dispatch_pg.run(args, server, system, param)
     except Exception as exc:  # one failed run must not lose the others
         console.print(f"[red]{label}: failed: {type(exc).__name__}: {exc}[/]")
         failures.append({"run": label, "error": f"{type(exc).__name__}: {exc}"})
@@ -712,20 +501,26 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[dict[str, str]] = []
     discarded: list[RunResult] = []
     steps = plan(args)
-    for rnd in range(args.rounds):
-        for system, param in steps:
-            label = f"round {rnd + 1}/{args.rounds} · {system} {param if param is not None else ''}"
-            for attempt in range(1 + args.noisy_retries):
-                result = run_one(args, label, system, param, failures)
-                if result is None or result.background_pct <= args.noisy_pct or attempt == args.noisy_retries:
-                    break
-                console.print(
-                    f"[yellow]{label}: other processes used {result.background_pct:.0f}% of the machine "
-                    "during the run; discarded, running it again[/]"
-                )
-                discarded.append(result)
-            if result is not None:
-                runs.append(result)
+    on_pg = any(system in dispatch_pg.SYSTEMS for system, _ in steps)
+    with dispatch_pg.postgres() if on_pg else contextlib.nullcontext() as server:
+        for rnd in range(args.rounds):
+            for system, param in steps:
+                label = f"round {rnd + 1}/{args.rounds} · {system} {param if param is not None else ''}"
+                for attempt in range(1 + args.noisy_retries):
+                    result = run_one(args, label, system, param, failures, server)
+                    if (
+                        result is None
+                        or result.background_pct <= args.noisy_pct
+                        or attempt == args.noisy_retries
+                    ):
+                        break
+                    console.print(
+                        f"[yellow]{label}: other processes used {result.background_pct:.0f}% of the machine "
+                        "during the run; discarded, running it again[/]"
+                    )
+                    discarded.append(result)
+                if result is not None:
+                    runs.append(result)
     rows = summarise(runs)
     rat = ratios(rows)
     print_table(rows, rat, args)

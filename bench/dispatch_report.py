@@ -16,11 +16,24 @@ from rich.table import Table
 console = Console(width=max(170, shutil.get_terminal_size((170, 40)).columns))
 
 
+PG_PEERS = ("procrastinate", "SKIP LOCKED loop")
+
+
+def _on_postgres(row: dict[str, Any]) -> bool:
+    return row["system"] in PG_PEERS or row["config"].startswith("PostgreSQL")
+
+
 def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """phage (best NORMAL row, and the FULL row) over each peer row."""
-    phage_normal = [r for r in rows if r["system"] == "phage" and "sync=" not in r["config"]]
+    """phage over each peer on the same kind of store.
+
+    SQLite: phage's best NORMAL row, and its FULL row, over huey and arq.
+    PostgreSQL: each phage row (one coordinator, two, …) over procrastinate and the plain loop.
+    """
+    phage_normal = [
+        r for r in rows if r["system"] == "phage" and "sync=" not in r["config"] and not _on_postgres(r)
+    ]
     phage_full = [r for r in rows if r["system"] == "phage" and "sync=FULL" in r["config"]]
-    peers = [r for r in rows if r["system"] != "phage"]
+    peers = [r for r in rows if r["system"] != "phage" and not _on_postgres(r)]
     out: dict[str, float] = {}
     if phage_normal:
         best = max(phage_normal, key=lambda r: r["jobs_per_s"])
@@ -35,6 +48,10 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
                 out[f"phage ({full['config']}) / {p['system']} ({p['config']})"] = (
                     full["jobs_per_s"] / p["jobs_per_s"]
                 )
+    phage_pg = [r for r in rows if r["system"] == "phage" and _on_postgres(r)]
+    for r in phage_pg:
+        for p in (p for p in rows if p["system"] in PG_PEERS):
+            out[f"phage ({r['config']}) / {p['system']} ({p['config']})"] = r["jobs_per_s"] / p["jobs_per_s"]
     return out
 
 

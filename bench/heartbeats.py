@@ -320,15 +320,21 @@ def raise_fd_limit() -> int:
 class Pool:
     """The client processes."""
 
-    def __init__(self, procs: int, base: dict[str, Any]) -> None:
+    def __init__(self, procs: int, base: dict[str, Any], addresses: list[tuple[str, str]]) -> None:
+        """``addresses``: (gRPC, enrollment) of each coordinator; process i talks to number i mod N."""
         ctx = mp.get_context("spawn")
         self.conns: list[Connection] = []
         self.procs: list[Any] = []
         self.counts = [0] * procs
         for i in range(procs):
             parent, child = ctx.Pipe()
+            grpc_address, enroll_address = addresses[i % len(addresses)]
             cfg = ClientConfig(
-                index=i, seed=base["seed"] * 1000 + i, **{k: v for k, v in base.items() if k != "seed"}
+                index=i,
+                seed=base["seed"] * 1000 + i,
+                grpc_address=grpc_address,
+                enroll_address=enroll_address,
+                **{k: v for k, v in base.items() if k != "seed"},
             )
             p = ctx.Process(target=client_main, args=(child, cfg), name=f"sim-client-{i}", daemon=True)
             p.start()
@@ -394,6 +400,21 @@ class Pool:
                 p.join()
 
 
+def _db_cpu_seconds(pids: list[int]) -> float:
+    """The database server and its backends (its children)."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            server = psutil.Process(pid)
+            for proc in (server, *server.children(recursive=True)):
+                with contextlib.suppress(psutil.Error):
+                    t = proc.cpu_times()
+                    total += t.user + t.system
+    return total
+
+
 def _cpu_seconds(pids: list[int]) -> float:
     import psutil
 
@@ -406,9 +427,15 @@ def _cpu_seconds(pids: list[int]) -> float:
 
 
 def measure_step(
-    args: argparse.Namespace, coord: Any, pool: Pool, target: int, current: int, http: Any
+    args: argparse.Namespace,
+    coord_pids: list[int],
+    db_pids: list[int],
+    pool: Pool,
+    target: int,
+    current: int,
+    http: Any,
 ) -> dict[str, Any]:
-    """Enroll up to ``target`` nodes, settle, time one window, ask the coordinator what it sees."""
+    """Enroll up to ``target`` nodes, settle, time one window, ask the (first) coordinator what it sees."""
     import psutil
 
     row: dict[str, Any] = {"nodes": target}
@@ -429,8 +456,8 @@ def measure_step(
     )
     time.sleep(args.interval + args.settle)  # every node's phase comes round once more before timing
 
-    coord_proc = psutil.Process(coord.proc.pid)
-    coord_cpu0 = _cpu_seconds([coord.proc.pid])
+    coord_cpu0 = _cpu_seconds(coord_pids)
+    db_cpu0 = _db_cpu_seconds(db_pids)
     bench_cpu0 = _cpu_seconds([os.getpid()])
     client_cpu0 = _cpu_seconds(pool.pids())
     psutil.cpu_percent(None)
@@ -442,12 +469,21 @@ def measure_step(
     stats = pool.stop()
     window = time.perf_counter() - w0
     machine_busy = psutil.cpu_percent(None)
-    coord_cpu = _cpu_seconds([coord.proc.pid]) - coord_cpu0
+    coord_cpu = _cpu_seconds(coord_pids) - coord_cpu0
+    db_cpu = _db_cpu_seconds(db_pids) - db_cpu0
     client_cpu = _cpu_seconds(pool.pids()) - client_cpu0
     kernel1 = psutil.cpu_times()
     softirq_s = getattr(kernel1, "softirq", 0.0) - getattr(kernel0, "softirq", 0.0)
     steal_s = getattr(kernel1, "steal", 0.0) - getattr(kernel0, "steal", 0.0)
-    others = busy_cpu_seconds() - busy0 - coord_cpu - client_cpu - _cpu_seconds([os.getpid()]) + bench_cpu0
+    others = (
+        busy_cpu_seconds()
+        - busy0
+        - coord_cpu
+        - db_cpu
+        - client_cpu
+        - _cpu_seconds([os.getpid()])
+        + bench_cpu0
+    )
 
     latencies: list[float] = []
     lags: list[float] = []
@@ -489,7 +525,11 @@ def measure_step(
             "coordinator_cpu_s": round(coord_cpu, 2),
             "clients_cpu_s": round(client_cpu, 2),
             "coordinator_cpu_pct": round(100 * coord_cpu / window, 1),
-            "coordinator_rss_mib": round(coord_proc.memory_info().rss / 2**20, 1),
+            "coordinator_rss_mib": round(
+                sum(psutil.Process(p).memory_info().rss for p in coord_pids) / 2**20, 1
+            ),
+            "coordinators": len(coord_pids),
+            "database_cpu_pct": round(100 * db_cpu / window, 1) if db_pids else None,
             "clients_cpu_pct": round(100 * client_cpu / window, 1),
             "machine_busy_pct": machine_busy,
             "softirq_pct": round(100 * softirq_s / (window * (os.cpu_count() or 1)), 1),
@@ -530,7 +570,12 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
 
     console = Console(width=max(170, shutil.get_terminal_size((170, 40)).columns))
     table = Table(
-        title=f"one coordinator, {args.interval:g} s heartbeats over gRPC + mTLS"
+        title=(
+            f"{args.coordinators} coordinators on one PostgreSQL"
+            if args.coordinators > 1
+            else "one coordinator" + (" on PostgreSQL" if args.postgres else "")
+        )
+        + f", {args.interval:g} s heartbeats over gRPC + mTLS"
         + (" + a FetchTask long-poll per node" if args.long_poll else "")
         + f" ({args.window:g} s window per step, {args.procs} client processes, same {os.cpu_count()} cores)"
     )
@@ -544,7 +589,8 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         ("errors", "right"),
         ("online", "right"),
         ("heard < 15 s", "right"),
-        ("coordinator\nCPU % · RSS MiB", "right"),
+        ("coordinators\nCPU % · RSS MiB", "right"),
+        ("database\nCPU %", "right"),
         ("clients\nCPU %", "right"),
         ("other\nload %", "right"),
         ("GET /api/status\nms", "right"),
@@ -563,6 +609,7 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
             f"{r['online']:,} ({100 * r['online_fraction']:.1f}%)",
             f"{100 * r['fresh_fraction']:.1f}%",
             f"{r['coordinator_cpu_pct']:.0f} · {r['coordinator_rss_mib']:,.0f}",
+            _pct(r.get("database_cpu_pct")),
             f"{r['clients_cpu_pct']:.0f}",
             f"{r['other_load_pct']:.0f}",
             fmt_ms(r["status_ms"]),
@@ -570,14 +617,18 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     console.print(table)
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The table in Markdown (written next to the JSON, for BENCHMARKS.md)."""
     lines = [
         "| nodes | enroll/s | heartbeats/s (got / want) | latency p50 / p99 ms | max ms "
         "| client lag p99 ms | errors | online (GET /api/status) | heard < 1.5 intervals "
-        "| coordinator CPU % | coordinator RSS MiB | clients CPU % | machine busy % | other load % "
-        "| GET /api/status ms |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| coordinators' CPU % | coordinators' RSS MiB | database CPU % | clients CPU % | machine busy % "
+        "| other load % | GET /api/status ms |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lat = r["latency"]
@@ -588,7 +639,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"{fmt_ms(r['client_lag']['p99_ms'])} | {sum(r['errors'].values())} | "
             f"{r['online']:,} ({100 * r['online_fraction']:.1f} %) | {100 * r['fresh_fraction']:.1f} % | "
             f"{r['coordinator_cpu_pct']:.0f} | {r['coordinator_rss_mib']:,.0f} | "
-            f"{r['clients_cpu_pct']:.0f} | "
+            f"{_pct(r.get('database_cpu_pct'))} | {r['clients_cpu_pct']:.0f} | "
             f"{r['machine_busy_pct']:.0f} | {r['other_load_pct']:.0f} | {fmt_ms(r['status_ms'])} |"
         )
     return "\n".join(lines) + "\n"
@@ -624,8 +675,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="first wait until the machine is below this CPU %% busy (100: do not wait)",
     )  # fmt: skip
     p.add_argument("--quiet-wait", type=float, default=120.0, help="longest wait for quiet (s)")
+    p.add_argument(
+        "--postgres", action="store_true",
+        help="the coordinator on a PostgreSQL server this script starts (Debian's package), not SQLite",
+    )  # fmt: skip
+    p.add_argument(
+        "--coordinators", type=int, default=1,
+        help="coordinator replicas on the one database (needs --postgres); client process i talks to "
+        "replica i mod N",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args(argv)
+    if args.coordinators > 1 and not args.postgres:
+        p.error("--coordinators: several replicas share a PostgreSQL database; add --postgres")
     args.ladder = [
         int(n) for n in (args.ladder or ("500" if args.quick else "1000,2500,5000,10000")).split(",")
     ]
@@ -637,7 +699,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the ladder, print the table, write the JSON."""
     import httpx
 
-    from phage.testing import CoordinatorProcess
+    from phage.testing import CoordinatorProcess, stop_all
+    from phage.testing_postgres import PostgresServer
 
     args = parse_args(argv)
     started = time.time()
@@ -662,16 +725,25 @@ def main(argv: list[str] | None = None) -> int:
         "PHAGE_NEW_NODES_BURST": "1000000",
         **dict(kv.split("=", 1) for kv in args.coordinator_env),
     }
-    coord = CoordinatorProcess(tmp / "coord", heartbeat_s=args.interval, env=coord_env)
+    server: PostgresServer | None = None
+    coords: list[CoordinatorProcess] = []
     pool: Pool | None = None
     try:
-        coord.start(timeout=60)
-        info = coord.info
+        url = None
+        if args.postgres:
+            server = PostgresServer().init().start()
+            url = server.create_database("heartbeats")
+        for _ in range(args.coordinators):
+            # replicas share one data directory (its CA and join token), as a real deployment does
+            coords.append(
+                CoordinatorProcess(
+                    tmp / "coord", heartbeat_s=args.interval, env=coord_env, database_url=url
+                ).start(timeout=60)
+            )
+        info = coords[0].info
         pool = Pool(
             args.procs,
             {
-                "grpc_address": coord.grpc_address,
-                "enroll_address": coord.enroll_address,
                 "join_token": info["join_token"],
                 "ca_fingerprint": info["ca_fingerprint"],
                 "interval_s": args.interval,
@@ -680,12 +752,15 @@ def main(argv: list[str] | None = None) -> int:
                 "long_poll": args.long_poll,
                 "seed": args.seed,
             },
+            [(c.grpc_address, c.enroll_address) for c in coords],
         )
+        coord_pids = [c.proc.pid for c in coords if c.proc is not None]
+        db_pids = [server.pid()] if server is not None else []
         current = 0
-        with coord.client() as http:
+        with coords[0].client() as http:
             http.timeout = httpx.Timeout(120)
             for target in args.ladder:
-                row = measure_step(args, coord, pool, target, current, http)
+                row = measure_step(args, coord_pids, db_pids, pool, target, current, http)
                 current = target
                 rows.append(row)
                 why = saturated(row, args)
@@ -698,7 +773,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if pool is not None:
             pool.close()
-        coord.stop()
+        stop_all(coords)
+        if server is not None:
+            server.close()
         shutil.rmtree(tmp, ignore_errors=True)
     if rows:
         print_table(rows, args)

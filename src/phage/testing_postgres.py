@@ -98,6 +98,10 @@ class PostgresServer:
         if (self.data / "postmaster.pid").exists():
             self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop")
 
+    def pid(self) -> int:
+        """The server's main process (its backends are its children), while it runs."""
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
     def close(self) -> None:
         """Stop and delete everything."""
         try:

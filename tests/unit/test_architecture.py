@@ -48,6 +48,7 @@ COORDINATOR_RANK = {
             "chat_request",
             "counters",
             "feed",
+            "heap",
             "keys",
             "key_rates",
             "pool",

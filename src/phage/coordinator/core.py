@@ -28,6 +28,7 @@ from phage.coordinator.chat_check import ChatChecker, CheckPolicy
 from phage.coordinator.counters import Counters
 from phage.coordinator.dispatch import Dispatcher, open_attempt
 from phage.coordinator.feed import EventBus
+from phage.coordinator.heap import HeapKeeper
 from phage.coordinator.intake import Intake
 from phage.coordinator.keys import ApiKeys
 from phage.coordinator.ledger import TaskLedger
@@ -299,6 +300,13 @@ class Coordinator:
             asyncio.create_task(_every(self.settings.gc_period_s, self._sweep, "gc sweep"), name="phage-gc"),
             asyncio.create_task(self.sharded_tasks.run(), name="phage-sharded-tasks"),
         ]
+        if self.settings.heap_freeze_period_s > 0:
+            heap = HeapKeeper(
+                freeze_period_s=self.settings.heap_freeze_period_s,
+                deep_period_s=self.settings.heap_deep_period_s,
+            )
+            heap.freeze()  # what recovery loaded is long-lived
+            self._loops.append(asyncio.create_task(heap.run(), name="phage-heap"))
 
     async def _sweep(self) -> None:
         await self.collector.sweep()
@@ -312,6 +320,7 @@ class Coordinator:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.replicas.stop()
+        HeapKeeper.release()
         with contextlib.suppress(Exception):
             await self.nodes.flush()
         await self.checker.drain()
