@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from phage.coordinator import replicas
 from phage.coordinator.feed import EventBus
 from phage.coordinator.keys import ApiKeys, hash_secret
 from phage.coordinator.replicas import RELAY_PERIOD_S, ReplicaLink
-from phage.domain import Node, Task, TaskKind, TaskSpec, TaskState
+from phage.domain import Node, NodeState, Task, TaskKind, TaskSpec, TaskState
 from phage.scheduler import ReadyQueue
 from phage.store import QueuedTask, SqlStore
 from phage.store.signals import PostgresSignals
@@ -31,6 +32,7 @@ class Replica:
     queue: ReadyQueue = field(default_factory=ReadyQueue)
     woken: list[str] = field(default_factory=list)
     rows: list[list[Node]] = field(default_factory=list)
+    beats: list[tuple[str, float]] = field(default_factory=list)
     keys: ApiKeys | None = None
     link: ReplicaLink | None = None
 
@@ -55,6 +57,7 @@ class Replica:
             keys=self.keys,
             wake=wake,
             nodes_changed=nodes_changed,
+            heard=self.beats.extend,
             swept=swept,
             local_nodes=list,
             lease_s=30.0,
@@ -126,3 +129,26 @@ async def test_events_queued_work_and_key_changes_reach_the_other_replica(
     assert hash_secret(secret) in b.keys._cache
     await a.keys.revoke(key_id)
     await eventually(lambda: hash_secret(secret) not in b.keys._cache, within=1.0)
+
+
+async def test_node_rows_follow_changes_and_heartbeats_without_whole_re_reads(
+    pair: tuple[Replica, Replica], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(replicas, "CHANGE_OVERLAP_S", 0.3)
+    monkeypatch.setattr(replicas, "BEATS_REFRESH_S", 0.5)
+    a, b = pair
+
+    def reread(node_id: str, quarantined: bool = False) -> bool:
+        return any(n.id == node_id and n.quarantined == quarantined for rows in b.rows for n in rows)
+
+    node = Node(id="n1", name="n1", state=NodeState.ONLINE, registered_at=1.0, last_heartbeat=1.0)
+    await a.store.upsert_node(node)
+    await eventually(lambda: reread("n1"), within=3.0)
+    await asyncio.sleep(replicas.REFRESH_PERIOD_S + 0.5)  # past the overlap of the changed-rows reads
+    b.rows.clear()
+    await a.store.record_heartbeats([("n1", 5_000.0, "")])
+    await eventually(lambda: ("n1", 5_000.0) in b.beats, within=3.0)
+    await asyncio.sleep(replicas.REFRESH_PERIOD_S)
+    assert b.rows and not reread("n1"), "a heartbeat alone does not make a replica re-read the row"
+    await a.store.set_quarantine("n1", True, "lied")
+    await eventually(lambda: reread("n1", quarantined=True), within=3.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from phage.domain import Node, NodeState, Task, TaskKind, TaskSpec, TaskState
@@ -96,3 +98,20 @@ async def test_signals_reach_every_other_replica_and_one_leads(pg_url: str) -> N
         for s in (a, b, c):
             if s is not None:
                 await s.stop()
+
+
+async def test_replicas_re_read_only_nodes_changed_by_more_than_a_heartbeat(sql_store: SqlStore) -> None:
+    store = sql_store
+    await store.upsert_node(_node("beating", heard=NOW))
+    await store.upsert_node(_node("quarantined", heard=NOW))
+    await store.upsert_node(_node("new-model", heard=NOW))
+    assert {n.id for n in await store.list_nodes()} == {"beating", "quarantined", "new-model"}
+    since = time.time()
+    assert await store.list_nodes(changed_since=since + 1) == []
+    await store.record_heartbeats([("beating", NOW + 10, ""), ("new-model", NOW + 10, "llama")])
+    await store.set_quarantine("quarantined", True, "lied")
+    changed = {n.id: n for n in await store.list_nodes(changed_since=since)}
+    assert set(changed) == {"quarantined", "new-model"}, "a plain heartbeat is not a change"
+    assert changed["new-model"].loaded_model == "llama" and changed["quarantined"].quarantined
+    beating = await store.get_node("beating")
+    assert beating is not None and beating.last_heartbeat == NOW + 10, "the heartbeat itself was stored"

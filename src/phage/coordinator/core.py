@@ -215,6 +215,7 @@ class Coordinator:
             keys=self.keys,
             wake=self.ledger.wake_for,
             nodes_changed=self.nodes.apply_rows,
+            heard=self.nodes.apply_heartbeats,
             swept=self._swept,
             local_nodes=lambda: [n.node.id for n in self.pool.nodes.values() if n.here],
             lease_s=s.lease_s,

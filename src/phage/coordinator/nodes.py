@@ -7,6 +7,7 @@ per heartbeat.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -174,7 +175,9 @@ class NodeRegistry:
         admin changed through another replica takes effect: quarantine and removal take its work
         away as they would here; drain, trust, caps and approval apply to its next request.
         """
-        for row in rows:
+        for i, row in enumerate(rows):
+            if i and i % 500 == 0:
+                await asyncio.sleep(0)  # a full re-read of a big pool: answer heartbeats in between
             live = self.pool.nodes.get(row.id)
             if row.state is NodeState.REMOVED:
                 if live is not None and live.node.state is not NodeState.REMOVED:
@@ -200,6 +203,13 @@ class NodeRegistry:
             if newly_quarantined:
                 await self.ledger.lose(list(live.attempts), f"node quarantined: {row.quarantine_reason}")
             live.wake.set()
+
+    def apply_heartbeats(self, beats: Sequence[tuple[str, float]]) -> None:
+        """Several replicas: when the nodes talking to other replicas were last heard (ages shown here)."""
+        for node_id, heard in beats:
+            live = self.pool.nodes.get(node_id)
+            if live is not None and not live.here and heard > live.last_seen:
+                live.last_seen = live.node.last_heartbeat = heard
 
     # ---- heartbeats ----------------------------------------------------------
 

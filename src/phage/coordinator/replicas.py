@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -45,7 +46,14 @@ log = logging.getLogger("phage.coordinator.replicas")
 
 RELAY_PERIOD_S = 0.05
 REFRESH_PERIOD_S = 1.0
-"""Node rows and the key cache are re-read this often: the bound on how stale a replica may be."""
+"""Changed node rows and the key cache are re-read this often: the bound on how stale a replica may be."""
+FULL_REFRESH_S = 60.0
+"""Every node row is re-read this often (anything a skewed clock hid from the changed-rows reads)."""
+BEATS_REFRESH_S = 5.0
+"""Every node's last heartbeat (two columns) is re-read this often: the ages of other replicas' nodes."""
+CHANGE_OVERLAP_S = 5.0
+"""Each changed-rows read looks this far back before the previous one began: clocks of replicas'
+machines may differ by that much (rows carry the writer's wall clock) and writes commit late."""
 QUEUE_RESYNC_S = 5.0
 
 
@@ -62,6 +70,7 @@ class ReplicaLink:
         keys: ApiKeys,
         wake: Callable[[list[QueuedTask]], None],
         nodes_changed: Callable[[list[Node]], Awaitable[None]],
+        heard: Callable[[list[tuple[str, float]]], None],
         swept: Callable[[Sweep], Awaitable[None]],
         local_nodes: Callable[[], list[str]],
         lease_s: float,
@@ -75,6 +84,7 @@ class ReplicaLink:
         self._keys = keys
         self._wake = wake
         self._nodes_changed = nodes_changed
+        self._heard = heard
         self._swept = swept
         self._local_nodes = local_nodes
         """The nodes talking to this replica: its own liveness check judges them, the sweep does not."""
@@ -90,6 +100,9 @@ class ReplicaLink:
         self._slack = REFRESH_PERIOD_S + lease_s / 3
         """A heartbeat reaches the store up to a flush period after it arrives: the sweep allows for it."""
         self._sweep_from = 0.0
+        self._full_at = self._beats_at = 0.0
+        """Wall-clock time (``time.time()``) of the last full re-read of node rows."""
+        self._changes_from = 0.0
 
     async def start(self) -> None:
         """Listen to the other replicas and start the background loops."""
@@ -193,7 +206,17 @@ class ReplicaLink:
             await asyncio.wait_for(self._refresh_now.wait(), REFRESH_PERIOD_S)
         self._refresh_now.clear()
         self._keys.forget()
-        await self._nodes_changed(await self._store.list_nodes())
+        began = time.time()
+        if began - self._full_at >= FULL_REFRESH_S:
+            rows = await self._store.list_nodes()
+            self._full_at = began
+        else:  # a heartbeat does not mark a row changed: at 10,000 nodes this reads a handful, not all
+            rows = await self._store.list_nodes(changed_since=self._changes_from)
+        self._changes_from = began - CHANGE_OVERLAP_S
+        await self._nodes_changed(rows)
+        if began - self._beats_at >= BEATS_REFRESH_S:
+            self._heard(await self._store.node_heartbeats())
+            self._beats_at = began
 
     async def _lead(self) -> None:
         await asyncio.sleep(min(REFRESH_PERIOD_S, self._lease_s / 3))

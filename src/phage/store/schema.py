@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import sqlalchemy as sa
 
 metadata = sa.MetaData()
@@ -48,6 +50,7 @@ attempts = sa.Table(
     sa.Column("result", sa.JSON, nullable=True),
     sa.Index("ix_attempts_task", "task_id"),
     sa.Index("ix_attempts_node_state", "node_id", "state"),
+    sa.Index("ix_attempts_state_lease", "state", "lease_expires_at"),  # the leader's sweep of lapsed leases
 )
 
 nodes = sa.Table(
@@ -70,6 +73,12 @@ nodes = sa.Table(
     sa.Column("reputation", sa.JSON, nullable=False, server_default="{}"),
     sa.Column("draining", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("max_jobs", sa.Integer, nullable=True),
+    # set by every write but a heartbeat's (sql_nodes._HEARTBEAT keeps it unless the model changed), so
+    # replicas can follow admin and state changes without re-reading every node every second
+    sa.Column(
+        "changed_at", sa.Float, nullable=False, default=time.time, onupdate=time.time, server_default="0"
+    ),
+    sa.Index("ix_nodes_changed_at", "changed_at"),
 )
 
 api_keys = sa.Table(

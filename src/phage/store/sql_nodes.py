@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,10 +18,20 @@ from phage.store.rows import OPEN, node_from_row
 from phage.store.schema import api_keys, attempts, nodes
 from phage.store.writer import GroupCommitWriter
 
+YIELD_EVERY = 500
+"""Rows turned into nodes between two turns of the event loop when many are read at once."""
+
 _HEARTBEAT = (
     nodes.update()
     .where(nodes.c.id == sa.bindparam("b_id"))
-    .values(last_heartbeat=sa.bindparam("b_ts"), loaded_model=sa.bindparam("b_model"))
+    .values(
+        last_heartbeat=sa.bindparam("b_ts"),
+        loaded_model=sa.bindparam("b_model"),
+        # a heartbeat is not a change other replicas must re-read at once, unless it brings another model
+        changed_at=sa.case(
+            (nodes.c.loaded_model != sa.bindparam("b_model"), sa.bindparam("b_now")), else_=nodes.c.changed_at
+        ),
+    )
 )
 _RENEW_LEASE = (
     attempts.update()
@@ -70,12 +82,28 @@ class NodeRecords:
             row = (await conn.execute(nodes.select().where(nodes.c.id == node_id))).first()
         return node_from_row(row) if row else None
 
-    async def list_nodes(self) -> list[Node]:
-        """Every node."""
+    async def list_nodes(self, *, changed_since: float | None = None) -> list[Node]:
+        """Every node; or those whose row changed (other than by heartbeats) at or after ``changed_since``.
+
+        ``changed_since`` is wall-clock time (``time.time()``), as the rows record it.
+        """
+        query = nodes.select().order_by(nodes.c.registered_at)
+        if changed_since is not None:
+            query = query.where(nodes.c.changed_at >= changed_since)
         async with self.engine.connect() as conn:
-            return [
-                node_from_row(r) for r in await conn.execute(nodes.select().order_by(nodes.c.registered_at))
-            ]
+            rows = (await conn.execute(query)).all()
+        out: list[Node] = []
+        for start in range(0, len(rows), YIELD_EVERY):
+            if start:
+                await asyncio.sleep(0)  # thousands of rows: let heartbeats be answered between slices
+            out.extend(node_from_row(r) for r in rows[start : start + YIELD_EVERY])
+        return out
+
+    async def node_heartbeats(self) -> list[tuple[str, float]]:
+        """(node id, last heartbeat) of every node: what another replica needs often, without whole rows."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(sa.select(nodes.c.id, nodes.c.last_heartbeat))
+            return [(r.id, r.last_heartbeat) for r in rows]
 
     async def record_heartbeats(
         self, beats: Sequence[tuple[str, float, str]], leases: Sequence[tuple[str, float]] = ()
@@ -87,7 +115,8 @@ class NodeRecords:
         """
         if not beats and not leases:
             return
-        beat_rows = [{"b_id": i, "b_ts": ts, "b_model": m} for i, ts, m in beats]
+        now = time.time()
+        beat_rows = [{"b_id": i, "b_ts": ts, "b_model": m, "b_now": now} for i, ts, m in beats]
         lease_rows = [{"l_id": a, "l_until": until} for a, until in leases]
 
         def op(conn: Connection) -> None:
