@@ -7,15 +7,17 @@ At 10,000 nodes that was 140–270 ms every 12–20 s on a two-core machine, whi
 was the whole of the heartbeat tail: p50 1.7 ms, p99 154 ms (``BENCHMARKS.md``).
 
 Reference counting frees almost all of the coordinator's garbage; the cycle
-collector is there for the rest. So the objects that survived a collection —
-the pool's state, not garbage — are moved out of its way every
-``freeze_period_s`` (``gc.freeze()``: they stay alive and are freed by
-reference counting as before, but no collection walks them), after a full
-collection of what is not yet frozen, which is cheap because that is only what
-arrived since the last freeze. A cycle that forms among frozen objects later
-would wait for the deep pass: every ``deep_period_s`` everything is unfrozen,
+collector is there for the rest. So every ``freeze_period_s`` the objects
+that survived the young generations' collection — the pool's state and each
+node's latest metrics, not garbage — are moved out of its way
+(``gc.freeze()``: they stay alive and are freed by reference counting as
+before, but no collection walks them). Collections in between then walk only
+what arrived since the last freeze, a few seconds' worth. A cycle that was
+already garbage when frozen, or becomes garbage later among frozen objects,
+waits for the deep pass: every ``deep_period_s`` everything is unfrozen,
 collected once, and frozen again — one full-length pause an hour instead of
-several a minute.
+several a minute. The price is that hour's cyclic garbage held in memory,
+which in a coordinator is small (exceptions and their tracebacks, mostly).
 """
 
 from __future__ import annotations
@@ -31,16 +33,16 @@ log = logging.getLogger("phage.coordinator")
 class HeapKeeper:
     """Freeze long-lived objects on a period; a deep collection on a longer one."""
 
-    def __init__(self, *, freeze_period_s: float = 60.0, deep_period_s: float = 3600.0) -> None:
+    def __init__(self, *, freeze_period_s: float = 10.0, deep_period_s: float = 3600.0) -> None:
         self.freeze_period_s = freeze_period_s
         self.deep_period_s = deep_period_s
         self.longest_pause_s = 0.0
         """The longest collection this keeper ran (the deep ones dominate)."""
 
     def freeze(self) -> float:
-        """Collect what is not frozen yet, freeze the survivors; returns the pause in seconds."""
+        """Collect the young generations, freeze what survived; returns the pause in seconds."""
         t0 = time.perf_counter()
-        gc.collect()
+        gc.collect(1)
         gc.freeze()
         return self._paused(t0, "collection before freeze")
 

@@ -155,10 +155,10 @@ class CoordinatorSettings(BaseModel):
     """A blob nothing refers to is deleted once it is this old (uploads and submits in flight are younger)."""
     gc_period_s: float = Field(default=3600.0, gt=0)
     """How often the coordinator sweeps (``phage gc`` sweeps at once)."""
-    heap_freeze_period_s: float = Field(default=60.0, ge=0)
-    """How often objects that survived a collection are moved out of the cycle collector's way
-    (coordinator/heap.py), so a big pool's state does not stop the event loop for a full collection
-    several times a minute; 0 leaves Python's collector as it is."""
+    heap_freeze_period_s: float = Field(default=10.0, ge=0)
+    """How often objects that survived the young generations' collection are moved out of the cycle
+    collector's way (coordinator/heap.py), so a big pool's state does not stop the event loop for a
+    full collection several times a minute; 0 leaves Python's collector as it is."""
     heap_deep_period_s: float = Field(default=3600.0, gt=0)
     """How often everything is collected once, frozen objects included (one longer pause)."""
     node_upload_bytes_per_hour: int = Field(default=16 * 1024**3, ge=1024 * 1024)
