@@ -58,6 +58,7 @@ class Replica:
             wake=wake,
             nodes_changed=nodes_changed,
             heard=self.beats.extend,
+            mirrors=lambda: True,
             swept=swept,
             local_nodes=list,
             lease_s=30.0,

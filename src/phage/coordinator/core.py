@@ -216,6 +216,7 @@ class Coordinator:
             wake=self.ledger.wake_for,
             nodes_changed=self.nodes.apply_rows,
             heard=self.nodes.apply_heartbeats,
+            mirrors=lambda: any(not n.here for n in self.pool.nodes.values()),
             swept=self._swept,
             local_nodes=lambda: [n.node.id for n in self.pool.nodes.values() if n.here],
             lease_s=s.lease_s,

@@ -71,6 +71,7 @@ class ReplicaLink:
         wake: Callable[[list[QueuedTask]], None],
         nodes_changed: Callable[[list[Node]], Awaitable[None]],
         heard: Callable[[list[tuple[str, float]]], None],
+        mirrors: Callable[[], bool],
         swept: Callable[[Sweep], Awaitable[None]],
         local_nodes: Callable[[], list[str]],
         lease_s: float,
@@ -85,6 +86,8 @@ class ReplicaLink:
         self._wake = wake
         self._nodes_changed = nodes_changed
         self._heard = heard
+        self._mirrors = mirrors
+        """True while some node here talks to another replica (only their heartbeat ages need reading)."""
         self._swept = swept
         self._local_nodes = local_nodes
         """The nodes talking to this replica: its own liveness check judges them, the sweep does not."""
@@ -214,7 +217,7 @@ class ReplicaLink:
             rows = await self._store.list_nodes(changed_since=self._changes_from)
         self._changes_from = began - CHANGE_OVERLAP_S
         await self._nodes_changed(rows)
-        if began - self._beats_at >= BEATS_REFRESH_S:
+        if began - self._beats_at >= BEATS_REFRESH_S and self._mirrors():
             self._heard(await self._store.node_heartbeats())
             self._beats_at = began
 
