@@ -27,6 +27,9 @@ from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
 
 log = logging.getLogger("phage.node.chat")
 
+ERROR_DELIVERY_S = 10.0
+"""How long a refused chat's error may take to reach the coordinator before the call is dropped."""
+
 
 def order_to_request(order: pb.ChatOrder) -> GenerationRequest:
     """The engine request an order asks for."""
@@ -127,12 +130,17 @@ class ChatServer:
             log.debug("chat %s stopped: %s", rid, exc.code())
         except PhageError as exc:
             if call is not None:
-                with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
+                with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError, TimeoutError):
                     await call.write(
                         pb.ChatChunk(request_id=rid, error=exc.message, error_code=exc.grpc_code)
                     )
                     await call.done_writing()
-                call.cancel()
+                    # Wait for the coordinator's answer before ending the call: a write returns once
+                    # the chunk is queued, not sent, and cancelling at once could drop the opening
+                    # chunk and the error together (seen on a loaded machine: the client then waited
+                    # out the open timeout and got a 503 instead of its 400).
+                    await asyncio.wait_for(asyncio.ensure_future(call), ERROR_DELIVERY_S)
+                call.cancel()  # nothing left to end if the coordinator answered
         finally:
             await _close(deltas, first)
 
