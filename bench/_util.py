@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import platform
+import shutil
 import sqlite3
 import subprocess
 import time
@@ -204,3 +206,16 @@ def wait_for_quiet(threshold_pct: float = 25.0, max_wait_s: float = 120.0, say: 
         if not warned:
             say(f"machine {busy:.0f}% busy with other work; waiting for it to quieten")
             warned = True
+
+
+def keep_logs(tmp: Path, label: str, say: Any = print) -> Path | None:
+    """Copy the logs of a failed run to bench/results/failed-<label>-<time>/ before its temp dir goes."""
+    dest = BENCH_DIR / "results" / f"failed-{label}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for log in tmp.rglob("*.log"):
+        dest.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            shutil.copy(log, dest / log.name)
+    if not dest.exists():
+        return None
+    say(f"run failed; logs kept in {dest}")
+    return dest

@@ -22,7 +22,8 @@ from typing import Any
 
 import httpx
 import psutil
-from _util import BENCH_DIR, busy_cpu_seconds, latency_summary
+from _util import busy_cpu_seconds, latency_summary
+from _util import keep_logs as _keep_logs
 from rich.console import Console
 
 console = Console(width=max(170, shutil.get_terminal_size((170, 40)).columns))
@@ -135,14 +136,8 @@ def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeo
 
 
 def keep_logs(tmp: Path, label: str) -> None:
-    """Copy the logs of a failed run to bench/results/failed-<label>-<time>/ before the temp dir goes."""
-    dest = BENCH_DIR / "results" / f"failed-{label}-{time.strftime('%Y%m%d-%H%M%S')}"
-    for log in tmp.rglob("*.log"):
-        dest.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(OSError):
-            shutil.copy(log, dest / log.name)
-    if dest.exists():
-        console.print(f"[red]run failed; logs kept in {dest}[/]")
+    """The shared copy of a failed run's logs (``_util.keep_logs``), said in red."""
+    _keep_logs(tmp, label, lambda text: console.print(f"[red]{text}[/]"))
 
 
 @contextlib.contextmanager

@@ -48,7 +48,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _util import BENCH_DIR, clean_nan, machine_info, wait_for_quiet, write_results
+from _util import clean_nan, keep_logs, machine_info, wait_for_quiet, write_results
 
 from phage.testing import CoordinatorProcess, NodeProcess, wait_online, wait_until
 
@@ -115,15 +115,6 @@ def _tempdir(prefix: str) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def _keep_logs(tmp: Path, label: str) -> None:
-    dest = BENCH_DIR / "results" / f"failed-trust-{label}-{time.strftime('%Y%m%d-%H%M%S')}"
-    for log in tmp.rglob("*.log"):
-        dest.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(OSError):
-            shutil.copy(log, dest / log.name)
-    console.print(f"[red]run failed; logs kept in {dest}[/]")
 
 
 def _tally(run: Run, db: Path, values: dict[str, str], liar_ids: set[str]) -> None:
@@ -201,7 +192,7 @@ def run_once(args: argparse.Namespace, policy: str, bad: float) -> Run:
                 run.wall_s = round(time.monotonic() - started, 2)
             _tally(run, coord.data_dir / "phage.db", values, liar_ids)
         except Exception:
-            _keep_logs(tmp, label)
+            keep_logs(tmp, f"trust-{label}", lambda text: console.print(f"[red]{text}[/]"))
             raise
         finally:
             for node in nodes:
