@@ -10,8 +10,9 @@ import platform
 import shutil
 import sqlite3
 import subprocess
+import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -219,3 +220,13 @@ def keep_logs(tmp: Path, label: str, say: Any = print) -> Path | None:
         return None
     say(f"run failed; logs kept in {dest}")
     return dest
+
+
+@contextlib.contextmanager
+def tempdir(prefix: str) -> Iterator[Path]:
+    """A temporary directory for one run, removed with everything in it afterwards."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

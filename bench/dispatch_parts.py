@@ -13,9 +13,8 @@ import random
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import httpx
 import psutil
 from _util import busy_cpu_seconds, latency_summary
 from _util import keep_logs as _keep_logs
+from _util import tempdir as tempdir
 from rich.console import Console
 
 console = Console(width=max(170, shutil.get_terminal_size((170, 40)).columns))
@@ -138,15 +138,6 @@ def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeo
 def keep_logs(tmp: Path, label: str) -> None:
     """The shared copy of a failed run's logs (``_util.keep_logs``), said in red."""
     _keep_logs(tmp, label, lambda text: console.print(f"[red]{text}[/]"))
-
-
-@contextlib.contextmanager
-def tempdir(prefix: str) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 # ---- phage -----------------------------------------------------------------------------------

@@ -36,9 +36,7 @@ import json
 import shutil
 import sqlite3
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +46,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _util import clean_nan, keep_logs, machine_info, wait_for_quiet, write_results
+from _util import clean_nan, keep_logs, machine_info, tempdir, wait_for_quiet, write_results
 
 from phage.testing import CoordinatorProcess, NodeProcess, wait_online, wait_until
 
@@ -108,15 +106,6 @@ def _expected(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
-@contextlib.contextmanager
-def _tempdir(prefix: str) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def _tally(run: Run, db: Path, values: dict[str, str], liar_ids: set[str]) -> None:
     """Read the outcome straight from the coordinator's database (exact, and faster than the API)."""
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
@@ -155,7 +144,7 @@ def run_once(args: argparse.Namespace, policy: str, bad: float) -> Run:
         **POLICIES[policy],
     }
     label = f"{policy.replace(' ', '')}-{int(bad * 100)}"
-    with _tempdir("phage-bench-trust-") as tmp:
+    with tempdir("phage-bench-trust-") as tmp:
         coord = CoordinatorProcess(tmp / "coordinator", heartbeat_s=args.heartbeat, env=env)
         nodes: list[NodeProcess] = []
         try:
