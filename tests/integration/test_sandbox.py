@@ -1,7 +1,8 @@
 """Real isolation, attacked from inside: every backend refuses, reports, and keeps working.
 
-Each test runs a job in a real ``bwrap`` and a real ``gvisor`` sandbox, in a
-node-like layout: the node's key directory (mode 0700, a real Ed25519 identity)
+Each test runs a job in a real ``bwrap`` and a real ``gvisor`` sandbox, and in a
+warm bwrap sandbox (``phage.sandbox.warm``: one sandbox reused, after a scrub,
+by the test's next run), in a node-like layout: the node's key directory (mode 0700, a real Ed25519 identity)
 holds the scratch root, the running task's workspace and a sibling task's. An
 attack must fail (the job errs, or the sandbox kills it and says why), leave the
 host untouched, and the same sandbox must then run a trivial command.
@@ -21,7 +22,7 @@ import tarfile
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,11 @@ from phage.node.executor import JobExecutor
 from phage.pki.attestation import sandbox_hash
 from phage.pki.identity import IDENTITY_FILE, NodeIdentity
 from phage.sandbox.base import KillReason, Sandbox, SandboxLimits, SandboxOutcome, SandboxRequest
+from phage.sandbox.bwrap import BwrapSandbox
 from phage.sandbox.registry import BACKENDS
+from phage.sandbox.scratch import ScratchVolumes
+from phage.sandbox.warm import WarmPool
+from phage.sandbox.warm import unavailable_reason as warm_unavailable
 
 pytestmark = pytest.mark.backend_neutral  # jobs run in a sandbox directly; no coordinator, no store
 
@@ -51,15 +56,55 @@ LIMITS = SandboxLimits(
 SECRET = "sibling-secret-7f3a"
 
 
-@pytest.fixture(scope="module", params=sorted(REAL))
-def sandbox(request: pytest.FixtureRequest) -> Sandbox:
+class WarmBwrap(BwrapSandbox):
+    """bwrap through warm sandboxes: each run's workspace is copied into a warm sandbox's and back.
+
+    A node unpacks straight into the warm sandbox's workspace; the copies only let
+    these tests hand it a workspace of their own making and read it afterwards.
+    """
+
+    def __init__(self, root: Path | None = None) -> None:
+        volumes = ScratchVolumes.detect()
+        self.pool = WarmPool(
+            root or Path(tempfile.mkdtemp()), volumes if isinstance(volumes, ScratchVolumes) else None, size=2
+        )
+
+    async def run(self, request: SandboxRequest) -> SandboxOutcome:
+        lease = await self.pool.acquire(request)
+        assert lease is not None, "no warm sandbox could be started"
+        reuse = False
+        try:
+            await asyncio.to_thread(shutil.copytree, request.workdir, lease.workdir, dirs_exist_ok=True)
+            outcome = await lease.run(replace(request, workdir=lease.workdir))
+            await asyncio.to_thread(shutil.copytree, lease.workdir, request.workdir, dirs_exist_ok=True)
+            reuse = True
+            return outcome
+        finally:
+            self.pool.release(lease, reuse=reuse)
+
+
+@pytest.fixture(scope="module", params=[*sorted(REAL), "bwrap-warm"])
+def sandbox_backend(request: pytest.FixtureRequest) -> str:
     """Each real backend; skipped only where its program is not installed at all."""
     name: str = request.param
-    if shutil.which(REAL[name]) is None:
-        pytest.skip(f"{REAL[name]} is not installed (scripts/setup.sh installs it)")
-    reason = BACKENDS[name].unavailable_reason()
+    program = REAL[name.removesuffix("-warm")]
+    if shutil.which(program) is None:
+        pytest.skip(f"{program} is not installed (scripts/setup.sh installs it)")
+    reason = warm_unavailable() if name == "bwrap-warm" else BACKENDS[name].unavailable_reason()
     assert reason is None, f"{name} is installed but does not work here: {reason}"
-    return BACKENDS[name]()
+    return name
+
+
+@pytest.fixture
+async def sandbox(sandbox_backend: str, tmp_path: Path) -> AsyncIterator[Sandbox]:
+    if sandbox_backend != "bwrap-warm":
+        yield BACKENDS[sandbox_backend]()
+        return
+    root = tmp_path / "warm"
+    root.mkdir(mode=0o700)
+    warm = WarmBwrap(root)
+    yield warm
+    await warm.pool.close()
 
 
 @dataclass

@@ -253,8 +253,9 @@ def run_node(config: NodeConfig) -> None:
             )
         else:  # fastjobs' bench and the tests read this line
             offered = f" (also {', '.join(also)} for tasks that require it)" if also else ""
+            warm = f", up to {agent.warm.size} kept warm" if agent.warm is not None else ""
             err_console.print(
-                f"node {agent.node_id} · sandbox [bold]{agent.sandbox.name}[/]{offered} · slots "
+                f"node {agent.node_id} · sandbox [bold]{agent.sandbox.name}[/]{warm}{offered} · slots "
                 f"{config.max_concurrency} · coordinator {escape(config.coordinator)}",
                 highlight=False,
             )

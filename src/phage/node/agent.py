@@ -49,9 +49,11 @@ from phage.pki.identity import NodeIdentity
 from phage.protocol import convert
 from phage.protocol.v1 import phage_pb2 as pb
 from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
-from phage.sandbox import Sandbox, available_backends, make_sandbox
+from phage.sandbox import Sandbox, SandboxLimits, available_backends, make_sandbox
 from phage.sandbox.registry import DEFAULT_FIRST
 from phage.sandbox.scratch import ScratchVolumes
+from phage.sandbox.warm import WarmPool
+from phage.sandbox.warm import unavailable_reason as warm_unavailable
 
 log = logging.getLogger("phage.node")
 
@@ -121,6 +123,20 @@ def _scratch_volumes(sandboxes: dict[str, Sandbox], polled_ok: bool) -> ScratchV
     )
 
 
+def _warm_pool(
+    sandboxes: dict[str, Sandbox], config: NodeConfig, volumes: ScratchVolumes | None
+) -> WarmPool | None:
+    """Warm bwrap sandboxes where bwrap runs here and the operator did not turn them off."""
+    size = config.max_concurrency if config.warm_sandboxes is None else config.warm_sandboxes
+    if "bwrap" not in sandboxes or size == 0:
+        return None
+    reason = warm_unavailable()
+    if reason is not None:
+        log.info("every bwrap run starts a fresh sandbox here: %s", reason)
+        return None
+    return WarmPool(config.scratch_root, volumes, size=size)
+
+
 class NodeAgent:
     """One node: ``await NodeAgent(config).run()``; ``stop()`` ends it."""
 
@@ -157,11 +173,10 @@ class NodeAgent:
         """The coordinator replicas; the node talks to ``endpoints.current`` and moves on when it dies."""
         self._creds: Credentials | None = None
         self.identity = NodeIdentity.load_or_create(config.key_dir)
-        self.executor = JobExecutor(
-            config.scratch_root,
-            config.max_log_bytes,
-            _scratch_volumes(self.sandboxes, config.polled_scratch),
-        )
+        volumes = _scratch_volumes(self.sandboxes, config.polled_scratch)
+        self.warm = _warm_pool(self.sandboxes, config, volumes)
+        """Warm bwrap sandboxes, reused after a scrub (``phage.sandbox.warm``); None: all cold."""
+        self.executor = JobExecutor(config.scratch_root, config.max_log_bytes, volumes, self.warm)
         self.workspaces = WorkspaceCache(config.key_dir / "workspaces")
         """Streamed workspace archives kept by digest, so tasks sharing one download it once."""
         self._corrupt_outputs = faults.corrupt_outputs_enabled()
@@ -344,6 +359,9 @@ class NodeAgent:
             loops.append(asyncio.create_task(self.chat.run(), name="phage-node-chat"))
         if self.config.host_vnodes:
             loops.append(asyncio.create_task(self._host_vnodes(), name="phage-node-training"))
+        if self.warm is not None:  # one sandbox ready for the first task; more as tasks come
+            prewarm = self.warm.prewarm(SandboxLimits(), 1)
+            loops.append(asyncio.create_task(prewarm, name="phage-node-prewarm"))
         try:
             await self._stop.wait()
         finally:
@@ -351,6 +369,8 @@ class NodeAgent:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if self.warm is not None:
+                await self.warm.close()
             if self.blocks is not None:
                 await self._leave_blocks()
                 await self.blocks.stop()

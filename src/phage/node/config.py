@@ -48,6 +48,9 @@ class NodeConfig(BaseModel):
     sandbox: str | None = None
     """Sandbox backend: bwrap, gvisor or none (default: bwrap, and gvisor too for tasks that require it;
     gvisor alone where bwrap does not work)."""
+    warm_sandboxes: int | None = Field(default=None, ge=0, le=1024)
+    """bwrap sandboxes kept started ahead and reused, after a scrub, for the next task of the same
+    limits (default: the node's slots; 0: a fresh sandbox for every task)."""
     polled_scratch: bool = False
     """Accept a scratch cap the node only polls where the kernel cannot enforce one (an
     unprivileged node): a job can then briefly overshoot it, e.g. by preallocating disk."""

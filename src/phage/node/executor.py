@@ -7,6 +7,7 @@ import hashlib
 import logging
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from phage.domain import JobManifest, OutputFile, TaskResult
@@ -15,10 +16,14 @@ from phage.node.engines import Engine, GenerationRequest
 from phage.node.outputs import CollectedOutput, collect_outputs
 from phage.sandbox import Sandbox, SandboxLimits, SandboxRequest
 from phage.sandbox.scratch import ScratchVolumes, remove_entries
+from phage.sandbox.warm import WarmPool, WarmSandbox
 from phage.sandbox.workdir import unpack_workspace
 
 __all__ = ["CollectedOutput", "JobExecutor", "collect_outputs"]
 log = logging.getLogger(__name__)
+COPY_OUT_BYTES = 8 * 1024**2
+"""Outputs of a warm sandbox's task up to this much in all are copied out so the sandbox can be
+reused at once; above it the sandbox is retired and its workspace kept until the upload."""
 
 
 class JobExecutor:
@@ -29,14 +34,27 @@ class JobExecutor:
     Whatever is in a ``scratch_root`` the executor made (it holds ``MARK``) when
     the executor starts is a crashed run's leftover, and is removed first; a
     directory the executor did not make is never emptied.
+
+    With ``warm``, bwrap runs go to warm sandboxes (``phage.sandbox.warm``): the
+    workspace is unpacked straight into the sandbox's own, and the outputs are
+    copied out (or the workspace kept, for large ones) before it is scrubbed.
     """
 
     MARK = ".phage-scratch"
 
-    def __init__(self, scratch_root: Path, log_bytes: int, volumes: ScratchVolumes | None = None) -> None:
+    def __init__(
+        self,
+        scratch_root: Path,
+        log_bytes: int,
+        volumes: ScratchVolumes | None = None,
+        warm: WarmPool | None = None,
+    ) -> None:
         self.scratch_root = scratch_root
         self.log_bytes = log_bytes
         self.volumes = volumes
+        self.warm = warm
+        self._adopted: dict[str, Path] = {}
+        """Assignments whose outputs stay in a retired warm sandbox's workspace, until cleanup."""
         scratch_root.mkdir(parents=True, exist_ok=True)
         mark = scratch_root / self.MARK
         if mark.is_file():
@@ -64,6 +82,34 @@ class JobExecutor:
             workdir.mkdir(parents=True)
         return workdir
 
+    async def _lease(self, sandbox: Sandbox, request: SandboxRequest) -> WarmSandbox | None:
+        """A warm sandbox for a bwrap run where the node keeps them; None: run it cold."""
+        if self.warm is None or sandbox.name != "bwrap":
+            return None
+        return await self.warm.acquire(request)
+
+    def _take_outputs(
+        self, assignment_id: str, lease: WarmSandbox, outputs: list[CollectedOutput]
+    ) -> tuple[list[CollectedOutput], bool]:
+        """Outputs moved out of a warm sandbox's workspace; whether the sandbox can be reused.
+
+        Small ones are copied to the assignment's own directory; large ones stay where
+        they are, and the sandbox's workspace becomes the assignment's until cleanup.
+        """
+        if sum(o.size for o in outputs) > COPY_OUT_BYTES:
+            self._adopted[assignment_id] = lease.workdir
+            return outputs, False
+        self.cleanup(assignment_id)
+        target = self.workdir(assignment_id)
+        target.mkdir(mode=0o700, parents=True)
+        moved = []
+        for out in outputs:
+            local = target.joinpath(*out.path.split("/"))
+            local.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(out.local, local, follow_symlinks=False)
+            moved.append(CollectedOutput(out.path, local, out.sha256, out.size))
+        return moved, True
+
     async def run(
         self,
         sandbox: Sandbox,
@@ -75,17 +121,29 @@ class JobExecutor:
         """Run the job; returns its result and the output files to upload."""
         started = time.monotonic()
         limits = SandboxLimits(wall_s=float(manifest.timeout_s), log_bytes=self.log_bytes)
-        workdir = await asyncio.to_thread(self._fresh, assignment_id, limits)
-        if workspace:
-            await asyncio.to_thread(unpack_workspace, workspace, workdir)
-        unpacked = time.monotonic()
-        outcome = await sandbox.run(
-            SandboxRequest(argv=manifest.command(), workdir=workdir, env=dict(manifest.env), limits=limits)
-        )
-        ran = time.monotonic()
-        outputs, problem = await asyncio.to_thread(
-            collect_outputs, workdir, manifest.outputs, max_output_bytes
-        )
+        workdir = self.workdir(assignment_id)
+        request = SandboxRequest(manifest.command(), workdir, env=dict(manifest.env), limits=limits)
+        lease = await self._lease(sandbox, request)
+        if lease is None:
+            workdir = await asyncio.to_thread(self._fresh, assignment_id, limits)
+        else:
+            workdir = lease.workdir
+            request = replace(request, workdir=workdir)
+        reuse = False
+        try:
+            if workspace:
+                await asyncio.to_thread(unpack_workspace, workspace, workdir)
+            unpacked = time.monotonic()
+            outcome = await (lease or sandbox).run(request)
+            ran = time.monotonic()
+            outputs, problem = await asyncio.to_thread(
+                collect_outputs, workdir, manifest.outputs, max_output_bytes
+            )
+            if lease is not None:
+                outputs, reuse = await asyncio.to_thread(self._take_outputs, assignment_id, lease, outputs)
+        finally:
+            if lease is not None and self.warm is not None:
+                self.warm.release(lease, reuse=reuse, keep_workdir=assignment_id in self._adopted)
         log.debug(
             "%s: workspace %.1f ms, sandbox %.1f ms, outputs %.1f ms",
             assignment_id,
@@ -121,9 +179,7 @@ class JobExecutor:
         """Generate with the engine, write the output into the workspace, run the verifier sandboxed."""
         started = time.monotonic()
         limits = SandboxLimits(wall_s=float(gen.timeout_s), log_bytes=self.log_bytes)
-        workdir = await asyncio.to_thread(self._fresh, assignment_id, limits)
-        if workspace:
-            await asyncio.to_thread(unpack_workspace, workspace, workdir)
+        request = SandboxRequest(["/bin/sh", "-c", gen.verifier], self.workdir(assignment_id), limits=limits)
         generation = await engine.generate(
             GenerationRequest(prompt=gen.prompt, max_tokens=gen.max_tokens, temperature=gen.temperature)
         )
@@ -133,18 +189,24 @@ class JobExecutor:
             return TaskResult(
                 exit_code=-1, error=f"output is {len(data)} bytes; the limit is {max_output_bytes}"
             ), []
-        target = workdir / gen.output_path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
         keep = self.scratch_root / f"{assignment_id}.output"
         keep.write_bytes(data)  # the verifier may change the file; upload what the model wrote
-        outcome = await sandbox.run(
-            SandboxRequest(
-                argv=["/bin/sh", "-c", gen.verifier],
-                workdir=workdir,
-                limits=limits,
-            )
-        )
+        lease = await self._lease(sandbox, request)
+        if lease is None:
+            workdir = await asyncio.to_thread(self._fresh, assignment_id, limits)
+        else:
+            workdir = lease.workdir
+            request = replace(request, workdir=workdir)
+        try:
+            if workspace:
+                await asyncio.to_thread(unpack_workspace, workspace, workdir)
+            target = workdir / gen.output_path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            outcome = await (lease or sandbox).run(request)
+        finally:
+            if lease is not None and self.warm is not None:
+                self.warm.release(lease, reuse=True)
         output = CollectedOutput(gen.output_path, keep, hashlib.sha256(data).hexdigest(), len(data))
         result = TaskResult(
             exit_code=outcome.exit_code,
@@ -163,6 +225,12 @@ class JobExecutor:
 
     def cleanup(self, assignment_id: str) -> None:
         """Remove an assignment's scratch directory (and its volume)."""
+        adopted = self._adopted.pop(assignment_id, None)
+        if adopted is not None:
+            if self.volumes is not None:
+                self.volumes.release(adopted)
+            else:
+                shutil.rmtree(adopted, ignore_errors=True)
         workdir = self.workdir(assignment_id)
         if self.volumes is not None:
             self.volumes.release(workdir)

@@ -117,11 +117,20 @@ def host_tools() -> HostTools | str:
 
 
 def bwrap_options(
-    request: SandboxRequest, *, stage: Stage, source: str, seccomp_fd: int | None = None
+    request: SandboxRequest,
+    *,
+    stage: Stage,
+    source: str,
+    seccomp_fd: int | None = None,
+    as_pid_1: bool = False,
 ) -> list[str]:
-    """bwrap's options for one run (the ``--args`` payload), ``source`` being the workspace to bind."""
+    """bwrap's options for one run (the ``--args`` payload), ``source`` being the workspace to bind.
+
+    ``as_pid_1`` makes the command the pid namespace's init (a warm sandbox's supervisor).
+    """
     limits = request.limits
     opts = [] if seccomp_fd is None else ["--seccomp", str(seccomp_fd)]
+    opts += ["--as-pid-1"] if as_pid_1 else []
     opts += [
         "--unshare-all",
         "--unshare-user",
@@ -197,14 +206,14 @@ def _memfd(name: str, data: bytes) -> int:
     return fd
 
 
-class _Fds:
+class BwrapFds:
     """The memfds one run hands to bwrap: its options and its seccomp filter."""
 
-    def __init__(self, request: SandboxRequest, st: Stage, source: str) -> None:
+    def __init__(self, request: SandboxRequest, st: Stage, source: str, *, as_pid_1: bool = False) -> None:
         self.fds: list[int] = []
         seccomp = native_filter()
         seccomp_fd = None if seccomp is None else self._add("phage-seccomp", seccomp)
-        options = bwrap_options(request, stage=st, source=source, seccomp_fd=seccomp_fd)
+        options = bwrap_options(request, stage=st, source=source, seccomp_fd=seccomp_fd, as_pid_1=as_pid_1)
         self.args_fd = self._add("phage-bwrap-args", b"".join(o.encode() + b"\0" for o in options))
 
     def _add(self, name: str, data: bytes) -> int:
@@ -222,7 +231,7 @@ class _Fds:
         self.fds.clear()
 
 
-def _cgroup_limits(limits: SandboxLimits) -> CgroupLimits:
+def cgroup_limits(limits: SandboxLimits) -> CgroupLimits:
     return CgroupLimits(memory_bytes=limits.memory_bytes, pids=limits.pids, cpus=limits.cpus)
 
 
@@ -275,12 +284,12 @@ class BwrapSandbox(Sandbox):
         """Run the request in a fresh bwrap sandbox; the outcome says which limit, if any, ended it."""
         tools = self._tools()
         st = stage()
-        cgroup = tools.cgroups.create(_cgroup_limits(request.limits)) if tools.cgroups else None
+        cgroup = tools.cgroups.create(cgroup_limits(request.limits)) if tools.cgroups else None
         try:
             if tools.privileged:
                 await asyncio.to_thread(grant_workspace, request.workdir)
             source = str(st.mnt) if tools.privileged else str(request.workdir)
-            fds = _Fds(request, st, source)
+            fds = BwrapFds(request, st, source)
             try:
                 argv = wrapper_argv(request, tools=tools, stage=st, cgroup=cgroup, args_fd=fds.args_fd)
                 return await run_process(
@@ -312,11 +321,11 @@ def _probe(tools: HostTools) -> str | None:
         cgroup = None
         try:
             if tools.cgroups is not None:
-                cgroup = tools.cgroups.create(_cgroup_limits(request.limits))
+                cgroup = tools.cgroups.create(cgroup_limits(request.limits))
             if tools.privileged:
                 grant_workspace(workdir)
             source = str(st.mnt) if tools.privileged else str(workdir)
-            fds = _Fds(request, st, source)
+            fds = BwrapFds(request, st, source)
             try:
                 argv = wrapper_argv(request, tools=tools, stage=st, cgroup=cgroup, args_fd=fds.args_fd)
                 done = subprocess.run(

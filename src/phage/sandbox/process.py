@@ -14,7 +14,9 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from phage.sandbox.base import KillReason, SandboxOutcome
 
@@ -132,10 +134,48 @@ async def run_process(
         if guard is not None:
             guard.kill()
 
+    async def exited() -> int:
+        return await proc.wait()
+
+    return await supervise(
+        Running(proc.stdout, proc.stderr, exited(), kill),
+        started=start,
+        wall_s=wall_s,
+        log_bytes=log_bytes,
+        output_bytes=output_bytes,
+        guard=guard,
+    )
+
+
+@dataclass(slots=True)
+class Running:
+    """A started run as :func:`supervise` watches it: its two output streams, its end, its kill."""
+
+    stdout: asyncio.StreamReader | None
+    stderr: asyncio.StreamReader | None
+    exited: Coroutine[Any, Any, int]
+    """Returns the run's exit code once it has ended (-1 when that is not known)."""
+    kill: Callable[[], None]
+    """SIGKILL every process of the run."""
+    sweep: Callable[[], None] | None = None
+    """After the run ended by itself, for stragglers; ``kill`` when None (a warm sandbox's
+    supervisor has ended them before it reports the end, and must itself live on)."""
+
+
+async def supervise(
+    run: Running,
+    *,
+    started: float,
+    wall_s: float,
+    log_bytes: int,
+    output_bytes: int | None = None,
+    guard: Guard | None = None,
+) -> SandboxOutcome:
+    """Watch a started run until it ends or crosses a limit (then kill it all); its outcome."""
     out, err = TailBuffer(log_bytes), TailBuffer(log_bytes)
     cap = _OutputCap(output_bytes)
-    readers = asyncio.gather(_drain(proc.stdout, out, cap), _drain(proc.stderr, err, cap))
-    exited = asyncio.ensure_future(proc.wait())
+    readers = asyncio.gather(_drain(run.stdout, out, cap), _drain(run.stderr, err, cap))
+    exited = asyncio.ensure_future(run.exited)
     tripped = asyncio.ensure_future(cap.tripped.wait())
     watch = asyncio.ensure_future(guard.breach()) if guard is not None else None
     waiters = {exited, tripped} | ({watch} if watch is not None else set())
@@ -149,10 +189,10 @@ async def run_process(
                 breach = Breach(KillReason.OUTPUT, f"output passed its cap of {output_bytes} bytes")
             else:
                 breach = Breach(KillReason.TIMEOUT, f"wall-clock limit of {wall_s:g}s reached")
-            kill()
+            run.kill()
             await exited
     except BaseException:  # cancelled (the task was withdrawn), or a broken guard: leave nothing running
-        kill()
+        run.kill()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(exited, 5)
         readers.cancel()
@@ -162,12 +202,12 @@ async def run_process(
             if waiter is not None:
                 waiter.cancel()
     # the leader is gone; stragglers (in its group, or anywhere in the run) still hold the pipes
-    kill()
+    (run.sweep or run.kill)()
     try:
         await asyncio.wait_for(readers, 5)
     except TimeoutError:
         readers.cancel()
-    code = proc.returncode if proc.returncode is not None else -1
+    code = exited.result()
     if breach is None and guard is not None:
         breach = await guard.verdict(code)
     if breach is None and cap.tripped.is_set():
@@ -180,7 +220,7 @@ async def run_process(
         exit_code=code,
         stdout_tail=out.text(),
         stderr_tail=stderr,
-        wall_s=time.monotonic() - start,
+        wall_s=time.monotonic() - started,
         timed_out=breach is not None and breach.reason is KillReason.TIMEOUT,
         killed_reason=breach.reason.value if breach is not None else "",
     )

@@ -50,7 +50,11 @@ MIN_CAP = 4 * 1024**2
 TOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 TIMEOUT_S = 30.0
 FULL_SLACK = 64 * 1024
-"""A volume with less than this free counts as full (ext4 keeps a few blocks of its own)."""
+"""A volume with less than this free counts as full (ext4 keeps a few blocks of its own)..."""
+FULL_SHARE = 16
+"""... or with less than 1/16 of its size free, up to ``FULL_CHUNK``: a writer that fails on a
+large write (ENOSPC) leaves up to that write's size unused."""
+FULL_CHUNK = 2 * 1024**2
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +203,8 @@ def volume_full(workdir: Path) -> bool:
         st = os.statvfs(workdir)
     except OSError:
         return False
-    return st.f_bavail * st.f_frsize < FULL_SLACK
+    slack = max(FULL_SLACK, min(FULL_CHUNK, st.f_blocks * st.f_frsize // FULL_SHARE))
+    return st.f_bavail * st.f_frsize < slack
 
 
 def is_volume(workdir: Path) -> bool:

@@ -5,7 +5,9 @@ attack surface. This denies (``EPERM``) the calls that are both rarely needed by
 a batch job and a frequent source of kernel exploits or host-global effects:
 io_uring, eBPF, perf events, userfaultfd, the key rings (not namespaced), module
 and kexec loading, mounts and namespace changes, file handles
-(``open_by_handle_at``), swap, reboot, quotas, ``syslog`` and port I/O. Calls of
+(``open_by_handle_at``), swap, reboot, quotas, ``syslog``, port I/O, and POSIX
+message queues (they live on in the IPC namespace after their last user, where
+nothing lists them, so a warm sandbox could not scrub them between tasks). Calls of
 another ABI (i386 through ``int 0x80``, x32) are denied too, since the list only
 names the native numbers. Written as classic BPF for bwrap's ``--seccomp``;
 x86-64 only — elsewhere runs go without it and ``describe()`` says so.
@@ -50,6 +52,12 @@ DENIED_X86_64 = {
     "quotactl": 179,
     "nfsservctl": 180,
     "lookup_dcookie": 212,
+    "mq_open": 240,
+    "mq_unlink": 241,
+    "mq_timedsend": 242,
+    "mq_timedreceive": 243,
+    "mq_notify": 244,
+    "mq_getsetattr": 245,
     "kexec_load": 246,
     "add_key": 248,
     "request_key": 249,
