@@ -74,9 +74,13 @@ class WarmBwrap(BwrapSandbox):
         assert lease is not None, "no warm sandbox could be started"
         reuse = False
         try:
-            await asyncio.to_thread(shutil.copytree, request.workdir, lease.workdir, dirs_exist_ok=True)
+            await asyncio.to_thread(
+                shutil.copytree, request.workdir, lease.workdir, symlinks=True, dirs_exist_ok=True
+            )
             outcome = await lease.run(replace(request, workdir=lease.workdir))
-            await asyncio.to_thread(shutil.copytree, lease.workdir, request.workdir, dirs_exist_ok=True)
+            await asyncio.to_thread(
+                shutil.copytree, lease.workdir, request.workdir, symlinks=True, dirs_exist_ok=True
+            )
             reuse = True
             return outcome
         finally:

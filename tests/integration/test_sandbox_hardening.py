@@ -34,6 +34,7 @@ from tests.integration.test_sandbox import REAL, Node
 # the fixtures, shared with the sandbox attack tests
 from tests.integration.test_sandbox import node as node
 from tests.integration.test_sandbox import sandbox as sandbox
+from tests.integration.test_sandbox import sandbox_backend as sandbox_backend
 
 pytestmark = pytest.mark.backend_neutral  # sandbox limits on a node; the store is not what is tested
 

@@ -685,20 +685,23 @@ class NodeAgent:
 
     async def _upload(self, out: CollectedOutput) -> None:
         async def send() -> pb.BlobRef:
+            # opened here, not in the stream: an error raised inside a request stream stalls the call
+            fh = out.local.open("rb")
+
             def chunks() -> Any:
                 first = True
-                with out.local.open("rb") as fh:
-                    while True:
-                        data = fh.read(UPLOAD_CHUNK)
-                        if first:
-                            yield pb.BlobChunk(sha256=out.sha256, total_size=out.size, data=data)
-                            first = False
-                        elif data:
-                            yield pb.BlobChunk(data=data)
-                        if not data:
-                            return
+                while True:
+                    data = fh.read(UPLOAD_CHUNK)
+                    if first:
+                        yield pb.BlobChunk(sha256=out.sha256, total_size=out.size, data=data)
+                        first = False
+                    elif data:
+                        yield pb.BlobChunk(data=data)
+                    if not data:
+                        return
 
-            ref: pb.BlobRef = await self.stub.UploadBlob(chunks(), timeout=600)
+            with fh:
+                ref: pb.BlobRef = await self.stub.UploadBlob(chunks(), timeout=600)
             return ref
 
         await self._retry(send)

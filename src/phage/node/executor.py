@@ -189,14 +189,14 @@ class JobExecutor:
             return TaskResult(
                 exit_code=-1, error=f"output is {len(data)} bytes; the limit is {max_output_bytes}"
             ), []
-        keep = self.scratch_root / f"{assignment_id}.output"
-        keep.write_bytes(data)  # the verifier may change the file; upload what the model wrote
         lease = await self._lease(sandbox, request)
         if lease is None:
             workdir = await asyncio.to_thread(self._fresh, assignment_id, limits)
         else:
             workdir = lease.workdir
             request = replace(request, workdir=workdir)
+        keep = self.scratch_root / f"{assignment_id}.output"  # after _fresh, which clears it
+        keep.write_bytes(data)  # the verifier may change the file; upload what the model wrote
         try:
             if workspace:
                 await asyncio.to_thread(unpack_workspace, workspace, workdir)
