@@ -6,8 +6,9 @@ Two jobs, each a real ``python3 main.py`` in a fresh workspace:
 * ``cpu-50ms``: ``main.py`` spins until it has used 50 ms of CPU.
 
 For each node backend (``none``, ``bwrap``, ``gvisor`` and the node's *default*, no ``--sandbox``
-and no ``--concurrency``): a real ``phage coordinator`` and default ``phage node`` processes on
-loopback (gRPC over mTLS). Measured:
+and no ``--concurrency``: bwrap with warm sandboxes; ``default-cold`` is the same with
+``--warm-sandboxes 0``, a fresh sandbox for every job): a real ``phage coordinator`` and
+default ``phage node`` processes on loopback (gRPC over mTLS). Measured:
 
 * one job at a time: ``POST /api/tasks`` → the task ``verified`` (the coordinator's own
   ``finished_at``, so the poll interval does not count), p50 / p99; beside it the job's process as the
@@ -63,7 +64,7 @@ JOBS = {
     "one-line": "pass\n",
     "cpu-50ms": "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.05:\n    pass\n",
 }
-BACKENDS = ("default", "none", "bwrap", "gvisor")
+BACKENDS = ("default", "default-cold", "none", "bwrap", "gvisor")
 FINAL = ("verified", "failed", "cancelled")
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
@@ -136,23 +137,26 @@ def throughput(client: httpx.Client, job: str, count: int) -> float:
     return float(count / (max(ends) - t0))
 
 
-def _node(coord: CoordinatorProcess, key_dir: Path, name: str, sandbox: str | None) -> NodeProcess:
+def _node(
+    coord: CoordinatorProcess, key_dir: Path, name: str, sandbox: str | None, *, cold: bool = False
+) -> NodeProcess:
     """A default node (no ``--concurrency``), with the system's PATH: ``python3`` is the same
     ``/usr/bin/python3`` for the ``none`` backend as inside the sandboxes."""
-    env = {"PATH": ENV["PATH"]}
+    env = {"PATH": ENV["PATH"]} | ({"PHAGE_NODE_WARM_SANDBOXES": "0"} if cold else {})
     return NodeProcess(coord, key_dir, name=name, concurrency=None, sandbox=sandbox, env=env).start()
 
 
 def run_backend(args: argparse.Namespace, backend: str, root: Path) -> list[dict[str, Any]]:
     """Coordinator + default nodes of one backend: every job, serially and in bulk on 1 and 2 nodes."""
-    sandbox = None if backend == "default" else backend
+    sandbox = None if backend in ("default", "default-cold") else backend
+    cold = backend == "default-cold"
     coord = CoordinatorProcess(root / f"coord-{backend}", heartbeat_s=10.0)
     nodes: list[NodeProcess] = []
     rows = []
     feed: FeedWaiter | None = None
     try:
         coord.start()
-        nodes.append(_node(coord, root / f"{backend}-n0", "n0", sandbox))
+        nodes.append(_node(coord, root / f"{backend}-n0", "n0", sandbox, cold=cold))
         wait_online(coord, 1, timeout=120)
         feed = FeedWaiter(coord)
         with coord.client() as client:
@@ -169,7 +173,7 @@ def run_backend(args: argparse.Namespace, backend: str, root: Path) -> list[dict
                         "load": os.getloadavg()[0],
                     }
                 )
-            nodes.append(_node(coord, root / f"{backend}-n1", "n1", sandbox))
+            nodes.append(_node(coord, root / f"{backend}-n1", "n1", sandbox, cold=cold))
             wait_online(coord, 2, timeout=120)
             for row in rows:
                 serial(client, feed, row["job"], args.warmup)

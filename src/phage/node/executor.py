@@ -26,6 +26,13 @@ COPY_OUT_BYTES = 8 * 1024**2
 reused at once; above it the sandbox is retired and its workspace kept until the upload."""
 
 
+def _unpack_and_grant(workspace: bytes | None, lease: WarmSandbox) -> None:
+    """Unpack into a warm sandbox's workspace and hand it to the sandbox's uid, in one thread hop."""
+    if workspace:
+        unpack_workspace(workspace, lease.workdir)
+    lease.grant()
+
+
 class JobExecutor:
     """Runs job assignments in per-assignment scratch directories.
 
@@ -96,6 +103,8 @@ class JobExecutor:
         Small ones are copied to the assignment's own directory; large ones stay where
         they are, and the sandbox's workspace becomes the assignment's until cleanup.
         """
+        if not outputs:
+            return outputs, True
         if sum(o.size for o in outputs) > COPY_OUT_BYTES:
             self._adopted[assignment_id] = lease.workdir
             return outputs, False
@@ -131,16 +140,20 @@ class JobExecutor:
             request = replace(request, workdir=workdir)
         reuse = False
         try:
-            if workspace:
+            if lease is not None:
+                await asyncio.to_thread(_unpack_and_grant, workspace, lease)
+            elif workspace:
                 await asyncio.to_thread(unpack_workspace, workspace, workdir)
             unpacked = time.monotonic()
-            outcome = await (lease or sandbox).run(request)
+            outcome = await (lease.run(request, granted=True) if lease else sandbox.run(request))
             ran = time.monotonic()
             outputs, problem = await asyncio.to_thread(
                 collect_outputs, workdir, manifest.outputs, max_output_bytes
             )
-            if lease is not None:
+            if lease is not None and outputs:
                 outputs, reuse = await asyncio.to_thread(self._take_outputs, assignment_id, lease, outputs)
+            elif lease is not None:
+                reuse = True
         finally:
             if lease is not None and self.warm is not None:
                 self.warm.release(lease, reuse=reuse, keep_workdir=assignment_id in self._adopted)

@@ -17,12 +17,11 @@ Messages (JSON, one per datagram):
   pipes attached (``SCM_RIGHTS``): the supervisor starts the task (``posix_spawn``:
   its own session, stdin ``/dev/null``, no other descriptors, default signal
   dispositions, cwd ``/workspace``, the program found on the task's ``PATH``)
-  and answers ``{"exit": code}`` once it has ended and every process it left
-  behind is dead; the code follows bwrap's: 128 + the signal that
-  ended the task, 1 when it could not be executed;
-- ``{"op": "reset"}``: empties ``/tmp`` and ``/dev/shm``, removes System V IPC
-  objects, checks that nothing is left (no other process, no file, no object) and
-  answers ``{"clean": true}`` or ``{"clean": false, "problem": "..."}``.
+  and, once it has ended, kills every process it left behind, empties ``/tmp``
+  and ``/dev/shm``, removes System V IPC objects, checks that nothing is left (no
+  other process, no file, no object) and answers ``{"exit": code, "clean": bool,
+  "problem": "..."}``; the code follows bwrap's: 128 + the signal that ended the
+  task, 1 when it could not be executed.
 
 The node empties ``/workspace`` itself (it is the node's volume, and it reads the
 task's outputs from it first). Any other message, or a closed socket, ends the
@@ -50,7 +49,13 @@ MAX_MESSAGE = 1 << 20
 
 
 def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
+    global _LIBC
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+    return _LIBC
+
+
+_LIBC: ctypes.CDLL | None = None
 
 
 def _end_the_rest() -> None:
@@ -123,7 +128,7 @@ def _run(msg: dict[str, object], fds: list[int]) -> dict[str, object]:
     for fd in fds:
         os.close(fd)
     if pid is None:
-        return {"exit": 1}
+        return {"exit": 1, **_scrub()}
     status = 0
     while True:
         try:
@@ -132,8 +137,7 @@ def _run(msg: dict[str, object], fds: list[int]) -> dict[str, object]:
             break
         if done == pid:
             break
-    _end_the_rest()
-    return {"exit": _exit_code(status)}
+    return {"exit": _exit_code(status), **_scrub()}
 
 
 def _empty(top: str) -> None:
@@ -180,11 +184,13 @@ def _remove_sysv(libc: ctypes.CDLL) -> None:
         libc.msgctl(ident, IPC_RMID, None)
 
 
-def _reset(libc: ctypes.CDLL) -> dict[str, object]:
+def _scrub() -> dict[str, object]:
+    """End what the task left running, empty its scratch places, check that all is gone."""
     _end_the_rest()
     for top in SCRUBBED:
         _empty(top)
-    _remove_sysv(libc)
+    if any(_sysv_ids(kind) for kind in SYSV):
+        _remove_sysv(_libc())
     problems = [f"process {pid} is still there" for pid in _others()]
     problems += [f"{top} is not empty" for top in SCRUBBED if os.listdir(top)]
     problems += [f"System V {kind} objects are left" for kind in SYSV if _sysv_ids(kind)]
@@ -194,8 +200,7 @@ def _reset(libc: ctypes.CDLL) -> dict[str, object]:
 def main() -> None:
     """Serve the node until it closes the socket."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    libc = _libc()
-    libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    _libc().prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     sock = socket.socket(fileno=int(sys.argv[1]))
     sock.set_inheritable(False)
     os.chdir(WORKSPACE)  # the task's cwd; the node empties the workspace, never replaces it
@@ -205,12 +210,9 @@ def main() -> None:
         if not data:
             return
         msg = json.loads(data)
-        if msg.get("op") == "run":
-            reply = _run(msg, fds)
-        elif msg.get("op") == "reset":
-            reply = _reset(libc)
-        else:
+        if msg.get("op") != "run":
             return
+        reply = _run(msg, fds)
         sock.send(json.dumps(reply).encode())
 
 

@@ -71,7 +71,6 @@ log = logging.getLogger(__name__)
 MAX_USES = 200
 IDLE_S = 60.0
 START_TIMEOUT_S = 20.0
-RESET_TIMEOUT_S = 5.0
 MAX_MESSAGE = 128 * 1024
 """Largest run message (argv and environment) sent to a supervisor; larger runs go cold."""
 SOURCE = Path(supervisor.__file__).read_text()
@@ -226,7 +225,13 @@ class WarmSandbox:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._proc.pid, 9)
 
-    async def run(self, request: SandboxRequest) -> SandboxOutcome:
+    def grant(self) -> None:
+        """Hand what is in the workspace to the sandbox's uid (blocking; :meth:`run` does it
+        unless told it is done)."""
+        if self._tools.privileged:
+            grant_workspace(self.workdir)
+
+    async def run(self, request: SandboxRequest, *, granted: bool = False) -> SandboxOutcome:
         """Run one task (its workspace already in :attr:`workdir`); kill it all at the first limit."""
         if request.workdir != self.workdir or WarmShape.of(request.limits) != self.shape:
             raise SandboxError("a warm sandbox runs only tasks of its shape in its own workspace")
@@ -236,7 +241,7 @@ class WarmSandbox:
             raise SandboxError(f"the command and environment pass {MAX_MESSAGE} bytes", field="env")
         self.uses += 1
         self.usable = False  # until the task is seen to end by itself
-        if self._tools.privileged:
+        if self._tools.privileged and not granted:
             await asyncio.to_thread(grant_workspace, self.workdir)
         started = time.monotonic()
         loop = asyncio.get_running_loop()
@@ -268,7 +273,10 @@ class WarmSandbox:
             reply = await self._receive()
             if reply is None or not isinstance(reply.get("exit"), int):
                 return -1
-            ended.append(True)
+            if reply.get("clean") is True:
+                ended.append(True)
+            else:
+                log.warning("a warm sandbox will be closed: %s", reply.get("problem") or "no scrub")
             return int(reply["exit"])
 
         try:
@@ -283,27 +291,18 @@ class WarmSandbox:
         finally:
             for opened in transports:
                 opened.close()
-        if not ended:
+        if outcome.exit_code == -1 and not outcome.killed_reason:
             self._kill()
-            if not outcome.killed_reason:
-                detail = self._errors.text().strip()[-300:]
-                outcome = _ended_early(outcome, detail)
+            outcome = _ended_early(outcome, self._errors.text().strip()[-300:])
         self.usable = bool(ended) and not outcome.killed_reason
         return outcome
 
     async def reset(self) -> bool:
-        """Scrub for the next task: empty the workspace here, the rest inside; True when all clean."""
+        """Empty the workspace for the next task (the supervisor scrubbed the rest as the task
+        ended, and said so); True when the sandbox can be used again."""
         if not self.usable:
             return False
-        try:
-            problem = await asyncio.to_thread(_scrub_workdir, self.workdir, self._tools.privileged)
-            if problem is None:
-                self._sock.send(b'{"op": "reset"}')
-                reply = await asyncio.wait_for(self._receive(), RESET_TIMEOUT_S)
-                if reply is None or reply.get("clean") is not True:
-                    problem = str((reply or {}).get("problem") or "its supervisor did not answer")
-        except (OSError, TimeoutError) as exc:
-            problem = str(exc) or type(exc).__name__
+        problem = await asyncio.to_thread(_scrub_workdir, self.workdir, self._tools.privileged)
         if problem is not None:
             log.warning("a warm sandbox was closed instead of reused: %s", problem)
             self.usable = False
