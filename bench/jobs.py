@@ -99,10 +99,24 @@ class FeedWaiter:
         self.ws.close()
 
 
-def serial(client: httpx.Client, feed: FeedWaiter, job: str, runs: int) -> dict[str, list[float]]:
-    """Submit → verified, one job at a time; also the process's own time as the node measured it."""
+def serial(client: httpx.Client, coord: CoordinatorProcess, job: str, runs: int) -> dict[str, list[float]]:
+    """Submit → verified, one job at a time; also the process's own time as the node measured it.
+
+    The feed is opened for these runs only: left open through a bulk run it would fill with
+    events nobody reads, and the coordinator's answers to its keep-alive pings would queue
+    behind them until the connection is dropped."""
     e2e: list[float] = []
     process: list[float] = []
+    feed = FeedWaiter(coord)
+    try:
+        return _serial(client, feed, job, runs, e2e, process)
+    finally:
+        feed.close()
+
+
+def _serial(
+    client: httpx.Client, feed: FeedWaiter, job: str, runs: int, e2e: list[float], process: list[float]
+) -> dict[str, list[float]]:
     for _ in range(runs):
         t0 = time.time()
         resp = client.post("/api/tasks", json=_task(job))
@@ -153,16 +167,14 @@ def run_backend(args: argparse.Namespace, backend: str, root: Path) -> list[dict
     coord = CoordinatorProcess(root / f"coord-{backend}", heartbeat_s=10.0)
     nodes: list[NodeProcess] = []
     rows = []
-    feed: FeedWaiter | None = None
     try:
         coord.start()
         nodes.append(_node(coord, root / f"{backend}-n0", "n0", sandbox, cold=cold))
         wait_online(coord, 1, timeout=120)
-        feed = FeedWaiter(coord)
         with coord.client() as client:
             for job in args.job:
-                serial(client, feed, job, args.warmup)
-                times = serial(client, feed, job, args.serial)
+                serial(client, coord, job, args.warmup)
+                times = serial(client, coord, job, args.serial)
                 one = throughput(client, job, args.bulk)
                 rows.append(
                     {
@@ -176,7 +188,7 @@ def run_backend(args: argparse.Namespace, backend: str, root: Path) -> list[dict
             nodes.append(_node(coord, root / f"{backend}-n1", "n1", sandbox, cold=cold))
             wait_online(coord, 2, timeout=120)
             for row in rows:
-                serial(client, feed, row["job"], args.warmup)
+                serial(client, coord, row["job"], args.warmup)
                 row["jobs_s_2"] = throughput(client, row["job"], 2 * args.bulk)
         head = " ".join((root / f"{backend}-n0.log").read_text().split())  # rich wraps long lines
         at = head.find("· sandbox")
@@ -189,8 +201,6 @@ def run_backend(args: argparse.Namespace, backend: str, root: Path) -> list[dict
             console.print(f"[red]{log.name}[/]\n" + log.read_text()[-2000:])
         raise
     finally:
-        if feed is not None:
-            feed.close()
         for n in nodes:
             n.stop()
         coord.stop()
