@@ -89,11 +89,18 @@ class JobExecutor:
             workdir.mkdir(parents=True)
         return workdir
 
-    async def _lease(self, sandbox: Sandbox, request: SandboxRequest) -> WarmSandbox | None:
-        """A warm sandbox for a bwrap run where the node keeps them; None: run it cold."""
-        if self.warm is None or sandbox.name != "bwrap":
-            return None
-        return await self.warm.acquire(request)
+    async def _place(
+        self, sandbox: Sandbox, assignment_id: str, request: SandboxRequest
+    ) -> tuple[WarmSandbox | None, SandboxRequest]:
+        """Where the run goes: a warm sandbox and its workspace (bwrap, where the node keeps them),
+        or none and a fresh workspace of the assignment's own; the request pointed at it."""
+        lease = None
+        if self.warm is not None and sandbox.name == "bwrap":
+            lease = await self.warm.acquire(request)
+        if lease is not None:
+            return lease, replace(request, workdir=lease.workdir)
+        workdir = await asyncio.to_thread(self._fresh, assignment_id, request.limits)
+        return None, replace(request, workdir=workdir)
 
     def _take_outputs(
         self, assignment_id: str, lease: WarmSandbox, outputs: list[CollectedOutput]
@@ -132,12 +139,8 @@ class JobExecutor:
         limits = SandboxLimits(wall_s=float(manifest.timeout_s), log_bytes=self.log_bytes)
         workdir = self.workdir(assignment_id)
         request = SandboxRequest(manifest.command(), workdir, env=dict(manifest.env), limits=limits)
-        lease = await self._lease(sandbox, request)
-        if lease is None:
-            workdir = await asyncio.to_thread(self._fresh, assignment_id, limits)
-        else:
-            workdir = lease.workdir
-            request = replace(request, workdir=workdir)
+        lease, request = await self._place(sandbox, assignment_id, request)
+        workdir = request.workdir
         reuse = False
         try:
             if lease is not None:
@@ -202,12 +205,8 @@ class JobExecutor:
             return TaskResult(
                 exit_code=-1, error=f"output is {len(data)} bytes; the limit is {max_output_bytes}"
             ), []
-        lease = await self._lease(sandbox, request)
-        if lease is None:
-            workdir = await asyncio.to_thread(self._fresh, assignment_id, limits)
-        else:
-            workdir = lease.workdir
-            request = replace(request, workdir=workdir)
+        lease, request = await self._place(sandbox, assignment_id, request)
+        workdir = request.workdir
         keep = self.scratch_root / f"{assignment_id}.output"  # after _fresh, which clears it
         keep.write_bytes(data)  # the verifier may change the file; upload what the model wrote
         try:
