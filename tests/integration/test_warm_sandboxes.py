@@ -12,6 +12,8 @@ import ast
 import asyncio
 import contextlib
 import io
+import os
+import signal
 import tarfile
 import textwrap
 import time
@@ -245,3 +247,14 @@ async def test_job_outputs_outlive_the_reuse_of_their_sandbox(tmp_path: Path, si
         executor.cleanup("a-2")
         await pool.close()
     assert sorted(p.name for p in root.iterdir()) == [JobExecutor.MARK]
+
+
+async def test_a_sandbox_killed_while_idle_is_never_handed_out(pool: WarmPool) -> None:
+    await pool.prewarm(LIMITS, 1)
+    (idle,) = pool._idle
+    os.killpg(idle._proc.pid, signal.SIGKILL)  # as an operator or the OOM killer might
+    await asyncio.wait_for(idle._proc.wait(), 10)
+    lease, out, err = await _run(pool, "print('ran')")
+    assert lease is not idle and out.strip() == "ran", err
+    await _settled(pool)
+    assert not idle.workdir.exists(), "the dead sandbox's workspace was left behind"

@@ -225,6 +225,10 @@ class WarmSandbox:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._proc.pid, 9)
 
+    def alive(self) -> bool:
+        """Whether the sandbox's process still runs (an idle one can be killed from outside)."""
+        return self.usable and self._proc.returncode is None
+
     def grant(self) -> None:
         """Hand what is in the workspace to the sandbox's uid (blocking; :meth:`run` does it
         unless told it is done)."""
@@ -415,14 +419,24 @@ class WarmPool:
             return None
         shape = WarmShape.of(request.limits)
         while True:
-            for i in range(len(self._idle) - 1, -1, -1):
-                if self._idle[i].shape == shape:
-                    return self._idle.pop(i)
+            found = self._take_idle(shape)
+            if found is not None:
+                return found
             pending = [task for task, s in self._resetting.items() if s == shape]
             if not pending:
                 break
             await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         return await self._start(shape, tools)
+
+    def _take_idle(self, shape: WarmShape) -> WarmSandbox | None:
+        """The most recently used idle sandbox of ``shape``; one that died while idle is closed."""
+        for i in range(len(self._idle) - 1, -1, -1):
+            if self._idle[i].shape == shape:
+                found = self._idle.pop(i)
+                if found.alive():
+                    return found
+                self.release(found, reuse=False)
+        return None
 
     async def _start(self, shape: WarmShape, tools: HostTools) -> WarmSandbox | None:
         workdir = self.root / f"_warm-{os.getpid()}-{next(self._names)}"
