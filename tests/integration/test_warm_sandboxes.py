@@ -13,8 +13,10 @@ import asyncio
 import contextlib
 import io
 import os
+import shutil
 import signal
 import tarfile
+import tempfile
 import textwrap
 import time
 from collections.abc import AsyncIterator
@@ -258,3 +260,55 @@ async def test_a_sandbox_killed_while_idle_is_never_handed_out(pool: WarmPool) -
     assert lease is not idle and out.strip() == "ran", err
     await _settled(pool)
     assert not idle.workdir.exists(), "the dead sandbox's workspace was left behind"
+
+
+async def test_an_unprivileged_node_reuses_its_sandbox_and_scrubs_it(tmp_path: Path) -> None:
+    # a node run as an ordinary user: no volumes, no cgroups, no uid switch; the same scrub applies
+    if os.geteuid() != 0 or warm_unavailable() is not None:
+        pytest.skip("needs root (to become an unprivileged user for the test) and working warm sandboxes")
+    src = Path(__file__).resolve().parents[2] / "src"
+    if not all(os.stat(p).st_mode & 0o005 == 0o005 for p in [src, *src.parents]):
+        pytest.skip(f"{src} is not readable by other users")
+    public = Path(tempfile.mkdtemp(prefix="phage-test-"))
+    try:
+        public.chmod(0o777)
+        script = public / "node.py"
+        script.write_text(
+            textwrap.dedent(f"""
+            import asyncio, os, sys
+            sys.path.insert(0, {str(src)!r})
+            from pathlib import Path
+            from phage.sandbox.base import SandboxLimits, SandboxRequest
+            from phage.sandbox.warm import WarmPool
+
+            async def main():
+                root = Path({str(public)!r}) / "scratch"
+                root.mkdir(mode=0o700)
+                pool = WarmPool(root, None, size=1)
+                seen = []
+                for code in ("open('/tmp/left', 'w'); open('left', 'w'); print(os.getuid())",
+                             "print(os.listdir('/tmp'), os.listdir('.'), os.getuid())"):
+                    argv = ["/usr/bin/python3", "-c", "import os; " + code]
+                    request = SandboxRequest(argv, root, limits=SandboxLimits(wall_s=30))
+                    lease = await pool.acquire(request)
+                    out = await lease.run(SandboxRequest(argv, lease.workdir, limits=request.limits))
+                    seen.append((id(lease), out.exit_code, out.stdout_tail.strip()))
+                    pool.release(lease, reuse=True)
+                    while pool._resetting:
+                        await asyncio.sleep(0.01)
+                await pool.close()
+                print(os.getuid(), seen[0][0] == seen[1][0], [s[1:] for s in seen])
+
+            asyncio.run(main())
+            """)
+        )
+        done = await asyncio.create_subprocess_exec(
+            "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", str(script),
+            env={"PATH": "/usr/bin:/bin", "HOME": str(public)},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(done.communicate(), 60)
+        assert done.returncode == 0, err.decode()
+        assert out.decode().strip() == "65534 True [(0, '65534'), (0, '[] [] 65534')]", (out, err)
+    finally:
+        shutil.rmtree(public, ignore_errors=True)
