@@ -265,6 +265,8 @@ class _Worker:
         self.data: Dataset | None = None
         self.samples = 0
         self.last_report = 0.0
+        self.saving: asyncio.Task[None] | None = None
+        """A checkpoint being uploaded and reported while training goes on (at most one)."""
         self.window: tuple[float, int] = (time.monotonic(), 0)
         self.loss = 0.0
 
@@ -288,14 +290,16 @@ class _Worker:
                 raise _Stale()  # the coordinator closed this VNode's stream for good
             main.result()
             await self.out.put(tpb.ActivationFrame(end=True, seq=-1))
+            await self._saved()
             await self._report(checkpoint=True, done=True)
             await self.out.put(_CLOSE)
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(asyncio.shield(link), 5)
         finally:
-            for t in (main, link):
-                t.cancel()
-            await asyncio.gather(main, link, return_exceptions=True)
+            for t in (main, link, self.saving):
+                if t is not None:
+                    t.cancel()
+            await asyncio.gather(main, link, *([self.saving] if self.saving else []), return_exceptions=True)
 
     async def _link(self) -> None:
         """Keep this VNode's activation stream open; ends when the coordinator refuses it."""
@@ -416,8 +420,32 @@ class _Worker:
                 "check_after_digest": rt.digest(),
             }
         due = rt.step % max(1, self.h.checkpoint_every) == 0
-        if due or check or time.monotonic() - self.last_report > REPORT_EVERY_S:
+        if self.saving is not None and (due or check or self.saving.done()):
+            await self._saved()
+        if due and not check:
+            await self._checkpoint()
+        elif due or check or (self.saving is None and time.monotonic() - self.last_report > REPORT_EVERY_S):
             await self._report(checkpoint=due, **check)
+
+    async def _checkpoint(self) -> None:
+        """Snapshot the VNode's state now and upload and report it while training goes on.
+
+        A wide VNode's state (weights and optimizer moments) is megabytes: uploading
+        it in line stalled this VNode, and every VNode after it in the pipeline, for
+        the whole transfer. The snapshot is taken between steps, so it is one step's
+        state; progress reports wait until it is reported, so the coordinator sees
+        them in order.
+        """
+        rt = self.rt
+        assert rt is not None
+        state = await asyncio.to_thread(rt.state_bytes)  # no step runs meanwhile: this worker waits
+        self.saving = asyncio.create_task(self._send(self._progress(), state))
+
+    async def _saved(self) -> None:
+        """Wait for the checkpoint in flight, if any; its failure (or a stop order) is this VNode's."""
+        saving, self.saving = self.saving, None
+        if saving is not None:
+            await saving
 
     async def _pass_on(self, frame: tpb.ActivationFrame) -> None:
         """Hand a frame to consumers hosted here; through the relay when any is elsewhere (or gone).
@@ -454,6 +482,13 @@ class _Worker:
         return False
 
     async def _report(self, *, checkpoint: bool = False, done: bool = False, **check: Any) -> None:
+        """Report progress now, with a checkpoint of the state now when asked."""
+        rt = self.rt
+        assert rt is not None
+        await self._send(self._progress(done=done, **check), rt.state_bytes() if checkpoint else None)
+
+    def _progress(self, *, done: bool = False, **check: Any) -> tpb.VNodeReport:
+        """This VNode's progress as of now (the step, the batch, the loss, the rate)."""
         rt = self.rt
         assert rt is not None
         h = self.h
@@ -461,24 +496,26 @@ class _Worker:
         t0, n0 = self.window
         rate = (self.samples - n0) / (now - t0) if now > t0 else 0.0
         self.window = (now, self.samples)
-        digest = await self.host.upload(rt.state_bytes()) if checkpoint else ""
-        ack = await self.host._stub().ReportVNode(
-            tpb.VNodeReport(
-                node_id=self.host.node_id,
-                network_id=h.network_id,
-                vnode_id=h.vnode_id,
-                generation=h.generation,
-                step=rt.step,
-                last_batch=rt.last_batch,
-                loss=self.loss,
-                samples_per_s=rate,
-                samples=self.samples,
-                checkpoint_sha256=digest,
-                done=done,
-                **check,
-            ),
-            timeout=60,
+        return tpb.VNodeReport(
+            node_id=self.host.node_id,
+            network_id=h.network_id,
+            vnode_id=h.vnode_id,
+            generation=h.generation,
+            step=rt.step,
+            last_batch=rt.last_batch,
+            loss=self.loss,
+            samples_per_s=rate,
+            samples=self.samples,
+            done=done,
+            **check,
         )
+
+    async def _send(self, report: tpb.VNodeReport, state: bytes | None) -> None:
+        """Upload the checkpoint (if any), then the report; a stop order ends this hosting."""
+        now = time.monotonic()
+        if state is not None:
+            report.checkpoint_sha256 = await self.host.upload(state)
+        ack = await self.host._stub().ReportVNode(report, timeout=60)
         self.last_report = now
         if ack.stop:
             raise _Stale()
