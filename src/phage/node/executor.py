@@ -15,7 +15,7 @@ from phage.domain.generate import GenerateSpec, extract_output
 from phage.node.engines import Engine, GenerationRequest
 from phage.node.outputs import CollectedOutput, collect_outputs
 from phage.sandbox import Sandbox, SandboxLimits, SandboxRequest
-from phage.sandbox.scratch import ScratchVolumes, remove_entries
+from phage.sandbox.scratch import ScratchVolumes, make_workspace, remove_entries, remove_workspace
 from phage.sandbox.warm import WarmPool, WarmSandbox
 from phage.sandbox.workdir import unpack_workspace
 
@@ -83,10 +83,7 @@ class JobExecutor:
         """An empty workspace for the assignment (a volume of its scratch cap where there are volumes)."""
         self.cleanup(assignment_id)
         workdir = self.workdir(assignment_id)
-        if self.volumes is not None and limits.scratch_bytes is not None:
-            self.volumes.create(workdir, limits.scratch_bytes)
-        else:
-            workdir.mkdir(parents=True)
+        make_workspace(workdir, self.volumes, limits.scratch_bytes)
         return workdir
 
     async def _place(
@@ -239,13 +236,6 @@ class JobExecutor:
         """Remove an assignment's scratch directory (and its volume)."""
         adopted = self._adopted.pop(assignment_id, None)
         if adopted is not None:
-            if self.volumes is not None:
-                self.volumes.release(adopted)
-            else:
-                shutil.rmtree(adopted, ignore_errors=True)
-        workdir = self.workdir(assignment_id)
-        if self.volumes is not None:
-            self.volumes.release(workdir)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+            remove_workspace(adopted, self.volumes)
+        remove_workspace(self.workdir(assignment_id), self.volumes)
         (self.scratch_root / f"{assignment_id}.output").unlink(missing_ok=True)

@@ -134,11 +134,8 @@ async def run_process(
         if guard is not None:
             guard.kill()
 
-    async def exited() -> int:
-        return await proc.wait()
-
     return await supervise(
-        Running(proc.stdout, proc.stderr, exited(), kill),
+        Running(proc.stdout, proc.stderr, proc.wait(), kill),
         started=start,
         wall_s=wall_s,
         log_bytes=log_bytes,

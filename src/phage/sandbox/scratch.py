@@ -185,6 +185,22 @@ def _sparse_copy(source: Path, dest: Path) -> None:
             pos = end
 
 
+def make_workspace(workdir: Path, volumes: ScratchVolumes | None, cap: int | None) -> None:
+    """An empty workspace at ``workdir``: a volume of ``cap`` where there are volumes, else a directory."""
+    if volumes is not None and cap is not None:
+        volumes.create(workdir, cap)
+    else:
+        workdir.mkdir(mode=0o700, parents=True)
+
+
+def remove_workspace(workdir: Path, volumes: ScratchVolumes | None) -> None:
+    """Remove a workspace :func:`make_workspace` made (and its volume); nothing if it is gone."""
+    if volumes is not None:
+        volumes.release(workdir)
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def scratch_mechanism() -> str:
     """How this machine caps a workspace, for sandbox descriptions (and so attestations)."""
     found = ScratchVolumes.detect()

@@ -63,7 +63,7 @@ from phage.sandbox.cgroups import RunCgroup
 from phage.sandbox.limits import LimitGuard
 from phage.sandbox.process import Running, TailBuffer, supervise
 from phage.sandbox.rootfs import SANDBOX_GID, SANDBOX_UID, grant_workspace, stage
-from phage.sandbox.scratch import ScratchVolumes, remove_entries
+from phage.sandbox.scratch import ScratchVolumes, make_workspace, remove_entries, remove_workspace
 from phage.sandbox.seccomp import native_filter
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ class WarmSandbox:
         if python is None:
             raise SandboxError("no system python3 for a warm sandbox's supervisor")
         limits = shape.limits()
-        await asyncio.to_thread(_make_workdir, workdir, volumes, limits.scratch_bytes)
+        await asyncio.to_thread(make_workspace, workdir, volumes, limits.scratch_bytes)
         cgroup: RunCgroup | None = None
         proc: asyncio.subprocess.Process | None = None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -188,7 +188,7 @@ class WarmSandbox:
         except BaseException:
             ours.close()
             await _teardown(proc, cgroup)
-            await asyncio.to_thread(_drop_workdir, workdir, volumes)
+            await asyncio.to_thread(remove_workspace, workdir, volumes)
             raise
         sandbox = cls(shape, workdir, tools=tools, volumes=volumes, proc=proc, sock=ours, cgroup=cgroup)
         try:
@@ -321,7 +321,7 @@ class WarmSandbox:
         await _teardown(self._proc, self._cgroup)
         self._stderr.cancel()
         if not keep_workdir:
-            await asyncio.to_thread(_drop_workdir, self.workdir, self._volumes)
+            await asyncio.to_thread(remove_workspace, self.workdir, self._volumes)
 
 
 def _ended_early(outcome: SandboxOutcome, detail: str) -> SandboxOutcome:
@@ -342,20 +342,6 @@ async def _teardown(proc: asyncio.subprocess.Process | None, cgroup: RunCgroup |
             await asyncio.wait_for(proc.wait(), 5)
     if cgroup is not None:
         await cgroup.remove()
-
-
-def _make_workdir(workdir: Path, volumes: ScratchVolumes | None, cap: int | None) -> None:
-    if volumes is not None and cap is not None:
-        volumes.create(workdir, cap)
-    else:
-        workdir.mkdir(mode=0o700)
-
-
-def _drop_workdir(workdir: Path, volumes: ScratchVolumes | None) -> None:
-    if volumes is not None:
-        volumes.release(workdir)
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _scrub_workdir(workdir: Path, privileged: bool) -> str | None:
