@@ -130,6 +130,16 @@ def test_digits_across_three_nodes_matches_backprop(
     for v in done["vnodes"]:
         assert v["done"] and v["last_batch"] == batches - 1
         assert v["history"], v["id"]
+    # activations crossed between the nodes over their data plane, not through the coordinator
+    host_of = {v["id"]: v["node_id"] for v in done["vnodes"]}
+    frames = done["result"]["frames"]
+    for v in done["vnodes"]:
+        consumers = [c["id"] for c in done["vnodes"] if v["id"] in c["inputs"]]
+        elsewhere = [c for c in consumers if host_of[c] != host_of[v["id"]]]
+        if elsewhere:
+            assert frames[v["id"]]["direct"] == batches * len(elsewhere), (v["id"], frames)
+            assert frames[v["id"]]["relayed"] == 0, (v["id"], frames)
+    assert sum(f["direct"] for f in frames.values()) >= batches * 2, frames  # 3 nodes: 2 edges cross
     with coord.client() as http:
         d = datasets.load_digits()
         rows = (d.data[:20] / 16.0).tolist()

@@ -71,6 +71,7 @@ COORDINATOR_RANK = {
             "replication",
             "trust",
             "training_checks",
+            "training_routes",
             "training_eval",
             "quotas",
             "sharded",

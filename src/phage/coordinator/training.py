@@ -27,11 +27,13 @@ from phage.coordinator.training_checks import (
     HoldoutQueue,
     HoldoutVerdict,
     Passes,
+    PendingCheck,
     evidence,
     judge,
     reason,
 )
 from phage.coordinator.training_relay import Frame, Inbox
+from phage.coordinator.training_routes import routes
 from phage.coordinator.training_types import CheckOrder, DropOrder, HostFacts, HostOrder, Order, Report
 from phage.domain.ids import new_id
 from phage.domain.networks import (
@@ -54,24 +56,6 @@ RECONCILE_S = 0.2
 
 
 @dataclass(slots=True)
-class _Check:
-    id: str
-    network_id: str
-    vnode_id: str
-    host: str
-    generation: int
-    seq: int
-    before: str
-    inputs: str
-    claimed: str
-    checkpoint: str
-    """The host's newest checkpoint when the step was made: validated if the check passes."""
-    checker: str = ""
-    results: dict[str, str] = field(default_factory=dict)
-    """Recomputed digest per checker so far."""
-
-
-@dataclass(slots=True)
 class _Live:
     """A running network in memory."""
 
@@ -85,6 +69,8 @@ class _Live:
     lost_since: dict[str, float] = field(default_factory=dict)
     rates: dict[str, float] = field(default_factory=dict)
     samples: dict[str, int] = field(default_factory=dict)
+    frames: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    """Per VNode: frames passed on node to node, through the relay, in memory (as last reported)."""
     passes: dict[tuple[str, str], Passes] = field(default_factory=dict)
     """Checks passed so far by each (VNode, checkpoint) of an untrusted host not yet validated."""
     references: dict[str, str] = field(default_factory=dict)
@@ -116,7 +102,9 @@ class TrainingService:
         self.clock = clock
         self.live: dict[str, _Live] = {}
         self.subscribers: dict[str, asyncio.Queue[Order]] = {}
-        self.checks: dict[str, _Check] = {}
+        self.addresses: dict[str, str] = {}
+        """Where each subscribed node's data plane listens for frames ("": it does not)."""
+        self.checks: dict[str, PendingCheck] = {}
         self.caught: list[dict[str, Any]] = []
         """Evidence of every node caught, newest last (also in the quarantine reason)."""
         self.holdout = HoldoutQueue()
@@ -213,6 +201,11 @@ class TrainingService:
         live = self.live.get(network_id)
         return dict(live.rates) if live else {}
 
+    def frames(self, network_id: str) -> dict[str, tuple[int, int, int]]:
+        """Frames each VNode passed on: node to node, through the relay, in memory (as last reported)."""
+        live = self.live.get(network_id)
+        return dict(live.frames) if live else {}
+
     async def cancel(self, network_id: str) -> NetworkRecord:
         """Stop a training job; its hosts drop their VNodes."""
         rec, _ = await self.get(network_id)
@@ -223,9 +216,10 @@ class TrainingService:
 
     # ---- the node's side -------------------------------------------------------------
 
-    async def subscribe(self, node_id: str) -> AsyncIterator[Order]:
-        """Orders for one node, for as long as it listens."""
+    async def subscribe(self, node_id: str, address: str = "") -> AsyncIterator[Order]:
+        """Orders for one node (whose data plane listens at ``address``), for as long as it listens."""
         queue: asyncio.Queue[Order] = asyncio.Queue()
+        self.addresses[node_id] = address
         old = self.subscribers.get(node_id)
         self.subscribers[node_id] = queue
         if old is not None:
@@ -235,6 +229,8 @@ class TrainingService:
                 if v.node_id == node_id and not v.done:
                     live.lost_since.pop(v.vnode_id, None)
                     queue.put_nowait(self._host_order(live, v))
+            if any(v.node_id == node_id for v in live.states.values()):
+                self._send_orders(live, set())  # its neighbours learn where it listens now
         self._changed.set()
         try:
             while True:
@@ -325,9 +321,10 @@ class TrainingService:
                 )
         live.states[r.vnode_id] = v
         live.rates[r.vnode_id] = r.samples_per_s
+        live.frames[r.vnode_id] = r.frames
         live.samples[r.vnode_id] = r.samples
         if r.check_before and r.check_inputs and r.check_after:
-            check = _Check(
+            check = PendingCheck(
                 new_id("k"),
                 r.network_id,
                 r.vnode_id,
@@ -555,7 +552,16 @@ class TrainingService:
             check_rate=0.0 if facts is not None and facts.trusted else live.record.config.check_rate,
             generation=v.generation,
             replay_from=self._replay_from(live, v.vnode_id),
+            routes=routes(live.net, live.states, v.vnode_id, self.addresses),
         )
+
+    def _send_orders(self, live: _Live, fresh: set[str]) -> None:
+        """Order ``fresh`` VNodes' hosts to (re)start them; tell the others where neighbours live now."""
+        for v in live.states.values():
+            queue = self.subscribers.get(v.node_id) if v.node_id and not v.done else None
+            if queue is not None:
+                order = self._host_order(live, v)
+                queue.put_nowait(order if v.vnode_id in fresh else replace(order, routes_only=True))
 
     def _replay_from(self, live: _Live, vnode_id: str) -> int:
         """The first batch a (re)started VNode must pass on: the oldest any VNode downstream lacks.
@@ -591,6 +597,9 @@ class TrainingService:
         producer: nothing restarts.)
         """
         upstream = {a for vid in moved for a in live.net.ancestors(vid)} - moved
+        for vid in moved:  # what its producers replay, in order: frames left from before must not overtake
+            if vid in live.inboxes and not any(live.states[p].done for p in live.net.producers(vid)):
+                await live.inboxes[vid].drop_batches()
         for aid in sorted(upstream):
             a = live.states[aid]
             if a.done or not a.node_id:
@@ -598,9 +607,6 @@ class TrainingService:
             a = replace(a, generation=a.generation + 1)
             live.states[aid] = a
             await self.store.save_vnode(a)
-            queue = self.subscribers.get(a.node_id)
-            if queue is not None:
-                queue.put_nowait(self._host_order(live, a))
 
     def _candidates(self) -> list[HostFacts]:
         out = []
@@ -642,6 +648,9 @@ class TrainingService:
             for v in live.states.values():
                 if v.node_id in load and not v.done:
                     load[v.node_id] += live.net.cost(v.vnode_id)
+        before = {
+            (lv.record.id, vid): v.generation for lv in self.live.values() for vid, v in lv.states.items()
+        }
         hostless: list[tuple[_Live, str]] = []
         for live in list(self.live.values()):
             for vid, v in list(live.states.items()):
@@ -670,7 +679,12 @@ class TrainingService:
             v = replace(live.states[vid], node_id=pick.node_id, generation=live.states[vid].generation + 1)
             live.states[vid] = v
             await self.store.save_vnode(v)
-            self.subscribers[pick.node_id].put_nowait(self._host_order(live, v))
+        for live in self.live.values():  # orders go out once every move is decided: their routes are whole
+            fresh = {
+                vid for vid, v in live.states.items() if v.generation != before.get((live.record.id, vid))
+            }
+            if fresh:
+                self._send_orders(live, fresh)
         for check in self.checks.values():
             if check.checker and check.checker in self.subscribers:
                 continue
@@ -717,13 +731,16 @@ class TrainingService:
                 v = replace(live.states[v_id], node_id=node, generation=live.states[v_id].generation + 1)
                 live.states[v_id] = v
                 await self.store.save_vnode(v)
-                self.subscribers[node].put_nowait(self._host_order(live, v))
         return [(lv, vid) for lv, vid in rest if not lv.states[vid].node_id]
 
     async def _complete(self, live: _Live) -> None:
         result: dict[str, Any] = {
             "steps": {vid: v.step for vid, v in live.states.items()},
             "samples": dict(live.samples),
+            "frames": {
+                vid: dict(zip(("direct", "relayed", "local"), f, strict=True))
+                for vid, f in live.frames.items()
+            },
         }
         from phage.coordinator.training_eval import test_accuracy
 

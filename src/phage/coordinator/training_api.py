@@ -21,9 +21,15 @@ from phage.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, Unav
 from phage.training.spec import load_spec_text, parse_spec
 
 MAX_DATASET_BYTES = 256 * 1024 * 1024
+FRAME_PATHS = ("direct", "relayed", "local")
 
 
-def network_view(rec: NetworkRecord, vnodes: list[VNodeState], rates: dict[str, float]) -> dict[str, Any]:
+def network_view(
+    rec: NetworkRecord,
+    vnodes: list[VNodeState],
+    rates: dict[str, float],
+    frames: dict[str, tuple[int, int, int]] | None = None,
+) -> dict[str, Any]:
     """A network as the API shows it: the job, its graph, and each VNode's placement and progress."""
     net = parse_spec(rec.spec)
     by_id = {v.vnode_id: v for v in vnodes}
@@ -50,6 +56,8 @@ def network_view(rec: NetworkRecord, vnodes: list[VNodeState], rates: dict[str, 
                 "last_batch": by_id[v.id].last_batch if v.id in by_id else -1,
                 "loss": by_id[v.id].history[-1][1] if v.id in by_id and by_id[v.id].history else None,
                 "samples_per_s": rates.get(v.id, 0.0),
+                # how this VNode's outputs travelled: node to node, through the relay, in memory
+                "frames": dict(zip(FRAME_PATHS, (frames or {}).get(v.id, (0, 0, 0)), strict=True)),
                 "checkpoint": by_id[v.id].checkpoint if v.id in by_id else "",
                 "done": by_id[v.id].done if v.id in by_id else False,
                 "history": [list(p) for p in by_id[v.id].history] if v.id in by_id else [],
@@ -149,7 +157,7 @@ def install_training(
     async def get_network(network_id: str, who: Caller) -> dict[str, Any]:
         """A training job: its VNode graph, where each VNode runs, its progress and loss curve."""
         rec, vnodes = await visible(network_id, who)
-        return network_view(rec, vnodes, training.rates(network_id))
+        return network_view(rec, vnodes, training.rates(network_id), training.frames(network_id))
 
     @app.delete("/api/networks/{network_id}", tags=["training"])
     async def cancel_network(network_id: str, who: Caller) -> dict[str, Any]:

@@ -21,13 +21,33 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 HOLDOUT_ROWS = 256
 """Held-out rows a checkpoint is judged on (the first of the dataset's test split)."""
 KEPT_PASSES = 16
 """Unvalidated checkpoints remembered per VNode while they wait for their other check."""
+
+
+@dataclass(slots=True)
+class PendingCheck:
+    """A step an untrusted host handed in, waiting for checkers' recomputed digests."""
+
+    id: str
+    network_id: str
+    vnode_id: str
+    host: str
+    generation: int
+    seq: int
+    before: str
+    inputs: str
+    claimed: str
+    checkpoint: str
+    """The host's newest checkpoint when the step was made: validated if the check passes."""
+    checker: str = ""
+    results: dict[str, str] = field(default_factory=dict)
+    """Recomputed digest per checker so far."""
 
 
 def judge(

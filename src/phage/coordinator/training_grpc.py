@@ -52,6 +52,17 @@ def order_to_pb(order: Order) -> tpb.TrainingOrder:
                 check_rate=order.check_rate,
                 generation=order.generation,
                 replay_from=order.replay_from,
+                routes=[
+                    tpb.VNodeRoute(
+                        vnode_id=r.vnode_id,
+                        node_id=r.node_id,
+                        address=r.address,
+                        generation=r.generation,
+                        consumer=r.consumer,
+                    )
+                    for r in order.routes
+                ],
+                routes_only=order.routes_only,
             )
         )
     if isinstance(order, CheckOrder):
@@ -87,7 +98,7 @@ class TrainingServicer(tpb_grpc.PhageTrainingServicer):
         self, request: tpb.TrainingSubscribe, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[tpb.TrainingOrder]:
         node_id = await self._node(context, request.node_id)
-        async for order in self.service.subscribe(node_id):
+        async for order in self.service.subscribe(node_id, request.dataplane_address):
             if isinstance(order, DropOrder) and not order.network_id:
                 return  # a newer subscription of the same node replaced this one
             yield order_to_pb(order)
@@ -181,6 +192,7 @@ class TrainingServicer(tpb_grpc.PhageTrainingServicer):
                     check_before=request.check_before_sha256,
                     check_inputs=request.check_inputs_sha256,
                     check_after=request.check_after_digest,
+                    frames=(request.frames_direct, request.frames_relayed, request.frames_local),
                 ),
             )
         except PhageError as exc:

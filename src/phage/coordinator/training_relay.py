@@ -1,8 +1,11 @@
 """The coordinator's relay of activation frames: one bounded inbox per consuming VNode.
 
-Kept apart from placement (:mod:`phage.coordinator.training`) because it is the
-transport: frames are opaque bytes here, and only the generation of the VNode's
-current host decides who may read them.
+Producers send their frames straight to each consumer's node when they can
+(:mod:`phage.coordinator.training_routes`); the relay carries the rest: frames to a
+node that does not listen or cannot be reached, and end markers. Kept apart from
+placement (:mod:`phage.coordinator.training`) because it is the transport: frames
+are opaque bytes here, and only the generation of the VNode's current host decides
+who may read them.
 """
 
 from __future__ import annotations
@@ -65,6 +68,12 @@ class Inbox:
         """Make ``generation``'s reader the only one (older readers end)."""
         async with self._cond:
             self.generation = generation
+            self._cond.notify_all()
+
+    async def drop_batches(self) -> None:
+        """Forget the batches waiting here (end markers stay): their producers will send them again."""
+        async with self._cond:
+            self.frames = collections.deque(f for f in self.frames if f.end)
             self._cond.notify_all()
 
     async def close(self) -> None:

@@ -26,6 +26,18 @@ class HostFacts:
 
 
 @dataclass(frozen=True, slots=True)
+class Route:
+    """Where a neighbour of a hosted VNode lives now (``address`` "": only through the relay)."""
+
+    vnode_id: str
+    node_id: str
+    address: str
+    generation: int
+    consumer: bool
+    """True: it takes the hosted VNode's output; False: it feeds the hosted VNode."""
+
+
+@dataclass(frozen=True, slots=True)
 class HostOrder:
     """Host (or resume) one VNode."""
 
@@ -40,6 +52,9 @@ class HostOrder:
     replay_from: int = 0
     """The first batch to pass on again: those its checkpoint already applied are forwarded only,
     so consumers resuming from older checkpoints of their own lose no batch."""
+    routes: tuple[Route, ...] = ()
+    routes_only: bool = False
+    """Only the neighbours moved: a node hosting this generation updates its routes, others ignore it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,3 +100,5 @@ class Report:
     check_before: str = ""
     check_inputs: str = ""
     check_after: str = ""
+    frames: tuple[int, int, int] = (0, 0, 0)
+    """Frames passed on since the hosting started: node to node, through the relay, in memory."""

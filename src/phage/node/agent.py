@@ -41,6 +41,7 @@ from phage.node.endpoints import Backoff, Endpoints, fetch_backoff, heartbeat_ba
 from phage.node.engines import Engine, make_engine
 from phage.node.executor import CollectedOutput, JobExecutor
 from phage.node.faults import poison_updates_enabled
+from phage.node.listener import NodeListener
 from phage.node.probe import probe_hardware, probe_metrics
 from phage.node.window import ClaimWindow
 from phage.node.workspaces import WorkspaceCache
@@ -152,16 +153,23 @@ class NodeAgent:
         self.engine = engine
         self.chat: ChatServer | None = None
         self.blocks: BlockServer | None = None
+        self.listener: NodeListener | None = None
+        """Where other nodes reach this one: sharded models' stages, training's activation frames."""
+        if config.serve_blocks or (config.host_vnodes and not config.dataplane_relay):
+            self.listener = NodeListener(
+                host=config.dataplane_host,
+                port=config.dataplane_port,
+                advertise=config.dataplane_advertise,
+                relay=config.dataplane_relay,
+            )
         if config.serve_blocks:
+            assert self.listener is not None
             memory = config.block_memory_bytes or config.model_memory_bytes
             self.blocks = BlockServer(
                 config.serve_blocks,
                 memory or int(psutil.virtual_memory().available),
-                host=config.dataplane_host,
-                port=config.dataplane_port,
-                advertise=config.dataplane_advertise,
+                self.listener,
                 requested_model=config.sharded_model,
-                relay=config.dataplane_relay,
             )
         self._loading: asyncio.Task[None] | None = None
         if self.engine is None and config.engine:
@@ -346,14 +354,8 @@ class NodeAgent:
             asyncio.create_task(self._fetch_loop(), name="phage-node-fetch"),
             asyncio.create_task(self._result_loop(), name="phage-node-results"),
         ]
-        if self.blocks is not None:
-            assert self._creds is not None
-            await self.blocks.start(
-                TLSIdentity(
-                    self.node_id, self.identity.tls_key_pem(), self._creds.cert_pem, self._creds.ca_pem
-                ),
-                self._current_channel,
-            )
+        if self.listener is not None:
+            await self.listener.start(self._tls_identity(), self._current_channel)
         if self.engine is not None:
             self.chat = ChatServer(self.node_id, lambda: self.stub, self.engine, faults.chat_fault())
             loops.append(asyncio.create_task(self.chat.run(), name="phage-node-chat"))
@@ -374,6 +376,8 @@ class NodeAgent:
             if self.blocks is not None:
                 await self._leave_blocks()
                 await self.blocks.stop()
+            if self.listener is not None:
+                await self.listener.stop()
             if self._channel is not None:
                 await self._channel.close(None)
             if self.engine is not None:  # stop a managed vLLM / llama.cpp server with the node
@@ -402,13 +406,25 @@ class NodeAgent:
         except ImportError:
             log.info("not hosting VNodes: torch, numpy or safetensors is missing (install phage[training])")
             return
+        direct = self.listener.direct if self.listener is not None else ""
         host = training.VNodeHost(
             self.node_id,
             self._current_channel,
             self.config.key_dir / "training-cache",
             poison_updates=poison_updates_enabled(),
+            identity=self._tls_identity(),
+            address=direct,
         )
+        if direct and self.listener is not None:
+            self.listener.handlers["train"] = host.frames  # activation frames from other nodes' VNodes
         await host.run()
+
+    def _tls_identity(self) -> TLSIdentity:
+        """This node's data-plane identity: its pool certificate (issued at Register)."""
+        assert self._creds is not None
+        return TLSIdentity(
+            self.node_id, self.identity.tls_key_pem(), self._creds.cert_pem, self._creds.ca_pem
+        )
 
     async def _heartbeat_loop(self) -> None:
         backoff = heartbeat_backoff(self.heartbeat_interval)

@@ -4,26 +4,21 @@ The node offers blocks in each heartbeat (``--serve-blocks auto`` or a range it 
 for, and the memory it gives them); the coordinator answers with a range. Loading
 happens in the background and only then does the heartbeat report the range as held,
 so a model counts as covered only when a chain could really run through it. Peers
-reach the blocks over the data plane (:mod:`phage.dataplane`), which this node
-listens for with its pool certificate — or, with ``relay``, through the coordinator
-(:mod:`phage.dataplane.relay`), for a node that cannot accept connections.
+reach the blocks as the ``stage`` service of the node's data-plane listener
+(:mod:`phage.node.listener`): directly over mutual TLS, or through the coordinator's
+relay for a node that cannot accept connections.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
-import grpc
-
-from phage.dataplane import DataPlaneServer, TLSIdentity
-from phage.dataplane.relay import RELAY_ADDRESS, RelayServer
 from phage.domain.blocks import BlockAssignment, BlockOffer, BlockRange
 from phage.errors import PhageError
 from phage.node import faults
+from phage.node.listener import NodeListener
 from phage.node.stage import StageModel
 from phage.node.stage_service import StageHandler
 
@@ -31,65 +26,35 @@ log = logging.getLogger("phage.node.blocks")
 
 
 class BlockServer:
-    """The stages this node holds and the listener that serves them."""
+    """The stages this node holds, served as the ``stage`` service of its listener."""
 
     def __init__(
-        self,
-        serve_blocks: str,
-        memory_bytes: int,
-        *,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        advertise: str = "",
-        requested_model: str = "",
-        relay: bool = False,
+        self, serve_blocks: str, memory_bytes: int, listener: NodeListener, *, requested_model: str = ""
     ) -> None:
         if serve_blocks != "auto":
             BlockRange.parse(serve_blocks)  # refuse a malformed range before joining
         self.serve_blocks = serve_blocks
         self.memory_bytes = memory_bytes
-        self.host = host
-        self.port = port
-        self.advertise = advertise
+        self.listener = listener
         self.requested_model = requested_model
-        self.relay = relay
-        """Serve through the coordinator's relay instead of listening."""
         self.stages: dict[str, StageModel] = {}
         self.handler = StageHandler(
             self.stages, delay_s=faults.stage_delay_s(), output_hook=faults.activation_noise()
         )
-        self._server: DataPlaneServer | None = None
-        self._relaying: asyncio.Task[None] | None = None
+        listener.handlers["stage"] = self.handler
         self._want: BlockAssignment = BlockAssignment()
         self._loading: asyncio.Task[None] | None = None
         self.error = ""
 
-    async def start(self, identity: TLSIdentity, channel: Callable[[], grpc.aio.Channel]) -> None:
-        """Listen for peers (with this node's pool certificate), or open the relay on ``channel``."""
-        if self.relay:
-            relay = RelayServer(channel, {"stage": self.handler})
-            self._relaying = asyncio.get_running_loop().create_task(relay.run(), name="phage-node-relay")
-            log.info("serving blocks through the coordinator's relay")
-            return
-        self._server = DataPlaneServer(identity, {"stage": self.handler}, host=self.host, port=self.port)
-        self.port = await self._server.start()
-        log.info("serving blocks to peers on %s:%d", self.host, self.port)
-
     async def stop(self) -> None:
-        """Stop listening and loading."""
+        """Stop loading."""
         if self._loading is not None:
             self._loading.cancel()
-        if self._relaying is not None:
-            self._relaying.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._relaying
-        if self._server is not None:
-            await self._server.stop(0)
 
     @property
     def address(self) -> str:
         """Where peers reach this node's blocks (``relay``: through the coordinator)."""
-        return RELAY_ADDRESS if self.relay else f"{self.advertise or self.host}:{self.port}"
+        return self.listener.address
 
     def offer(self) -> BlockOffer:
         """What the next heartbeat says: what this node wants and what it holds."""

@@ -4,8 +4,10 @@ A worker builds its VNode (resuming from a checkpoint when told), then trains it
 on batches: a VNode that reads the dataset makes them itself, any other waits
 for its producers' activation frames. After each step it passes its detached
 output on: straight into the consumer's worker when that VNode is hosted here
-too, otherwise through the coordinator's relay; every few steps it uploads a
-checkpoint. For an untrusted node the
+too, node to node over the data plane (mutual TLS, the ``train`` service of the
+consumer's node) when the coordinator said where the consumer lives, and through
+the coordinator's relay otherwise or when the direct path fails; every few steps
+it uploads a checkpoint. For an untrusted node the
 coordinator asks for a share of steps to be handed in (the state before, the
 inputs, the state digest after) so another node can recompute them.
 """
@@ -29,6 +31,9 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from phage.dataplane.transport import Peer, TLSIdentity
+from phage.errors import Conflict, InvalidInput, NotFound, PermissionDenied, PhageError, Unavailable
+from phage.protocol.v1 import dataplane_pb2 as dp
 from phage.protocol.v1 import phage_pb2 as pb
 from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
 from phage.protocol.v1 import training_pb2 as tpb
@@ -43,6 +48,12 @@ REPORT_EVERY_S = 0.5
 UPLOAD_CHUNK = 1 << 20
 OUT_FRAMES = 8
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN}
+DIRECT_WAIT_S = 120.0
+"""How long a direct frame may wait for room in the consumer's inbox before the relay takes it."""
+DIRECT_RETRY_S = 2.0
+"""The longest wait between tries of a direct frame."""
+DIRECT_FIRST_TRIES = 8
+"""Tries (about 6 s) of a placement's first direct frame before its frames go through the relay."""
 
 
 _CLOSE = tpb.ActivationFrame(seq=-2)
@@ -84,16 +95,24 @@ class VNodeHost:
         cache_dir: Path,
         *,
         poison_updates: bool = False,
+        identity: TLSIdentity | None = None,
+        address: str = "",
     ) -> None:
         self.node_id = node_id
+        self.identity = identity
+        """This node's data-plane identity, for sending frames to other nodes directly (None: never)."""
+        self.address = address
+        """Where this node's data plane takes frames from other nodes ("": only through the relay)."""
+        self.frames = FrameHandler(self)
+        """The ``train`` service of this node's data plane: other nodes' frames for VNodes hosted here."""
+        self.routes: dict[tuple[str, str], list[tpb.VNodeRoute]] = {}
+        """Per hosted VNode, where its neighbours live (as the coordinator last said)."""
         self._channel = channel
         self.cache_dir = cache_dir
         self.poison_updates = poison_updates
         self.workers: dict[tuple[str, str], tuple[int, asyncio.Task[None]]] = {}
         self.hosted: dict[tuple[str, str], _Worker] = {}
         """The worker of each VNode hosted here now: local consumers of a producer's frames."""
-        self.frames_local = 0
-        self.frames_relayed = 0
         self.checks_done = 0
         self._checks: set[asyncio.Task[None]] = set()
         torch.set_num_threads(1)  # bit-exact recomputation needs one thread's order of sums
@@ -110,7 +129,8 @@ class VNodeHost:
         try:
             while True:
                 try:
-                    call = self._stub().TrainingOrders(tpb.TrainingSubscribe(node_id=self.node_id))
+                    subscribe = tpb.TrainingSubscribe(node_id=self.node_id, dataplane_address=self.address)
+                    call = self._stub().TrainingOrders(subscribe)
                     async for order in call:
                         backoff = 0.2
                         self._take(order)
@@ -128,8 +148,11 @@ class VNodeHost:
             h = order.host
             key = (h.network_id, h.vnode_id)
             current = self.workers.get(key)
-            if current is not None and current[0] == h.generation and not current[1].done():
-                return  # the same hosting, sent again after a reconnect
+            same = current is not None and current[0] == h.generation and not current[1].done()
+            if same or not h.routes_only:
+                self.routes[key] = list(h.routes)
+            if same or h.routes_only:
+                return  # the same hosting, sent again after a reconnect or a neighbour's move
             if current is not None:
                 current[1].cancel()
             task = asyncio.create_task(self._host(h), name=f"phage-vnode-{h.vnode_id}")
@@ -147,6 +170,7 @@ class VNodeHost:
     def _forget(self, key: tuple[str, str], task: asyncio.Task[None]) -> None:
         if self.workers.get(key, (0, None))[1] is task:
             del self.workers[key]
+            self.routes.pop(key, None)
         if not task.cancelled() and task.exception() is not None:
             log.error("VNode %s/%s failed", *key, exc_info=task.exception())
 
@@ -269,6 +293,12 @@ class _Worker:
         """A checkpoint being uploaded and reported while training goes on (at most one)."""
         self.window: tuple[float, int] = (time.monotonic(), 0)
         self.loss = 0.0
+        self.sent = {"direct": 0, "relayed": 0, "local": 0}
+        """Frames passed on so far, by the way they went."""
+        self.peers: dict[str, Peer] = {}
+        """Per consumer hosted elsewhere: the data-plane conversation its frames go through."""
+        self.paths: dict[str, tuple[tuple[str, str, int] | None, str]] = {}
+        """Per consumer hosted elsewhere: its placement, and the path its frames take ("direct", "relay")."""
 
     async def run(self) -> None:
         h = self.h
@@ -300,6 +330,9 @@ class _Worker:
                 if t is not None:
                     t.cancel()
             await asyncio.gather(main, link, *([self.saving] if self.saving else []), return_exceptions=True)
+            for peer in self.peers.values():
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(peer.close())
 
     async def _link(self) -> None:
         """Keep this VNode's activation stream open; ends when the coordinator refuses it."""
@@ -448,25 +481,78 @@ class _Worker:
             await saving
 
     async def _pass_on(self, frame: tpb.ActivationFrame) -> None:
-        """Hand a frame to consumers hosted here; through the relay when any is elsewhere (or gone).
+        """Hand a frame to each consumer: in memory when it is hosted here, else node to node, else relayed.
 
-        The relay delivers to every consumer, so a local one may get the frame
-        twice: the second copy is a duplicate batch, dropped like any other.
+        The relay delivers to every consumer, so one that already has the frame
+        gets it twice: the second copy is a duplicate batch, dropped like any other.
         """
         relay = False
+        frame.vnode_id = self.h.vnode_id
         for consumer in self.consumers:
             local = self.host.hosted.get((self.h.network_id, consumer))
-            if local is None:
-                relay = True
-                continue
-            frame.vnode_id = self.h.vnode_id
-            if await local.deliver(frame):
-                self.host.frames_local += 1
+            if local is not None and await local.deliver(frame):
+                self.sent["local"] += 1
+            elif local is None and await self._direct(consumer, frame):
+                self.sent["direct"] += 1
             else:
                 relay = True
         if relay:
-            self.host.frames_relayed += 1
+            self.sent["relayed"] += 1
             await self.out.put(tpb.ActivationFrame(seq=frame.seq, tensor=frame.tensor))
+
+    def _route(self, consumer: str) -> tpb.VNodeRoute | None:
+        """Where ``consumer`` is placed now, as the coordinator last said (None: not known)."""
+        routes = self.host.routes.get((self.h.network_id, self.h.vnode_id), [])
+        return next((r for r in routes if r.consumer and r.vnode_id == consumer), None)
+
+    async def _direct(self, consumer: str, frame: tpb.ActivationFrame) -> bool:
+        """Send a frame straight to the node hosting ``consumer``; False when the relay must take it.
+
+        The first frame to a consumer decides the path for this whole hosting, never
+        both: a consumer steps batches in the order they reach it, and frames racing
+        down two paths would arrive out of order, so a batch overtaken by a later one
+        would be dropped as late. A consumer whose node does not listen, cannot be
+        reached, or keeps refusing while its VNode starts (about six seconds) is fed
+        through the relay; once a direct frame was taken, later ones wait for the
+        consumer (as a full relay inbox would make them) until it answers — or
+        moves, and then this producer is restarted by the coordinator anyway.
+        """
+        path = self.paths.get(consumer)
+        if path is not None and path[1] == "relay":
+            return False
+        tries = 0
+        while True:
+            route = self._route(consumer)
+            placement = (route.node_id, route.address, route.generation) if route is not None else None
+            if path is not None and path[0] != placement:
+                return False  # it moved: frames of this (stale) hosting must not reach its new host
+            if route is None or placement is None or not route.address or self.host.identity is None:
+                self.paths[consumer] = (placement, "relay")
+                return False
+            peer = self.peers.get(consumer)
+            if peer is None or (peer.node_id, peer.address) != (route.node_id, route.address):
+                if peer is not None:
+                    await peer.close()
+                peer = self.peers[consumer] = Peer(self.host.identity, route.address, route.node_id)
+            request = dp.Frame(
+                service="train",
+                op="activation",
+                strings={"network_id": self.h.network_id, "vnode_id": consumer, "from": self.h.vnode_id},
+                ints={"seq": frame.seq, "generation": route.generation},
+                tensors=[dp.Tensor(name="frame", data=frame.tensor)],
+            )
+            try:
+                await peer.request(request, wait_s=DIRECT_WAIT_S)
+            except PhageError as exc:
+                tries += 1
+                if path is None and (isinstance(exc, Unavailable) or tries >= DIRECT_FIRST_TRIES):
+                    log.info("frames of %s to %s go through the relay: %s", self.h.vnode_id, consumer, exc)
+                    self.paths[consumer] = (placement, "relay")
+                    return False
+                await asyncio.sleep(min(DIRECT_RETRY_S, 0.05 * 2**tries))
+                continue
+            self.paths[consumer] = (placement, "direct")
+            return True
 
     async def deliver(self, frame: tpb.ActivationFrame) -> bool:
         """Take a frame from a producer on this node (waiting for room); False once this hosting ended."""
@@ -507,6 +593,9 @@ class _Worker:
             samples_per_s=rate,
             samples=self.samples,
             done=done,
+            frames_direct=self.sent["direct"],
+            frames_relayed=self.sent["relayed"],
+            frames_local=self.sent["local"],
             **check,
         )
 
@@ -519,3 +608,52 @@ class _Worker:
         self.last_report = now
         if ack.stop:
             raise _Stale()
+
+
+class FrameHandler:
+    """The ``train`` service of a node's data plane: frames from VNodes hosted on other nodes.
+
+    A frame is taken only for a VNode hosted here in the generation the sender
+    names, and only from the node the coordinator placed that input's producer
+    on — the TLS session proves the sender — so no other pool node can feed a
+    VNode batches. Anything else is refused and the sender uses the relay.
+    """
+
+    def __init__(self, host: VNodeHost) -> None:
+        self.host = host
+
+    def open(self, peer_node_id: str) -> _FrameConversation:
+        """A conversation with the node ``peer_node_id`` (proved by its certificate)."""
+        return _FrameConversation(self.host, peer_node_id)
+
+
+class _FrameConversation:
+    def __init__(self, host: VNodeHost, peer: str) -> None:
+        self.host = host
+        self.peer = peer
+
+    async def handle(self, frame: dp.Frame) -> dp.Frame:
+        """Put one activation frame into the consumer's inbox (waiting for room: back-pressure)."""
+        if frame.op != "activation":
+            raise InvalidInput(f"the train service has no operation {frame.op!r}", field="op")
+        if len(frame.tensors) != 1:
+            raise InvalidInput("an activation frame carries one tensor blob", field="tensors")
+        network_id, vnode_id, src = (frame.strings.get(k, "") for k in ("network_id", "vnode_id", "from"))
+        key = (network_id, vnode_id)
+        worker = self.host.hosted.get(key)
+        generation = frame.ints.get("generation", -1)
+        if worker is None or worker.h.generation != generation:
+            raise NotFound(f"VNode {vnode_id} of {network_id} is not hosted here in generation {generation}")
+        if not any(
+            not r.consumer and r.vnode_id == src and r.node_id == self.peer for r in self.host.routes[key]
+        ):
+            raise PermissionDenied(f"node {self.peer} does not host {src!r}, an input of {vnode_id}")
+        delivered = tpb.ActivationFrame(
+            vnode_id=src, seq=frame.ints.get("seq", -1), tensor=frame.tensors[0].data
+        )
+        if not await worker.deliver(delivered):
+            raise Conflict(f"VNode {vnode_id} of {network_id} stopped here")
+        return dp.Frame()
+
+    async def close(self) -> None:
+        """Nothing is kept per conversation."""

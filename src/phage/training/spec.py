@@ -105,6 +105,10 @@ class NetworkSpec:
         """VNodes that read ``vnode_id``'s output."""
         return [v.id for v in self.vnodes if vnode_id in v.inputs]
 
+    def producers(self, vnode_id: str) -> list[str]:
+        """VNodes whose output ``vnode_id`` reads (not the dataset)."""
+        return [s for s in self.vnode(vnode_id).inputs if s != INPUT]
+
     def cost(self, vnode_id: str) -> int:
         """Multiply-adds per row through a VNode's blocks and head: an estimate, to balance placement."""
         v = self.vnode(vnode_id)

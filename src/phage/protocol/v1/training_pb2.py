@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from phage.protocol.v1 import phage_pb2 as phage_dot_protocol_dot_v1_dot_phage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n phage/protocol/v1/training.proto\x12\x08phage.v1\x1a\x1dphage/protocol/v1/phage.proto\"$\n\x11TrainingSubscribe\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\x80\x02\n\tHostVNode\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\x12\x10\n\x08vnode_id\x18\x02 \x01(\t\x12\x11\n\tspec_json\x18\x03 \x01(\t\x12\x16\n\x0e\x64\x61taset_sha256\x18\x04 \x01(\t\x12\x19\n\x11\x63heckpoint_sha256\x18\x05 \x01(\t\x12\x0e\n\x06\x65pochs\x18\x06 \x01(\r\x12\x12\n\nbatch_size\x18\x07 \x01(\r\x12\x0c\n\x04seed\x18\x08 \x01(\x03\x12\x18\n\x10\x63heckpoint_every\x18\t \x01(\r\x12\x12\n\ncheck_rate\x18\n \x01(\x02\x12\x12\n\ngeneration\x18\x0b \x01(\x04\x12\x13\n\x0breplay_from\x18\x0c \x01(\x03\"1\n\tDropVNode\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\x12\x10\n\x08vnode_id\x18\x02 \x01(\t\"\x91\x01\n\tCheckStep\x12\x10\n\x08\x63heck_id\x18\x01 \x01(\t\x12\x12\n\nnetwork_id\x18\x02 \x01(\t\x12\x10\n\x08vnode_id\x18\x03 \x01(\t\x12\x11\n\tspec_json\x18\x04 \x01(\t\x12\x15\n\rbefore_sha256\x18\x05 \x01(\t\x12\x15\n\rinputs_sha256\x18\x06 \x01(\t\x12\x0b\n\x03seq\x18\x07 \x01(\x03\"\x88\x01\n\rTrainingOrder\x12#\n\x04host\x18\x01 \x01(\x0b\x32\x13.phage.v1.HostVNodeH\x00\x12#\n\x04\x64rop\x18\x02 \x01(\x0b\x32\x13.phage.v1.DropVNodeH\x00\x12$\n\x05\x63heck\x18\x03 \x01(\x0b\x32\x13.phage.v1.CheckStepH\x00\x42\x07\n\x05order\"u\n\x0f\x41\x63tivationFrame\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\x12\x10\n\x08vnode_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x03\x12\x0e\n\x06tensor\x18\x04 \x01(\x0c\x12\x0b\n\x03\x65nd\x18\x05 \x01(\x08\x12\x12\n\ngeneration\x18\x06 \x01(\x04\"\x80\x03\n\x0bVNodeReport\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nnetwork_id\x18\x02 \x01(\t\x12\x10\n\x08vnode_id\x18\x03 \x01(\t\x12\x0c\n\x04step\x18\x04 \x01(\x04\x12\x12\n\nlast_batch\x18\x05 \x01(\x03\x12\x0c\n\x04loss\x18\x06 \x01(\x02\x12\x15\n\rsamples_per_s\x18\x07 \x01(\x02\x12\x19\n\x11\x63heckpoint_sha256\x18\x08 \x01(\t\x12\x0c\n\x04\x64one\x18\t \x01(\x08\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\x12\n\ngeneration\x18\x0b \x01(\x04\x12\x11\n\tcheck_seq\x18\x0c \x01(\x03\x12\x1b\n\x13\x63heck_before_sha256\x18\r \x01(\t\x12\x1b\n\x13\x63heck_inputs_sha256\x18\x0e \x01(\t\x12\x1a\n\x12\x63heck_after_digest\x18\x0f \x01(\t\x12\x10\n\x08\x63heck_id\x18\x10 \x01(\t\x12\x1b\n\x13\x63heck_result_digest\x18\x11 \x01(\t\x12\x0f\n\x07samples\x18\x12 \x01(\x04\"\x1e\n\x0eVNodeReportAck\x12\x0c\n\x04stop\x18\x01 \x01(\x08\x32\x9d\x02\n\rPhageTraining\x12H\n\x0eTrainingOrders\x12\x1b.phage.v1.TrainingSubscribe\x1a\x17.phage.v1.TrainingOrder0\x01\x12G\n\x0b\x41\x63tivations\x12\x19.phage.v1.ActivationFrame\x1a\x19.phage.v1.ActivationFrame(\x01\x30\x01\x12>\n\x0bReportVNode\x12\x15.phage.v1.VNodeReport\x1a\x18.phage.v1.VNodeReportAck\x12\x39\n\tFetchBlob\x12\x15.phage.v1.BlobRequest\x1a\x13.phage.v1.BlobChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n phage/protocol/v1/training.proto\x12\x08phage.v1\x1a\x1dphage/protocol/v1/phage.proto\"?\n\x11TrainingSubscribe\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x19\n\x11\x64\x61taplane_address\x18\x02 \x01(\t\"f\n\nVNodeRoute\x12\x10\n\x08vnode_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x12\n\ngeneration\x18\x04 \x01(\x04\x12\x10\n\x08\x63onsumer\x18\x05 \x01(\x08\"\xbb\x02\n\tHostVNode\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\x12\x10\n\x08vnode_id\x18\x02 \x01(\t\x12\x11\n\tspec_json\x18\x03 \x01(\t\x12\x16\n\x0e\x64\x61taset_sha256\x18\x04 \x01(\t\x12\x19\n\x11\x63heckpoint_sha256\x18\x05 \x01(\t\x12\x0e\n\x06\x65pochs\x18\x06 \x01(\r\x12\x12\n\nbatch_size\x18\x07 \x01(\r\x12\x0c\n\x04seed\x18\x08 \x01(\x03\x12\x18\n\x10\x63heckpoint_every\x18\t \x01(\r\x12\x12\n\ncheck_rate\x18\n \x01(\x02\x12\x12\n\ngeneration\x18\x0b \x01(\x04\x12\x13\n\x0breplay_from\x18\x0c \x01(\x03\x12$\n\x06routes\x18\r \x03(\x0b\x32\x14.phage.v1.VNodeRoute\x12\x13\n\x0broutes_only\x18\x0e \x01(\x08\"1\n\tDropVNode\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\x12\x10\n\x08vnode_id\x18\x02 \x01(\t\"\x91\x01\n\tCheckStep\x12\x10\n\x08\x63heck_id\x18\x01 \x01(\t\x12\x12\n\nnetwork_id\x18\x02 \x01(\t\x12\x10\n\x08vnode_id\x18\x03 \x01(\t\x12\x11\n\tspec_json\x18\x04 \x01(\t\x12\x15\n\rbefore_sha256\x18\x05 \x01(\t\x12\x15\n\rinputs_sha256\x18\x06 \x01(\t\x12\x0b\n\x03seq\x18\x07 \x01(\x03\"\x88\x01\n\rTrainingOrder\x12#\n\x04host\x18\x01 \x01(\x0b\x32\x13.phage.v1.HostVNodeH\x00\x12#\n\x04\x64rop\x18\x02 \x01(\x0b\x32\x13.phage.v1.DropVNodeH\x00\x12$\n\x05\x63heck\x18\x03 \x01(\x0b\x32\x13.phage.v1.CheckStepH\x00\x42\x07\n\x05order\"u\n\x0f\x41\x63tivationFrame\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\x12\x10\n\x08vnode_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x03\x12\x0e\n\x06tensor\x18\x04 \x01(\x0c\x12\x0b\n\x03\x65nd\x18\x05 \x01(\x08\x12\x12\n\ngeneration\x18\x06 \x01(\x04\"\xc5\x03\n\x0bVNodeReport\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nnetwork_id\x18\x02 \x01(\t\x12\x10\n\x08vnode_id\x18\x03 \x01(\t\x12\x0c\n\x04step\x18\x04 \x01(\x04\x12\x12\n\nlast_batch\x18\x05 \x01(\x03\x12\x0c\n\x04loss\x18\x06 \x01(\x02\x12\x15\n\rsamples_per_s\x18\x07 \x01(\x02\x12\x19\n\x11\x63heckpoint_sha256\x18\x08 \x01(\t\x12\x0c\n\x04\x64one\x18\t \x01(\x08\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\x12\n\ngeneration\x18\x0b \x01(\x04\x12\x11\n\tcheck_seq\x18\x0c \x01(\x03\x12\x1b\n\x13\x63heck_before_sha256\x18\r \x01(\t\x12\x1b\n\x13\x63heck_inputs_sha256\x18\x0e \x01(\t\x12\x1a\n\x12\x63heck_after_digest\x18\x0f \x01(\t\x12\x10\n\x08\x63heck_id\x18\x10 \x01(\t\x12\x1b\n\x13\x63heck_result_digest\x18\x11 \x01(\t\x12\x0f\n\x07samples\x18\x12 \x01(\x04\x12\x15\n\rframes_direct\x18\x13 \x01(\x04\x12\x16\n\x0e\x66rames_relayed\x18\x14 \x01(\x04\x12\x14\n\x0c\x66rames_local\x18\x15 \x01(\x04\"\x1e\n\x0eVNodeReportAck\x12\x0c\n\x04stop\x18\x01 \x01(\x08\x32\x9d\x02\n\rPhageTraining\x12H\n\x0eTrainingOrders\x12\x1b.phage.v1.TrainingSubscribe\x1a\x17.phage.v1.TrainingOrder0\x01\x12G\n\x0b\x41\x63tivations\x12\x19.phage.v1.ActivationFrame\x1a\x19.phage.v1.ActivationFrame(\x01\x30\x01\x12>\n\x0bReportVNode\x12\x15.phage.v1.VNodeReport\x1a\x18.phage.v1.VNodeReportAck\x12\x39\n\tFetchBlob\x12\x15.phage.v1.BlobRequest\x1a\x13.phage.v1.BlobChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,21 +33,23 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'phage.protocol.v1.training_
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TRAININGSUBSCRIBE']._serialized_start=77
-  _globals['_TRAININGSUBSCRIBE']._serialized_end=113
-  _globals['_HOSTVNODE']._serialized_start=116
-  _globals['_HOSTVNODE']._serialized_end=372
-  _globals['_DROPVNODE']._serialized_start=374
-  _globals['_DROPVNODE']._serialized_end=423
-  _globals['_CHECKSTEP']._serialized_start=426
-  _globals['_CHECKSTEP']._serialized_end=571
-  _globals['_TRAININGORDER']._serialized_start=574
-  _globals['_TRAININGORDER']._serialized_end=710
-  _globals['_ACTIVATIONFRAME']._serialized_start=712
-  _globals['_ACTIVATIONFRAME']._serialized_end=829
-  _globals['_VNODEREPORT']._serialized_start=832
-  _globals['_VNODEREPORT']._serialized_end=1216
-  _globals['_VNODEREPORTACK']._serialized_start=1218
-  _globals['_VNODEREPORTACK']._serialized_end=1248
-  _globals['_PHAGETRAINING']._serialized_start=1251
-  _globals['_PHAGETRAINING']._serialized_end=1536
+  _globals['_TRAININGSUBSCRIBE']._serialized_end=140
+  _globals['_VNODEROUTE']._serialized_start=142
+  _globals['_VNODEROUTE']._serialized_end=244
+  _globals['_HOSTVNODE']._serialized_start=247
+  _globals['_HOSTVNODE']._serialized_end=562
+  _globals['_DROPVNODE']._serialized_start=564
+  _globals['_DROPVNODE']._serialized_end=613
+  _globals['_CHECKSTEP']._serialized_start=616
+  _globals['_CHECKSTEP']._serialized_end=761
+  _globals['_TRAININGORDER']._serialized_start=764
+  _globals['_TRAININGORDER']._serialized_end=900
+  _globals['_ACTIVATIONFRAME']._serialized_start=902
+  _globals['_ACTIVATIONFRAME']._serialized_end=1019
+  _globals['_VNODEREPORT']._serialized_start=1022
+  _globals['_VNODEREPORT']._serialized_end=1475
+  _globals['_VNODEREPORTACK']._serialized_start=1477
+  _globals['_VNODEREPORTACK']._serialized_end=1507
+  _globals['_PHAGETRAINING']._serialized_start=1510
+  _globals['_PHAGETRAINING']._serialized_end=1795
 # @@protoc_insertion_point(module_scope)
