@@ -10,12 +10,16 @@ one run:
   pipelining across nodes starts from);
 * **phage on 1, 2 and 3 nodes**: real ``phage coordinator`` and ``phage node``
   processes on loopback (mTLS), VNodes placed by the coordinator, activations
-  between nodes relayed by it (between VNodes on one node, in memory);
+  between nodes sent node to node over their data plane (between VNodes on one
+  node, in memory; through the coordinator's relay only where a node cannot be
+  reached);
   samples/s through the last VNode from when every VNode is stepping to the
   last VNode's last step (start-up — process launch, torch import, placement —
   and the coordinator's final evaluation are left out), samples per CPU-second
   of all its processes, test accuracy, and activation bytes moved between
   processes per step;
+* **phage, 2 nodes through the relay**: the same with ``--dataplane-relay`` nodes,
+  whose frames all cross the coordinator (in and out): what the direct path saves;
 * **phage, checked**: an open pool (every node untrusted) with 5 % of steps
   recomputed on another node: what checking costs.
 
@@ -102,12 +106,19 @@ def cpu_seconds(procs: list[Any]) -> float:
 
 
 def on_pool(
-    raw: dict[str, Any], blob: bytes, cfg: TrainConfig, nodes: int, *, checked: bool, work: Path
+    raw: dict[str, Any],
+    blob: bytes,
+    cfg: TrainConfig,
+    nodes: int,
+    *,
+    checked: bool,
+    work: Path,
+    node_args: tuple[str, ...] = (),
 ) -> dict[str, float]:
     env = {"PHAGE_ADMISSION": "open"} if checked else {}
     coord = CoordinatorProcess(work / "coordinator", heartbeat_s=2.0, env=env).start()
     procs = [
-        NodeProcess(coord, work / f"node-{i}", name=f"node-{i}", heartbeat_s=2.0).start()
+        NodeProcess(coord, work / f"node-{i}", name=f"node-{i}", heartbeat_s=2.0, args=node_args).start()
         for i in range(nodes)
     ]
     try:
@@ -150,6 +161,9 @@ def on_pool(
                 "samples_per_cpu_s": (end[1] - start[1]) * cfg.batch_size / (end[2] - start[2]),
                 "accuracy": n["result"]["accuracy"],
                 "crossing_edges": sum(hosts[a] != hosts[b] for a, b in itertools.pairwise(chain)),
+                "frames_direct": sum(f["direct"] for f in n["result"]["frames"].values()),
+                "frames_relayed": sum(f["relayed"] for f in n["result"]["frames"].values()),
+                "steps": out["step"],
                 "load_1m": os.getloadavg()[0],
             }
     finally:
@@ -172,7 +186,7 @@ def main() -> None:
     raw = spec(args.width)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=0)
     # an activation frame: the batch's outputs (float32) and labels (int64); one crossing nodes goes
-    # through the coordinator's relay, in and out; between VNodes on one node it moves in memory
+    # node to node once (through the coordinator's relay: in and out, twice); on one node, in memory
     frame = args.batch_size * args.width * 4 + args.batch_size * 8
     wait_for_quiet(say=console.print)
     load_before = os.getloadavg()
@@ -188,6 +202,10 @@ def main() -> None:
                     on_pool(raw, blob, cfg, n, checked=False, work=work / f"p{n}"),
                 )
             )
+        relayed = on_pool(
+            raw, blob, cfg, 2, checked=False, work=work / "r2", node_args=("--dataplane-relay",)
+        )
+        rows.append(("phage, 2 nodes, frames through the coordinator's relay", relayed))
         rows.append(
             (
                 "phage, 2 untrusted nodes, 5 % checked",
@@ -201,7 +219,10 @@ def main() -> None:
     for col in ("run", "samples/s", "× backprop", "samples/CPU-s", "accuracy", "bytes/step", "load (1 min)"):
         table.add_column(col, justify="left" if col == "run" else "right")
     for name, r in rows:
-        moved = "–" if "crossing_edges" not in r else f"{r['crossing_edges'] * frame * 2 / 1e6:.2f} MB"
+        moved = "–"
+        if "crossing_edges" in r:  # per step: every direct frame once, every relayed frame twice
+            per_step = (r["frames_direct"] + 2 * r["frames_relayed"]) / max(1, r["steps"])
+            moved = f"{per_step * frame / 1e6:.2f} MB ({r['frames_relayed']} relayed)"
         table.add_row(
             name,
             f"{r['samples_per_s']:.0f}",

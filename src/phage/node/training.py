@@ -297,6 +297,8 @@ class _Worker:
         """Frames passed on so far, by the way they went."""
         self.peers: dict[str, Peer] = {}
         """Per consumer hosted elsewhere: the data-plane conversation its frames go through."""
+        self.inflight: dict[str, tuple[asyncio.Task[bool], tpb.ActivationFrame]] = {}
+        """Per consumer: the frame on its way to it node to node (the producer's next step overlaps it)."""
         self.paths: dict[str, tuple[tuple[str, str, int] | None, str]] = {}
         """Per consumer hosted elsewhere: its placement, and the path its frames take ("direct", "relay")."""
 
@@ -319,6 +321,8 @@ class _Worker:
             if main not in done:
                 raise _Stale()  # the coordinator closed this VNode's stream for good
             main.result()
+            for consumer in list(self.inflight):  # the last frames reach consumers before the end marker
+                await self._settle(consumer)
             await self.out.put(tpb.ActivationFrame(end=True, seq=-1))
             await self._saved()
             await self._report(checkpoint=True, done=True)
@@ -326,7 +330,7 @@ class _Worker:
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(asyncio.shield(link), 5)
         finally:
-            for t in (main, link, self.saving):
+            for t in (main, link, self.saving, *(task for task, _ in self.inflight.values())):
                 if t is not None:
                     t.cancel()
             await asyncio.gather(main, link, *([self.saving] if self.saving else []), return_exceptions=True)
@@ -490,13 +494,43 @@ class _Worker:
         frame.vnode_id = self.h.vnode_id
         for consumer in self.consumers:
             local = self.host.hosted.get((self.h.network_id, consumer))
-            if local is not None and await local.deliver(frame):
-                self.sent["local"] += 1
-            elif local is None and await self._direct(consumer, frame):
-                self.sent["direct"] += 1
+            if local is not None:
+                if await local.deliver(frame):
+                    self.sent["local"] += 1
+                else:
+                    relay = True
+                continue
+            await self._settle(consumer)  # one frame in flight per consumer: the next step overlaps it
+            if self._may_direct(consumer):
+                task = asyncio.create_task(self._direct(consumer, frame))
+                self.inflight[consumer] = (task, frame)
             else:
                 relay = True
         if relay:
+            self.sent["relayed"] += 1
+            await self.out.put(tpb.ActivationFrame(seq=frame.seq, tensor=frame.tensor))
+
+    def _may_direct(self, consumer: str) -> bool:
+        """Can frames to ``consumer`` go node to node (first frame: decides it for this hosting)?"""
+        path = self.paths.get(consumer)
+        if path is not None:
+            return path[1] == "direct"
+        route = self._route(consumer)
+        if route is None or not route.address or self.host.identity is None:
+            where = (route.node_id, route.address, route.generation) if route is not None else None
+            self.paths[consumer] = (where, "relay")
+            return False
+        return True
+
+    async def _settle(self, consumer: str) -> None:
+        """Wait for the frame in flight to ``consumer``; if it could not go direct, relay it now."""
+        pending = self.inflight.pop(consumer, None)
+        if pending is None:
+            return
+        task, frame = pending
+        if await task:
+            self.sent["direct"] += 1
+        else:
             self.sent["relayed"] += 1
             await self.out.put(tpb.ActivationFrame(seq=frame.seq, tensor=frame.tensor))
 
