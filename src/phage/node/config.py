@@ -83,13 +83,13 @@ class NodeConfig(BaseModel):
     block_memory_bytes: Bytes | None = None
     """Memory blocks may use here, e.g. ``8GiB``; default: ``model_memory_bytes``, else available RAM."""
     dataplane_host: str = "127.0.0.1"
-    """Where the node listens for peers' connections to its blocks."""
+    """Where the node listens for other nodes: its sharded-model blocks, activation frames for its VNodes."""
     dataplane_port: int = 0
     """Port for that listener (0: a free one)."""
     dataplane_advertise: str = ""
     """Host peers should dial, when it differs from ``dataplane_host`` (NAT, 0.0.0.0)."""
     dataplane_relay: bool = False
-    """Serve blocks through the coordinator instead of listening (a node that cannot accept connections)."""
+    """Accept no connections from other nodes: blocks and activation frames go through the coordinator."""
     fetch_wait_ms: int = Field(default=20_000, ge=0)
     """How long one long-poll for work waits, in milliseconds."""
     max_log_bytes: Bytes = 64 * 1024
