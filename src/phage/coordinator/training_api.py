@@ -60,6 +60,7 @@ def network_view(
                 "frames": dict(zip(FRAME_PATHS, (frames or {}).get(v.id, (0, 0, 0)), strict=True)),
                 "checkpoint": by_id[v.id].checkpoint if v.id in by_id else "",
                 "done": by_id[v.id].done if v.id in by_id else False,
+                "updated_at": by_id[v.id].updated_at if v.id in by_id else 0.0,
                 "history": [list(p) for p in by_id[v.id].history] if v.id in by_id else [],
             }
             for v in net.vnodes

@@ -17,7 +17,7 @@ import torch
 from phage.domain.networks import TrainingConfig as TrainConfig
 from phage.training.data import Dataset
 from phage.training.spec import INPUT, NetworkSpec
-from phage.training.vnode import VNodeRuntime, combine, local_loss
+from phage.training.vnode import VNodeRuntime, combine, local_loss, make_optimizer
 
 
 def forward_network(net: NetworkSpec, runtimes: Mapping[str, VNodeRuntime], x: torch.Tensor) -> torch.Tensor:
@@ -65,18 +65,20 @@ def train_local(
     return runtimes
 
 
-def train_backprop(net: NetworkSpec, data: Dataset, cfg: TrainConfig) -> dict[str, VNodeRuntime]:
-    """The same VNode bodies trained end to end on the output's loss alone (the usual way)."""
+def train_backprop(
+    net: NetworkSpec, data: Dataset, cfg: TrainConfig, *, torch_default: bool = False
+) -> dict[str, VNodeRuntime]:
+    """The same VNode bodies trained end to end on the output's loss alone (the usual way).
+
+    ``torch_default``: PyTorch's default optimizer kernels instead of phage's fused ones
+    (:func:`make_optimizer`), as plain PyTorch code on a CPU gets them.
+    """
     runtimes = {v.id: VNodeRuntime(net, v.id, seed=cfg.seed) for v in net.vnodes}
     out_rt = runtimes[net.output]
     params = [p for r in runtimes.values() for p in r.body.parameters()]
     if out_rt.head is not None:
         params += list(out_rt.head.parameters())
-    opt: torch.optim.Optimizer
-    if net.optimizer.kind == "sgd":
-        opt = torch.optim.SGD(params, lr=net.optimizer.lr, momentum=0.9)
-    else:
-        opt = torch.optim.Adam(params, lr=net.optimizer.lr)
+    opt = make_optimizer(net.optimizer, params, fused=not torch_default)
     for _seq, xb, yb in data.iter_batches(cfg.epochs, cfg.batch_size, cfg.seed):
         outs: dict[str, torch.Tensor] = {INPUT: torch.from_numpy(xb)}
         for v in net.vnodes:

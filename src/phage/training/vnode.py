@@ -22,7 +22,7 @@ from phage.errors import InvalidInput
 from phage.training.blocks import block_type
 from phage.training.checkpoint import checkpoint_metadata
 from phage.training.modules import PoolHead
-from phage.training.spec import NetworkSpec, VNodeSpec
+from phage.training.spec import NetworkSpec, OptimizerSpec, VNodeSpec
 
 
 def vnode_seed(seed: int, vnode_id: str) -> int:
@@ -42,6 +42,21 @@ def combine(spec: VNodeSpec, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
     if spec.combine == "add":
         return torch.stack(list(inputs)).sum(dim=0)
     return torch.cat(list(inputs), dim=-1)
+
+
+def make_optimizer(
+    spec: OptimizerSpec, params: Sequence[nn.Parameter], *, fused: bool = True
+) -> torch.optim.Optimizer:
+    """The optimizer a spec names, in PyTorch's fused form: one pass over each parameter per step.
+
+    PyTorch's default on CPU updates each parameter with half a dozen separate
+    element-wise kernels; for a 1024×1024 VNode that was half of a step's time.
+    The fused kernel computes the same update in one pass (and is deterministic,
+    so a recomputed step still matches bit for bit).
+    """
+    if spec.kind == "sgd":
+        return torch.optim.SGD(params, lr=spec.lr, momentum=0.9, fused=fused or None)
+    return torch.optim.Adam(params, lr=spec.lr, fused=fused or None)
 
 
 def local_loss(loss: str, logits: torch.Tensor, y: torch.Tensor, classes: int) -> torch.Tensor:
@@ -66,10 +81,7 @@ class VNodeRuntime:
             else None
         )
         self.params = [*self.body.parameters(), *(self.head.parameters() if self.head else [])]
-        if net.optimizer.kind == "sgd":
-            self.opt: torch.optim.Optimizer = torch.optim.SGD(self.params, lr=net.optimizer.lr, momentum=0.9)
-        else:
-            self.opt = torch.optim.Adam(self.params, lr=net.optimizer.lr)
+        self.opt = make_optimizer(net.optimizer, self.params)
         self.step = 0
         """Optimizer steps applied so far."""
         self.last_batch = -1
