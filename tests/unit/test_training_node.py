@@ -11,7 +11,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-from phage.node.training import _CLOSE, VNodeHost, _Worker
+import torch
+
+from phage.node.training import _CLOSE, LocalFrame, VNodeHost, _Worker, unpack
 from phage.protocol.v1 import training_pb2 as tpb
 
 SPEC = (Path(__file__).parents[2] / "examples" / "digits.yaml").read_text()
@@ -72,8 +74,14 @@ async def test_a_frame_for_a_consumer_on_this_node_skips_the_relay(tmp_path: Pat
     host = VNodeHost("node", lambda: None, tmp_path)  # type: ignore[arg-type,return-value]
     mid, neck = worker(host, "mid"), worker(host, "neck")
     host.hosted[("n", "neck")] = neck
-    await mid._pass_on(tpb.ActivationFrame(seq=3, tensor=b"x"))
-    assert neck.inbox.get_nowait().vnode_id == "mid" and mid.out.empty()
+    out, y = torch.ones(2, 3), torch.tensor([1, 2])
+    await mid._pass_on(3, out, y)
+    got = neck.inbox.get_nowait()
+    assert got.vnode_id == "mid" and got.seq == 3 and mid.out.empty()
+    assert isinstance(got, LocalFrame) and got.x is out  # in memory: the tensor itself, not a copy
     neck.finished.set()  # that hosting ended: the relay takes the frame instead
-    await mid._pass_on(tpb.ActivationFrame(seq=4, tensor=b"x"))
-    assert mid.out.get_nowait().seq == 4 and neck.inbox.empty()
+    await mid._pass_on(4, out, y)
+    relayed = mid.out.get_nowait()
+    assert relayed.seq == 4 and neck.inbox.empty()
+    xs, labels = unpack(relayed.tensor)
+    assert torch.equal(xs[0], out) and torch.equal(labels, y)

@@ -23,6 +23,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,17 @@ DIRECT_FIRST_TRIES = 8
 
 _CLOSE = tpb.ActivationFrame(seq=-2)
 """Put on a worker's outgoing queue after its last frame: ends the stream (never sent)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFrame:
+    """A frame between VNodes hosted on one node: the tensors themselves, never serialised."""
+
+    vnode_id: str
+    seq: int
+    x: torch.Tensor
+    y: torch.Tensor
+    end: bool = False
 
 
 class _Stale(Exception):
@@ -278,7 +290,7 @@ class _Worker:
         self.out: asyncio.Queue[tpb.ActivationFrame] = asyncio.Queue(OUT_FRAMES)
         self.unsent: tpb.ActivationFrame | None = None
         """A frame taken from ``out`` whose write has not returned yet (sent again by the next call)."""
-        self.inbox: asyncio.Queue[tpb.ActivationFrame] = asyncio.Queue(OUT_FRAMES * 4)
+        self.inbox: asyncio.Queue[tpb.ActivationFrame | LocalFrame] = asyncio.Queue(OUT_FRAMES * 4)
         self.finished = asyncio.Event()
         """Set when this hosting ends: a producer on this node stops handing it frames."""
         self.rng = random.Random(f"{h.network_id}/{h.vnode_id}/{h.generation}")
@@ -409,9 +421,13 @@ class _Worker:
                 continue
             if f.seq <= self.rt.last_batch and not self._replays(f.seq):
                 continue  # a late or duplicated batch
-            xs, y = unpack(f.tensor)
+            if isinstance(f, LocalFrame):
+                x, y = f.x, f.y
+            else:
+                xs, y = unpack(f.tensor)
+                x = xs[0]
             slot = pending.setdefault(f.seq, {})
-            slot[f.vnode_id] = (xs[0], y)
+            slot[f.vnode_id] = (x, y)
             if len(slot) < len(self.producers):
                 continue
             del pending[f.seq]
@@ -434,7 +450,7 @@ class _Worker:
         rt = self.rt
         assert rt is not None
         out = await asyncio.to_thread(rt.forward, inputs)
-        await self._pass_on(tpb.ActivationFrame(seq=seq, tensor=pack([out], y)))
+        await self._pass_on(seq, out, y)
 
     async def _step(self, seq: int, inputs: list[torch.Tensor], y: torch.Tensor) -> None:
         rt = self.rt
@@ -447,7 +463,7 @@ class _Worker:
         out, self.loss = done
         self.samples += len(y)
         if self.consumers:
-            await self._pass_on(tpb.ActivationFrame(seq=seq, tensor=pack([out], y)))
+            await self._pass_on(seq, out, y)
         check: dict[str, Any] = {}
         if sampled:
             check = {
@@ -484,31 +500,33 @@ class _Worker:
         if saving is not None:
             await saving
 
-    async def _pass_on(self, frame: tpb.ActivationFrame) -> None:
+    async def _pass_on(self, seq: int, out: torch.Tensor, y: torch.Tensor) -> None:
         """Hand a frame to each consumer: in memory when it is hosted here, else node to node, else relayed.
 
         The relay delivers to every consumer, so one that already has the frame
         gets it twice: the second copy is a duplicate batch, dropped like any other.
         """
         relay = False
-        frame.vnode_id = self.h.vnode_id
+        packed: tpb.ActivationFrame | None = None
         for consumer in self.consumers:
             local = self.host.hosted.get((self.h.network_id, consumer))
-            if local is not None:
-                if await local.deliver(frame):
+            if local is not None:  # in memory, as tensors: nothing to serialise
+                if await local.deliver(LocalFrame(self.h.vnode_id, seq, out, y)):
                     self.sent["local"] += 1
                 else:
                     relay = True
                 continue
             await self._settle(consumer)  # one frame in flight per consumer: the next step overlaps it
+            packed = packed or tpb.ActivationFrame(vnode_id=self.h.vnode_id, seq=seq, tensor=pack([out], y))
             if self._may_direct(consumer):
-                task = asyncio.create_task(self._direct(consumer, frame))
-                self.inflight[consumer] = (task, frame)
+                task = asyncio.create_task(self._direct(consumer, packed))
+                self.inflight[consumer] = (task, packed)
             else:
                 relay = True
         if relay:
+            tensor = packed.tensor if packed is not None else pack([out], y)
             self.sent["relayed"] += 1
-            await self.out.put(tpb.ActivationFrame(seq=frame.seq, tensor=frame.tensor))
+            await self.out.put(tpb.ActivationFrame(seq=seq, tensor=tensor))
 
     def _may_direct(self, consumer: str) -> bool:
         """Can frames to ``consumer`` go node to node (first frame: decides it for this hosting)?"""
@@ -588,7 +606,7 @@ class _Worker:
             self.paths[consumer] = (placement, "direct")
             return True
 
-    async def deliver(self, frame: tpb.ActivationFrame) -> bool:
+    async def deliver(self, frame: tpb.ActivationFrame | LocalFrame) -> bool:
         """Take a frame from a producer on this node (waiting for room); False once this hosting ended."""
         if self.finished.is_set():
             return False
