@@ -98,6 +98,17 @@ async def main(quick: bool) -> None:
     # interleaved with the same step of the whole model in process, and reported as a ratio.
     whole = StageModel(path, BlockRange(0, blocks))
 
+    async def alone(name: str) -> list[float]:
+        """Decode ``tokens`` steps through the chain only: each hop's added time, with nothing else
+        running between steps (the lockstep race streams the whole model's weights through the
+        CPU caches between two chain steps, which a client elsewhere would not)."""
+        session = ChainSession("bench", client, route)
+        ids = PROMPT
+        for _ in range(tokens + 1):
+            ids = [int((await session.forward(ids)).argmax())]
+        await session.close()
+        return session.hop_overheads[len(session.hops) :]  # the prompt's prefill is not a decode step
+
     async def race(name: str, policies: list[CheckPolicy | None]) -> tuple[float, list[float], list[float]]:
         """Decode ``tokens`` steps in lockstep: the whole model, then one session per policy."""
         sessions = [ChainSession("bench", client, route, checks=p) for p in policies]
@@ -127,28 +138,37 @@ async def main(quick: bool) -> None:
             await srv.stop(0)
         servers.clear()
 
-    rows: list[tuple[str, float, float, str, str]] = []
+    rows: list[tuple[str, float, float, str, str, str]] = []
     splits = {1: [(0, blocks)], 2: [(0, 6), (6, blocks)], 3: [(0, 4), (4, 8), (8, blocks)]}
     for hops, ranges in splits.items():
         await serve(ranges)
         await race(f"warm{hops}", [None])  # channels and TLS sessions up, caches warm
         ratio, steps, overheads = await race(f"h{hops}", [None])
         p50, p99 = percentile(overheads, 50) * 1000, percentile(overheads, 99) * 1000
+        own = await alone(f"a{hops}")
+        own_p = f"{fmt_ms(percentile(own, 50) * 1000)} / {fmt_ms(percentile(own, 99) * 1000)}"
         label = f"{hops} stage server{'s' if hops > 1 else ''}, one session"
-        rows.append((label, ratio, 1 / statistics.median(steps), fmt_ms(p50), fmt_ms(p99)))
+        rows.append((label, ratio, 1 / statistics.median(steps), fmt_ms(p50), fmt_ms(p99), own_p))
         print(rows[-1], flush=True)
         if hops == 2:
             ratio, steps, overheads = await race("c8", [None] * 8)
             p50, p99 = percentile(overheads, 50) * 1000, percentile(overheads, 99) * 1000
             rows.append(
-                ("2 stage servers, 8 sessions", ratio, 8 / statistics.median(steps), fmt_ms(p50), fmt_ms(p99))
+                (
+                    "2 stage servers, 8 sessions",
+                    ratio,
+                    8 / statistics.median(steps),
+                    fmt_ms(p50),
+                    fmt_ms(p99),
+                    "-",
+                )
             )
             print(rows[-1], flush=True)
             await serve(ranges, standby=True)  # a second node for each range: the verifiers
             for rate in (0.05, 1.0):
                 ratio, steps, _ = await race(f"k{rate}", [checked(rate)])
                 label = f"2 stage servers, {rate:.0%} of steps checked"
-                rows.append((label, ratio, 1 / statistics.median(steps), "-", "-"))
+                rows.append((label, ratio, 1 / statistics.median(steps), "-", "-", "-"))
                 print(rows[-1], flush=True)
         await stop_all()
 
@@ -158,13 +178,14 @@ async def main(quick: bool) -> None:
         "configuration",
         "tokens/s ÷ whole model's (interleaved)",
         "tokens/s (median step)",
-        "added per hop p50 ms",
+        "added per hop p50 ms (interleaved)",
         "p99 ms",
+        "added per hop p50 / p99 ms, chain alone",
     ]
     print("| " + " | ".join(columns) + " |")
-    print("|---|---|---|---|---|")
-    for label, ratio, rate, p50, p99 in rows:
-        print(f"| {label} | {ratio:.2f} | {rate:.1f} | {p50} | {p99} |")
+    print("|---|---|---|---|---|---|")
+    for label, ratio, rate, p50, p99, own in rows:
+        print(f"| {label} | {ratio:.2f} | {rate:.1f} | {p50} | {p99} | {own} |")
 
 
 if __name__ == "__main__":
