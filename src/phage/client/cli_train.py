@@ -13,9 +13,9 @@ from phage.client.cli_common import JsonOpt, KeyOpt, UrlOpt, connect, console, e
 
 
 def progress_table(net: dict[str, Any]) -> Table:
-    """One row per VNode: where it runs, its step, local loss and speed."""
+    """One row per VNode: where it runs, its step, local loss, speed and how its outputs travel."""
     table = Table(title=f"{net['name']} · {net['id']} · {net['state']}", title_justify="left")
-    for col in ("VNode", "inputs", "node", "step", "batch", "local loss", "samples/s"):
+    for col in ("VNode", "inputs", "node", "step", "batch", "local loss", "samples/s", "outputs sent"):
         table.add_column(
             col, justify="right" if col in ("step", "batch", "local loss", "samples/s") else "left"
         )
@@ -29,12 +29,19 @@ def progress_table(net: dict[str, Any]) -> Table:
             str(v["last_batch"] + 1),
             "–" if loss is None else f"{loss:.4f}",
             f"{v['samples_per_s']:.0f}",
+            sent(v.get("frames", {})),
         )
     if net.get("result") and "accuracy" in net["result"]:
         table.caption = f"test accuracy {net['result']['accuracy']:.4f}"
     if net.get("error"):
         table.caption = f"[red]{net['error']}[/]"
     return table
+
+
+def sent(frames: dict[str, int]) -> str:
+    """How a VNode's outputs went so far: to this node's VNodes, node to node, through the coordinator."""
+    ways = [("in memory", "local"), ("node to node", "direct"), ("relayed", "relayed")]
+    return ", ".join(f"{frames[k]} {label}" for label, k in ways if frames.get(k)) or "–"
 
 
 def register(app: typer.Typer) -> None:
