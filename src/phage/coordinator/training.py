@@ -33,7 +33,7 @@ from phage.coordinator.training_checks import (
     reason,
 )
 from phage.coordinator.training_relay import Frame, Inbox
-from phage.coordinator.training_routes import routes
+from phage.coordinator.training_routes import CheckpointBatches, replay_from, routes
 from phage.coordinator.training_types import CheckOrder, DropOrder, HostFacts, HostOrder, Order, Report
 from phage.domain.ids import new_id
 from phage.domain.networks import (
@@ -47,7 +47,6 @@ from phage.errors import Conflict, InvalidInput, NotFound, PermissionDenied, Una
 from phage.scheduler.segments import segments
 from phage.store.blobs import BlobStore
 from phage.store.sql_training import TrainingRecords
-from phage.training.checkpoint import checkpoint_last_batch
 from phage.training.spec import INPUT, NetworkSpec, parse_spec
 
 log = logging.getLogger("phage.training")
@@ -112,7 +111,7 @@ class TrainingService:
         self._holdout_task: asyncio.Task[None] | None = None
         self._warming: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
-        self._checkpoint_batches: dict[str, int] = {}
+        self.batches = CheckpointBatches(blobs)
 
     # ---- lifecycle -----------------------------------------------------------------
 
@@ -551,7 +550,7 @@ class TrainingService:
             config=live.record.config,
             check_rate=0.0 if facts is not None and facts.trusted else live.record.config.check_rate,
             generation=v.generation,
-            replay_from=self._replay_from(live, v.vnode_id),
+            replay_from=replay_from(live.net, live.states, v.vnode_id, self.batches),
             routes=routes(live.net, live.states, v.vnode_id, self.addresses),
         )
 
@@ -562,31 +561,6 @@ class TrainingService:
             if queue is not None:
                 order = self._host_order(live, v)
                 queue.put_nowait(order if v.vnode_id in fresh else replace(order, routes_only=True))
-
-    def _replay_from(self, live: _Live, vnode_id: str) -> int:
-        """The first batch a (re)started VNode must pass on: the oldest any VNode downstream lacks.
-
-        A consumer resumes from its own checkpoint, which may be far behind what its
-        producer's checkpoint already applied (frames in flight, buffered in the relay and
-        the streams); replaying from the oldest checkpoint downstream loses none of those
-        batches. Replaying more than needed costs only forward passes: a consumer drops a
-        batch it already applied.
-        """
-        downstream = [d.id for d in live.net.vnodes if vnode_id in live.net.ancestors(d.id)]
-        resume = [self._checkpoint_batch(live.states[d].checkpoint) + 1 for d in downstream]
-        return min(resume, default=0)
-
-    def _checkpoint_batch(self, digest: str) -> int:
-        """The last batch a checkpoint applied (-1 for fresh weights); read once per checkpoint."""
-        if not digest:
-            return -1
-        known = self._checkpoint_batches.get(digest)
-        if known is None:
-            known = checkpoint_last_batch(self.blobs.read(digest)) if self.blobs.exists(digest) else -1
-            if len(self._checkpoint_batches) > 4096:
-                self._checkpoint_batches.clear()
-            self._checkpoint_batches[digest] = known
-        return known
 
     async def _restart_upstream(self, live: _Live, moved: set[str]) -> None:
         """Restart the hosted producers of VNodes being placed again from their checkpoints, replaying.
