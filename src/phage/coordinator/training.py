@@ -571,16 +571,14 @@ class TrainingService:
         producer: nothing restarts.)
         """
         upstream = {a for vid in moved for a in live.net.ancestors(vid)} - moved
+        bumped = [a for a in sorted(upstream) if not live.states[a].done and live.states[a].node_id]
+        for aid in bumped:  # first, so the relay refuses frames of the hostings ending here
+            live.states[aid] = replace(live.states[aid], generation=live.states[aid].generation + 1)
         for vid in moved:  # what its producers replay, in order: frames left from before must not overtake
             if vid in live.inboxes and not any(live.states[p].done for p in live.net.producers(vid)):
                 await live.inboxes[vid].drop_batches()
-        for aid in sorted(upstream):
-            a = live.states[aid]
-            if a.done or not a.node_id:
-                continue
-            a = replace(a, generation=a.generation + 1)
-            live.states[aid] = a
-            await self.store.save_vnode(a)
+        for aid in bumped:
+            await self.store.save_vnode(live.states[aid])
 
     def _candidates(self) -> list[HostFacts]:
         out = []
@@ -625,6 +623,40 @@ class TrainingService:
         before = {
             (lv.record.id, vid): v.generation for lv in self.live.values() for vid, v in lv.states.items()
         }
+        try:
+            await self._move(candidates, load, now)
+        finally:  # orders go out once every move is decided (their routes are whole), even if one failed
+            for live in self.live.values():
+                fresh = {
+                    vid for vid, v in live.states.items() if v.generation != before.get((live.record.id, vid))
+                }
+                if fresh:
+                    self._send_orders(live, fresh)
+        for check in self.checks.values():
+            if check.checker and check.checker in self.subscribers:
+                continue
+            others = [c for c in candidates if c.node_id != check.host and c.node_id not in check.results]
+            if not others:
+                continue
+            pick = min(others, key=lambda c: (not c.trusted, random.random()))
+            check.checker = pick.node_id
+            net_live = self.live.get(check.network_id)
+            if net_live is None:
+                continue
+            self.subscribers[pick.node_id].put_nowait(
+                CheckOrder(
+                    check.id,
+                    check.network_id,
+                    check.vnode_id,
+                    net_live.record.spec,
+                    check.before,
+                    check.inputs,
+                    check.seq,
+                )
+            )
+
+    async def _move(self, candidates: list[HostFacts], load: dict[str, int], now: float) -> None:
+        """Decide a host for every VNode that has none (or lost its own) and record it."""
         hostless: list[tuple[_Live, str]] = []
         for live in list(self.live.values()):
             for vid, v in list(live.states.items()):
@@ -653,34 +685,6 @@ class TrainingService:
             v = replace(live.states[vid], node_id=pick.node_id, generation=live.states[vid].generation + 1)
             live.states[vid] = v
             await self.store.save_vnode(v)
-        for live in self.live.values():  # orders go out once every move is decided: their routes are whole
-            fresh = {
-                vid for vid, v in live.states.items() if v.generation != before.get((live.record.id, vid))
-            }
-            if fresh:
-                self._send_orders(live, fresh)
-        for check in self.checks.values():
-            if check.checker and check.checker in self.subscribers:
-                continue
-            others = [c for c in candidates if c.node_id != check.host and c.node_id not in check.results]
-            if not others:
-                continue
-            pick = min(others, key=lambda c: (not c.trusted, random.random()))
-            check.checker = pick.node_id
-            net_live = self.live.get(check.network_id)
-            if net_live is None:
-                continue
-            self.subscribers[pick.node_id].put_nowait(
-                CheckOrder(
-                    check.id,
-                    check.network_id,
-                    check.vnode_id,
-                    net_live.record.spec,
-                    check.before,
-                    check.inputs,
-                    check.seq,
-                )
-            )
 
     async def _place_whole(
         self, hostless: list[tuple[_Live, str]], candidates: list[HostFacts], load: dict[str, int]

@@ -41,14 +41,17 @@ class Inbox:
         self.capacity = capacity
         self.generation = -1
         self.closed = False
+        self.epoch = 0
+        """Moves on at every :meth:`drop_batches`: a put waiting for room since before is dropped too."""
         self._cond = asyncio.Condition()
 
     async def put(self, frame: Frame, *, force: bool = False) -> None:
         """Add a frame, waiting for room (``force``: an end marker, never held back)."""
+        epoch = self.epoch
         async with self._cond:
             if not force:
                 await self._cond.wait_for(lambda: self.closed or len(self.frames) < self.capacity)
-            if not self.closed:
+            if not self.closed and (self.epoch == epoch or frame.end):
                 self.frames.append(frame)
                 self._cond.notify_all()
 
@@ -73,6 +76,7 @@ class Inbox:
     async def drop_batches(self) -> None:
         """Forget the batches waiting here (end markers stay): their producers will send them again."""
         async with self._cond:
+            self.epoch += 1
             self.frames = collections.deque(f for f in self.frames if f.end)
             self._cond.notify_all()
 

@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from phage.dataplane.transport import Peer, TLSIdentity
+from phage.dataplane.transport import Peer, TLSIdentity, close_peers
 from phage.errors import Conflict, InvalidInput, NotFound, PermissionDenied, PhageError, Unavailable
 from phage.protocol.v1 import dataplane_pb2 as dp
 from phage.protocol.v1 import phage_pb2 as pb
@@ -53,8 +53,8 @@ DIRECT_WAIT_S = 120.0
 """How long a direct frame may wait for room in the consumer's inbox before the relay takes it."""
 DIRECT_RETRY_S = 2.0
 """The longest wait between tries of a direct frame."""
-DIRECT_FIRST_TRIES = 8
-"""Tries (about 6 s) of a placement's first direct frame before its frames go through the relay."""
+DIRECT_TRIES = 8
+"""Tries (about 6 s) of a direct frame before it and the rest to that consumer go through the relay."""
 
 
 _CLOSE = tpb.ActivationFrame(seq=-2)
@@ -342,13 +342,13 @@ class _Worker:
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(asyncio.shield(link), 5)
         finally:
-            for t in (main, link, self.saving, *(task for task, _ in self.inflight.values())):
+            sending = [task for task, _ in self.inflight.values()]
+            for t in (main, link, self.saving, *sending):
                 if t is not None:
                     t.cancel()
-            await asyncio.gather(main, link, *([self.saving] if self.saving else []), return_exceptions=True)
-            for peer in self.peers.values():
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(peer.close())
+            saving = [self.saving] if self.saving else []
+            await asyncio.gather(main, link, *saving, *sending, return_exceptions=True)
+            await close_peers(list(self.peers.values()))
 
     async def _link(self) -> None:
         """Keep this VNode's activation stream open; ends when the coordinator refuses it."""
@@ -565,21 +565,27 @@ class _Worker:
         down two paths would arrive out of order, so a batch overtaken by a later one
         would be dropped as late. A consumer whose node does not listen, cannot be
         reached, or keeps refusing while its VNode starts (about six seconds) is fed
-        through the relay; once a direct frame was taken, later ones wait for the
-        consumer (as a full relay inbox would make them) until it answers — or
-        moves, and then this producer is restarted by the coordinator anyway.
+        through the relay. Once direct frames were taken, a later one is retried
+        while the consumer does not answer (as a full relay inbox would hold it
+        back), and after about six seconds of failures the rest go through the
+        relay: that switch keeps the order, since every direct frame before it was
+        already taken. Frames never go to a placement other than the one the first
+        went to (after a move the coordinator restarts this producer anyway).
         """
         path = self.paths.get(consumer)
         if path is not None and path[1] == "relay":
             return False
+        pinned = path[0] if path is not None else None
         tries = 0
         while True:
             route = self._route(consumer)
             placement = (route.node_id, route.address, route.generation) if route is not None else None
-            if path is not None and path[0] != placement:
-                return False  # it moved: frames of this (stale) hosting must not reach its new host
+            pinned = pinned or placement
             if route is None or placement is None or not route.address or self.host.identity is None:
-                self.paths[consumer] = (placement, "relay")
+                self.paths[consumer] = (pinned, "relay")
+                return False
+            if placement != pinned:  # it moved: frames of this (stale) hosting must not reach its new host
+                self.paths[consumer] = (pinned, "relay")
                 return False
             peer = self.peers.get(consumer)
             if peer is None or (peer.node_id, peer.address) != (route.node_id, route.address):
@@ -597,9 +603,9 @@ class _Worker:
                 await peer.request(request, wait_s=DIRECT_WAIT_S)
             except PhageError as exc:
                 tries += 1
-                if path is None and (isinstance(exc, Unavailable) or tries >= DIRECT_FIRST_TRIES):
+                if (path is None and isinstance(exc, Unavailable)) or tries >= DIRECT_TRIES:
                     log.info("frames of %s to %s go through the relay: %s", self.h.vnode_id, consumer, exc)
-                    self.paths[consumer] = (placement, "relay")
+                    self.paths[consumer] = (pinned, "relay")
                     return False
                 await asyncio.sleep(min(DIRECT_RETRY_S, 0.05 * 2**tries))
                 continue
@@ -612,7 +618,12 @@ class _Worker:
             return False
         put = asyncio.ensure_future(self.inbox.put(frame))
         ended = asyncio.ensure_future(self.finished.wait())
-        done, _ = await asyncio.wait({put, ended}, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            done, _ = await asyncio.wait({put, ended}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the sender gave up: the frame must not land later
+            put.cancel()
+            ended.cancel()
+            raise
         ended.cancel()
         if put in done:
             return True
