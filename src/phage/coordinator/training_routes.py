@@ -14,7 +14,7 @@ from phage.coordinator.training_types import Route
 from phage.domain.networks import VNodeState
 from phage.store.blobs import BlobStore
 from phage.training.checkpoint import checkpoint_last_batch
-from phage.training.spec import INPUT, NetworkSpec
+from phage.training.spec import NetworkSpec
 
 
 def routes(
@@ -26,8 +26,8 @@ def routes(
         s = states[c]
         if s.node_id and not s.done:
             out.append(Route(c, s.node_id, addresses.get(s.node_id, ""), s.generation, consumer=True))
-    for p in net.vnode(vnode_id).inputs:
-        if p != INPUT and states[p].node_id:
+    for p in net.producers(vnode_id):
+        if states[p].node_id:
             out.append(Route(p, states[p].node_id, "", states[p].generation, consumer=False))
     return tuple(out)
 

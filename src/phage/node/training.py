@@ -533,12 +533,10 @@ class _Worker:
         path = self.paths.get(consumer)
         if path is not None:
             return path[1] == "direct"
-        route = self._route(consumer)
-        if route is None or not route.address or self.host.identity is None:
-            where = (route.node_id, route.address, route.generation) if route is not None else None
+        where, dialable = self._placement(consumer)
+        if not dialable:
             self.paths[consumer] = (where, "relay")
-            return False
-        return True
+        return dialable
 
     async def _settle(self, consumer: str) -> None:
         """Wait for the frame in flight to ``consumer``; if it could not go direct, relay it now."""
@@ -552,10 +550,14 @@ class _Worker:
             self.sent["relayed"] += 1
             await self.out.put(tpb.ActivationFrame(seq=frame.seq, tensor=frame.tensor))
 
-    def _route(self, consumer: str) -> tpb.VNodeRoute | None:
-        """Where ``consumer`` is placed now, as the coordinator last said (None: not known)."""
+    def _placement(self, consumer: str) -> tuple[tuple[str, str, int] | None, bool]:
+        """Where ``consumer`` is placed now, as the coordinator last said (node, address, generation;
+        None: not known), and whether this node can send to it directly."""
         routes = self.host.routes.get((self.h.network_id, self.h.vnode_id), [])
-        return next((r for r in routes if r.consumer and r.vnode_id == consumer), None)
+        r = next((r for r in routes if r.consumer and r.vnode_id == consumer), None)
+        if r is None:
+            return None, False
+        return (r.node_id, r.address, r.generation), bool(r.address) and self.host.identity is not None
 
     async def _direct(self, consumer: str, frame: tpb.ActivationFrame) -> bool:
         """Send a frame straight to the node hosting ``consumer``; False when the relay must take it.
@@ -578,25 +580,23 @@ class _Worker:
         pinned = path[0] if path is not None else None
         tries = 0
         while True:
-            route = self._route(consumer)
-            placement = (route.node_id, route.address, route.generation) if route is not None else None
+            placement, dialable = self._placement(consumer)
             pinned = pinned or placement
-            if route is None or placement is None or not route.address or self.host.identity is None:
+            # not dialable, or it moved: frames of this (stale) hosting must not reach its new host
+            if not dialable or placement is None or placement != pinned or self.host.identity is None:
                 self.paths[consumer] = (pinned, "relay")
                 return False
-            if placement != pinned:  # it moved: frames of this (stale) hosting must not reach its new host
-                self.paths[consumer] = (pinned, "relay")
-                return False
+            node_id, address, generation = placement
             peer = self.peers.get(consumer)
-            if peer is None or (peer.node_id, peer.address) != (route.node_id, route.address):
+            if peer is None or (peer.node_id, peer.address) != (node_id, address):
                 if peer is not None:
                     await peer.close()
-                peer = self.peers[consumer] = Peer(self.host.identity, route.address, route.node_id)
+                peer = self.peers[consumer] = Peer(self.host.identity, address, node_id)
             request = dp.Frame(
                 service="train",
                 op="activation",
                 strings={"network_id": self.h.network_id, "vnode_id": consumer, "from": self.h.vnode_id},
-                ints={"seq": frame.seq, "generation": route.generation},
+                ints={"seq": frame.seq, "generation": generation},
                 tensors=[dp.Tensor(name="frame", data=frame.tensor)],
             )
             try:
