@@ -6,6 +6,7 @@ Validates and converts, then delegates to :class:`Coordinator`; maps
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -49,6 +50,11 @@ def _edge(
         except PhageError as exc:
             await context.abort(getattr(grpc.StatusCode, exc.grpc_code), exc.message)
             raise  # unreachable: abort raises
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception:
+            log.exception("%s failed", fn.__name__)
+            raise
 
     return wrapper
 

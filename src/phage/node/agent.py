@@ -323,13 +323,22 @@ class NodeAgent:
         return creds
 
     async def _open(self, creds: Credentials) -> None:
-        if self._channel is not None:
-            await self._channel.close(None)
+        """Point every loop at a new channel, then close the old one.
+
+        In that order: closing first lets other tasks run while the close is awaited, and a
+        call they start on the old stub then fails with "Channel is closed" (a UsageError, not
+        an RPC error) — which once killed the result sender after a move to another replica,
+        leaving every later result unsent while heartbeats kept their leases alive. Calls
+        still in flight on the old channel end CANCELLED, which every loop retries.
+        """
+        old = self._channel
         self._creds = creds
         here = self.endpoints.current
         self._channel = open_channel(here.target, self.identity, creds, tls_name=here.tls_name)
         self._stub = pb_grpc.PhageCoordinatorStub(self._channel)  # type: ignore[no-untyped-call]
         self.registered.set()
+        if old is not None:
+            await old.close(None)
 
     def _current_channel(self) -> grpc.aio.Channel:
         """The channel to the coordinator now (it changes when the node reconnects)."""
@@ -453,6 +462,8 @@ class NodeAgent:
                 if resp.load_model:
                     self._load_model(resp.load_model)
                 await asyncio.sleep(self.heartbeat_interval)
+            except grpc.aio.UsageError:  # the channel was replaced under this call: beat again soon
+                log.debug("heartbeat on a closed channel; the node moved")
             except grpc.aio.AioRpcError as exc:
                 log.debug("heartbeat failed: %s", exc.code())
                 await self._handle_rpc_error(exc)
@@ -749,21 +760,32 @@ class NodeAgent:
                 )
                 try:
                     resp = await self._retry(lambda r=request: self.stub.SubmitResults(r, timeout=30))
-                except grpc.aio.AioRpcError as exc:
+                except grpc.aio.AioRpcError as exc:  # a definite refusal: each result's waiter hears it
                     for _, _, fut in batch:
                         if not fut.done():
                             fut.set_exception(exc)
+                    continue
+                except Exception:  # anything else: keep the batch, never let the sender die with it
+                    log.exception("sending %d results failed; trying again", len(batch))
+                    self._results[:0] = batch
+                    await asyncio.sleep(1.0)
                     continue
                 for (_, _, fut), ack in zip(batch, resp.acks, strict=True):
                     if not fut.done():
                         fut.set_result(ack)
 
     async def _retry(self, call: Any, attempts: int = 1_000_000) -> Any:
-        """Retry an RPC while the coordinator is unreachable; give up on a definite refusal."""
+        """Retry an RPC while the coordinator is unreachable; give up on a definite refusal.
+
+        ``call`` builds the call each time, so a retry goes through whichever channel is current
+        (a closed one — the node just moved to another replica — is tried again on the new one).
+        """
         backoff = Backoff(base_s=0.1, cap_s=2.0)
         for _ in range(attempts):
             try:
                 return await call()
+            except grpc.aio.UsageError:
+                await backoff.wait()
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in RETRYABLE:
                     raise

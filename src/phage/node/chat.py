@@ -73,6 +73,8 @@ class ChatServer:
                 async for order in call:
                     backoff.reset()
                     self._take(order)
+            except grpc.aio.UsageError:  # the node moved to another replica: subscribe there
+                pass
             except grpc.aio.AioRpcError as exc:
                 log.debug("chat order stream ended: %s", exc.code())
             await backoff.wait()

@@ -146,6 +146,8 @@ class VNodeHost:
                     async for order in call:
                         backoff = 0.2
                         self._take(order)
+                except grpc.aio.UsageError:  # the node moved to another replica: subscribe there
+                    pass
                 except grpc.aio.AioRpcError as exc:
                     log.debug("training order stream ended: %s", exc.code())
                 await asyncio.sleep(backoff * (0.5 + random.random()))
