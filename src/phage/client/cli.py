@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import json
 import os
 import re
@@ -465,7 +466,12 @@ register_train_verbs(app)
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    A crash in native code (gRPC, torch) would otherwise end a long-running coordinator or node
+    without a word in its log; with the fault handler on, the Python stacks go to stderr first.
+    """
+    faulthandler.enable()
     try:
         app()
     except KeyboardInterrupt:

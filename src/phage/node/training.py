@@ -259,6 +259,8 @@ class VNodeHost:
             raise
         except grpc.aio.AioRpcError as exc:
             log.warning("VNode %s/%s lost the coordinator: %s", h.network_id, h.vnode_id, exc.code())
+        except grpc.aio.UsageError:  # a call on the channel the node just left for another replica
+            log.warning("VNode %s/%s lost the coordinator: the node moved", h.network_id, h.vnode_id)
         except Exception as exc:  # a bad spec or checkpoint: the coordinator fails the network with this
             log.exception("VNode %s/%s failed", h.network_id, h.vnode_id)
             with contextlib.suppress(grpc.aio.AioRpcError):
