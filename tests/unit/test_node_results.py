@@ -19,7 +19,9 @@ import pytest
 from phage.domain import ReceivedAssignment, TaskResult, TaskSpec
 from phage.node.agent import NodeAgent
 from phage.node.config import NodeConfig
+from phage.node.connection import channel_closed_under
 from phage.protocol.v1 import phage_pb2 as pb
+from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
 
 
 class FlakyStub:
@@ -94,3 +96,72 @@ async def test_a_definite_refusal_reaches_the_results_waiters(tmp_path: Path) ->
         await agent._report(_assignment(1), TaskResult(exit_code=0))  # and the sender goes on
     finally:
         sender.cancel()
+
+
+class HangingFirst(pb_grpc.PhageCoordinatorServicer):
+    """A real gRPC coordinator stand-in: the first SubmitResults never answers, later ones acknowledge."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.first_arrived = asyncio.Event()
+        self.delivered: list[str] = []
+
+    async def SubmitResults(self, request: pb.ResultBatch, context: Any) -> pb.ResultBatchAck:
+        self.calls += 1
+        if self.calls == 1:
+            self.first_arrived.set()
+            await asyncio.sleep(3600)
+        self.delivered += [r.assignment_id for r in request.results]
+        return pb.ResultBatchAck(
+            acks=[pb.ResultAck(assignment_id=r.assignment_id, accepted=True) for r in request.results]
+        )
+
+
+async def test_a_result_in_flight_when_the_node_moves_is_sent_again_on_the_new_channel(
+    tmp_path: Path,
+) -> None:
+    """Closing a channel ends its open calls with CancelledError in the awaiting task — what a task
+    being cancelled sees. The sender must tell the two apart and send the batch again."""
+    servicer = HangingFirst()
+    server = grpc.aio.server()
+    pb_grpc.add_PhageCoordinatorServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    old = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    agent = NodeAgent(NodeConfig(key_dir=tmp_path / "keys", sandbox="none", coordinator="127.0.0.1:1"))
+    agent._stub = pb_grpc.PhageCoordinatorStub(old)  # type: ignore[no-untyped-call]
+    sender = asyncio.create_task(agent._result_loop())
+    try:
+        report = asyncio.create_task(agent._report(_assignment(0), TaskResult(exit_code=0)))
+        async with asyncio.timeout(20):
+            await servicer.first_arrived.wait()
+            # the move, as NodeAgent._open makes it: the new channel first, then the old one closed
+            new = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+            agent._stub = pb_grpc.PhageCoordinatorStub(new)  # type: ignore[no-untyped-call]
+            await old.close(None)
+            await report
+        assert not sender.done(), "the result sender died with the old channel"
+        assert servicer.delivered == ["a-0"]
+        await new.close(None)
+    finally:
+        sender.cancel()
+        await server.stop(0)
+
+
+async def test_a_cancelled_task_is_not_mistaken_for_a_closed_channel() -> None:
+    seen: list[bool] = []
+
+    async def waits() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError as exc:
+            seen.append(channel_closed_under(exc))
+            raise
+
+    task = asyncio.create_task(waits())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert seen == [False]
+    assert channel_closed_under(grpc.aio.UsageError("Channel is closed."))

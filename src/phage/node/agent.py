@@ -31,6 +31,7 @@ from phage.node.chat import ChatServer
 from phage.node.config import NodeConfig
 from phage.node.connection import (
     Credentials,
+    channel_closed_under,
     enroll,
     load_credentials,
     open_channel,
@@ -462,7 +463,9 @@ class NodeAgent:
                 if resp.load_model:
                     self._load_model(resp.load_model)
                 await asyncio.sleep(self.heartbeat_interval)
-            except grpc.aio.UsageError:  # the channel was replaced under this call: beat again soon
+            except (grpc.aio.UsageError, asyncio.CancelledError) as exc:
+                if not channel_closed_under(exc):
+                    raise
                 log.debug("heartbeat on a closed channel; the node moved")
             except grpc.aio.AioRpcError as exc:
                 log.debug("heartbeat failed: %s", exc.code())
@@ -516,8 +519,11 @@ class NodeAgent:
                 await self._handle_rpc_error(exc)
                 await backoff.wait()
                 continue
-            except asyncio.CancelledError:
-                raise
+            except (grpc.aio.UsageError, asyncio.CancelledError) as exc:
+                if not channel_closed_under(exc):
+                    raise
+                await backoff.wait()  # the node moved to another replica: poll there
+                continue
             except Exception:  # never let the work loop die silently
                 log.exception("fetch loop error")
                 await backoff.wait()
@@ -633,13 +639,15 @@ class NodeAgent:
                     (uploaded - ran) * 1000,
                     (time.monotonic() - uploaded) * 1000,
                 )
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # report node-side failures so the task is retried elsewhere
+        except (asyncio.CancelledError, Exception) as exc:
+            if isinstance(exc, asyncio.CancelledError) and not channel_closed_under(exc):
+                raise
+            # report node-side failures (a call cut by a move to another replica among them)
+            # so the task is retried elsewhere
             log.exception("assignment %s failed on this node", a.assignment_id)
             with contextlib.suppress(Exception):
                 await started
-                await self._report(a, TaskResult(exit_code=-1, error=f"node error: {exc}"))
+                await self._report(a, TaskResult(exit_code=-1, error=f"node error: {exc!r}"))
         finally:
             if a.kind != "noop":  # unmounting a scratch volume takes tens of ms: off the event loop
                 with contextlib.suppress(asyncio.CancelledError):
@@ -703,10 +711,12 @@ class NodeAgent:
         cached = await asyncio.to_thread(self.workspaces.get, digest)
         if cached is not None:
             return cached
-        chunks = []
-        async for chunk in self.stub.DownloadBlob(pb.BlobRequest(sha256=digest), timeout=600):
-            chunks.append(chunk.data)
-        data = b"".join(chunks)
+
+        async def fetch() -> bytes:
+            call = self.stub.DownloadBlob(pb.BlobRequest(sha256=digest), timeout=600)
+            return b"".join([chunk.data async for chunk in call])
+
+        data: bytes = await self._retry(fetch)
         await asyncio.to_thread(self.workspaces.put, digest, data)  # checks it against the digest
         return data
 
@@ -784,7 +794,9 @@ class NodeAgent:
         for _ in range(attempts):
             try:
                 return await call()
-            except grpc.aio.UsageError:
+            except (grpc.aio.UsageError, asyncio.CancelledError) as exc:
+                if not channel_closed_under(exc):
+                    raise
                 await backoff.wait()
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in RETRYABLE:

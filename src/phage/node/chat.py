@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from phage.errors import PhageError
+from phage.node.connection import channel_closed_under
 from phage.node.endpoints import Backoff
 from phage.node.engines.base import ChatMessage, Delta, Engine, GenerationRequest
 from phage.node.faults import lie
@@ -73,8 +74,9 @@ class ChatServer:
                 async for order in call:
                     backoff.reset()
                     self._take(order)
-            except grpc.aio.UsageError:  # the node moved to another replica: subscribe there
-                pass
+            except (grpc.aio.UsageError, asyncio.CancelledError) as exc:
+                if not channel_closed_under(exc):  # the node moved to another replica: subscribe there
+                    raise
             except grpc.aio.AioRpcError as exc:
                 log.debug("chat order stream ended: %s", exc.code())
             await backoff.wait()

@@ -34,6 +34,7 @@ from safetensors.torch import save as st_save
 
 from phage.dataplane.transport import Peer, TLSIdentity, close_peers
 from phage.errors import Conflict, InvalidInput, NotFound, PermissionDenied, PhageError, Unavailable
+from phage.node.connection import channel_closed_under
 from phage.protocol.v1 import dataplane_pb2 as dp
 from phage.protocol.v1 import phage_pb2 as pb
 from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
@@ -146,8 +147,9 @@ class VNodeHost:
                     async for order in call:
                         backoff = 0.2
                         self._take(order)
-                except grpc.aio.UsageError:  # the node moved to another replica: subscribe there
-                    pass
+                except (grpc.aio.UsageError, asyncio.CancelledError) as exc:
+                    if not channel_closed_under(exc):  # the node moved to another replica: subscribe there
+                        raise
                 except grpc.aio.AioRpcError as exc:
                     log.debug("training order stream ended: %s", exc.code())
                 await asyncio.sleep(backoff * (0.5 + random.random()))
@@ -255,12 +257,13 @@ class VNodeHost:
             await worker.run()
         except _Stale:
             log.info("VNode %s/%s moved elsewhere; dropped here", h.network_id, h.vnode_id)
-        except asyncio.CancelledError:
-            raise
+        except (asyncio.CancelledError, grpc.aio.UsageError) as exc:
+            if not channel_closed_under(exc):
+                raise
+            # a call on the channel the node just left for another replica
+            log.warning("VNode %s/%s lost the coordinator: the node moved", h.network_id, h.vnode_id)
         except grpc.aio.AioRpcError as exc:
             log.warning("VNode %s/%s lost the coordinator: %s", h.network_id, h.vnode_id, exc.code())
-        except grpc.aio.UsageError:  # a call on the channel the node just left for another replica
-            log.warning("VNode %s/%s lost the coordinator: the node moved", h.network_id, h.vnode_id)
         except Exception as exc:  # a bad spec or checkpoint: the coordinator fails the network with this
             log.exception("VNode %s/%s failed", h.network_id, h.vnode_id)
             with contextlib.suppress(grpc.aio.AioRpcError):
