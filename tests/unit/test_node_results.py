@@ -16,10 +16,13 @@ from typing import Any
 import grpc
 import pytest
 
+from phage.dataplane.relay import RelayServer
 from phage.domain import ReceivedAssignment, TaskResult, TaskSpec
 from phage.node.agent import NodeAgent
 from phage.node.config import NodeConfig
-from phage.node.connection import channel_closed_under
+from phage.protocol.channels import channel_closed_under
+from phage.protocol.v1 import dataplane_pb2 as dp
+from phage.protocol.v1 import dataplane_pb2_grpc as dp_grpc
 from phage.protocol.v1 import phage_pb2 as pb
 from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
 
@@ -165,3 +168,47 @@ async def test_a_cancelled_task_is_not_mistaken_for_a_closed_channel() -> None:
         await task
     assert seen == [False]
     assert channel_closed_under(grpc.aio.UsageError("Channel is closed."))
+
+
+class CountingRelay(dp_grpc.PhageRelayServicer):
+    """A coordinator's relay end that only counts the streams nodes open and holds them open."""
+
+    def __init__(self) -> None:
+        self.opened = 0
+        self.changed = asyncio.Event()
+
+    async def Serve(self, request_iterator: Any, context: Any) -> Any:
+        self.opened += 1
+        self.changed.set()
+        async for _ in request_iterator:
+            pass
+        if False:  # an async generator that sends nothing down
+            yield dp.RelayFrame()
+
+
+async def test_a_relayed_node_opens_its_relay_stream_again_after_a_move() -> None:
+    """A node served through the coordinator's relay keeps a stream open on its control channel;
+    the move's channel close cut it, and the relay task ended for good with it."""
+    relay = CountingRelay()
+    server = grpc.aio.server()
+    dp_grpc.add_PhageRelayServicer_to_server(relay, server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}")]
+    serving = asyncio.create_task(RelayServer(lambda: channels[-1], {}).run(retry_s=0.05))
+    try:
+        async with asyncio.timeout(20):
+            while relay.opened < 1:
+                relay.changed.clear()
+                await relay.changed.wait()
+            channels.append(grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
+            await channels[0].close(None)
+            while relay.opened < 2:
+                relay.changed.clear()
+                await relay.changed.wait()
+        assert not serving.done(), "the relay task died with the old channel"
+    finally:
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+        await channels[-1].close(None)
+        await server.stop(0)

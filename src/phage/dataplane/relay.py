@@ -36,6 +36,7 @@ from phage.dataplane.transport import (
     raise_for_error,
 )
 from phage.errors import ProtocolError, Unavailable
+from phage.protocol.channels import channel_closed_under
 from phage.protocol.v1 import dataplane_pb2 as dp
 from phage.protocol.v1 import dataplane_pb2_grpc as dp_grpc
 
@@ -196,6 +197,10 @@ class RelayServer:
         while True:
             try:
                 await self.serve_once()
+            except asyncio.CancelledError as exc:
+                if not channel_closed_under(exc):
+                    raise
+                log.debug("relay stream cut: the node moved to another coordinator replica")
             except grpc.aio.AioRpcError as exc:
                 log.debug("relay stream ended: %s", exc.code())
             except Exception as exc:  # the channel is being replaced (reconnecting): try again

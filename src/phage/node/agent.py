@@ -22,7 +22,7 @@ from phage import __version__
 from phage.dataplane import TLSIdentity
 from phage.domain import ReceivedAssignment, TaskResult
 from phage.domain.blocks import BlockOffer
-from phage.errors import PhageError, SandboxError
+from phage.errors import PhageError, SandboxError, Unavailable
 from phage.logs import REQUEST_ID
 from phage.node import faults
 from phage.node.attest import attest_result, sign_batch
@@ -31,7 +31,6 @@ from phage.node.chat import ChatServer
 from phage.node.config import NodeConfig
 from phage.node.connection import (
     Credentials,
-    channel_closed_under,
     enroll,
     load_credentials,
     open_channel,
@@ -49,6 +48,7 @@ from phage.node.workspaces import WorkspaceCache
 from phage.pki.attestation import AttestationRecord, sandbox_hash
 from phage.pki.identity import NodeIdentity
 from phage.protocol import convert
+from phage.protocol.channels import channel_closed_under
 from phage.protocol.v1 import phage_pb2 as pb
 from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
 from phage.sandbox import Sandbox, SandboxLimits, available_backends, make_sandbox
@@ -63,6 +63,8 @@ UPLOAD_CHUNK = 256 * 1024
 RESULT_BATCH = 256
 FAILOVER_AFTER = 2
 """Consecutive heartbeats a replica may miss before the node moves to the next one."""
+DOWNLOAD_TRIES = 10
+"""A workspace download that keeps failing is given up (the task is reported and retried elsewhere)."""
 RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -467,6 +469,7 @@ class NodeAgent:
                 if not channel_closed_under(exc):
                     raise
                 log.debug("heartbeat on a closed channel; the node moved")
+                await backoff.wait()
             except grpc.aio.AioRpcError as exc:
                 log.debug("heartbeat failed: %s", exc.code())
                 await self._handle_rpc_error(exc)
@@ -559,6 +562,9 @@ class NodeAgent:
         call.cancel()
         with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
             await fetched
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():  # the node is stopping: not the poll we cut
+            raise asyncio.CancelledError
         return None
 
     async def _begin(self, assignments: list[ReceivedAssignment]) -> None:
@@ -716,7 +722,7 @@ class NodeAgent:
             call = self.stub.DownloadBlob(pb.BlobRequest(sha256=digest), timeout=600)
             return b"".join([chunk.data async for chunk in call])
 
-        data: bytes = await self._retry(fetch)
+        data: bytes = await self._retry(fetch, attempts=DOWNLOAD_TRIES)
         await asyncio.to_thread(self.workspaces.put, digest, data)  # checks it against the digest
         return data
 
@@ -791,7 +797,7 @@ class NodeAgent:
         (a closed one — the node just moved to another replica — is tried again on the new one).
         """
         backoff = Backoff(base_s=0.1, cap_s=2.0)
-        for _ in range(attempts):
+        for attempt in range(attempts):
             try:
                 return await call()
             except (grpc.aio.UsageError, asyncio.CancelledError) as exc:
@@ -799,7 +805,7 @@ class NodeAgent:
                     raise
                 await backoff.wait()
             except grpc.aio.AioRpcError as exc:
-                if exc.code() not in RETRYABLE:
+                if exc.code() not in RETRYABLE or attempt == attempts - 1:
                     raise
                 await backoff.wait()
-        raise RuntimeError("unreachable")
+        raise Unavailable(f"the coordinator did not answer in {attempts} tries")

@@ -19,10 +19,10 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from phage.errors import PhageError
-from phage.node.connection import channel_closed_under
 from phage.node.endpoints import Backoff
 from phage.node.engines.base import ChatMessage, Delta, Engine, GenerationRequest
 from phage.node.faults import lie
+from phage.protocol.channels import channel_closed_under
 from phage.protocol.v1 import phage_pb2 as pb
 from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
 

@@ -34,7 +34,7 @@ from safetensors.torch import save as st_save
 
 from phage.dataplane.transport import Peer, TLSIdentity, close_peers
 from phage.errors import Conflict, InvalidInput, NotFound, PermissionDenied, PhageError, Unavailable
-from phage.node.connection import channel_closed_under
+from phage.protocol.channels import channel_closed_under
 from phage.protocol.v1 import dataplane_pb2 as dp
 from phage.protocol.v1 import phage_pb2 as pb
 from phage.protocol.v1 import phage_pb2_grpc as pb_grpc
@@ -368,6 +368,9 @@ class _Worker:
                     backoff = 0.2
                     await self.inbox.put(f)
                 return
+            except (grpc.aio.UsageError, asyncio.CancelledError) as exc:
+                if not channel_closed_under(exc):  # the node moved to another replica: reopen there
+                    raise
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in RETRYABLE:
                     log.info("activation stream of %s refused: %s", self.h.vnode_id, exc.details())
