@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import logging
 import time
@@ -22,7 +23,7 @@ from phage import __version__
 from phage.dataplane import TLSIdentity
 from phage.domain import ReceivedAssignment, TaskResult
 from phage.domain.blocks import BlockOffer
-from phage.errors import PhageError, SandboxError, Unavailable
+from phage.errors import PhageError, SandboxError
 from phage.logs import REQUEST_ID
 from phage.node import faults
 from phage.node.attest import attest_result, sign_batch
@@ -37,7 +38,7 @@ from phage.node.connection import (
     save_credentials,
     secure_key_dir,
 )
-from phage.node.endpoints import Backoff, Endpoints, fetch_backoff, heartbeat_backoff
+from phage.node.endpoints import Backoff, Endpoints, fetch_backoff, heartbeat_backoff, retry_rpc
 from phage.node.engines import Engine, make_engine
 from phage.node.executor import CollectedOutput, JobExecutor
 from phage.node.faults import poison_updates_enabled
@@ -65,14 +66,6 @@ FAILOVER_AFTER = 2
 """Consecutive heartbeats a replica may miss before the node moves to the next one."""
 DOWNLOAD_TRIES = 10
 """A workspace download that keeps failing is given up (the task is reported and retried elsewhere)."""
-RETRYABLE = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.CANCELLED,
-    grpc.StatusCode.UNKNOWN,
-    grpc.StatusCode.INTERNAL,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-}
 
 
 @dataclass
@@ -585,7 +578,7 @@ class NodeAgent:
     async def _confirm(self, ids: list[str], answer: asyncio.Future[set[str]]) -> None:
         unwanted: set[str] = set()
         try:
-            resp = await self._retry(
+            resp = await retry_rpc(
                 lambda: self.stub.StartTasks(
                     pb.StartTasksRequest(node_id=self.node_id, assignment_ids=ids), timeout=10
                 )
@@ -722,7 +715,7 @@ class NodeAgent:
             call = self.stub.DownloadBlob(pb.BlobRequest(sha256=digest), timeout=600)
             return b"".join([chunk.data async for chunk in call])
 
-        data: bytes = await self._retry(fetch, attempts=DOWNLOAD_TRIES)
+        data: bytes = await retry_rpc(fetch, attempts=DOWNLOAD_TRIES)
         await asyncio.to_thread(self.workspaces.put, digest, data)  # checks it against the digest
         return data
 
@@ -747,7 +740,7 @@ class NodeAgent:
                 ref: pb.BlobRef = await self.stub.UploadBlob(chunks(), timeout=600)
             return ref
 
-        await self._retry(send)
+        await retry_rpc(send)
 
     async def _report(self, a: ReceivedAssignment, result: TaskResult) -> None:
         """Queue a result for the sender and wait for the coordinator's acknowledgement."""
@@ -760,6 +753,10 @@ class NodeAgent:
         ack = await fut
         if not ack.accepted:
             log.info("result for %s not accepted: %s", a.assignment_id, ack.message)
+
+    def _submit(self, request: pb.ResultBatch) -> Any:
+        """One SubmitResults call on the channel in use now."""
+        return self.stub.SubmitResults(request, timeout=30)
 
     async def _result_loop(self) -> None:
         """Send queued results — as many per RPC as gathered while the last was in flight — under one
@@ -775,7 +772,7 @@ class NodeAgent:
                     batch_signature=sign_batch(self.identity, [r for _, r, _ in batch]),
                 )
                 try:
-                    resp = await self._retry(lambda r=request: self.stub.SubmitResults(r, timeout=30))
+                    resp = await retry_rpc(functools.partial(self._submit, request))
                 except grpc.aio.AioRpcError as exc:  # a definite refusal: each result's waiter hears it
                     for _, _, fut in batch:
                         if not fut.done():
@@ -789,23 +786,3 @@ class NodeAgent:
                 for (_, _, fut), ack in zip(batch, resp.acks, strict=True):
                     if not fut.done():
                         fut.set_result(ack)
-
-    async def _retry(self, call: Any, attempts: int = 1_000_000) -> Any:
-        """Retry an RPC while the coordinator is unreachable; give up on a definite refusal.
-
-        ``call`` builds the call each time, so a retry goes through whichever channel is current
-        (a closed one — the node just moved to another replica — is tried again on the new one).
-        """
-        backoff = Backoff(base_s=0.1, cap_s=2.0)
-        for attempt in range(attempts):
-            try:
-                return await call()
-            except (grpc.aio.UsageError, asyncio.CancelledError) as exc:
-                if not channel_closed_under(exc):
-                    raise
-                await backoff.wait()
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() not in RETRYABLE or attempt == attempts - 1:
-                    raise
-                await backoff.wait()
-        raise Unavailable(f"the coordinator did not answer in {attempts} tries")

@@ -20,10 +20,14 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from phage.errors import InvalidInput
+import grpc
+
+from phage.errors import InvalidInput, Unavailable
+from phage.protocol.channels import channel_closed_under
 
 Resolver = Callable[[str, int], list[str]]
 
@@ -171,3 +175,35 @@ def heartbeat_backoff(interval_s: float, rng: random.Random | None = None) -> Ba
 def fetch_backoff(rng: random.Random | None = None) -> Backoff:
     """The task long-poll's retries (it breaks on every node at once when the coordinator goes)."""
     return Backoff(cap_s=FETCH_BACKOFF_CAP_S, rng=rng or random.Random())
+
+
+RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+"""Codes after which a node tries a call to the coordinator again (anything else is a definite refusal)."""
+
+
+async def retry_rpc(call: Callable[[], Awaitable[Any]], attempts: int = 1_000_000) -> Any:
+    """Retry an RPC while the coordinator is unreachable; give up on a definite refusal.
+
+    ``call`` builds the call each time, so a retry goes through whichever channel is current
+    (a closed one — the node just moved to another replica — is tried again on the new one).
+    """
+    backoff = Backoff(base_s=0.1, cap_s=2.0)
+    for attempt in range(attempts):
+        try:
+            return await call()
+        except (grpc.aio.UsageError, asyncio.CancelledError) as exc:
+            if not channel_closed_under(exc):
+                raise
+            await backoff.wait()
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in RETRYABLE or attempt == attempts - 1:
+                raise
+            await backoff.wait()
+    raise Unavailable(f"the coordinator did not answer in {attempts} tries")
