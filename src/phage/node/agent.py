@@ -325,7 +325,8 @@ class NodeAgent:
         call they start on the old stub then fails with "Channel is closed" (a UsageError, not
         an RPC error) — which once killed the result sender after a move to another replica,
         leaving every later result unsent while heartbeats kept their leases alive. Calls
-        still in flight on the old channel end CANCELLED, which every loop retries.
+        still open on the old channel end with CancelledError in the tasks awaiting them;
+        every loop tells that from its own cancellation (``channel_closed_under``) and retries.
         """
         old = self._channel
         self._creds = creds
