@@ -37,13 +37,44 @@ from _util import fmt_ms, percentile
 PROMPT = list(range(5, 21))
 
 
-async def main(quick: bool) -> None:
+class Process:
+    """A stage server in a process of its own (``_stage_server.py``), as a node runs it."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, node_id: str, address: str) -> None:
+        self.proc = proc
+        self.node_id = node_id
+        self.address = address
+
+    @classmethod
+    async def start(cls, model: Path, pki: Path, a: int, b: int) -> Process:
+        script = Path(__file__).resolve().parent / "_stage_server.py"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(script),
+            str(model),
+            str(pki),
+            str(a),
+            str(b),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        node_id, address = (await proc.stdout.readline()).decode().split()
+        return cls(proc, node_id, address)
+
+    async def stop(self, _grace: float) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        await self.proc.wait()
+
+
+async def main(quick: bool, processes: bool) -> None:
     import torch
 
     from phage.dataplane import DataPlaneServer
     from phage.dataplane.chain import ChainSession, Hop
     from phage.dataplane.checks import CheckPolicy, Evidence, Verifier
-    from phage.dataplane.transport import issue_identity
+    from phage.dataplane.transport import direct, issue_identity
     from phage.domain.blocks import BlockRange, Server, ShardedModel
     from phage.node.engines.tinymodel import make_tiny_model
     from phage.node.stage import StageModel
@@ -64,13 +95,18 @@ async def main(quick: bool) -> None:
     client = issue_identity(ca, NodeIdentity.generate())
     model = ShardedModel(name="bench", checkpoint=str(path), num_blocks=blocks, bytes_per_block=1)
 
-    servers: list[tuple[DataPlaneServer, Server]] = []
+    servers: list[tuple[DataPlaneServer | Process, Server]] = []
 
     async def serve(ranges: list[tuple[int, int]], standby: bool = False) -> None:
         for a, b in ranges:
+            if processes:
+                child = await Process.start(path, tmp / "pki", a, b)
+                servers.append((child, Server(child.node_id, BlockRange(a, b), standby=standby)))
+                continue
             ident = issue_identity(ca, NodeIdentity.generate())
             stage = StageModel(path, BlockRange(a, b))
-            server = DataPlaneServer(ident, {"stage": StageHandler({"bench": stage})})
+            handler = StageHandler({"bench": stage}, dial=direct(ident))
+            server = DataPlaneServer(ident, {"stage": handler})
             await server.start()
             servers.append((server, Server(ident.node_id, BlockRange(a, b), standby=standby)))
 
@@ -98,20 +134,22 @@ async def main(quick: bool) -> None:
     # interleaved with the same step of the whole model in process, and reported as a ratio.
     whole = StageModel(path, BlockRange(0, blocks))
 
-    async def alone(name: str) -> list[float]:
+    async def alone(name: str, push: bool = True) -> list[float]:
         """Decode ``tokens`` steps through the chain only: each hop's added time, with nothing else
         running between steps (the lockstep race streams the whole model's weights through the
         CPU caches between two chain steps, which a client elsewhere would not)."""
-        session = ChainSession("bench", client, route)
+        session = ChainSession("bench", client, route, push=push)
         ids = PROMPT
         for _ in range(tokens + 1):
             ids = [int((await session.forward(ids)).argmax())]
         await session.close()
         return session.hop_overheads[len(session.hops) :]  # the prompt's prefill is not a decode step
 
-    async def race(name: str, policies: list[CheckPolicy | None]) -> tuple[float, list[float], list[float]]:
+    async def race(
+        name: str, policies: list[CheckPolicy | None], push: bool = True
+    ) -> tuple[float, list[float], list[float]]:
         """Decode ``tokens`` steps in lockstep: the whole model, then one session per policy."""
-        sessions = [ChainSession("bench", client, route, checks=p) for p in policies]
+        sessions = [ChainSession("bench", client, route, checks=p, push=push) for p in policies]
         base_t: list[float] = []
         chain_t: list[float] = []
         x: Any = torch.tensor(PROMPT)
@@ -150,6 +188,14 @@ async def main(quick: bool) -> None:
         label = f"{hops} stage server{'s' if hops > 1 else ''}, one session"
         rows.append((label, ratio, 1 / statistics.median(steps), fmt_ms(p50), fmt_ms(p99), own_p))
         print(rows[-1], flush=True)
+        if hops > 1:  # the same chain with the caller relaying every hop's output (no push)
+            ratio, steps, overheads = await race(f"r{hops}", [None], push=False)
+            p50, p99 = percentile(overheads, 50) * 1000, percentile(overheads, 99) * 1000
+            own = await alone(f"b{hops}", push=False)
+            own_p = f"{fmt_ms(percentile(own, 50) * 1000)} / {fmt_ms(percentile(own, 99) * 1000)}"
+            label = f"{hops} stage servers, one session, caller relays every hop"
+            rows.append((label, ratio, 1 / statistics.median(steps), fmt_ms(p50), fmt_ms(p99), own_p))
+            print(rows[-1], flush=True)
         if hops == 2:
             ratio, steps, overheads = await race("c8", [None] * 8)
             p50, p99 = percentile(overheads, 50) * 1000, percentile(overheads, 99) * 1000
@@ -173,7 +219,9 @@ async def main(quick: bool) -> None:
         await stop_all()
 
     print()
+    where = "each in a process of its own" if processes else "all in this process"
     print(f"model: {blocks} blocks, width {width}; {tokens} greedy tokens per run; torch threads 1")
+    print(f"stage servers: {where}")
     columns = [
         "configuration",
         "tokens/s ÷ whole model's (interleaved)",
@@ -191,4 +239,8 @@ async def main(quick: bool) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller model, fewer tokens")
-    asyncio.run(main(parser.parse_args().quick))
+    parser.add_argument(
+        "--processes", action="store_true", help="each stage server in a process of its own, as nodes run"
+    )
+    args = parser.parse_args()
+    asyncio.run(main(args.quick, args.processes))

@@ -108,6 +108,10 @@ class StoreUnavailable(Unavailable):
     retry_after_s = 2
 
 
+class InputMissing(Unavailable):
+    """A chain node waited in vain for the node before it to hand over a step's input."""
+
+
 class EngineError(PhageError):
     """An inference engine could not start, load a model, or generate."""
 

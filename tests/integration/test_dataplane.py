@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from phage.dataplane import DataPlaneServer, Peer, TLSIdentity  # noqa: E402
 from phage.dataplane.chain import ChainSession, Hop, Sampling, generate_tokens  # noqa: E402
 from phage.dataplane.checks import CheckPolicy, Evidence, Verifier  # noqa: E402
-from phage.dataplane.transport import issue_identity  # noqa: E402
+from phage.dataplane.transport import direct, issue_identity  # noqa: E402
 from phage.domain.blocks import BlockRange, Server, ShardedModel  # noqa: E402
 from phage.errors import NotFound, Unavailable  # noqa: E402
 from phage.node.engines.tinymodel import make_tiny_model  # noqa: E402
@@ -36,12 +36,28 @@ def model8(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(model8: Path) -> list[int]:
+def whole(model8: Path) -> object:
     from transformers import AutoModelForCausalLM
 
-    whole = AutoModelForCausalLM.from_pretrained(model8).eval()
-    out = whole.generate(torch.tensor([PROMPT]), max_new_tokens=STEPS, min_new_tokens=STEPS, do_sample=False)
+    return AutoModelForCausalLM.from_pretrained(model8).eval()
+
+
+@pytest.fixture(scope="module")
+def reference(whole: object) -> list[int]:
+    out = whole.generate(  # type: ignore[attr-defined]
+        torch.tensor([PROMPT]), max_new_tokens=STEPS, min_new_tokens=STEPS, do_sample=False
+    )
     return [int(t) for t in out[0, len(PROMPT) :]]
+
+
+def greedy_from(whole: object, tokens: list[int], step: int) -> bool:
+    """Whether every token from ``step`` on is the whole model's greedy pick after the ones before it."""
+    with torch.no_grad():
+        for j in range(step, len(tokens)):
+            logits = whole(torch.tensor([PROMPT + tokens[:j]])).logits  # type: ignore[operator]
+            if int(logits[0, -1].argmax()) != tokens[j]:
+                return False
+    return True
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +93,11 @@ async def start_pool(
     for a, b, standby in ranges:
         ident = issue_identity(ca, NodeIdentity.generate())
         stage = StageModel(model8, BlockRange(a, b))
-        handler = handlers[ident.node_id] = StageHandler({"tiny8": stage}, output_hook=hook)  # type: ignore[arg-type]
+        handler = handlers[ident.node_id] = StageHandler(
+            {"tiny8": stage},
+            dial=direct(ident),
+            output_hook=hook,  # type: ignore[arg-type]
+        )
         server = DataPlaneServer(ident, {"stage": handler})
         await server.start()
         servers[ident.node_id] = (server, Server(ident.node_id, BlockRange(a, b), standby=standby))
@@ -104,15 +124,19 @@ async def collect(it: AsyncIterator[int]) -> list[int]:
     ],
     ids=lambda r: "+".join(f"{a}:{b}" for a, b in r),
 )
+@pytest.mark.parametrize("push", [True, False], ids=["node-to-node", "through-the-caller"])
 async def test_a_chain_over_mtls_gives_the_whole_models_tokens(
-    ca: CertificateAuthority, model8: Path, reference: list[int], ranges: list[tuple[int, int]]
+    ca: CertificateAuthority, model8: Path, reference: list[int], ranges: list[tuple[int, int]], push: bool
 ) -> None:
     pool = await start_pool(ca, model8, [(a, b, False) for a, b in ranges])
     try:
-        async with ChainSession("tiny8", pool.client, pool.route) as session:
+        async with ChainSession("tiny8", pool.client, pool.route, push=push) as session:
             tokens = await collect(generate_tokens(session, PROMPT, Sampling(max_tokens=STEPS)))
             assert len(session.hops) == len(ranges)
+            # every step (the prompt's and each token's) went hop to hop when it could
+            assert session.pushed_steps == (STEPS + 1 if push and len(ranges) > 1 else 0)
         assert tokens == reference
+        assert all(len(h.inbox) == 0 for h in pool.handlers.values())  # nothing left waiting
     finally:
         await stop_pool(pool)
 
@@ -131,6 +155,28 @@ async def test_a_dead_middle_hop_is_replaced_and_the_output_is_unchanged(
                     await pool.servers[middle][0].stop(0)
             assert session.failovers == 1 and middle in session.failed
             assert session.hops[1].node_id != middle
+            # every step went node to node but the one that failed over, which the caller finished
+            assert session.pushed_steps == STEPS
+        assert tokens == reference
+    finally:
+        await stop_pool(pool)
+
+
+async def test_nodes_that_cannot_reach_each_other_fall_back_to_the_caller(
+    ca: CertificateAuthority, model8: Path, reference: list[int]
+) -> None:
+    pool = await start_pool(ca, model8, [(0, 3, False), (3, 6, False), (6, 8, False)])
+    first = next(n for n, (_, s) in pool.servers.items() if s.blocks.start == 0)
+    # The first node cannot reach any other (a firewall between them): its pushes fail.
+    nowhere = issue_identity(ca, NodeIdentity.generate())
+    pool.handlers[first].dial = lambda _address, node_id: Peer(nowhere, "127.0.0.1:9", node_id)
+    try:
+        async with ChainSession("tiny8", pool.client, pool.route) as session:
+            tokens = await collect(generate_tokens(session, PROMPT, Sampling(max_tokens=STEPS)))
+            assert (
+                session.push is False and session.pushed_steps == 0
+            )  # the prompt's step was fed by the caller
+            assert session.failovers == 0 and not session.failed  # nobody is blamed for it
         assert tokens == reference
     finally:
         await stop_pool(pool)
@@ -203,8 +249,8 @@ async def test_honest_nodes_pass_a_thousand_checked_steps(ca: CertificateAuthori
     assert caught == []
 
 
-async def test_a_node_adding_noise_is_caught_with_evidence_and_the_output_is_unchanged(
-    ca: CertificateAuthority, model8: Path, reference: list[int]
+async def test_a_node_adding_noise_is_caught_with_evidence_and_the_output_is_right_from_then_on(
+    ca: CertificateAuthority, model8: Path, whole: object
 ) -> None:
     honest = await start_pool(ca, model8, [(0, 4, False), (4, 8, True)])
     liar = await start_pool(ca, model8, [(4, 8, False)], hook=noise(0.01))
@@ -217,8 +263,11 @@ async def test_a_node_adding_noise_is_caught_with_evidence_and_the_output_is_unc
         async with ChainSession("tiny8", pool.client, pool.route, checks=checks) as session:
             tokens = await collect(generate_tokens(session, PROMPT, Sampling(max_tokens=STEPS)))
             assert session.checker is not None
-        assert tokens == reference  # the liar's steps before it was caught were replaced by replay
         (evidence,) = caught
+        # Its unchecked steps before that may have tipped a token (noise on the logits); from the
+        # caught step on, the honest node that took over has the right cache: every token is the
+        # whole model's greedy pick after the tokens before it.
+        assert greedy_from(whole, tokens, evidence.step) and len(tokens) == STEPS
         assert evidence.node_id == liar_id and evidence.blocks == "4:8"
         assert evidence.max_abs_diff > evidence.tolerance
         assert liar_id in session.failed

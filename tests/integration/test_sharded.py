@@ -117,6 +117,21 @@ def chat(coord: CoordinatorProcess, **extra: Any) -> dict[str, Any]:
         return dict(r.json())
 
 
+def chain_metrics(coord: CoordinatorProcess) -> dict[str, float]:
+    """The coordinator's chain-step counters, from ``/metrics``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{coord.url}/metrics", timeout=10).text
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "phage_sharded_chain_steps_total":
+                found[sample.labels["path"]] = sample.value
+            elif sample.name == "phage_sharded_failovers_total":
+                found["failovers"] = sample.value
+    return found
+
+
 @NEUTRAL
 @pytest.mark.parametrize(
     "ranges",
@@ -137,6 +152,13 @@ def test_a_chain_of_node_processes_gives_the_whole_models_text(
     answer = chat(coord)
     assert answer["choices"][0]["message"]["content"] == whole_text
     assert answer["usage"]["completion_tokens"] > 0
+    # Over several nodes, each node handed its output straight to the next at every step.
+    steps = chain_metrics(coord)
+    assert (
+        steps["node-to-node" if len(ranges) > 1 else "through-coordinator"]
+        > answer["usage"]["completion_tokens"]
+    )
+    assert steps["through-coordinator" if len(ranges) > 1 else "node-to-node"] == 0
     with coord.client() as c:
         (used,) = c.get("/api/models/sharded/usage").json()
         assert len(used["worker_ids"]) == len(ranges)
@@ -235,6 +257,8 @@ def test_kill_9_of_the_middle_node_mid_generation_changes_nothing(
                 middle.kill()  # SIGKILL, mid-generation
     assert middle.proc is not None and middle.proc.returncode is not None
     assert "".join(parts) == whole_text
+    steps = chain_metrics(coord)  # node to node before the kill and after the failover
+    assert steps["failovers"] == 1 and steps["node-to-node"] >= len(parts) - 1
     with coord.client() as c:
         (used,) = c.get("/api/models/sharded/usage").json()
     assert standby.node_id in used["worker_ids"] and middle.node_id not in used["worker_ids"]
@@ -654,6 +678,8 @@ def test_a_node_that_cannot_accept_connections_serves_its_blocks_through_the_rel
     assert ":" in workers["node-0"]["address"]
     answer = chat(coord)
     assert answer["choices"][0]["message"]["content"] == whole_text
+    steps = chain_metrics(coord)  # relayed and checked hops: every output comes back through the coordinator
+    assert steps["node-to-node"] == 0 and steps["through-coordinator"] > 0
     (used,) = c.get("/api/models/sharded/usage").json()  # node-3 is the standby, node-2's verifier
     assert used["worker_ids"] == [workers[f"node-{i}"]["worker_id"] for i in (0, 1, 2)]
     # the relayed sessions ended with the chat, and no node was quarantined over a relayed step

@@ -11,13 +11,14 @@ tokens, how it ended — no prompt or answer text.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from phage.coordinator.chat_check import CheckStats
+from phage.dataplane.generation import ChainStats
 from phage.store.sql_usage import RequestRecord
 
 access = logging.getLogger("phage.access")
@@ -96,4 +97,28 @@ class _CheckCollector(Collector):
         yield CounterMetricFamily("phage_chat_checked_tokens", "Answer tokens re-scored", value=s.tokens)
         yield CounterMetricFamily(
             "phage_chat_check_node_seconds", "Time checking nodes spent re-scoring answers", value=s.seconds
+        )
+
+
+class ChainCollector(Collector):
+    """Sharded models' chain steps: node to node or through the coordinator, and failovers."""
+
+    def __init__(self, stats: Callable[[], ChainStats | None]) -> None:
+        self._stats = stats
+        """The sharded chat's counters, once the coordinator has started it."""
+
+    def collect(self) -> Iterable[Metric]:
+        s = self._stats() or ChainStats()
+        steps = CounterMetricFamily(
+            "phage_sharded_chain_steps",
+            "Steps through chains of nodes: each node handing its output straight to the next, "
+            "or every output back through the coordinator (checked or relayed nodes, or nodes "
+            "that cannot reach each other)",
+            labels=["path"],
+        )
+        steps.add_metric(["node-to-node"], s.node_to_node)
+        steps.add_metric(["through-coordinator"], s.through_driver)
+        yield steps
+        yield CounterMetricFamily(
+            "phage_sharded_failovers", "Chain nodes replaced mid-generation", value=s.failovers
         )

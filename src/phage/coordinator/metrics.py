@@ -32,7 +32,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from phage import __version__
-from phage.coordinator.chat_metrics import ChatMetrics
+from phage.coordinator.chat_metrics import ChainCollector, ChatMetrics
 from phage.coordinator.observe import OUTCOMES, Finished, TaskObserver, observer_for, start_soon
 from phage.domain import NodeState, TaskKind, TaskState
 
@@ -253,6 +253,9 @@ def install_metrics(app: FastAPI, coordinator: Coordinator) -> None:
     observer.on_finish.append(feed.on_finish)
     start_soon(app, "metrics-tokens", feed.start)
     coordinator.meter.observers.append(ChatMetrics(registry, coordinator.checker.stats).observe)
+    registry.register(
+        ChainCollector(lambda: c.stats if (c := coordinator.sharded_chat) is not None else None)
+    )
     app.state.phage_metrics_registry = registry
 
     @app.get("/metrics", tags=["health"], response_class=Response)

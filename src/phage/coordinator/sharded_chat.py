@@ -17,7 +17,7 @@ from pathlib import Path
 from phage.coordinator.sharded import ShardedModels, UsageEntry, UsageLog
 from phage.dataplane.chain import Hop
 from phage.dataplane.checks import CheckPolicy, Evidence, Verifier
-from phage.dataplane.generation import ShardedGenerator, TextDelta, TextRequest
+from phage.dataplane.generation import ChainStats, ShardedGenerator, TextDelta, TextRequest
 from phage.dataplane.relay import RelayHub
 from phage.dataplane.transport import TLSIdentity, issue_identity
 from phage.domain.blocks import BlockRange
@@ -83,6 +83,8 @@ class ShardedChat:
         self.dial = (relay or RelayHub()).dialler(identity)
         """Hops and verifiers are dialled directly, or through the relay for nodes that asked for it."""
         self._engines: dict[str, ShardedGenerator] = {}
+        self.stats = ChainStats()
+        """How chain steps went, over every sharded model (``/metrics``)."""
 
     def engine(self, model: str) -> ShardedGenerator:
         """The generator for ``model`` (its tokenizer is loaded once)."""
@@ -107,7 +109,13 @@ class ShardedChat:
                 report=report,
             )
             engine = ShardedGenerator(
-                model, declared.checkpoint, self.identity, route, checks=checks, dial=self.dial
+                model,
+                declared.checkpoint,
+                self.identity,
+                route,
+                checks=checks,
+                dial=self.dial,
+                stats=self.stats,
             )
             self._engines[model] = engine
         return engine

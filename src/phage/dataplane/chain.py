@@ -14,21 +14,31 @@ the rest of the chain is routed again from that hop's first block, avoiding the
 failed node, and the remembered inputs are replayed onto the new hops in the same
 chunks as the first time — which rebuilds their caches exactly — before the step
 is retried. The caller sees one uninterrupted sequence of tokens.
+
+Pushed steps: when every hop has a direct address and none of them is to be checked,
+each hop sends its output straight to the next hop (``push_to``/``from``, see
+:mod:`phage.node.stage_inbox`) while still answering the caller with it, so a step's
+path is N + 1 messages instead of 2N and the caller keeps the same record for
+failover. A hop that fails mid-step is failed over as above; a push that does not
+arrive (nodes that cannot reach each other) moves the session to caller-driven steps.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from phage.dataplane.checks import Checker, CheckPolicy, Mismatch
+from phage.dataplane.relay import RELAY_ADDRESS
 from phage.dataplane.tensors import tensor_from_pb, tensor_to_pb
 from phage.dataplane.transport import Dial, RemoteConversation, TLSIdentity, close_peers, direct
 from phage.domain.blocks import BlockRange
-from phage.errors import Unavailable
+from phage.errors import InputMissing, PermissionDenied, PhageError, Unavailable
 from phage.protocol.v1 import dataplane_pb2 as dp
 
 log = logging.getLogger("phage.chain")
@@ -68,8 +78,18 @@ class ChainSession:
         max_failovers: int = 4,
         checks: CheckPolicy | None = None,
         dial: Dial | None = None,
+        push: bool = True,
     ) -> None:
         self.model = model
+        self.push = push
+        """Whether hops may push outputs to each other (turned off when a push fails)."""
+        self.chain_id = uuid.uuid4().hex
+        """Names this session to its hops when they push to each other."""
+        self._step = 0
+        self.steps = 0
+        """Steps run (the prompt's, then one per token)."""
+        self.pushed_steps = 0
+        """Steps that went hop to hop (the rest went through the caller)."""
         self.dial = dial or direct(identity)
         """How a hop (or a verifier) is reached: directly, or through the coordinator's relay."""
         self.checker = Checker(checks, self.dial, model) if checks is not None else None
@@ -96,18 +116,131 @@ class ChainSession:
     def _peer(self, hop: Hop) -> RemoteConversation:
         return self.dial(hop.address, hop.node_id)
 
-    async def _request(self, live: _Live, chunks: list[Any]) -> list[Any]:
-        frame = dp.Frame(
+    def _frame(self, live: _Live, chunks: list[Any]) -> dp.Frame:
+        return dp.Frame(
             service="stage",
             op="forward",
             tensors=[tensor_to_pb(c) for c in chunks],
             ints={"start": live.hop.start, "end": live.hop.blocks.end},
             strings={"model": self.model},
         )
+
+    async def _request(self, live: _Live, chunks: list[Any]) -> list[Any]:
         t0 = time.perf_counter()
-        reply = await live.peer.request(frame)
+        reply = await live.peer.request(self._frame(live, chunks))
         self.hop_overheads.append(time.perf_counter() - t0 - reply.ints.get("compute_us", 0) / 1e6)
         return [tensor_from_pb(t) for t in reply.tensors]
+
+    def _can_push(self) -> bool:
+        """Whether this step may go hop to hop: several hops, all reachable directly, none checked."""
+        if not self.push or len(self._hops) < 2:
+            return False
+        if any(live.hop.address == RELAY_ADDRESS for live in self._hops):
+            return False
+        checker = self.checker
+        return checker is None or not any(checker.may_check(live.hop.node_id) for live in self._hops)
+
+    async def _pushed_step(self, x: Any) -> tuple[int, Any]:
+        """One step with each hop pushing its output to the next: (hops done, the next hop's input).
+
+        Every hop done: (number of hops, the last hop's output). Hop ``i`` failed or went
+        unfed: the chain from ``i`` is routed again (its inputs replayed) and the caller
+        runs the rest of the step from hop ``i`` itself.
+        """
+        lives = list(self._hops)
+        step, self._step = self._step, self._step + 1
+        calls = []
+        for i, live in enumerate(lives):
+            frame = self._frame(live, [] if i else [x])
+            frame.strings["session"] = self.chain_id
+            frame.ints["step"] = step
+            if i:
+                frame.strings["from"] = lives[i - 1].hop.node_id
+            if i + 1 < len(lives):
+                frame.strings["push_to"] = lives[i + 1].hop.node_id
+                frame.strings["push_address"] = lives[i + 1].hop.address
+            calls.append(asyncio.ensure_future(live.peer.request(frame)))
+        t0 = time.perf_counter()
+        compute_s = 0.0
+        stop: tuple[int, PhageError | str] | None = None
+        """Where the step stopped: a hop that failed (its error), or one left unfed (why)."""
+        try:
+            for i, (live, call) in enumerate(zip(lives, calls, strict=True)):
+                try:
+                    reply = await call
+                except (InputMissing, PermissionDenied) as exc:
+                    if not i:
+                        raise
+                    stop = i, f"hop {live.hop.node_id}: {exc.message}"
+                    break
+                except Unavailable as exc:
+                    stop = i, exc
+                    break
+                live.sent.append(x)
+                compute_s += reply.ints.get("compute_us", 0) / 1e6
+                (x,) = [tensor_from_pb(t) for t in reply.tensors]
+                if reply.strings.get("push_error") and i + 1 < len(lives):
+                    try:
+                        await self._feed(lives[i + 1].hop, step, x, reply.strings["push_error"])
+                    except Unavailable as exc:
+                        stop = i + 1, exc
+                        break
+        finally:
+            for call in calls:
+                call.cancel()
+            await asyncio.gather(*calls, return_exceptions=True)
+        if stop is None:
+            self.pushed_steps += self.push  # not when the caller had to feed a hop
+            added = (time.perf_counter() - t0 - compute_s) / len(lives)
+            self.hop_overheads.extend([added] * len(lives))
+            return len(lives), x
+        index, problem = stop
+        if isinstance(problem, str):
+            await self._unpushed(index, problem)
+        else:
+            await self._failed(index, problem)
+        return index, x
+
+    async def _feed(self, hop: Hop, step: int, x: Any, why: str) -> None:
+        """Hand ``hop`` the input of ``step`` that the hop before could not push to it.
+
+        Its request for the step is waiting for that input, and its cache is intact, so
+        the step goes on; later steps go through the caller (the two nodes may be unable
+        to reach each other). A hop that is really gone fails here, and is failed over
+        (the push failed because of it: later steps still go node to node).
+        """
+        frame = dp.Frame(
+            service="stage",
+            op="push",
+            tensors=[tensor_to_pb(x)],
+            ints={"step": step},
+            strings={"session": self.chain_id, "client": self.identity.node_id},
+        )
+        peer = self.dial(hop.address, hop.node_id)
+        try:
+            await peer.request(frame)
+        finally:
+            await close_peers([peer])
+        log.warning("a %s hop could not push to the next (%s); the caller relays instead", self.model, why)
+        self.push = False
+
+    async def _unpushed(self, index: int, why: str) -> None:
+        """A push did not arrive: this session's steps go through the caller from now on."""
+        log.warning(
+            "hops of a %s session cannot push to each other (%s); the caller relays instead", self.model, why
+        )
+        self.push = False
+        await self._reroute(index)
+
+    async def _failed(self, index: int, exc: PhageError) -> None:
+        """Hop ``index`` failed: avoid its node and route the chain again from its first block."""
+        live = self._hops[index]
+        if self.failovers >= self.max_failovers:
+            raise exc
+        self.failovers += 1
+        self.failed.add(live.hop.node_id)
+        log.warning("hop %s failed (%s); rerouting blocks %s:", live.hop.node_id, exc, live.hop.start)
+        await self._reroute(index)
 
     async def _reroute(self, index: int) -> None:
         """Replace hops ``index``… by a fresh route from that hop's first block, replaying their inputs."""
@@ -135,7 +268,10 @@ class ChainSession:
         if not self._hops:
             await self._reroute(0)
         x: Any = torch.tensor(token_ids, dtype=torch.int64)
+        self.steps += 1
         i = 0
+        if self._can_push():
+            i, x = await self._pushed_step(x)
         while i < len(self._hops):
             live = self._hops[i]
             try:
@@ -146,12 +282,7 @@ class ChainSession:
                         hop.node_id, hop.blocks, hop.start, live.sent, x, out, avoid=self.failed
                     )
             except (Unavailable, Mismatch) as exc:
-                if self.failovers >= self.max_failovers:
-                    raise
-                self.failovers += 1
-                self.failed.add(live.hop.node_id)
-                log.warning("hop %s failed (%s); rerouting blocks %s:", live.hop.node_id, exc, live.hop.start)
-                await self._reroute(i)
+                await self._failed(i, exc)
                 continue  # the new hop i has its cache back; send this step again
             live.sent.append(x)
             x = out

@@ -119,6 +119,10 @@ class Checker:
         self.rng = policy.rng or random.Random()
         self.checked = 0
 
+    def may_check(self, node_id: str) -> bool:
+        """Whether any step of ``node_id`` may be checked (its steps then go through the client)."""
+        return self.policy.rate > 0 and self.policy.untrusted(node_id)
+
     def wants(self, node_id: str) -> bool:
         """Whether this step of ``node_id`` is to be checked."""
         return self.policy.untrusted(node_id) and self.rng.random() < self.policy.rate

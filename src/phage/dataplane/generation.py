@@ -45,6 +45,24 @@ class TextDelta:
     """Steps recomputed on other nodes during the generation (checked activations)."""
 
 
+@dataclass
+class ChainStats:
+    """How chain steps went, summed over every session (``/metrics``)."""
+
+    node_to_node: int = 0
+    """Steps each hop handed straight to the next."""
+    through_driver: int = 0
+    """Steps whose every hop's output came back through the driver (checked hops, relayed nodes)."""
+    failovers: int = 0
+    """Hops replaced mid-generation."""
+
+    def add(self, session: ChainSession) -> None:
+        """A session ended: count its steps."""
+        self.node_to_node += session.pushed_steps
+        self.through_driver += session.steps - session.pushed_steps
+        self.failovers += session.failovers
+
+
 class ShardedGenerator:
     """Generation for the sharded model ``name`` through chains ``route`` finds."""
 
@@ -57,8 +75,10 @@ class ShardedGenerator:
         *,
         checks: CheckPolicy | None = None,
         dial: Dial | None = None,
+        stats: ChainStats | None = None,
     ) -> None:
         self.name = name
+        self.stats = stats if stats is not None else ChainStats()
         self.checkpoint = checkpoint
         self.identity = identity
         self.route = route
@@ -99,24 +119,27 @@ class ShardedGenerator:
         finish = "length"
         policy = checks if checks is not None else self.checks
         session = ChainSession(self.name, self.identity, self.route, checks=policy, dial=self.dial)
-        async with session:
-            async for token in generate_tokens(session, prompt, sampling):
-                ids.append(token)
-                cut, hit = apply_stops(tok.decode(ids, skip_special_tokens=True), request.stop)
-                safe = cut if hit else safe_prefix(cut, request.stop)
-                if len(safe) > sent:
-                    yield TextDelta(safe[sent:])
-                    sent = len(safe)
-                if hit:
-                    finish = "stop"
-                    break
-            else:
-                finish = "length" if len(ids) >= request.max_tokens else "stop"
-                tail = apply_stops(tok.decode(ids, skip_special_tokens=True), request.stop)[0]
-                if len(tail) > sent:
-                    yield TextDelta(tail[sent:])
-            chain = tuple(h.node_id for h in session.hops)
-            checked = session.checker.checked if session.checker is not None else 0
+        try:
+            async with session:
+                async for token in generate_tokens(session, prompt, sampling):
+                    ids.append(token)
+                    cut, hit = apply_stops(tok.decode(ids, skip_special_tokens=True), request.stop)
+                    safe = cut if hit else safe_prefix(cut, request.stop)
+                    if len(safe) > sent:
+                        yield TextDelta(safe[sent:])
+                        sent = len(safe)
+                    if hit:
+                        finish = "stop"
+                        break
+                else:
+                    finish = "length" if len(ids) >= request.max_tokens else "stop"
+                    tail = apply_stops(tok.decode(ids, skip_special_tokens=True), request.stop)[0]
+                    if len(tail) > sent:
+                        yield TextDelta(tail[sent:])
+                chain = tuple(h.node_id for h in session.hops)
+                checked = session.checker.checked if session.checker is not None else 0
+        finally:  # a session cut short counts too
+            self.stats.add(session)
         yield TextDelta("", finish, len(prompt), len(ids), chain, checked)
 
 

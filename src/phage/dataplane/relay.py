@@ -222,6 +222,8 @@ class RelayServer:
                 except Exception as exc:  # a direct caller would see its stream break: fail over
                     log.exception("relayed frame failed")
                     reply = error_frame(frame.seq, Unavailable(f"the node failed: {exc!r}"))
+            if frame.one_way:
+                return
             async with writing:
                 await call.write(dp.RelayFrame(conversation=name, frame=reply))
 

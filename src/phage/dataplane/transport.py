@@ -95,7 +95,13 @@ class _Servicer(dp_grpc.PhageDataPlaneServicer):
         open_: dict[str, Conversation] = {}
         try:
             async for frame in request_iterator:
-                yield await answer(self.handlers, open_, peer, frame)
+                reply = await answer(self.handlers, open_, peer, frame)
+                if not frame.one_way:
+                    yield reply
+                elif reply.error:
+                    log.info(
+                        "a one-way %s/%s from node %s failed: %s", frame.service, frame.op, peer, reply.error
+                    )
         finally:
             await close_conversations(open_)
 
@@ -179,9 +185,13 @@ Dial = Callable[[str, str], RemoteConversation]
 """``dial(address, node_id)``: a new conversation with the node ``node_id`` at ``address``."""
 
 
-def direct(identity: TLSIdentity) -> Dial:
+def direct(identity: TLSIdentity) -> Callable[[str, str], Peer]:
     """Dial nodes directly, over mutual TLS as ``identity``."""
     return lambda address, node_id: Peer(identity, address, node_id)
+
+
+_BROKEN = (TimeoutError, grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError)
+"""How a call on a peer's stream fails when the peer died, hung up or cannot be reached."""
 
 
 class Peer:
@@ -203,35 +213,51 @@ class Peer:
 
     async def request(self, frame: dp.Frame, wait_s: float = 60.0) -> dp.Frame:
         """Send ``frame``, wait up to ``wait_s`` for the reply; a dead or unreachable peer: Unavailable."""
-        async with self._lock:
-            try:
-                if self._call is None:
-                    stub = dp_grpc.PhageDataPlaneStub(self._channel)  # type: ignore[no-untyped-call]
-                    self._call = stub.Open()
-                self._seq += 1
-                frame.seq = self._seq
-                async with asyncio.timeout(wait_s):
-                    await self._call.write(frame)
-                    reply = await self._call.read()
-            except (
-                TimeoutError,
-                grpc.aio.AioRpcError,
-                asyncio.InvalidStateError,
-                grpc.aio.UsageError,
-            ) as exc:
-                self._call = None
-                code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else None
-                if code is grpc.StatusCode.PERMISSION_DENIED:
-                    raise PermissionDenied(f"node {self.node_id} refused this node: {exc}") from None
-                raise Unavailable(
-                    f"node {self.node_id} at {self.address} is unreachable ({code or exc!r})"
-                ) from None
-            if reply is grpc.aio.EOF:  # type: ignore[attr-defined]
-                self._call = None
-                raise Unavailable(f"node {self.node_id} at {self.address} ended the conversation")
+        reply = await self._exchange(frame, wait_s, answered=True)
+        assert reply is not None
         if reply.seq != frame.seq:
             raise errors.ProtocolError(f"node {self.node_id} answered request {reply.seq}, not {frame.seq}")
         return raise_for_error(reply)
+
+    async def send(self, frame: dp.Frame, wait_s: float = 10.0) -> None:
+        """Send ``frame`` as a one-way request (no reply comes); a dead or unreachable peer: Unavailable.
+
+        Done once the frame is on its way, not when the peer has it: what the peer does with it
+        shows elsewhere (for a chain, in the next node's answer to its caller).
+        """
+        frame.one_way = True
+        await self._exchange(frame, wait_s, answered=False)
+
+    async def _exchange(self, frame: dp.Frame, wait_s: float, *, answered: bool) -> dp.Frame | None:
+        """Write ``frame`` on the conversation's stream and, when ``answered``, read its reply."""
+        async with self._lock:
+            try:
+                call = self._open()
+                self._seq += 1
+                frame.seq = self._seq
+                async with asyncio.timeout(wait_s):
+                    await call.write(frame)
+                    reply = await call.read() if answered else None
+            except _BROKEN as exc:
+                raise self._unreachable(exc) from None
+            if reply is grpc.aio.EOF:  # type: ignore[attr-defined]
+                self._call = None
+                raise Unavailable(f"node {self.node_id} at {self.address} ended the conversation")
+        return reply
+
+    def _open(self) -> Any:
+        if self._call is None:
+            stub = dp_grpc.PhageDataPlaneStub(self._channel)  # type: ignore[no-untyped-call]
+            self._call = stub.Open()
+        return self._call
+
+    def _unreachable(self, exc: BaseException) -> PhageError:
+        """The error for a call that broke (it is dropped; the next request opens a new one)."""
+        self._call = None
+        code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else None
+        if code is grpc.StatusCode.PERMISSION_DENIED:
+            return PermissionDenied(f"node {self.node_id} refused this node: {exc}")
+        return Unavailable(f"node {self.node_id} at {self.address} is unreachable ({code or exc!r})")
 
     async def close(self) -> None:
         """End the conversation (the peer drops what it kept for it) and the channel."""

@@ -39,7 +39,10 @@ class BlockServer:
         self.requested_model = requested_model
         self.stages: dict[str, StageModel] = {}
         self.handler = StageHandler(
-            self.stages, delay_s=faults.stage_delay_s(), output_hook=faults.activation_noise()
+            self.stages,
+            dial=listener.dial,
+            delay_s=faults.stage_delay_s(),
+            output_hook=faults.activation_noise(),
         )
         listener.handlers["stage"] = self.handler
         self._want: BlockAssignment = BlockAssignment()

@@ -20,6 +20,8 @@ import grpc
 
 from phage.dataplane import DataPlaneServer, Handler, TLSIdentity
 from phage.dataplane.relay import RELAY_ADDRESS, RelayServer
+from phage.dataplane.transport import Peer
+from phage.errors import Unavailable
 
 log = logging.getLogger("phage.node.listener")
 
@@ -36,9 +38,11 @@ class NodeListener:
         """The services peers may use, by name; filled as the node takes up work."""
         self._server: DataPlaneServer | None = None
         self._relaying: asyncio.Task[None] | None = None
+        self._identity: TLSIdentity | None = None
 
     async def start(self, identity: TLSIdentity, channel: Callable[[], grpc.aio.Channel]) -> None:
         """Listen with this node's pool certificate, or open the relay stream on ``channel``."""
+        self._identity = identity
         if self.relay:
             relay = RelayServer(channel, self.handlers)
             self._relaying = asyncio.get_running_loop().create_task(relay.run(), name="phage-node-relay")
@@ -56,6 +60,12 @@ class NodeListener:
                 await self._relaying
         if self._server is not None:
             await self._server.stop(0)
+
+    def dial(self, address: str, node_id: str) -> Peer:
+        """A conversation with another node, over mutual TLS as this node (a chain's next node)."""
+        if self._identity is None:
+            raise Unavailable("this node's data plane has not started")
+        return Peer(self._identity, address, node_id)
 
     @property
     def address(self) -> str:

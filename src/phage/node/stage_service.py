@@ -6,6 +6,11 @@ frees the memory. A ``forward`` frame may carry several input chunks, run in
 order with one output each — how a caller replays a session's history onto a
 replacement node after a failure, in the same chunks as the first time, which
 rebuilds the cache exactly.
+
+When the chain's nodes can reach each other, the caller asks each node to push its
+output straight to the next (``push_to``) and tells the next whom to expect it from
+(``from``): the step's path is then one message per node plus one back to the caller
+(:mod:`phage.node.stage_inbox`). Each node still answers the caller with its output.
 """
 
 from __future__ import annotations
@@ -18,12 +23,15 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from phage.dataplane import tensor_from_pb, tensor_to_pb
-from phage.errors import Conflict, InvalidInput, NotFound
+from phage.dataplane.transport import Peer, close_peers
+from phage.errors import Conflict, InvalidInput, NotFound, PhageError
 from phage.node.stage import StageModel
+from phage.node.stage_inbox import Inbox
 from phage.protocol.v1 import dataplane_pb2 as dp
 
 SERVICE = "stage"
 MAX_CHUNKS = 4096
+MAX_SESSION_ID = 128
 INLINE_POSITIONS = 1
 """A lone session's steps of at most this many positions (decode steps) run without a thread hand-off."""
 
@@ -35,9 +43,18 @@ class StageHandler:
     """Serves forward passes through the stages (one per sharded model) this node holds."""
 
     def __init__(
-        self, stages: Mapping[str, StageModel], *, output_hook: OutputHook | None = None, delay_s: float = 0.0
+        self,
+        stages: Mapping[str, StageModel],
+        *,
+        dial: Callable[[str, str], Peer] | None = None,
+        output_hook: OutputHook | None = None,
+        delay_s: float = 0.0,
     ) -> None:
         self.stages = stages
+        self.dial = dial
+        """How this node reaches the next node of a chain to push its outputs (None: it cannot)."""
+        self.inbox = Inbox()
+        """Inputs the node before in a chain pushed here, waiting for their steps."""
         self.output_hook = output_hook
         self.delay_s = delay_s
         """Test hook: sleep this long per step (node/faults.py), so a test can act mid-generation."""
@@ -49,9 +66,17 @@ class StageHandler:
         """Tokens per second through this node's blocks, a moving average of measured steps."""
 
     def open(self, peer_node_id: str) -> _StageConversation:
-        """A new session, owned by ``peer_node_id``."""
-        self.open_sessions += 1
-        return _StageConversation(self, f"{peer_node_id}/{uuid.uuid4().hex}")
+        """A new conversation with ``peer_node_id``: a session once it runs a step, or a stream of pushes."""
+        return _StageConversation(self, peer_node_id)
+
+
+def _session_id(frame: dp.Frame) -> str:
+    session = frame.strings.get("session", "")
+    if not 1 <= len(session) <= MAX_SESSION_ID:
+        raise InvalidInput(
+            f"a pushed step names its session in 1 to {MAX_SESSION_ID} characters", field="session"
+        )
+    return session
 
 
 def _positions(x: Any) -> int:
@@ -59,10 +84,18 @@ def _positions(x: Any) -> int:
 
 
 class _StageConversation:
-    def __init__(self, handler: StageHandler, session: str) -> None:
+    def __init__(self, handler: StageHandler, peer: str) -> None:
         self.handler = handler
-        self.session = session
+        self.peer = peer
+        self.session = f"{peer}/{uuid.uuid4().hex}"
+        """The key of this conversation's attention caches."""
         self.used: set[str] = set()
+        self.counted = False
+        """Whether this conversation counts as a session (it ran a step; pushes alone do not)."""
+        self.pushed_to: dict[str, Peer] = {}
+        """Conversations with the next nodes this session's outputs are pushed to."""
+        self.chain_sessions: set[str] = set()
+        """The caller's session ids this conversation named (their pushed inputs go when it ends)."""
 
     def _stage(self, frame: dp.Frame) -> StageModel:
         model = frame.strings.get("model", "")
@@ -75,15 +108,31 @@ class _StageConversation:
         return stage
 
     async def handle(self, frame: dp.Frame) -> dp.Frame:
-        """Run ``forward``: every input chunk in order through this node's blocks."""
+        """Run ``forward`` (every input chunk in order through this node's blocks), or take a ``push``."""
+        if frame.op == "push":
+            return self._take_push(frame)
         if frame.op != "forward":
             raise InvalidInput(f"the stage service has no operation {frame.op!r}", field="op")
         stage = self._stage(frame)
-        if not 1 <= len(frame.tensors) <= MAX_CHUNKS:
-            raise InvalidInput(f"a forward carries 1 to {MAX_CHUNKS} input chunks", field="tensors")
+        source = frame.strings.get("from", "")
+        if source:
+            if frame.tensors:
+                raise InvalidInput(
+                    "a forward whose input another node pushes carries no tensors", field="tensors"
+                )
+            chain_session = self._chain_session(frame)
+            inputs = [
+                await self.handler.inbox.take(self.peer, chain_session, frame.ints.get("step", 0), source)
+            ]
+        else:
+            if not 1 <= len(frame.tensors) <= MAX_CHUNKS:
+                raise InvalidInput(f"a forward carries 1 to {MAX_CHUNKS} input chunks", field="tensors")
+            inputs = [tensor_from_pb(t) for t in frame.tensors]
         start = frame.ints.get("start", stage.blocks.start)
-        inputs = [tensor_from_pb(t) for t in frame.tensors]
         self.used.add(frame.strings["model"])
+        if not self.counted:
+            self.counted = True
+            self.handler.open_sessions += 1
 
         def run() -> tuple[list[Any], float]:
             if self.handler.delay_s:
@@ -109,23 +158,85 @@ class _StageConversation:
                 outputs, compute_s = await asyncio.to_thread(run)
             finally:
                 self.handler.running -= 1
+        if self.handler.output_hook is not None:
+            outputs = [self.handler.output_hook(o) for o in outputs]
+        wire = [tensor_to_pb(o, "outputs") for o in outputs]
+        # The next node first: its step waits on this, the caller's record does not.
+        problem = await self._push(frame, wire[-1]) if frame.strings.get("push_to") else ""
         positions = sum(_positions(x) for x in inputs)
         if compute_s > 0:
             rate = positions / compute_s
             h = self.handler
             h.throughput = rate if not h.throughput else 0.9 * h.throughput + 0.1 * rate
-        if self.handler.output_hook is not None:
-            outputs = [self.handler.output_hook(o) for o in outputs]
         # The compute time lets a caller tell the network's share of a step from the model's.
-        return dp.Frame(
-            tensors=[tensor_to_pb(o, "outputs") for o in outputs], ints={"compute_us": int(compute_s * 1e6)}
+        reply = dp.Frame(tensors=wire, ints={"compute_us": int(compute_s * 1e6)})
+        if problem:
+            reply.strings["push_error"] = problem
+        return reply
+
+    def _chain_session(self, frame: dp.Frame) -> str:
+        """The caller's session id a pushed step names (remembered: its inputs go when this ends)."""
+        session = _session_id(frame)
+        self.chain_sessions.add(session)
+        return session
+
+    async def _push(self, frame: dp.Frame, output: dp.Tensor) -> str:
+        """Send this step's output to the next node; why not, or "" once it is on its way.
+
+        One-way: the next node starts its step as soon as the input arrives, with no
+        acknowledgement to write first. A push that is sent but refused there shows as that
+        node's answer to the caller (it waited in vain), and the caller fails the step over.
+        """
+        target, address = frame.strings["push_to"], frame.strings.get("push_address", "")
+        if self.handler.dial is None:
+            return "this node cannot reach other nodes to push to them"
+        push = dp.Frame(
+            service="stage",
+            op="push",
+            tensors=[output],
+            ints={"step": frame.ints.get("step", 0)},
+            strings={"session": self._chain_session(frame), "client": self.peer},
         )
+        peer = self.pushed_to.get(target)
+        try:
+            if peer is None:
+                peer = self.pushed_to[target] = self.handler.dial(address, target)
+            await peer.send(push)
+        except PhageError as exc:
+            self.pushed_to.pop(target, None)
+            if peer is not None:
+                await close_peers([peer])
+            return f"could not push to node {target}: {exc.message}"
+        return ""
+
+    def _take_push(self, frame: dp.Frame) -> dp.Frame:
+        """The node before in some client's chain hands over a step's input."""
+        if len(frame.tensors) != 1:
+            raise InvalidInput("a push carries exactly one tensor", field="tensors")
+        client = frame.strings.get("client", "")
+        if not client:
+            raise InvalidInput("a push names the client whose session it feeds", field="client")
+        session = _session_id(frame)
+        self.handler.inbox.deliver(
+            self.peer, client, session, frame.ints.get("step", 0), tensor_from_pb(frame.tensors[0])
+        )
+        return dp.Frame()
 
     async def close(self) -> None:
-        """Drop the session's caches."""
-        self.handler.open_sessions -= 1
-        for model in self.used:
-            with contextlib.suppress(NotFound):
-                stage = self.handler.stages.get(model)
-                if stage is not None:
-                    stage.end_session(self.session)
+        """Drop the session's caches and pushed inputs, then end its pushes onward.
+
+        The bookkeeping comes before the one await: a conversation ends when its caller
+        hangs up, and the task closing it may be cancelled again at that await.
+        """
+        for session in self.chain_sessions:
+            self.handler.inbox.drop(self.peer, session)
+        if self.counted:
+            self.counted = False
+            self.handler.open_sessions -= 1
+            for model in self.used:
+                with contextlib.suppress(NotFound):
+                    stage = self.handler.stages.get(model)
+                    if stage is not None:
+                        stage.end_session(self.session)
+        peers, self.pushed_to = list(self.pushed_to.values()), {}
+        await close_peers(peers)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!phage/protocol/v1/dataplane.proto\x12\x08phage.v1\"Q\n\nRelayFrame\x12\x14\n\x0c\x63onversation\x18\x01 \x01(\t\x12\x1e\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x0f.phage.v1.Frame\x12\r\n\x05\x63lose\x18\x03 \x01(\x08\"B\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\xac\x02\n\x05\x46rame\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\n\n\x02op\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12!\n\x07tensors\x18\x04 \x03(\x0b\x32\x10.phage.v1.Tensor\x12\'\n\x04ints\x18\x05 \x03(\x0b\x32\x19.phage.v1.Frame.IntsEntry\x12-\n\x07strings\x18\x06 \x03(\x0b\x32\x1c.phage.v1.Frame.StringsEntry\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x12\n\nerror_kind\x18\x08 \x01(\t\x1a+\n\tIntsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a.\n\x0cStringsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32>\n\x0ePhageDataPlane\x12,\n\x04Open\x12\x0f.phage.v1.Frame\x1a\x0f.phage.v1.Frame(\x01\x30\x01\x32\x45\n\nPhageRelay\x12\x37\n\x05Serve\x12\x14.phage.v1.RelayFrame\x1a\x14.phage.v1.RelayFrame(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!phage/protocol/v1/dataplane.proto\x12\x08phage.v1\"Q\n\nRelayFrame\x12\x14\n\x0c\x63onversation\x18\x01 \x01(\t\x12\x1e\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x0f.phage.v1.Frame\x12\r\n\x05\x63lose\x18\x03 \x01(\x08\"B\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\xbd\x02\n\x05\x46rame\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\n\n\x02op\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\x12!\n\x07tensors\x18\x04 \x03(\x0b\x32\x10.phage.v1.Tensor\x12\'\n\x04ints\x18\x05 \x03(\x0b\x32\x19.phage.v1.Frame.IntsEntry\x12-\n\x07strings\x18\x06 \x03(\x0b\x32\x1c.phage.v1.Frame.StringsEntry\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x12\n\nerror_kind\x18\x08 \x01(\t\x12\x0f\n\x07one_way\x18\t \x01(\x08\x1a+\n\tIntsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a.\n\x0cStringsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32>\n\x0ePhageDataPlane\x12,\n\x04Open\x12\x0f.phage.v1.Frame\x1a\x0f.phage.v1.Frame(\x01\x30\x01\x32\x45\n\nPhageRelay\x12\x37\n\x05Serve\x12\x14.phage.v1.RelayFrame\x1a\x14.phage.v1.RelayFrame(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,13 +40,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TENSOR']._serialized_start=130
   _globals['_TENSOR']._serialized_end=196
   _globals['_FRAME']._serialized_start=199
-  _globals['_FRAME']._serialized_end=499
-  _globals['_FRAME_INTSENTRY']._serialized_start=408
-  _globals['_FRAME_INTSENTRY']._serialized_end=451
-  _globals['_FRAME_STRINGSENTRY']._serialized_start=453
-  _globals['_FRAME_STRINGSENTRY']._serialized_end=499
-  _globals['_PHAGEDATAPLANE']._serialized_start=501
-  _globals['_PHAGEDATAPLANE']._serialized_end=563
-  _globals['_PHAGERELAY']._serialized_start=565
-  _globals['_PHAGERELAY']._serialized_end=634
+  _globals['_FRAME']._serialized_end=516
+  _globals['_FRAME_INTSENTRY']._serialized_start=425
+  _globals['_FRAME_INTSENTRY']._serialized_end=468
+  _globals['_FRAME_STRINGSENTRY']._serialized_start=470
+  _globals['_FRAME_STRINGSENTRY']._serialized_end=516
+  _globals['_PHAGEDATAPLANE']._serialized_start=518
+  _globals['_PHAGEDATAPLANE']._serialized_end=580
+  _globals['_PHAGERELAY']._serialized_start=582
+  _globals['_PHAGERELAY']._serialized_end=651
 # @@protoc_insertion_point(module_scope)

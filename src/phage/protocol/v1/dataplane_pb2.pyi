@@ -29,7 +29,7 @@ class Tensor(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("service", "op", "seq", "tensors", "ints", "strings", "error", "error_kind")
+    __slots__ = ("service", "op", "seq", "tensors", "ints", "strings", "error", "error_kind", "one_way")
     class IntsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,7 @@ class Frame(_message.Message):
     STRINGS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     ERROR_KIND_FIELD_NUMBER: _ClassVar[int]
+    ONE_WAY_FIELD_NUMBER: _ClassVar[int]
     service: str
     op: str
     seq: int
@@ -60,4 +61,5 @@ class Frame(_message.Message):
     strings: _containers.ScalarMap[str, str]
     error: str
     error_kind: str
-    def __init__(self, service: _Optional[str] = ..., op: _Optional[str] = ..., seq: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., ints: _Optional[_Mapping[str, int]] = ..., strings: _Optional[_Mapping[str, str]] = ..., error: _Optional[str] = ..., error_kind: _Optional[str] = ...) -> None: ...
+    one_way: bool
+    def __init__(self, service: _Optional[str] = ..., op: _Optional[str] = ..., seq: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., ints: _Optional[_Mapping[str, int]] = ..., strings: _Optional[_Mapping[str, str]] = ..., error: _Optional[str] = ..., error_kind: _Optional[str] = ..., one_way: _Optional[bool] = ...) -> None: ...
