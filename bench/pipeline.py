@@ -7,15 +7,17 @@ throwaway CA), exactly as nodes serve them. torch runs one thread per process, s
 numbers are the pipeline's and not the thread pool's. It measures, for greedy decoding:
 
 * **tokens/s, one session**: the whole model in process with no network (the baseline), then
-  the same model through a chain of 1, 2 and 3 stage servers;
+  the same model through a chain of 1, 2 and 3 stage servers — each decode step handed node to
+  node, as phage runs chains by default, and again with the caller relaying every hop's output;
 * **added per hop**: per decode step, (chain step time − median baseline step time) / hops,
   p50 and p99 — serialisation, TLS, gRPC and the event loop, the price of splitting;
 * **8 sessions**: tokens/s summed over 8 concurrent sessions through 2 stages;
 * **checked activations**: tokens/s through 2 stages, every node untrusted and a second node
   holding each range, with 5 % and with 100 % of steps recomputed (``dataplane/checks.py``).
 
-    .venv/bin/python bench/pipeline.py            # 48 tokens per run
-    .venv/bin/python bench/pipeline.py --quick    # 16 tokens per run, smaller model
+    .venv/bin/python bench/pipeline.py              # 48 tokens per run, stage servers in this process
+    .venv/bin/python bench/pipeline.py --processes  # each stage server in a process of its own
+    .venv/bin/python bench/pipeline.py --quick      # 16 tokens per run, smaller model
 """
 
 from __future__ import annotations

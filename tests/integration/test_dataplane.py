@@ -133,8 +133,8 @@ async def test_a_chain_over_mtls_gives_the_whole_models_tokens(
         async with ChainSession("tiny8", pool.client, pool.route, push=push) as session:
             tokens = await collect(generate_tokens(session, PROMPT, Sampling(max_tokens=STEPS)))
             assert len(session.hops) == len(ranges)
-            # every step (the prompt's and each token's) went hop to hop when it could
-            assert session.pushed_steps == (STEPS + 1 if push and len(ranges) > 1 else 0)
+            # every decode step went hop to hop when it could (the prompt's prefill goes through the caller)
+            assert session.pushed_steps == (STEPS if push and len(ranges) > 1 else 0)
         assert tokens == reference
         assert all(len(h.inbox) == 0 for h in pool.handlers.values())  # nothing left waiting
     finally:
@@ -155,8 +155,8 @@ async def test_a_dead_middle_hop_is_replaced_and_the_output_is_unchanged(
                     await pool.servers[middle][0].stop(0)
             assert session.failovers == 1 and middle in session.failed
             assert session.hops[1].node_id != middle
-            # every step went node to node but the one that failed over, which the caller finished
-            assert session.pushed_steps == STEPS
+            # every decode step went node to node but the one that failed over, which the caller finished
+            assert session.pushed_steps == STEPS - 1
         assert tokens == reference
     finally:
         await stop_pool(pool)
@@ -173,9 +173,8 @@ async def test_nodes_that_cannot_reach_each_other_fall_back_to_the_caller(
     try:
         async with ChainSession("tiny8", pool.client, pool.route) as session:
             tokens = await collect(generate_tokens(session, PROMPT, Sampling(max_tokens=STEPS)))
-            assert (
-                session.push is False and session.pushed_steps == 0
-            )  # the prompt's step was fed by the caller
+            # the first decode step's second hop was fed by the caller, then the rest went through it
+            assert session.push is False and session.pushed_steps == 0
             assert session.failovers == 0 and not session.failed  # nobody is blamed for it
         assert tokens == reference
     finally:

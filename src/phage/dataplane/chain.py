@@ -16,8 +16,9 @@ chunks as the first time — which rebuilds their caches exactly — before the 
 is retried. The caller sees one uninterrupted sequence of tokens.
 
 Pushed steps: when every hop has a direct address and none of them is to be checked,
-each hop sends its output straight to the next hop (``push_to``/``from``, see
-:mod:`phage.node.stage_inbox`) while still answering the caller with it, so a step's
+each decode step goes hop to hop: each hop sends its output straight to the next hop
+(``push_to``/``from``, see :mod:`phage.node.stage_inbox`) while still answering the caller
+with it, so a step's
 path is N + 1 messages instead of 2N and the caller keeps the same record for
 failover. A hop that fails mid-step is failed over as above; a push that does not
 arrive (nodes that cannot reach each other) moves the session to caller-driven steps.
@@ -132,7 +133,12 @@ class ChainSession:
         return [tensor_from_pb(t) for t in reply.tensors]
 
     def _can_push(self) -> bool:
-        """Whether this step may go hop to hop: several hops, all reachable directly, none checked."""
+        """Whether this step may go hop to hop: several hops, all reachable directly, none checked.
+
+        Only decode steps (one new position) are pushed: each node waits for its pushed input
+        as long as every node before it computes, which for a long prompt's prefill on slow
+        nodes could outlast that wait, while the message or two it saves are nothing beside it.
+        """
         if not self.push or len(self._hops) < 2:
             return False
         if any(live.hop.address == RELAY_ADDRESS for live in self._hops):
@@ -270,7 +276,7 @@ class ChainSession:
         x: Any = torch.tensor(token_ids, dtype=torch.int64)
         self.steps += 1
         i = 0
-        if self._can_push():
+        if len(token_ids) == 1 and self._can_push():  # decode steps: a prompt's prefill waits longer
             i, x = await self._pushed_step(x)
         while i < len(self._hops):
             live = self._hops[i]
