@@ -72,7 +72,7 @@ class Inbox:
         slot = self._slot(key)
         try:
             async with asyncio.timeout(wait_s):
-                pusher, tensor = await asyncio.shield(slot)
+                pusher, tensor = await slot
         except TimeoutError:
             raise InputMissing(
                 f"node {source} did not hand over the input of step {step} within {wait_s:g} s"

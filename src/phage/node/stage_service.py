@@ -110,7 +110,7 @@ class _StageConversation:
     async def handle(self, frame: dp.Frame) -> dp.Frame:
         """Run ``forward`` (every input chunk in order through this node's blocks), or take a ``push``."""
         if frame.op == "push":
-            return self._take_push(frame)
+            return await self._take_push(frame)
         if frame.op != "forward":
             raise InvalidInput(f"the stage service has no operation {frame.op!r}", field="op")
         stage = self._stage(frame)
@@ -209,7 +209,7 @@ class _StageConversation:
             return f"could not push to node {target}: {exc.message}"
         return ""
 
-    def _take_push(self, frame: dp.Frame) -> dp.Frame:
+    async def _take_push(self, frame: dp.Frame) -> dp.Frame:
         """The node before in some client's chain hands over a step's input."""
         if len(frame.tensors) != 1:
             raise InvalidInput("a push carries exactly one tensor", field="tensors")
@@ -220,6 +220,7 @@ class _StageConversation:
         self.handler.inbox.deliver(
             self.peer, client, session, frame.ints.get("step", 0), tensor_from_pb(frame.tensors[0])
         )
+        await asyncio.sleep(0)  # the step waiting for this input starts before this stream reads on
         return dp.Frame()
 
     async def close(self) -> None:
