@@ -56,7 +56,7 @@ def _assignment(n: int) -> ReceivedAssignment:
 
 
 async def _deliver(agent: NodeAgent, count: int) -> list[Any]:
-    sender = asyncio.create_task(agent._result_loop())
+    sender = asyncio.create_task(agent.results.run())
     try:
         reports = [agent._report(_assignment(n), TaskResult(exit_code=0)) for n in range(count)]
         async with asyncio.timeout(20):
@@ -91,7 +91,7 @@ async def test_a_definite_refusal_reaches_the_results_waiters(tmp_path: Path) ->
             )
 
     agent = _agent(tmp_path, FlakyStub([Refused()]))
-    sender = asyncio.create_task(agent._result_loop())
+    sender = asyncio.create_task(agent.results.run())
     try:
         with pytest.raises(grpc.aio.AioRpcError):
             async with asyncio.timeout(20):
@@ -133,7 +133,7 @@ async def test_a_result_in_flight_when_the_node_moves_is_sent_again_on_the_new_c
     old = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     agent = NodeAgent(NodeConfig(key_dir=tmp_path / "keys", sandbox="none", coordinator="127.0.0.1:1"))
     agent._stub = pb_grpc.PhageCoordinatorStub(old)  # type: ignore[no-untyped-call]
-    sender = asyncio.create_task(agent._result_loop())
+    sender = asyncio.create_task(agent.results.run())
     try:
         report = asyncio.create_task(agent._report(_assignment(0), TaskResult(exit_code=0)))
         async with asyncio.timeout(20):

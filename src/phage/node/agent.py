@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import importlib
 import logging
 import time
@@ -26,7 +25,8 @@ from phage.domain.blocks import BlockOffer
 from phage.errors import PhageError, SandboxError
 from phage.logs import REQUEST_ID
 from phage.node import faults
-from phage.node.attest import attest_result, sign_batch
+from phage.node.attest import attest_result
+from phage.node.blobs import BlobTransfers
 from phage.node.blocks import BlockServer
 from phage.node.chat import ChatServer
 from phage.node.config import NodeConfig
@@ -44,9 +44,10 @@ from phage.node.executor import CollectedOutput, JobExecutor
 from phage.node.faults import poison_updates_enabled
 from phage.node.listener import NodeListener
 from phage.node.probe import probe_hardware, probe_metrics
+from phage.node.results import ResultSender
 from phage.node.window import ClaimWindow
 from phage.node.workspaces import WorkspaceCache
-from phage.pki.attestation import AttestationRecord, sandbox_hash
+from phage.pki.attestation import sandbox_hash
 from phage.pki.identity import NodeIdentity
 from phage.protocol import convert
 from phage.protocol.channels import channel_closed_under
@@ -60,12 +61,8 @@ from phage.sandbox.warm import unavailable_reason as warm_unavailable
 
 log = logging.getLogger("phage.node")
 
-UPLOAD_CHUNK = 256 * 1024
-RESULT_BATCH = 256
 FAILOVER_AFTER = 2
 """Consecutive heartbeats a replica may miss before the node moves to the next one."""
-DOWNLOAD_TRIES = 10
-"""A workspace download that keeps failing is given up (the task is reported and retried elsewhere)."""
 
 
 @dataclass
@@ -182,6 +179,7 @@ class NodeAgent:
         """Warm bwrap sandboxes, reused after a scrub (``phage.sandbox.warm``); None: all cold."""
         self.executor = JobExecutor(config.scratch_root, config.max_log_bytes, volumes, self.warm)
         self.workspaces = WorkspaceCache(config.key_dir / "workspaces")
+        self.blobs = BlobTransfers(lambda: self.stub, self.workspaces)
         """Streamed workspace archives kept by digest, so tasks sharing one download it once."""
         self._corrupt_outputs = faults.corrupt_outputs_enabled()
         """Fault injection for tests and benchmarks (node/faults.py): report wrong job outputs."""
@@ -198,8 +196,7 @@ class NodeAgent:
         self._stub: pb_grpc.PhageCoordinatorStub | None = None
         self.heartbeat_interval = config.heartbeat_interval_s or 10.0
         self.registered = asyncio.Event()
-        self._results: list[tuple[pb.TaskResult, AttestationRecord, asyncio.Future[pb.ResultAck]]] = []
-        self._results_ready = asyncio.Event()
+        self.results = ResultSender(self.identity, self._submit)
 
     def _sandbox_for(self, isolation: str) -> Sandbox | None:
         """The backend for a task's required isolation; None when this node cannot give it."""
@@ -358,7 +355,7 @@ class NodeAgent:
         loops = [
             asyncio.create_task(self._heartbeat_loop(), name="phage-node-heartbeat"),
             asyncio.create_task(self._fetch_loop(), name="phage-node-fetch"),
-            asyncio.create_task(self._result_loop(), name="phage-node-results"),
+            asyncio.create_task(self.results.run(), name="phage-node-results"),
         ]
         if self.listener is not None:
             await self.listener.start(self._tls_identity(), self._current_channel)
@@ -626,7 +623,7 @@ class NodeAgent:
             self._done_executing(a.assignment_id)
             ran = time.monotonic()
             await started  # StartTasks answered (a task it refused was cancelled, not reported)
-            await asyncio.gather(*(self._upload(out) for out in outputs))  # side by side, not in turn
+            await asyncio.gather(*(self.blobs.upload(out) for out in outputs))  # side by side, not in turn
             uploaded = time.monotonic()
             await self._report(a, result)
             if log.isEnabledFor(logging.DEBUG):  # the per-task trace BENCHMARKS.md breaks down
@@ -703,87 +700,18 @@ class NodeAgent:
     async def _workspace(self, a: ReceivedAssignment) -> bytes | None:
         """The assignment's workspace: sent inline when small, else downloaded."""
         if a.spec.workspace and not a.workspace:
-            return await self._download(a.spec.workspace)
+            return await self.blobs.download(a.spec.workspace)
         return a.workspace
-
-    async def _download(self, digest: str) -> bytes:
-        """A streamed workspace: from the node's cache, else from the coordinator (then kept)."""
-        cached = await asyncio.to_thread(self.workspaces.get, digest)
-        if cached is not None:
-            return cached
-
-        async def fetch() -> bytes:
-            call = self.stub.DownloadBlob(pb.BlobRequest(sha256=digest), timeout=600)
-            return b"".join([chunk.data async for chunk in call])
-
-        data: bytes = await retry_rpc(fetch, attempts=DOWNLOAD_TRIES)
-        await asyncio.to_thread(self.workspaces.put, digest, data)  # checks it against the digest
-        return data
-
-    async def _upload(self, out: CollectedOutput) -> None:
-        async def send() -> pb.BlobRef:
-            # opened here, not in the stream: an error raised inside a request stream stalls the call
-            fh = out.local.open("rb")
-
-            def chunks() -> Any:
-                first = True
-                while True:
-                    data = fh.read(UPLOAD_CHUNK)
-                    if first:
-                        yield pb.BlobChunk(sha256=out.sha256, total_size=out.size, data=data)
-                        first = False
-                    elif data:
-                        yield pb.BlobChunk(data=data)
-                    if not data:
-                        return
-
-            with fh:
-                ref: pb.BlobRef = await self.stub.UploadBlob(chunks(), timeout=600)
-            return ref
-
-        await retry_rpc(send)
 
     async def _report(self, a: ReceivedAssignment, result: TaskResult) -> None:
         """Queue a result for the sender and wait for the coordinator's acknowledgement."""
         sandbox = self._sandbox_for(a.spec.isolation) or self.sandbox
         record = attest_result(a, result, sandbox.name, self._sandbox_sha256[sandbox.name])
         msg = convert.result_to_pb(self.node_id, a.assignment_id, a.task_id, result)
-        fut: asyncio.Future[pb.ResultAck] = asyncio.get_running_loop().create_future()
-        self._results.append((msg, record, fut))
-        self._results_ready.set()
-        ack = await fut
+        ack = await self.results.report(msg, record)
         if not ack.accepted:
             log.info("result for %s not accepted: %s", a.assignment_id, ack.message)
 
     def _submit(self, request: pb.ResultBatch) -> Any:
         """One SubmitResults call on the channel in use now."""
         return self.stub.SubmitResults(request, timeout=30)
-
-    async def _result_loop(self) -> None:
-        """Send queued results — as many per RPC as gathered while the last was in flight — under one
-        attestation signature per batch."""
-        while True:
-            await self._results_ready.wait()
-            self._results_ready.clear()
-            while self._results:
-                batch, self._results = self._results[:RESULT_BATCH], self._results[RESULT_BATCH:]
-                request = pb.ResultBatch(
-                    node_id=self.node_id,
-                    results=[m for m, _, _ in batch],
-                    batch_signature=sign_batch(self.identity, [r for _, r, _ in batch]),
-                )
-                try:
-                    resp = await retry_rpc(functools.partial(self._submit, request))
-                except grpc.aio.AioRpcError as exc:  # a definite refusal: each result's waiter hears it
-                    for _, _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                    continue
-                except Exception:  # anything else: keep the batch, never let the sender die with it
-                    log.exception("sending %d results failed; trying again", len(batch))
-                    self._results[:0] = batch
-                    await asyncio.sleep(1.0)
-                    continue
-                for (_, _, fut), ack in zip(batch, resp.acks, strict=True):
-                    if not fut.done():
-                        fut.set_result(ack)
