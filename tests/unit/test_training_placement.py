@@ -12,6 +12,7 @@ from phage.coordinator.training import TrainingService
 from phage.coordinator.training_types import HostFacts, Order
 from phage.domain.networks import TrainingConfig
 from phage.scheduler.segments import segments
+from phage.scheduler.vnodes import Host, Unhosted, place
 from phage.store import SqlStore, sqlite_url
 from phage.store.blobs import BlobStore
 from phage.training.spec import parse_spec
@@ -40,6 +41,21 @@ def test_a_pipeline_is_cut_into_contiguous_segments_of_nearly_equal_work() -> No
     assert segments([1, 2], 5) == [0, 1]  # more nodes than VNodes: some stay idle
     assert segments([9, 1, 1, 1, 1, 1, 1, 1, 1, 1], 2) == [0, 1, 1, 1, 1, 1, 1, 1, 1, 1]
     assert segments([], 3) == []
+
+
+def test_a_whole_network_is_cut_over_trusted_nodes_and_single_vnodes_go_to_the_least_loaded() -> None:
+    net = [Unhosted("n", v, c) for v, c in [("stem", 75), ("mid", 1060), ("neck", 1060), ("out", 10)]]
+    hosts = [Host("a", True), Host("b", True), Host("u", False)]
+    placed = dict((u.vnode_id, node) for u, node in place([net], [], hosts, {"a": 0, "b": 500, "u": 0}))
+    # the untrusted node is left out while trusted ones can take it; the less loaded one gets the head
+    assert placed == {"stem": "a", "mid": "a", "neck": "b", "out": "b"}
+    # relocations: costliest first, each to the least loaded trusted node, then untrusted ones
+    lost = [Unhosted("n", "thin", 10), Unhosted("n", "wide", 1000)]
+    placed = dict((u.vnode_id, node) for u, node in place([], lost, hosts, {"a": 100, "b": 0, "u": 0}))
+    assert placed == {"wide": "b", "thin": "a"}
+    only_untrusted = place([], lost, [Host("u", False)], {"u": 0})
+    assert [node for _, node in only_untrusted] == ["u", "u"]
+    assert place([net], lost, [], {}) == []  # nothing is placed without hosts
 
 
 def test_a_vnode_costs_its_blocks_multiply_adds_and_its_head() -> None:

@@ -44,7 +44,7 @@ from phage.domain.networks import (
     thin_history,
 )
 from phage.errors import Conflict, InvalidInput, NotFound, PermissionDenied, Unavailable
-from phage.scheduler.segments import segments
+from phage.scheduler.vnodes import Host, Unhosted, place
 from phage.store.blobs import BlobStore
 from phage.store.sql_training import TrainingRecords
 from phage.training.spec import INPUT, NetworkSpec, parse_spec
@@ -603,16 +603,8 @@ class TrainingService:
                 log.exception("training reconcile failed")
 
     async def reconcile(self) -> None:
-        """Give every hostless VNode a host and every waiting check a checker.
-
-        Nodes are balanced by the work their VNodes do (multiply-adds per row, see
-        :meth:`NetworkSpec.cost`): by count, two wide VNodes could share one node
-        while another hosts two thin ones, and the pipeline would run at the pace of
-        the crowded node. A network placed whole is cut into contiguous segments of
-        its pipeline, one per node (:func:`segments`), so neighbours share a node and
-        their activations pass inside it; single VNodes (relocations) go to the
-        least loaded node, the costliest first.
-        """
+        """Give every hostless VNode a host (:func:`phage.scheduler.vnodes.place` decides where, by
+        the work each VNode does, see :meth:`NetworkSpec.cost`) and every waiting check a checker."""
         now = self.clock()
         candidates = self._candidates()
         load: dict[str, int] = {c.node_id: 0 for c in candidates}
@@ -657,7 +649,7 @@ class TrainingService:
 
     async def _move(self, candidates: list[HostFacts], load: dict[str, int], now: float) -> None:
         """Decide a host for every VNode that has none (or lost its own) and record it."""
-        hostless: list[tuple[_Live, str]] = []
+        hostless: dict[str, list[str]] = {}
         for live in list(self.live.values()):
             for vid, v in list(live.states.items()):
                 if v.done:
@@ -673,43 +665,26 @@ class TrainingService:
                     v = replace(v, node_id="", generation=v.generation + 1)
                     live.states[vid] = v
                     live.lost_since.pop(vid, None)
-                hostless.append((live, vid))
-        if candidates:  # a VNode placed now resumes from its checkpoint: what feeds it must replay
-            for live in {id(lv): lv for lv, _ in hostless}.values():
-                await self._restart_upstream(live, {vid for lv, vid in hostless if lv is live})
-        hostless = await self._place_whole(hostless, candidates, load)
-        for live, vid in sorted(hostless, key=lambda lv: -lv[0].net.cost(lv[1])) if candidates else []:
-            cost = live.net.cost(vid)
-            pick = min(candidates, key=lambda c: (not c.trusted, load[c.node_id] + cost, random.random()))
-            load[pick.node_id] += cost
-            v = replace(live.states[vid], node_id=pick.node_id, generation=live.states[vid].generation + 1)
-            live.states[vid] = v
+                hostless.setdefault(live.record.id, []).append(vid)
+        if not candidates:
+            return
+        whole: list[list[Unhosted]] = []
+        single: list[Unhosted] = []
+        for network_id, vids in hostless.items():
+            live = self.live[network_id]
+            # a VNode placed now resumes from its checkpoint: what feeds it must replay
+            await self._restart_upstream(live, set(vids))
+            units = [Unhosted(network_id, vid, live.net.cost(vid)) for vid in vids]
+            if vids == [v.id for v in live.net.vnodes if not live.states[v.id].done]:
+                whole.append(units)
+            else:
+                single.extend(units)
+        hosts = [Host(c.node_id, c.trusted) for c in candidates]
+        for u, node in place(whole, single, hosts, load):
+            states = self.live[u.network_id].states
+            v = replace(states[u.vnode_id], node_id=node, generation=states[u.vnode_id].generation + 1)
+            states[u.vnode_id] = v
             await self.store.save_vnode(v)
-
-    async def _place_whole(
-        self, hostless: list[tuple[_Live, str]], candidates: list[HostFacts], load: dict[str, int]
-    ) -> list[tuple[_Live, str]]:
-        """Place every network none of whose VNodes has a host as contiguous segments; returns the rest."""
-        rest = []
-        by_net: dict[str, list[str]] = {}
-        for live, vid in hostless:
-            by_net.setdefault(live.record.id, []).append(vid)
-        for live, vid in hostless:
-            todo = [v.id for v in live.net.vnodes if not live.states[v.id].done]
-            if not candidates or by_net.get(live.record.id) != todo:
-                rest.append((live, vid))
-                continue
-            del by_net[live.record.id]  # placed once, below
-            pool = [c for c in candidates if c.trusted] or candidates
-            pool.sort(key=lambda c: (load[c.node_id], random.random()))
-            costs = [live.net.cost(v) for v in todo]
-            for v_id, part, cost in zip(todo, segments(costs, len(pool)), costs, strict=True):
-                node = pool[part].node_id
-                load[node] += cost
-                v = replace(live.states[v_id], node_id=node, generation=live.states[v_id].generation + 1)
-                live.states[v_id] = v
-                await self.store.save_vnode(v)
-        return [(lv, vid) for lv, vid in rest if not lv.states[vid].node_id]
 
     async def _complete(self, live: _Live) -> None:
         result: dict[str, Any] = {
