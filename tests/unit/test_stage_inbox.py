@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from phage.errors import Conflict, InputMissing, PermissionDenied, Unavailable
+from phage.errors import Conflict, InputMissing, PermissionDenied
 from phage.node.stage_inbox import Inbox
 
 
@@ -57,11 +57,25 @@ async def test_unclaimed_inputs_are_bounded_oldest_first_and_dropped_with_their_
         await inbox.take("gone", "s", 0, "n1", wait_s=0.01)
     inbox.drop("client", "s")
     assert len(inbox) == 0
-    # Requests awaiting their inputs are never evicted: a full inbox of them refuses more.
+    # Requests awaiting their inputs are never evicted: a full inbox of them refuses more, and
+    # says so as a missing input (the caller then drives the step itself, blaming nobody).
     waits = [asyncio.ensure_future(inbox.take("client", "w", i, "n1")) for i in range(2)]
     await asyncio.sleep(0)
-    with pytest.raises(Unavailable, match="already holds 2 pushed inputs"):
+    with pytest.raises(InputMissing, match="already holds 2 requests awaiting their inputs"):
         inbox.deliver("n1", "client", "w", 5, "no room")
+    inbox.drop("client", "w")  # a closing conversation leaves requests still waiting alone
     for i in range(2):
         inbox.deliver("n1", "client", "w", i, i)
     assert await asyncio.gather(*waits) == [0, 1]
+
+
+async def test_one_pool_member_cannot_fill_a_nodes_inbox() -> None:
+    inbox = Inbox(limit=100, per_pusher=3)
+    for step in range(3):
+        inbox.deliver("noisy", "victim", "s", step, "junk")
+    with pytest.raises(InputMissing, match="node noisy already has 3 inputs unclaimed here"):
+        inbox.deliver("noisy", "victim", "s", 3, "junk")
+    inbox.deliver("n1", "client", "s", 0, "real")  # others still get through
+    assert await inbox.take("client", "s", 0, "n1") == "real"
+    inbox.drop("victim", "s")  # its unclaimed inputs go with the session, and so does the quota
+    inbox.deliver("noisy", "victim", "s", 4, "again")

@@ -39,10 +39,13 @@ from phage.dataplane.relay import RELAY_ADDRESS
 from phage.dataplane.tensors import tensor_from_pb, tensor_to_pb
 from phage.dataplane.transport import Dial, RemoteConversation, TLSIdentity, close_peers, direct
 from phage.domain.blocks import BlockRange
-from phage.errors import InputMissing, PermissionDenied, PhageError, Unavailable
+from phage.errors import Conflict, InputMissing, PermissionDenied, PhageError, Unavailable
 from phage.protocol.v1 import dataplane_pb2 as dp
 
 log = logging.getLogger("phage.chain")
+
+FEED_WAIT_S = 10.0
+"""How long the caller tries to hand a hop an input the hop before could not push to it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,9 +152,10 @@ class ChainSession:
     async def _pushed_step(self, x: Any) -> tuple[int, Any]:
         """One step with each hop pushing its output to the next: (hops done, the next hop's input).
 
-        Every hop done: (number of hops, the last hop's output). Hop ``i`` failed or went
-        unfed: the chain from ``i`` is routed again (its inputs replayed) and the caller
-        runs the rest of the step from hop ``i`` itself.
+        Every hop done: (number of hops, the last hop's output). Otherwise the chain from
+        the hop ``i`` that failed (failed over) or went unfed (no one is blamed, and the
+        session's later steps go through the caller) is routed again, its inputs replayed,
+        and the caller runs the rest of the step from hop ``i`` itself.
         """
         lives = list(self._hops)
         step, self._step = self._step, self._step + 1
@@ -186,10 +190,10 @@ class ChainSession:
                 compute_s += reply.ints.get("compute_us", 0) / 1e6
                 (x,) = [tensor_from_pb(t) for t in reply.tensors]
                 if reply.strings.get("push_error") and i + 1 < len(lives):
-                    try:
-                        await self._feed(lives[i + 1].hop, step, x, reply.strings["push_error"])
-                    except Unavailable as exc:
-                        stop = i + 1, exc
+                    why = reply.strings["push_error"]
+                    problem = await self._feed(lives[i + 1].hop, calls[i + 1], step, x, why)
+                    if problem is not None:
+                        stop = i + 1, problem
                         break
         finally:
             for call in calls:
@@ -207,14 +211,21 @@ class ChainSession:
             await self._failed(index, problem)
         return index, x
 
-    async def _feed(self, hop: Hop, step: int, x: Any, why: str) -> None:
-        """Hand ``hop`` the input of ``step`` that the hop before could not push to it.
+    async def _feed(
+        self, hop: Hop, waiting: asyncio.Future[dp.Frame], step: int, x: Any, why: str
+    ) -> PhageError | str | None:
+        """Hand ``hop`` the input of ``step`` the hop before could not push to it; None once it has it.
 
-        Its request for the step is waiting for that input, and its cache is intact, so
-        the step goes on; later steps go through the caller (the two nodes may be unable
-        to reach each other). A hop that is really gone fails here, and is failed over
-        (the push failed because of it: later steps still go node to node).
+        Its request for the step (``waiting``) waits for that input with its cache intact, so
+        the step goes on; later steps go through the caller (the two nodes may be unable to
+        reach each other). A hop that is gone fails here and is failed over (the push failed
+        because of it: later steps still go node to node); any other refusal ends pushing for
+        the session and the rest of the step goes through the caller.
         """
+        if waiting.done() and not waiting.cancelled():
+            failed = waiting.exception()
+            if isinstance(failed, Unavailable) and not isinstance(failed, InputMissing):
+                return failed  # it died while the hop before tried to reach it
         frame = dp.Frame(
             service="stage",
             op="push",
@@ -224,11 +235,20 @@ class ChainSession:
         )
         peer = self.dial(hop.address, hop.node_id)
         try:
-            await peer.request(frame)
+            await peer.request(frame, wait_s=FEED_WAIT_S)
+        except Conflict:
+            pass  # the push arrived after all: the step has its input
+        except InputMissing as exc:
+            return exc.message
+        except Unavailable as exc:
+            return exc
+        except PhageError as exc:
+            return exc.message
         finally:
             await close_peers([peer])
         log.warning("a %s hop could not push to the next (%s); the caller relays instead", self.model, why)
         self.push = False
+        return None
 
     async def _unpushed(self, index: int, why: str) -> None:
         """A push did not arrive: this session's steps go through the caller from now on."""

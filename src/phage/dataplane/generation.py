@@ -52,7 +52,8 @@ class ChainStats:
     node_to_node: int = 0
     """Steps each hop handed straight to the next."""
     through_driver: int = 0
-    """Steps whose every hop's output came back through the driver (checked hops, relayed nodes)."""
+    """Steps whose every hop's input came from the driver: each prompt's prefill, and every step of
+    chains with checked or relayed hops, or whose nodes could not reach each other."""
     failovers: int = 0
     """Hops replaced mid-generation."""
 

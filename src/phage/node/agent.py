@@ -179,8 +179,8 @@ class NodeAgent:
         """Warm bwrap sandboxes, reused after a scrub (``phage.sandbox.warm``); None: all cold."""
         self.executor = JobExecutor(config.scratch_root, config.max_log_bytes, volumes, self.warm)
         self.workspaces = WorkspaceCache(config.key_dir / "workspaces")
-        self.blobs = BlobTransfers(lambda: self.stub, self.workspaces)
         """Streamed workspace archives kept by digest, so tasks sharing one download it once."""
+        self.blobs = BlobTransfers(lambda: self.stub, self.workspaces)
         self._corrupt_outputs = faults.corrupt_outputs_enabled()
         """Fault injection for tests and benchmarks (node/faults.py): report wrong job outputs."""
         self.running: dict[str, Running] = {}

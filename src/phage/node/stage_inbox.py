@@ -18,13 +18,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from phage.errors import Conflict, InputMissing, PermissionDenied, Unavailable
+from phage.errors import Conflict, InputMissing, PermissionDenied
 
 INBOX_LIMIT = 1024
-"""Pushed inputs (and requests awaiting theirs) held at once by one node."""
-PUSH_WAIT_S = 60.0
-"""How long a request waits for its pushed input; the client gives up on the step sooner if
-the node before fails, and closing the conversation ends the wait."""
+"""Pushed inputs and requests awaiting theirs held at once by one node."""
+PER_PUSHER = 64
+"""Unclaimed inputs one pushing node may have waiting here (a pool member cannot fill the inbox)."""
+PUSH_WAIT_S = 30.0
+"""How long a request waits for its pushed input: under the caller's own wait for the request
+(60 s), so the caller hears that the input never came rather than that this node failed."""
 
 
 _Key = tuple[str, str, int]
@@ -34,9 +36,12 @@ _Key = tuple[str, str, int]
 class Inbox:
     """Pushed inputs of every session on this node, by (client, session, step)."""
 
-    def __init__(self, limit: int = INBOX_LIMIT) -> None:
+    def __init__(self, limit: int = INBOX_LIMIT, per_pusher: int = PER_PUSHER) -> None:
         self.limit = limit
+        self.per_pusher = per_pusher
         self._slots: dict[_Key, asyncio.Future[tuple[str, Any]]] = {}
+        self._unclaimed: dict[str, int] = {}
+        """Inputs waiting here by the node that pushed them."""
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -53,16 +58,27 @@ class Inbox:
         """Make room by dropping the oldest unclaimed input (never a request's wait)."""
         for key, slot in self._slots.items():
             if slot.done():
-                del self._slots[key]
+                self._forget(key)
                 return
-        raise Unavailable(f"this node already holds {self.limit} pushed inputs or requests awaiting them")
+        raise InputMissing(f"this node already holds {self.limit} requests awaiting their inputs")
+
+    def _forget(self, key: _Key) -> None:
+        slot = self._slots.pop(key)
+        if slot.done() and not slot.cancelled():
+            pusher = slot.result()[0]
+            self._unclaimed[pusher] -= 1
+            if not self._unclaimed[pusher]:
+                del self._unclaimed[pusher]
 
     def deliver(self, source: str, client: str, session: str, step: int, tensor: Any) -> None:
         """``source`` pushed the input of ``step`` of ``client``'s session ``session``."""
+        if self._unclaimed.get(source, 0) >= self.per_pusher:
+            raise InputMissing(f"node {source} already has {self.per_pusher} inputs unclaimed here")
         slot = self._slot((client, session, step))
         if slot.done():
             raise Conflict(f"step {step} of session {session} already has its input")
         slot.set_result((source, tensor))
+        self._unclaimed[source] = self._unclaimed.get(source, 0) + 1
 
     async def take(
         self, client: str, session: str, step: int, source: str, wait_s: float = PUSH_WAIT_S
@@ -79,7 +95,7 @@ class Inbox:
             ) from None
         finally:
             if self._slots.get(key) is slot:
-                del self._slots[key]
+                self._forget(key)
         if pusher not in (source, client):  # the session's own client may feed it too
             raise PermissionDenied(
                 f"the input of step {step} came from node {pusher}, not from node {source}"
@@ -87,6 +103,10 @@ class Inbox:
         return tensor
 
     def drop(self, client: str, session: str) -> None:
-        """The session ended: forget its inputs."""
-        for key in [k for k in self._slots if k[0] == client and k[1] == session]:
-            del self._slots[key]
+        """The session's conversation ended: forget its unclaimed inputs.
+
+        A request still waiting is not touched: it belongs to a conversation still open (the
+        session may have been routed back to this node), and ends with its own conversation.
+        """
+        for key in [k for k, slot in self._slots.items() if k[:2] == (client, session) and slot.done()]:
+            self._forget(key)

@@ -32,6 +32,8 @@ from phage.protocol.v1 import dataplane_pb2 as dp
 SERVICE = "stage"
 MAX_CHUNKS = 4096
 MAX_SESSION_ID = 128
+MAX_PUSH_BYTES = 1 << 20
+"""A pushed input is one decode position's hidden state (64 KiB at width 16,384 in float32)."""
 INLINE_POSITIONS = 1
 """A lone session's steps of at most this many positions (decode steps) run without a thread hand-off."""
 
@@ -213,9 +215,14 @@ class _StageConversation:
         """The node before in some client's chain hands over a step's input."""
         if len(frame.tensors) != 1:
             raise InvalidInput("a push carries exactly one tensor", field="tensors")
+        if len(frame.tensors[0].data) > MAX_PUSH_BYTES:
+            raise InvalidInput(f"a pushed input is at most {MAX_PUSH_BYTES} bytes", field="tensors")
         client = frame.strings.get("client", "")
-        if not client:
-            raise InvalidInput("a push names the client whose session it feeds", field="client")
+        if not 1 <= len(client) <= MAX_SESSION_ID:
+            raise InvalidInput(
+                f"a push names the client whose session it feeds in 1 to {MAX_SESSION_ID} characters",
+                field="client",
+            )
         session = _session_id(frame)
         self.handler.inbox.deliver(
             self.peer, client, session, frame.ints.get("step", 0), tensor_from_pb(frame.tensors[0])
