@@ -187,7 +187,8 @@ class _StageConversation:
 
         One-way: the next node starts its step as soon as the input arrives, with no
         acknowledgement to write first. A push that is sent but refused there shows as that
-        node's answer to the caller (it waited in vain), and the caller fails the step over.
+        node's answer to the caller (it waited in vain), and the caller routes that part of
+        the chain again, blaming no node.
         """
         target, address = frame.strings["push_to"], frame.strings.get("push_address", "")
         if self.handler.dial is None:
