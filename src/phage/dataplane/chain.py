@@ -18,9 +18,8 @@ is retried. The caller sees one uninterrupted sequence of tokens.
 Pushed steps: when every hop has a direct address and none of them is to be checked,
 each decode step goes hop to hop: each hop sends its output straight to the next hop
 (``push_to``/``from``, see :mod:`phage.node.stage_inbox`) while still answering the caller
-with it, so a step's
-path is N + 1 messages instead of 2N and the caller keeps the same record for
-failover. A hop that fails mid-step is failed over as above; a push that does not
+with it, so a step's path is N + 1 messages instead of 2N and the caller keeps the
+same record for failover. A hop that fails mid-step is failed over as above; a push that does not
 arrive (nodes that cannot reach each other) moves the session to caller-driven steps.
 """
 
@@ -36,6 +35,7 @@ from typing import Any
 
 from phage.dataplane.checks import Checker, CheckPolicy, Mismatch
 from phage.dataplane.relay import RELAY_ADDRESS
+from phage.dataplane.stage_frames import forward_frame, push_frame
 from phage.dataplane.tensors import tensor_from_pb, tensor_to_pb
 from phage.dataplane.transport import Dial, RemoteConversation, TLSIdentity, close_peers, direct
 from phage.domain.blocks import BlockRange
@@ -89,7 +89,6 @@ class ChainSession:
         """Whether hops may push outputs to each other (turned off when a push fails)."""
         self.chain_id = uuid.uuid4().hex
         """Names this session to its hops when they push to each other."""
-        self._step = 0
         self.steps = 0
         """Steps run (the prompt's, then one per token)."""
         self.pushed_steps = 0
@@ -121,13 +120,7 @@ class ChainSession:
         return self.dial(hop.address, hop.node_id)
 
     def _frame(self, live: _Live, chunks: list[Any]) -> dp.Frame:
-        return dp.Frame(
-            service="stage",
-            op="forward",
-            tensors=[tensor_to_pb(c) for c in chunks],
-            ints={"start": live.hop.start, "end": live.hop.blocks.end},
-            strings={"model": self.model},
-        )
+        return forward_frame(self.model, chunks, live.hop.start, live.hop.blocks.end)
 
     async def _request(self, live: _Live, chunks: list[Any]) -> list[Any]:
         t0 = time.perf_counter()
@@ -158,7 +151,7 @@ class ChainSession:
         and the caller runs the rest of the step from hop ``i`` itself.
         """
         lives = list(self._hops)
-        step, self._step = self._step, self._step + 1
+        step = self.steps  # names this step to the hops, unique within the session
         calls = []
         for i, live in enumerate(lives):
             frame = self._frame(live, [] if i else [x])
@@ -226,13 +219,7 @@ class ChainSession:
             failed = waiting.exception()
             if isinstance(failed, Unavailable) and not isinstance(failed, InputMissing):
                 return failed  # it died while the hop before tried to reach it
-        frame = dp.Frame(
-            service="stage",
-            op="push",
-            tensors=[tensor_to_pb(x)],
-            ints={"step": step},
-            strings={"session": self.chain_id, "client": self.identity.node_id},
-        )
+        frame = push_frame(tensor_to_pb(x), step, self.chain_id, self.identity.node_id)
         peer = self.dial(hop.address, hop.node_id)
         try:
             await peer.request(frame, wait_s=FEED_WAIT_S)

@@ -25,11 +25,11 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
-from phage.dataplane.tensors import tensor_from_pb, tensor_to_pb
+from phage.dataplane.stage_frames import forward_frame
+from phage.dataplane.tensors import tensor_from_pb
 from phage.dataplane.transport import Dial, close_peers
 from phage.domain.blocks import BlockRange
 from phage.errors import PhageError
-from phage.protocol.v1 import dataplane_pb2 as dp
 
 RTOL = 1e-4
 ATOL = 1e-5
@@ -132,13 +132,7 @@ class Checker:
 
         chunks = [torch.cat(history, dim=0 if start == 0 else 1)] if history else []
         chunks.append(step_input)
-        frame = dp.Frame(
-            service="stage",
-            op="forward",
-            tensors=[tensor_to_pb(c) for c in chunks],
-            ints={"start": start, "end": verifier.blocks.end},
-            strings={"model": self.model},
-        )
+        frame = forward_frame(self.model, chunks, start, verifier.blocks.end)
         peer = self.dial(verifier.address, verifier.node_id)
         try:
             reply = await peer.request(frame)

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from phage.dataplane import tensor_from_pb, tensor_to_pb
+from phage.dataplane.stage_frames import push_frame
 from phage.dataplane.transport import Peer, close_peers
 from phage.errors import Conflict, InvalidInput, NotFound, PhageError
 from phage.node.stage import StageModel
@@ -193,13 +194,7 @@ class _StageConversation:
         target, address = frame.strings["push_to"], frame.strings.get("push_address", "")
         if self.handler.dial is None:
             return "this node cannot reach other nodes to push to them"
-        push = dp.Frame(
-            service="stage",
-            op="push",
-            tensors=[output],
-            ints={"step": frame.ints.get("step", 0)},
-            strings={"session": self._chain_session(frame), "client": self.peer},
-        )
+        push = push_frame(output, frame.ints.get("step", 0), self._chain_session(frame), self.peer)
         peer = self.pushed_to.get(target)
         try:
             if peer is None:
