@@ -25,7 +25,8 @@ async def main(model: Path, pki: Path, start: int, end: int) -> None:
 
     torch.set_num_threads(1)
     ident = issue_identity(CertificateAuthority.load_or_create(pki), NodeIdentity.generate())
-    handler = StageHandler({"bench": StageModel(model, BlockRange(start, end))}, dial=direct(ident))
+    stage = StageModel(model, BlockRange(start, end))
+    handler = StageHandler({"bench": stage}, dial=direct(ident), node_id=ident.node_id)
     server = DataPlaneServer(ident, {"stage": handler})
     await server.start()
     print(ident.node_id, server.address, flush=True)

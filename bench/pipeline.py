@@ -7,13 +7,21 @@ throwaway CA), exactly as nodes serve them. torch runs one thread per process, s
 numbers are the pipeline's and not the thread pool's. It measures, for greedy decoding:
 
 * **tokens/s, one session**: the whole model in process with no network (the baseline), then
-  the same model through a chain of 1, 2 and 3 stage servers — each decode step handed node to
-  node, as phage runs chains by default, and again with the caller relaying every hop's output;
-* **added per hop**: per decode step, (chain step time − median baseline step time) / hops,
-  p50 and p99 — serialisation, TLS, gRPC and the event loop, the price of splitting;
+  the same model through a chain of 1, 2 and 3 stage servers, three ways: decoding on its own
+  (each hop hands its output to the next and the last hop picks the token and hands it to the
+  first; the caller only reads along — how phage generates by default), the caller driving
+  each step with each hop handing its output to the next, and the caller relaying every
+  hop's output;
+* **added per hop**: per decode step, (chain step time − the hops' own compute) / hops, p50
+  and p99 — serialisation, TLS, gRPC and the event loop, the price of splitting;
 * **8 sessions**: tokens/s summed over 8 concurrent sessions through 2 stages;
+* **a distant caller**: the caller 5 ms (each way) from its two nodes, which reach each other
+  directly — what the driver's distance costs a chain it drives and one that decodes on its own;
 * **checked activations**: tokens/s through 2 stages, every node untrusted and a second node
   holding each range, with 5 % and with 100 % of steps recomputed (``dataplane/checks.py``).
+
+A chain that decodes on its own cannot be stepped in lockstep with the whole model, so its
+ratio compares median step times over blocks alternating with the whole model's.
 
     .venv/bin/python bench/pipeline.py              # 48 tokens per run, stage servers in this process
     .venv/bin/python bench/pipeline.py --processes  # each stage server in a process of its own
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import statistics
 import sys
 import tempfile
@@ -34,9 +43,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _delay_proxy import DelayProxy
 from _util import fmt_ms, percentile
 
 PROMPT = list(range(5, 21))
+DISTANT_S = 0.005
+"""How far (each way) the distant-caller rows put the chain's driver from its nodes."""
 
 
 class Process:
@@ -74,9 +86,10 @@ async def main(quick: bool, processes: bool) -> None:
     import torch
 
     from phage.dataplane import DataPlaneServer
-    from phage.dataplane.chain import ChainSession, Hop
+    from phage.dataplane.chain import ChainSession, Hop, generate_tokens
     from phage.dataplane.checks import CheckPolicy, Evidence, Verifier
-    from phage.dataplane.transport import direct, issue_identity
+    from phage.dataplane.sampling import Sampling
+    from phage.dataplane.transport import Peer, direct, issue_identity
     from phage.domain.blocks import BlockRange, Server, ShardedModel
     from phage.node.engines.tinymodel import make_tiny_model
     from phage.node.stage import StageModel
@@ -107,7 +120,7 @@ async def main(quick: bool, processes: bool) -> None:
                 continue
             ident = issue_identity(ca, NodeIdentity.generate())
             stage = StageModel(path, BlockRange(a, b))
-            handler = StageHandler({"bench": stage}, dial=direct(ident))
+            handler = StageHandler({"bench": stage}, dial=direct(ident), node_id=ident.node_id)
             server = DataPlaneServer(ident, {"stage": handler})
             await server.start()
             servers.append((server, Server(ident.node_id, BlockRange(a, b), standby=standby)))
@@ -136,16 +149,53 @@ async def main(quick: bool, processes: bool) -> None:
     # interleaved with the same step of the whole model in process, and reported as a ratio.
     whole = StageModel(path, BlockRange(0, blocks))
 
-    async def alone(name: str, push: bool = True) -> list[float]:
-        """Decode ``tokens`` steps through the chain only: each hop's added time, with nothing else
-        running between steps (the lockstep race streams the whole model's weights through the
-        CPU caches between two chain steps, which a client elsewhere would not)."""
-        session = ChainSession("bench", client, route, push=push)
-        ids = PROMPT
-        for _ in range(tokens + 1):
-            ids = [int((await session.forward(ids)).argmax())]
+    async def alone(name: str, mode: str = "push", dial: Any = None) -> tuple[list[float], list[float]]:
+        """Decode ``tokens`` steps through the chain only: each hop's added time, and each step's time.
+
+        ``mode``: ``ring`` (the chain decodes on its own, as phage generates by default), ``push``
+        (the caller drives each step, each hop handing its output to the next) or ``relay`` (the
+        caller drives each step and relays every hop's output). Nothing else runs between steps
+        (the lockstep race streams the whole model's weights through the CPU caches between two
+        chain steps, which a client elsewhere would not)."""
+        session = ChainSession("bench", client, route, push=mode != "relay", dial=dial)
+        marks = []
+        if mode == "ring":
+            async for _ in generate_tokens(session, PROMPT, Sampling(max_tokens=tokens + 1)):
+                marks.append(time.perf_counter())
+            assert session.pushed_steps == tokens, "the chain did not decode on its own"
+        else:
+            ids = PROMPT
+            for _ in range(tokens + 1):
+                ids = [int((await session.forward(ids)).argmax())]
+                marks.append(time.perf_counter())
         await session.close()
-        return session.hop_overheads[len(session.hops) :]  # the prompt's prefill is not a decode step
+        steps = [b - a for a, b in itertools.pairwise(marks)]
+        return session.hop_overheads[len(session.hops) :], steps  # the prompt's prefill is not a decode step
+
+    def whole_steps(name: str) -> list[float]:
+        """``tokens`` greedy decode steps of the whole model in process, each timed."""
+        times = []
+        x: Any = torch.tensor(PROMPT)
+        whole.forward(name, x)
+        for _ in range(tokens):
+            t0 = time.perf_counter()
+            logits = whole.forward(name, x)
+            times.append(time.perf_counter() - t0)
+            x = torch.tensor([int(logits.argmax())])
+        whole.end_session(name)
+        return times
+
+    async def in_blocks(name: str, mode: str, dial: Any = None) -> tuple[float, list[float], list[float]]:
+        """The chain alone in ``mode``, in blocks alternating with the whole model (twice each): the
+        ratio of median step times, the chain's steps and its per-hop overheads. A chain that
+        decodes on its own cannot be stepped in lockstep with anything."""
+        base, steps, overheads = [], [], []
+        for k in range(2):
+            base += whole_steps(f"{name}w{k}")
+            own, st = await alone(f"{name}{k}", mode, dial)
+            overheads += own
+            steps += st
+        return statistics.median(base) / statistics.median(steps), steps, overheads
 
     async def race(
         name: str, policies: list[CheckPolicy | None], push: bool = True
@@ -178,46 +228,70 @@ async def main(quick: bool, processes: bool) -> None:
             await srv.stop(0)
         servers.clear()
 
+    def p(values: list[float], q: float) -> str:
+        return fmt_ms(percentile(values, q) * 1000)
+
     rows: list[tuple[str, float, float, str, str, str]] = []
+
+    def row(label: str, ratio: float, rate: float, interleaved: str, p99: str, own: str) -> None:
+        rows.append((label, ratio, rate, interleaved, p99, own))
+        print(rows[-1], flush=True)
+
     splits = {1: [(0, blocks)], 2: [(0, 6), (6, blocks)], 3: [(0, 4), (4, 8), (8, blocks)]}
     for hops, ranges in splits.items():
         await serve(ranges)
         await race(f"warm{hops}", [None])  # channels and TLS sessions up, caches warm
-        ratio, steps, overheads = await race(f"h{hops}", [None])
-        p50, p99 = percentile(overheads, 50) * 1000, percentile(overheads, 99) * 1000
-        own = await alone(f"a{hops}")
-        own_p = f"{fmt_ms(percentile(own, 50) * 1000)} / {fmt_ms(percentile(own, 99) * 1000)}"
-        label = f"{hops} stage server{'s' if hops > 1 else ''}, one session"
-        rows.append((label, ratio, 1 / statistics.median(steps), fmt_ms(p50), fmt_ms(p99), own_p))
-        print(rows[-1], flush=True)
-        if hops > 1:  # the same chain with the caller relaying every hop's output (no push)
-            ratio, steps, overheads = await race(f"r{hops}", [None], push=False)
-            p50, p99 = percentile(overheads, 50) * 1000, percentile(overheads, 99) * 1000
-            own = await alone(f"b{hops}", push=False)
-            own_p = f"{fmt_ms(percentile(own, 50) * 1000)} / {fmt_ms(percentile(own, 99) * 1000)}"
-            label = f"{hops} stage servers, one session, caller relays every hop"
-            rows.append((label, ratio, 1 / statistics.median(steps), fmt_ms(p50), fmt_ms(p99), own_p))
-            print(rows[-1], flush=True)
-        if hops == 2:
-            ratio, steps, overheads = await race("c8", [None] * 8)
-            p50, p99 = percentile(overheads, 50) * 1000, percentile(overheads, 99) * 1000
-            rows.append(
-                (
-                    "2 stage servers, 8 sessions",
-                    ratio,
-                    8 / statistics.median(steps),
-                    fmt_ms(p50),
-                    fmt_ms(p99),
-                    "-",
-                )
+        servers_ = f"{hops} stage server{'s' if hops > 1 else ''}"
+        ratio, steps, own = await in_blocks(f"o{hops}", "ring")
+        label = f"{servers_}, one session, decoding on its own"
+        row(label, ratio, 1 / statistics.median(steps), "–", "–", f"{p(own, 50)} / {p(own, 99)}")
+        for mode in ("push", "relay") if hops > 1 else ("push",):
+            ratio, steps, overheads = await race(f"{mode}{hops}", [None], push=mode == "push")
+            own, _ = await alone(f"a{mode}{hops}", mode)
+            label = f"{servers_}, one session, the caller driving each step" + (
+                ", relaying every hop" if mode == "relay" else ""
             )
-            print(rows[-1], flush=True)
+            own_p = f"{p(own, 50)} / {p(own, 99)}"
+            row(label, ratio, 1 / statistics.median(steps), p(overheads, 50), p(overheads, 99), own_p)
+        if hops == 2:
+            base = statistics.median(whole_steps("w8"))
+            t0 = time.perf_counter()
+            await asyncio.gather(*(alone(f"s8-{i}", "ring") for i in range(8)))
+            rate = 8 * tokens / (time.perf_counter() - t0)
+            row("2 stage servers, 8 sessions, decoding on their own", rate * base, rate, "–", "–", "–")
+            ratio, steps, overheads = await race("c8", [None] * 8)
+            row(
+                "2 stage servers, 8 sessions, the caller driving each step",
+                ratio,
+                8 / statistics.median(steps),
+                p(overheads, 50),
+                p(overheads, 99),
+                "–",
+            )
+            # The caller 5 ms (each way) from its nodes, which are close to each other.
+            proxies = [DelayProxy(srv.address, DISTANT_S) for srv, _ in servers]
+            via = {srv.address: await px.start() for (srv, _), px in zip(servers, proxies, strict=True)}
+
+            def far(address: str, node_id: str, via: dict[str, str] = via) -> Peer:
+                return Peer(client, via.get(address, address), node_id)
+
+            for mode, how in (("ring", "decoding on its own"), ("push", "the caller driving each step")):
+                ratio, steps, _ = await in_blocks(f"far{mode}", mode, far)
+                label = f"2 stage servers, the caller {DISTANT_S * 1000:g} ms away, {how}"
+                row(label, ratio, 1 / statistics.median(steps), "–", "–", "–")
+            for px in proxies:
+                await px.stop()
             await serve(ranges, standby=True)  # a second node for each range: the verifiers
             for rate in (0.05, 1.0):
                 ratio, steps, _ = await race(f"k{rate}", [checked(rate)])
-                label = f"2 stage servers, {rate:.0%} of steps checked"
-                rows.append((label, ratio, 1 / statistics.median(steps), "-", "-", "-"))
-                print(rows[-1], flush=True)
+                row(
+                    f"2 stage servers, {rate:.0%} of steps checked",
+                    ratio,
+                    1 / statistics.median(steps),
+                    "–",
+                    "–",
+                    "–",
+                )
         await stop_all()
 
     print()

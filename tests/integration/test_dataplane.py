@@ -11,8 +11,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from phage.dataplane import DataPlaneServer, Peer, TLSIdentity  # noqa: E402
-from phage.dataplane.chain import ChainSession, Hop, Sampling, generate_tokens  # noqa: E402
+from phage.dataplane.chain import ChainSession, Hop, generate_tokens  # noqa: E402
 from phage.dataplane.checks import CheckPolicy, Evidence, Verifier  # noqa: E402
+from phage.dataplane.sampling import Sampling  # noqa: E402
 from phage.dataplane.transport import direct, issue_identity  # noqa: E402
 from phage.domain.blocks import BlockRange, Server, ShardedModel  # noqa: E402
 from phage.errors import NotFound, Unavailable  # noqa: E402
@@ -96,6 +97,7 @@ async def start_pool(
         handler = handlers[ident.node_id] = StageHandler(
             {"tiny8": stage},
             dial=direct(ident),
+            node_id=ident.node_id,
             output_hook=hook,  # type: ignore[arg-type]
         )
         server = DataPlaneServer(ident, {"stage": handler})
@@ -134,7 +136,7 @@ async def test_a_chain_over_mtls_gives_the_whole_models_tokens(
             tokens = await collect(generate_tokens(session, PROMPT, Sampling(max_tokens=STEPS)))
             assert len(session.hops) == len(ranges)
             # every decode step went hop to hop when it could (the prompt's prefill goes through the caller)
-            assert session.pushed_steps == (STEPS if push and len(ranges) > 1 else 0)
+            assert session.pushed_steps == (STEPS - 1 if push else 0)
         assert tokens == reference
         assert all(len(h.inbox) == 0 for h in pool.handlers.values())  # nothing left waiting
     finally:
@@ -177,6 +179,67 @@ async def test_nodes_that_cannot_reach_each_other_fall_back_to_the_caller(
             assert session.push is False and session.pushed_steps == 0
             assert session.failovers == 0 and not session.failed  # nobody is blamed for it
         assert tokens == reference
+    finally:
+        await stop_pool(pool)
+
+
+@pytest.mark.parametrize(
+    "ranges", [[(0, 8)], [(0, 3), (3, 8)], [(0, 2), (2, 5), (5, 8)]], ids=["1", "2", "3"]
+)
+async def test_a_chain_decoding_on_its_own_samples_as_the_caller_would(
+    ca: CertificateAuthority, model8: Path, ranges: list[tuple[int, int]]
+) -> None:
+    # The last hop picks each token with the caller's seeded generator and hands it to the
+    # first; the caller repeats every pick. Same seed, same tokens as the caller alone.
+    pool = await start_pool(ca, model8, [(a, b, False) for a, b in ranges])
+    sampling = Sampling(max_tokens=STEPS, temperature=0.9, top_p=0.95, seed=11)
+    try:
+        runs = {}
+        for push in (True, False):
+            async with ChainSession("tiny8", pool.client, pool.route, push=push) as session:
+                runs[push] = await collect(generate_tokens(session, PROMPT, sampling))
+                assert session.pushed_steps == (STEPS - 1 if push else 0)
+                assert session.steps == STEPS  # the prompt, then one step per token but the last
+        assert runs[True] == runs[False]
+        assert len(set(runs[True])) > 3  # really sampled, not one token over and over
+    finally:
+        await stop_pool(pool)
+
+
+async def test_a_last_hop_that_picks_another_token_is_caught_and_the_caller_drives(
+    ca: CertificateAuthority, model8: Path, reference: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from phage.node import stage_service
+
+    real = stage_service._StageConversation._pick
+    monkeypatch.setattr(
+        stage_service._StageConversation, "_pick", lambda self, s, logits: real(self, s, logits) + 1
+    )
+    pool = await start_pool(ca, model8, [(0, 4, False), (4, 8, False)])
+    try:
+        async with ChainSession("tiny8", pool.client, pool.route) as session:
+            tokens = await collect(generate_tokens(session, PROMPT, Sampling(max_tokens=STEPS)))
+            assert session.push is False  # the caller drives the rest of the session
+            assert session.failovers == 0 and not session.failed  # a disagreement blames nobody
+        assert tokens == reference
+    finally:
+        await stop_pool(pool)
+
+
+async def test_a_session_stopped_mid_ring_goes_on_from_its_record(
+    ca: CertificateAuthority, model8: Path, reference: list[int]
+) -> None:
+    # The hops ran a step ahead of the last token the caller took; the session's next step
+    # must not see it (every hop is routed afresh from the record first).
+    pool = await start_pool(ca, model8, [(0, 3, False), (3, 8, False)])
+    try:
+        async with ChainSession("tiny8", pool.client, pool.route) as session:
+            stop_at = reference[10]
+            sampling = Sampling(max_tokens=STEPS, eos_token_id=stop_at)
+            tokens = await collect(generate_tokens(session, PROMPT, sampling))
+            assert tokens == reference[: reference.index(stop_at)]
+            logits = await session.forward([stop_at])
+            assert int(logits.argmax()) == reference[reference.index(stop_at) + 1]
     finally:
         await stop_pool(pool)
 

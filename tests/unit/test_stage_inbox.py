@@ -79,3 +79,17 @@ async def test_one_pool_member_cannot_fill_a_nodes_inbox() -> None:
     assert await inbox.take("client", "s", 0, "n1") == "real"
     inbox.drop("victim", "s")  # its unclaimed inputs go with the session, and so does the quota
     inbox.deliver("noisy", "victim", "s", 4, "again")
+
+
+async def test_an_input_nobody_claims_expires_and_frees_its_pushers_quota() -> None:
+    # A push that lands after its session's conversation ended (a ring stopped early) is
+    # never claimed; it must not count against its pusher for ever.
+    inbox = Inbox(per_pusher=2, keep_s=0.05)
+    inbox.deliver("n1", "client", "ended", 8, "stray")
+    inbox.deliver("n1", "client", "ended", 9, "stray")
+    with pytest.raises(InputMissing, match="node n1 already has 2 inputs unclaimed here"):
+        inbox.deliver("n1", "client", "live", 0, "wanted")
+    await asyncio.sleep(0.06)
+    inbox.deliver("n1", "client", "live", 0, "wanted")  # the stray ones expired to make room
+    assert len(inbox) == 1
+    assert await inbox.take("client", "live", 0, "n1") == "wanted"

@@ -21,23 +21,29 @@ each decode step goes hop to hop: each hop sends its output straight to the next
 with it, so a step's path is N + 1 messages instead of 2N and the caller keeps the
 same record for failover. A hop that fails mid-step is failed over as above; a push that does not
 arrive (nodes that cannot reach each other) moves the session to caller-driven steps.
+
+Decoding on its own (:meth:`ChainSession.ring`, what :func:`generate_tokens` uses where hops may
+push): the last hop also picks each next token and pushes it to the first hop, so the caller is off
+every token's path; it reads along, keeps the record, and repeats every pick to check it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from phage.dataplane.checks import Checker, CheckPolicy, Mismatch
 from phage.dataplane.relay import RELAY_ADDRESS
+from phage.dataplane.sampling import Sampling, new_generator, pick, put_sampling
 from phage.dataplane.stage_frames import forward_frame, push_frame
 from phage.dataplane.tensors import tensor_from_pb, tensor_to_pb
-from phage.dataplane.transport import Dial, RemoteConversation, TLSIdentity, close_peers, direct
+from phage.dataplane.transport import Dial, Peer, RemoteConversation, TLSIdentity, close_peers, direct
 from phage.domain.blocks import BlockRange
 from phage.errors import Conflict, InputMissing, PermissionDenied, PhageError, Unavailable
 from phage.protocol.v1 import dataplane_pb2 as dp
@@ -46,6 +52,10 @@ log = logging.getLogger("phage.chain")
 
 FEED_WAIT_S = 10.0
 """How long the caller tries to hand a hop an input the hop before could not push to it."""
+RING_WINDOW = 2
+"""Steps of a ring posted to its hops ahead of the one being read: the caller is never on its path."""
+RING_WAIT_S = 60.0
+"""How long the caller waits for every hop's answer to one step of a ring."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +112,8 @@ class ChainSession:
         self.failed: set[str] = set()
         self.failovers = 0
         self._hops: list[_Live] = []
+        self._stale = False
+        """Whether hops ran steps the session's record lacks (a ring stopped early): reroute first."""
         self.hop_overheads: list[float] = []
         """Per request: round-trip time minus the hop's own compute time (serialisation, TLS, gRPC)."""
 
@@ -128,6 +140,15 @@ class ChainSession:
         self.hop_overheads.append(time.perf_counter() - t0 - reply.ints.get("compute_us", 0) / 1e6)
         return [tensor_from_pb(t) for t in reply.tensors]
 
+    def _direct(self) -> bool:
+        """Whether the hops may hand steps to each other: all reachable directly, none to be checked."""
+        if not self.push or not self._hops:
+            return False
+        if any(live.hop.address == RELAY_ADDRESS for live in self._hops):
+            return False
+        checker = self.checker
+        return checker is None or not any(checker.may_check(live.hop.node_id) for live in self._hops)
+
     def _can_push(self) -> bool:
         """Whether this step may go hop to hop: several hops, all reachable directly, none checked.
 
@@ -135,12 +156,158 @@ class ChainSession:
         as long as every node before it computes, which for a long prompt's prefill on slow
         nodes could outlast that wait, while the message or two it saves are nothing beside it.
         """
-        if not self.push or len(self._hops) < 2:
-            return False
-        if any(live.hop.address == RELAY_ADDRESS for live in self._hops):
-            return False
-        checker = self.checker
-        return checker is None or not any(checker.may_check(live.hop.node_id) for live in self._hops)
+        return len(self._hops) >= 2 and self._direct()
+
+    def can_ring(self) -> bool:
+        """Whether the chain may decode on its own (:meth:`ring`): as for pushing, on direct conversations."""
+        return self._direct() and all(isinstance(live.peer, Peer) for live in self._hops)
+
+    async def ring(
+        self, token: int, sampling: Sampling, generator: Any, budget: int
+    ) -> AsyncGenerator[int, None]:
+        """The tokens after ``token``, at most ``budget``, as the chain decodes on its own.
+
+        Each hop pushes its output to the next and the last hop picks the next token (with
+        the caller's sampling settings and generator state) and pushes it to the first, so
+        a token's path is one message per hop with no round trip to the caller. The caller
+        keeps the steps of the next ``RING_WINDOW`` tokens posted to every hop, reads each
+        hop's answer for the session's record (failover replays it), and picks every token
+        again itself from the reported logits: a last hop that picks otherwise ends the ring.
+
+        The ring stops early when a hop fails (failed over), a push does not arrive, or a pick
+        disagrees (both: the caller drives the rest); every hop is then routed afresh from
+        the record, and the caller goes on with ``forward([the last token yielded])``.
+        """
+        import torch
+
+        lives = list(self._hops)
+        first = self.steps
+        feed: Any = torch.tensor([token], dtype=torch.int64)
+        posted: list[list[asyncio.Future[dp.Frame]]] = []
+        done = 0
+        mark = time.perf_counter()
+        try:
+            while done < budget:
+                while len(posted) < min(done + RING_WINDOW, budget):
+                    j = len(posted)
+                    posted.append(
+                        await self._post_ring_step(lives, first, j, budget, feed, sampling, generator)
+                    )
+                replies = await self._ring_replies(lives, posted[done])
+                logits = tensor_from_pb(replies[-1].tensors[-1])
+                picked = pick(logits, sampling, generator)
+                if replies[-1].ints.get("token") != picked:
+                    said = replies[-1].ints.get("token")
+                    raise _RingStop(None, f"its last hop picked token {said} where the caller picks {picked}")
+                inputs = [feed, *(tensor_from_pb(r.tensors[-1]) for r in replies[:-1])]
+                for live, x in zip(lives, inputs, strict=True):
+                    live.sent.append(x)
+                self.steps += 1
+                self.pushed_steps += 1
+                now = time.perf_counter()
+                compute_s = sum(r.ints.get("compute_us", 0) for r in replies) / 1e6
+                self.hop_overheads.extend([(now - mark - compute_s) / len(lives)] * len(lives))
+                mark = now
+                done += 1
+                feed = torch.tensor([picked], dtype=torch.int64)
+                yield picked
+        except _RingStop as stop:
+            _settle([f for step in posted[done:] for f in step])
+            posted = posted[:done]
+            await self._ring_broken(stop)
+        finally:
+            ahead = [f for step in posted[done:] for f in step]
+            _settle(ahead)
+            if ahead:
+                self._stale = True  # hops ran steps the record lacks: route afresh before the next
+
+    async def _post_ring_step(
+        self,
+        lives: list[_Live],
+        first: int,
+        j: int,
+        budget: int,
+        feed: Any,
+        sampling: Sampling,
+        generator: Any,
+    ) -> list[asyncio.Future[dp.Frame]]:
+        """Post ring step ``j`` (session step ``first + j``) to every hop; the futures of their answers."""
+        n = len(lives)
+        futures = []
+        for i, live in enumerate(lives):
+            fed = not i and not j  # the ring's first input comes from the caller, later ones go round
+            frame = self._frame(live, [feed] if fed else [])
+            frame.strings["session"] = self.chain_id
+            frame.ints["step"] = first + j
+            if not fed:
+                frame.strings["from"] = lives[i - 1].hop.node_id
+            if i + 1 < n or j + 1 < budget:  # the last step's token goes nowhere
+                after = lives[(i + 1) % n].hop
+                frame.strings["push_to"] = after.node_id
+                frame.strings["push_address"] = after.address
+            if i + 1 == n:
+                put_sampling(frame, sampling, generator if not j else None)
+            peer = live.peer
+            assert isinstance(peer, Peer)
+            try:
+                futures.append(await peer.post(frame))
+            except PhageError as exc:
+                _settle(futures)
+                dead = isinstance(exc, Unavailable)
+                raise _RingStop(live.hop.node_id if dead else None, exc.message) from None
+        return futures
+
+    async def _ring_replies(
+        self, lives: list[_Live], futures: list[asyncio.Future[dp.Frame]]
+    ) -> list[dp.Frame]:
+        """Every hop's answer for one ring step (or :class:`_RingStop`)."""
+        pending = set(futures)
+        timed_out = False
+        try:
+            async with asyncio.timeout(RING_WAIT_S):
+                while pending and not any(_went_wrong(f) for f in futures if f.done()):
+                    _done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        except TimeoutError:
+            timed_out = True
+        problems: list[tuple[str, str]] = []
+        """(node, why) for each hop that went wrong, in chain order."""
+        for live, f in zip(lives, futures, strict=True):
+            node = live.hop.node_id
+            if not f.done():
+                continue
+            exc = f.exception()
+            if isinstance(exc, Unavailable) and not isinstance(exc, InputMissing):
+                raise _RingStop(node, exc.message)  # its conversation broke: the node died or left
+            if exc is not None:
+                problems.append((node, f"hop {node}: {exc}"))
+            elif f.result().error:
+                problems.append((node, f"hop {node}: {f.result().error}"))
+            elif f.result().strings.get("push_error"):
+                problems.append((node, f.result().strings["push_error"]))
+        if problems:
+            raise _RingStop(None, problems[0][1])
+        if timed_out:  # a hop waiting for its input would have said so by now: the first silent one is stuck
+            node = next(live.hop.node_id for live, f in zip(lives, futures, strict=True) if not f.done())
+            raise _RingStop(node, f"hop {node} did not answer within {RING_WAIT_S:g} s")
+        return [f.result() for f in futures]
+
+    async def _ring_broken(self, stop: _RingStop) -> None:
+        """The ring stopped: route every hop afresh from the record; the caller drives from here.
+
+        A hop whose node is gone is failed over (later steps may go round again); for any
+        other reason the caller drives the session's remaining steps itself.
+        """
+        blame, why = stop.blame, stop.why
+        if blame is not None:
+            if self.failovers >= self.max_failovers:
+                raise Unavailable(f"hop {blame} failed ({why}) and failovers are exhausted")
+            self.failovers += 1
+            self.failed.add(blame)
+            log.warning("hop %s failed mid-ring (%s); rerouting the chain", blame, why)
+        else:
+            log.warning("a %s chain stopped decoding on its own (%s); the caller drives it", self.model, why)
+            self.push = False
+        await self._reroute(0)
 
     async def _pushed_step(self, x: Any) -> tuple[int, Any]:
         """One step with each hop pushing its output to the next: (hops done, the next hop's input).
@@ -257,6 +424,8 @@ class ChainSession:
 
     async def _reroute(self, index: int) -> None:
         """Replace hops ``index``… by a fresh route from that hop's first block, replaying their inputs."""
+        self._stale = False
+        self.chain_id = uuid.uuid4().hex  # a late push for the old chain can never feed the new one
         start = self._hops[index].hop.start if self._hops else 0
         history = self._hops[index].sent if self._hops else []
         leaving = [live.peer for live in self._hops[index:]]
@@ -278,7 +447,7 @@ class ChainSession:
         """Run new positions through the chain; the logits of the last one."""
         import torch
 
-        if not self._hops:
+        if not self._hops or self._stale:
             await self._reroute(0)
         x: Any = torch.tensor(token_ids, dtype=torch.int64)
         self.steps += 1
@@ -309,41 +478,61 @@ class ChainSession:
         await close_peers(peers)
 
 
-@dataclass(frozen=True, slots=True)
-class Sampling:
-    """How the next token is picked: greedy at temperature 0, else seeded sampling."""
-
-    max_tokens: int = 256
-    temperature: float = 0.0
-    seed: int | None = None
-    top_p: float | None = None
-    eos_token_id: int | None = None
-
-
 async def generate_tokens(session: ChainSession, prompt: list[int], sampling: Sampling) -> AsyncIterator[int]:
-    """Yield generated token ids until ``max_tokens`` or the end-of-sequence token."""
-    import torch
+    """Yield generated token ids until ``max_tokens`` or the end-of-sequence token.
 
-    generator = torch.Generator()
-    generator.manual_seed(sampling.seed if sampling.seed is not None else torch.seed())
-    logits = await session.forward(prompt)
-    for _ in range(sampling.max_tokens):
-        token = pick(logits, sampling, generator)
-        if sampling.eos_token_id is not None and token == sampling.eos_token_id:
-            return
+    The prompt's prefill and the first token go through the caller; then, where the
+    chain allows, the chain decodes on its own (:meth:`ChainSession.ring`), and if that
+    stops short the caller drives the remaining steps itself, from where it stopped.
+    """
+    async with contextlib.aclosing(_tokens(session, prompt, sampling)) as tokens:
+        async for token in tokens:
+            if sampling.eos_token_id is not None and token == sampling.eos_token_id:
+                return
+            yield token
+
+
+async def _tokens(session: ChainSession, prompt: list[int], sampling: Sampling) -> AsyncGenerator[int, None]:
+    """``max_tokens`` tokens, whatever they are (the consumer stops at the end-of-sequence token)."""
+    generator = new_generator(sampling.seed)
+    token = pick(await session.forward(prompt), sampling, generator)
+    made = 0
+    while True:
         yield token
-        logits = await session.forward([token])
+        made += 1
+        if made < sampling.max_tokens and session.can_ring():
+            async with contextlib.aclosing(
+                session.ring(token, sampling, generator, sampling.max_tokens - made)
+            ) as ring:
+                async for token in ring:
+                    yield token
+                    made += 1
+        if made >= sampling.max_tokens:
+            return
+        token = pick(await session.forward([token]), sampling, generator)
 
 
-def pick(logits: Any, sampling: Sampling, generator: Any) -> int:
-    """The next token from one position's logits."""
-    import torch
+class _RingStop(Exception):
+    """A ring cannot go on: ``blame`` is the node whose conversation broke (None: nobody's fault)."""
 
-    if sampling.temperature <= 0:
-        return int(logits.argmax())
-    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
-    if sampling.top_p is not None and sampling.top_p < 1:
-        ordered, index = torch.sort(probs, descending=True)
-        keep = torch.cumsum(ordered, dim=-1) - ordered < sampling.top_p
-        probs = torch.zeros_like(probs).scatter(0, index[keep], ordered[keep])
-    return int(torch.multinomial(probs, 1, generator=generator))
+    def __init__(self, blame: str | None, why: str) -> None:
+        super().__init__(why)
+        self.blame = blame
+        self.why = why
+
+
+def _went_wrong(answer: asyncio.Future[dp.Frame]) -> bool:
+    """Whether a hop's (finished) answer to a ring step stops the ring."""
+    if answer.cancelled() or answer.exception() is not None:
+        return True
+    reply = answer.result()
+    return bool(reply.error or reply.strings.get("push_error"))
+
+
+def _settle(futures: list[asyncio.Future[dp.Frame]]) -> None:
+    """Stop waiting for these answers (and take note of any that failed, so none goes unread)."""
+    for f in futures:
+        if f.done() and not f.cancelled():
+            f.exception()
+        else:
+            f.cancel()

@@ -13,8 +13,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from phage.dataplane.chain import ChainSession, Router, Sampling, generate_tokens
+from phage.dataplane.chain import ChainSession, Router, generate_tokens
 from phage.dataplane.checks import CheckPolicy
+from phage.dataplane.sampling import Sampling
 from phage.dataplane.transport import Dial, TLSIdentity
 from phage.domain.text import apply_stops, prompt_text, safe_prefix
 

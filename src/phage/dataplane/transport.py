@@ -11,6 +11,7 @@ so the handshake fails with any other node, even one of the same pool.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -85,25 +86,65 @@ class _Servicer(dp_grpc.PhageDataPlaneServicer):
 
     async def Open(
         self, request_iterator: AsyncIterator[dp.Frame], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[dp.Frame]:
+    ) -> None:
+        """Answer the conversation's requests in order, reading the next and writing replies meanwhile.
+
+        A request waits here, already read, while the one before it runs, and a reply leaves
+        while the next request runs: a chain node that decodes on its own starts its next
+        step the moment that step's input arrives, with no round trip through gRPC between.
+        """
         names = list(context.auth_context().get("x509_common_name", ()))
         peer = names[0].decode() if names else ""
         if not peer or not self.allow(peer):
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED, f"node {peer or '?'} may not use this node"
             )
+        inbound: asyncio.Queue[dp.Frame | None] = asyncio.Queue(READ_AHEAD)
+        outbound: asyncio.Queue[dp.Frame | None] = asyncio.Queue()
+        reader = asyncio.get_running_loop().create_task(_read_ahead(request_iterator, inbound))
+        writer = asyncio.get_running_loop().create_task(_write_behind(context, outbound))
         open_: dict[str, Conversation] = {}
         try:
-            async for frame in request_iterator:
+            while not (reader.done() and inbound.empty()):
+                frame = await inbound.get()
+                if frame is None:
+                    break
                 reply = await answer(self.handlers, open_, peer, frame)
                 if not frame.one_way:
-                    yield reply
+                    outbound.put_nowait(reply)
+                    await asyncio.sleep(0)  # the writer starts sending it before the next request runs
                 elif reply.error:
                     log.info(
                         "a one-way %s/%s from node %s failed: %s", frame.service, frame.op, peer, reply.error
                     )
+            outbound.put_nowait(None)
+            await writer  # every reply is out before the call ends
         finally:
+            for task in (reader, writer):
+                task.cancel()
+                if task.done() and not task.cancelled():
+                    task.exception()  # a stream that broke: the conversation just ends
             await close_conversations(open_)
+
+
+READ_AHEAD = 64
+"""Requests of one conversation read ahead of the one running (beyond, gRPC's flow control holds them)."""
+
+
+async def _read_ahead(requests: AsyncIterator[dp.Frame], inbound: asyncio.Queue[dp.Frame | None]) -> None:
+    try:
+        async for frame in requests:
+            await inbound.put(frame)
+    finally:
+        with contextlib.suppress(asyncio.QueueFull):
+            inbound.put_nowait(None)  # a full queue is drained first, then seen to have ended
+
+
+async def _write_behind(
+    context: grpc.aio.ServicerContext[Any, Any], outbound: asyncio.Queue[dp.Frame | None]
+) -> None:
+    while (reply := await outbound.get()) is not None:
+        await context.write(reply)
 
 
 async def answer(
@@ -195,7 +236,13 @@ _BROKEN = (TimeoutError, grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.a
 
 
 class Peer:
-    """A conversation with one remote node: requests answered in order."""
+    """A conversation with one remote node: requests answered in order, several may be in flight.
+
+    Replies come back in the order of the requests, so one reader task hands each to the
+    request it answers. A request may be posted before the ones ahead of it are answered
+    (:meth:`post`): a chain that decodes on its own has its nodes' next steps waiting for
+    their inputs there, and the driver only reads how each went.
+    """
 
     def __init__(self, identity: TLSIdentity, address: str, node_id: str) -> None:
         self.address = address
@@ -209,15 +256,30 @@ class Peer:
         self._channel = grpc.aio.secure_channel(address, creds, options=options)
         self._call: Any = None
         self._seq = 0
-        self._lock = asyncio.Lock()
+        self._writing = asyncio.Lock()
+        self._waiting: collections.deque[tuple[int, asyncio.Future[dp.Frame]]] = collections.deque()
+        """Requests of the open call awaiting their replies, in the order they were sent."""
+        self._reader: asyncio.Task[None] | None = None
 
     async def request(self, frame: dp.Frame, wait_s: float = 60.0) -> dp.Frame:
         """Send ``frame``, wait up to ``wait_s`` for the reply; a dead or unreachable peer: Unavailable."""
-        reply = await self._exchange(frame, wait_s, answered=True)
-        assert reply is not None
-        if reply.seq != frame.seq:
-            raise errors.ProtocolError(f"node {self.node_id} answered request {reply.seq}, not {frame.seq}")
-        return raise_for_error(reply)
+        try:
+            async with asyncio.timeout(wait_s):
+                reply = await self.post(frame, wait_s)
+                return raise_for_error(await reply)
+        except TimeoutError:
+            raise self._broken(TimeoutError(f"no reply within {wait_s:g} s")) from None
+
+    async def post(self, frame: dp.Frame, wait_s: float = 10.0) -> asyncio.Future[dp.Frame]:
+        """Send ``frame`` without waiting for its reply: the reply's future (a refusal is a reply whose
+        ``error`` is set: :func:`raise_for_error`).
+
+        The future fails with Unavailable when the conversation breaks first; cancelling it
+        only stops waiting (the node still answers, and the reply is dropped).
+        """
+        reply: asyncio.Future[dp.Frame] = asyncio.get_running_loop().create_future()
+        await self._write(frame, wait_s, reply)
+        return reply
 
     async def send(self, frame: dp.Frame, wait_s: float = 10.0) -> None:
         """Send ``frame`` as a one-way request (no reply comes); a dead or unreachable peer: Unavailable.
@@ -226,45 +288,96 @@ class Peer:
         shows elsewhere (for a chain, in the next node's answer to its caller).
         """
         frame.one_way = True
-        await self._exchange(frame, wait_s, answered=False)
+        await self._write(frame, wait_s, None)
 
-    async def _exchange(self, frame: dp.Frame, wait_s: float, *, answered: bool) -> dp.Frame | None:
-        """Write ``frame`` on the conversation's stream and, when ``answered``, read its reply."""
-        async with self._lock:
+    async def _write(self, frame: dp.Frame, wait_s: float, reply: asyncio.Future[dp.Frame] | None) -> None:
+        async with self._writing:
             try:
                 call = self._open()
                 self._seq += 1
                 frame.seq = self._seq
+                if reply is not None:
+                    self._waiting.append((frame.seq, reply))
                 async with asyncio.timeout(wait_s):
                     await call.write(frame)
-                    reply = await call.read() if answered else None
             except _BROKEN as exc:
-                raise self._unreachable(exc) from None
-            if reply is grpc.aio.EOF:  # type: ignore[attr-defined]
-                self._call = None
-                raise Unavailable(f"node {self.node_id} at {self.address} ended the conversation")
-        return reply
+                if reply is not None:
+                    reply.cancel()  # the error is raised here instead
+                raise self._broken(exc) from None
 
     def _open(self) -> Any:
         if self._call is None:
             stub = dp_grpc.PhageDataPlaneStub(self._channel)  # type: ignore[no-untyped-call]
             self._call = stub.Open()
+            self._reader = asyncio.get_running_loop().create_task(
+                self._read(self._call), name=f"phage-dataplane-read-{self.node_id}"
+            )
         return self._call
 
-    def _unreachable(self, exc: BaseException) -> PhageError:
-        """The error for a call that broke (it is dropped; the next request opens a new one)."""
-        self._call = None
+    async def _read(self, call: Any) -> None:
+        """Hand each reply of ``call`` to the request it answers, until the call ends."""
+        try:
+            while True:
+                reply = await call.read()
+                if reply is grpc.aio.EOF:  # type: ignore[attr-defined]
+                    raise Unavailable(f"node {self.node_id} at {self.address} ended the conversation")
+                if not self._waiting:
+                    raise errors.ProtocolError(f"node {self.node_id} answered a request never made")
+                seq, waiting = self._waiting.popleft()
+                if reply.seq != seq:
+                    raise errors.ProtocolError(f"node {self.node_id} answered request {reply.seq}, not {seq}")
+                if not waiting.done():
+                    waiting.set_result(reply)
+        except PhageError as exc:
+            if call is self._call:
+                self._fail(exc)
+        except _BROKEN as exc:
+            if call is self._call:
+                self._broken(exc)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # closed or broken from outside
+            if call is self._call:  # gRPC cancelled the call itself (its channel closed)
+                self._fail(
+                    Unavailable(f"node {self.node_id} at {self.address}: the conversation was cancelled")
+                )
+
+    def _fail(self, exc: PhageError) -> None:
+        """The open call is over: every request still waiting fails with ``exc``; the next opens a new one."""
+        call, self._call, self._reader = self._call, None, None
+        if call is not None:
+            call.cancel()
+        while self._waiting:
+            _seq, waiting = self._waiting.popleft()
+            if not waiting.done():
+                waiting.set_exception(exc)
+
+    def _broken(self, exc: BaseException) -> PhageError:
+        """The error for a call that broke; it is dropped with every request waiting on it."""
         code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else None
+        error: PhageError
         if code is grpc.StatusCode.PERMISSION_DENIED:
-            return PermissionDenied(f"node {self.node_id} refused this node: {exc}")
-        return Unavailable(f"node {self.node_id} at {self.address} is unreachable ({code or exc!r})")
+            error = PermissionDenied(f"node {self.node_id} refused this node: {exc}")
+        else:
+            error = Unavailable(f"node {self.node_id} at {self.address} is unreachable ({code or exc!r})")
+        reader = self._reader
+        self._fail(error)
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
+        return error
 
     async def close(self) -> None:
         """End the conversation (the peer drops what it kept for it) and the channel."""
-        if self._call is not None:
+        call, reader = self._call, self._reader
+        self._call = self._reader = None
+        if reader is not None:
+            reader.cancel()
+        while self._waiting:
+            self._waiting.popleft()[1].cancel()
+        if call is not None:
             with contextlib.suppress(Exception):
-                await self._call.done_writing()
-        self._call = None
+                await call.done_writing()
         await self._channel.close(None)
 
 

@@ -174,6 +174,8 @@ class NodeAgent:
         """The coordinator replicas; the node talks to ``endpoints.current`` and moves on when it dies."""
         self._creds: Credentials | None = None
         self.identity = NodeIdentity.load_or_create(config.key_dir)
+        if self.blocks is not None:
+            self.blocks.handler.node_id = self.identity.node_id  # a one-node ring pushes to itself
         volumes = _scratch_volumes(self.sandboxes, config.polled_scratch)
         self.warm = _warm_pool(self.sandboxes, config, volumes)
         """Warm bwrap sandboxes, reused after a scrub (``phage.sandbox.warm``); None: all cold."""

@@ -16,6 +16,7 @@ session. What nobody claims is bounded and dropped oldest first.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from phage.errors import Conflict, InputMissing, PermissionDenied
@@ -36,12 +37,18 @@ _Key = tuple[str, str, int]
 class Inbox:
     """Pushed inputs of every session on this node, by (client, session, step)."""
 
-    def __init__(self, limit: int = INBOX_LIMIT, per_pusher: int = PER_PUSHER) -> None:
+    def __init__(
+        self, limit: int = INBOX_LIMIT, per_pusher: int = PER_PUSHER, keep_s: float = PUSH_WAIT_S
+    ) -> None:
         self.limit = limit
         self.per_pusher = per_pusher
+        self.keep_s = keep_s
+        """How long an unclaimed input is kept: a push that lands after its session ended goes then."""
         self._slots: dict[_Key, asyncio.Future[tuple[str, Any]]] = {}
         self._unclaimed: dict[str, int] = {}
         """Inputs waiting here by the node that pushed them."""
+        self._arrived: dict[_Key, float] = {}
+        """When each unclaimed input arrived."""
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -62,8 +69,15 @@ class Inbox:
                 return
         raise InputMissing(f"this node already holds {self.limit} requests awaiting their inputs")
 
+    def _expire(self) -> None:
+        """Drop unclaimed inputs older than ``keep_s``: no request will come for them now."""
+        cutoff = time.monotonic() - self.keep_s
+        for key in [k for k, t in self._arrived.items() if t < cutoff]:
+            self._forget(key)
+
     def _forget(self, key: _Key) -> None:
         slot = self._slots.pop(key)
+        self._arrived.pop(key, None)
         if slot.done() and not slot.cancelled():
             pusher = slot.result()[0]
             self._unclaimed[pusher] -= 1
@@ -72,6 +86,8 @@ class Inbox:
 
     def deliver(self, source: str, client: str, session: str, step: int, tensor: Any) -> None:
         """``source`` pushed the input of ``step`` of ``client``'s session ``session``."""
+        if self._unclaimed.get(source, 0) >= self.per_pusher or len(self._slots) >= self.limit:
+            self._expire()
         if self._unclaimed.get(source, 0) >= self.per_pusher:
             raise InputMissing(f"node {source} already has {self.per_pusher} inputs unclaimed here")
         slot = self._slot((client, session, step))
@@ -79,6 +95,7 @@ class Inbox:
             raise Conflict(f"step {step} of session {session} already has its input")
         slot.set_result((source, tensor))
         self._unclaimed[source] = self._unclaimed.get(source, 0) + 1
+        self._arrived[(client, session, step)] = time.monotonic()
 
     async def take(
         self, client: str, session: str, step: int, source: str, wait_s: float = PUSH_WAIT_S

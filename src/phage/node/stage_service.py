@@ -11,6 +11,10 @@ When the chain's nodes can reach each other, the caller asks each node to push i
 output straight to the next (``push_to``) and tells the next whom to expect it from
 (``from``): the step's path is then one message per node plus one back to the caller
 (:mod:`phage.node.stage_inbox`). Each node still answers the caller with its output.
+
+In a chain that decodes on its own, the caller also asks the last node to pick the next token
+(its sampling settings and random generator state ride on the request, see
+:mod:`phage.dataplane.sampling`) and to push that token to the first node as its next input.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from phage.dataplane import tensor_from_pb, tensor_to_pb
+from phage.dataplane.sampling import Sampling, pick, take_sampling
 from phage.dataplane.stage_frames import push_frame
 from phage.dataplane.transport import Peer, close_peers
 from phage.errors import Conflict, InvalidInput, NotFound, PhageError
@@ -50,12 +55,15 @@ class StageHandler:
         stages: Mapping[str, StageModel],
         *,
         dial: Callable[[str, str], Peer] | None = None,
+        node_id: str = "",
         output_hook: OutputHook | None = None,
         delay_s: float = 0.0,
     ) -> None:
         self.stages = stages
         self.dial = dial
         """How this node reaches the next node of a chain to push its outputs (None: it cannot)."""
+        self.node_id = node_id
+        """This node's id: a push to itself (a one-node ring) goes straight to its inbox."""
         self.inbox = Inbox()
         """Inputs the node before in a chain pushed here, waiting for their steps."""
         self.output_hook = output_hook
@@ -82,6 +90,12 @@ def _session_id(frame: dp.Frame) -> str:
     return session
 
 
+def _token_tensor(token: int) -> Any:
+    import torch
+
+    return torch.tensor([token], dtype=torch.int64)
+
+
 def _positions(x: Any) -> int:
     return int(x.shape[0] if x.dim() == 1 else x.shape[1])
 
@@ -99,6 +113,8 @@ class _StageConversation:
         """Conversations with the next nodes this session's outputs are pushed to."""
         self.chain_sessions: set[str] = set()
         """The caller's session ids this conversation named (their pushed inputs go when it ends)."""
+        self.generator: Any = None
+        """The random generator this node picks tokens with, when it is a ring's last node."""
 
     def _stage(self, frame: dp.Frame) -> StageModel:
         model = frame.strings.get("model", "")
@@ -117,6 +133,9 @@ class _StageConversation:
         if frame.op != "forward":
             raise InvalidInput(f"the stage service has no operation {frame.op!r}", field="op")
         stage = self._stage(frame)
+        sampling = take_sampling(frame, self.generator)
+        if sampling is not None and not stage.last:
+            raise InvalidInput("only a node holding the model's last block picks tokens", field="temperature")
         source = frame.strings.get("from", "")
         if source:
             if frame.tensors:
@@ -164,8 +183,16 @@ class _StageConversation:
         if self.handler.output_hook is not None:
             outputs = [self.handler.output_hook(o) for o in outputs]
         wire = [tensor_to_pb(o, "outputs") for o in outputs]
-        # The next node first: its step waits on this, the caller's record does not.
-        problem = await self._push(frame, wire[-1]) if frame.strings.get("push_to") else ""
+        token = self._pick(sampling, outputs[-1]) if sampling is not None else None
+        problem = ""
+        if frame.strings.get(
+            "push_to"
+        ):  # the next node first: its step waits on this, the caller's record does not
+            step = frame.ints.get("step", 0)
+            if token is None:
+                problem = await self._push(frame, wire[-1], step)
+            else:  # a ring's last node: the token it picked is the first node's next input
+                problem = await self._push(frame, tensor_to_pb(_token_tensor(token)), step + 1)
         positions = sum(_positions(x) for x in inputs)
         if compute_s > 0:
             rate = positions / compute_s
@@ -173,6 +200,8 @@ class _StageConversation:
             h.throughput = rate if not h.throughput else 0.9 * h.throughput + 0.1 * rate
         # The compute time lets a caller tell the network's share of a step from the model's.
         reply = dp.Frame(tensors=wire, ints={"compute_us": int(compute_s * 1e6)})
+        if token is not None:
+            reply.ints["token"] = token
         if problem:
             reply.strings["push_error"] = problem
         return reply
@@ -183,7 +212,12 @@ class _StageConversation:
         self.chain_sessions.add(session)
         return session
 
-    async def _push(self, frame: dp.Frame, output: dp.Tensor) -> str:
+    def _pick(self, sampling: tuple[Sampling, Any], logits: Any) -> int:
+        """The next token, as the ring's driver would pick it from these logits."""
+        rule, self.generator = sampling
+        return pick(logits, rule, self.generator)
+
+    async def _push(self, frame: dp.Frame, output: dp.Tensor, step: int) -> str:
         """Send this step's output to the next node; why not, or "" once it is on its way.
 
         One-way: the next node starts its step as soon as the input arrives, with no
@@ -194,7 +228,14 @@ class _StageConversation:
         target, address = frame.strings["push_to"], frame.strings.get("push_address", "")
         if self.handler.dial is None:
             return "this node cannot reach other nodes to push to them"
-        push = push_frame(output, frame.ints.get("step", 0), self._chain_session(frame), self.peer)
+        session = self._chain_session(frame)
+        if target == self.handler.node_id:  # a one-node ring feeds itself
+            try:
+                self.handler.inbox.deliver(target, self.peer, session, step, tensor_from_pb(output))
+            except PhageError as exc:
+                return f"could not hand this node its own output: {exc.message}"
+            return ""
+        push = push_frame(output, step, session, self.peer)
         peer = self.pushed_to.get(target)
         try:
             if peer is None:
