@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +16,7 @@ from phage.dataplane import DataPlaneServer, Peer, TLSIdentity  # noqa: E402
 from phage.dataplane.chain import ChainSession, Hop, generate_tokens  # noqa: E402
 from phage.dataplane.checks import CheckPolicy, Evidence, Verifier  # noqa: E402
 from phage.dataplane.sampling import Sampling  # noqa: E402
+from phage.dataplane.stage_frames import forward_frame  # noqa: E402
 from phage.dataplane.transport import direct, issue_identity  # noqa: E402
 from phage.domain.blocks import BlockRange, Server, ShardedModel  # noqa: E402
 from phage.errors import NotFound, Unavailable  # noqa: E402
@@ -216,12 +219,34 @@ async def test_a_last_hop_that_picks_another_token_is_caught_and_the_caller_driv
         stage_service._StageConversation, "_pick", lambda self, s, logits: real(self, s, logits) + 1
     )
     pool = await start_pool(ca, model8, [(0, 4, False), (4, 8, False)])
+    seeded = Sampling(max_tokens=STEPS, temperature=0.9, seed=5)
     try:
         async with ChainSession("tiny8", pool.client, pool.route) as session:
             tokens = await collect(generate_tokens(session, PROMPT, Sampling(max_tokens=STEPS)))
             assert session.push is False  # the caller drives the rest of the session
             assert session.failovers == 0 and not session.failed  # a disagreement blames nobody
         assert tokens == reference
+        runs = []
+        for push in (True, False):  # sampled: the step not taken does not take its draw either
+            async with ChainSession("tiny8", pool.client, pool.route, push=push) as session:
+                runs.append(await collect(generate_tokens(session, PROMPT, seeded)))
+        assert runs[0] == runs[1]
+    finally:
+        await stop_pool(pool)
+
+
+async def test_a_last_hop_that_hands_on_another_token_than_it_reports_is_caught(
+    ca: CertificateAuthority, model8: Path, reference: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from phage.node import stage_service
+
+    monkeypatch.setattr(stage_service, "_token_tensor", lambda token: torch.tensor([token + 1]))
+    pool = await start_pool(ca, model8, [(0, 4, False), (4, 8, False)])
+    try:
+        async with ChainSession("tiny8", pool.client, pool.route) as session:
+            tokens = await collect(generate_tokens(session, PROMPT, Sampling(max_tokens=STEPS)))
+            assert session.push is False and session.failovers == 0
+        assert tokens == reference  # the first hop said which token it was handed; the caller checked
     finally:
         await stop_pool(pool)
 
@@ -242,6 +267,37 @@ async def test_a_session_stopped_mid_ring_goes_on_from_its_record(
             assert int(logits.argmax()) == reference[reference.index(stop_at) + 1]
     finally:
         await stop_pool(pool)
+
+
+async def test_a_sessions_conversation_is_never_silently_reopened(
+    ca: CertificateAuthority, model8: Path
+) -> None:
+    # A node that restarts between two steps of a session has lost the session's cache: its
+    # caller must hear so (and fail over), not have the next step run on a fresh, empty cache.
+    pool = await start_pool(ca, model8, [(0, 8, False)])
+    ((node_id, (server, _)),) = pool.servers.items()
+    session = direct(pool.client)(server.address, node_id)
+    stateless = Peer(pool.client, server.address, node_id)  # each request stands alone: may reopen
+    restarted = DataPlaneServer(server.identity, {"stage": pool.handlers[node_id]}, port=server.port)
+    try:
+        for peer in (session, stateless):
+            await peer.request(forward_frame("tiny8", [torch.tensor(PROMPT)], 0, 8))
+        await server.stop(0)
+        await restarted.start()
+        for _ in range(100):  # each conversation's reader sees its call end
+            if session._call is None and stateless._call is None:
+                break
+            await asyncio.sleep(0.02)
+        step = forward_frame("tiny8", [torch.tensor([11])], 0, 8)
+        with pytest.raises(Unavailable, match=re.escape(f"node {node_id}")):
+            await session.request(step)
+        with pytest.raises(Unavailable):  # and so on, for every later request
+            await session.request(step)
+        await stateless.request(step)
+    finally:
+        await session.close()
+        await stateless.close()
+        await restarted.stop(0)
 
 
 async def test_each_end_checks_the_others_node_id(ca: CertificateAuthority, model8: Path) -> None:

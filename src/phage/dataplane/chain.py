@@ -34,13 +34,13 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from phage.dataplane.checks import Checker, CheckPolicy, Mismatch
 from phage.dataplane.relay import RELAY_ADDRESS
-from phage.dataplane.sampling import Sampling, new_generator, pick, put_sampling
+from phage.dataplane.sampling import MIN_TEMPERATURE, Sampling, new_generator, pick, put_sampling
 from phage.dataplane.stage_frames import forward_frame, push_frame
 from phage.dataplane.tensors import tensor_from_pb, tensor_to_pb
 from phage.dataplane.transport import Dial, Peer, RemoteConversation, TLSIdentity, close_peers, direct
@@ -181,7 +181,7 @@ class ChainSession:
         import torch
 
         lives = list(self._hops)
-        first = self.steps
+        first = self.steps + 1  # step ids as forward's: the session's step count once it is done
         feed: Any = torch.tensor([token], dtype=torch.int64)
         posted: list[list[asyncio.Future[dp.Frame]]] = []
         done = 0
@@ -194,9 +194,15 @@ class ChainSession:
                         await self._post_ring_step(lives, first, j, budget, feed, sampling, generator)
                     )
                 replies = await self._ring_replies(lives, posted[done])
+                if done and replies[0].ints.get("token_in") != int(feed):
+                    got = replies[0].ints.get("token_in")
+                    raise _RingStop(None, f"its first hop was handed token {got}, not {int(feed)}")
                 logits = tensor_from_pb(replies[-1].tensors[-1])
+                state = generator.get_state() if sampling.temperature >= MIN_TEMPERATURE else None
                 picked = pick(logits, sampling, generator)
                 if replies[-1].ints.get("token") != picked:
+                    if state is not None:
+                        generator.set_state(state)  # the step is not taken: neither is its draw
                     said = replies[-1].ints.get("token")
                     raise _RingStop(None, f"its last hop picked token {said} where the caller picks {picked}")
                 inputs = [feed, *(tensor_from_pb(r.tensors[-1]) for r in replies[:-1])]
@@ -261,35 +267,27 @@ class ChainSession:
         self, lives: list[_Live], futures: list[asyncio.Future[dp.Frame]]
     ) -> list[dp.Frame]:
         """Every hop's answer for one ring step (or :class:`_RingStop`)."""
-        pending = set(futures)
-        timed_out = False
-        try:
-            async with asyncio.timeout(RING_WAIT_S):
-                while pending and not any(_went_wrong(f) for f in futures if f.done()):
-                    _done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        except TimeoutError:
-            timed_out = True
-        problems: list[tuple[str, str]] = []
-        """(node, why) for each hop that went wrong, in chain order."""
-        for live, f in zip(lives, futures, strict=True):
-            node = live.hop.node_id
-            if not f.done():
-                continue
-            exc = f.exception()
-            if isinstance(exc, Unavailable) and not isinstance(exc, InputMissing):
-                raise _RingStop(node, exc.message)  # its conversation broke: the node died or left
-            if exc is not None:
-                problems.append((node, f"hop {node}: {exc}"))
-            elif f.result().error:
-                problems.append((node, f"hop {node}: {f.result().error}"))
-            elif f.result().strings.get("push_error"):
-                problems.append((node, f.result().strings["push_error"]))
-        if problems:
-            raise _RingStop(None, problems[0][1])
-        if timed_out:  # a hop waiting for its input would have said so by now: the first silent one is stuck
-            node = next(live.hop.node_id for live, f in zip(lives, futures, strict=True) if not f.done())
-            raise _RingStop(node, f"hop {node} did not answer within {RING_WAIT_S:g} s")
-        return [f.result() for f in futures]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RING_WAIT_S
+        while True:
+            for live, f in zip(lives, futures, strict=True):
+                if not f.done():
+                    break  # a later hop's complaint (its input never came) may be this one's fault
+                problem = _problem(f)
+                if problem is not None:
+                    raise _RingStop(live.hop.node_id if problem[0] else None, problem[1])
+            else:
+                return [f.result() for f in futures]
+            for live, f in zip(lives, futures, strict=True):  # a node that is gone need not be waited for
+                problem = _problem(f) if f.done() else None
+                if problem is not None and problem[0]:
+                    raise _RingStop(live.hop.node_id, problem[1])
+            pending = [f for f in futures if not f.done()]
+            left = deadline - loop.time()
+            if left <= 0:  # a hop waiting for its input would have said so by now: the first silent one hangs
+                node = next(live.hop.node_id for live, f in zip(lives, futures, strict=True) if not f.done())
+                raise _RingStop(node, f"hop {node} did not answer within {RING_WAIT_S:g} s")
+            await asyncio.wait(pending, timeout=left, return_when=asyncio.FIRST_COMPLETED)
 
     async def _ring_broken(self, stop: _RingStop) -> None:
         """The ring stopped: route every hop afresh from the record; the caller drives from here.
@@ -437,11 +435,15 @@ class ChainSession:
         fresh = [_Live(h, self._peer(h)) for h in hops]
         self._hops.extend(fresh)
         chunks = list(history)
-        for live in fresh:
+        for k, live in enumerate(fresh):
             if not chunks:
                 break
             live.sent = list(chunks)
-            chunks = await self._request(live, chunks)
+            try:
+                chunks = await self._request(live, chunks)
+            except Unavailable as exc:  # a node that died (or hangs) since it was routed
+                await self._failed(index + k, exc)
+                return
 
     async def forward(self, token_ids: list[int]) -> Any:
         """Run new positions through the chain; the logits of the last one."""
@@ -478,7 +480,9 @@ class ChainSession:
         await close_peers(peers)
 
 
-async def generate_tokens(session: ChainSession, prompt: list[int], sampling: Sampling) -> AsyncIterator[int]:
+async def generate_tokens(
+    session: ChainSession, prompt: list[int], sampling: Sampling
+) -> AsyncGenerator[int, None]:
     """Yield generated token ids until ``max_tokens`` or the end-of-sequence token.
 
     The prompt's prefill and the first token go through the caller; then, where the
@@ -521,12 +525,20 @@ class _RingStop(Exception):
         self.why = why
 
 
-def _went_wrong(answer: asyncio.Future[dp.Frame]) -> bool:
-    """Whether a hop's (finished) answer to a ring step stops the ring."""
-    if answer.cancelled() or answer.exception() is not None:
-        return True
+def _problem(answer: asyncio.Future[dp.Frame]) -> tuple[bool, str] | None:
+    """What stops the ring in a hop's finished answer to one of its steps: (the node is gone, why),
+    or None when the answer is fine."""
+    if answer.cancelled():
+        return True, "the conversation was closed"
+    exc = answer.exception()
+    if exc is not None:  # the conversation broke: the node died or left
+        return isinstance(exc, Unavailable) and not isinstance(exc, InputMissing), str(exc)
     reply = answer.result()
-    return bool(reply.error or reply.strings.get("push_error"))
+    if reply.error:
+        return False, reply.error
+    if reply.strings.get("push_error"):
+        return False, reply.strings["push_error"]
+    return None
 
 
 def _settle(futures: list[asyncio.Future[dp.Frame]]) -> None:

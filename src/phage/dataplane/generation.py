@@ -9,6 +9,7 @@ the stream early ends every hop's session, which frees their caches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -122,8 +123,9 @@ class ShardedGenerator:
         policy = checks if checks is not None else self.checks
         session = ChainSession(self.name, self.identity, self.route, checks=policy, dial=self.dial)
         try:
-            async with session:
-                async for token in generate_tokens(session, prompt, sampling):
+            tokens = generate_tokens(session, prompt, sampling)
+            async with session, contextlib.aclosing(tokens):  # a stop string ends the tokens first
+                async for token in tokens:
                     ids.append(token)
                     cut, hit = apply_stops(tok.decode(ids, skip_special_tokens=True), request.stop)
                     safe = cut if hit else safe_prefix(cut, request.stop)

@@ -18,6 +18,8 @@ from phage.errors import InvalidInput
 from phage.protocol.v1 import dataplane_pb2 as dp
 
 MAX_TEMPERATURE = 100.0
+MIN_TEMPERATURE = 1e-3
+"""Below this a temperature picks as 0 does: dividing logits by it overflows to infinities."""
 MAX_RNG_STATE = 64 * 1024
 """A generator's state on the wire (torch's CPU generator: about 5 KiB)."""
 
@@ -37,7 +39,7 @@ def pick(logits: Any, sampling: Sampling, generator: Any) -> int:
     """The next token from one position's logits."""
     import torch
 
-    if sampling.temperature <= 0:
+    if sampling.temperature < MIN_TEMPERATURE:  # colder than this, sampling is argmax (and overflows)
         return int(logits.argmax())
     probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
     if sampling.top_p is not None and sampling.top_p < 1:
@@ -61,7 +63,7 @@ def put_sampling(frame: dp.Frame, sampling: Sampling, generator: Any | None) -> 
     frame.strings["temperature"] = repr(float(sampling.temperature))
     if sampling.top_p is not None:
         frame.strings["top_p"] = repr(float(sampling.top_p))
-    if generator is not None and sampling.temperature > 0:
+    if generator is not None and sampling.temperature >= MIN_TEMPERATURE:
         frame.strings["rng"] = base64.b64encode(generator.get_state().numpy().tobytes()).decode()
 
 
@@ -89,7 +91,7 @@ def take_sampling(frame: dp.Frame, generator: Any | None) -> tuple[Sampling, Any
     state = frame.strings.get("rng", "")
     if state:
         generator = _generator_from(state)
-    if temperature > 0 and generator is None:
+    if temperature >= MIN_TEMPERATURE and generator is None:
         raise InvalidInput("sampling at a temperature above 0 needs the generator's state", field="rng")
     return Sampling(temperature=temperature, top_p=top_p), generator
 

@@ -99,52 +99,75 @@ class _Servicer(dp_grpc.PhageDataPlaneServicer):
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED, f"node {peer or '?'} may not use this node"
             )
-        inbound: asyncio.Queue[dp.Frame | None] = asyncio.Queue(READ_AHEAD)
-        outbound: asyncio.Queue[dp.Frame | None] = asyncio.Queue()
-        reader = asyncio.get_running_loop().create_task(_read_ahead(request_iterator, inbound))
-        writer = asyncio.get_running_loop().create_task(_write_behind(context, outbound))
-        open_: dict[str, Conversation] = {}
+        await _Stream(self.handlers, peer, context).run(request_iterator)
+
+
+READ_AHEAD = 8
+"""Requests of one conversation read ahead of the one running (beyond, gRPC's flow control holds them)."""
+
+
+class _Stream:
+    """One conversation on the serving side: frames answered in order, the next read while one runs."""
+
+    def __init__(
+        self, handlers: Mapping[str, Handler], peer: str, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        self.handlers = handlers
+        self.peer = peer
+        self.context = context
+        self.open: dict[str, Conversation] = {}
+        self.inbound: asyncio.Queue[dp.Frame | None] = asyncio.Queue(READ_AHEAD)
+        self.outbound: asyncio.Queue[dp.Frame | None] = asyncio.Queue()
+        self.busy = False
+        """Whether a request is being answered now."""
+
+    async def run(self, requests: AsyncIterator[dp.Frame]) -> None:
+        loop = asyncio.get_running_loop()
+        reader = loop.create_task(self._read(requests))
+        writer = loop.create_task(self._write())
         try:
-            while not (reader.done() and inbound.empty()):
-                frame = await inbound.get()
+            while not (reader.done() and self.inbound.empty()) and not writer.done():
+                frame = await self.inbound.get()
                 if frame is None:
                     break
-                reply = await answer(self.handlers, open_, peer, frame)
-                if not frame.one_way:
-                    outbound.put_nowait(reply)
-                    await asyncio.sleep(0)  # the writer starts sending it before the next request runs
-                elif reply.error:
-                    log.info(
-                        "a one-way %s/%s from node %s failed: %s", frame.service, frame.op, peer, reply.error
-                    )
-            outbound.put_nowait(None)
+                self.busy = True
+                try:
+                    await self._answer(frame)
+                finally:
+                    self.busy = False
+            self.outbound.put_nowait(None)
             await writer  # every reply is out before the call ends
         finally:
             for task in (reader, writer):
                 task.cancel()
                 if task.done() and not task.cancelled():
                     task.exception()  # a stream that broke: the conversation just ends
-            await close_conversations(open_)
+            await close_conversations(self.open)
 
+    async def _answer(self, frame: dp.Frame) -> None:
+        reply = await answer(self.handlers, self.open, self.peer, frame)
+        if not frame.one_way:
+            self.outbound.put_nowait(reply)
+            await asyncio.sleep(0)  # the writer starts sending it before the next request runs
+        elif reply.error:
+            log.info(
+                "a one-way %s/%s from node %s failed: %s", frame.service, frame.op, self.peer, reply.error
+            )
 
-READ_AHEAD = 64
-"""Requests of one conversation read ahead of the one running (beyond, gRPC's flow control holds them)."""
+    async def _read(self, requests: AsyncIterator[dp.Frame]) -> None:
+        try:
+            async for frame in requests:
+                if frame.one_way and not self.busy and self.inbound.empty():
+                    await self._answer(frame)  # nothing ahead of it: taken on the spot (a chain's push)
+                else:
+                    await self.inbound.put(frame)
+        finally:
+            with contextlib.suppress(asyncio.QueueFull):
+                self.inbound.put_nowait(None)  # a full queue is drained first, then seen to have ended
 
-
-async def _read_ahead(requests: AsyncIterator[dp.Frame], inbound: asyncio.Queue[dp.Frame | None]) -> None:
-    try:
-        async for frame in requests:
-            await inbound.put(frame)
-    finally:
-        with contextlib.suppress(asyncio.QueueFull):
-            inbound.put_nowait(None)  # a full queue is drained first, then seen to have ended
-
-
-async def _write_behind(
-    context: grpc.aio.ServicerContext[Any, Any], outbound: asyncio.Queue[dp.Frame | None]
-) -> None:
-    while (reply := await outbound.get()) is not None:
-        await context.write(reply)
+    async def _write(self) -> None:
+        while (reply := await self.outbound.get()) is not None:
+            await self.context.write(reply)
 
 
 async def answer(
@@ -227,8 +250,8 @@ Dial = Callable[[str, str], RemoteConversation]
 
 
 def direct(identity: TLSIdentity) -> Callable[[str, str], Peer]:
-    """Dial nodes directly, over mutual TLS as ``identity``."""
-    return lambda address, node_id: Peer(identity, address, node_id)
+    """Dial nodes directly, over mutual TLS as ``identity``, for sessions (never silently reopened)."""
+    return lambda address, node_id: Peer(identity, address, node_id, reopen=False)
 
 
 _BROKEN = (TimeoutError, grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError)
@@ -242,11 +265,19 @@ class Peer:
     request it answers. A request may be posted before the ones ahead of it are answered
     (:meth:`post`): a chain that decodes on its own has its nodes' next steps waiting for
     their inputs there, and the driver only reads how each went.
+
+    ``reopen``: whether a conversation that ended (the node restarted, the connection broke)
+    may be followed by a new one on the next request — right where each request stands alone,
+    wrong for a session whose state (an attention cache) the node kept for the old one: there
+    every later request fails with the error that ended it, and the caller fails over.
     """
 
-    def __init__(self, identity: TLSIdentity, address: str, node_id: str) -> None:
+    def __init__(self, identity: TLSIdentity, address: str, node_id: str, *, reopen: bool = True) -> None:
         self.address = address
         self.node_id = node_id
+        self.reopen = reopen
+        self._ended: PhageError | None = None
+        """What ended the last conversation (raised on every request when it may not be reopened)."""
         creds = grpc.ssl_channel_credentials(
             root_certificates=identity.ca_pem,
             private_key=identity.key_pem,
@@ -301,12 +332,18 @@ class Peer:
                 async with asyncio.timeout(wait_s):
                     await call.write(frame)
             except _BROKEN as exc:
-                if reply is not None:
-                    reply.cancel()  # the error is raised here instead
+                _drop(reply)  # the error is raised here instead
                 raise self._broken(exc) from None
+            except asyncio.CancelledError:
+                # Sent or not, nobody can tell: the replies that follow could not be matched up.
+                _drop(reply)
+                self._broken(asyncio.CancelledError("a request was cancelled while it was being sent"))
+                raise
 
     def _open(self) -> Any:
         if self._call is None:
+            if self._ended is not None and not self.reopen:
+                raise self._ended
             stub = dp_grpc.PhageDataPlaneStub(self._channel)  # type: ignore[no-untyped-call]
             self._call = stub.Open()
             self._reader = asyncio.get_running_loop().create_task(
@@ -348,6 +385,7 @@ class Peer:
         call, self._call, self._reader = self._call, None, None
         if call is not None:
             call.cancel()
+            self._ended = exc
         while self._waiting:
             _seq, waiting = self._waiting.popleft()
             if not waiting.done():
@@ -379,6 +417,16 @@ class Peer:
             with contextlib.suppress(Exception):
                 await call.done_writing()
         await self._channel.close(None)
+
+
+def _drop(reply: asyncio.Future[dp.Frame] | None) -> None:
+    """Stop the future of a request that was not sent (noting an error already set on it)."""
+    if reply is None:
+        return
+    if reply.done() and not reply.cancelled():
+        reply.exception()
+    else:
+        reply.cancel()
 
 
 async def close_peers(peers: Sequence[RemoteConversation]) -> None:

@@ -30,7 +30,7 @@ from phage.dataplane import tensor_from_pb, tensor_to_pb
 from phage.dataplane.sampling import Sampling, pick, take_sampling
 from phage.dataplane.stage_frames import push_frame
 from phage.dataplane.transport import Peer, close_peers
-from phage.errors import Conflict, InvalidInput, NotFound, PhageError
+from phage.errors import Conflict, EngineError, InvalidInput, NotFound, PhageError
 from phage.node.stage import StageModel
 from phage.node.stage_inbox import Inbox
 from phage.protocol.v1 import dataplane_pb2 as dp
@@ -182,17 +182,15 @@ class _StageConversation:
                 self.handler.running -= 1
         if self.handler.output_hook is not None:
             outputs = [self.handler.output_hook(o) for o in outputs]
-        wire = [tensor_to_pb(o, "outputs") for o in outputs]
         token = self._pick(sampling, outputs[-1]) if sampling is not None else None
-        problem = ""
-        if frame.strings.get(
-            "push_to"
-        ):  # the next node first: its step waits on this, the caller's record does not
-            step = frame.ints.get("step", 0)
-            if token is None:
-                problem = await self._push(frame, wire[-1], step)
-            else:  # a ring's last node: the token it picked is the first node's next input
-                problem = await self._push(frame, tensor_to_pb(_token_tensor(token)), step + 1)
+        pushing = bool(frame.strings.get("push_to"))
+        # The next node first: its step waits on this, the caller's record does not.
+        if token is not None:  # a ring's last node: the token it picked is the first node's next input
+            problem = await self._push(frame, tensor_to_pb(_token_tensor(token)), 1) if pushing else ""
+            wire = [tensor_to_pb(o, "outputs") for o in outputs]
+        else:
+            wire = [tensor_to_pb(o, "outputs") for o in outputs]
+            problem = await self._push(frame, wire[-1], 0) if pushing else ""
         positions = sum(_positions(x) for x in inputs)
         if compute_s > 0:
             rate = positions / compute_s
@@ -202,6 +200,8 @@ class _StageConversation:
         reply = dp.Frame(tensors=wire, ints={"compute_us": int(compute_s * 1e6)})
         if token is not None:
             reply.ints["token"] = token
+        if source and stage.first:  # a token another node picked: the ring's driver checks it is its own
+            reply.ints["token_in"] = int(inputs[0].reshape(-1)[-1])
         if problem:
             reply.strings["push_error"] = problem
         return reply
@@ -215,10 +215,14 @@ class _StageConversation:
     def _pick(self, sampling: tuple[Sampling, Any], logits: Any) -> int:
         """The next token, as the ring's driver would pick it from these logits."""
         rule, self.generator = sampling
-        return pick(logits, rule, self.generator)
+        try:
+            return pick(logits, rule, self.generator)
+        except RuntimeError as exc:  # logits torch cannot sample from (not a number): the model's fault
+            raise EngineError(f"could not pick a token from this node's logits: {exc}") from None
 
-    async def _push(self, frame: dp.Frame, output: dp.Tensor, step: int) -> str:
-        """Send this step's output to the next node; why not, or "" once it is on its way.
+    async def _push(self, frame: dp.Frame, output: dp.Tensor, ahead: int) -> str:
+        """Send this step's output to the next node as the input of the step ``ahead`` steps on (a
+        ring's last node hands the first its next step's token); why not, or "" once it is on its way.
 
         One-way: the next node starts its step as soon as the input arrives, with no
         acknowledgement to write first. A push that is sent but refused there shows as that
@@ -229,6 +233,7 @@ class _StageConversation:
         if self.handler.dial is None:
             return "this node cannot reach other nodes to push to them"
         session = self._chain_session(frame)
+        step = frame.ints.get("step", 0) + ahead
         if target == self.handler.node_id:  # a one-node ring feeds itself
             try:
                 self.handler.inbox.deliver(target, self.peer, session, step, tensor_from_pb(output))
