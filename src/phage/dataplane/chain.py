@@ -116,6 +116,9 @@ class ChainSession:
         """Whether hops ran steps the session's record lacks (a ring stopped early): reroute first."""
         self.hop_overheads: list[float] = []
         """Per request: round-trip time minus the hop's own compute time (serialisation, TLS, gRPC)."""
+        self.ring_overheads: list[float] = []
+        """Per hop of a ring's step: the first node's time from one step to the next, less every
+        node's compute, over the hops — the ring's own price, without the caller reading along."""
 
     async def __aenter__(self) -> ChainSession:
         return self
@@ -186,6 +189,8 @@ class ChainSession:
         posted: list[list[asyncio.Future[dp.Frame]]] = []
         done = 0
         mark = time.perf_counter()
+        cycle: tuple[float, float] | None = None
+        """When the first node started the last step, and the step's compute on every node."""
         try:
             while done < budget:
                 while len(posted) < min(done + RING_WINDOW, budget):
@@ -214,6 +219,10 @@ class ChainSession:
                 compute_s = sum(r.ints.get("compute_us", 0) for r in replies) / 1e6
                 self.hop_overheads.extend([(now - mark - compute_s) / len(lives)] * len(lives))
                 mark = now
+                started = replies[0].ints.get("started_us", 0) / 1e6
+                if cycle is not None and started:  # token to token on the first node, less the blocks' time
+                    self.ring_overheads.append((started - cycle[0] - cycle[1]) / len(lives))
+                cycle = (started, compute_s)
                 done += 1
                 feed = torch.tensor([picked], dtype=torch.int64)
                 yield picked

@@ -156,12 +156,15 @@ class _StageConversation:
             self.counted = True
             self.handler.open_sessions += 1
 
+        started = 0.0
+
         def run() -> tuple[list[Any], float]:
+            nonlocal started
             if self.handler.delay_s:
                 time.sleep(self.handler.delay_s)
-            t0 = time.perf_counter()
+            started = time.perf_counter()
             out = [stage.forward(self.session, x, start=start) for x in inputs]
-            return out, time.perf_counter() - t0
+            return out, time.perf_counter() - started
 
         lone = self.handler.open_sessions == 1 and self.handler.running == 0
         if (
@@ -202,6 +205,10 @@ class _StageConversation:
             reply.ints["token"] = token
         if source and stage.first:  # a token another node picked: the ring's driver checks it is its own
             reply.ints["token_in"] = int(inputs[0].reshape(-1)[-1])
+        if (
+            stage.first
+        ):  # when this node's clock started the step: a ring's token-to-token time, measured here
+            reply.ints["started_us"] = int(started * 1e6)
         if problem:
             reply.strings["push_error"] = problem
         return reply
