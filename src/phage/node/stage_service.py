@@ -188,12 +188,12 @@ class _StageConversation:
         token = self._pick(sampling, outputs[-1]) if sampling is not None else None
         pushing = bool(frame.strings.get("push_to"))
         # The next node first: its step waits on this, the caller's record does not.
-        if token is not None:  # a ring's last node: the token it picked is the first node's next input
-            problem = await self._push(frame, tensor_to_pb(_token_tensor(token)), 1) if pushing else ""
-            wire = [tensor_to_pb(o, "outputs") for o in outputs]
-        else:
-            wire = [tensor_to_pb(o, "outputs") for o in outputs]
-            problem = await self._push(frame, wire[-1], 0) if pushing else ""
+        problem = ""
+        if pushing and token is not None:  # a ring's last node: its token is the first node's next input
+            problem = await self._push(frame, tensor_to_pb(_token_tensor(token)), 1)
+        wire = [tensor_to_pb(o, "outputs") for o in outputs]
+        if pushing and token is None:
+            problem = await self._push(frame, wire[-1], 0)
         positions = sum(_positions(x) for x in inputs)
         if compute_s > 0:
             rate = positions / compute_s
@@ -205,9 +205,7 @@ class _StageConversation:
             reply.ints["token"] = token
         if source and stage.first:  # a token another node picked: the ring's driver checks it is its own
             reply.ints["token_in"] = int(inputs[0].reshape(-1)[-1])
-        if (
-            stage.first
-        ):  # when this node's clock started the step: a ring's token-to-token time, measured here
+        if stage.first:  # when the step started here: a ring's token-to-token time, on one clock
             reply.ints["started_us"] = int(started * 1e6)
         if problem:
             reply.strings["push_error"] = problem
